@@ -1,0 +1,6 @@
+"""``python -m bids_vlm`` runs the command-line interface."""
+import sys
+
+from bids_vlm.cli import main
+
+sys.exit(main())

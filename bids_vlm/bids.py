@@ -1,0 +1,209 @@
+"""Stage 1: find the runs to analyse in a BIDS dataset (and its fMRIPrep derivatives) with pybids.
+
+:func:`collect_runs` returns one :class:`RunSpec` per BOLD run: the BOLD image to analyse
+(preprocessed when a derivative provides it, raw otherwise), its brain mask, confounds, events
+and repetition time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nibabel as nib
+
+from bids_vlm.config import RunFilter
+from bids_vlm.errors import DataError, NoInputError
+
+LOGGER = logging.getLogger("bids_vlm.bids")
+
+# Entities that identify a run; derivative files match a run when every one they carry agrees.
+RUN_ENTITIES = ("subject", "session", "task", "acquisition", "ceagent", "direction",
+                "reconstruction", "run", "echo")
+# Preferred template spaces, in order, when several preprocessed spaces are present.
+SPACE_PREFERENCE = ("MNI152NLin2009cAsym", "MNI152NLin6Asym", "MNI152NLin2009cSym", "T1w", "func")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One BOLD run and the files that go with it. Paths are absolute strings."""
+
+    subject: str
+    session: str | None
+    task: str
+    run: int | None
+    acquisition: str | None
+    bold: str
+    events: str
+    tr: float
+    n_scans: int
+    mask: str | None = None
+    confounds: str | None = None
+    space: str | None = None
+    preprocessed: bool = False
+    fingerprint: str = ""  # changes when any input file changes (invalidates cached results)
+
+    @property
+    def label(self) -> str:
+        """Short BIDS-like name, e.g. ``sub-01_ses-1_task-movie_run-1``."""
+        parts = [f"sub-{self.subject}"]
+        if self.session:
+            parts.append(f"ses-{self.session}")
+        parts.append(f"task-{self.task}")
+        if self.acquisition:
+            parts.append(f"acq-{self.acquisition}")
+        if self.run is not None:
+            parts.append(f"run-{self.run}")
+        return "_".join(parts)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_from_dict(data: dict) -> RunSpec:
+    return RunSpec(**data)
+
+
+def strip_prefix(label: str, prefix: str = "sub-") -> str:
+    """``sub-01`` and ``01`` both give ``01``."""
+    return label[len(prefix):] if label.startswith(prefix) else label
+
+
+def load_layout(bids_dir, derivatives=(), validate=False):
+    """A pybids layout of the raw dataset plus the given derivative datasets.
+
+    ``derivatives`` are paths; when empty, datasets under ``bids_dir/derivatives/`` are used.
+    """
+    from bids import BIDSLayout
+
+    bids_dir = Path(bids_dir)
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise DataError("not a BIDS dataset: dataset_description.json is missing", bids_dir)
+    derivs = [str(Path(d).resolve()) for d in derivatives]
+    if not derivs and (bids_dir / "derivatives").is_dir():
+        derivs = [str(p) for p in sorted((bids_dir / "derivatives").iterdir())
+                  if (p / "dataset_description.json").is_file()]
+    try:
+        return BIDSLayout(str(bids_dir), validate=validate, derivatives=derivs or False)
+    except Exception as exc:  # pybids raises several types for malformed datasets
+        raise DataError(f"pybids cannot read the dataset: {exc}", bids_dir) from exc
+
+
+def collect_runs(layout, filters: RunFilter = RunFilter(), space: str = "") -> list[RunSpec]:
+    """Every BOLD run that passes ``filters``, sorted by subject, session, task and run."""
+    query = _query(filters)
+    bolds = layout.get(scope="raw", suffix="bold", extension=[".nii", ".nii.gz"], **query)
+    if not bolds:
+        _explain_empty(layout, filters)
+    specs = [_run_spec(layout, bold, space) for bold in sorted(bolds, key=lambda f: f.path)]
+    if not any(specs):
+        raise NoInputError(f"none of the {len(bolds)} selected BOLD runs has an events.tsv; "
+                           "bids_vlm needs events that describe the stimuli", layout.root)
+    return [s for s in specs if s is not None]
+
+
+def _query(filters: RunFilter) -> dict:
+    query = json.loads(filters.bids_filters or "{}").get("bold", {})
+    query = {k: v for k, v in query.items() if k not in ("suffix", "extension", "datatype")}
+    for key, values in (("subject", [strip_prefix(p) for p in filters.participant_label]),
+                        ("session", [strip_prefix(s, "ses-") for s in filters.session_label]),
+                        ("task", list(filters.task)), ("run", [int(r) for r in filters.run])):
+        if values:
+            if key in query:
+                raise NoInputError(f"--{key} conflicts with the '{key}' in the BIDS filter file")
+            query[key] = values
+    return query
+
+
+def _explain_empty(layout, filters: RunFilter):
+    root = layout.root
+    known = sorted(layout.get_subjects())
+    wanted = [strip_prefix(p) for p in filters.participant_label]
+    missing = [p for p in wanted if p not in known]
+    if missing:
+        raise NoInputError(f"participant(s) {', '.join(missing)} not found; the dataset has: "
+                           f"{', '.join(known) or 'no subjects'}", root)
+    tasks = sorted(layout.get_tasks())
+    raise NoInputError(f"no BOLD runs match the filters (tasks in the dataset: "
+                       f"{', '.join(tasks) or 'none'}; filters: {_describe(filters)})", root)
+
+
+def _describe(filters: RunFilter) -> str:
+    items = {k: v for k, v in asdict(filters).items() if v and v != "{}"}
+    return ", ".join(f"{k}={v}" for k, v in items.items()) or "none"
+
+
+def _run_spec(layout, bold, space: str) -> RunSpec | None:
+    ents = bold.get_entities()
+    events = layout.get_nearest(bold.path, suffix="events", extension=".tsv", strict=False,
+                                ignore_strict_entities=["suffix", "extension", "datatype"])
+    if events is None:
+        LOGGER.warning("%s: no events.tsv, run skipped (events give the stimuli)", bold.path)
+        return None
+    tr = layout.get_metadata(bold.path).get("RepetitionTime")
+    if tr is None or float(tr) <= 0:
+        raise DataError("RepetitionTime is missing or not positive in the JSON sidecar", bold.path)
+    preproc = _match_derivative(layout, ents, suffix="bold", desc="preproc", space=space)
+    image = preproc.path if preproc else bold.path
+    chosen_space = preproc.get_entities().get("space") if preproc else None
+    mask = _match_derivative(layout, ents, suffix="mask", desc="brain", space=space,
+                             want_space=chosen_space if preproc else None)
+    confounds = (_match_derivative(layout, ents, suffix="timeseries", desc="confounds",
+                                   extension=".tsv")
+                 or _match_derivative(layout, ents, suffix="regressors", desc="confounds",
+                                      extension=".tsv"))
+    return RunSpec(
+        subject=ents["subject"], session=ents.get("session"), task=ents["task"],
+        run=int(ents["run"]) if "run" in ents else None, acquisition=ents.get("acquisition"),
+        bold=image, events=events, tr=float(tr), n_scans=_n_scans(image),
+        mask=mask.path if mask else None, confounds=confounds.path if confounds else None,
+        space=chosen_space, preprocessed=preproc is not None,
+        fingerprint=_fingerprint(image, events, mask and mask.path,
+                                 confounds and confounds.path))
+
+
+def _fingerprint(*paths) -> str:
+    """Hash of the size and modification time of the given files."""
+    stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths if p]
+    return hashlib.sha1(repr(stats).encode()).hexdigest()[:16]
+
+
+def _match_derivative(layout, ents, suffix, desc, space="", want_space=None,
+                      extension=(".nii", ".nii.gz")):
+    """The derivative file whose run entities all agree with ``ents`` (most specific wins)."""
+    ext = [extension] if isinstance(extension, str) else list(extension)
+    query = {k: ents[k] for k in ("subject",) if k in ents}
+    candidates = layout.get(scope="derivatives", suffix=suffix, desc=desc, extension=ext, **query)
+    scored = []
+    for cand in candidates:
+        c_ents = cand.get_entities()
+        if any(k in c_ents and str(c_ents[k]) != str(ents.get(k)) for k in RUN_ENTITIES):
+            continue
+        if want_space is not None and c_ents.get("space") != want_space:
+            continue
+        score = sum(k in c_ents for k in RUN_ENTITIES)
+        scored.append((score, -_space_rank(c_ents.get("space"), space), cand.path, cand))
+    if not scored:
+        return None
+    return max(scored, key=lambda s: s[:3])[3]
+
+
+def _space_rank(found, wanted) -> int:
+    if wanted and found == wanted:
+        return -1
+    if found in SPACE_PREFERENCE:
+        return SPACE_PREFERENCE.index(found)
+    return len(SPACE_PREFERENCE)
+
+
+def _n_scans(path) -> int:
+    try:
+        shape = nib.load(path).shape
+    except Exception as exc:
+        raise DataError(f"cannot read the NIfTI image: {exc}", path) from exc
+    if len(shape) != 4 or shape[3] < 2:
+        raise DataError(f"BOLD must be a 4D image with at least 2 volumes, shape is {shape}", path)
+    return int(shape[3])

@@ -1,0 +1,201 @@
+"""Command-line interface: ``bids_vlm bids_dir output_dir {participant,group} [options]``.
+
+Also ``bids_vlm demo OUT_DIR``: the whole analysis on the embedded Haxby demo data, offline.
+Exit codes: see :mod:`bids_vlm.errors` and the README.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from bids_vlm import __version__
+from bids_vlm.errors import BidsVlmError
+
+os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network
+
+
+def _positive_int(value):
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
+    return number
+
+
+def _fraction(value):
+    number = float(value)
+    if not 0.0 < number < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), not {value}")
+    return number
+
+
+def _positive_float(value):
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return number
+
+
+def _existing_dir(value):
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"directory does not exist: {value}")
+    return path.resolve()
+
+
+def _filter_file(value):
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"BIDS filter file not found: {value}")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f"{value} must hold a JSON object")
+    return json.dumps(data)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    """The parser of the BIDS-App command line (fMRIPrep's layout of option groups)."""
+    from bids_vlm.models import REGISTRY
+
+    parser = argparse.ArgumentParser(
+        prog="bids_vlm", description="Neuron-level fMRI encoding with vision-language models "
+        "(BIDS-App). Run 'bids_vlm demo OUT_DIR' for the offline demo.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("bids_dir", type=_existing_dir, help="the root of the BIDS dataset")
+    parser.add_argument("output_dir", type=Path, help="where the derivatives are written")
+    parser.add_argument("analysis_level", choices=["participant", "group"],
+                        help="participant: per-subject analysis; group: combine participants")
+    parser.add_argument("--version", action="version", version=f"bids_vlm {__version__}")
+
+    g = parser.add_argument_group("Selecting data")
+    g.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
+                   help="subjects to analyse (the sub- prefix is optional); default all")
+    g.add_argument("--session-label", nargs="+", default=[], help="sessions to analyse")
+    g.add_argument("--task", nargs="+", default=[], help="tasks to analyse")
+    g.add_argument("--run", nargs="+", type=int, default=[], help="run numbers to analyse")
+    g.add_argument("--bids-filter-file", type=_filter_file, default=None,
+                   help="PyBIDS filters as JSON, e.g. {\"bold\": {\"acquisition\": \"25mm\"}}")
+    g.add_argument("--derivatives", nargs="+", type=_existing_dir, default=[],
+                   help="preprocessed derivatives (fMRIPrep); default: datasets under "
+                        "bids_dir/derivatives/")
+    g.add_argument("--space", default="MNI152NLin2009cAsym",
+                   help="preferred space of the preprocessed BOLD when several exist")
+    g.add_argument("--skip-bids-validation", action="store_true",
+                   help="do not validate file names with pybids' validator")
+
+    g = parser.add_argument_group("Stimuli")
+    g.add_argument("--stim-rate", type=_positive_float, default=1.0,
+                   help="stimulus sampling rate in Hz")
+    g.add_argument("--text-column", default="",
+                   help="events column with text (default: text, caption, sentence or word)")
+    g.add_argument("--text-template", default="",
+                   help="text made from event columns, e.g. 'a photo of a {trial_type}'")
+
+    g = parser.add_argument_group("Models and neurons")
+    g.add_argument("--models", nargs="+", default=["tiny-clip"], choices=sorted(REGISTRY),
+                   help="models to record")
+    g.add_argument("--layers", nargs="+", type=int, default=[],
+                   help="layer indices to record (0-based); default every layer")
+    g.add_argument("--model-dir", default="", help="folder with local model weights "
+                   "(also $BIDS_VLM_MODEL_DIR)")
+    g.add_argument("--batch-size", type=_positive_int, default=16)
+    g.add_argument("--pooling", choices=["mean", "cls", "max"], default="mean",
+                   help="pooling of each AN over tokens")
+
+    g = parser.add_argument_group("BOLD and statistics")
+    g.add_argument("--hrf-model", choices=["spm", "glover"], default="spm")
+    g.add_argument("--high-pass", type=_positive_float, default=1.0 / 128,
+                   help="high-pass cut-off in Hz")
+    g.add_argument("--smoothing-fwhm", type=float, default=0.0, help="smoothing in mm")
+    g.add_argument("--fdr-q", type=_fraction, default=0.05,
+                   help="Benjamini-Hochberg FDR level across voxels, per AN")
+    g.add_argument("--block-size", type=_positive_int, default=256,
+                   help="ANs per block of the streamed association (bounds memory)")
+
+    g = parser.add_argument_group("Resources and execution")
+    g.add_argument("-w", "--work-dir", type=Path, default=None,
+                   help="Nipype work directory (cache; rerun to resume)")
+    g.add_argument("--nprocs", type=_positive_int, default=1,
+                   help="parallel processes: 1 runs Nipype's Linear plugin, more MultiProc")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    g.add_argument("--seed", type=int, default=0, help="seed of random-weight models")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log detail")
+    return parser
+
+
+def _check_paths(parser, opts):
+    out = opts.output_dir.expanduser().resolve()
+    bids = opts.bids_dir
+    if out == bids:
+        parser.error("output_dir must not be the BIDS directory (the input is never written)")
+    if bids in out.parents and (bids / "derivatives") not in [out, *out.parents]:
+        parser.error("output_dir inside the BIDS directory must be under its derivatives/")
+    opts.output_dir = out
+
+
+def config_from_options(opts):
+    from bids_vlm.config import (AnalysisConfig, BoldConfig, ModelConfig, RunFilter,
+                                 StatsConfig, StimulusConfig)
+
+    return AnalysisConfig(
+        filters=RunFilter(tuple(opts.participant_label), tuple(opts.session_label),
+                          tuple(opts.task), tuple(opts.run), opts.bids_filter_file or "{}"),
+        stimuli=StimulusConfig(opts.stim_rate, opts.text_column, opts.text_template),
+        model=ModelConfig(tuple(opts.models), tuple(opts.layers), opts.pooling, opts.batch_size,
+                          opts.device, opts.model_dir, opts.seed),
+        bold=BoldConfig(high_pass=opts.high_pass, smoothing_fwhm=opts.smoothing_fwhm),
+        stats=StatsConfig(hrf_model=opts.hrf_model, fdr_q=opts.fdr_q,
+                          block_size=opts.block_size, device=opts.device),
+        derivatives=tuple(str(d) for d in opts.derivatives), quiet=opts.quiet)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "demo":
+        from bids_vlm.demo import demo_main
+
+        return demo_main(argv[1:])
+    parser = _build_parser()
+    opts = parser.parse_args(argv)
+    _check_paths(parser, opts)
+    _setup_logging(opts.verbose, opts.quiet)
+    try:
+        from bids_vlm.runner import run_group, run_participant
+
+        config = config_from_options(opts)
+        if opts.analysis_level == "participant":
+            reports = run_participant(opts.bids_dir, opts.output_dir, config, opts.work_dir,
+                                      opts.nprocs, opts.space, not opts.skip_bids_validation)
+        else:
+            reports = run_group(opts.bids_dir, opts.output_dir, config, opts.work_dir,
+                                opts.nprocs)
+    except BidsVlmError as exc:
+        print(f"bids_vlm: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    for report in reports:
+        print(f"Report: {report}")
+    return 0
+
+
+def _setup_logging(verbose, quiet):
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    from nipype import config as nipype_config, logging as nipype_logging
+
+    nlevel = "INFO" if verbose else "WARNING"
+    nipype_config.update_config({"logging": {"workflow_level": nlevel,
+                                             "interface_level": nlevel,
+                                             "utils_level": "WARNING"}})
+    nipype_logging.update_logging(nipype_config)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Configuration as small frozen dataclasses, passed explicitly to every stage.
+
+The CLI resolves the options into an :class:`AnalysisConfig`; the workflows hand it to the
+nodes as JSON (:func:`to_json` / :func:`from_json`), and ``logs/`` keeps it as TOML.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs to analyse. Empty tuples mean "all"."""
+
+    participant_label: tuple = ()
+    session_label: tuple = ()
+    task: tuple = ()
+    run: tuple = ()
+    bids_filters: str = "{}"  # PyBIDS filter file contents, JSON text
+
+
+@dataclass(frozen=True)
+class StimulusConfig:
+    """How events become a stimulus timeline (METHOD.md section 2)."""
+
+    stim_rate: float = 1.0  # samples per second
+    text_column: str = ""  # column holding text; "" = first of text, caption, sentence, word
+    text_template: str = ""  # e.g. "a photo of a {trial_type}"; used when no text column
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which models and neurons to record (METHOD.md section 3)."""
+
+    models: tuple = ("tiny-clip",)
+    layers: tuple = ()  # layer indices to keep; () = every layer
+    pooling: str = "mean"
+    batch_size: int = 16
+    device: str = "auto"
+    model_dir: str = ""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BoldConfig:
+    """BOLD cleaning (METHOD.md section 5)."""
+
+    high_pass: float = 1.0 / 128  # Hz
+    smoothing_fwhm: float = 0.0  # mm; 0 = none
+    confounds: tuple = ("motion", "motion_derivatives", "acompcor", "cosine")
+    n_acompcor: int = 6
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """Regressors and AN-to-BN association (METHOD.md sections 4 and 6)."""
+
+    hrf_model: str = "spm"
+    oversampling: int = 16
+    fdr_q: float = 0.05
+    block_size: int = 512  # ANs per block of the streamed association
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Everything that determines a participant's results."""
+
+    filters: RunFilter = field(default_factory=RunFilter)
+    stimuli: StimulusConfig = field(default_factory=StimulusConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    bold: BoldConfig = field(default_factory=BoldConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    derivatives: tuple = ()  # paths to preprocessed-derivative datasets (e.g. fMRIPrep)
+    quiet: bool = False
+
+
+_SECTIONS = {
+    "filters": RunFilter,
+    "stimuli": StimulusConfig,
+    "model": ModelConfig,
+    "bold": BoldConfig,
+    "stats": StatsConfig,
+}
+
+
+def to_dict(config: AnalysisConfig) -> dict:
+    """Plain nested dict (tuples become lists), for JSON and TOML."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def to_json(config: AnalysisConfig) -> str:
+    return json.dumps(to_dict(config), sort_keys=True)
+
+
+def from_dict(data: dict) -> AnalysisConfig:
+    kwargs = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            kwargs[key] = _SECTIONS[key](**{k: _tuple(v) for k, v in value.items()})
+        else:
+            kwargs[key] = _tuple(value)
+    return AnalysisConfig(**kwargs)
+
+
+def from_json(text: str) -> AnalysisConfig:
+    return from_dict(json.loads(text))
+
+
+def _tuple(value):
+    return tuple(value) if isinstance(value, list) else value

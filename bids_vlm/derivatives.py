@@ -1,0 +1,241 @@
+"""Stage 8: write the BIDS-Derivatives dataset (names, sidecars, atomic writes).
+
+Every file is written under a temporary name in its final folder and renamed into place, so an
+interrupted run never leaves a half-written output.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from nilearn import masking
+
+from bids_vlm import __version__
+from bids_vlm.errors import OutputError
+
+ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "desc",
+                "stat")
+BIDSIGNORE = ("*_statmap.nii.gz\n*_statmap.json\n*_neurons.tsv\n*_neurons.json\n"
+              "*_association.h5\n*_association.json\n*.html\n*/figures/\nfigures/\nlogs/\n")
+
+
+def bids_name(entities: dict, suffix: str, extension: str) -> str:
+    """``sub-01_task-x_desc-y_suffix.ext`` with entities in BIDS order (None values skipped)."""
+    parts = [f"{k}-{entities[k]}" for k in ENTITY_ORDER if entities.get(k) not in (None, "")]
+    return "_".join(parts + [suffix]) + extension
+
+
+def desc_label(model: str, stream: str = "", layer: int | None = None) -> str:
+    """Alphanumeric desc label, e.g. ``clipvitb32Image07`` or ``tinyclipCrossText``."""
+    label = re.sub(r"[^A-Za-z0-9]", "", model).lower()
+    label += "".join(w.capitalize() for w in re.split(r"[^A-Za-z0-9]", stream) if w)
+    return label + (f"{layer:02d}" if layer is not None else "")
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"cannot write here: {exc}", path.parent) from exc
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path, data) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return Path(path)
+
+
+def write_tsv(path, table: pd.DataFrame) -> Path:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+    return Path(path)
+
+
+def write_map(path, values: np.ndarray, mask_img, sidecar: dict) -> Path:
+    """Write (V,) in-mask ``values`` as a 3D NIfTI (+ JSON sidecar)."""
+    img = masking.unmask(np.asarray(values, dtype=np.float32), mask_img)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp) + ".nii.gz")
+        os.replace(str(tmp) + ".nii.gz", tmp)
+    write_json(str(path).replace(".nii.gz", ".json"), sidecar)
+    return Path(path)
+
+
+def write_sparse(path, entries: dict, attrs: dict) -> Path:
+    """HDF5 with one 1-D dataset per key of ``entries`` (gzip) and file attributes ``attrs``."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            for key, value in entries.items():
+                value = np.asarray(value)
+                if value.dtype.kind in "UO":
+                    value = value.astype(h5py.string_dtype())
+                h5.create_dataset(key, data=value, compression="gzip" if value.size else None)
+            for key, value in attrs.items():
+                h5.attrs[key] = value
+    return Path(path)
+
+
+def dataset_description(bids_dir, container: str | None = None) -> dict:
+    generated = {"Name": "bids_vlm", "Version": __version__}
+    if container:
+        generated["Container"] = {"Type": container}
+    source = {"URL": f"file://{Path(bids_dir).resolve()}"}
+    desc_file = Path(bids_dir) / "dataset_description.json"
+    if desc_file.is_file():
+        with contextlib.suppress(ValueError):
+            doi = json.loads(desc_file.read_text()).get("DatasetDOI")
+            if doi:
+                source["DOI"] = doi
+    return {"Name": "bids_vlm: artificial-neuron to voxel associations of vision-language models",
+            "BIDSVersion": "1.9.0", "DatasetType": "derivative", "GeneratedBy": [generated],
+            "SourceDatasets": [source]}
+
+
+def init_output(output_dir, bids_dir) -> Path:
+    """Create the derivative dataset root with its description and .bidsignore."""
+    out = Path(output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output directory: {exc}", out) from exc
+    container = "docker" if Path("/.dockerenv").exists() else (
+        "singularity" if os.environ.get("SINGULARITY_NAME") else None)
+    write_json(out / "dataset_description.json", dataset_description(bids_dir, container))
+    with atomic_path(out / ".bidsignore") as tmp:
+        tmp.write_text(BIDSIGNORE)
+    return out
+
+
+NEURON_COLUMNS = {
+    "an_id": "artificial neuron id: model/stream/layer/unit",
+    "stream": "image, text, cross-image or cross-text",
+    "layer": "layer index (0 = first layer)",
+    "unit": "unit index within the layer's feed-forward block",
+    "n_bn_pos": "BN+ count: voxels significantly positively associated with the AN",
+    "n_bn_neg": "BN- count: voxels significantly negatively associated with the AN",
+    "peak_r": "signed Pearson r at the voxel with the largest |r|",
+    "peak_i": "voxel index (i) of peak_r in the map grid",
+    "peak_j": "voxel index (j) of peak_r in the map grid",
+    "peak_k": "voxel index (k) of peak_r in the map grid",
+    "r_threshold": "critical |r| of the AN's Benjamini-Hochberg procedure (n/a: no BN)",
+}
+
+
+def unit_entities(unit: dict) -> dict:
+    return {"sub": unit["subject"], "ses": unit.get("session"), "task": unit["task"],
+            "acq": unit.get("acquisition"), "space": unit.get("space")}
+
+
+def func_dir(output_dir, unit: dict) -> Path:
+    path = Path(output_dir) / f"sub-{unit['subject']}"
+    if unit.get("session"):
+        path = path / f"ses-{unit['session']}"
+    return path / "func"
+
+
+def common_sidecar(unit: dict, attrs: dict, config) -> dict:
+    preproc = ("preprocessed BOLD from the derivatives (desc-preproc)" if unit["preprocessed"]
+               else "none: raw BOLD (no motion correction, slice timing or normalisation by "
+                    "bids_vlm); masked, detrended, high-pass filtered and z-scored per run")
+    return {"Sources": unit["sources"], "BOLDInput": preproc,
+            "AssociationMethod": attrs["method"], "FDRLevel": float(attrs["fdr_q"]),
+            "HRFModel": config.stats.hrf_model, "StimulusRate": config.stimuli.stim_rate,
+            "Pooling": config.model.pooling, "ANDefinition": "ffn"}
+
+
+def write_unit_outputs(association_files, mask_file, unit: dict, output_dir, bids_dir,
+                       config) -> list:
+    """Maps, neuron tables and sparse associations of one subject/session/task/acq unit."""
+    mask = nib.load(mask_file)
+    ijk = np.argwhere(np.asarray(mask.dataobj) > 0)  # (V, 3), the order of masking.apply_mask
+    ents = unit_entities(unit)
+    folder = func_dir(output_dir, unit)
+    written = []
+    for assoc_file in association_files:
+        with h5py.File(assoc_file, "r") as h5:
+            model = str(h5.attrs["model"])
+            side = common_sidecar(unit, dict(h5.attrs), config)
+            rows, entries = [], {"an_index": [], "voxel_index": [], "r": [], "p": []}
+            offset = 0
+            for stream in h5:
+                for layer in h5[stream]:
+                    grp = h5[f"{stream}/{layer}"]
+                    written += _layer_maps(folder, ents, model, stream, int(layer), grp, mask,
+                                           side)
+                    rows.append(_neuron_rows(model, stream, int(layer), grp, ijk))
+                    for key in entries:
+                        value = grp[key][()]
+                        entries[key].append(value + offset if key == "an_index" else value)
+                    offset += len(grp["n_pos"])
+            table = pd.concat(rows, ignore_index=True)
+            written += _neuron_table(folder, ents, model, table, side)
+            written.append(_sparse(folder, ents, model, table, entries, ijk, mask, side))
+    return written
+
+
+def _layer_maps(folder, ents, model, stream, layer, grp, mask, side):
+    desc = desc_label(model, stream, layer)
+    meta = dict(side, Model=model, Stream=stream, Layer=layer, NumberOfANs=len(grp["n_pos"]))
+    count = dict(meta, Description=f"number of ANs of {model} {stream} layer {layer} that have "
+                                   "the voxel as a BN (BN+ or BN-)", Units="count")
+    best = dict(meta, Description=f"signed Pearson r of the AN of {model} {stream} layer {layer} "
+                                  "with the largest |r| at the voxel", Units="r")
+    return [
+        write_map(folder / bids_name(dict(ents, desc=desc, stat="bncount"), "statmap", ".nii.gz"),
+                  grp["bn_count"][()], mask, count),
+        write_map(folder / bids_name(dict(ents, desc=desc, stat="r"), "statmap", ".nii.gz"),
+                  grp["best_r"][()], mask, best),
+    ]
+
+
+def _neuron_rows(model, stream, layer, grp, ijk):
+    from bids_vlm.models.base import an_id
+
+    n = len(grp["n_pos"])
+    peak = ijk[grp["peak_voxel"][()]] if len(ijk) else np.zeros((n, 3), int)
+    thr = grp["r_threshold"][()].astype(float)
+    return pd.DataFrame({
+        "an_id": [an_id(model, stream, layer, u) for u in range(n)], "stream": stream,
+        "layer": layer, "unit": np.arange(n), "n_bn_pos": grp["n_pos"][()],
+        "n_bn_neg": grp["n_neg"][()], "peak_r": grp["peak_r"][()],
+        "peak_i": peak[:, 0], "peak_j": peak[:, 1], "peak_k": peak[:, 2],
+        "r_threshold": np.where(np.isfinite(thr), thr, np.nan)})
+
+
+def _neuron_table(folder, ents, model, table, side):
+    path = folder / bids_name(dict(ents, desc=desc_label(model)), "neurons", ".tsv")
+    sidecar = {col: {"Description": text} for col, text in NEURON_COLUMNS.items()}
+    sidecar["Model"] = model
+    sidecar.update(side)
+    return [write_tsv(path, table), write_json(path.with_suffix(".json"), sidecar)]
+
+
+def _sparse(folder, ents, model, table, entries, ijk, mask, side):
+    path = folder / bids_name(dict(ents, desc=desc_label(model)), "association", ".h5")
+    data = {k: np.concatenate(v) if v else np.zeros(0) for k, v in entries.items()}
+    data["an_id"] = table["an_id"].to_numpy(str)
+    data["voxel_ijk"] = ijk
+    attrs = {"model": model, "method": side["AssociationMethod"], "fdr_q": side["FDRLevel"],
+             "grid_shape": list(mask.shape[:3]), "affine": np.asarray(mask.affine),
+             "layout": "significant entries: an_index (row of an_id), voxel_index (row of "
+                       "voxel_ijk), r, p (uncorrected)"}
+    return write_sparse(path, data, attrs)

@@ -1,0 +1,45 @@
+"""Errors that the CLI turns into documented exit codes.
+
+Exit codes (README, "Exit codes"): 0 success, 1 a run failed, 2 usage error (argparse),
+64 invalid input data, 65 nothing to analyse (no matching subject/run/events),
+66 model weights or tokenizer missing, 73 output cannot be written.
+"""
+
+EXIT_DATA = 64
+EXIT_NO_INPUT = 65
+EXIT_WEIGHTS = 66
+EXIT_OUTPUT = 73
+
+
+class BidsVlmError(Exception):
+    """A problem with the user's input that has a clear message and an exit code."""
+
+    exit_code = 1
+
+    def __init__(self, message, path=None):
+        self.path = str(path) if path is not None else None
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class DataError(BidsVlmError):
+    """Input data that cannot be analysed (bad BIDS file, events, images)."""
+
+    exit_code = EXIT_DATA
+
+
+class NoInputError(BidsVlmError):
+    """The filters select nothing (no such participant, task or run)."""
+
+    exit_code = EXIT_NO_INPUT
+
+
+class WeightsNotFoundError(BidsVlmError):
+    """Model weights are not present locally and cannot be downloaded."""
+
+    exit_code = EXIT_WEIGHTS
+
+
+class OutputError(BidsVlmError):
+    """The output directory cannot be used."""
+
+    exit_code = EXIT_OUTPUT

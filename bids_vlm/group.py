@@ -1,0 +1,124 @@
+"""Group level (METHOD.md 9, first version): participants' per-layer maps and AN tables combined.
+
+For every (task, acquisition, space, model, stream, layer) map of the participants, the group
+maps are: the mean number of ANs per voxel (``stat-meanbncount``), the
+fraction of participants in which the voxel is a BN of at least one AN of the layer
+(``stat-propbn``) and the mean of the participants' best r after Fisher z (``stat-meanr``).
+Maps must share one grid (a template space); native-space maps of several participants cannot
+be combined and give a clear error.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from bids_vlm.derivatives import write_json, write_tsv
+from bids_vlm.errors import DataError
+
+KEY_RE = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.*)_desc-"
+                    r"(?P<desc>[A-Za-z0-9]+)_stat-(?P<stat>[a-z]+)_statmap\.nii\.gz$")
+NEURON_RE = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.*)_desc-"
+                       r"(?P<desc>[A-Za-z0-9]+)_neurons\.tsv$")
+
+
+def group_maps(stack: np.ndarray, stat: str) -> dict:
+    """Group statistics of participants' maps.
+
+    stack: (n_subjects, X, Y, Z) maps of one statistic. For ``bncount`` returns {"meanbncount",
+    "propbn"}; for ``r`` returns {"meanr"} (mean of Fisher z, transformed back to r).
+    """
+    if stat == "bncount":
+        return {"meanbncount": stack.mean(0), "propbn": (stack > 0).mean(0)}
+    if stat == "r":
+        z = np.arctanh(np.clip(stack, -0.999999, 0.999999))
+        return {"meanr": np.tanh(z.mean(0))}
+    return {}
+
+
+def collect_maps(output_dir) -> dict:
+    """{(rest-of-name, desc, stat): {subject: path}} of the participants' statmaps."""
+    found = defaultdict(dict)
+    for path in sorted(Path(output_dir).glob("sub-*/**/func/*_statmap.nii.gz")):
+        match = KEY_RE.search(path.name)
+        if match:
+            key = (match["rest"], match["desc"], match["stat"])
+            found[key][match["sub"]] = path
+    return dict(found)
+
+
+def combine_participants(output_dir) -> list[Path]:
+    """Write the group maps and tables under ``<output_dir>/group/``; returns the paths."""
+    out = Path(output_dir) / "group"
+    written = []
+    for (rest, desc, stat), by_subject in collect_maps(output_dir).items():
+        imgs = [nib.load(p) for p in by_subject.values()]
+        _check_grid(imgs, list(by_subject.values()))
+        stack = np.stack([np.asarray(i.dataobj, dtype=np.float32) for i in imgs])
+        sidecar = json.loads(Path(str(next(iter(by_subject.values()))).replace(
+            ".nii.gz", ".json")).read_text())
+        for name, data in group_maps(stack, stat).items():
+            path = out / f"group_{rest}_desc-{desc}_stat-{name}_statmap.nii.gz"
+            side = {k: sidecar[k] for k in ("Model", "Stream", "Layer", "AssociationMethod",
+                                            "FDRLevel", "HRFModel") if k in sidecar}
+            side.update(Participants=sorted(by_subject), Statistic=name,
+                        Description=_DESCRIPTIONS[name])
+            nib.save(nib.Nifti1Image(data.astype(np.float32), imgs[0].affine), _tmp(path))
+            Path(_tmp(path)).replace(path)
+            write_json(str(path).replace(".nii.gz", ".json"), side)
+            written.append(path)
+    written += combine_neuron_tables(output_dir)
+    return written
+
+
+_DESCRIPTIONS = {
+    "meanbncount": "mean over participants of the number of ANs of the layer with the voxel as BN",
+    "propbn": "fraction of participants in which the voxel is a BN of at least one AN of the layer",
+    "meanr": "mean over participants of the best r (Fisher z average, back-transformed)",
+}
+
+
+def _tmp(path) -> str:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path.parent / f".{path.name[:-7]}.tmp.nii.gz")
+
+
+def _check_grid(imgs, paths):
+    ref = imgs[0]
+    for img, path in zip(imgs[1:], paths[1:]):
+        if img.shape != ref.shape or not np.allclose(img.affine, ref.affine, atol=1e-3):
+            raise DataError(f"participants' maps are on different grids ({ref.shape} vs "
+                            f"{img.shape}); group analysis needs data in one template space "
+                            "(e.g. fMRIPrep's MNI152NLin2009cAsym outputs)", path)
+
+
+def combine_neuron_tables(output_dir) -> list[Path]:
+    """Per model: mean BN+ / BN- counts per AN over participants, and how many have any BN."""
+    groups = defaultdict(list)
+    for path in sorted(Path(output_dir).glob("sub-*/**/func/*_neurons.tsv")):
+        match = NEURON_RE.search(path.name)
+        if match:
+            groups[(match["rest"], match["desc"])].append((match["sub"], path))
+    written = []
+    for (rest, desc), items in groups.items():
+        tables = [pd.read_csv(p, sep="\t") for _, p in items]
+        stacked = pd.concat(tables, keys=[s for s, _ in items], names=["subject", "row"])
+        stacked["has_bn"] = (stacked.n_bn_pos + stacked.n_bn_neg) > 0
+        summary = stacked.groupby("an_id", sort=False).agg(
+            stream=("stream", "first"), layer=("layer", "first"), unit=("unit", "first"),
+            mean_bn_pos=("n_bn_pos", "mean"), mean_bn_neg=("n_bn_neg", "mean"),
+            n_participants_with_bn=("has_bn", "sum")).reset_index()
+        path = Path(output_dir) / "group" / f"group_{rest}_desc-{desc}_neurons.tsv"
+        written.append(write_tsv(path, summary))
+        written.append(write_json(path.with_suffix(".json"), {
+            "Participants": [s for s, _ in items],
+            "mean_bn_pos": {"Description": "mean BN+ count over participants"},
+            "mean_bn_neg": {"Description": "mean BN- count over participants"},
+            "n_participants_with_bn": {"Description": "participants where the AN has >= 1 BN"}}))
+    return written

@@ -1,0 +1,82 @@
+"""Stage 3: models and their artificial neurons.
+
+:data:`REGISTRY` maps a model name to a loader; :func:`extract` runs stimuli through a model
+and returns the pooled activation of every AN of every selected layer.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bids_vlm.config import ModelConfig
+from bids_vlm.models import openclip
+from bids_vlm.models.base import an_id, recording, resolve_device, to_numpy
+
+LOGGER = logging.getLogger("bids_vlm.models")
+
+# name -> (loader(config) -> model, one-line description)
+REGISTRY: dict[str, tuple[Callable, str]] = {
+    "tiny-clip": (lambda cfg: openclip.build_tiny_clip(cfg.seed),
+                  "open_clip CLIP, tiny config, seeded random weights: pipeline tests and the "
+                  "offline demo only, not a scientific model"),
+    "clip-vit-b-32": (lambda cfg: openclip.load_openai_clip("clip-vit-b-32", cfg.model_dir),
+                      "OpenAI CLIP ViT-B/32 (open_clip 'openai' weights, from a local file)"),
+    "clip-vit-b-16": (lambda cfg: openclip.load_openai_clip("clip-vit-b-16", cfg.model_dir),
+                      "OpenAI CLIP ViT-B/16 (open_clip 'openai' weights, from a local file)"),
+}
+
+
+def load_model(name: str, config: ModelConfig):
+    """Load a registered model on the CPU, in eval mode."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown model '{name}' (known: {', '.join(REGISTRY)})")
+    return REGISTRY[name][0](config)
+
+
+def select_layers(n_layers: int, layers: tuple) -> list[int]:
+    """Layer indices to record: all when ``layers`` is empty, else those that exist."""
+    return list(range(n_layers)) if not layers else [i for i in layers if 0 <= i < n_layers]
+
+
+def extract(model, items_by_stream: dict, config: ModelConfig, progress=True) -> dict:
+    """Pooled AN activations for every stimulus.
+
+    items_by_stream: {stream: list of n_items stimuli (image paths or texts)}.
+    Returns {"<stream>/<layer:02d>": (n_items, units) float32}; streams with no items are left out.
+    """
+    device = resolve_device(config.device)
+    model.module.to(device)
+    out = {}
+    for stream, items in items_by_stream.items():
+        if not items:
+            continue
+        layers = select_layers(model.streams[stream].n_layers, config.layers)
+        chunks = {layer: [] for layer in layers}
+        for start in tqdm(range(0, len(items), config.batch_size), disable=not progress,
+                          desc=f"{model.name} {stream}", unit="batch"):
+            batch = items[start:start + config.batch_size]
+            for layer, acts in _run_batch(model, stream, batch, layers, config, device).items():
+                chunks[layer].append(acts)
+        for layer in layers:
+            out[f"{stream}/{layer:02d}"] = np.concatenate(chunks[layer], axis=0)
+    model.module.to("cpu")
+    return out
+
+
+def _run_batch(model, stream, batch, layers, config, device) -> dict:
+    inputs, valid, cls_index = model.prepare(stream, batch, device)
+    modules = {i: m for i, m in model.layer_modules(stream).items() if i in layers}
+    with torch.inference_mode(), recording(modules, valid, cls_index, config.pooling,
+                                           model.batch_first(stream)) as pooled:
+        model.forward(stream, inputs)
+    return to_numpy(pooled)
+
+
+def an_ids(model_name: str, key: str, units: int) -> list[str]:
+    """AN ids of one ``stream/layer`` block of ``units`` units."""
+    stream, layer = key.split("/")
+    return [an_id(model_name, stream, int(layer), u) for u in range(units)]

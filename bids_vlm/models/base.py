@@ -1,0 +1,90 @@
+"""Recording artificial neurons (ANs): forward hooks that pool each layer's FFN units.
+
+An AN is one hidden unit of a layer's feed-forward block, taken after the nonlinearity
+(METHOD.md 3). Its activation for one stimulus is pooled over the tokens of that stimulus:
+``mean`` over valid tokens (default), ``cls`` (the token the model pools: CLS for images,
+EOT for CLIP text) or ``max`` over valid tokens. Its id is ``model/stream/layer/unit``.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+POOLINGS = ("mean", "cls", "max")
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One stream of a model: its layer count and the ANs per layer."""
+
+    name: str
+    n_layers: int
+    units: int
+
+
+def an_id(model: str, stream: str, layer: int, unit: int) -> str:
+    """Stable AN id, e.g. ``clip-vit-b-32/image/07/1734``."""
+    return f"{model}/{stream}/{layer:02d}/{unit}"
+
+
+def pool_tokens(hidden, valid, pooling, cls_index):
+    """Pool one layer's units over tokens.
+
+    hidden: (B, L, U) activations; valid: (B, L) bool, the tokens that belong to the stimulus;
+    cls_index: (B,) long, the token used by ``cls`` pooling. Returns (B, U) float32.
+    """
+    hidden = hidden.float()
+    if pooling == "mean":
+        weights = valid.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    if pooling == "max":
+        return hidden.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(1)
+    if pooling == "cls":
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), cls_index]
+    raise ValueError(f"unknown pooling '{pooling}' (choose from {', '.join(POOLINGS)})")
+
+
+@contextlib.contextmanager
+def recording(modules: dict, valid, cls_index, pooling: str, batch_first: bool):
+    """Attach forward hooks to ``modules`` ({layer: module}); yields {layer: (B, U) tensor}.
+
+    The hooks pool each module's output as soon as it is computed, so that only (B, U) per
+    layer is kept. They are removed when the block exits, also after an exception.
+    """
+    pooled = {}
+    handles = []
+
+    def make_hook(layer):
+        def hook(_module, _inputs, output):
+            hidden = output if batch_first else output.transpose(0, 1)
+            pooled[layer] = pool_tokens(hidden, valid, pooling, cls_index)
+        return hook
+
+    try:
+        for layer, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(layer)))
+        yield pooled
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` gives CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def hooks_attached(module: torch.nn.Module) -> int:
+    """Number of forward hooks left on ``module`` and its children (0 after recording)."""
+    return sum(len(m._forward_hooks) for m in module.modules())
+
+
+def to_numpy(tensors: dict) -> dict:
+    return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in tensors.items()}

@@ -1,0 +1,84 @@
+"""Stage 5: BOLD -> cleaned in-mask voxel time series (nilearn masking and signal cleaning).
+
+Default confound strategy for fMRIPrep confounds (METHOD.md 5): the 6 motion parameters and
+their temporal derivatives, the first ``n_acompcor`` aCompCor components and fMRIPrep's cosine
+drift terms; plus linear detrending, a high-pass filter at ``high_pass`` Hz and a z-score per run.
+Raw BOLD (no derivative) is masked and cleaned the same way without confounds; it is not
+motion-corrected or normalised, and the outputs say so.
+"""
+from __future__ import annotations
+
+import logging
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from nilearn import image, masking, signal
+
+from bids_vlm.config import BoldConfig
+from bids_vlm.errors import DataError
+
+LOGGER = logging.getLogger("bids_vlm.preproc")
+MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+
+
+def select_confounds(table: pd.DataFrame, config: BoldConfig) -> pd.DataFrame:
+    """Columns of an fMRIPrep confounds table chosen by ``config.confounds``.
+
+    Returns (n_scans, n_confounds); NaNs (first row of derivatives) become 0.
+    """
+    columns = []
+    if "motion" in config.confounds:
+        columns += [c for c in MOTION if c in table]
+    if "motion_derivatives" in config.confounds:
+        columns += [f"{c}_derivative1" for c in MOTION if f"{c}_derivative1" in table]
+    if "acompcor" in config.confounds:
+        comp = sorted(c for c in table if c.startswith("a_comp_cor_"))
+        columns += comp[:config.n_acompcor]
+    if "cosine" in config.confounds:
+        columns += sorted(c for c in table if c.startswith("cosine"))
+    return table[columns].fillna(0.0)
+
+
+def load_mask(bold_path, mask_path=None):
+    """The brain mask: the derivative's, resampled to the BOLD grid if needed, else computed
+    from the mean EPI with nilearn's ``compute_epi_mask``."""
+    bold = nib.load(bold_path)
+    if mask_path is None:
+        return masking.compute_epi_mask(bold)
+    mask = nib.load(mask_path)
+    if mask.shape[:3] != bold.shape[:3] or not np.allclose(mask.affine, bold.affine, atol=1e-3):
+        LOGGER.warning("%s: mask grid differs from the BOLD grid; resampled (nearest)", mask_path)
+        mask = image.resample_to_img(mask, image.index_img(bold, 0), interpolation="nearest",
+                                     force_resample=True, copy_header=True)
+    data = np.asarray(mask.dataobj) > 0
+    if not data.any():
+        raise DataError("the brain mask is empty", mask_path)
+    return nib.Nifti1Image(data.astype(np.uint8), mask.affine)
+
+
+def clean_bold(bold_path, mask_img, tr, confounds_path=None, config: BoldConfig = BoldConfig()):
+    """Cleaned voxel time series of one run: (n_scans, n_voxels) float32, z-scored.
+
+    Voxels that are constant over the run (e.g. outside the field of view) come out as zeros.
+    """
+    bold = nib.load(bold_path)
+    smoothing = config.smoothing_fwhm or None
+    data = masking.apply_mask(bold, mask_img, smoothing_fwhm=smoothing).astype(np.float64)
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).any(axis=0).sum())
+        LOGGER.warning("%s: %d voxel(s) with NaN/inf set to 0", bold_path, bad)
+        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    confounds = None
+    if confounds_path:
+        table = pd.read_csv(confounds_path, sep="\t", na_values=["n/a"])
+        if len(table) != data.shape[0]:
+            raise DataError(f"confounds have {len(table)} rows but the BOLD has "
+                            f"{data.shape[0]} volumes", confounds_path)
+        confounds = select_confounds(table, config).to_numpy(float)
+        confounds = confounds if confounds.shape[1] else None
+    constant = data.std(axis=0) < 1e-8
+    cleaned = signal.clean(data, confounds=confounds, detrend=True, standardize="zscore_sample",
+                           high_pass=config.high_pass or None, t_r=tr)
+    cleaned[:, constant] = 0.0
+    return cleaned.astype(np.float32)

@@ -1,0 +1,230 @@
+"""Stage 9: the HTML reports (participant and group), with figures saved next to them.
+
+A participant report lives at ``<out>/sub-<label>.html`` with its figures in
+``<out>/sub-<label>/figures/``; the group report at ``<out>/group.html`` with
+``<out>/group/figures/``.
+"""
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from nilearn import image, plotting  # noqa: E402
+
+from bids_vlm import __version__  # noqa: E402
+from bids_vlm.derivatives import atomic_path  # noqa: E402
+
+TEMPLATE_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym", "MNI152NLin2009cSym", "MNI")
+CITATIONS = [
+    "Ren et al. (2025). Uncovering brain-like hierarchical patterns in vision-language models "
+    "through fMRI-based neural encoding. arXiv:2510.16870.",
+    "Radford et al. (2021). Learning transferable visual models from natural language "
+    "supervision (CLIP). ICML. Cherti et al. (2023), open_clip.",
+    "Abraham et al. (2014). Machine learning for neuroimaging with scikit-learn (nilearn). "
+    "Front. Neuroinform. 8:14.",
+    "Gorgolewski et al. (2011). Nipype. Front. Neuroinform. 5:13. Yarkoni et al. (2019). "
+    "PyBIDS. JOSS 4(40):1294.",
+    "Benjamini & Hochberg (1995). Controlling the false discovery rate. JRSS B 57:289-300.",
+]
+MAP_RE = re.compile(r"desc-(?P<desc>[A-Za-z0-9]+)_stat-(?P<stat>[a-z]+)_statmap\.nii\.gz$")
+
+
+def methods_text(config, sidecar: dict) -> str:
+    """Methods boilerplate from the resolved configuration and a map sidecar."""
+    return (
+        f"Results were generated with bids_vlm {__version__}. Events were sampled at "
+        f"{config.stimuli.stim_rate:g} Hz into a stimulus timeline; each stimulus was passed "
+        f"through {', '.join(config.model.models)} and the post-nonlinearity units of every "
+        f"feed-forward block (artificial neurons, ANs) were {config.model.pooling}-pooled over "
+        f"tokens. AN activations were convolved with the {config.stats.hrf_model.upper()} "
+        "haemodynamic response (nilearn compute_regressor), sampled at the BOLD frame times and "
+        f"z-scored within runs. BOLD input: {sidecar.get('BOLDInput', 'n/a')}; it was detrended, "
+        f"high-pass filtered at {config.bold.high_pass:.4g} Hz, cleaned of confounds when "
+        "available and z-scored within runs (nilearn). Association: "
+        f"{sidecar.get('AssociationMethod', '')}, q = {config.stats.fdr_q:g}. A voxel "
+        "significantly associated with an AN is one of its biological neurons (BN+ for positive, "
+        "BN- for negative r).")
+
+
+def participant_report(output_dir, subject: str, config) -> Path:
+    """Write ``sub-<subject>.html`` and its figures; returns the HTML path."""
+    out = Path(output_dir)
+    sub_dir = out / f"sub-{subject}"
+    figdir = sub_dir / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    sections, sidecar = [], {}
+    for table_path in sorted(sub_dir.rglob("*_neurons.tsv")):
+        sidecar = json.loads(table_path.with_suffix(".json").read_text())
+        sections.append(_unit_section(table_path, sidecar, figdir, out))
+    if not sections:
+        sections.append("<p>No results were found for this participant.</p>")
+    title = f"bids_vlm report: sub-{subject}"
+    body = _summary(subject, config) + "".join(sections) + _methods(config, sidecar)
+    return _write_html(out / f"sub-{subject}.html", title, body)
+
+
+def _summary(subject, config):
+    items = {"Participant": f"sub-{subject}", "Models": ", ".join(config.model.models),
+             "HRF model": config.stats.hrf_model, "FDR level (per AN)": config.stats.fdr_q,
+             "Stimulus rate (Hz)": config.stimuli.stim_rate, "bids_vlm version": __version__}
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in items.items())
+    return f"<h2>Summary</h2><table class='summary'>{rows}</table>"
+
+
+def _methods(config, sidecar):
+    refs = "".join(f"<li>{html.escape(c)}</li>" for c in CITATIONS)
+    return (f"<h2>Methods</h2><p>{html.escape(methods_text(config, sidecar))}</p>"
+            f"<h3>References</h3><ol>{refs}</ol>")
+
+
+def _unit_section(table_path, sidecar, figdir, out):
+    table = pd.read_csv(table_path, sep="\t")
+    stem = table_path.name.replace("_neurons.tsv", "")
+    model = sidecar.get("Model", "")
+    space = _space(table_path.name)
+    parts = [f"<h2>{html.escape(stem)}</h2>",
+             f"<p>Model <b>{html.escape(model)}</b>; space: {html.escape(space or 'native')}; "
+             f"{len(table)} ANs, {int(((table.n_bn_pos + table.n_bn_neg) > 0).sum())} with at "
+             "least one BN.</p>",
+             f"<p class='note'>{html.escape(sidecar.get('BOLDInput', ''))}</p>"]
+    profile = figdir / f"{stem}_layerprofile.png"
+    _layer_profile(table, profile, model)
+    parts.append(_figure(profile, out, "BN+ and BN- counts per layer, summed over ANs."))
+    maps = _count_maps(table_path.parent, stem.replace(_desc(stem), ""))
+    background = _background(sidecar.get("Sources", []), space)
+    for stream, paths in maps.items():
+        fig = figdir / f"{stem}_stream-{stream}_bncount.png"
+        _brain_figure(paths, fig, f"{model} {stream}: ANs per voxel (all layers)", background,
+                      space)
+        parts.append(_figure(fig, out, f"Number of {stream}-stream ANs (all layers) that have "
+                                       "each voxel as a BN."))
+    return "".join(parts)
+
+
+def _desc(stem):
+    match = re.search(r"_desc-[A-Za-z0-9]+", stem)
+    return match.group(0) if match else ""
+
+
+def _space(name):
+    match = re.search(r"_space-([A-Za-z0-9]+)", name)
+    return match.group(1) if match else None
+
+
+def _count_maps(folder, prefix) -> dict:
+    """{stream: [bncount map paths]} for the maps of one unit (any model desc)."""
+    maps = defaultdict(list)
+    for path in sorted(folder.glob(f"{prefix}_desc-*_stat-bncount_statmap.nii.gz")):
+        side = json.loads(Path(str(path).replace(".nii.gz", ".json")).read_text())
+        maps[side["Stream"]].append(path)
+    return dict(maps)
+
+
+def _background(sources, space):
+    if space and space.startswith(TEMPLATE_SPACES):
+        return None  # nilearn's MNI template
+    if sources and Path(sources[0]).exists():
+        return image.mean_img(sources[0], copy_header=True)
+    return None
+
+
+def _brain_figure(paths, fig_path, title, background, space):
+    total = image.math_img("np.sum(imgs, axis=-1)", imgs=image.concat_imgs(paths))
+    vmax = max(float(np.abs(total.get_fdata()).max()), 1.0)
+    kwargs = {"display_mode": "z", "cut_coords": 5, "title": title, "colorbar": True,
+              "vmax": vmax, "cmap": "hot", "draw_cross": False}
+    if background is None and space and space.startswith(TEMPLATE_SPACES):
+        display = plotting.plot_glass_brain(total, display_mode="lyrz", title=title,
+                                            colorbar=True, vmax=vmax, cmap="hot")
+    elif background is None:
+        display = plotting.plot_img(total, **kwargs)
+    else:
+        display = plotting.plot_stat_map(total, bg_img=background, threshold=0.5, **kwargs)
+    _save(display, fig_path)
+
+
+def _layer_profile(table, fig_path, model):
+    fig, axes = plt.subplots(1, max(1, table.stream.nunique()), figsize=(4.5 * max(
+        1, table.stream.nunique()), 3.2), squeeze=False)
+    for ax, (stream, rows) in zip(axes[0], table.groupby("stream", sort=True)):
+        sums = rows.groupby("layer")[["n_bn_pos", "n_bn_neg"]].sum()
+        ax.bar(sums.index - 0.2, sums.n_bn_pos, width=0.4, label="BN+", color="#d62728")
+        ax.bar(sums.index + 0.2, sums.n_bn_neg, width=0.4, label="BN-", color="#1f77b4")
+        ax.set(title=f"{model} {stream}", xlabel="layer", ylabel="AN-voxel pairs")
+        ax.legend(frameon=False)
+    fig.tight_layout()
+    _save(fig, fig_path)
+
+
+def _save(figure, path):
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        target = str(tmp) + ".png"
+        figure.savefig(target, dpi=90)
+        Path(target).replace(tmp)
+    if hasattr(figure, "close"):
+        figure.close()
+    plt.close("all")
+
+
+def _figure(path, out, caption):
+    rel = Path(path).relative_to(out).as_posix()
+    return (f"<figure><img src='{html.escape(rel)}' alt='{html.escape(caption)}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+         "img{max-width:100%}figure{margin:1em 0}figcaption{color:#555;font-size:90%}"
+         "table.summary th{text-align:left;padding-right:1em}.note{color:#8a4b00}")
+
+
+def _write_html(path, title, body) -> Path:
+    doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+           f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
+           f"<body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text(doc, encoding="utf-8")
+    return Path(path)
+
+
+def group_report(output_dir, config) -> Path:
+    """Write ``group.html`` and ``group/figures/`` from the group derivatives."""
+    out = Path(output_dir)
+    figdir = out / "group" / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for table_path in sorted((out / "group").glob("*_neurons.tsv")):
+        table = pd.read_csv(table_path, sep="\t")
+        side = json.loads(table_path.with_suffix(".json").read_text())
+        stem = table_path.name.replace("_neurons.tsv", "")
+        profile = figdir / f"{stem}_layerprofile.png"
+        _layer_profile(table.rename(columns={"mean_bn_pos": "n_bn_pos",
+                                             "mean_bn_neg": "n_bn_neg"}), profile, stem)
+        parts = [f"<h2>{html.escape(stem)}</h2>",
+                 f"<p>{len(side.get('Participants', []))} participant(s): "
+                 f"{html.escape(', '.join(side.get('Participants', [])))}.</p>",
+                 _figure(profile, out, "Mean BN+ and BN- counts per layer over participants.")]
+        prefix = stem.replace(_desc(stem), "")
+        maps = defaultdict(list)
+        for path in sorted((out / "group").glob(f"{prefix}_desc-*_stat-meanbncount_statmap.nii.gz")):
+            side_map = json.loads(Path(str(path).replace(".nii.gz", ".json")).read_text())
+            maps[side_map.get("Stream", "all")].append(path)
+        for stream, paths in maps.items():
+            fig = figdir / f"{stem}_stream-{stream}_meanbncount.png"
+            _brain_figure(paths, fig, f"group {stream}: mean ANs per voxel (all layers)", None,
+                          _space(stem))
+            parts.append(_figure(fig, out, f"Mean number of {stream}-stream ANs per voxel."))
+        sections.append("".join(parts))
+    body = "".join(sections) or "<p>No group results.</p>"
+    return _write_html(out / "group.html", "bids_vlm report: group", body + _methods(config, {}))

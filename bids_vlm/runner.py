@@ -1,0 +1,123 @@
+"""Runs an analysis level: finds the inputs, checks them, builds and runs the Nipype graph.
+
+This is the CLI's layer (it imports :mod:`workflows`); the stages do not import it.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import tomli_w
+
+from bids_vlm import __version__
+from bids_vlm.config import AnalysisConfig, to_dict
+from bids_vlm.errors import BidsVlmError, DataError, NoInputError
+from bids_vlm import errors
+
+LOGGER = logging.getLogger("bids_vlm")
+
+
+def default_work_dir(output_dir) -> Path:
+    """A stable work directory for an output directory (so that a rerun resumes)."""
+    digest = hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"bids_vlm_work_{digest}"
+
+
+def write_config_log(output_dir, config: AnalysisConfig, level, extra: dict) -> Path:
+    """The resolved configuration as TOML in ``logs/``."""
+    from bids_vlm.derivatives import atomic_path
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(output_dir) / "logs" / f"config_{level}_{stamp}.toml"
+    data = {"bids_vlm": {"version": __version__, "level": level,
+                         "command": " ".join(sys.argv), **extra}, **to_dict(config)}
+    with atomic_path(path) as tmp:
+        tmp.write_text(tomli_w.dumps(data))
+    return path
+
+
+def check_stimuli(runs, bids_dir, config: AnalysisConfig):
+    """Build every run's timeline before the graph runs, so bad events fail fast and clearly."""
+    from bids_vlm.stimuli import build_timeline, read_events
+
+    any_stimulus = False
+    for run in runs:
+        timeline = build_timeline(read_events(run.events), run.n_scans * run.tr,
+                                  config.stimuli, Path(bids_dir) / "stimuli", source=run.events)
+        any_stimulus |= any(x is not None for x in timeline.images + timeline.texts)
+    if not any_stimulus:
+        raise DataError("no stimulus in any selected run's events: give a stim_file column "
+                        "(images under stimuli/), a text column (--text-column), or "
+                        "--text-template, e.g. 'a photo of a {trial_type}'", runs[0].events)
+
+
+def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None, nprocs=1,
+                    space="", validate=False) -> list[Path]:
+    from bids_vlm.bids import collect_runs, load_layout
+    from bids_vlm.derivatives import init_output
+    from workflows.participant import analysis_units, init_participant_wf
+
+    layout = load_layout(bids_dir, config.derivatives, validate=validate)
+    runs = collect_runs(layout, config.filters, space)
+    check_stimuli(runs, bids_dir, config)
+    for run in runs:
+        if not run.preprocessed:
+            LOGGER.warning("%s: no preprocessed BOLD found in the derivatives; analysing the raw "
+                           "BOLD (no motion correction or normalisation)", run.bold)
+    init_output(output_dir, bids_dir)
+    work = Path(work_dir) if work_dir else default_work_dir(output_dir)
+    write_config_log(output_dir, config, "participant",
+                     {"bids_dir": str(bids_dir), "output_dir": str(output_dir),
+                      "work_dir": str(work), "runs": [r.bold for r in runs]})
+    units = analysis_units(runs)
+    wf = init_participant_wf(units, bids_dir, output_dir, work, config)
+    _run(wf, output_dir, nprocs)
+    subjects = sorted({u["subject"] for u in units})
+    return [Path(output_dir) / f"sub-{s}.html" for s in subjects]
+
+
+def run_group(bids_dir, output_dir, config: AnalysisConfig, work_dir=None, nprocs=1):
+    from workflows.group import init_group_wf
+
+    output_dir = Path(output_dir)
+    if not list(output_dir.glob("sub-*/**/*_neurons.tsv")):
+        raise NoInputError("no participant results here; run the participant level first",
+                           output_dir)
+    work = Path(work_dir) if work_dir else default_work_dir(output_dir)
+    write_config_log(output_dir, config, "group",
+                     {"bids_dir": str(bids_dir), "output_dir": str(output_dir)})
+    wf = init_group_wf(output_dir, work, config)
+    _run(wf, output_dir, nprocs)
+    return [output_dir / "group.html"]
+
+
+def _run(wf, output_dir, nprocs):
+    crash_dir = Path(output_dir) / "logs"
+    wf.config["execution"].update({"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
+                                   "stop_on_first_crash": True,
+                                   "remove_unnecessary_outputs": False})
+    plugin = ("MultiProc", {"n_procs": nprocs}) if nprocs > 1 else ("Linear", {})
+    try:
+        wf.run(plugin=plugin[0], plugin_args=plugin[1])
+    except RuntimeError as exc:
+        raise _node_error(crash_dir) from exc
+
+
+def _node_error(crash_dir) -> BidsVlmError:
+    """The error of the newest crash file, with its exit code when it is a bids_vlm error."""
+    crashes = sorted(Path(crash_dir).glob("crash-*.txt"), key=lambda p: p.stat().st_mtime)
+    text = crashes[-1].read_text(errors="replace") if crashes else ""
+    match = re.findall(r"bids_vlm\.errors\.(\w+): (.+)", text)
+    if match:
+        cls = getattr(errors, match[-1][0], BidsVlmError)
+        err = cls(match[-1][1])
+    else:
+        last = [ln for ln in text.splitlines() if ln.strip()][-1:] or ["unknown error"]
+        err = BidsVlmError(f"a pipeline step failed: {last[0].strip()}")
+    err.args = (f"{err.args[0]} (details: {crashes[-1] if crashes else crash_dir})",)
+    return err

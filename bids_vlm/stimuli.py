@@ -1,0 +1,158 @@
+"""Stage 2: from events.tsv to a stimulus timeline sampled at the stimulus rate (METHOD.md 2).
+
+Sample ``k`` of a run covers ``[k/rate, (k+1)/rate)`` seconds. Its stimulus is the event that
+covers the largest part of that interval (so events shorter than a sample are never missed);
+a sample that no event overlaps is *blank* and later gets zero activation. Images come from
+``stim_file`` (relative to the dataset's ``stimuli/`` folder); text from a text column or from a
+prompt template filled with the row's columns, e.g. ``"a photo of a {trial_type}"``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bids_vlm.config import StimulusConfig
+from bids_vlm.errors import DataError
+
+LOGGER = logging.getLogger("bids_vlm.stimuli")
+TEXT_COLUMNS = ("text", "caption", "sentence", "word")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Stimuli of one run on the sample grid.
+
+    times: (n_samples,) sample start times in seconds; images, texts: n_samples entries each,
+    an absolute image path / a text, or ``None`` when that modality is blank in the sample.
+    """
+
+    times: np.ndarray
+    dt: float
+    images: tuple
+    texts: tuple
+
+    def to_dict(self) -> dict:
+        return {"times": self.times.tolist(), "dt": self.dt,
+                "images": list(self.images), "texts": list(self.texts)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Timeline":
+        return cls(np.asarray(data["times"], float), float(data["dt"]),
+                   tuple(data["images"]), tuple(data["texts"]))
+
+
+def read_events(path) -> pd.DataFrame:
+    """Read an events.tsv, checking the columns BIDS requires."""
+    try:
+        events = pd.read_csv(path, sep="\t", na_values=["n/a", "N/A", ""], keep_default_na=False,
+                             encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"events file is not UTF-8 text: {exc}", path) from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"malformed TSV: {exc}", path) from exc
+    for col in ("onset", "duration"):
+        if col not in events.columns:
+            raise DataError(f"required column '{col}' is missing (columns: "
+                            f"{', '.join(events.columns)})", path)
+        values = pd.to_numeric(events[col], errors="coerce")
+        bad = values.isna() & events[col].notna()
+        if bad.any() or (col == "onset" and values.isna().any()):
+            row = int(np.flatnonzero(bad | values.isna())[0]) + 2
+            raise DataError(f"column '{col}' must be numeric; line {row} is "
+                            f"'{events[col].iloc[row - 2]}'", path)
+        events[col] = values.fillna(0.0)
+    if (events["onset"] < 0).any():
+        row = int(np.flatnonzero(events["onset"] < 0)[0]) + 2
+        raise DataError(f"negative onset on line {row}", path)
+    return events
+
+
+def build_timeline(events: pd.DataFrame, run_duration: float, config: StimulusConfig,
+                   stimuli_dir=None, source="events.tsv") -> Timeline:
+    """Sample the events of one run (``run_duration`` seconds) at ``config.stim_rate``."""
+    dt = 1.0 / config.stim_rate
+    n_samples = int(math.ceil(run_duration / dt - 1e-9))
+    times = np.arange(n_samples) * dt
+    owner = _owner_event(events["onset"].to_numpy(float), events["duration"].to_numpy(float),
+                         n_samples, dt)
+    late = events["onset"] >= run_duration
+    if late.any():
+        LOGGER.warning("%s: %d event(s) start after the run ends (%.1f s) and are ignored",
+                       source, int(late.sum()), run_duration)
+    images = _event_images(events, stimuli_dir, source)
+    texts = _event_texts(events, config, source)
+    return Timeline(times=times, dt=dt,
+                    images=tuple(images[i] if i >= 0 else None for i in owner),
+                    texts=tuple(texts[i] if i >= 0 else None for i in owner))
+
+
+def _owner_event(onsets, durations, n_samples, dt):
+    """(n_samples,) index of the event covering most of each sample, -1 where none does."""
+    best = np.zeros(n_samples)
+    owner = np.full(n_samples, -1)
+    for i, (on, dur) in enumerate(zip(onsets, durations)):
+        off = on + max(dur, 0.0)
+        first, last = int(on // dt), min(int(math.ceil(off / dt)), n_samples)
+        if dur <= 0:  # an instantaneous event shows in the sample it falls in
+            last = min(first + 1, n_samples)
+        for k in range(first, last):
+            cover = min(off, (k + 1) * dt) - max(on, k * dt) if dur > 0 else 1e-9
+            if cover > best[k]:
+                best[k], owner[k] = cover, i
+    return owner
+
+
+def _event_images(events, stimuli_dir, source):
+    if "stim_file" not in events.columns:
+        return [None] * len(events)
+    out = []
+    for value in events["stim_file"]:
+        if not isinstance(value, str) or not value.strip():
+            out.append(None)
+            continue
+        path = Path(stimuli_dir or ".") / value.strip()
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(f"stim_file '{value}' is not an image this version reads "
+                            f"({', '.join(IMAGE_EXTENSIONS)})", source)
+        if not path.is_file():
+            raise DataError(f"stim_file '{value}' not found under {stimuli_dir}", source)
+        out.append(str(path.resolve()))
+    return out
+
+
+def _event_texts(events, config: StimulusConfig, source):
+    column = config.text_column
+    if column:
+        if column not in events.columns:
+            raise DataError(f"text column '{column}' is not in the events file", source)
+    else:
+        column = next((c for c in TEXT_COLUMNS if c in events.columns), "")
+    if column:
+        return [str(v) if isinstance(v, str) and v.strip() else None for v in events[column]]
+    if config.text_template:
+        return [_fill(config.text_template, row, source) for _, row in events.iterrows()]
+    return [None] * len(events)
+
+
+def _fill(template, row, source):
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+    if any(f not in row.index for f in fields):
+        missing = [f for f in fields if f not in row.index]
+        raise DataError(f"text template '{template}' needs column(s) {missing}", source)
+    if any(not isinstance(row[f], str) and pd.isna(row[f]) for f in fields):
+        return None
+    return template.format(**{f: row[f] for f in fields})
+
+
+def unique_stimuli(timelines) -> tuple[list, list]:
+    """Sorted unique image paths and texts over several timelines."""
+    images = sorted({i for t in timelines for i in t.images if i is not None})
+    texts = sorted({s for t in timelines for s in t.texts if s is not None})
+    return images, texts

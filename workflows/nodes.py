@@ -1,0 +1,199 @@
+"""The functions that Nipype nodes run: read inputs, call one stage function, write outputs.
+
+They are wrapped in ``nipype.interfaces.utility.Function``, which runs a function from its
+source text, so every import is inside the function. Outputs go to the node's own directory
+(the current directory when the node runs). Small inputs travel as JSON strings; every node
+gets the configuration and the runs (whose fingerprints change when input files change), so a
+change of either invalidates the cache.
+"""
+
+
+def timelines_node(runs_json, bids_dir, config_json):
+    """Stimulus timelines of every run -> ``timelines.json`` ({run label: timeline})."""
+    import json
+    import os
+    from pathlib import Path
+
+    from bids_vlm.bids import run_from_dict
+    from bids_vlm.config import from_json
+    from bids_vlm.stimuli import build_timeline, read_events
+
+    config = from_json(config_json)
+    out = {}
+    for data in json.loads(runs_json):
+        run = run_from_dict(data)
+        timeline = build_timeline(read_events(run.events), run.n_scans * run.tr, config.stimuli,
+                                  Path(bids_dir) / "stimuli", source=run.events)
+        out[run.label] = timeline.to_dict()
+    path = os.path.abspath("timelines.json")
+    Path(path).write_text(json.dumps(out))
+    return path
+
+
+def mask_node(runs_json):
+    """The analysis mask: the intersection of the runs' brain masks -> ``mask.nii.gz``."""
+    import json
+    import os
+
+    import nibabel as nib
+    from nilearn.masking import intersect_masks
+
+    from bids_vlm.bids import run_from_dict
+    from bids_vlm.errors import DataError
+    from bids_vlm.preproc import load_mask
+
+    runs = [run_from_dict(d) for d in json.loads(runs_json)]
+    masks = [load_mask(r.bold, r.mask) for r in runs]
+    ref = masks[0]
+    for run, mask in zip(runs, masks):
+        if mask.shape != ref.shape or abs(mask.affine - ref.affine).max() > 1e-3:
+            raise DataError(f"the runs of {runs[0].label.split('_run-')[0]} are not on one grid "
+                            f"(first run {ref.shape}, this run {mask.shape})", run.bold)
+    mask = intersect_masks(masks, threshold=1.0, connected=False) if len(masks) > 1 else ref
+    path = os.path.abspath("mask.nii.gz")
+    nib.save(mask, path)
+    return path
+
+
+def clean_node(run_json, mask_file, config_json):
+    """Cleaned BOLD of one run -> ``<run>_cleaned.npy`` (n_scans, n_voxels)."""
+    import json
+    import os
+
+    import numpy as np
+
+    from bids_vlm.bids import run_from_dict
+    from bids_vlm.config import from_json
+    from bids_vlm.preproc import clean_bold
+
+    run = run_from_dict(json.loads(run_json))
+    cleaned = clean_bold(run.bold, mask_file, run.tr, run.confounds, from_json(config_json).bold)
+    path = os.path.abspath(f"{run.label}_cleaned.npy")
+    np.save(path, cleaned)
+    return path
+
+
+def extract_node(timelines_file, model_name, config_json):
+    """AN activations of every unique stimulus -> ``activations.h5``.
+
+    Datasets ``<stream>/<layer>`` (n_items, units) and ``items/<stream>`` (n_items,) strings.
+    """
+    import json
+    import os
+
+    import h5py
+
+    from bids_vlm.config import from_json
+    from bids_vlm.models import extract, load_model
+    from bids_vlm.stimuli import Timeline, unique_stimuli
+
+    config = from_json(config_json)
+    timelines = [Timeline.from_dict(t) for t in json.loads(open(timelines_file).read()).values()]
+    images, texts = unique_stimuli(timelines)
+    model = load_model(model_name, config.model)
+    acts = extract(model, {"image": images, "text": texts}, config.model,
+                   progress=not config.quiet)
+    path = os.path.abspath("activations.h5")
+    with h5py.File(path, "w") as h5:
+        for key, value in acts.items():
+            h5[key] = value
+        for stream, items in (("image", images), ("text", texts)):
+            h5.create_dataset(f"items/{stream}", data=items, dtype=h5py.string_dtype())
+        h5.attrs["model"] = model_name
+        h5.attrs["units"] = json.dumps({s: v.units for s, v in model.streams.items()})
+    return path
+
+
+def regressors_node(timelines_file, activations_file, runs_json, config_json):
+    """HRF regressors of every AN, runs concatenated -> ``regressors.h5``
+    (``<stream>/<layer>``: (n_frames_total, units), z-scored within each run)."""
+    import json
+    import os
+
+    import h5py
+    import numpy as np
+
+    from bids_vlm.bids import run_from_dict
+    from bids_vlm.config import from_json
+    from bids_vlm.regressors import (convolution_matrix, frame_times, make_regressors,
+                                     sample_activations)
+    from bids_vlm.stimuli import Timeline
+
+    config = from_json(config_json)
+    timelines = json.loads(open(timelines_file).read())
+    runs = [run_from_dict(d) for d in json.loads(runs_json)]
+    path = os.path.abspath("regressors.h5")
+    with h5py.File(activations_file, "r") as acts, h5py.File(path, "w") as out:
+        index = {s: {k: i for i, k in enumerate(acts[f"items/{s}"].asstr()[()])}
+                 for s in ("image", "text")}
+        per_run = []
+        for run in runs:
+            tl = Timeline.from_dict(timelines[run.label])
+            matrix = convolution_matrix(tl.times, tl.dt, frame_times(run.n_scans, run.tr),
+                                        config.stats.hrf_model, config.stats.oversampling)
+            per_run.append((tl, matrix))
+        for stream in ("image", "text"):
+            if stream not in acts:
+                continue
+            for layer in acts[stream]:
+                table = acts[f"{stream}/{layer}"][()]
+                keys = "images" if stream == "image" else "texts"
+                blocks = [make_regressors(m, sample_activations(getattr(tl, keys), table,
+                                                                index[stream]))
+                          for tl, m in per_run]
+                out[f"{stream}/{layer}"] = np.concatenate(blocks, axis=0)
+        out.attrs["model"] = acts.attrs["model"]
+        out.attrs["run_lengths"] = [r.n_scans for r in runs]
+    return path
+
+
+def associate_node(regressors_file, cleaned_files, config_json):
+    """AN x voxel association of every layer -> ``association.h5`` (one group per layer)."""
+    import os
+
+    import h5py
+    import numpy as np
+
+    from bids_vlm.config import from_json
+    from bids_vlm.encoding import ASSOCIATION_METHOD, associate
+    from bids_vlm.models.base import resolve_device
+
+    config = from_json(config_json)
+    voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
+    device = resolve_device(config.stats.device)
+    path = os.path.abspath("association.h5")
+    with h5py.File(regressors_file, "r") as regs, h5py.File(path, "w") as out:
+        out.attrs["model"] = regs.attrs["model"]
+        out.attrs["method"] = ASSOCIATION_METHOD
+        out.attrs["fdr_q"] = config.stats.fdr_q
+        for stream in regs:
+            for layer in regs[stream]:
+                key = f"{stream}/{layer}"
+                res = associate(regs[key][()], voxels, q=config.stats.fdr_q,
+                                block_size=config.stats.block_size, device=str(device),
+                                progress=not config.quiet, desc=f"association {key}")
+                for field, value in vars(res).items():
+                    if field != "n_frames":
+                        out[f"{key}/{field}"] = value
+                out[key].attrs["n_frames"] = res.n_frames
+    return path
+
+
+def outputs_node(association_files, mask_file, unit_json, output_dir, bids_dir, config_json):
+    """Write the participant's derivatives for one analysis unit; returns the written paths."""
+    import json
+
+    from bids_vlm.config import from_json
+    from bids_vlm.derivatives import write_unit_outputs
+
+    unit = json.loads(unit_json)
+    return [str(p) for p in write_unit_outputs(association_files, mask_file, unit, output_dir,
+                                               bids_dir, from_json(config_json))]
+
+
+def report_node(written, output_dir, subject, config_json):
+    """The participant's HTML report (``sub-<label>.html``) from its derivatives."""
+    from bids_vlm.config import from_json
+    from bids_vlm.report import participant_report
+
+    return str(participant_report(output_dir, subject, from_json(config_json)))

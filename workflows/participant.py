@@ -1,0 +1,114 @@
+"""The participant-level Nipype graph.
+
+For each analysis unit (one subject, session, task and acquisition: the runs whose voxels are
+concatenated) the graph is::
+
+    timelines ─┬─ extract[model] ── regressors[model] ── associate[model] ─┐
+    mask ── clean[run] ─────────────────────────────────────┘           outputs ── report
+"""
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+from nipype.interfaces.utility import Function, Merge
+from nipype.pipeline import engine as pe
+
+from bids_vlm.config import AnalysisConfig, to_json
+from workflows import nodes
+
+
+def analysis_units(runs) -> list[dict]:
+    """Group RunSpecs into units (subject, session, task, acquisition, space), in order."""
+    units = OrderedDict()
+    for run in runs:
+        key = (run.subject, run.session, run.task, run.acquisition, run.space)
+        units.setdefault(key, []).append(run)
+    out = []
+    for (subject, session, task, acq, space), members in units.items():
+        out.append({"subject": subject, "session": session, "task": task, "acquisition": acq,
+                    "space": space, "preprocessed": all(r.preprocessed for r in members),
+                    "sources": [r.bold for r in members],
+                    "runs": [r.to_dict() for r in members]})
+    return out
+
+
+def _function_node(func, name, inputs, mapnode_field=None):
+    iface = Function(input_names=list(inputs), output_names=["out"], function=func)
+    if mapnode_field:
+        node = pe.MapNode(iface, iterfield=[mapnode_field], name=name)
+    else:
+        node = pe.Node(iface, name=name)
+    for key, value in inputs.items():
+        if value is not None:
+            setattr(node.inputs, key, value)
+    return node
+
+
+def _unit_name(unit) -> str:
+    parts = [f"sub_{unit['subject']}"]
+    for key in ("session", "task", "acquisition", "space"):
+        if unit.get(key):
+            parts.append(f"{key[:3]}_{unit[key]}")
+    return "_".join(parts).replace("-", "_").replace(".", "_")
+
+
+def init_participant_wf(units, bids_dir, output_dir, work_dir, config: AnalysisConfig,
+                        name="bids_vlm_participant"):
+    """The graph for all units of the selected participants."""
+    wf = pe.Workflow(name=name, base_dir=str(work_dir))
+    cfg = to_json(config)
+    per_subject = OrderedDict()
+    for unit in units:
+        per_subject.setdefault(unit["subject"], []).append(_unit_graph(wf, unit, bids_dir,
+                                                                       output_dir, cfg))
+    for subject, outputs in per_subject.items():
+        merge = pe.Node(Merge(len(outputs)), name=f"written_sub_{subject}")
+        for i, node in enumerate(outputs, start=1):
+            wf.connect(node, "out", merge, f"in{i}")
+        report = _function_node(nodes.report_node, f"report_sub_{subject}",
+                                {"written": None, "output_dir": str(output_dir),
+                                 "subject": subject, "config_json": cfg})
+        wf.connect(merge, "out", report, "written")
+    return wf
+
+
+def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
+    """Add one unit's nodes to ``wf``; returns its outputs node."""
+    tag = _unit_name(unit)
+    runs_json = json.dumps(unit["runs"])
+    timelines = _function_node(nodes.timelines_node, f"timelines_{tag}",
+                               {"runs_json": runs_json, "bids_dir": str(bids_dir),
+                                "config_json": cfg})
+    mask = _function_node(nodes.mask_node, f"mask_{tag}", {"runs_json": runs_json})
+    clean = _function_node(nodes.clean_node, f"clean_{tag}",
+                           {"run_json": [json.dumps(r) for r in unit["runs"]],
+                            "mask_file": None, "config_json": cfg}, mapnode_field="run_json")
+    wf.connect(mask, "out", clean, "mask_file")
+    models = json.loads(cfg)["model"]["models"]
+    merge = pe.Node(Merge(len(models)), name=f"associations_{tag}")
+    for i, model in enumerate(models, start=1):
+        mtag = f"{tag}_{model.replace('-', '_')}"
+        extract = _function_node(nodes.extract_node, f"extract_{mtag}",
+                                 {"timelines_file": None, "model_name": model,
+                                  "config_json": cfg})
+        regs = _function_node(nodes.regressors_node, f"regressors_{mtag}",
+                              {"timelines_file": None, "activations_file": None,
+                               "runs_json": runs_json, "config_json": cfg})
+        assoc = _function_node(nodes.associate_node, f"associate_{mtag}",
+                               {"regressors_file": None, "cleaned_files": None,
+                                "config_json": cfg})
+        wf.connect([(timelines, extract, [("out", "timelines_file")]),
+                    (timelines, regs, [("out", "timelines_file")]),
+                    (extract, regs, [("out", "activations_file")]),
+                    (regs, assoc, [("out", "regressors_file")]),
+                    (clean, assoc, [("out", "cleaned_files")]),
+                    (assoc, merge, [("out", f"in{i}")])])
+    unit_json = json.dumps({k: v for k, v in unit.items() if k != "runs"})
+    outputs = _function_node(nodes.outputs_node, f"outputs_{tag}",
+                             {"association_files": None, "mask_file": None,
+                              "unit_json": unit_json, "output_dir": str(output_dir),
+                              "bids_dir": str(bids_dir), "config_json": cfg})
+    wf.connect([(merge, outputs, [("out", "association_files")]),
+                (mask, outputs, [("out", "mask_file")])])
+    return outputs
