@@ -42,14 +42,21 @@ def group_maps(stack: np.ndarray, stat: str) -> dict:
 
 
 def collect_maps(output_dir) -> dict:
-    """{(rest-of-name, desc, stat): {subject: path}} of the participants' statmaps."""
-    found = defaultdict(dict)
+    """{(rest-of-name, desc, stat): {subject: [paths, one per session]}} of the statmaps."""
+    found = defaultdict(lambda: defaultdict(list))
     for path in sorted(Path(output_dir).glob("sub-*/**/func/*_statmap.nii.gz")):
         match = KEY_RE.search(path.name)
         if match:
             key = (match["rest"], match["desc"], match["stat"])
-            found[key][match["sub"]] = path
-    return dict(found)
+            found[key][match["sub"]].append(path)
+    return {k: dict(v) for k, v in found.items()}
+
+
+def _sidecar(path) -> dict:
+    side = Path(str(path).replace(".nii.gz", ".json"))
+    if not side.is_file():
+        raise DataError("the JSON sidecar of this map is missing", side)
+    return json.loads(side.read_text())
 
 
 def combine_participants(output_dir) -> list[Path]:
@@ -57,11 +64,13 @@ def combine_participants(output_dir) -> list[Path]:
     out = Path(output_dir) / "group"
     written = []
     for (rest, desc, stat), by_subject in collect_maps(output_dir).items():
-        imgs = [nib.load(p) for p in by_subject.values()]
-        _check_grid(imgs, list(by_subject.values()))
-        stack = np.stack([np.asarray(i.dataobj, dtype=np.float32) for i in imgs])
-        sidecar = json.loads(Path(str(next(iter(by_subject.values()))).replace(
-            ".nii.gz", ".json")).read_text())
+        paths = [p for ps in by_subject.values() for p in ps]
+        imgs = [nib.load(p) for p in paths]
+        _check_grid(imgs, paths)
+        # a participant's sessions are averaged first: one map per participant
+        stack = np.stack([np.mean([np.asarray(nib.load(p).dataobj, dtype=np.float32)
+                                   for p in ps], axis=0) for ps in by_subject.values()])
+        sidecar = _sidecar(paths[0])
         for name, data in group_maps(stack, stat).items():
             path = out / f"group_{rest}_desc-{desc}_stat-{name}_statmap.nii.gz"
             side = {k: sidecar[k] for k in ("Model", "Stream", "Layer", "AssociationMethod",
@@ -109,6 +118,10 @@ def combine_neuron_tables(output_dir) -> list[Path]:
     for (rest, desc), items in groups.items():
         tables = [pd.read_csv(p, sep="\t") for _, p in items]
         stacked = pd.concat(tables, keys=[s for s, _ in items], names=["subject", "row"])
+        # a participant's sessions are averaged first
+        stacked = stacked.groupby(["subject", "an_id"], sort=False).agg(
+            stream=("stream", "first"), layer=("layer", "first"), unit=("unit", "first"),
+            n_bn_pos=("n_bn_pos", "mean"), n_bn_neg=("n_bn_neg", "mean")).reset_index()
         stacked["has_bn"] = (stacked.n_bn_pos + stacked.n_bn_neg) > 0
         summary = stacked.groupby("an_id", sort=False).agg(
             stream=("stream", "first"), layer=("layer", "first"), unit=("unit", "first"),
@@ -117,7 +130,7 @@ def combine_neuron_tables(output_dir) -> list[Path]:
         path = Path(output_dir) / "group" / f"group_{rest}_desc-{desc}_neurons.tsv"
         written.append(write_tsv(path, summary))
         written.append(write_json(path.with_suffix(".json"), {
-            "Participants": [s for s, _ in items],
+            "Participants": sorted({s for s, _ in items}),
             "mean_bn_pos": {"Description": "mean BN+ count over participants"},
             "mean_bn_neg": {"Description": "mean BN- count over participants"},
             "n_participants_with_bn": {"Description": "participants where the AN has >= 1 BN"}}))

@@ -9,6 +9,7 @@ motion-corrected or normalised, and the outputs say so.
 from __future__ import annotations
 
 import logging
+import re
 
 import nibabel as nib
 import numpy as np
@@ -33,7 +34,8 @@ def select_confounds(table: pd.DataFrame, config: BoldConfig) -> pd.DataFrame:
     if "motion_derivatives" in config.confounds:
         columns += [f"{c}_derivative1" for c in MOTION if f"{c}_derivative1" in table]
     if "acompcor" in config.confounds:
-        comp = sorted(c for c in table if c.startswith("a_comp_cor_"))
+        comp = sorted((c for c in table if re.fullmatch(r"a_comp_cor_\d+", c)),
+                      key=lambda c: int(c.rsplit("_", 1)[1]))
         columns += comp[:config.n_acompcor]
     if "cosine" in config.confounds:
         columns += sorted(c for c in table if c.startswith("cosine"))

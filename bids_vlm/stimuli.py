@@ -49,10 +49,14 @@ class Timeline:
 
 
 def read_events(path) -> pd.DataFrame:
-    """Read an events.tsv, checking the columns BIDS requires."""
+    """Read an events.tsv, checking the columns BIDS requires.
+
+    ``onset`` and ``duration`` become floats; every other column stays text (so a ``word`` of
+    digits or a numeric ``trial_type`` keeps its spelling), with ``n/a`` read as missing.
+    """
     try:
-        events = pd.read_csv(path, sep="\t", na_values=["n/a", "N/A", ""], keep_default_na=False,
-                             encoding="utf-8")
+        events = pd.read_csv(path, sep="\t", dtype=str, na_values=["n/a", "N/A", ""],
+                             keep_default_na=False, encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"events file is not UTF-8 text: {exc}", path) from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -135,7 +139,7 @@ def _event_texts(events, config: StimulusConfig, source):
     else:
         column = next((c for c in TEXT_COLUMNS if c in events.columns), "")
     if column:
-        return [str(v) if isinstance(v, str) and v.strip() else None for v in events[column]]
+        return [str(v).strip() or None if not pd.isna(v) else None for v in events[column]]
     if config.text_template:
         return [_fill(config.text_template, row, source) for _, row in events.iterrows()]
     return [None] * len(events)

@@ -1,0 +1,49 @@
+"""Shared fixtures: generated datasets and the CLI run on them (made once per session)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("NIPYPE_NO_ET", "1")
+
+from datagen import make_planted_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def bids_vlm_command() -> str:
+    """The installed console script of the Python running the tests."""
+    script = Path(sys.executable).parent / "bids_vlm"
+    return str(script) if script.exists() else "bids_vlm"
+
+
+def run_cli(*args, check=True, env=None, timeout=900):
+    """Run the installed ``bids_vlm`` console script; returns the CompletedProcess."""
+    proc = subprocess.run([bids_vlm_command(), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bids_vlm {' '.join(map(str, args))} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory):
+    """2 subjects x 2 runs with signal of known tiny-clip ANs in known voxels."""
+    return make_planted_dataset(tmp_path_factory.mktemp("planted") / "bids")
+
+
+@pytest.fixture(scope="session")
+def planted_outputs(planted, tmp_path_factory):
+    """The participant and group levels of the CLI run on the planted dataset."""
+    base = tmp_path_factory.mktemp("planted_out")
+    out, work = base / "out", base / "work"
+    part = run_cli(planted.root, out, "participant", "-q", "-w", work)
+    group = run_cli(planted.root, out, "group", "-q", "-w", work)
+    return {"out": out, "work": work, "participant": part, "group": group}

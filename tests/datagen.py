@@ -1,0 +1,155 @@
+"""Generated BIDS datasets for the tests (no downloads), in the spirit of nilearn's data_gen.
+
+:func:`make_planted_dataset` writes a BIDS dataset with fMRIPrep-style derivatives whose BOLD
+carries the regressors of known tiny-clip ANs in known voxels, plus white noise elsewhere.
+The regressors are computed with bids_vlm's own timeline, model and regressor functions (those
+are tested against nilearn and a hook-free forward pass in their own test modules).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+CAPTIONS = ["a red car on a road", "a dog running in a park", "two people talking",
+            "a bowl of fruit", "a city at night", "a cat sleeping on a sofa",
+            "waves on a beach", "a man playing guitar", "snow on a mountain",
+            "a child with a kite", "a plate of pasta", "a train at a station"]
+SPACE = "MNI152NLin2009cAsym"
+AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])
+
+
+@dataclass
+class Plant:
+    """Signal of AN ``stream/layer/unit`` added with weight ``beta`` to voxels ``voxels``
+    (indices in the order of the in-mask voxels)."""
+
+    stream: str
+    layer: int
+    unit: int
+    voxels: list
+    beta: float
+
+    @property
+    def an_id(self):
+        return f"tiny-clip/{self.stream}/{self.layer:02d}/{self.unit}"
+
+
+DEFAULT_PLANTS = (Plant("image", 2, 7, list(range(0, 12)), 0.6),
+                  Plant("text", 1, 3, list(range(12, 24)), -0.6))
+
+
+@dataclass
+class PlantedDataset:
+    root: Path
+    subjects: list
+    plants: tuple
+    n_voxels: int
+    noise_voxels: list = field(default_factory=list)
+
+
+def make_images(stim_dir, n=20, size=48, seed=0) -> list[str]:
+    """``n`` distinct random images (coloured blobs on gradients) as PNG files."""
+    rng = np.random.default_rng(seed)
+    stim_dir = Path(stim_dir)
+    stim_dir.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    names = []
+    for i in range(n):
+        base = rng.uniform(0, 255, 3)[None, None, :] * (0.5 + 0.5 * (xx if i % 2 else yy))[..., None]
+        cy, cx, rad = rng.uniform(0.2, 0.8, 2).tolist() + [rng.uniform(0.1, 0.3)]
+        blob = ((yy - cy) ** 2 + (xx - cx) ** 2 < rad ** 2)[..., None] * rng.uniform(0, 255, 3)
+        img = np.clip(base + blob + rng.normal(0, 10, (size, size, 3)), 0, 255).astype(np.uint8)
+        name = f"img{i:02d}.png"
+        Image.fromarray(img).save(stim_dir / name)
+        names.append(name)
+    return names
+
+
+def make_events(rng, images, n_events, spacing) -> pd.DataFrame:
+    return pd.DataFrame({"onset": np.arange(n_events) * spacing, "duration": spacing,
+                         "trial_type": "view",
+                         "stim_file": rng.choice(images, n_events),
+                         "caption": rng.choice(CAPTIONS, n_events)})
+
+
+def _write_json(path, data):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=1))
+
+
+def planted_signal(root, events_by_run, n_scans, tr, plants, seed=0):
+    """{run index: (n_scans, n_plants) z-scored regressors of the planted ANs}."""
+    from bids_vlm.config import ModelConfig, StimulusConfig
+    from bids_vlm.models import extract, load_model
+    from bids_vlm.regressors import (convolution_matrix, frame_times, make_regressors,
+                                     sample_activations)
+    from bids_vlm.stimuli import build_timeline, unique_stimuli
+
+    tls = [build_timeline(ev, n_scans * tr, StimulusConfig(), Path(root) / "stimuli")
+           for ev in events_by_run]
+    images, texts = unique_stimuli(tls)
+    acts = extract(load_model("tiny-clip", ModelConfig(seed=seed)),
+                   {"image": images, "text": texts}, ModelConfig(seed=seed), progress=False)
+    index = {"image": {k: i for i, k in enumerate(images)},
+             "text": {k: i for i, k in enumerate(texts)}}
+    out = []
+    for tl in tls:
+        matrix = convolution_matrix(tl.times, tl.dt, frame_times(n_scans, tr))
+        cols = []
+        for p in plants:
+            keys = tl.images if p.stream == "image" else tl.texts
+            table = acts[f"{p.stream}/{p.layer:02d}"][:, [p.unit]]
+            cols.append(make_regressors(matrix, sample_activations(keys, table, index[p.stream])))
+        out.append(np.concatenate(cols, axis=1))
+    return out
+
+
+def make_planted_dataset(root, n_subjects=2, n_runs=2, n_scans=100, tr=2.0, shape=(6, 6, 6),
+                         plants=DEFAULT_PLANTS, noise=1.0, seed=0) -> PlantedDataset:
+    """BIDS dataset + fMRIPrep-like derivatives with planted AN signal (see module doc)."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    images = make_images(root / "stimuli", seed=seed)
+    _write_json(root / "dataset_description.json",
+                {"Name": "planted", "BIDSVersion": "1.9.0", "DatasetType": "raw"})
+    _write_json(root / "task-view_bold.json", {"RepetitionTime": tr, "TaskName": "view"})
+    fmriprep = root / "derivatives" / "fmriprep"
+    _write_json(fmriprep / "dataset_description.json",
+                {"Name": "fMRIPrep (simulated)", "BIDSVersion": "1.9.0",
+                 "DatasetType": "derivative", "GeneratedBy": [{"Name": "fMRIPrep"}]})
+    n_vox = int(np.prod(shape))
+    subjects = [f"{i + 1:02d}" for i in range(n_subjects)]
+    for sub in subjects:
+        events = [make_events(rng, images, int(n_scans * tr / 2), 2.0) for _ in range(n_runs)]
+        signal = planted_signal(root, events, n_scans, tr, plants)
+        for run, (ev, sig) in enumerate(zip(events, signal), start=1):
+            data = 100.0 + noise * rng.standard_normal((n_scans, n_vox))
+            for j, plant in enumerate(plants):
+                data[:, plant.voxels] += plant.beta * sig[:, [j]]
+            _write_run(root, fmriprep, sub, run, ev, data, shape, rng)
+    planted = sorted({v for p in plants for v in p.voxels})
+    return PlantedDataset(root, subjects, tuple(plants), n_vox,
+                          [v for v in range(n_vox) if v not in planted])
+
+
+def _write_run(root, fmriprep, sub, run, events, data, shape, rng):
+    stem = f"sub-{sub}_task-view_run-{run}"
+    func = root / f"sub-{sub}" / "func"
+    func.mkdir(parents=True, exist_ok=True)
+    events.to_csv(func / f"{stem}_events.tsv", sep="\t", index=False)
+    img = nib.Nifti1Image(data.T.reshape(*shape, -1).astype(np.float32), AFFINE)
+    nib.save(img, func / f"{stem}_bold.nii.gz")
+    dfunc = fmriprep / f"sub-{sub}" / "func"
+    dfunc.mkdir(parents=True, exist_ok=True)
+    nib.save(img, dfunc / f"{stem}_space-{SPACE}_desc-preproc_bold.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones(shape, np.uint8), AFFINE),
+             dfunc / f"{stem}_space-{SPACE}_desc-brain_mask.nii.gz")
+    conf = pd.DataFrame(rng.normal(0, 0.1, (data.shape[0], 6)),
+                        columns=["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"])
+    conf.to_csv(dfunc / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False)

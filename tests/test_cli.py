@@ -1,0 +1,150 @@
+"""CLI smoke tests: the real ``bids_vlm`` command on generated BIDS datasets."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from nilearn.masking import apply_mask
+
+from bids_vlm import __version__
+from bids_vlm.cli import _build_parser, main
+from conftest import run_cli
+
+
+def test_help_and_version(capsys):
+    assert run_cli("--help").stdout.startswith("usage: bids_vlm")
+    assert run_cli("--version").stdout.strip() == f"bids_vlm {__version__}"
+
+
+@pytest.mark.parametrize("args", [
+    [],                                             # positionals missing
+    ["{bids}", "{out}", "everything"],              # bad analysis level
+    ["{bids}", "{out}", "participant", "--fdr-q", "1.5"],
+    ["{bids}", "{out}", "participant", "--nprocs", "0"],
+    ["{bids}", "{out}", "participant", "--models", "gpt-9"],
+    ["/no/such/dir", "{out}", "participant"],
+    ["{bids}", "{bids}", "participant"],            # output dir = BIDS dir
+    ["{bids}", "{bids}/sub-01", "participant"],     # inside the input, not under derivatives/
+])
+def test_usage_errors_exit_2(args, planted, tmp_path, capsys):
+    args = [a.format(bids=planted.root, out=tmp_path / "out") for a in args]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_output_equal_to_input_is_refused_with_message(planted, tmp_path):
+    proc = run_cli(planted.root, planted.root, "participant", check=False)
+    assert proc.returncode == 2
+    assert "must not be the BIDS directory" in proc.stderr
+
+
+def test_unknown_participant(planted, tmp_path):
+    proc = run_cli(planted.root, tmp_path / "out", "participant", "--participant-label",
+                   "sub-99", check=False)
+    assert proc.returncode == 65
+    assert "participant(s) 99 not found" in proc.stderr and "01, 02" in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_parser_accepts_label_spellings(planted, tmp_path):
+    parser = _build_parser()
+    for flag in ("--participant-label", "--participant_label"):
+        opts = parser.parse_args([str(planted.root), str(tmp_path), "participant", flag,
+                                  "sub-01", "02"])
+        assert opts.participant_label == ["sub-01", "02"]
+
+
+def _entries(out, sub):
+    path = next((out / f"sub-{sub}" / "func").glob("*_desc-tinyclip_association.h5"))
+    with h5py.File(path) as h5:
+        ids = list(h5["an_id"].asstr()[()])
+        return ids, h5["an_index"][()], h5["voxel_index"][()], h5["r"][()]
+
+
+def test_planted_voxels_are_bns_of_planted_ans(planted, planted_outputs):
+    out = planted_outputs["out"]
+    noise = np.array(planted.noise_voxels)
+    for sub in planted.subjects:
+        ids, an, vox, r = _entries(out, sub)
+        for plant in planted.plants:
+            mine = an == ids.index(plant.an_id)
+            found = set(vox[mine])
+            # sensitivity: every planted voxel is a BN with the planted sign
+            assert set(plant.voxels) <= found
+            signs = np.sign(r[mine][np.isin(vox[mine], plant.voxels)])
+            assert (signs == np.sign(plant.beta)).all()
+            # the planted AN's false positives among pure-noise voxels (measured <= 2/192)
+            assert np.isin(list(found), noise).sum() / len(noise) <= 0.05
+        # over all ANs, pure-noise voxels are rarely BNs (measured ~0.0015 of AN-voxel pairs)
+        assert np.isin(vox, noise).sum() / (len(ids) * len(noise)) < 0.01
+
+
+def test_neuron_table_and_maps(planted, planted_outputs):
+    func = planted_outputs["out"] / "sub-01" / "func"
+    table = pd.read_csv(next(func.glob("*_neurons.tsv")), sep="\t")
+    assert len(table) == 2 * 4 * 256  # two streams x 4 layers x 256 ANs
+    row = table.set_index("an_id").loc["tiny-clip/image/02/7"]
+    assert row.n_bn_pos >= 12 and row.peak_r > 0.3
+    assert table.set_index("an_id").loc["tiny-clip/text/01/3"].n_bn_neg >= 12
+    stem = "sub-01_task-view_space-MNI152NLin2009cAsym_desc-tinyclipImage02"
+    count_img = func / f"{stem}_stat-bncount_statmap.nii.gz"
+    mask = nib.Nifti1Image(np.ones((6, 6, 6), np.uint8), nib.load(count_img).affine)
+    counts = apply_mask(count_img, mask)
+    assert counts[:12].min() >= 1 and counts[:12].mean() > 10 * counts[planted.noise_voxels].mean()
+    best_r = apply_mask(func / f"{stem}_stat-r_statmap.nii.gz", mask)
+    assert np.abs(best_r[:12]).min() > 0.3  # signed: another AN may be anti-correlated
+    side = json.loads((func / f"{stem}_stat-r_statmap.json").read_text())
+    assert "not corrected for temporal autocorrelation" in side["AssociationMethod"]
+    assert side["Layer"] == 2 and side["Stream"] == "image"
+
+
+def test_dataset_description_logs_and_report(planted_outputs):
+    out = planted_outputs["out"]
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative"
+    assert desc["GeneratedBy"][0]["Name"] == "bids_vlm"
+    assert desc["GeneratedBy"][0]["Version"] == __version__
+    configs = sorted((out / "logs").glob("config_participant_*.toml"))
+    assert configs and 'models = [\n    "tiny-clip",\n]' in configs[0].read_text()
+    html = (out / "sub-01.html").read_text()
+    for stream in ("image", "text"):
+        fig = f"sub-01/figures/sub-01_task-view_space-MNI152NLin2009cAsym_desc-tinyclip_stream-{stream}_bncount.png"
+        assert fig in html and (out / fig).stat().st_size > 1000
+    assert "Report: " in planted_outputs["participant"].stdout
+    assert not list(out.rglob(".*.tmp*"))  # no temporary files left behind
+
+
+def test_group_level_finds_planted_voxels(planted, planted_outputs):
+    group = planted_outputs["out"] / "group"
+    stem = "group_task-view_space-MNI152NLin2009cAsym_desc-tinyclipImage02"
+    prop = nib.load(group / f"{stem}_stat-propbn_statmap.nii.gz").get_fdata().reshape(-1)
+    mean_count = nib.load(group / f"{stem}_stat-meanbncount_statmap.nii.gz").get_fdata()
+    mean_count = mean_count.reshape(-1)
+    planted_vox = np.ravel_multi_index(np.unravel_index(range(12), (6, 6, 6)), (6, 6, 6))
+    assert (prop[planted_vox] == 1.0).all()
+    noise = np.array(planted.noise_voxels)
+    assert mean_count[planted_vox].mean() > 10 * mean_count[noise].mean()
+    table = pd.read_csv(group / "group_task-view_space-MNI152NLin2009cAsym_desc-tinyclip_neurons.tsv",
+                        sep="\t").set_index("an_id")
+    assert table.loc["tiny-clip/image/02/7", "n_participants_with_bn"] == 2
+    assert (planted_outputs["out"] / "group.html").is_file()
+
+
+def test_multiproc_gives_same_outputs_as_linear(planted, planted_outputs, tmp_path):
+    out = tmp_path / "mp"
+    run_cli(planted.root, out, "participant", "--participant-label", "01", "--nprocs", "2",
+            "-q", "-w", tmp_path / "work")
+    name = "sub-01/func/sub-01_task-view_space-MNI152NLin2009cAsym_desc-tinyclip_neurons.tsv"
+    assert (out / name).read_bytes() == (planted_outputs["out"] / name).read_bytes()
+
+
+def test_rerun_uses_the_cache(planted, planted_outputs):
+    proc = run_cli(planted.root, planted_outputs["out"], "participant", "--participant-label",
+                   "01", "-w", planted_outputs["work"])
+    assert "tiny-clip image" not in proc.stderr  # no extraction progress: cached

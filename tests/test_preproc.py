@@ -1,0 +1,142 @@
+"""Stage 5: BOLD masking and cleaning (bids_vlm/preproc.py)."""
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_vlm.config import BoldConfig
+from bids_vlm.errors import DataError
+from bids_vlm.preproc import MOTION, clean_bold, load_mask, select_confounds
+
+AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])
+N_SCANS, TR = 80, 2.0
+
+
+def _confound_table(n, rng, n_comp=8, n_cos=3):
+    cols = {c: rng.standard_normal(n) for c in MOTION}
+    for c in MOTION:
+        cols[f"{c}_derivative1"] = np.r_[np.nan, np.diff(cols[c])]
+        cols[f"{c}_power2"] = cols[c] ** 2
+    for i in reversed(range(n_comp)):  # stored out of order on purpose
+        cols[f"a_comp_cor_{i:02d}"] = rng.standard_normal(n)
+    for i in range(n_cos):
+        cols[f"cosine{i:02d}"] = np.cos(np.pi * (i + 1) * (np.arange(n) + 0.5) / n)
+    cols["global_signal"] = rng.standard_normal(n)
+    cols["t_comp_cor_00"] = rng.standard_normal(n)
+    return pd.DataFrame(cols)
+
+
+def test_select_confounds_default_strategy():
+    table = _confound_table(10, np.random.default_rng(0))
+    out = select_confounds(table, BoldConfig())
+    expected = (list(MOTION) + [f"{c}_derivative1" for c in MOTION]
+                + [f"a_comp_cor_{i:02d}" for i in range(6)] + ["cosine00", "cosine01", "cosine02"])
+    assert list(out.columns) == expected
+    assert not out.isna().any().any()
+    assert (out.iloc[0][[f"{c}_derivative1" for c in MOTION]] == 0).all()
+    np.testing.assert_array_equal(out["trans_x"], table["trans_x"])
+
+
+def test_select_confounds_subset_and_n_acompcor():
+    table = _confound_table(10, np.random.default_rng(0))
+    out = select_confounds(table, BoldConfig(confounds=("acompcor",), n_acompcor=2))
+    assert list(out.columns) == ["a_comp_cor_00", "a_comp_cor_01"]
+    out = select_confounds(table, BoldConfig(confounds=("motion", "cosine")))
+    assert list(out.columns) == list(MOTION) + ["cosine00", "cosine01", "cosine02"]
+
+
+def _bold(tmp_path, data4d, name="bold.nii.gz", affine=AFFINE):
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(data4d.astype(np.float32), affine), path)
+    return path
+
+
+def _mask(tmp_path, data3d, name="mask.nii.gz", affine=AFFINE):
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(data3d.astype(np.uint8), affine), path)
+    return path
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """BOLD of 3x3x3 voxels: noise + 5 * trans_x everywhere, voxel (0,0,0) constant."""
+    rng = np.random.default_rng(1)
+    table = _confound_table(N_SCANS, rng)
+    data = 100 + rng.standard_normal((3, 3, 3, N_SCANS)) + 5 * table["trans_x"].to_numpy()
+    data[0, 0, 0] = 50.0
+    conf = tmp_path / "confounds.tsv"
+    table.to_csv(conf, sep="\t", index=False, na_rep="n/a")
+    return _bold(tmp_path, data), _mask(tmp_path, np.ones((3, 3, 3))), conf, table
+
+
+@pytest.mark.parametrize("high_pass, tol", [(1 / 128, 0.1), (0.0, 1e-4)])
+def test_clean_bold_zscored_and_confound_removed(planted, high_pass, tol):
+    # without the high-pass filter the output is exactly orthogonal to the raw confound
+    bold, mask, conf, table = planted
+    raw = nib.load(bold).get_fdata().reshape(27, N_SCANS).T
+    trans_x = table["trans_x"].to_numpy()
+    assert np.corrcoef(raw[:, 1], trans_x)[0, 1] > 0.9  # the confound dominates before cleaning
+    out = clean_bold(bold, nib.load(mask), TR, conf, BoldConfig(high_pass=high_pass))
+    assert out.shape == (N_SCANS, 27) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[:, 0], 0.0)  # constant voxel (first in mask order)
+    live = out[:, 1:].astype(np.float64)
+    np.testing.assert_allclose(live.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(live.std(0, ddof=1), 1, atol=1e-5)
+    r = [np.corrcoef(live[:, v], trans_x)[0, 1] for v in range(26)]
+    assert np.max(np.abs(r)) < tol
+
+
+def test_clean_bold_without_confounds_keeps_signal(planted):
+    bold, mask, _, table = planted
+    out = clean_bold(bold, nib.load(mask), TR, None, BoldConfig())
+    r = np.corrcoef(out[:, 5], table["trans_x"])[0, 1]
+    assert r > 0.9
+
+
+def test_clean_bold_confound_rows_mismatch(planted, tmp_path):
+    bold, mask, _, table = planted
+    short = tmp_path / "short.tsv"
+    table.iloc[:-1].to_csv(short, sep="\t", index=False, na_rep="n/a")
+    with pytest.raises(DataError, match=f"{N_SCANS - 1} rows.*{N_SCANS} volumes") as err:
+        clean_bold(bold, nib.load(mask), TR, short)
+    assert str(short) in str(err.value)
+
+
+def test_load_mask_same_grid(tmp_path):
+    bold = _bold(tmp_path, np.ones((4, 4, 4, 3)))
+    m = np.zeros((4, 4, 4))
+    m[1:3, 1:3, 1:3] = 7
+    out = load_mask(bold, _mask(tmp_path, m))
+    np.testing.assert_array_equal(np.asarray(out.dataobj), m > 0)
+    np.testing.assert_allclose(out.affine, AFFINE)
+
+
+def test_load_mask_resampled_to_bold_grid(tmp_path):
+    bold = _bold(tmp_path, np.ones((6, 6, 6, 3)))
+    fine = np.zeros((12, 12, 12))
+    fine[2:8, 2:8, 2:8] = 1  # 1.5 mm voxels 2..7 = bold voxels 1..3 (nearest centres 2, 4, 6)
+    out = load_mask(bold, _mask(tmp_path, fine, affine=np.diag([1.5, 1.5, 1.5, 1.0])))
+    assert out.shape == (6, 6, 6)
+    np.testing.assert_allclose(out.affine, AFFINE)
+    expected = np.zeros((6, 6, 6), bool)
+    expected[1:4, 1:4, 1:4] = True
+    np.testing.assert_array_equal(np.asarray(out.dataobj) > 0, expected)
+
+
+def test_load_mask_computes_epi_mask(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0, 1, (12, 12, 12, 4))
+    data[2:10, 2:10, 2:10] += 1000
+    out = load_mask(_bold(tmp_path, data))
+    m = np.asarray(out.dataobj) > 0
+    assert m.shape == (12, 12, 12)
+    assert m[6, 6, 6] and m.sum() > 100
+    assert not m[:2].any() and not m[10:].any()  # nothing outside the bright cube
+
+
+def test_load_mask_empty_is_data_error(tmp_path):
+    bold = _bold(tmp_path, np.ones((4, 4, 4, 3)))
+    mask = _mask(tmp_path, np.zeros((4, 4, 4)))
+    with pytest.raises(DataError, match="empty") as err:
+        load_mask(bold, mask)
+    assert str(mask) in str(err.value)

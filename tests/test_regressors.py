@@ -1,0 +1,80 @@
+"""Stage 4: activations -> HRF regressors (bids_vlm/regressors.py), checked against nilearn."""
+import numpy as np
+import pytest
+from nilearn.glm.first_level import compute_regressor
+
+from bids_vlm.regressors import (convolution_matrix, frame_times, make_regressors,
+                                 sample_activations, zscore)
+
+DT, N_SAMPLES, N_SCANS, TR = 0.5, 50, 20, 1.5
+
+
+@pytest.fixture(scope="module")
+def acts():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((N_SAMPLES, 3))
+    a[rng.random(N_SAMPLES) < 0.3] = 0.0  # some blank samples
+    return a
+
+
+def _nilearn_per_an(acts, hrf_model):
+    times = np.arange(N_SAMPLES) * DT
+    cols = []
+    for j in range(acts.shape[1]):
+        condition = np.vstack([times, np.full(N_SAMPLES, DT), acts[:, j]])
+        reg, _ = compute_regressor(condition, hrf_model, frame_times(N_SCANS, TR), oversampling=16)
+        cols.append(reg[:, 0])
+    return np.stack(cols, axis=1)
+
+
+def test_frame_times():
+    np.testing.assert_allclose(frame_times(4, 2.5), [0.0, 2.5, 5.0, 7.5])
+
+
+@pytest.mark.parametrize("hrf_model", ["spm", "glover"])
+def test_matrix_equals_nilearn_per_an(acts, hrf_model):
+    matrix = convolution_matrix(np.arange(N_SAMPLES) * DT, DT, frame_times(N_SCANS, TR),
+                                hrf_model=hrf_model)
+    assert matrix.shape == (N_SCANS, N_SAMPLES)
+    expected = _nilearn_per_an(acts, hrf_model)
+    assert np.abs(expected).max() > 0.1  # a real response, not all zeros
+    np.testing.assert_allclose(matrix @ acts, expected, rtol=0, atol=1e-10)
+    reg = make_regressors(matrix, acts)
+    assert reg.dtype == np.float32 and reg.shape == (N_SCANS, 3)
+    z = (expected - expected.mean(0)) / expected.std(0)
+    np.testing.assert_allclose(reg, z, atol=1e-5)
+
+
+def test_regressors_are_zscored_and_constant_columns_zero(acts):
+    matrix = convolution_matrix(np.arange(N_SAMPLES) * DT, DT, frame_times(N_SCANS, TR))
+    a = np.concatenate([acts, np.zeros((N_SAMPLES, 1))], axis=1)  # an AN that never fires
+    reg = make_regressors(matrix, a).astype(np.float64)
+    np.testing.assert_allclose(reg[:, :3].mean(0), 0, atol=1e-6)
+    np.testing.assert_allclose(reg[:, :3].std(0), 1, atol=1e-6)
+    assert np.all(reg[:, 3] == 0)
+
+
+def test_zscore_constant_and_values():
+    x = np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]])
+    z = zscore(x)
+    np.testing.assert_allclose(z[:, 0], np.array([-1, 0, 1]) / np.sqrt(2 / 3))
+    np.testing.assert_array_equal(z[:, 1], 0.0)
+
+
+def test_sample_activations():
+    table = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    index = {"a": 0, "b": 1, "c": 2}
+    out = sample_activations(["c", None, "a", "c", None], table, index)
+    expected = np.array([[5, 6], [0, 0], [1, 2], [5, 6], [0, 0]], dtype=np.float32)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(sample_activations([None, None], table, index), np.zeros((2, 2)))
+
+
+def test_bad_hrf_model():
+    with pytest.raises(ValueError, match="hrf_model"):
+        convolution_matrix([0.0], 1.0, frame_times(5, 2.0), hrf_model="fir")
+
+
+def test_empty_timeline_gives_empty_matrix():
+    assert convolution_matrix([], 1.0, frame_times(5, 2.0)).shape == (5, 0)

@@ -1,0 +1,217 @@
+"""Stage 2: events.tsv -> stimulus timeline (bids_vlm/stimuli.py)."""
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_vlm.config import StimulusConfig
+from bids_vlm.errors import DataError
+from bids_vlm.stimuli import Timeline, build_timeline, read_events, unique_stimuli
+
+
+def _write(path, text, encoding="utf-8"):
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def _events(rows, **columns):
+    """DataFrame of (onset, duration) rows, with a 'text' column naming each event by default."""
+    onsets, durations = zip(*rows) if rows else ((), ())
+    data = {"onset": list(map(float, onsets)), "duration": list(map(float, durations))}
+    data.update(columns or {"text": [chr(ord("A") + i) for i in range(len(rows))]})
+    return pd.DataFrame(data)
+
+
+# read_events ------------------------------------------------------------------------------------
+
+def test_read_events_parses_numbers_and_na(tmp_path):
+    path = _write(tmp_path / "e.tsv", "onset\tduration\ttrial_type\n0\t2\tface\n2.5\tn/a\tn/a\n")
+    ev = read_events(path)
+    assert ev["onset"].tolist() == [0.0, 2.5]
+    assert ev["duration"].tolist() == [2.0, 0.0]  # n/a duration -> 0 (instantaneous)
+    assert ev["trial_type"].iloc[0] == "face" and pd.isna(ev["trial_type"].iloc[1])
+
+
+@pytest.mark.parametrize("missing", ["onset", "duration"])
+def test_read_events_requires_columns(tmp_path, missing):
+    other = "duration" if missing == "onset" else "onset"
+    path = _write(tmp_path / "e.tsv", f"{other}\ttrial_type\n1\tx\n")
+    with pytest.raises(DataError, match=f"required column '{missing}'") as err:
+        read_events(path)
+    assert str(path) in str(err.value)
+
+
+def test_read_events_non_numeric_onset_names_file_and_line(tmp_path):
+    path = _write(tmp_path / "e.tsv", "onset\tduration\n0\t1\n1\t1\nabc\t1\n")
+    with pytest.raises(DataError) as err:
+        read_events(path)
+    msg = str(err.value)
+    assert str(path) in msg and "line 4" in msg and "'abc'" in msg and "onset" in msg
+    assert err.value.exit_code == 64
+
+
+def test_read_events_missing_onset_value_is_an_error(tmp_path):
+    path = _write(tmp_path / "e.tsv", "onset\tduration\n0\t1\nn/a\t1\n")
+    with pytest.raises(DataError, match="line 3"):
+        read_events(path)
+
+
+def test_read_events_negative_onset(tmp_path):
+    path = _write(tmp_path / "e.tsv", "onset\tduration\n0\t1\n-1.5\t1\n")
+    with pytest.raises(DataError, match="negative onset on line 3") as err:
+        read_events(path)
+    assert str(path) in str(err.value)
+
+
+def test_read_events_non_utf8(tmp_path):
+    path = _write(tmp_path / "e.tsv", "onset\tduration\tword\n0\t1\tcaf\u00e9\n", "latin-1")
+    with pytest.raises(DataError, match="not UTF-8") as err:
+        read_events(path)
+    assert str(path) in str(err.value)
+
+
+# build_timeline: sampling -----------------------------------------------------------------------
+
+def test_sample_grid_covers_run():
+    tl = build_timeline(_events([(0, 1)]), 4.5, StimulusConfig(stim_rate=2.0))
+    assert tl.dt == 0.5
+    np.testing.assert_allclose(tl.times, np.arange(9) * 0.5)  # ceil(4.5 / 0.5) samples
+    assert len(tl.texts) == len(tl.images) == 9
+
+
+def test_sample_k_covers_k_over_rate_to_k_plus_1_over_rate():
+    # event on [1.0, 2.0) at 1 Hz is exactly sample 1, not sample 0 or 2
+    tl = build_timeline(_events([(1.0, 1.0)]), 4, StimulusConfig(stim_rate=1.0))
+    assert tl.texts == (None, "A", None, None)
+    # at 4 Hz, [1.0, 1.5) is samples 4 and 5
+    tl = build_timeline(_events([(1.0, 0.5)]), 2, StimulusConfig(stim_rate=4.0))
+    assert tl.texts == (None,) * 4 + ("A", "A") + (None,) * 2
+
+
+def test_event_covering_largest_part_wins():
+    # sample 1 = [1, 2): A covers 0.3 s, B covers 0.7 s -> B; sample 3 blank
+    ev = _events([(0.0, 1.3), (1.3, 1.7)])
+    tl = build_timeline(ev, 4, StimulusConfig())
+    assert tl.texts == ("A", "B", "B", None)
+    # reversed proportions: A covers 0.8 s of sample 1
+    ev = _events([(0.0, 1.8), (1.8, 1.2)])
+    assert build_timeline(ev, 4, StimulusConfig()).texts == ("A", "A", "B", None)
+
+
+def test_short_events_are_not_missed():
+    # 0.1 s event inside sample 2, 0.05 s events inside samples 0 and 4 (1 Hz)
+    ev = _events([(2.3, 0.1), (0.5, 0.05), (4.9, 0.05)])
+    tl = build_timeline(ev, 6, StimulusConfig())
+    assert tl.texts == ("B", None, "A", None, "C", None)
+
+
+def test_zero_duration_events():
+    ev = _events([(2.5, 0.0), (4.0, 0.0), (0.0, 1.0), (0.2, 0.0)])
+    tl = build_timeline(ev, 6, StimulusConfig())
+    # instantaneous events show in the sample they fall in; a real event covering the sample wins
+    assert tl.texts == ("C", None, "A", None, "B", None)
+
+
+def test_events_after_run_end_are_ignored(caplog):
+    ev = _events([(0.0, 1.0), (4.5, 3.0), (10.0, 2.0), (7.0, 0.0)])
+    with caplog.at_level(logging.WARNING, logger="bids_vlm.stimuli"):
+        tl = build_timeline(ev, 5, StimulusConfig(), source="sub-01_events.tsv")
+    assert tl.texts == ("A", None, None, None, "B")  # B is clipped at the run end
+    assert "2 event(s) start after the run ends" in caplog.text
+    assert "sub-01_events.tsv" in caplog.text
+
+
+def test_blank_samples_are_none_for_both_modalities():
+    tl = build_timeline(_events([]), 3, StimulusConfig())
+    assert tl.images == (None, None, None) and tl.texts == (None, None, None)
+
+
+# build_timeline: text ---------------------------------------------------------------------------
+
+def test_text_from_default_column_order():
+    ev = _events([(0, 1), (1, 1)], word=["w1", "w2"], caption=["c1", "n/a"])
+    ev.loc[1, "caption"] = np.nan
+    tl = build_timeline(ev, 3, StimulusConfig())
+    assert tl.texts == ("c1", None, None)  # 'caption' comes before 'word'; NaN text -> None
+
+
+def test_text_from_chosen_column():
+    ev = _events([(0, 1), (1, 1)], word=["w1", "w2"], caption=["c1", "c2"])
+    tl = build_timeline(ev, 2, StimulusConfig(text_column="word"))
+    assert tl.texts == ("w1", "w2")
+
+
+def test_text_column_missing_is_data_error():
+    ev = _events([(0, 1)], caption=["c1"])
+    with pytest.raises(DataError, match="text column 'sentence'") as err:
+        build_timeline(ev, 2, StimulusConfig(text_column="sentence"), source="x_events.tsv")
+    assert "x_events.tsv" in str(err.value)
+
+
+def test_text_from_template():
+    ev = _events([(0, 1), (1, 1), (2, 1)], trial_type=["dog", "cat", np.nan])
+    tl = build_timeline(ev, 4, StimulusConfig(text_template="a photo of a {trial_type}"))
+    assert tl.texts == ("a photo of a dog", "a photo of a cat", None, None)
+
+
+def test_text_column_wins_over_template():
+    ev = _events([(0, 1)], trial_type=["dog"], text=["hello"])
+    tl = build_timeline(ev, 1, StimulusConfig(text_template="a photo of a {trial_type}"))
+    assert tl.texts == ("hello",)
+
+
+def test_template_with_unknown_column_is_data_error():
+    ev = _events([(0, 1)], trial_type=["dog"])
+    with pytest.raises(DataError, match="condition"):
+        build_timeline(ev, 1, StimulusConfig(text_template="{condition}"))
+
+
+def test_numeric_text_column_is_kept_as_text(tmp_path):
+    path = _write(tmp_path / "e.tsv", "onset\tduration\tword\n0\t1\t3\n1\t1\t7\n")
+    tl = build_timeline(read_events(path), 2, StimulusConfig())
+    assert tl.texts == ("3", "7")
+
+
+# build_timeline: images -------------------------------------------------------------------------
+
+def test_images_resolved_under_stimuli_dir(tmp_path):
+    stim = tmp_path / "stimuli"
+    (stim / "sub").mkdir(parents=True)
+    (stim / "a.png").write_bytes(b"x")
+    (stim / "sub" / "b.JPG").write_bytes(b"x")
+    ev = _events([(0, 1), (1, 1), (2, 1)], stim_file=["a.png", "sub/b.JPG", np.nan])
+    tl = build_timeline(ev, 4, StimulusConfig(), stimuli_dir=stim)
+    assert tl.images == (str((stim / "a.png").resolve()), str((stim / "sub/b.JPG").resolve()),
+                         None, None)
+    assert tl.texts == (None,) * 4
+
+
+def test_missing_stim_file_is_data_error(tmp_path):
+    ev = _events([(0, 1)], stim_file=["nothere.png"])
+    with pytest.raises(DataError, match="nothere.png") as err:
+        build_timeline(ev, 1, StimulusConfig(), stimuli_dir=tmp_path, source="r_events.tsv")
+    assert "r_events.tsv" in str(err.value)
+
+
+def test_unsupported_extension_is_data_error(tmp_path):
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    ev = _events([(0, 1)], stim_file=["clip.mp4"])
+    with pytest.raises(DataError, match="clip.mp4.*not an image"):
+        build_timeline(ev, 1, StimulusConfig(), stimuli_dir=tmp_path)
+
+
+# unique_stimuli, Timeline ------------------------------------------------------------------------
+
+def test_unique_stimuli_sorted_without_blanks():
+    t1 = Timeline(np.arange(3.0), 1.0, ("/b.png", None, "/a.png"), ("y", None, "x"))
+    t2 = Timeline(np.arange(2.0), 1.0, ("/a.png", "/c.png"), (None, "y"))
+    assert unique_stimuli([t1, t2]) == (["/a.png", "/b.png", "/c.png"], ["x", "y"])
+    assert unique_stimuli([]) == ([], [])
+
+
+def test_timeline_dict_round_trip():
+    tl = Timeline(np.array([0.0, 0.5]), 0.5, ("/a.png", None), (None, "t"))
+    back = Timeline.from_dict(tl.to_dict())
+    np.testing.assert_array_equal(back.times, tl.times)
+    assert (back.dt, back.images, back.texts) == (tl.dt, tl.images, tl.texts)
