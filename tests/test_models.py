@@ -1,0 +1,179 @@
+"""Models and artificial neurons: tiny-clip shapes, hook-free recomputation, hook removal,
+two-tower encoding, and local-weights loading for real open_clip names."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from bids_vlm.config import ModelConfig
+from bids_vlm.errors import WeightsNotFoundError
+from bids_vlm.models import REGISTRY, an_ids, extract, load_model, select_layers
+from bids_vlm.models.base import hooks_attached, pool_tokens
+from bids_vlm.models.openclip import find_weights, load_openai_clip
+from conftest import run_cli
+from datagen import make_images
+
+TEXTS = ["a photo of a face", "a photo of a house", "a small red chair"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-clip", ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stim")
+    return [str(folder / n) for n in make_images(folder, n=3)]
+
+
+def test_tiny_clip_shapes(tiny, images):
+    acts = extract(tiny, {"image": images, "text": TEXTS}, ModelConfig(), progress=False)
+    assert sorted(acts) == [f"{s}/{i:02d}" for s in ("image", "text") for i in range(4)]
+    assert all(a.shape == (3, 256) and a.dtype == np.float32 for a in acts.values())
+    assert an_ids("tiny-clip", "image/02", 256)[7] == "tiny-clip/image/02/7"
+
+
+def test_seed_determines_weights(tiny, images):
+    same = load_model("tiny-clip", ModelConfig(seed=0))
+    other = load_model("tiny-clip", ModelConfig(seed=1))
+    a, b, c = (extract(m, {"text": TEXTS}, ModelConfig(), progress=False)["text/03"]
+               for m in (tiny, same, other))
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+
+
+def _manual_blocks(blocks, x, layer, attn_mask=None):
+    """Run pre-LN residual blocks by hand (no hooks); FFN hidden units of ``layer``: (B, L, U)."""
+    for i, blk in enumerate(blocks):
+        x = x + blk.ls_1(blk.attention(q_x=blk.ln_1(x), attn_mask=attn_mask))
+        hidden = blk.mlp.gelu(blk.mlp.c_fc(blk.ln_2(x)))
+        if i == layer:
+            return hidden
+        x = x + blk.ls_2(blk.mlp.c_proj(hidden))
+    raise IndexError(layer)
+
+
+def test_image_ans_match_hook_free_forward(tiny, images):
+    vis = tiny.module.visual
+    pixels, _, _ = tiny.prepare("image", images, "cpu")
+    with torch.no_grad():
+        hidden = _manual_blocks(vis.transformer.resblocks, vis._embeds(pixels), 2)
+    acts = extract(tiny, {"image": images}, ModelConfig(layers=(2,)), progress=False)
+    assert list(acts) == ["image/02"]
+    np.testing.assert_allclose(acts["image/02"], hidden.mean(1).numpy(), rtol=1e-5, atol=1e-6)
+    cls = extract(tiny, {"image": images}, ModelConfig(layers=(2,), pooling="cls"),
+                  progress=False)["image/02"]
+    np.testing.assert_allclose(cls, hidden[:, 0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_text_ans_match_hook_free_forward_over_valid_tokens(tiny):
+    mod = tiny.module
+    tokens = tiny.tokenizer(TEXTS)
+    with torch.no_grad():
+        x = mod.token_embedding(tokens) + mod.positional_embedding
+        hidden = _manual_blocks(mod.transformer.resblocks, x, 1, attn_mask=mod.attn_mask)
+    eot = tokens.argmax(-1)
+    expected = np.stack([hidden[b, :eot[b] + 1].mean(0).numpy() for b in range(len(TEXTS))])
+    maxed = np.stack([hidden[b, :eot[b] + 1].amax(0).numpy() for b in range(len(TEXTS))])
+    got = extract(tiny, {"text": TEXTS}, ModelConfig(layers=(1,)), progress=False)["text/01"]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    got_max = extract(tiny, {"text": TEXTS}, ModelConfig(layers=(1,), pooling="max"),
+                      progress=False)["text/01"]
+    np.testing.assert_allclose(got_max, maxed, rtol=1e-5, atol=1e-6)
+    # padding after EOT does not leak into the mean: a text alone gives the same ANs
+    alone = extract(tiny, {"text": TEXTS[:1]}, ModelConfig(layers=(1,)), progress=False)
+    np.testing.assert_allclose(alone["text/01"][0], got[0], rtol=1e-5, atol=1e-6)
+
+
+def test_pool_tokens_mean_ignores_invalid_tokens():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    valid = torch.tensor([[True, True, False]])
+    out = pool_tokens(hidden, valid, "mean", torch.tensor([0]))
+    assert out.tolist() == [[2.0, 3.0]]
+    with pytest.raises(ValueError):
+        pool_tokens(hidden, valid, "median", torch.tensor([0]))
+
+
+def test_hooks_removed_after_exception(tiny, images, monkeypatch):
+    original = tiny.module.encode_image
+
+    def broken(pixels):
+        original(pixels)  # the hooks fire, then the forward pass fails
+        assert hooks_attached(tiny.module) == 4
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(tiny.module, "encode_image", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        extract(tiny, {"image": images}, ModelConfig(), progress=False)
+    assert hooks_attached(tiny.module) == 0
+
+
+def test_streams_are_encoded_separately(tiny, images, monkeypatch):
+    calls = []
+    for name in ("encode_image", "encode_text", "forward"):
+        fn = getattr(tiny.module, name)
+        monkeypatch.setattr(tiny.module, name,
+                            lambda *a, _fn=fn, _n=name, **k: (calls.append(_n), _fn(*a, **k))[1])
+    extract(tiny, {"text": TEXTS}, ModelConfig(), progress=False)
+    assert calls == ["encode_text"]  # no image tower, no dummy partner input
+    calls.clear()
+    extract(tiny, {"image": images}, ModelConfig(), progress=False)
+    assert calls == ["encode_image"]
+
+
+def test_layer_selection():
+    assert select_layers(4, ()) == [0, 1, 2, 3]
+    assert select_layers(4, (1, 3, 9)) == [1, 3]
+
+
+def test_registry_lists_the_models():
+    assert {"tiny-clip", "clip-vit-b-32", "clip-vit-b-16"} <= set(REGISTRY)
+    assert "not a scientific model" in REGISTRY["tiny-clip"][1]
+
+
+def test_missing_weights_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("BIDS_VLM_MODEL_DIR", raising=False)
+    with pytest.raises(WeightsNotFoundError) as exc:
+        find_weights("clip-vit-b-32", str(tmp_path / "models"))
+    msg = str(exc.value)
+    assert str(tmp_path / "models" / "clip-vit-b-32") in msg
+    assert "timm/vit_base_patch32_clip_224.openai" in msg and "--model-dir" in msg
+    assert exc.value.exit_code == 66
+
+
+def test_cli_missing_weights_exits_66_fast(planted, tmp_path):
+    start = time.time()
+    proc = run_cli(planted.root, tmp_path / "out", "participant", "--participant-label", "01",
+                   "--models", "clip-vit-b-32", "--model-dir", tmp_path / "models", "-q",
+                   "-w", tmp_path / "work", check=False,
+                   env={"HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 66, proc.stderr
+    assert "weights for clip-vit-b-32" in proc.stderr
+    assert time.time() - start < 120
+
+
+@pytest.mark.slow
+def test_openai_clip_loads_from_local_file(tmp_path, monkeypatch):
+    """A full-size ViT-B/32 checkpoint written in open_clip's file format loads from --model-dir."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    torch.manual_seed(3)
+    ref = open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True)
+    folder = tmp_path / "models" / "clip-vit-b-32"
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()},
+              folder / "open_clip_model.safetensors")
+    model = load_openai_clip("clip-vit-b-32", str(tmp_path / "models"))
+    assert model.streams["image"].n_layers == 12 and model.streams["image"].units == 3072
+    assert model.streams["text"].n_layers == 12 and model.streams["text"].units == 2048
+    for key, value in ref.state_dict().items():
+        assert torch.equal(model.module.state_dict()[key], value), key
+    acts = extract(model, {"text": TEXTS[:1]}, ModelConfig(layers=(11,)), progress=False)
+    assert acts["text/11"].shape == (1, 2048)
