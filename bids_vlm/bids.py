@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 
 from bids_vlm.config import RunFilter
 from bids_vlm.errors import DataError, NoInputError
@@ -95,37 +96,47 @@ def load_layout(bids_dir, derivatives=(), validate=False):
 def collect_runs(layout, filters: RunFilter = RunFilter(), space: str = "") -> list[RunSpec]:
     """Every BOLD run that passes ``filters``, sorted by subject, session, task and run."""
     query = _query(filters)
+    _check_participants(layout, filters)
     bolds = layout.get(scope="raw", suffix="bold", extension=[".nii", ".nii.gz"], **query)
     if not bolds:
         _explain_empty(layout, filters)
-    specs = [_run_spec(layout, bold, space) for bold in sorted(bolds, key=lambda f: f.path)]
+    specs = [_run_spec(layout, bold, space) for bold in sorted(bolds, key=_run_order)]
     if not any(specs):
         raise NoInputError(f"none of the {len(bolds)} selected BOLD runs has an events.tsv; "
                            "bids_vlm needs events that describe the stimuli", layout.root)
     return [s for s in specs if s is not None]
 
 
+def _run_order(bold):
+    ents = bold.get_entities()
+    return (ents.get("subject", ""), ents.get("session") or "", ents.get("task", ""),
+            ents.get("acquisition") or "", int(ents.get("run", 0) or 0), bold.path)
+
+
+def _check_participants(layout, filters: RunFilter):
+    known = sorted(layout.get_subjects())
+    missing = [p for p in (strip_prefix(p) for p in filters.participant_label) if p not in known]
+    if missing:
+        raise NoInputError(f"participant(s) {', '.join(missing)} not found; the dataset has: "
+                           f"{', '.join(known) or 'no subjects'}", layout.root)
+
+
 def _query(filters: RunFilter) -> dict:
     query = json.loads(filters.bids_filters or "{}").get("bold", {})
     query = {k: v for k, v in query.items() if k not in ("suffix", "extension", "datatype")}
-    for key, values in (("subject", [strip_prefix(p) for p in filters.participant_label]),
-                        ("session", [strip_prefix(s, "ses-") for s in filters.session_label]),
-                        ("task", list(filters.task)), ("run", [int(r) for r in filters.run])):
+    for key, flag, values in (
+            ("subject", "--participant-label", [strip_prefix(p) for p in filters.participant_label]),
+            ("session", "--session-label", [strip_prefix(s, "ses-") for s in filters.session_label]),
+            ("task", "--task", list(filters.task)), ("run", "--run", [int(r) for r in filters.run])):
         if values:
             if key in query:
-                raise NoInputError(f"--{key} conflicts with the '{key}' in the BIDS filter file")
+                raise NoInputError(f"{flag} conflicts with the '{key}' in the BIDS filter file")
             query[key] = values
     return query
 
 
 def _explain_empty(layout, filters: RunFilter):
     root = layout.root
-    known = sorted(layout.get_subjects())
-    wanted = [strip_prefix(p) for p in filters.participant_label]
-    missing = [p for p in wanted if p not in known]
-    if missing:
-        raise NoInputError(f"participant(s) {', '.join(missing)} not found; the dataset has: "
-                           f"{', '.join(known) or 'no subjects'}", root)
     tasks = sorted(layout.get_tasks())
     raise NoInputError(f"no BOLD runs match the filters (tasks in the dataset: "
                        f"{', '.join(tasks) or 'none'}; filters: {_describe(filters)})", root)
@@ -138,8 +149,11 @@ def _describe(filters: RunFilter) -> str:
 
 def _run_spec(layout, bold, space: str) -> RunSpec | None:
     ents = bold.get_entities()
-    events = layout.get_nearest(bold.path, suffix="events", extension=".tsv", strict=False,
-                                ignore_strict_entities=["suffix", "extension", "datatype"])
+    # strict: the events must not name another run or task; all_=True because pybids stops at
+    # the first folder with any candidate, even one that strict matching then rejects
+    found = layout.get_nearest(bold.path, suffix="events", extension=".tsv", all_=True,
+                               ignore_strict_entities=["suffix", "extension", "datatype"])
+    events = found[0] if found else None
     if events is None:
         LOGGER.warning("%s: no events.tsv, run skipped (events give the stimuli)", bold.path)
         return None
@@ -174,6 +188,8 @@ def _fingerprint(*paths) -> str:
 def _match_derivative(layout, ents, suffix, desc, space="", want_space=None,
                       extension=(".nii", ".nii.gz")):
     """The derivative file whose run entities all agree with ``ents`` (most specific wins)."""
+    if not layout.derivatives:
+        return None
     ext = [extension] if isinstance(extension, str) else list(extension)
     query = {k: ents[k] for k in ("subject",) if k in ents}
     candidates = layout.get(scope="derivatives", suffix=suffix, desc=desc, extension=ext, **query)
@@ -201,9 +217,15 @@ def _space_rank(found, wanted) -> int:
 
 def _n_scans(path) -> int:
     try:
-        shape = nib.load(path).shape
+        img = nib.load(path)
+        shape = img.shape
     except Exception as exc:
         raise DataError(f"cannot read the NIfTI image: {exc}", path) from exc
+    if str(path).endswith(".nii"):  # a header-only or truncated file (cheap check, no gzip)
+        expected = int(img.header["vox_offset"]) + int(np.prod(shape)) * img.get_data_dtype().itemsize
+        if os.path.getsize(path) < expected:
+            raise DataError(f"the image is truncated: {os.path.getsize(path)} bytes, the header "
+                            f"needs {expected}", path)
     if len(shape) != 4 or shape[3] < 2:
         raise DataError(f"BOLD must be a 4D image with at least 2 volumes, shape is {shape}", path)
     return int(shape[3])

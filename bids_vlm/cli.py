@@ -153,7 +153,7 @@ def config_from_options(opts):
         bold=BoldConfig(high_pass=opts.high_pass, smoothing_fwhm=opts.smoothing_fwhm),
         stats=StatsConfig(hrf_model=opts.hrf_model, fdr_q=opts.fdr_q,
                           block_size=opts.block_size, device=opts.device),
-        derivatives=tuple(str(d) for d in opts.derivatives), quiet=opts.quiet)
+        derivatives=tuple(str(d) for d in opts.derivatives))
 
 
 def main(argv=None) -> int:
@@ -166,6 +166,10 @@ def main(argv=None) -> int:
     opts = parser.parse_args(argv)
     _check_paths(parser, opts)
     _setup_logging(opts.verbose, opts.quiet)
+    if opts.quiet:
+        # tqdm reads TQDM_DISABLE; the Nipype nodes inherit it. Progress display is not part of
+        # the configuration, so -q does not invalidate cached results.
+        os.environ["TQDM_DISABLE"] = "1"
     try:
         from bids_vlm.runner import run_group, run_participant
 

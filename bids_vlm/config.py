@@ -74,7 +74,6 @@ class AnalysisConfig:
     bold: BoldConfig = field(default_factory=BoldConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     derivatives: tuple = ()  # paths to preprocessed-derivative datasets (e.g. fMRIPrep)
-    quiet: bool = False
 
 
 _SECTIONS = {

@@ -74,7 +74,7 @@ def combine_participants(output_dir) -> list[Path]:
         for name, data in group_maps(stack, stat).items():
             path = out / f"group_{rest}_desc-{desc}_stat-{name}_statmap.nii.gz"
             side = {k: sidecar[k] for k in ("Model", "Stream", "Layer", "AssociationMethod",
-                                            "FDRLevel", "HRFModel") if k in sidecar}
+                                            "FDRLevel", "HRFModel", "BOLDInput") if k in sidecar}
             side.update(Participants=sorted(by_subject), Statistic=name,
                         Description=_DESCRIPTIONS[name])
             nib.save(nib.Nifti1Image(data.astype(np.float32), imgs[0].affine), _tmp(path))
@@ -129,8 +129,9 @@ def combine_neuron_tables(output_dir) -> list[Path]:
             n_participants_with_bn=("has_bn", "sum")).reset_index()
         path = Path(output_dir) / "group" / f"group_{rest}_desc-{desc}_neurons.tsv"
         written.append(write_tsv(path, summary))
+        model = tables[0]["an_id"].iloc[0].split("/")[0] if len(tables[0]) else ""
         written.append(write_json(path.with_suffix(".json"), {
-            "Participants": sorted({s for s, _ in items}),
+            "Model": model, "Participants": sorted({s for s, _ in items}),
             "mean_bn_pos": {"Description": "mean BN+ count over participants"},
             "mean_bn_neg": {"Description": "mean BN- count over participants"},
             "n_participants_with_bn": {"Description": "participants where the AN has >= 1 BN"}}))

@@ -101,7 +101,7 @@ def _unit_section(table_path, sidecar, figdir, out):
     profile = figdir / f"{stem}_layerprofile.png"
     _layer_profile(table, profile, model)
     parts.append(_figure(profile, out, "BN+ and BN- counts per layer, summed over ANs."))
-    maps = _count_maps(table_path.parent, stem.replace(_desc(stem), ""))
+    maps = _count_maps(table_path.parent, stem.replace(_desc(stem), ""), model)
     background = _background(sidecar.get("Sources", []), space)
     for stream, paths in maps.items():
         fig = figdir / f"{stem}_stream-{stream}_bncount.png"
@@ -122,12 +122,13 @@ def _space(name):
     return match.group(1) if match else None
 
 
-def _count_maps(folder, prefix) -> dict:
-    """{stream: [bncount map paths]} for the maps of one unit (any model desc)."""
+def _count_maps(folder, prefix, model, stat="bncount") -> dict:
+    """{stream: [map paths]} of one unit's ``stat`` maps of ``model`` (from their sidecars)."""
     maps = defaultdict(list)
-    for path in sorted(folder.glob(f"{prefix}_desc-*_stat-bncount_statmap.nii.gz")):
+    for path in sorted(folder.glob(f"{prefix}_desc-*_stat-{stat}_statmap.nii.gz")):
         side = json.loads(Path(str(path).replace(".nii.gz", ".json")).read_text())
-        maps[side["Stream"]].append(path)
+        if side.get("Model") == model:
+            maps[side["Stream"]].append(path)
     return dict(maps)
 
 
@@ -203,7 +204,7 @@ def group_report(output_dir, config) -> Path:
     out = Path(output_dir)
     figdir = out / "group" / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
-    sections = []
+    sections, map_side = [], {}
     for table_path in sorted((out / "group").glob("*_neurons.tsv")):
         table = pd.read_csv(table_path, sep="\t")
         side = json.loads(table_path.with_suffix(".json").read_text())
@@ -215,16 +216,15 @@ def group_report(output_dir, config) -> Path:
                  f"<p>{len(side.get('Participants', []))} participant(s): "
                  f"{html.escape(', '.join(side.get('Participants', [])))}.</p>",
                  _figure(profile, out, "Mean BN+ and BN- counts per layer over participants.")]
-        prefix = stem.replace(_desc(stem), "")
-        maps = defaultdict(list)
-        for path in sorted((out / "group").glob(f"{prefix}_desc-*_stat-meanbncount_statmap.nii.gz")):
-            side_map = json.loads(Path(str(path).replace(".nii.gz", ".json")).read_text())
-            maps[side_map.get("Stream", "all")].append(path)
+        maps = _count_maps(out / "group", stem.replace(_desc(stem), ""), side.get("Model"),
+                           "meanbncount")
         for stream, paths in maps.items():
+            map_side = json.loads(Path(str(paths[0]).replace(".nii.gz", ".json")).read_text())
             fig = figdir / f"{stem}_stream-{stream}_meanbncount.png"
             _brain_figure(paths, fig, f"group {stream}: mean ANs per voxel (all layers)", None,
                           _space(stem))
             parts.append(_figure(fig, out, f"Mean number of {stream}-stream ANs per voxel."))
         sections.append("".join(parts))
     body = "".join(sections) or "<p>No group results.</p>"
-    return _write_html(out / "group.html", "bids_vlm report: group", body + _methods(config, {}))
+    return _write_html(out / "group.html", "bids_vlm report: group",
+                       body + _methods(config, map_side))

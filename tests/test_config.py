@@ -18,7 +18,7 @@ def _custom():
         bold=BoldConfig(high_pass=1 / 100, smoothing_fwhm=6.0, confounds=("motion",),
                         n_acompcor=3),
         stats=StatsConfig(hrf_model="glover", fdr_q=0.01, block_size=64),
-        derivatives=("/data/derivatives/fmriprep",), quiet=True)
+        derivatives=("/data/derivatives/fmriprep",))
 
 
 @pytest.mark.parametrize("config", [AnalysisConfig(), _custom()])
@@ -39,7 +39,7 @@ def test_to_json_is_plain_json():
 def test_configs_are_frozen():
     config = _custom()
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.quiet = False
+        config.derivatives = ()
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.stats.fdr_q = 0.5
     assert config.stats.fdr_q == 0.01

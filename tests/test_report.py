@@ -90,13 +90,11 @@ def test_group_report_figures_methods_citations(planted_outputs):
         [f"{stem}_layerprofile.png", f"{stem}_stream-image_meanbncount.png",
          f"{stem}_stream-text_meanbncount.png"])
     assert "2 participant(s): 01, 02." in page
-    _check_methods_and_citations(page, _config_of(out, "group"), {})
-    assert "No group results" not in page
+    text00 = out / "group" / f"{stem}Text00_stat-meanbncount_statmap.json"
+    _check_methods_and_citations(page, _config_of(out, "group"), json.loads(text00.read_text()))
+    assert "No group results" not in page and "BOLD input: n/a" not in page
 
 
-@pytest.mark.xfail(strict=True, reason="report.py group_report passes an empty sidecar to "
-                   "methods_text: the group methods read 'BOLD input: n/a' and 'Association: , "
-                   "q = 0.05'")
 def test_group_methods_name_the_association_method(planted_outputs):
     page = (planted_outputs["out"] / "group.html").read_text(encoding="utf-8")
     assert "Association: ," not in page
@@ -152,9 +150,6 @@ def test_report_escapes_html(tmp_path):
     assert "<script>" not in page and "&lt;script&gt;" in page
 
 
-@pytest.mark.xfail(strict=True, reason="report.py _count_maps globs '<prefix>_desc-*' for any "
-                   "model, so with two models each model's section draws the bncount maps of "
-                   "both models under its own title")
 def test_each_model_section_draws_only_its_own_maps(planted_outputs, tmp_path, monkeypatch):
     """Two models in one unit: copy the tiny-clip outputs of sub-01 as a second model."""
     out = tmp_path / "out"

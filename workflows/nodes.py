@@ -92,7 +92,7 @@ def extract_node(timelines_file, model_name, config_json):
     images, texts = unique_stimuli(timelines)
     model = load_model(model_name, config.model)
     acts = extract(model, {"image": images, "text": texts}, config.model,
-                   progress=not config.quiet)
+                   progress=True)
     path = os.path.abspath("activations.h5")
     with h5py.File(path, "w") as h5:
         for key, value in acts.items():
@@ -171,7 +171,7 @@ def associate_node(regressors_file, cleaned_files, config_json):
                 key = f"{stream}/{layer}"
                 res = associate(regs[key][()], voxels, q=config.stats.fdr_q,
                                 block_size=config.stats.block_size, device=str(device),
-                                progress=not config.quiet, desc=f"association {key}")
+                                progress=True, desc=f"association {key}")
                 for field, value in vars(res).items():
                     if field != "n_frames":
                         out[f"{key}/{field}"] = value

@@ -8,13 +8,14 @@ concatenated) the graph is::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import OrderedDict
 
 from nipype.interfaces.utility import Function, Merge
 from nipype.pipeline import engine as pe
 
-from bids_vlm.config import AnalysisConfig, to_json
+from bids_vlm.config import AnalysisConfig, RunFilter, to_json
 from workflows import nodes
 
 
@@ -31,6 +32,13 @@ def analysis_units(runs) -> list[dict]:
                     "sources": [r.bold for r in members],
                     "runs": [r.to_dict() for r in members]})
     return out
+
+
+def node_config(config: AnalysisConfig) -> str:
+    """The configuration the nodes get, as JSON: without the run filters and derivative paths,
+    which only select runs (the runs themselves are node inputs), so that a rerun restricted to
+    some participants reuses their cached results."""
+    return to_json(dataclasses.replace(config, filters=RunFilter(), derivatives=()))
 
 
 def _function_node(func, name, inputs, mapnode_field=None):
@@ -57,7 +65,7 @@ def init_participant_wf(units, bids_dir, output_dir, work_dir, config: AnalysisC
                         name="bids_vlm_participant"):
     """The graph for all units of the selected participants."""
     wf = pe.Workflow(name=name, base_dir=str(work_dir))
-    cfg = to_json(config)
+    cfg = node_config(config)
     per_subject = OrderedDict()
     for unit in units:
         per_subject.setdefault(unit["subject"], []).append(_unit_graph(wf, unit, bids_dir,

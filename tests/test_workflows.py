@@ -1,0 +1,199 @@
+"""The Nipype graphs (workflows/participant.py, workflows/group.py) and the import direction."""
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from pathlib import Path
+
+import pytest
+from nipype.interfaces.utility import Function, Merge
+from nipype.pipeline import engine as pe
+
+from bids_vlm.bids import RunSpec
+from bids_vlm.config import AnalysisConfig, ModelConfig, from_json, to_json
+from workflows import nodes
+from workflows.group import group_maps_node, group_report_node, init_group_wf
+from workflows.participant import analysis_units, init_participant_wf
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE = "MNI152NLin2009cAsym"
+
+
+def _run(subject, run, task="view", session=None, acq=None, space=SPACE, preprocessed=True):
+    return RunSpec(subject=subject, session=session, task=task, run=run, acquisition=acq,
+                   bold=f"/data/sub-{subject}_task-{task}_run-{run}_bold.nii.gz",
+                   events=f"/data/sub-{subject}_task-{task}_run-{run}_events.tsv", tr=2.0,
+                   n_scans=20, mask=None, confounds=None, space=space,
+                   preprocessed=preprocessed, fingerprint=f"{subject}{run}")
+
+
+def test_analysis_units_group_in_first_seen_order():
+    runs = [_run("02", 1), _run("01", 1), _run("02", 2), _run("01", 1, task="rest"),
+            _run("01", 2), _run("01", 3, session="b"), _run("01", 4, acq="hi"),
+            _run("01", 5, space="T1w", preprocessed=False), _run("01", 6, preprocessed=False)]
+    units = analysis_units(runs)
+    keys = [(u["subject"], u["session"], u["task"], u["acquisition"], u["space"]) for u in units]
+    assert keys == [("02", None, "view", None, SPACE), ("01", None, "view", None, SPACE),
+                    ("01", None, "rest", None, SPACE), ("01", "b", "view", None, SPACE),
+                    ("01", None, "view", "hi", SPACE), ("01", None, "view", None, "T1w")]
+    assert [[r["run"] for r in u["runs"]] for u in units] == [[1, 2], [1, 2, 6], [1], [3], [4],
+                                                              [5]]
+    first = units[1]
+    assert first["sources"] == [runs[1].bold, runs[4].bold, runs[8].bold]
+    assert first["runs"][0] == runs[1].to_dict()
+    assert first["preprocessed"] is False  # one of its runs is raw
+    assert units[0]["preprocessed"] is True
+    assert set(first) == {"subject", "session", "task", "acquisition", "space", "preprocessed",
+                          "sources", "runs"}
+    json.dumps(units)  # the units travel to the nodes as JSON
+    assert analysis_units([]) == []
+
+
+@pytest.fixture
+def participant_wf(tmp_path):
+    units = analysis_units([_run("01", 1), _run("01", 2), _run("02", 1)])
+    config = AnalysisConfig(model=ModelConfig(models=("tiny-clip",)))
+    wf = init_participant_wf(units, tmp_path / "bids", tmp_path / "out", tmp_path / "work",
+                             config)
+    return wf, units, config, tmp_path
+
+
+FUNCTION_OF = {"timelines": "timelines_node", "mask": "mask_node", "clean": "clean_node",
+               "extract": "extract_node", "regressors": "regressors_node",
+               "associate": "associate_node", "outputs": "outputs_node",
+               "report": "report_node"}
+
+
+def test_participant_wf_node_names(participant_wf):
+    wf, units, config, tmp = participant_wf
+    assert wf.name == "bids_vlm_participant"
+    assert Path(wf.base_dir) == tmp / "work"
+    assert len(units) == 2
+    tags = ["sub_01_tas_view_spa_MNI152NLin2009cAsym", "sub_02_tas_view_spa_MNI152NLin2009cAsym"]
+    expected = set()
+    for tag in tags:
+        expected |= {f"timelines_{tag}", f"mask_{tag}", f"clean_{tag}", f"associations_{tag}",
+                     f"extract_{tag}_tiny_clip", f"regressors_{tag}_tiny_clip",
+                     f"associate_{tag}_tiny_clip", f"outputs_{tag}"}
+    expected |= {"written_sub_01", "written_sub_02", "report_sub_01", "report_sub_02"}
+    assert set(wf.list_node_names()) == expected
+
+
+def test_participant_wf_functions_come_from_nodes_module(participant_wf):
+    wf, *_ = participant_wf
+    checked = set()
+    for name in wf.list_node_names():
+        node = wf.get_node(name)
+        prefix = name.split("_")[0]
+        if prefix in ("associations", "written"):
+            assert isinstance(node.interface, Merge)
+            continue
+        iface = node.interface
+        assert isinstance(iface, Function)
+        func = getattr(nodes, FUNCTION_OF[prefix])
+        assert func.__module__ == "workflows.nodes"
+        assert iface.inputs.function_str == inspect.getsource(func)
+        defined = re.match(r"def (\w+)\(", iface.inputs.function_str).group(1)
+        assert defined == FUNCTION_OF[prefix]
+        assert iface._input_names == list(inspect.signature(func).parameters)
+        checked.add(prefix)
+    assert checked == set(FUNCTION_OF)
+
+
+def test_participant_wf_clean_is_a_mapnode_over_runs(participant_wf):
+    wf, units, config, tmp = participant_wf
+    for tag, unit in (("sub_01_tas_view_spa_MNI152NLin2009cAsym", units[0]),
+                      ("sub_02_tas_view_spa_MNI152NLin2009cAsym", units[1])):
+        clean = wf.get_node(f"clean_{tag}")
+        assert isinstance(clean, pe.MapNode)
+        assert clean.iterfield == ["run_json"]
+        assert [json.loads(r) for r in clean.inputs.run_json] == unit["runs"]
+        assert from_json(clean.inputs.config_json) == config
+        for name in ("timelines", "mask", "outputs"):
+            assert not isinstance(wf.get_node(f"{name}_{tag}"), pe.MapNode)
+        timelines = wf.get_node(f"timelines_{tag}")
+        assert json.loads(timelines.inputs.runs_json) == unit["runs"]
+        assert timelines.inputs.bids_dir == str(tmp / "bids")
+        outputs = wf.get_node(f"outputs_{tag}")
+        assert json.loads(outputs.inputs.unit_json) == {k: v for k, v in unit.items()
+                                                        if k != "runs"}
+        assert outputs.inputs.output_dir == str(tmp / "out")
+        assert wf.get_node(f"extract_{tag}_tiny_clip").inputs.model_name == "tiny-clip"
+
+
+def _edges(wf):
+    out = set()
+    for src, dst, data in wf._graph.edges(data=True):
+        for s_field, d_field in data["connect"]:
+            out.add((src.name, s_field, dst.name, d_field))
+    return out
+
+
+def test_participant_wf_connections(participant_wf):
+    wf, *_ = participant_wf
+    edges = _edges(wf)
+    tag = "sub_01_tas_view_spa_MNI152NLin2009cAsym"
+    m = f"{tag}_tiny_clip"
+    for edge in [(f"mask_{tag}", "out", f"clean_{tag}", "mask_file"),
+                 (f"timelines_{tag}", "out", f"extract_{m}", "timelines_file"),
+                 (f"timelines_{tag}", "out", f"regressors_{m}", "timelines_file"),
+                 (f"extract_{m}", "out", f"regressors_{m}", "activations_file"),
+                 (f"regressors_{m}", "out", f"associate_{m}", "regressors_file"),
+                 (f"clean_{tag}", "out", f"associate_{m}", "cleaned_files"),
+                 (f"associate_{m}", "out", f"associations_{tag}", "in1"),
+                 (f"associations_{tag}", "out", f"outputs_{tag}", "association_files"),
+                 (f"mask_{tag}", "out", f"outputs_{tag}", "mask_file"),
+                 (f"outputs_{tag}", "out", "written_sub_01", "in1"),
+                 ("written_sub_01", "out", "report_sub_01", "written")]:
+        assert edge in edges
+    # a subject's report waits only for its own units
+    into_report = {e for e in edges if e[2] == "report_sub_02"}
+    assert into_report == {("written_sub_02", "out", "report_sub_02", "written")}
+    report = wf.get_node("report_sub_02")
+    assert report.inputs.subject == "02"
+
+
+def test_participant_wf_two_models(tmp_path):
+    units = analysis_units([_run("01", 1)])
+    config = AnalysisConfig(model=ModelConfig(models=("tiny-clip", "clip-vit-b-32")))
+    wf = init_participant_wf(units, tmp_path, tmp_path / "out", tmp_path / "work", config)
+    names = set(wf.list_node_names())
+    tag = "sub_01_tas_view_spa_MNI152NLin2009cAsym"
+    for model in ("tiny_clip", "clip_vit_b_32"):
+        assert {f"extract_{tag}_{model}", f"regressors_{tag}_{model}",
+                f"associate_{tag}_{model}"} <= names
+    edges = _edges(wf)
+    assert (f"associate_{tag}_clip_vit_b_32", "out", f"associations_{tag}", "in2") in edges
+
+
+def test_group_wf(tmp_path):
+    config = AnalysisConfig()
+    wf = init_group_wf(tmp_path / "out", tmp_path / "work", config)
+    assert wf.name == "bids_vlm_group"
+    assert set(wf.list_node_names()) == {"group_maps", "group_report"}
+    maps, report = wf.get_node("group_maps"), wf.get_node("group_report")
+    assert maps.interface.inputs.function_str == inspect.getsource(group_maps_node)
+    assert report.interface.inputs.function_str == inspect.getsource(group_report_node)
+    assert maps.inputs.output_dir == str(tmp_path / "out")
+    assert report.inputs.config_json == to_json(config)
+    assert maps.overwrite and report.overwrite
+    assert _edges(wf) == {("group_maps", "out", "group_report", "written")}
+
+
+def _imports_workflows(text: str) -> bool:
+    return re.search(r"^\s*(from\s+workflows(\.|\s)|import\s+workflows\b)", text,
+                     re.MULTILINE) is not None
+
+
+def test_stages_do_not_import_workflows():
+    allowed = {"bids_vlm/runner.py", "bids_vlm/cli.py", "bids_vlm/demo.py"}
+    sources = sorted((REPO / "bids_vlm").rglob("*.py"))
+    assert len(sources) > 10
+    offenders = [p.relative_to(REPO).as_posix() for p in sources
+                 if p.relative_to(REPO).as_posix() not in allowed
+                 and _imports_workflows(p.read_text())]
+    assert offenders == []
+    assert _imports_workflows((REPO / "bids_vlm" / "runner.py").read_text())  # sanity check
+    assert _imports_workflows("    from workflows.participant import x\n")
+    assert not _imports_workflows("# the workflows hand it to the nodes\n")
