@@ -47,7 +47,11 @@ def load_mask(bold_path, mask_path=None):
     from the mean EPI with nilearn's ``compute_epi_mask``."""
     bold = nib.load(bold_path)
     if mask_path is None:
-        return masking.compute_epi_mask(bold)
+        mask = masking.compute_epi_mask(bold)
+        if not np.asarray(mask.dataobj).any():
+            raise DataError("nilearn's compute_epi_mask found no brain in the mean EPI; provide "
+                            "a brain mask (fMRIPrep derivatives, desc-brain_mask)", bold_path)
+        return mask
     mask = nib.load(mask_path)
     if mask.shape[:3] != bold.shape[:3] or not np.allclose(mask.affine, bold.affine, atol=1e-3):
         LOGGER.warning("%s: mask grid differs from the BOLD grid; resampled (nearest)", mask_path)

@@ -111,8 +111,12 @@ def planted_signal(root, events_by_run, n_scans, tr, plants, seed=0):
 
 
 def make_planted_dataset(root, n_subjects=2, n_runs=2, n_scans=100, tr=2.0, shape=(6, 6, 6),
-                         plants=DEFAULT_PLANTS, noise=1.0, seed=0) -> PlantedDataset:
-    """BIDS dataset + fMRIPrep-like derivatives with planted AN signal (see module doc)."""
+                         plants=DEFAULT_PLANTS, noise=1.0, seed=0, baseline=None,
+                         with_derivatives=True) -> PlantedDataset:
+    """BIDS dataset + fMRIPrep-like derivatives with planted AN signal (see module doc).
+
+    baseline: (n_voxels,) mean intensity per voxel (default 100 everywhere).
+    """
     root = Path(root)
     rng = np.random.default_rng(seed)
     images = make_images(root / "stimuli", seed=seed)
@@ -120,19 +124,22 @@ def make_planted_dataset(root, n_subjects=2, n_runs=2, n_scans=100, tr=2.0, shap
                 {"Name": "planted", "BIDSVersion": "1.9.0", "DatasetType": "raw"})
     _write_json(root / "task-view_bold.json", {"RepetitionTime": tr, "TaskName": "view"})
     fmriprep = root / "derivatives" / "fmriprep"
-    _write_json(fmriprep / "dataset_description.json",
-                {"Name": "fMRIPrep (simulated)", "BIDSVersion": "1.9.0",
-                 "DatasetType": "derivative", "GeneratedBy": [{"Name": "fMRIPrep"}]})
+    if with_derivatives:
+        _write_json(fmriprep / "dataset_description.json",
+                    {"Name": "fMRIPrep (simulated)", "BIDSVersion": "1.9.0",
+                     "DatasetType": "derivative", "GeneratedBy": [{"Name": "fMRIPrep"}]})
     n_vox = int(np.prod(shape))
     subjects = [f"{i + 1:02d}" for i in range(n_subjects)]
     for sub in subjects:
         events = [make_events(rng, images, int(n_scans * tr / 2), 2.0) for _ in range(n_runs)]
         signal = planted_signal(root, events, n_scans, tr, plants)
         for run, (ev, sig) in enumerate(zip(events, signal), start=1):
-            data = 100.0 + noise * rng.standard_normal((n_scans, n_vox))
+            base = 100.0 if baseline is None else np.asarray(baseline, float)[None, :]
+            data = base + noise * rng.standard_normal((n_scans, n_vox))
             for j, plant in enumerate(plants):
                 data[:, plant.voxels] += plant.beta * sig[:, [j]]
-            _write_run(root, fmriprep, sub, run, ev, data, shape, rng)
+            _write_run(root, fmriprep if with_derivatives else None, sub, run, ev, data, shape,
+                       rng)
     planted = sorted({v for p in plants for v in p.voxels})
     return PlantedDataset(root, subjects, tuple(plants), n_vox,
                           [v for v in range(n_vox) if v not in planted])
@@ -145,6 +152,8 @@ def _write_run(root, fmriprep, sub, run, events, data, shape, rng):
     events.to_csv(func / f"{stem}_events.tsv", sep="\t", index=False)
     img = nib.Nifti1Image(data.T.reshape(*shape, -1).astype(np.float32), AFFINE)
     nib.save(img, func / f"{stem}_bold.nii.gz")
+    if fmriprep is None:
+        return
     dfunc = fmriprep / f"sub-{sub}" / "func"
     dfunc.mkdir(parents=True, exist_ok=True)
     nib.save(img, dfunc / f"{stem}_space-{SPACE}_desc-preproc_bold.nii.gz")

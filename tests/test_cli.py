@@ -148,3 +148,47 @@ def test_rerun_uses_the_cache(planted, planted_outputs):
     proc = run_cli(planted.root, planted_outputs["out"], "participant", "--participant-label",
                    "01", "-w", planted_outputs["work"])
     assert "tiny-clip image" not in proc.stderr  # no extraction progress: cached
+
+
+def test_raw_bold_without_derivatives(tmp_path):
+    """Raw BOLD: an EPI mask is computed, no space entity, and the sidecars say it is raw."""
+    from datagen import Plant, make_planted_dataset
+
+    shape = (14, 14, 14)
+    ijk = np.indices(shape).reshape(3, -1).T
+    head = np.linalg.norm(ijk - 6.5, axis=1) < 5.5  # a bright ball in a dark field
+    centre = [int(np.ravel_multi_index((i, 7, 7), shape)) for i in range(4, 10)]
+    data = make_planted_dataset(tmp_path / "raw", n_subjects=1, n_runs=2, shape=shape,
+                                plants=(Plant("image", 2, 7, centre, 0.6),),
+                                baseline=np.where(head, 1000.0, 5.0), with_derivatives=False)
+    out = tmp_path / "out"
+    proc = run_cli(data.root, out, "participant", "--layers", "2", "-w", tmp_path / "work")
+    assert "no preprocessed BOLD found" in proc.stderr
+    stem = "sub-01_task-view_desc-tinyclipImage02_stat-r_statmap"
+    side = json.loads((out / "sub-01" / "func" / f"{stem}.json").read_text())
+    assert side["BOLDInput"].startswith("none: raw BOLD (no motion correction")
+    best = nib.load(out / "sub-01" / "func" / f"{stem}.nii.gz").get_fdata().reshape(-1)
+    assert (best[~head] == 0).all()  # outside the computed mask
+    assert (np.abs(best[centre]) > 0.3).all()
+    assert np.abs(best[head]).mean() < 0.5 * np.abs(best[centre]).min()
+
+
+def test_unreadable_image_inside_the_graph_gives_data_error(planted, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(planted.root, bad)
+    (bad / "stimuli" / "img03.png").write_bytes(b"not a png")
+    proc = run_cli(bad, tmp_path / "out", "participant", "--participant-label", "01", "-q",
+                   "-w", tmp_path / "work", check=False)
+    assert proc.returncode == 64, proc.stderr
+    assert "img03.png: cannot read the image" in proc.stderr
+
+
+def test_python_dash_m(planted):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "bids_vlm", "--version"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"bids_vlm {__version__}"
