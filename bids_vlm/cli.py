@@ -115,6 +115,11 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--smoothing-fwhm", type=float, default=0.0, help="smoothing in mm")
     g.add_argument("--fdr-q", type=_fraction, default=0.05,
                    help="Benjamini-Hochberg FDR level across voxels, per AN")
+    g.add_argument("--autocorrelation-correction", choices=["bartlett", "none"],
+                   default="bartlett", help="bartlett: effective number of frames from both "
+                   "series' autocorrelations (calibrated for BOLD); none: frames independent")
+    g.add_argument("--autocorrelation-lags", type=_positive_int, default=None,
+                   help="lags of the autocorrelation estimate (default about 2 sqrt(run length))")
     g.add_argument("--block-size", type=_positive_int, default=256,
                    help="ANs per block of the streamed association (bounds memory)")
 
@@ -152,6 +157,8 @@ def config_from_options(opts):
                           opts.device, opts.model_dir, opts.seed),
         bold=BoldConfig(high_pass=opts.high_pass, smoothing_fwhm=opts.smoothing_fwhm),
         stats=StatsConfig(hrf_model=opts.hrf_model, fdr_q=opts.fdr_q,
+                          autocorr=opts.autocorrelation_correction,
+                          n_lags=opts.autocorrelation_lags or 0,
                           block_size=opts.block_size, device=opts.device),
         derivatives=tuple(str(d) for d in opts.derivatives))
 

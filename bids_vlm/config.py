@@ -60,7 +60,9 @@ class StatsConfig:
     hrf_model: str = "spm"
     oversampling: int = 16
     fdr_q: float = 0.05
-    block_size: int = 512  # ANs per block of the streamed association
+    autocorr: str = "bartlett"  # "bartlett" (effective frames) or "none" (independent frames)
+    n_lags: int = 0  # autocorrelation lags for "bartlett"; 0 = about sqrt(run length)
+    block_size: int = 256  # ANs per block of the streamed association
     device: str = "auto"
 
 

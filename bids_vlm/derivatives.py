@@ -136,7 +136,7 @@ NEURON_COLUMNS = {
     "peak_i": "voxel index (i) of peak_r in the map grid",
     "peak_j": "voxel index (j) of peak_r in the map grid",
     "peak_k": "voxel index (k) of peak_r in the map grid",
-    "r_threshold": "critical |r| of the AN's Benjamini-Hochberg procedure (n/a: no BN)",
+    "z_threshold": "critical |z| of the AN's Benjamini-Hochberg procedure (n/a: no BN)",
 }
 
 
@@ -174,7 +174,7 @@ def write_unit_outputs(association_files, mask_file, unit: dict, output_dir, bid
         with h5py.File(assoc_file, "r") as h5:
             model = str(h5.attrs["model"])
             side = common_sidecar(unit, dict(h5.attrs), config)
-            rows, entries = [], {"an_index": [], "voxel_index": [], "r": [], "p": []}
+            rows, entries = [], {"an_index": [], "voxel_index": [], "r": [], "z": [], "p": []}
             offset = 0
             for stream in h5:
                 for layer in h5[stream]:
@@ -212,13 +212,13 @@ def _neuron_rows(model, stream, layer, grp, ijk):
 
     n = len(grp["n_pos"])
     peak = ijk[grp["peak_voxel"][()]] if len(ijk) else np.zeros((n, 3), int)
-    thr = grp["r_threshold"][()].astype(float)
+    thr = grp["z_threshold"][()].astype(float)
     return pd.DataFrame({
         "an_id": [an_id(model, stream, layer, u) for u in range(n)], "stream": stream,
         "layer": layer, "unit": np.arange(n), "n_bn_pos": grp["n_pos"][()],
         "n_bn_neg": grp["n_neg"][()], "peak_r": grp["peak_r"][()],
         "peak_i": peak[:, 0], "peak_j": peak[:, 1], "peak_k": peak[:, 2],
-        "r_threshold": np.where(np.isfinite(thr), thr, np.nan)})
+        "z_threshold": np.where(np.isfinite(thr), thr, np.nan)})
 
 
 def _neuron_table(folder, ents, model, table, side):
@@ -237,5 +237,5 @@ def _sparse(folder, ents, model, table, entries, ijk, mask, side):
     attrs = {"model": model, "method": side["AssociationMethod"], "fdr_q": side["FDRLevel"],
              "grid_shape": list(mask.shape[:3]), "affine": np.asarray(mask.affine),
              "layout": "significant entries: an_index (row of an_id), voxel_index (row of "
-                       "voxel_ijk), r, p (uncorrected)"}
+                       "voxel_ijk), r, z (calibrated, signed), p (two-sided, uncorrected)"}
     return write_sparse(path, data, attrs)

@@ -1,41 +1,65 @@
-"""AN x voxel association: streamed blocks equal a dense computation (scipy r + BH), planted
-effects are found, white-noise nulls are calibrated, degenerate columns are harmless."""
+"""AN x voxel association: streamed blocks equal a dense reference, the autocorrelation
+correction is calibrated on simulated BOLD, BH controls the FDR, degenerate columns are harmless."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from scipy import stats
+from scipy import special, stats
 
-from bids_vlm.encoding import associate, bh_r_thresholds, normalize_columns
-from bids_vlm.encoding.association import p_from_r
+from bids_vlm.encoding import associate, bh_z_thresholds, normalize_columns
+from bids_vlm.encoding.association import (autocorrelations, bh_counts, default_lags, p_from_z,
+                                           tukey_taper)
+from bids_vlm.regressors import convolution_matrix, frame_times, zscore
+
+RUNS = [150, 150]
 
 
-def _dense(x, y, q):
-    """Reference: scipy Pearson r and p for every pair, BH per AN with scipy."""
-    r = np.array([[stats.pearsonr(x[:, i], y[:, v])[0] for v in range(y.shape[1])]
-                  for i in range(x.shape[1])])
-    p = np.array([[stats.pearsonr(x[:, i], y[:, v])[1] for v in range(y.shape[1])]
-                  for i in range(x.shape[1])])
+def _acf_numpy(x, runs, n_lags):
+    """Reference autocorrelations: loops over runs and lags in numpy."""
+    num, den, start = np.zeros((n_lags, x.shape[1])), np.zeros(x.shape[1]), 0
+    for length in runs:
+        seg = x[start:start + length] - x[start:start + length].mean(0)
+        den += (seg ** 2).sum(0)
+        for k in range(1, n_lags + 1):
+            num[k - 1] += (seg[:-k] * seg[k:]).sum(0)
+        start += length
+    return num / den
+
+
+def _dense(x, y, q, runs=None, n_lags=None):
+    """Reference z, p and BH decisions for every pair, with numpy and scipy only."""
+    r = np.corrcoef(x.T, y.T)[:x.shape[1], x.shape[1]:]
+    n = x.shape[0]
+    t_eff = np.full(r.shape, float(n))
+    if runs is not None:
+        w2 = tukey_taper(n_lags) ** 2
+        factor = 1 + 2 * (_acf_numpy(x, runs, n_lags) * w2[:, None]).T @ _acf_numpy(y, runs, n_lags)
+        t_eff = n / np.clip(factor, 1.0, n / 4)
+    z = np.arctanh(r) * np.sqrt(t_eff - 3)
+    p = 2 * special.ndtr(-np.abs(z))
     sig = np.array([stats.false_discovery_control(row) <= q for row in p])
-    return r, p, sig
+    return r, z, sig
 
 
 @pytest.fixture(scope="module")
 def problem():
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((120, 20))
-    y = rng.standard_normal((120, 60))
-    y[:, :10] += 0.6 * x[:, [0]]
-    y[:, 10:15] -= 0.5 * x[:, [5]]
+    x = rng.standard_normal((300, 20))
+    y = rng.standard_normal((300, 60))
+    y[:, :10] += 0.4 * x[:, [0]]
+    y[:, 10:15] -= 0.3 * x[:, [5]]
     return x, y
 
 
-@pytest.mark.parametrize("block", [1, 7, 20, 64])
-def test_streamed_equals_dense(problem, block):
+@pytest.mark.parametrize("autocorr", ["none", "bartlett"])
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_streamed_equals_dense(problem, block, autocorr):
     x, y = problem
-    r, p, sig = _dense(x, y, 0.05)
-    res = associate(x, y, q=0.05, block_size=block)
+    extra = {"runs": RUNS, "n_lags": 12} if autocorr == "bartlett" else {}
+    r, z, sig = _dense(x, y, 0.05, **extra)
+    res = associate(x, y, q=0.05, block_size=block, run_lengths=RUNS, autocorr=autocorr,
+                    n_lags=12)
     np.testing.assert_array_equal(res.n_pos, (sig & (r > 0)).sum(1))
     np.testing.assert_array_equal(res.n_neg, (sig & (r < 0)).sum(1))
     np.testing.assert_array_equal(res.bn_count, sig.sum(0))
@@ -44,39 +68,93 @@ def test_streamed_equals_dense(problem, block):
     np.testing.assert_allclose(res.peak_r, r[np.arange(len(r)), peak], atol=1e-5)
     np.testing.assert_allclose(res.best_r, r[np.abs(r).argmax(0), np.arange(r.shape[1])],
                                atol=1e-5)
-    dense_entries = set(zip(*np.nonzero(sig)))
-    assert set(zip(res.an_index.tolist(), res.voxel_index.tolist())) == dense_entries
+    assert set(zip(res.an_index.tolist(), res.voxel_index.tolist())) == set(zip(*np.nonzero(sig)))
     np.testing.assert_allclose(res.r, r[res.an_index, res.voxel_index], atol=1e-5)
-    np.testing.assert_allclose(res.p, p[res.an_index, res.voxel_index], rtol=1e-3, atol=1e-12)
+    np.testing.assert_allclose(res.z, z[res.an_index, res.voxel_index], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(res.p, p_from_z(z[res.an_index, res.voxel_index]), rtol=1e-3)
 
 
-def test_planted_effects_found_with_sign(problem):
-    x, y = problem
-    res = associate(x, y, q=0.05)
-    mine = res.an_index == 0
-    assert set(range(10)) <= set(res.voxel_index[mine])
-    assert (res.r[mine & (res.voxel_index < 10)] > 0).all()
-    neg = res.an_index == 5
-    assert set(range(10, 15)) <= set(res.voxel_index[neg][res.r[neg] < 0])
+def test_autocorrelations_match_numpy_and_stay_within_runs():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((300, 4)).cumsum(0)
+    got = autocorrelations(torch.from_numpy(x), RUNS, 5).numpy()
+    np.testing.assert_allclose(got, _acf_numpy(x, RUNS, 5), rtol=1e-5, atol=1e-6)
+    # a jump between runs is not a lag: each run on its own has the same ACF
+    shifted = x.copy()
+    shifted[150:] += 1000.0
+    np.testing.assert_allclose(autocorrelations(torch.from_numpy(shifted), RUNS, 5).numpy(),
+                               got, rtol=1e-4, atol=1e-5)
+    assert default_lags([150, 200]) == 24
 
 
-def test_white_noise_null_is_calibrated():
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((200, 100))
-    y = rng.standard_normal((200, 400))
-    r = normalize_columns(x).T @ normalize_columns(y)
-    fpr = (p_from_r(r, 200) < 0.05).mean()
-    assert 0.04 < fpr < 0.06  # measured 0.0497
-    res = associate(x, y, q=0.05)
-    # global null: BH keeps P(any discovery) <= q for each AN
-    assert ((res.n_pos + res.n_neg) > 0).mean() <= 0.1
+def _ar1(rng, n, v, phi):
+    e = rng.standard_normal((n, v))
+    y = np.empty_like(e)
+    y[0] = e[0] / np.sqrt(1 - phi ** 2)
+    for t in range(1, n):
+        y[t] = phi * y[t - 1] + e[t]
+    return y
+
+
+def _smooth_regressors(rng, n_scans, n, tr=2.0, hold=3):
+    """HRF-convolved activations that change every ``hold`` seconds, z-scored (like AN regressors)."""
+    seconds = int(n_scans * tr)
+    acts = np.repeat(rng.standard_normal((seconds // hold + 1, n)), hold, axis=0)[:seconds]
+    return zscore(convolution_matrix(np.arange(seconds), 1.0, frame_times(n_scans, tr)) @ acts)
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([_smooth_regressors(rng, n, 200) for n in RUNS])
+    noise = np.concatenate([_ar1(rng, n, 2000, 0.6) for n in RUNS])
+    return rng, x, noise
+
+
+def _pvalues(x, y, autocorr):
+    res = associate(x, y, q=1.0 - 1e-9, run_lengths=RUNS, autocorr=autocorr)  # keep every entry
+    return res.p
+
+
+def test_null_is_calibrated_for_autocorrelated_bold(simulated):
+    """AR(1) phi 0.6 noise, smooth regressors, no signal: voxelwise FPR at 0.05."""
+    _, x, noise = simulated
+    fpr = (_pvalues(x, noise, "bartlett") < 0.05).mean()
+    naive = (_pvalues(x, noise, "none") < 0.05).mean()
+    assert 0.03 <= fpr <= 0.07, fpr  # measured 0.0527
+    assert naive > 0.15, naive  # measured 0.2001: the naive test is far off
+
+
+def test_fdr_and_sensitivity_with_planted_signal(simulated):
+    """Each of the 200 ANs drives its own 10 of the 2000 voxels (r about 0.5): realised FDR
+    (false discoveries / discoveries, averaged over ANs) and sensitivity."""
+    _, x, noise = simulated
+    owner = np.repeat(np.arange(200), 10)  # voxel v carries AN owner[v]
+    y = noise + 0.6 * np.std(noise) * x[:, owner]
+    res = associate(x, y, q=0.05, run_lengths=RUNS)
+    true = owner[res.voxel_index] == res.an_index
+    fdp = [(~true[res.an_index == i]).mean() if (res.an_index == i).any() else 0.0
+           for i in range(200)]
+    sensitivity = true.sum() / 2000
+    assert np.mean(fdp) <= 0.06, np.mean(fdp)  # measured 0.053
+    assert sensitivity >= 0.9, sensitivity  # measured 0.998
+
+
+def test_bh_counts_equal_sorting():
+    rng = np.random.default_rng(3)
+    absz = torch.from_numpy(np.abs(rng.standard_normal((300, 500)) * rng.uniform(0.5, 3, (300, 1))))
+    absz = absz.float()
+    zcrit = torch.from_numpy(bh_z_thresholds(500, 0.1).astype(np.float32))
+    ranked = absz.sort(1, descending=True).values >= zcrit
+    expected = torch.where(ranked.any(1), 500 - ranked.flip(1).int().argmax(1), 0)
+    assert torch.equal(bh_counts(absz, zcrit), expected)
+    assert expected.min() == 0 and expected.max() > 10
 
 
 def test_bh_thresholds_decrease_with_rank():
-    thr = bh_r_thresholds(1000, 300, 0.05)
+    thr = bh_z_thresholds(1000, 0.05)
     assert np.all(np.diff(thr) < 0)
-    t_crit = stats.t.isf(0.05 / 1000 / 2, 298)
-    assert thr[0] == pytest.approx(t_crit / np.sqrt(298 + t_crit ** 2))
+    assert thr[0] == pytest.approx(stats.norm.isf(0.05 / 1000 / 2))
 
 
 def test_constant_columns_are_never_significant():
@@ -85,22 +163,27 @@ def test_constant_columns_are_never_significant():
     x[:, 1] = 4.0
     y = rng.standard_normal((50, 5))
     y[:, 2] = -1.0
-    y[:, 0] += 3 * x[:, [0]][:, 0]
-    res = associate(x, y)
+    y[:, 0] += 3 * x[:, 0]
+    res = associate(x, y, autocorr="none")
     assert res.n_pos[1] == res.n_neg[1] == 0 and res.bn_count[2] == 0
     assert res.bn_count[0] >= 1
 
 
-def test_frame_mismatch_raises():
+def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="frames"):
         associate(np.zeros((10, 2)), np.zeros((11, 3)))
+    with pytest.raises(ValueError, match="add up"):
+        associate(np.zeros((10, 2)), np.zeros((10, 3)), run_lengths=[4, 5])
+    with pytest.raises(ValueError, match="autocorr"):
+        associate(np.zeros((10, 2)), np.zeros((10, 3)), autocorr="magic")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_equals_cpu(problem):
+@pytest.mark.parametrize("autocorr", ["none", "bartlett"])
+def test_cuda_equals_cpu(problem, autocorr):
     x, y = problem
-    cpu = associate(x, y, block_size=7)
-    gpu = associate(x, y, block_size=7, device="cuda")
+    cpu = associate(x, y, block_size=7, run_lengths=RUNS, autocorr=autocorr)
+    gpu = associate(x, y, block_size=7, device="cuda", run_lengths=RUNS, autocorr=autocorr)
     np.testing.assert_array_equal(cpu.n_pos, gpu.n_pos)
     np.testing.assert_array_equal(cpu.bn_count, gpu.bn_count)
     np.testing.assert_allclose(cpu.best_r, gpu.best_r, atol=1e-5)

@@ -100,7 +100,7 @@ def test_neuron_table_and_maps(planted, planted_outputs):
     best_r = apply_mask(func / f"{stem}_stat-r_statmap.nii.gz", mask)
     assert np.abs(best_r[:12]).min() > 0.3  # signed: another AN may be anti-correlated
     side = json.loads((func / f"{stem}_stat-r_statmap.json").read_text())
-    assert "not corrected for temporal autocorrelation" in side["AssociationMethod"]
+    assert "Bartlett" in side["AssociationMethod"]
     assert side["Layer"] == 2 and side["Stream"] == "image"
 
 

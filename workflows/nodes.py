@@ -155,7 +155,7 @@ def associate_node(regressors_file, cleaned_files, config_json):
     import numpy as np
 
     from bids_vlm.config import from_json
-    from bids_vlm.encoding import ASSOCIATION_METHOD, associate
+    from bids_vlm.encoding import associate, method_description
     from bids_vlm.models.base import resolve_device
 
     config = from_json(config_json)
@@ -164,14 +164,17 @@ def associate_node(regressors_file, cleaned_files, config_json):
     path = os.path.abspath("association.h5")
     with h5py.File(regressors_file, "r") as regs, h5py.File(path, "w") as out:
         out.attrs["model"] = regs.attrs["model"]
-        out.attrs["method"] = ASSOCIATION_METHOD
-        out.attrs["fdr_q"] = config.stats.fdr_q
+        stats = config.stats
+        out.attrs["method"] = method_description(stats.autocorr, stats.n_lags or None)
+        out.attrs["fdr_q"] = stats.fdr_q
+        run_lengths = [int(n) for n in regs.attrs["run_lengths"]]
         for stream in regs:
             for layer in regs[stream]:
                 key = f"{stream}/{layer}"
-                res = associate(regs[key][()], voxels, q=config.stats.fdr_q,
-                                block_size=config.stats.block_size, device=str(device),
-                                progress=True, desc=f"association {key}")
+                res = associate(regs[key][()], voxels, q=stats.fdr_q,
+                                block_size=stats.block_size, device=str(device), progress=True,
+                                desc=f"association {key}", run_lengths=run_lengths,
+                                autocorr=stats.autocorr, n_lags=stats.n_lags or None)
                 for field, value in vars(res).items():
                     if field != "n_frames":
                         out[f"{key}/{field}"] = value
