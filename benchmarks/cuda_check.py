@@ -46,8 +46,8 @@ def association_check(n_frames, n_an, n_vox, block):
     gpu = associate(x, y, block_size=block, device="cuda")
     torch.cuda.synchronize()
     t_assoc = time.perf_counter() - start
-    xn = torch.from_numpy(normalize_columns(x)).cuda()
-    yn = torch.from_numpy(normalize_columns(y)).cuda()
+    xn = normalize_columns(x).cuda()
+    yn = normalize_columns(y).cuda()
     torch.cuda.synchronize()
     start = time.perf_counter()
     for s in range(0, n_an, block):

@@ -39,6 +39,18 @@ def _positive_float(value):
     return number
 
 
+def _memory_gb(value):
+    text = str(value).strip().upper().removesuffix("B").removesuffix("G")
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"memory must be a number of GB, like 16 or 16GB, "
+                                         f"not {value}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"memory must be positive, not {value}")
+    return number
+
+
 def _existing_dir(value):
     path = Path(value).expanduser()
     if not path.is_dir():
@@ -122,6 +134,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="lags of the autocorrelation estimate (default about 2 sqrt(run length))")
     g.add_argument("--block-size", type=_positive_int, default=256,
                    help="ANs per block of the streamed association (bounds memory)")
+    g.add_argument("--mem", type=_memory_gb, default=0.0,
+                   help="memory for the association, e.g. 16 or 16GB; sets the block size "
+                        "(overrides --block-size)")
 
     g = parser.add_argument_group("Resources and execution")
     g.add_argument("-w", "--work-dir", type=Path, default=None,
@@ -159,7 +174,7 @@ def config_from_options(opts):
         stats=StatsConfig(hrf_model=opts.hrf_model, fdr_q=opts.fdr_q,
                           autocorr=opts.autocorrelation_correction,
                           n_lags=opts.autocorrelation_lags or 0,
-                          block_size=opts.block_size, device=opts.device),
+                          block_size=opts.block_size, mem_gb=opts.mem, device=opts.device),
         derivatives=tuple(str(d) for d in opts.derivatives))
 
 

@@ -63,6 +63,7 @@ class StatsConfig:
     autocorr: str = "bartlett"  # "bartlett" (effective frames) or "none" (independent frames)
     n_lags: int = 0  # autocorrelation lags for "bartlett"; 0 = about sqrt(run length)
     block_size: int = 256  # ANs per block of the streamed association
+    mem_gb: float = 0.0  # memory for the association; > 0 sets the block size from it
     device: str = "auto"
 
 

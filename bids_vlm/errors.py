@@ -2,12 +2,14 @@
 
 Exit codes (README, "Exit codes"): 0 success, 1 a run failed, 2 usage error (argparse),
 64 invalid input data, 65 nothing to analyse (no matching subject/run/events),
-66 model weights or tokenizer missing, 73 output cannot be written.
+66 model weights or tokenizer missing, 69 not enough memory for --mem, 73 output cannot be
+written.
 """
 
 EXIT_DATA = 64
 EXIT_NO_INPUT = 65
 EXIT_WEIGHTS = 66
+EXIT_RESOURCES = 69
 EXIT_OUTPUT = 73
 
 
@@ -37,6 +39,12 @@ class WeightsNotFoundError(BidsVlmError):
     """Model weights are not present locally and cannot be downloaded."""
 
     exit_code = EXIT_WEIGHTS
+
+
+class ResourceError(BidsVlmError):
+    """The analysis does not fit the resources the user allowed (--mem)."""
+
+    exit_code = EXIT_RESOURCES
 
 
 class OutputError(BidsVlmError):

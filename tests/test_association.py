@@ -8,8 +8,8 @@ import torch
 from scipy import special, stats
 
 from bids_vlm.encoding import associate, bh_z_thresholds, normalize_columns
-from bids_vlm.encoding.association import (autocorrelations, bh_counts, default_lags, p_from_z,
-                                           tukey_taper)
+from bids_vlm.encoding.autocorr import autocorrelations, default_lags, tukey_taper
+from bids_vlm.encoding.fdr import bh_select, p_from_z
 from bids_vlm.regressors import convolution_matrix, frame_times, zscore
 
 RUNS = [150, 150]
@@ -140,15 +140,22 @@ def test_fdr_and_sensitivity_with_planted_signal(simulated):
     assert sensitivity >= 0.9, sensitivity  # measured 0.998
 
 
-def test_bh_counts_equal_sorting():
+def test_bh_select_equals_sorting():
     rng = np.random.default_rng(3)
     absz = torch.from_numpy(np.abs(rng.standard_normal((300, 500)) * rng.uniform(0.5, 3, (300, 1))))
     absz = absz.float()
     zcrit = torch.from_numpy(bh_z_thresholds(500, 0.1).astype(np.float32))
     ranked = absz.sort(1, descending=True).values >= zcrit
     expected = torch.where(ranked.any(1), 500 - ranked.flip(1).int().argmax(1), 0)
-    assert torch.equal(bh_counts(absz, zcrit), expected)
+    cand_rows, cand_cols = torch.nonzero(absz >= 1.0, as_tuple=True)  # a superset of candidates
+    keep, thr = bh_select(cand_rows, absz[cand_rows, cand_cols], 300, zcrit)
+    rows, cols = cand_rows[keep], cand_cols[keep]
+    assert torch.equal(torch.bincount(rows, minlength=300), expected)
     assert expected.min() == 0 and expected.max() > 10
+    for row in (int(expected.argmax()), int(expected.argmin())):  # the top-k |z| of the row
+        top = set(absz[row].argsort(descending=True)[:int(expected[row])].tolist())
+        assert set(cols[rows == row].tolist()) == top
+    assert torch.isinf(thr[expected == 0]).all()
 
 
 def test_bh_thresholds_decrease_with_rank():
@@ -187,3 +194,15 @@ def test_cuda_equals_cpu(problem, autocorr):
     np.testing.assert_array_equal(cpu.n_pos, gpu.n_pos)
     np.testing.assert_array_equal(cpu.bn_count, gpu.bn_count)
     np.testing.assert_allclose(cpu.best_r, gpu.best_r, atol=1e-5)
+
+
+def test_memory_bound_and_block_size():
+    from bids_vlm.encoding import block_size_for_memory, memory_bound
+
+    bound = memory_bound(1000, 60000, 200000, 256)
+    assert bound > 8 * 1000 * 260000  # at least the inputs and their normalised copies
+    block = block_size_for_memory(bound, 1000, 60000, 200000)
+    assert block == 256 or memory_bound(1000, 60000, 200000, block + 1) > bound
+    assert memory_bound(1000, 60000, 200000, block) <= bound
+    with pytest.raises(MemoryError, match="too little"):
+        block_size_for_memory(2**20, 1000, 60000, 200000)

@@ -192,3 +192,11 @@ def test_python_dash_m(planted):
     proc = subprocess.run([sys.executable, "-m", "bids_vlm", "--version"], capture_output=True,
                           text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == f"bids_vlm {__version__}"
+
+
+def test_mem_too_small_exits_69(planted, tmp_path):
+    proc = run_cli(planted.root, tmp_path / "out", "participant", "--participant-label", "01",
+                   "--layers", "0", "--mem", "0.00001GB", "-q", "-w", tmp_path / "work",
+                   check=False)
+    assert proc.returncode == 69, proc.stderr
+    assert "is too little for" in proc.stderr

@@ -156,6 +156,8 @@ def associate_node(regressors_file, cleaned_files, config_json):
 
     from bids_vlm.config import from_json
     from bids_vlm.encoding import associate, method_description
+    from bids_vlm.encoding.association import block_size_for_memory
+    from bids_vlm.errors import ResourceError
     from bids_vlm.models.base import resolve_device
 
     config = from_json(config_json)
@@ -171,8 +173,16 @@ def associate_node(regressors_file, cleaned_files, config_json):
         for stream in regs:
             for layer in regs[stream]:
                 key = f"{stream}/{layer}"
-                res = associate(regs[key][()], voxels, q=stats.fdr_q,
-                                block_size=stats.block_size, device=str(device), progress=True,
+                x = regs[key][()]
+                block = stats.block_size
+                if stats.mem_gb:
+                    try:
+                        block = block_size_for_memory(int(stats.mem_gb * 2**30), x.shape[0],
+                                                      x.shape[1], voxels.shape[1])
+                    except MemoryError as exc:
+                        raise ResourceError(str(exc)) from exc
+                res = associate(x, voxels, q=stats.fdr_q,
+                                block_size=block, device=str(device), progress=True,
                                 desc=f"association {key}", run_lengths=run_lengths,
                                 autocorr=stats.autocorr, n_lags=stats.n_lags or None)
                 for field, value in vars(res).items():

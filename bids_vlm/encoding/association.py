@@ -1,25 +1,18 @@
 """Every AN regressor against every in-mask voxel: signed Pearson r, calibrated z, BH-FDR per AN.
 
-The AN x voxel matrix is never held whole: ANs are processed in blocks of ``block_size``
-(one (block, n_voxels) matrix at a time, on the GPU when asked), and only per-AN summaries,
-per-voxel summaries and the significant entries are kept.
+The AN x voxel matrix is never held whole. ANs are processed in blocks of ``block_size`` and,
+within a block, voxels in tiles of ``tile`` (so that the statistics of a tile are computed while
+it is in cache): each tile's r = x_block^T y_tile, the per-AN and per-voxel peaks, and the
+*candidates*, the entries with |r| >= r0 where r0 is the smallest |r| that can reach the
+smallest BH critical |z| (T_eff <= T). Only candidates get a z and enter BH
+(:mod:`bids_vlm.encoding.fdr`); only per-AN summaries, per-voxel summaries and the significant
+entries are kept. Runs on the GPU when ``device`` is a CUDA device.
 
 Significance (``autocorr``):
 
-- ``"bartlett"`` (default): BOLD and HRF-convolved regressors are autocorrelated, so r varies
-  more than for independent frames. Under the null of no association, Bartlett's formula gives
-  ``Var(r) ~ (1 + 2 sum_k rho_x(k) rho_y(k)) / T``, with rho the autocorrelations of the two
-  series. They are estimated within runs (no lag crosses a run boundary) up to ``n_lags``
-  (default ~2 sqrt(run length)) and Tukey-tapered (Afyouni, Smith & Nichols 2019, NeuroImage 199).
-  The sum over lags of every AN x voxel pair is one more (block x lags) @ (lags x voxels)
-  product. The effective number of frames ``T_eff = T / (1 + 2 sum ...)`` (at most T) gives
-  ``z = atanh(r) sqrt(T_eff - 3)``, compared with N(0, 1).
-- ``"none"``: frames treated as independent (``T_eff = T``); anti-conservative for BOLD.
-
-Benjamini-Hochberg over voxels for each AN works on |z| (p is decreasing in |z|): the number
-of discoveries k* is the largest fixed point of ``k -> #{v : |z_v| >= z_crit(k)}`` with
-``z_crit(k)`` the normal quantile of ``q k / (2 V)``. Iterating from k = V reaches it in a few
-passes over the block, with no sort (an exact sort is the fallback when it has not converged).
+- ``"bartlett"`` (default): z = atanh(r) sqrt(T_eff - 3), T_eff from Bartlett's variance of r
+  for two autocorrelated series (:mod:`bids_vlm.encoding.autocorr`).
+- ``"none"``: frames treated as independent (T_eff = T); anti-conservative for BOLD.
 """
 from __future__ import annotations
 
@@ -28,11 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import special
 from tqdm.auto import tqdm
 
+from bids_vlm.encoding.autocorr import BartlettCorrection
+from bids_vlm.encoding.fdr import bh_select, bh_z_thresholds, p_from_z
+
 AUTOCORR_METHODS = ("bartlett", "none")
-_MAX_BH_ITER = 64
+TILE = 2048  # voxels per tile
+# bytes per AN x voxel element of a tile (r, |r|, factors, mask) and per candidate entry
+_TILE_BYTES = 16
+_CANDIDATE_BYTES = 28
 
 
 def method_description(autocorr: str = "bartlett", n_lags: int | None = None) -> str:
@@ -74,78 +72,42 @@ class AssociationResult:
     n_frames: int
 
 
-def normalize_columns(x: np.ndarray) -> np.ndarray:
-    """Centre the columns of x (T, n) and scale them to unit norm; constant columns -> 0."""
-    x = np.asarray(x, dtype=np.float64)
-    x = x - x.mean(axis=0, keepdims=True)
-    norm = np.linalg.norm(x, axis=0, keepdims=True)
-    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 1e-12).astype(np.float32)
+def normalize_columns(x, chunk: int = 65536) -> torch.Tensor:
+    """Centre the columns of x (T, n) and scale them to unit norm; constant columns -> 0.
 
-
-def default_lags(run_lengths) -> int:
-    """About 2 sqrt(frames) of the shortest run, at least 1 and less than that run.
-
-    In simulations (AR(1) phi 0.6 BOLD, HRF-smoothed regressors, 150-frame runs) the Tukey-tapered
-    estimate reaches a false-positive rate of 0.052-0.055 at 0.05 with 24 lags, 0.055-0.060 with 12.
+    Returns a new float32 tensor (one copy of x; columns processed in chunks).
     """
-    shortest = int(min(run_lengths))
-    return max(1, min(shortest - 2, int(round(2.0 * math.sqrt(shortest)))))
+    out = torch.as_tensor(np.asarray(x), dtype=torch.float32).clone()
+    for start in range(0, out.shape[1], chunk):
+        part = out[:, start:start + chunk]
+        part -= part.mean(0)
+        norm = part.square().sum(0).sqrt()
+        part *= torch.where(norm > 1e-6, 1.0 / norm.clamp(min=1e-30), 0.0)
+    return out
 
 
-def autocorrelations(x: torch.Tensor, run_lengths, n_lags: int) -> torch.Tensor:
-    """(n_lags, n) autocorrelations rho(1..n_lags) of the columns of x (T, n).
+def memory_bound(n_frames: int, n_an: int, n_vox: int, block_size: int,
+                 candidate_fraction: float = 0.5, tile: int = TILE) -> int:
+    """Upper bound (bytes) of the association's working memory, significant entries aside.
 
-    Computed within runs (columns centred per run; no lag crosses a boundary) and pooled:
-    sum over runs of sum_t x[t] x[t+k], divided by the pooled sum of squares.
+    The inputs and their normalised float32 copies (8 bytes per frame x column), a tile's
+    temporaries, and a block's candidates (at most ``candidate_fraction`` of its elements).
     """
-    num = torch.zeros(n_lags, x.shape[1], dtype=torch.float64, device=x.device)
-    den = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    start = 0
-    for length in run_lengths:
-        seg = x[start:start + length].double()
-        seg = seg - seg.mean(0, keepdim=True)
-        den += (seg * seg).sum(0)
-        for k in range(1, min(n_lags, length - 1) + 1):
-            num[k - 1] += (seg[:-k] * seg[k:]).sum(0)
-        start += length
-    return torch.where(den > 0, num / den.clamp(min=1e-30), torch.zeros_like(num)).float()
+    inputs = 8 * n_frames * (n_an + n_vox)
+    block = block_size * (min(tile, n_vox) * _TILE_BYTES
+                          + n_vox * candidate_fraction * _CANDIDATE_BYTES)
+    return int(inputs + block)
 
 
-def tukey_taper(n_lags: int) -> np.ndarray:
-    """(n_lags,) Tukey weights 0.5 (1 + cos(pi k / (n_lags + 1))), k = 1..n_lags."""
-    k = np.arange(1, n_lags + 1)
-    return 0.5 * (1.0 + np.cos(np.pi * k / (n_lags + 1)))
-
-
-def bh_z_thresholds(n_voxels: int, q: float) -> np.ndarray:
-    """(n_voxels,) critical |z| for ranks k = 1..V of the BH step-up rule at level q."""
-    alphas = q * np.arange(1, n_voxels + 1) / n_voxels
-    return -special.ndtri(alphas / 2.0)
-
-
-def p_from_z(z) -> np.ndarray:
-    """Two-sided p of standard-normal z."""
-    return 2.0 * special.ndtr(-np.abs(np.asarray(z, dtype=np.float64)))
-
-
-def bh_counts(absz: torch.Tensor, zcrit: torch.Tensor) -> torch.Tensor:
-    """(b,) number of BH discoveries in each row of absz (b, V); zcrit (V,) from
-    :func:`bh_z_thresholds`. Fixed-point iteration, exact sort for rows that do not converge."""
-    n_vox = absz.shape[1]
-    inf = torch.tensor(float("inf"), device=absz.device)
-    k = (absz >= zcrit[-1]).sum(1)
-    rows = torch.arange(absz.shape[0], device=absz.device)
-    for _ in range(_MAX_BH_ITER):
-        thr = torch.where(k[rows] > 0, zcrit[(k[rows] - 1).clamp(min=0)], inf)
-        new = (absz[rows] >= thr[:, None]).sum(1)
-        moved = new != k[rows]
-        k[rows] = new
-        rows = rows[moved]
-        if rows.numel() == 0:
-            return k
-    ranked = absz[rows].sort(dim=1, descending=True).values >= zcrit[None, :]
-    k[rows] = torch.where(ranked.any(1), n_vox - ranked.flip(1).int().argmax(1), 0)
-    return k
+def block_size_for_memory(mem_bytes: int, n_frames: int, n_an: int, n_vox: int) -> int:
+    """The largest AN block (at least 1) whose :func:`memory_bound` fits in ``mem_bytes``."""
+    fixed = memory_bound(n_frames, n_an, n_vox, 0)
+    per_an = memory_bound(n_frames, n_an, n_vox, 1) - fixed
+    if mem_bytes - fixed < per_an:
+        raise MemoryError(f"--mem {mem_bytes / 2**30:.2f} GiB is too little for {n_frames} "
+                          f"frames x ({n_an} ANs + {n_vox} voxels): at least "
+                          f"{(fixed + per_an) / 2**30:.2f} GiB needed")
+    return int(min(n_an, (mem_bytes - fixed) // per_an))
 
 
 def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress=False,
@@ -157,6 +119,26 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     (centred, unit norm over all frames), so r is their inner product.
     """
     n_frames, n_an = regressors.shape
+    run_lengths = _check(regressors, voxels, run_lengths, autocorr)
+    dev = torch.device(device)
+    y = normalize_columns(voxels).to(dev)
+    xt = normalize_columns(regressors).T.contiguous()  # (N, T): blocks are contiguous rows
+    zcrit = torch.from_numpy(bh_z_thresholds(y.shape[1], q).astype(np.float32)).to(dev)
+    bartlett = BartlettCorrection(y, run_lengths, n_lags) if autocorr == "bartlett" else None
+    acc = _Accumulator(n_an, y.shape[1], dev)
+    # |z| <= atanh|r| sqrt(T - 3) as T_eff <= T: below r0 no entry reaches min(zcrit)
+    r0 = math.tanh(float(zcrit[-1]) / math.sqrt(n_frames - 3))
+    for start in tqdm(range(0, n_an, block_size), disable=not progress, desc=desc, unit="block"):
+        xb = xt[start:start + block_size].to(dev)
+        acf_b = bartlett.for_block(xb.T) if bartlett is not None else None
+        rows, cols, r_c, fac_c = _scan_tiles(xb, y, r0, acc, start, bartlett, acf_b)
+        acc.add_significant(start, xb.shape[0], rows, cols, r_c,
+                            _z(r_c, fac_c, n_frames), zcrit)
+    return acc.result(n_frames)
+
+
+def _check(regressors, voxels, run_lengths, autocorr):
+    n_frames = regressors.shape[0]
     if voxels.shape[0] != n_frames:
         raise ValueError(f"regressors have {n_frames} frames, voxels {voxels.shape[0]}")
     if autocorr not in AUTOCORR_METHODS:
@@ -164,67 +146,72 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     run_lengths = list(run_lengths) if run_lengths is not None else [n_frames]
     if sum(run_lengths) != n_frames:
         raise ValueError(f"run lengths {run_lengths} do not add up to {n_frames} frames")
-    dev = torch.device(device)
-    y = torch.from_numpy(normalize_columns(voxels)).to(dev)
-    x_all = torch.from_numpy(normalize_columns(regressors))
-    zcrit = torch.from_numpy(bh_z_thresholds(y.shape[1], q).astype(np.float32)).to(dev)
-    bartlett = None
-    if autocorr == "bartlett":
-        n_lags = n_lags or default_lags(run_lengths)
-        w2 = torch.from_numpy((2.0 * tukey_taper(n_lags) ** 2).astype(np.float32)).to(dev)
-        bartlett = (w2, autocorrelations(y, run_lengths, n_lags), run_lengths, n_lags)
-    acc = _Accumulator(n_an, y.shape[1], dev)
-    for start in tqdm(range(0, n_an, block_size), disable=not progress, desc=desc, unit="block"):
-        x = x_all[:, start:start + block_size].to(dev)
-        r = x.T @ y
-        acc.add(start, r, _z_scores(r, x, bartlett, n_frames), zcrit)
-    return acc.result(n_frames)
+    return run_lengths
 
 
-def _z_scores(r, x, bartlett, n_frames):
-    """(b, V) z of each r: Fisher's transform scaled by the effective number of frames."""
+def _scan_tiles(xb, y, r0, acc, start, bartlett, acf_b, tile=TILE):
+    """r of one AN block tile by tile: update the peaks, return the candidates
+    (rows, cols, r, Bartlett factor or None) with |r| >= r0."""
+    found = []
+    for s in range(0, y.shape[1], tile):
+        r = xb @ y[:, s:s + tile]  # (b, t)
+        absr = r.abs()
+        acc.update_peaks(start, s, r, absr)
+        rows, cols = torch.nonzero(absr >= r0, as_tuple=True)
+        fac = None
+        if bartlett is not None:
+            fac = (acf_b @ bartlett.acf_y[:, s:s + tile])[rows, cols]
+        found.append((rows, cols + s, r[rows, cols], fac))
+    rows, cols, r_c, fac = zip(*found)
+    return (torch.cat(rows), torch.cat(cols), torch.cat(r_c),
+            torch.cat(fac) if bartlett is not None else None)
+
+
+def _z(r, factor, n_frames):
+    """(E,) z = atanh(r) sqrt(T_eff - 3), T_eff = T / (1 + factor) in [4, T] (T without factor)."""
     z = torch.atanh(r.clamp(-1 + 1e-6, 1 - 1e-6))
-    if bartlett is None:
-        return z.mul_(math.sqrt(n_frames - 3))
-    w2, acf_y, run_lengths, n_lags = bartlett
-    acf_x = autocorrelations(x, run_lengths, n_lags)  # (K, b)
-    factor = (acf_x * w2[:, None]).T @ acf_y  # (b, V): 2 sum_k w_k^2 rho_x(k) rho_y(k)
-    factor.add_(1.0).clamp_(min=1.0, max=n_frames / 4.0)  # T_eff in [4, T]
-    return z.mul_(factor.reciprocal_().mul_(n_frames).sub_(3.0).sqrt_())
+    if factor is None:
+        return z * math.sqrt(n_frames - 3)
+    return z * (n_frames / (factor + 1.0).clamp(min=1.0, max=n_frames / 4.0) - 3.0).sqrt()
 
 
 class _Accumulator:
-    """Running per-AN and per-voxel summaries over AN blocks."""
+    """Running per-AN and per-voxel summaries over AN blocks and voxel tiles."""
 
     def __init__(self, n_an, n_vox, dev):
         self.per_an = {k: np.zeros(n_an, dtype) for k, dtype in
-                       (("n_pos", np.int64), ("n_neg", np.int64), ("peak_r", np.float32),
-                        ("peak_voxel", np.int64), ("z_threshold", np.float32))}
+                       (("n_pos", np.int64), ("n_neg", np.int64), ("z_threshold", np.float32))}
+        self.peak_abs = torch.full((n_an,), -1.0, device=dev)
+        self.peak_r = torch.zeros(n_an, device=dev)
+        self.peak_voxel = torch.zeros(n_an, dtype=torch.int64, device=dev)
         self.bn_count = torch.zeros(n_vox, dtype=torch.int64, device=dev)
         self.best_r = torch.zeros(n_vox, dtype=torch.float32, device=dev)
         self.entries = []
 
-    def add(self, start, r, z, zcrit):
-        """r, z: (b, V) of ANs start..start+b; zcrit: (V,) BH critical |z|."""
-        absz = z.abs()
-        k = bh_counts(absz, zcrit)
-        thr = torch.where(k > 0, zcrit[(k - 1).clamp(min=0)],
-                          torch.full_like(zcrit[:1], float("inf")).expand(len(k)))
-        sig = absz >= thr[:, None]
+    def update_peaks(self, start, s, r, absr):
+        """r, absr: (b, t) of ANs start.. and voxels s..; update per-AN and per-voxel peaks."""
         sl = slice(start, start + r.shape[0])
-        self.per_an["n_pos"][sl] = (sig & (r > 0)).sum(1).cpu().numpy()
-        self.per_an["n_neg"][sl] = (sig & (r < 0)).sum(1).cpu().numpy()
+        value, index = absr.max(1)
+        better = value > self.peak_abs[sl]
+        self.peak_abs[sl] = torch.where(better, value, self.peak_abs[sl])
+        self.peak_r[sl] = torch.where(better, r.gather(1, index[:, None])[:, 0], self.peak_r[sl])
+        self.peak_voxel[sl] = torch.where(better, index + s, self.peak_voxel[sl])
+        col_best = r.gather(0, absr.max(0).indices[None, :])[0]
+        best = self.best_r[s:s + r.shape[1]]
+        self.best_r[s:s + r.shape[1]] = torch.where(col_best.abs() > best.abs(), col_best, best)
+
+    def add_significant(self, start, b, rows, cols, r, z, zcrit):
+        """BH over the candidates (rows, cols, r, z) of ANs start..start+b; keep discoveries."""
+        keep, thr = bh_select(rows, z.abs(), b, zcrit)
+        an, vox, r_sig = rows[keep], cols[keep], r[keep]
+        sl = slice(start, start + b)
+        n_pos = torch.bincount(an[r_sig > 0], minlength=b)
+        self.per_an["n_pos"][sl] = n_pos.cpu().numpy()
+        self.per_an["n_neg"][sl] = (torch.bincount(an, minlength=b) - n_pos).cpu().numpy()
         self.per_an["z_threshold"][sl] = thr.cpu().numpy()
-        absr = r.abs()
-        peak = absr.argmax(1)
-        self.per_an["peak_voxel"][sl] = peak.cpu().numpy()
-        self.per_an["peak_r"][sl] = r.gather(1, peak[:, None])[:, 0].cpu().numpy()
-        self.bn_count += sig.sum(0)
-        block_best = r.gather(0, absr.argmax(0)[None, :])[0]
-        self.best_r = torch.where(block_best.abs() > self.best_r.abs(), block_best, self.best_r)
-        an, vox = torch.nonzero(sig, as_tuple=True)
+        self.bn_count += torch.bincount(vox, minlength=self.bn_count.shape[0])
         self.entries.append(((an + start).cpu().numpy(), vox.cpu().numpy(),
-                             r[an, vox].cpu().numpy(), z[an, vox].cpu().numpy()))
+                             r_sig.cpu().numpy(), z[keep].cpu().numpy()))
 
     def result(self, n_frames) -> AssociationResult:
         if self.entries:
@@ -233,7 +220,8 @@ class _Accumulator:
             an, vox = np.zeros(0, np.int64), np.zeros(0, np.int64)
             rr, zz = np.zeros(0, np.float32), np.zeros(0, np.float32)
         return AssociationResult(
-            **self.per_an, bn_count=self.bn_count.cpu().numpy(),
+            **self.per_an, peak_r=self.peak_r.cpu().numpy(),
+            peak_voxel=self.peak_voxel.cpu().numpy(), bn_count=self.bn_count.cpu().numpy(),
             best_r=self.best_r.cpu().numpy(), an_index=an.astype(np.int64),
             voxel_index=vox.astype(np.int64), r=rr.astype(np.float32),
             z=zz.astype(np.float32), p=p_from_z(zz), n_frames=n_frames)

@@ -1,0 +1,131 @@
+"""Association throughput and memory, each against a reference measured in the same run.
+
+1. vs a per-pair scipy loop (``scipy.stats.pearsonr``) on a subset of pairs, extrapolated to
+   all pairs: target >= 100x.
+2. Peak memory (resident set of a fresh process) of the association at --mem-frames x
+   --mem-ans x --mem-voxels against ``memory_bound`` for its block size: target <= 1.
+3. Throughput, statistics (autocorrelation-corrected z, BH-FDR per AN, summaries, sparse
+   entries) included, vs a bare float32 matrix product of the same shapes on the same device
+   (the hardware ceiling): target >= 0.8. This RESULT line is the last one.
+
+CPU by default (a few minutes on 2 cores); ``--device cuda`` for the GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import time
+
+import numpy as np
+import torch
+
+
+def _data(n_frames, n_an, n_vox, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_frames, n_an), dtype=np.float32)
+    y = rng.standard_normal((n_frames, n_vox), dtype=np.float32)
+    y[:, : n_vox // 20] += 0.2 * x[:, [0]]  # some signal, so that BH has discoveries
+    return x, y
+
+
+def _sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def throughput(opts):
+    from bids_vlm.encoding import associate, normalize_columns
+
+    x, y = _data(opts.frames, opts.ans, opts.voxels)
+    runs = [opts.frames // 4] * 3 + [opts.frames - 3 * (opts.frames // 4)]
+    associate(x[:, :64], y, run_lengths=runs, device=opts.device)  # warm-up
+    _sync(opts.device)
+    start = time.perf_counter()
+    associate(x, y, run_lengths=runs, block_size=opts.block_size, device=opts.device)
+    _sync(opts.device)
+    t_assoc = time.perf_counter() - start
+    xn = normalize_columns(x).to(opts.device)
+    yn = normalize_columns(y).to(opts.device)
+    (xn[:, :64].T @ yn)  # warm-up
+    _sync(opts.device)
+    start = time.perf_counter()
+    out = xn.T @ yn
+    _sync(opts.device)
+    t_mm = time.perf_counter() - start
+    del out
+    return t_assoc, t_mm
+
+
+def scipy_loop(opts, t_assoc):
+    from scipy import stats
+
+    x, y = _data(opts.frames, 20, 100, seed=1)
+    start = time.perf_counter()
+    for i in range(x.shape[1]):
+        for v in range(y.shape[1]):
+            stats.pearsonr(x[:, i], y[:, v])
+    per_pair = (time.perf_counter() - start) / (x.shape[1] * y.shape[1])
+    return per_pair * opts.ans * opts.voxels / t_assoc
+
+
+def _memory_child(args, queue):
+    from bids_vlm.encoding import associate
+
+    n_frames, n_an, n_vox, block, device = args
+    x, y = _data(n_frames, n_an, n_vox)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    res = associate(x, y, block_size=block, device=device)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    gpu = torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0
+    queue.put((base, peak, len(res.r), int(x.nbytes + y.nbytes), gpu, seconds))
+
+
+def memory(opts):
+    from bids_vlm.encoding.association import memory_bound
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    args = (opts.mem_frames, opts.mem_ans, opts.mem_voxels, opts.block_size, opts.device)
+    proc = ctx.Process(target=_memory_child, args=(args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    bound = memory_bound(opts.mem_frames, opts.mem_ans, opts.mem_voxels, opts.block_size)
+    return result, bound
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--frames", type=int, default=1000)
+    parser.add_argument("--ans", type=int, default=4096)
+    parser.add_argument("--voxels", type=int, default=20000)
+    parser.add_argument("--block-size", type=int, default=256)
+    parser.add_argument("--mem-frames", type=int, default=1000)
+    parser.add_argument("--mem-ans", type=int, default=1024)
+    parser.add_argument("--mem-voxels", type=int, default=200000)
+    opts = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {opts.device}")
+
+    (base, peak, n_entries, raw, gpu, seconds), bound = memory(opts)
+    print(f"memory: {opts.mem_ans} ANs x {opts.mem_voxels} voxels x {opts.mem_frames} frames, "
+          f"block {opts.block_size}: peak RSS {peak / 2**30:.2f} GiB (the process held "
+          f"{base / 2**30:.2f} GiB before, of which {raw / 2**30:.2f} GiB the generated inputs "
+          f"that the bound counts); bound {bound / 2**30:.2f} GiB; {n_entries} entries kept; "
+          f"{seconds:.1f} s" + (f"; GPU peak {gpu / 2**30:.2f} GiB" if gpu else ""))
+    t_assoc, t_mm = throughput(opts)
+    speedup = scipy_loop(opts, t_assoc)
+    print(f"throughput: {opts.ans} ANs x {opts.voxels} voxels x {opts.frames} frames: "
+          f"association {t_assoc:.2f} s, bare float32 matmul {t_mm:.2f} s")
+    print(f"RESULT association_vs_scipy_loop={speedup:.0f} (target >= 100)")
+    used = (gpu if gpu else peak - base) + raw
+    print(f"RESULT association_peak_memory_vs_bound={used / bound:.2f} (target <= 1)")
+    print(f"RESULT association_vs_sgemm={t_mm / t_assoc:.2f} (target >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
