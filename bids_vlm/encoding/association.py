@@ -27,7 +27,8 @@ from bids_vlm.encoding.autocorr import BartlettCorrection
 from bids_vlm.encoding.fdr import bh_select, bh_z_thresholds, p_from_z
 
 AUTOCORR_METHODS = ("bartlett", "none")
-TILE = 2048  # voxels per tile
+TILE = 2048  # voxels per tile on the CPU (a tile's statistics stay in cache)
+TILE_CUDA = 65536  # on a GPU, fewer and larger tiles
 # bytes per AN x voxel element of a tile (r, |r|, factors, mask) and per candidate entry
 _TILE_BYTES = 16
 _CANDIDATE_BYTES = 28
@@ -131,7 +132,8 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     for start in tqdm(range(0, n_an, block_size), disable=not progress, desc=desc, unit="block"):
         xb = xt[start:start + block_size].to(dev)
         acf_b = bartlett.for_block(xb.T) if bartlett is not None else None
-        rows, cols, r_c, fac_c = _scan_tiles(xb, y, r0, acc, start, bartlett, acf_b)
+        rows, cols, r_c, fac_c = _scan_tiles(xb, y, r0, acc, start, bartlett, acf_b,
+                                             TILE if dev.type == "cpu" else TILE_CUDA)
         acc.add_significant(start, xb.shape[0], rows, cols, r_c,
                             _z(r_c, fac_c, n_frames), zcrit)
     return acc.result(n_frames)
