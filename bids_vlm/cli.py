@@ -161,8 +161,14 @@ def _check_paths(parser, opts):
 
 
 def config_from_options(opts):
-    from bids_vlm.config import (AnalysisConfig, BoldConfig, ModelConfig, RunFilter,
-                                 StatsConfig, StimulusConfig)
+    from bids_vlm.config import (
+        AnalysisConfig,
+        BoldConfig,
+        ModelConfig,
+        RunFilter,
+        StatsConfig,
+        StimulusConfig,
+    )
 
     return AnalysisConfig(
         filters=RunFilter(tuple(opts.participant_label), tuple(opts.session_label),
@@ -214,7 +220,8 @@ def _setup_logging(verbose, quiet):
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from nipype import config as nipype_config, logging as nipype_logging
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
 
     nlevel = "INFO" if verbose else "WARNING"
     nipype_config.update_config({"logging": {"workflow_level": nlevel,

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import tomli_w
 
-from bids_vlm import __version__
+from bids_vlm import __version__, errors
 from bids_vlm.config import AnalysisConfig, to_dict
 from bids_vlm.errors import BidsVlmError, DataError, NoInputError
-from bids_vlm import errors
 
 LOGGER = logging.getLogger("bids_vlm")
 

@@ -87,8 +87,12 @@ def planted_signal(root, events_by_run, n_scans, tr, plants, seed=0):
     """{run index: (n_scans, n_plants) z-scored regressors of the planted ANs}."""
     from bids_vlm.config import ModelConfig, StimulusConfig
     from bids_vlm.models import extract, load_model
-    from bids_vlm.regressors import (convolution_matrix, frame_times, make_regressors,
-                                     sample_activations)
+    from bids_vlm.regressors import (
+        convolution_matrix,
+        frame_times,
+        make_regressors,
+        sample_activations,
+    )
     from bids_vlm.stimuli import build_timeline, unique_stimuli
 
     tls = [build_timeline(ev, n_scans * tr, StimulusConfig(), Path(root) / "stimuli")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import special, stats
 
-from bids_vlm.encoding import associate, bh_z_thresholds, normalize_columns
+from bids_vlm.encoding import associate, bh_z_thresholds
 from bids_vlm.encoding.autocorr import autocorrelations, default_lags, tukey_taper
 from bids_vlm.encoding.fdr import bh_select, p_from_z
 from bids_vlm.regressors import convolution_matrix, frame_times, zscore

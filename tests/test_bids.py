@@ -12,13 +12,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from datagen import SPACE, make_planted_dataset
 
 from bids_vlm import bids as bids_mod
 from bids_vlm.bids import RunSpec, collect_runs, load_layout, run_from_dict
 from bids_vlm.config import RunFilter
 from bids_vlm.demo import DEMO_DATASET
 from bids_vlm.errors import EXIT_DATA, EXIT_NO_INPUT, DataError, NoInputError
-from datagen import SPACE, make_planted_dataset
 
 EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bids-examples"
 N_SCANS = 20

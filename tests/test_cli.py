@@ -8,11 +8,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 from nilearn.masking import apply_mask
 
 from bids_vlm import __version__
 from bids_vlm.cli import _build_parser, main
-from conftest import run_cli
 
 
 def test_help_and_version(capsys):

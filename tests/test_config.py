@@ -4,8 +4,17 @@ import json
 
 import pytest
 
-from bids_vlm.config import (AnalysisConfig, BoldConfig, ModelConfig, RunFilter, StatsConfig,
-                             StimulusConfig, from_json, to_dict, to_json)
+from bids_vlm.config import (
+    AnalysisConfig,
+    BoldConfig,
+    ModelConfig,
+    RunFilter,
+    StatsConfig,
+    StimulusConfig,
+    from_json,
+    to_dict,
+    to_json,
+)
 
 
 def _custom():

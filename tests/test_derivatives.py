@@ -8,8 +8,16 @@ import pytest
 from nilearn.masking import apply_mask
 
 import bids_vlm
-from bids_vlm.derivatives import (BIDSIGNORE, atomic_path, bids_name, dataset_description,
-                                  desc_label, init_output, write_map, write_sparse)
+from bids_vlm.derivatives import (
+    BIDSIGNORE,
+    atomic_path,
+    bids_name,
+    dataset_description,
+    desc_label,
+    init_output,
+    write_map,
+    write_sparse,
+)
 
 
 def test_bids_name_entity_order_and_none_skipped():

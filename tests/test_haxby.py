@@ -16,9 +16,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 
 from bids_vlm.demo import DEMO_ARGS, DEMO_DATASET
-from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 VT_MASK = DEMO_DATASET / "derivatives" / "masks" / "sub-1" / "sub-1_acq-25mm_desc-vt_mask.nii.gz"

@@ -7,14 +7,14 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
+from datagen import make_images
 
 from bids_vlm.config import ModelConfig
 from bids_vlm.errors import WeightsNotFoundError
 from bids_vlm.models import REGISTRY, an_ids, extract, load_model, select_layers
 from bids_vlm.models.base import hooks_attached, pool_tokens
 from bids_vlm.models.openclip import find_weights, load_openai_clip
-from conftest import run_cli
-from datagen import make_images
 
 TEXTS = ["a photo of a face", "a photo of a house", "a small red chair"]
 

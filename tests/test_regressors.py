@@ -3,8 +3,13 @@ import numpy as np
 import pytest
 from nilearn.glm.first_level import compute_regressor
 
-from bids_vlm.regressors import (convolution_matrix, frame_times, make_regressors,
-                                 sample_activations, zscore)
+from bids_vlm.regressors import (
+    convolution_matrix,
+    frame_times,
+    make_regressors,
+    sample_activations,
+    zscore,
+)
 
 DT, N_SAMPLES, N_SCANS, TR = 0.5, 50, 20, 1.5
 

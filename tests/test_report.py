@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bids_vlm import __version__
-from bids_vlm import report
+from bids_vlm import __version__, report
 from bids_vlm.config import AnalysisConfig, StatsConfig, StimulusConfig, from_dict
 from bids_vlm.report import CITATIONS, group_report, methods_text, participant_report
 

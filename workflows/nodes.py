@@ -115,8 +115,12 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
 
     from bids_vlm.bids import run_from_dict
     from bids_vlm.config import from_json
-    from bids_vlm.regressors import (convolution_matrix, frame_times, make_regressors,
-                                     sample_activations)
+    from bids_vlm.regressors import (
+        convolution_matrix,
+        frame_times,
+        make_regressors,
+        sample_activations,
+    )
     from bids_vlm.stimuli import Timeline
 
     config = from_json(config_json)

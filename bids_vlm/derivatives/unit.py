@@ -1,129 +1,22 @@
-"""Stage 8: write the BIDS-Derivatives dataset (names, sidecars, atomic writes).
-
-Every file is written under a temporary name in its final folder and renamed into place, so an
-interrupted run never leaves a half-written output.
-"""
+"""The derivatives of one analysis unit (subject, session, task, acquisition): maps, neuron
+tables, sparse associations and layer-wise encoding maps."""
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import re
-import tempfile
 from pathlib import Path
 
 import h5py
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from nilearn import masking
 
-from bids_vlm import __version__
-from bids_vlm.errors import OutputError
-
-ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "desc",
-                "stat")
-BIDSIGNORE = ("*_statmap.nii.gz\n*_statmap.json\n*_neurons.tsv\n*_neurons.json\n"
-              "*_association.h5\n*_association.json\n*.html\n*/figures/\nfigures/\nlogs/\n")
-
-
-def bids_name(entities: dict, suffix: str, extension: str) -> str:
-    """``sub-01_task-x_desc-y_suffix.ext`` with entities in BIDS order (None values skipped)."""
-    parts = [f"{k}-{entities[k]}" for k in ENTITY_ORDER if entities.get(k) not in (None, "")]
-    return "_".join(parts + [suffix]) + extension
-
-
-def desc_label(model: str, stream: str = "", layer: int | None = None) -> str:
-    """Alphanumeric desc label, e.g. ``clipvitb32Image07`` or ``tinyclipCrossText``."""
-    label = re.sub(r"[^A-Za-z0-9]", "", model).lower()
-    label += "".join(w.capitalize() for w in re.split(r"[^A-Za-z0-9]", stream) if w)
-    return label + (f"{layer:02d}" if layer is not None else "")
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise OutputError(f"cannot write here: {exc}", path.parent) from exc
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path, data) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    return Path(path)
-
-
-def write_tsv(path, table: pd.DataFrame) -> Path:
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
-    return Path(path)
-
-
-def write_map(path, values: np.ndarray, mask_img, sidecar: dict) -> Path:
-    """Write (V,) in-mask ``values`` as a 3D NIfTI (+ JSON sidecar)."""
-    img = masking.unmask(np.asarray(values, dtype=np.float32), mask_img)
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp) + ".nii.gz")
-        os.replace(str(tmp) + ".nii.gz", tmp)
-    write_json(str(path).replace(".nii.gz", ".json"), sidecar)
-    return Path(path)
-
-
-def write_sparse(path, entries: dict, attrs: dict) -> Path:
-    """HDF5 with one 1-D dataset per key of ``entries`` (gzip) and file attributes ``attrs``."""
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            for key, value in entries.items():
-                value = np.asarray(value)
-                if value.dtype.kind in "UO":
-                    value = value.astype(h5py.string_dtype())
-                h5.create_dataset(key, data=value, compression="gzip" if value.size else None)
-            for key, value in attrs.items():
-                h5.attrs[key] = value
-    return Path(path)
-
-
-def dataset_description(bids_dir, container: str | None = None) -> dict:
-    generated = {"Name": "bids_vlm", "Version": __version__}
-    if container:
-        generated["Container"] = {"Type": container}
-    source = {"URL": f"file://{Path(bids_dir).resolve()}"}
-    desc_file = Path(bids_dir) / "dataset_description.json"
-    if desc_file.is_file():
-        with contextlib.suppress(ValueError):
-            doi = json.loads(desc_file.read_text()).get("DatasetDOI")
-            if doi:
-                source["DOI"] = doi
-    return {"Name": "bids_vlm: artificial-neuron to voxel associations of vision-language models",
-            "BIDSVersion": "1.9.0", "DatasetType": "derivative", "GeneratedBy": [generated],
-            "SourceDatasets": [source]}
-
-
-def init_output(output_dir, bids_dir) -> Path:
-    """Create the derivative dataset root with its description and .bidsignore."""
-    out = Path(output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the output directory: {exc}", out) from exc
-    container = "docker" if Path("/.dockerenv").exists() else (
-        "singularity" if os.environ.get("SINGULARITY_NAME") else None)
-    write_json(out / "dataset_description.json", dataset_description(bids_dir, container))
-    with atomic_path(out / ".bidsignore") as tmp:
-        tmp.write_text(BIDSIGNORE)
-    return out
-
+from bids_vlm.derivatives.io import (
+    bids_name,
+    desc_label,
+    write_json,
+    write_map,
+    write_sparse,
+    write_tsv,
+)
 
 NEURON_COLUMNS = {
     "an_id": "artificial neuron id: model/stream/layer/unit",
