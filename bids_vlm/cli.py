@@ -138,6 +138,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="memory for the association, e.g. 16 or 16GB; sets the block size "
                         "(overrides --block-size)")
 
+    g.add_argument("--no-encoding", action="store_true",
+                   help="skip the layer-wise ridge encoding (held-out r and R^2 per layer)")
+
     g = parser.add_argument_group("Resources and execution")
     g.add_argument("-w", "--work-dir", type=Path, default=None,
                    help="Nipype work directory (cache; rerun to resume)")
@@ -164,6 +167,7 @@ def config_from_options(opts):
     from bids_vlm.config import (
         AnalysisConfig,
         BoldConfig,
+        EncodingConfig,
         ModelConfig,
         RunFilter,
         StatsConfig,
@@ -181,6 +185,7 @@ def config_from_options(opts):
                           autocorr=opts.autocorrelation_correction,
                           n_lags=opts.autocorrelation_lags or 0,
                           block_size=opts.block_size, mem_gb=opts.mem, device=opts.device),
+        encoding=EncodingConfig(enabled=not opts.no_encoding),
         derivatives=tuple(str(d) for d in opts.derivatives))
 
 

@@ -68,6 +68,15 @@ class StatsConfig:
 
 
 @dataclass(frozen=True)
+class EncodingConfig:
+    """Layer-wise ridge encoding (METHOD.md section 7)."""
+
+    enabled: bool = True
+    alphas: tuple = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7)
+    max_inner_folds: int = 5
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
     """Everything that determines a participant's results."""
 
@@ -76,6 +85,7 @@ class AnalysisConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     bold: BoldConfig = field(default_factory=BoldConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
     derivatives: tuple = ()  # paths to preprocessed-derivative datasets (e.g. fMRIPrep)
 
 
@@ -85,6 +95,7 @@ _SECTIONS = {
     "model": ModelConfig,
     "bold": BoldConfig,
     "stats": StatsConfig,
+    "encoding": EncodingConfig,
 }
 
 

@@ -22,7 +22,7 @@ from bids_vlm.derivatives import write_json, write_tsv
 from bids_vlm.errors import DataError
 
 KEY_RE = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.*)_desc-"
-                    r"(?P<desc>[A-Za-z0-9]+)_stat-(?P<stat>[a-z]+)_statmap\.nii\.gz$")
+                    r"(?P<desc>[A-Za-z0-9]+)_stat-(?P<stat>[a-z0-9]+)_statmap\.nii\.gz$")
 NEURON_RE = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.*)_desc-"
                        r"(?P<desc>[A-Za-z0-9]+)_neurons\.tsv$")
 
@@ -31,13 +31,17 @@ def group_maps(stack: np.ndarray, stat: str) -> dict:
     """Group statistics of participants' maps.
 
     stack: (n_subjects, X, Y, Z) maps of one statistic. For ``bncount`` returns {"meanbncount",
-    "propbn"}; for ``r`` returns {"meanr"} (mean of Fisher z, transformed back to r).
+    "propbn"}; for ``r`` / ``encodingr`` {"meanr"} / {"meanencodingr"} (mean of Fisher z,
+    transformed back to r); for ``encodingr2`` {"meanencodingr2"}; other statistics are not
+    combined (e.g. the preferred layer).
     """
     if stat == "bncount":
         return {"meanbncount": stack.mean(0), "propbn": (stack > 0).mean(0)}
-    if stat == "r":
+    if stat in ("r", "encodingr"):
         z = np.arctanh(np.clip(stack, -0.999999, 0.999999))
-        return {"meanr": np.tanh(z.mean(0))}
+        return {f"mean{stat}": np.tanh(z.mean(0))}
+    if stat == "encodingr2":
+        return {"meanencodingr2": stack.mean(0)}
     return {}
 
 
@@ -89,6 +93,8 @@ _DESCRIPTIONS = {
     "meanbncount": "mean over participants of the number of ANs of the layer with the voxel as BN",
     "propbn": "fraction of participants in which the voxel is a BN of at least one AN of the layer",
     "meanr": "mean over participants of the best r (Fisher z average, back-transformed)",
+    "meanencodingr": "mean over participants of the layer's held-out encoding r (Fisher z)",
+    "meanencodingr2": "mean over participants of the layer's held-out encoding R^2",
 }
 
 

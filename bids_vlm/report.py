@@ -108,7 +108,39 @@ def _unit_section(table_path, sidecar, figdir, out):
                       space)
         parts.append(_figure(fig, out, f"Number of {stream}-stream ANs (all layers) that have "
                                        "each voxel as a BN."))
+    enc_table = table_path.with_name(table_path.name.replace("_neurons.tsv", "_encoding.tsv"))
+    if enc_table.is_file():
+        parts += _encoding_section(enc_table, stem, figdir, out, background, space, model)
     return "".join(parts)
+
+
+def _encoding_section(enc_table, stem, figdir, out, background, space, model):
+    """Held-out encoding r per layer, and each stream's preferred-layer map."""
+    table = pd.read_csv(enc_table, sep="\t")
+    parts = ["<h3>Layer-wise encoding</h3>"]
+    fig_path = figdir / f"{stem}_encodingprofile.png"
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for stream, rows in table.groupby("stream", sort=True):
+        ax.plot(rows.layer, rows.p95_r, marker="o", label=f"{stream} (95th pct)")
+        ax.plot(rows.layer, rows.median_r, marker=".", linestyle="--", label=f"{stream} (median)")
+    ax.set(xlabel="layer", ylabel="held-out r", title=f"{model}: ridge encoding per layer")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    _save(fig, fig_path)
+    parts.append(_figure(fig_path, out, "Held-out Pearson r of each layer's ridge model "
+                                        "(leave-one-run-out), 95th percentile and median over "
+                                        "voxels."))
+    prefix = stem.replace(_desc(stem), "")
+    for path in sorted(enc_table.parent.glob(f"{prefix}_desc-*_stat-preferredlayer_statmap.nii.gz")):
+        side = json.loads(Path(str(path).replace(".nii.gz", ".json")).read_text())
+        if side.get("Model") != model:
+            continue
+        fig = figdir / f"{stem}_stream-{side['Stream']}_preferredlayer.png"
+        _brain_figure([path], fig, f"{model} {side['Stream']}: preferred layer", background,
+                      space, threshold=-0.5, cmap="viridis", total=False)
+        parts.append(_figure(fig, out, f"Layer of the {side['Stream']} stream whose encoding "
+                                       "model predicts each voxel best (held-out r)."))
+    return parts
 
 
 def _desc(stem):
@@ -139,18 +171,25 @@ def _background(sources, space):
     return None
 
 
-def _brain_figure(paths, fig_path, title, background, space):
-    total = image.math_img("np.sum(imgs, axis=-1)", imgs=image.concat_imgs(paths))
-    vmax = max(float(np.abs(total.get_fdata()).max()), 1.0)
+def _brain_figure(paths, fig_path, title, background, space, threshold=0.5, cmap="hot",
+                  total=True):
+    """Sum of the maps (or the single map) over a background; glass brain in template space."""
+    img = (image.math_img("np.sum(imgs, axis=-1)", imgs=image.concat_imgs(paths)) if total
+           else image.load_img(paths[0]))
+    data = img.get_fdata()
+    vmax = max(float(np.abs(data).max()), 1.0)
     kwargs = {"display_mode": "z", "cut_coords": 5, "title": title, "colorbar": True,
-              "vmax": vmax, "cmap": "hot", "draw_cross": False}
+              "vmax": vmax, "cmap": cmap, "draw_cross": False}
+    if not total:  # a label-like map (layer index, -1 = none): show layers >= 0 only
+        img = image.new_img_like(img, np.where(data >= 0, data + 1, 0))
+        kwargs["vmax"] = vmax + 1
     if background is None and space and space.startswith(TEMPLATE_SPACES):
-        display = plotting.plot_glass_brain(total, display_mode="lyrz", title=title,
-                                            colorbar=True, vmax=vmax, cmap="hot")
+        display = plotting.plot_glass_brain(img, display_mode="lyrz", title=title, threshold=0.5,
+                                            colorbar=True, vmax=kwargs["vmax"], cmap=cmap)
     elif background is None:
-        display = plotting.plot_img(total, **kwargs)
+        display = plotting.plot_img(img, **kwargs)
     else:
-        display = plotting.plot_stat_map(total, bg_img=background, threshold=0.5, **kwargs)
+        display = plotting.plot_stat_map(img, bg_img=background, threshold=0.5, **kwargs)
     _save(display, fig_path)
 
 

@@ -200,3 +200,35 @@ def test_mem_too_small_exits_69(planted, tmp_path):
                    check=False)
     assert proc.returncode == 69, proc.stderr
     assert "is too little for" in proc.stderr
+
+
+def test_deleted_outputs_are_rewritten_from_the_cache(planted, planted_outputs, tmp_path):
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(planted_outputs["out"], out)
+    shutil.rmtree(out / "sub-01")
+    run_cli(planted.root, out, "participant", "--participant-label", "01", "-q",
+            "-w", planted_outputs["work"])
+    name = "sub-01/func/sub-01_task-view_space-MNI152NLin2009cAsym_desc-tinyclip_neurons.tsv"
+    assert (out / name).read_bytes() == (planted_outputs["out"] / name).read_bytes()
+
+
+def test_layerwise_encoding_outputs(planted, planted_outputs):
+    func = planted_outputs["out"] / "sub-01" / "func"
+    stem = "sub-01_task-view_space-MNI152NLin2009cAsym_desc-tinyclipImage02"
+    enc = nib.load(func / f"{stem}_stat-encodingr_statmap.nii.gz").get_fdata().reshape(-1)
+    noise = np.array(planted.noise_voxels)
+    assert enc[:12].min() > 0.3 and np.median(enc[noise]) < 0.1  # planted vs noise voxels
+    side = json.loads((func / f"{stem}_stat-encodingr_statmap.json").read_text())
+    assert "leave-one-run-out" in side["EncodingMethod"]
+    table = pd.read_csv(next(func.glob("*_desc-tinyclip_encoding.tsv")), sep="\t")
+    assert len(table) == 8 and set(table.stream) == {"image", "text"}
+    pref = nib.load(func / "sub-01_task-view_space-MNI152NLin2009cAsym_desc-tinyclipImage_"
+                           "stat-preferredlayer_statmap.nii.gz").get_fdata().reshape(-1)
+    assert set(np.unique(pref[:12])) <= {0, 1, 2, 3}
+    html = (planted_outputs["out"] / "sub-01.html").read_text()
+    assert "Layer-wise encoding" in html and "_encodingprofile.png" in html
+    group = planted_outputs["out"] / "group"
+    assert (group / "group_task-view_space-MNI152NLin2009cAsym_desc-tinyclipImage02_"
+                     "stat-meanencodingr_statmap.nii.gz").is_file()

@@ -68,7 +68,8 @@ def test_participant_report_figures_methods_citations(planted_outputs, sub):
     stem = f"sub-{sub}_task-view_space-MNI152NLin2009cAsym_desc-tinyclip"
     assert sorted(Path(s).name for s in sources) == sorted(
         [f"{stem}_layerprofile.png", f"{stem}_stream-image_bncount.png",
-         f"{stem}_stream-text_bncount.png"])
+         f"{stem}_stream-text_bncount.png", f"{stem}_encodingprofile.png",
+         f"{stem}_stream-image_preferredlayer.png", f"{stem}_stream-text_preferredlayer.png"])
     table = next((out / f"sub-{sub}" / "func").glob("*_desc-tinyclip_neurons.tsv"))
     sidecar = json.loads(table.with_suffix(".json").read_text())
     assert sidecar["Model"] == "tiny-clip"
@@ -167,12 +168,13 @@ def test_each_model_section_draws_only_its_own_maps(planted_outputs, tmp_path, m
             shutil.copy(path, twin)
     drawn = {}
 
-    def fake_brain_figure(paths, fig_path, title, background, space):
+    def fake_brain_figure(paths, fig_path, title, background, space, **kwargs):
         drawn[Path(fig_path).name] = [Path(p).name for p in paths]
         Image.new("RGB", (60, 60)).save(fig_path, format="PNG")
 
     monkeypatch.setattr(report, "_brain_figure", fake_brain_figure)
     participant_report(out, "01", AnalysisConfig())
+    drawn = {k: v for k, v in drawn.items() if k.endswith("_bncount.png")}
     assert len(drawn) == 4  # 2 models x 2 streams
     for fig, maps in drawn.items():
         model = "othermodel" if "desc-othermodel" in fig else "tinyclip"

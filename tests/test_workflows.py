@@ -61,7 +61,7 @@ def participant_wf(tmp_path):
 
 FUNCTION_OF = {"timelines": "timelines_node", "mask": "mask_node", "clean": "clean_node",
                "extract": "extract_node", "regressors": "regressors_node",
-               "associate": "associate_node", "outputs": "outputs_node",
+               "associate": "associate_node", "encode": "encode_node", "outputs": "outputs_node",
                "report": "report_node"}
 
 
@@ -75,7 +75,8 @@ def test_participant_wf_node_names(participant_wf):
     for tag in tags:
         expected |= {f"timelines_{tag}", f"mask_{tag}", f"clean_{tag}", f"associations_{tag}",
                      f"extract_{tag}_tiny_clip", f"regressors_{tag}_tiny_clip",
-                     f"associate_{tag}_tiny_clip", f"outputs_{tag}"}
+                     f"associate_{tag}_tiny_clip", f"outputs_{tag}", f"encodings_{tag}",
+                     f"encode_{tag}_tiny_clip"}
     expected |= {"written_sub_01", "written_sub_02", "report_sub_01", "report_sub_02"}
     assert set(wf.list_node_names()) == expected
 
@@ -86,7 +87,7 @@ def test_participant_wf_functions_come_from_nodes_module(participant_wf):
     for name in wf.list_node_names():
         node = wf.get_node(name)
         prefix = name.split("_")[0]
-        if prefix in ("associations", "written"):
+        if prefix in ("associations", "encodings", "written"):
             assert isinstance(node.interface, Merge)
             continue
         iface = node.interface
@@ -143,6 +144,10 @@ def test_participant_wf_connections(participant_wf):
                  (f"clean_{tag}", "out", f"associate_{m}", "cleaned_files"),
                  (f"associate_{m}", "out", f"associations_{tag}", "in1"),
                  (f"associations_{tag}", "out", f"outputs_{tag}", "association_files"),
+                 (f"regressors_{m}", "out", f"encode_{m}", "regressors_file"),
+                 (f"clean_{tag}", "out", f"encode_{m}", "cleaned_files"),
+                 (f"encode_{m}", "out", f"encodings_{tag}", "in1"),
+                 (f"encodings_{tag}", "out", f"outputs_{tag}", "encoding_files"),
                  (f"mask_{tag}", "out", f"outputs_{tag}", "mask_file"),
                  (f"outputs_{tag}", "out", "written_sub_01", "in1"),
                  ("written_sub_01", "out", "report_sub_01", "written")]:

@@ -196,7 +196,45 @@ def associate_node(regressors_file, cleaned_files, config_json):
     return path
 
 
-def outputs_node(association_files, mask_file, unit_json, output_dir, bids_dir, config_json):
+def encode_node(regressors_file, cleaned_files, config_json):
+    """Leave-one-run-out ridge encoding of every layer -> ``encoding.h5`` (a group per layer
+    with held-out r, R^2 and alpha per voxel; attribute ``skipped`` when it cannot run)."""
+    import logging
+    import os
+
+    import h5py
+    import numpy as np
+
+    from bids_vlm.config import from_json
+    from bids_vlm.encoding.ridge import encode_layer, method_description
+    from bids_vlm.models.base import resolve_device
+
+    config = from_json(config_json)
+    path = os.path.abspath("encoding.h5")
+    with h5py.File(regressors_file, "r") as regs, h5py.File(path, "w") as out:
+        out.attrs["model"] = regs.attrs["model"]
+        run_lengths = [int(n) for n in regs.attrs["run_lengths"]]
+        if not config.encoding.enabled or len(run_lengths) < 2:
+            out.attrs["skipped"] = ("disabled (--no-encoding)" if not config.encoding.enabled
+                                    else "needs at least 2 runs for leave-one-run-out")
+            logging.getLogger("bids_vlm").warning("layer-wise encoding skipped: %s",
+                                                  out.attrs["skipped"])
+            return path
+        voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
+        backend = "torch_cuda" if resolve_device(config.stats.device).type == "cuda" else "torch"
+        out.attrs["method"] = method_description(config.encoding.alphas)
+        for stream in regs:
+            for layer in regs[stream]:
+                res = encode_layer(regs[f"{stream}/{layer}"][()], voxels, run_lengths,
+                                   alphas=np.asarray(config.encoding.alphas), backend=backend,
+                                   max_inner_folds=config.encoding.max_inner_folds)
+                for field in ("r", "r2", "alpha"):
+                    out[f"{stream}/{layer}/{field}"] = getattr(res, field)
+    return path
+
+
+def outputs_node(association_files, encoding_files, mask_file, unit_json, output_dir, bids_dir,
+                 config_json):
     """Write the participant's derivatives for one analysis unit; returns the written paths."""
     import json
 
@@ -204,8 +242,9 @@ def outputs_node(association_files, mask_file, unit_json, output_dir, bids_dir, 
     from bids_vlm.derivatives import write_unit_outputs
 
     unit = json.loads(unit_json)
-    return [str(p) for p in write_unit_outputs(association_files, mask_file, unit, output_dir,
-                                               bids_dir, from_json(config_json))]
+    return [str(p) for p in write_unit_outputs(association_files, encoding_files, mask_file,
+                                               unit, output_dir, bids_dir,
+                                               from_json(config_json))]
 
 
 def report_node(written, output_dir, subject, config_json):

@@ -3,8 +3,9 @@
 For each analysis unit (one subject, session, task and acquisition: the runs whose voxels are
 concatenated) the graph is::
 
-    timelines ─┬─ extract[model] ── regressors[model] ── associate[model] ─┐
-    mask ── clean[run] ─────────────────────────────────────┘           outputs ── report
+    timelines ─┬─ extract[model] ── regressors[model] ─┬─ associate[model] ─┐
+               │                                        └─ encode[model] ────┤
+    mask ── clean[run] ──────── (into associate and encode) ──────────── outputs ── report
 """
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ def init_participant_wf(units, bids_dir, output_dir, work_dir, config: AnalysisC
         report = _function_node(nodes.report_node, f"report_sub_{subject}",
                                 {"written": None, "output_dir": str(output_dir),
                                  "subject": subject, "config_json": cfg})
+        report.overwrite = True
         wf.connect(merge, "out", report, "written")
     return wf
 
@@ -95,6 +97,7 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
     wf.connect(mask, "out", clean, "mask_file")
     models = json.loads(cfg)["model"]["models"]
     merge = pe.Node(Merge(len(models)), name=f"associations_{tag}")
+    merge_enc = pe.Node(Merge(len(models)), name=f"encodings_{tag}")
     for i, model in enumerate(models, start=1):
         mtag = f"{tag}_{model.replace('-', '_')}"
         extract = _function_node(nodes.extract_node, f"extract_{mtag}",
@@ -106,6 +109,12 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
         assoc = _function_node(nodes.associate_node, f"associate_{mtag}",
                                {"regressors_file": None, "cleaned_files": None,
                                 "config_json": cfg})
+        encode = _function_node(nodes.encode_node, f"encode_{mtag}",
+                                {"regressors_file": None, "cleaned_files": None,
+                                 "config_json": cfg})
+        wf.connect([(regs, encode, [("out", "regressors_file")]),
+                    (clean, encode, [("out", "cleaned_files")]),
+                    (encode, merge_enc, [("out", f"in{i}")])])
         wf.connect([(timelines, extract, [("out", "timelines_file")]),
                     (timelines, regs, [("out", "timelines_file")]),
                     (extract, regs, [("out", "activations_file")]),
@@ -114,9 +123,12 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
                     (assoc, merge, [("out", f"in{i}")])])
     unit_json = json.dumps({k: v for k, v in unit.items() if k != "runs"})
     outputs = _function_node(nodes.outputs_node, f"outputs_{tag}",
-                             {"association_files": None, "mask_file": None,
+                             {"association_files": None, "encoding_files": None,
+                              "mask_file": None,
                               "unit_json": unit_json, "output_dir": str(output_dir),
                               "bids_dir": str(bids_dir), "config_json": cfg})
+    outputs.overwrite = True  # it writes outside the work dir: never trust a cached result
     wf.connect([(merge, outputs, [("out", "association_files")]),
+                (merge_enc, outputs, [("out", "encoding_files")]),
                 (mask, outputs, [("out", "mask_file")])])
     return outputs

@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from bids_vlm.encoding.ridge import preferred_layer
 from bids_vlm.derivatives.io import (
     bids_name,
     desc_label,
@@ -55,9 +56,9 @@ def common_sidecar(unit: dict, attrs: dict, config) -> dict:
             "Pooling": config.model.pooling, "ANDefinition": "ffn"}
 
 
-def write_unit_outputs(association_files, mask_file, unit: dict, output_dir, bids_dir,
-                       config) -> list:
-    """Maps, neuron tables and sparse associations of one subject/session/task/acq unit."""
+def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict, output_dir,
+                       bids_dir, config) -> list:
+    """Maps, neuron tables, sparse associations and encoding maps of one analysis unit."""
     mask = nib.load(mask_file)
     ijk = np.argwhere(np.asarray(mask.dataobj) > 0)  # (V, 3), the order of masking.apply_mask
     ents = unit_entities(unit)
@@ -82,7 +83,71 @@ def write_unit_outputs(association_files, mask_file, unit: dict, output_dir, bid
             table = pd.concat(rows, ignore_index=True)
             written += _neuron_table(folder, ents, model, table, side)
             written.append(_sparse(folder, ents, model, table, entries, ijk, mask, side))
+    for enc_file in encoding_files:
+        written += write_encoding_outputs(enc_file, folder, ents, mask, unit, config)
     return written
+
+
+ENCODING_COLUMNS = {
+    "stream": "image, text, cross-image or cross-text",
+    "layer": "layer index (0 = first layer)",
+    "median_r": "median over in-mask voxels of the held-out Pearson r",
+    "p95_r": "95th percentile over voxels of the held-out r",
+    "max_r": "largest held-out r",
+    "median_r2": "median over voxels of the held-out R^2",
+    "n_voxels_preferred": "voxels whose best layer (highest held-out r > 0) is this one",
+}
+
+
+def write_encoding_outputs(enc_file, folder, ents, mask, unit, config) -> list:
+    """Per layer: held-out r and R^2 maps; per stream: the preferred-layer map; a layer table."""
+    with h5py.File(enc_file, "r") as h5:
+        if "skipped" in h5.attrs:
+            return []
+        model = str(h5.attrs["model"])
+        side = {"Sources": unit["sources"], "BOLDInput": common_sidecar(
+                    unit, {"method": "", "fdr_q": 0}, config)["BOLDInput"],
+                "HRFModel": config.stats.hrf_model, "EncodingMethod": str(h5.attrs["method"]),
+                "Model": model}
+        written, rows = [], []
+        for stream in h5:
+            layers = sorted(int(k) for k in h5[stream])
+            scores = np.stack([h5[f"{stream}/{k:02d}/r"][()] for k in layers])
+            best = preferred_layer(scores, layers)
+            for k, r in zip(layers, scores):
+                r2 = h5[f"{stream}/{k:02d}/r2"][()]
+                written += _encoding_maps(folder, ents, model, stream, k, (r, r2), mask, side)
+                rows.append({"stream": stream, "layer": k, "median_r": np.median(r),
+                             "p95_r": np.percentile(r, 95), "max_r": r.max(),
+                             "median_r2": np.median(r2),
+                             "n_voxels_preferred": int((best == k).sum())})
+            path = folder / bids_name(dict(ents, desc=desc_label(model, stream),
+                                           stat="preferredlayer"), "statmap", ".nii.gz")
+            written.append(write_map(path, best, mask, dict(
+                side, Stream=stream, Units="layer index",
+                Description="layer whose held-out encoding r is highest at the voxel "
+                            "(-1 where no layer has r > 0)")))
+    table = folder / bids_name(dict(ents, desc=desc_label(model)), "encoding", ".tsv")
+    sidecar = {c: {"Description": d} for c, d in ENCODING_COLUMNS.items()}
+    sidecar.update(side)
+    return written + [write_tsv(table, pd.DataFrame(rows)),
+                      write_json(table.with_suffix(".json"), sidecar)]
+
+
+def _encoding_maps(folder, ents, model, stream, layer, scores, mask, side):
+    r, r2 = scores
+    desc = desc_label(model, stream, layer)
+    meta = dict(side, Stream=stream, Layer=layer)
+    return [
+        write_map(folder / bids_name(dict(ents, desc=desc, stat="encodingr"), "statmap",
+                                     ".nii.gz"), r,
+                  mask, dict(meta, Units="r", Description=(
+                      "held-out Pearson r of the layer's ridge encoding model"))),
+        write_map(folder / bids_name(dict(ents, desc=desc, stat="encodingr2"), "statmap",
+                                     ".nii.gz"), r2, mask,
+                  dict(meta, Units="R^2", Description="held-out R^2 of the layer's ridge "
+                                                      "encoding model")),
+    ]
 
 
 def _layer_maps(folder, ents, model, stream, layer, grp, mask, side):

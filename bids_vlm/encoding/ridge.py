@@ -19,13 +19,22 @@ import numpy as np
 ALPHAS = np.logspace(-1, 7, 9)
 
 
+def method_description(alphas=ALPHAS) -> str:
+    return ("ridge regression (himalaya) from the layer's AN regressors to each voxel; "
+            "leave-one-run-out; penalty per voxel by cross-validation over the training runs "
+            f"among {[float(a) for a in alphas]}; held-out Pearson r and R^2 over all held-out "
+            "frames")
+
+
 @dataclass
 class EncodingResult:
-    """Held-out scores of one layer. r, r2, alpha: (V,) (alpha: median over outer folds)."""
+    """Held-out scores of one layer. r, r2, alpha: (V,) (alpha: median over outer folds);
+    predictions: (T, V) held-out predictions when asked for, else None."""
 
     r: np.ndarray
     r2: np.ndarray
     alpha: np.ndarray
+    predictions: np.ndarray | None = None
 
 
 def run_splits(run_lengths):
@@ -75,7 +84,7 @@ def _model(n_features, n_train, splits, alphas, n_targets_batch):
 
 
 def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_batch=20000,
-                 max_inner_folds=5) -> EncodingResult:
+                 max_inner_folds=5, keep_predictions=False) -> EncodingResult:
     """Leave-one-run-out ridge from features x (T, F) to voxels y (T, V); needs >= 2 runs."""
     runs = run_splits(run_lengths)
     if len(runs) < 2:
@@ -91,7 +100,8 @@ def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_ba
             model.fit(bk.asarray(x[train], dtype="float32"), bk.asarray(y[train], dtype="float32"))
             pred[test] = bk.to_numpy(model.predict(bk.asarray(x[test], dtype="float32")))
             chosen.append(bk.to_numpy(model.best_alphas_))
-    return EncodingResult(*heldout_scores(pred, y, runs), alpha=np.median(chosen, axis=0))
+    return EncodingResult(*heldout_scores(pred, y, runs), alpha=np.median(chosen, axis=0),
+                          predictions=pred if keep_predictions else None)
 
 
 def heldout_scores(pred, y, runs):
