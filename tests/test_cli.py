@@ -232,3 +232,13 @@ def test_layerwise_encoding_outputs(planted, planted_outputs):
     group = planted_outputs["out"] / "group"
     assert (group / "group_task-view_space-MNI152NLin2009cAsym_desc-tinyclipImage02_"
                      "stat-meanencodingr_statmap.nii.gz").is_file()
+
+
+def test_activation_cache_shared_between_participants(planted, planted_outputs):
+    """Both participants saw the same 20 images and 12 captions: only the first computes them."""
+    computed = []
+    for path in sorted(planted_outputs["work"].rglob("activations.h5")):
+        with h5py.File(path) as h5:
+            computed.append(int(h5.attrs["computed"]))
+    assert sorted(computed) == [0, 32]
+    assert len(list((planted_outputs["work"] / "activation_cache").rglob("*.npz"))) == 32

@@ -177,3 +177,36 @@ def test_openai_clip_loads_from_local_file(tmp_path, monkeypatch):
         assert torch.equal(model.module.state_dict()[key], value), key
     acts = extract(model, {"text": TEXTS[:1]}, ModelConfig(layers=(11,)), progress=False)
     assert acts["text/11"].shape == (1, 2048)
+
+
+def test_activation_cache(tiny, tmp_path):
+    from bids_vlm.models import extract_cached
+
+    images = [str(tmp_path / "stim" / n) for n in make_images(tmp_path / "stim", n=3)]
+    tmp_path = tmp_path / "cache"
+    items = {"image": images, "text": TEXTS}
+    first, computed = extract_cached(tiny, items, ModelConfig(), tmp_path, progress=False)
+    assert computed == 6
+    again, computed = extract_cached(tiny, items, ModelConfig(), tmp_path, progress=False)
+    assert computed == 0  # the second run extracts nothing
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    direct = extract(tiny, items, ModelConfig(), progress=False)
+    assert all(np.array_equal(first[k], direct[k]) for k in first)
+    # a setting that changes the result, or other weights, is another cache entry
+    _, computed = extract_cached(tiny, items, ModelConfig(pooling="max"), tmp_path,
+                                 progress=False)
+    assert computed == 6
+    other = load_model("tiny-clip", ModelConfig(seed=5))
+    _, computed = extract_cached(other, items, ModelConfig(), tmp_path, progress=False)
+    assert computed == 6
+    # a corrupted file is recomputed; a changed image file is a new stimulus
+    files = sorted(tmp_path.rglob("*.npz"))
+    files[0].write_bytes(b"garbage")
+    _, computed = extract_cached(tiny, items, ModelConfig(), tmp_path, progress=False)
+    assert computed == 1
+    from PIL import Image
+
+    Image.new("RGB", (30, 30), (255, 0, 0)).save(images[0])
+    _, computed = extract_cached(tiny, {"image": images}, ModelConfig(), tmp_path,
+                                 progress=False)
+    assert computed == 1

@@ -73,8 +73,9 @@ def clean_node(run_json, mask_file, config_json):
     return path
 
 
-def extract_node(timelines_file, model_name, config_json):
-    """AN activations of every unique stimulus -> ``activations.h5``.
+def extract_node(timelines_file, model_name, config_json, cache_dir):
+    """AN activations of every unique stimulus -> ``activations.h5``, through the activation
+    cache in ``cache_dir`` (stimuli already there are not run through the model again).
 
     Datasets ``<stream>/<layer>`` (n_items, units) and ``items/<stream>`` (n_items,) strings.
     """
@@ -84,15 +85,15 @@ def extract_node(timelines_file, model_name, config_json):
     import h5py
 
     from bids_vlm.config import from_json
-    from bids_vlm.models import extract, load_model
+    from bids_vlm.models import extract_cached, load_model
     from bids_vlm.stimuli import Timeline, unique_stimuli
 
     config = from_json(config_json)
     timelines = [Timeline.from_dict(t) for t in json.loads(open(timelines_file).read()).values()]
     images, texts = unique_stimuli(timelines)
     model = load_model(model_name, config.model)
-    acts = extract(model, {"image": images, "text": texts}, config.model,
-                   progress=True)
+    acts, computed = extract_cached(model, {"image": images, "text": texts}, config.model,
+                                    cache_dir)
     path = os.path.abspath("activations.h5")
     with h5py.File(path, "w") as h5:
         for key, value in acts.items():
@@ -100,6 +101,7 @@ def extract_node(timelines_file, model_name, config_json):
         for stream, items in (("image", images), ("text", texts)):
             h5.create_dataset(f"items/{stream}", data=items, dtype=h5py.string_dtype())
         h5.attrs["model"] = model_name
+        h5.attrs["computed"] = computed
         h5.attrs["units"] = json.dumps({s: v.units for s, v in model.streams.items()})
     return path
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from collections import OrderedDict
 
 from nipype.interfaces.utility import Function, Merge
@@ -102,7 +103,8 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
         mtag = f"{tag}_{model.replace('-', '_')}"
         extract = _function_node(nodes.extract_node, f"extract_{mtag}",
                                  {"timelines_file": None, "model_name": model,
-                                  "config_json": cfg})
+                                  "config_json": cfg,
+                                  "cache_dir": str(Path(wf.base_dir) / "activation_cache")})
         regs = _function_node(nodes.regressors_node, f"regressors_{mtag}",
                               {"timelines_file": None, "activations_file": None,
                                "runs_json": runs_json, "config_json": cfg})

@@ -67,6 +67,32 @@ def extract(model, items_by_stream: dict, config: ModelConfig, progress=True) ->
     return out
 
 
+def extract_cached(model, items_by_stream: dict, config: ModelConfig, cache_root,
+                   progress=True) -> tuple[dict, int]:
+    """:func:`extract` through the on-disk :class:`~bids_vlm.models.cache.ActivationCache`.
+
+    Returns (activations as :func:`extract` gives them, number of stimuli computed now).
+    """
+    from bids_vlm.models.cache import ActivationCache, settings_key, weights_digest
+
+    cache = ActivationCache(cache_root, settings_key(model.name, weights_digest(model.module),
+                                                     config))
+    out, computed = {}, 0
+    for stream, items in items_by_stream.items():
+        if not items:
+            continue
+        found, missing = cache.load(stream, items)
+        if missing:
+            fresh = extract(model, {stream: missing}, config, progress=progress)
+            cache.save(stream, missing, fresh)
+            found.update({item: {k: v[i] for k, v in fresh.items()}
+                          for i, item in enumerate(missing)})
+            computed += len(missing)
+        for key in found[items[0]]:
+            out[key] = np.stack([found[item][key] for item in items])
+    return out, computed
+
+
 def _run_batch(model, stream, batch, layers, config, device) -> dict:
     inputs, valid, cls_index = model.prepare(stream, batch, device)
     modules = {i: m for i, m in model.layer_modules(stream).items() if i in layers}

@@ -1,0 +1,80 @@
+"""On-disk cache of AN activations, one file per stimulus.
+
+The cache folder of a model run is keyed by a hash of the model's weights and of every setting
+that changes activations (model name, pooling, layers, batch-independent settings); inside it,
+each stimulus is a ``<hash of its content>.npz`` (image bytes, or the text), holding the pooled
+ANs of every recorded layer. Files are written under a temporary name and renamed, so parallel
+runs (several participants sharing stimuli) never read a half-written file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def weights_digest(module) -> str:
+    """SHA-256 of a module's state dict (names, shapes, dtypes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def settings_key(model_name: str, weights: str, config) -> str:
+    """Hash of everything that changes the activations of a stimulus."""
+    settings = {"model": model_name, "weights": weights, "pooling": config.pooling,
+                "layers": list(config.layers), "format": 1}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def stimulus_key(stream: str, item: str) -> str:
+    """Hash of a stimulus's content: the image file's bytes, or the text."""
+    digest = hashlib.sha256(stream.encode() + b"\0")
+    if stream == "image":
+        digest.update(Path(item).read_bytes())
+    else:
+        digest.update(item.encode("utf-8"))
+    return digest.hexdigest()[:32]
+
+
+class ActivationCache:
+    """Per-stimulus activation files under ``root/<settings key>/``."""
+
+    def __init__(self, root, key: str):
+        self.folder = Path(root) / key
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, stream, item) -> Path:
+        return self.folder / f"{stimulus_key(stream, item)}.npz"
+
+    def load(self, stream, items) -> tuple[dict, list]:
+        """({item: {layer key: (units,)}} found, [items not cached]); unreadable files count as
+        missing (and are recomputed)."""
+        found, missing = {}, []
+        for item in items:
+            path = self._path(stream, item)
+            try:
+                with np.load(path) as data:
+                    found[item] = {k.replace("__", "/"): data[k] for k in data.files}
+            except (OSError, ValueError, EOFError):
+                missing.append(item)
+        return found, missing
+
+    def save(self, stream, items, acts: dict):
+        """acts: {layer key: (n_items, units)} for ``items`` of ``stream``."""
+        for i, item in enumerate(items):
+            path = self._path(stream, item)
+            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp.npz")
+            os.close(fd)
+            np.savez(tmp, **{k.replace("/", "__"): v[i] for k, v in acts.items()
+                             if k.startswith(f"{stream}/")})
+            os.replace(tmp, path)
