@@ -71,6 +71,14 @@ def _filter_file(value):
     return json.dumps(data)
 
 
+class _ListModels(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        from bids_vlm.models import describe_models
+
+        print(describe_models())
+        parser.exit(0)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     """The parser of the BIDS-App command line (fMRIPrep's layout of option groups)."""
     from bids_vlm.models import REGISTRY
@@ -84,6 +92,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("analysis_level", choices=["participant", "group"],
                         help="participant: per-subject analysis; group: combine participants")
     parser.add_argument("--version", action="version", version=f"bids_vlm {__version__}")
+    parser.add_argument("--list-models", action=_ListModels, nargs=0,
+                        help="list the models with their streams, layers and ANs, and exit")
 
     g = parser.add_argument_group("Selecting data")
     g.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
@@ -112,6 +122,8 @@ def _build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("Models and neurons")
     g.add_argument("--models", nargs="+", default=["tiny-clip"], choices=sorted(REGISTRY),
                    help="models to record")
+    g.add_argument("--streams", nargs="+", default=[], choices=["image", "text"],
+                   help="streams to record; default every stream")
     g.add_argument("--layers", nargs="+", type=int, default=[],
                    help="layer indices to record (0-based); default every layer")
     g.add_argument("--model-dir", default="", help="folder with local model weights "
@@ -163,6 +175,15 @@ def _check_paths(parser, opts):
     opts.output_dir = out
 
 
+def _check_selection(parser, opts):
+    from bids_vlm.models import check_selection
+
+    try:
+        check_selection(opts.models, opts.streams, opts.layers)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
 def config_from_options(opts):
     from bids_vlm.config import (
         AnalysisConfig,
@@ -178,8 +199,10 @@ def config_from_options(opts):
         filters=RunFilter(tuple(opts.participant_label), tuple(opts.session_label),
                           tuple(opts.task), tuple(opts.run), opts.bids_filter_file or "{}"),
         stimuli=StimulusConfig(opts.stim_rate, opts.text_column, opts.text_template),
-        model=ModelConfig(tuple(opts.models), tuple(opts.layers), opts.pooling, opts.batch_size,
-                          opts.device, opts.model_dir, opts.seed),
+        model=ModelConfig(models=tuple(opts.models), streams=tuple(opts.streams),
+                          layers=tuple(opts.layers), pooling=opts.pooling,
+                          batch_size=opts.batch_size, device=opts.device,
+                          model_dir=opts.model_dir, seed=opts.seed),
         bold=BoldConfig(high_pass=opts.high_pass, smoothing_fwhm=opts.smoothing_fwhm),
         stats=StatsConfig(hrf_model=opts.hrf_model, fdr_q=opts.fdr_q,
                           autocorr=opts.autocorrelation_correction,
@@ -198,6 +221,7 @@ def main(argv=None) -> int:
     parser = _build_parser()
     opts = parser.parse_args(argv)
     _check_paths(parser, opts)
+    _check_selection(parser, opts)
     _setup_logging(opts.verbose, opts.quiet)
     if opts.quiet:
         # tqdm reads TQDM_DISABLE; the Nipype nodes inherit it. Progress display is not part of

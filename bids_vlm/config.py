@@ -35,6 +35,7 @@ class ModelConfig:
     """Which models and neurons to record (METHOD.md section 3)."""
 
     models: tuple = ("tiny-clip",)
+    streams: tuple = ()  # streams to record; () = every stream of each model
     layers: tuple = ()  # layer indices to keep; () = every layer
     pooling: str = "mean"
     batch_size: int = 16

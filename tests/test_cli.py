@@ -29,6 +29,8 @@ def test_help_and_version(capsys):
     ["/no/such/dir", "{out}", "participant"],
     ["{bids}", "{bids}", "participant"],            # output dir = BIDS dir
     ["{bids}", "{bids}/sub-01", "participant"],     # inside the input, not under derivatives/
+    ["{bids}", "{out}", "participant", "--layers", "40"],        # no such layer in tiny-clip
+    ["{bids}", "{out}", "participant", "--streams", "audio"],
 ])
 def test_usage_errors_exit_2(args, planted, tmp_path, capsys):
     args = [a.format(bids=planted.root, out=tmp_path / "out") for a in args]
@@ -242,3 +244,12 @@ def test_activation_cache_shared_between_participants(planted, planted_outputs):
             computed.append(int(h5.attrs["computed"]))
     assert sorted(computed) == [0, 32]
     assert len(list((planted_outputs["work"] / "activation_cache").rglob("*.npz"))) == 32
+
+
+def test_streams_and_layers_selection(planted, tmp_path):
+    out = tmp_path / "out"
+    run_cli(planted.root, out, "participant", "--participant-label", "02", "--streams", "text",
+            "--layers", "1", "3", "--no-encoding", "-q", "-w", tmp_path / "work")
+    table = pd.read_csv(next((out / "sub-02" / "func").glob("*_neurons.tsv")), sep="\t")
+    assert set(table.stream) == {"text"} and sorted(set(table.layer)) == [1, 3]
+    assert not list((out / "sub-02" / "func").glob("*_encoding.tsv"))

@@ -131,7 +131,8 @@ def test_layer_selection():
 
 def test_registry_lists_the_models():
     assert {"tiny-clip", "clip-vit-b-32", "clip-vit-b-16"} <= set(REGISTRY)
-    assert "not a scientific model" in REGISTRY["tiny-clip"][1]
+    assert "not a scientific model" in REGISTRY["tiny-clip"].description
+    assert REGISTRY["clip-vit-b-32"].streams == {"image": (12, 3072), "text": (12, 2048)}
 
 
 def test_missing_weights_message(tmp_path, monkeypatch):
@@ -210,3 +211,22 @@ def test_activation_cache(tiny, tmp_path):
     _, computed = extract_cached(tiny, {"image": images}, ModelConfig(), tmp_path,
                                  progress=False)
     assert computed == 1
+
+
+def test_registry_matches_the_loaded_models(tiny):
+    assert {s: (v.n_layers, v.units) for s, v in tiny.streams.items()} == \
+        REGISTRY["tiny-clip"].streams
+
+
+def test_list_models_and_selection_errors():
+    from bids_vlm.models import check_selection
+
+    out = run_cli("--list-models").stdout
+    assert "clip-vit-b-32: OpenAI CLIP ViT-B/32" in out
+    assert "    image: 12 layers x 3072 ANs (ffn) = 36864 ANs" in out
+    assert "    text: 4 layers x 256 ANs (ffn) = 1024 ANs" in out
+    check_selection(["tiny-clip"], ["text"], [0, 3])
+    with pytest.raises(ValueError, match="matches no layer of tiny-clip"):
+        check_selection(["tiny-clip"], [], [4, 5])
+    with pytest.raises(ValueError, match="matches no stream"):
+        check_selection(["tiny-clip"], ["cross-text"], [])

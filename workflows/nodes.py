@@ -92,8 +92,9 @@ def extract_node(timelines_file, model_name, config_json, cache_dir):
     timelines = [Timeline.from_dict(t) for t in json.loads(open(timelines_file).read()).values()]
     images, texts = unique_stimuli(timelines)
     model = load_model(model_name, config.model)
-    acts, computed = extract_cached(model, {"image": images, "text": texts}, config.model,
-                                    cache_dir)
+    wanted = config.model.streams or ("image", "text")
+    items = {s: v for s, v in (("image", images), ("text", texts)) if s in wanted}
+    acts, computed = extract_cached(model, items, config.model, cache_dir)
     path = os.path.abspath("activations.h5")
     with h5py.File(path, "w") as h5:
         for key, value in acts.items():

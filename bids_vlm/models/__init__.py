@@ -6,6 +6,7 @@ and returns the pooled activation of every AN of every selected layer.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -18,23 +19,63 @@ from bids_vlm.models.base import an_id, recording, resolve_device, to_numpy
 
 LOGGER = logging.getLogger("bids_vlm.models")
 
-# name -> (loader(config) -> model, one-line description)
-REGISTRY: dict[str, tuple[Callable, str]] = {
-    "tiny-clip": (lambda cfg: openclip.build_tiny_clip(cfg.seed),
-                  "open_clip CLIP, tiny config, seeded random weights: pipeline tests and the "
-                  "offline demo only, not a scientific model"),
-    "clip-vit-b-32": (lambda cfg: openclip.load_openai_clip("clip-vit-b-32", cfg.model_dir),
-                      "OpenAI CLIP ViT-B/32 (open_clip 'openai' weights, from a local file)"),
-    "clip-vit-b-16": (lambda cfg: openclip.load_openai_clip("clip-vit-b-16", cfg.model_dir),
-                      "OpenAI CLIP ViT-B/16 (open_clip 'openai' weights, from a local file)"),
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its loader, a description, and {stream: (layers, ANs per layer)}."""
+
+    loader: Callable
+    description: str
+    streams: dict
+
+
+_TINY = openclip.TINY_CONFIG
+REGISTRY: dict[str, ModelEntry] = {
+    "tiny-clip": ModelEntry(
+        lambda cfg: openclip.build_tiny_clip(cfg.seed),
+        "open_clip CLIP, tiny config, seeded random weights: pipeline tests and the offline "
+        "demo only, not a scientific model",
+        {"image": (_TINY["vision_cfg"]["layers"], 4 * _TINY["vision_cfg"]["width"]),
+         "text": (_TINY["text_cfg"]["layers"], 4 * _TINY["text_cfg"]["width"])}),
+    "clip-vit-b-32": ModelEntry(
+        lambda cfg: openclip.load_openai_clip("clip-vit-b-32", cfg.model_dir),
+        "OpenAI CLIP ViT-B/32 (open_clip 'openai' weights, from a local file)",
+        {"image": (12, 3072), "text": (12, 2048)}),
+    "clip-vit-b-16": ModelEntry(
+        lambda cfg: openclip.load_openai_clip("clip-vit-b-16", cfg.model_dir),
+        "OpenAI CLIP ViT-B/16 (open_clip 'openai' weights, from a local file)",
+        {"image": (12, 3072), "text": (12, 2048)}),
 }
+
+
+def describe_models() -> str:
+    """The ``--list-models`` text: each model with its streams, layers and ANs per layer."""
+    lines = []
+    for name, entry in REGISTRY.items():
+        lines.append(f"{name}: {entry.description}")
+        for stream, (layers, units) in entry.streams.items():
+            lines.append(f"    {stream}: {layers} layers x {units} ANs (ffn) = "
+                         f"{layers * units} ANs")
+    return "\n".join(lines)
+
+
+def check_selection(models, streams, layers):
+    """Raise ValueError when the --streams / --layers selection matches nothing in a model."""
+    for name in models:
+        entry = REGISTRY[name]
+        chosen = [s for s in entry.streams if not streams or s in streams]
+        if not chosen:
+            raise ValueError(f"--streams {' '.join(streams)} matches no stream of {name} "
+                             f"({', '.join(entry.streams)})")
+        if layers and not any(select_layers(entry.streams[s][0], layers) for s in chosen):
+            raise ValueError(f"--layers {' '.join(map(str, layers))} matches no layer of {name} "
+                             f"(layers 0-{max(entry.streams[s][0] for s in chosen) - 1})")
 
 
 def load_model(name: str, config: ModelConfig):
     """Load a registered model on the CPU, in eval mode."""
     if name not in REGISTRY:
         raise KeyError(f"unknown model '{name}' (known: {', '.join(REGISTRY)})")
-    return REGISTRY[name][0](config)
+    return REGISTRY[name].loader(config)
 
 
 def select_layers(n_layers: int, layers: tuple) -> list[int]:
