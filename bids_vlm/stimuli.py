@@ -2,6 +2,7 @@
 
 Sample ``k`` of a run covers ``[k/rate, (k+1)/rate)`` seconds. Its stimulus is the event that
 covers the largest part of that interval (so events shorter than a sample are never missed);
+for a video, the frame on screen at the sample's midpoint (decoded at the stimulus rate);
 a sample that no event overlaps is *blank* and later gets zero activation. Images come from
 ``stim_file`` (relative to the dataset's ``stimuli/`` folder); text from a text column or from a
 prompt template filled with the row's columns, e.g. ``"a photo of a {trial_type}"``.
@@ -19,6 +20,7 @@ import pandas as pd
 
 from bids_vlm.config import StimulusConfig
 from bids_vlm.errors import DataError
+from bids_vlm.video import VIDEO_EXTENSIONS, frame_item
 
 LOGGER = logging.getLogger("bids_vlm.stimuli")
 TEXT_COLUMNS = ("text", "caption", "sentence", "word")
@@ -92,9 +94,22 @@ def build_timeline(events: pd.DataFrame, run_duration: float, config: StimulusCo
                        source, int(late.sum()), run_duration)
     images = _event_images(events, stimuli_dir, source)
     texts = _event_texts(events, config, source)
+    onsets = events["onset"].to_numpy(float)
     return Timeline(times=times, dt=dt,
-                    images=tuple(images[i] if i >= 0 else None for i in owner),
+                    images=tuple(_sample_image(images, i, times[k] + dt / 2 - onsets[i])
+                                 if i >= 0 else None for k, i in enumerate(owner)),
                     texts=tuple(texts[i] if i >= 0 else None for i in owner))
+
+
+def _sample_image(images, event, offset):
+    """The image of a sample: the event's image, or for a video the frame on screen at the
+    sample's midpoint (``offset`` seconds after the event's onset)."""
+    if images[event] is None:
+        return None
+    path = images[event]
+    if Path(path).suffix.lower() in VIDEO_EXTENSIONS:
+        return frame_item(path, max(offset, 0.0))
+    return path
 
 
 def _owner_event(onsets, durations, n_samples, dt):
@@ -122,9 +137,10 @@ def _event_images(events, stimuli_dir, source):
             out.append(None)
             continue
         path = Path(stimuli_dir or ".") / value.strip()
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise DataError(f"stim_file '{value}' is not an image this version reads "
-                            f"({', '.join(IMAGE_EXTENSIONS)})", source)
+        if path.suffix.lower() not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
+            raise DataError(f"stim_file '{value}' is neither an image "
+                            f"({', '.join(IMAGE_EXTENSIONS)}) nor a video "
+                            f"({', '.join(VIDEO_EXTENSIONS)})", source)
         if not path.is_file():
             raise DataError(f"stim_file '{value}' not found under {stimuli_dir}", source)
         out.append(str(path.resolve()))

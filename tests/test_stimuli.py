@@ -195,9 +195,9 @@ def test_missing_stim_file_is_data_error(tmp_path):
 
 
 def test_unsupported_extension_is_data_error(tmp_path):
-    (tmp_path / "clip.mp4").write_bytes(b"x")
-    ev = _events([(0, 1)], stim_file=["clip.mp4"])
-    with pytest.raises(DataError, match="clip.mp4.*not an image"):
+    (tmp_path / "clip.xyz").write_bytes(b"x")
+    ev = _events([(0, 1)], stim_file=["clip.xyz"])
+    with pytest.raises(DataError, match="clip.xyz.*neither an image"):
         build_timeline(ev, 1, StimulusConfig(), stimuli_dir=tmp_path)
 
 

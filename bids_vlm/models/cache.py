@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bids_vlm.video import file_digest, is_frame_item, split_frame_item
+
 
 def weights_digest(module) -> str:
     """SHA-256 of a module's state dict (names, shapes, dtypes and bytes)."""
@@ -39,7 +41,10 @@ def settings_key(model_name: str, weights: str, config) -> str:
 def stimulus_key(stream: str, item: str) -> str:
     """Hash of a stimulus's content: the image file's bytes, or the text."""
     digest = hashlib.sha256(stream.encode() + b"\0")
-    if stream == "image":
+    if stream == "image" and is_frame_item(item):
+        path, seconds = split_frame_item(item)
+        digest.update(f"{file_digest(path)}@{seconds:.4f}".encode())
+    elif stream == "image":
         digest.update(Path(item).read_bytes())
     else:
         digest.update(item.encode("utf-8"))

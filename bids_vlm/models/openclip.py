@@ -15,6 +15,7 @@ from PIL import Image
 
 from bids_vlm.errors import DataError, WeightsNotFoundError
 from bids_vlm.models.base import StreamSpec
+from bids_vlm.video import FrameSource, is_frame_item
 
 TINY_CONFIG = {
     "embed_dim": 32,
@@ -41,6 +42,7 @@ class OpenClipModel:
         self.module = module.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
+        self.frames = FrameSource()
         self.streams = {
             "image": self._spec("image", module.visual.transformer),
             "text": self._spec("text", module.transformer),
@@ -63,7 +65,7 @@ class OpenClipModel:
     def prepare(self, stream, items, device):
         """Model inputs for a batch, with (B, L) valid-token mask and (B,) pooled-token index."""
         if stream == "image":
-            pixels = torch.stack([self.preprocess(_load_image(p)) for p in items]).to(device)
+            pixels = torch.stack([self.preprocess(self._image(p)) for p in items]).to(device)
             n_tokens = self.module.visual.positional_embedding.shape[0]
             valid = torch.ones(len(items), n_tokens, dtype=torch.bool, device=device)
             return pixels, valid, torch.zeros(len(items), dtype=torch.long, device=device)
@@ -71,6 +73,9 @@ class OpenClipModel:
         eot = tokens.argmax(dim=-1)  # open_clip's EOT token has the largest id
         positions = torch.arange(tokens.shape[1], device=device)
         return tokens, positions[None, :] <= eot[:, None], eot
+
+    def _image(self, item):
+        return self.frames.image(item) if is_frame_item(item) else _load_image(item)
 
     def forward(self, stream, inputs):
         if stream == "image":
