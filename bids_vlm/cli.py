@@ -129,6 +129,9 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model-dir", default="", help="folder with local model weights "
                    "(also $BIDS_VLM_MODEL_DIR)")
     g.add_argument("--batch-size", type=_positive_int, default=16)
+    g.add_argument("--neurons", choices=["ffn", "attn"], default="ffn",
+                   help="ffn: hidden units of each feed-forward block after the nonlinearity; "
+                        "attn: query x key product of each attention head dimension")
     g.add_argument("--pooling", choices=["mean", "cls", "max"], default="mean",
                    help="pooling of each AN over tokens")
 
@@ -201,6 +204,7 @@ def config_from_options(opts):
         stimuli=StimulusConfig(opts.stim_rate, opts.text_column, opts.text_template),
         model=ModelConfig(models=tuple(opts.models), streams=tuple(opts.streams),
                           layers=tuple(opts.layers), pooling=opts.pooling,
+                          an_kind=opts.neurons,
                           batch_size=opts.batch_size, device=opts.device,
                           model_dir=opts.model_dir, seed=opts.seed),
         bold=BoldConfig(high_pass=opts.high_pass, smoothing_fwhm=opts.smoothing_fwhm),

@@ -38,6 +38,7 @@ class ModelConfig:
     streams: tuple = ()  # streams to record; () = every stream of each model
     layers: tuple = ()  # layer indices to keep; () = every layer
     pooling: str = "mean"
+    an_kind: str = "ffn"  # "ffn" (feed-forward hidden units) or "attn" (q * k per head dim)
     batch_size: int = 16
     device: str = "auto"
     model_dir: str = ""

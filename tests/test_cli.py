@@ -253,3 +253,14 @@ def test_streams_and_layers_selection(planted, tmp_path):
     table = pd.read_csv(next((out / "sub-02" / "func").glob("*_neurons.tsv")), sep="\t")
     assert set(table.stream) == {"text"} and sorted(set(table.layer)) == [1, 3]
     assert not list((out / "sub-02" / "func").glob("*_encoding.tsv"))
+
+
+def test_attn_neurons_have_their_own_outputs(planted, tmp_path):
+    out = tmp_path / "out"
+    run_cli(planted.root, out, "participant", "--participant-label", "01", "--neurons", "attn",
+            "--layers", "2", "--no-encoding", "-q", "-w", tmp_path / "work")
+    func = out / "sub-01" / "func"
+    table = pd.read_csv(next(func.glob("*_desc-tinyclipqk_neurons.tsv")), sep="\t")
+    assert len(table) == 2 * 64 and table.an_id.str.contains("/02/qk").all()
+    side = json.loads(next(func.glob("*_desc-tinyclipqkImage02_stat-r_statmap.json")).read_text())
+    assert side["ANDefinition"].startswith("attn: query x key") and side["Model"] == "tiny-clip-qk"

@@ -230,3 +230,27 @@ def test_list_models_and_selection_errors():
         check_selection(["tiny-clip"], [], [4, 5])
     with pytest.raises(ValueError, match="matches no stream"):
         check_selection(["tiny-clip"], ["cross-text"], [])
+
+
+def test_attn_ans_are_query_key_products(tiny, images):
+    """attn ANs of image layer 1 equal q * k recomputed by hand from the block's LayerNorm
+    output, mean-pooled over tokens; one AN per head dimension (width 64)."""
+    vis = tiny.module.visual
+    pixels, _, _ = tiny.prepare("image", images, "cpu")
+    blocks = vis.transformer.resblocks
+    with torch.no_grad():
+        x = vis._embeds(pixels)
+        x = blocks[0](x)
+        h = blocks[1].ln_1(x)
+        w, b = blocks[1].attn.in_proj_weight, blocks[1].attn.in_proj_bias
+        q = h @ w[:64].T + b[:64]
+        k = h @ w[64:128].T + b[64:128]
+    got = extract(tiny, {"image": images}, ModelConfig(layers=(1,), an_kind="attn"),
+                  progress=False)["image/01"]
+    assert got.shape == (3, 64)
+    np.testing.assert_allclose(got, (q * k).mean(1).numpy(), rtol=1e-4, atol=1e-5)
+    text = extract(tiny, {"text": TEXTS}, ModelConfig(an_kind="attn"), progress=False)
+    assert text["text/03"].shape == (3, 64) and hooks_attached(tiny.module) == 0
+    from bids_vlm.models.base import an_id
+
+    assert an_id("tiny-clip", "image", 1, 12, "attn") == "tiny-clip/image/01/qk12"

@@ -19,6 +19,11 @@ from bids_vlm.derivatives.io import (
     write_tsv,
 )
 
+AN_DEFINITIONS = {
+    "ffn": "ffn: hidden units of each layer's feed-forward block after the nonlinearity",
+    "attn": "attn: query x key product of each attention head dimension (q_d k_d of a token's "
+            "own query and key), pooled over tokens",
+}
 NEURON_COLUMNS = {
     "an_id": "artificial neuron id: model/stream/layer/unit",
     "stream": "image, text, cross-image or cross-text",
@@ -32,6 +37,12 @@ NEURON_COLUMNS = {
     "peak_k": "voxel index (k) of peak_r in the map grid",
     "z_threshold": "critical |z| of the AN's Benjamini-Hochberg procedure (n/a: no BN)",
 }
+
+
+def output_model_name(model: str, config) -> str:
+    """The model's name in file names and sidecars: ``<model>-qk`` for attn ANs, so that ffn
+    and attn results of one model can share an output folder."""
+    return model if config.model.an_kind == "ffn" else f"{model}-qk"
 
 
 def unit_entities(unit: dict) -> dict:
@@ -53,7 +64,7 @@ def common_sidecar(unit: dict, attrs: dict, config) -> dict:
     return {"Sources": unit["sources"], "BOLDInput": preproc,
             "AssociationMethod": attrs["method"], "FDRLevel": float(attrs["fdr_q"]),
             "HRFModel": config.stats.hrf_model, "StimulusRate": config.stimuli.stim_rate,
-            "Pooling": config.model.pooling, "ANDefinition": "ffn"}
+            "Pooling": config.model.pooling, "ANDefinition": AN_DEFINITIONS[config.model.an_kind]}
 
 
 def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict, output_dir,
@@ -66,7 +77,7 @@ def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict,
     written = []
     for assoc_file in association_files:
         with h5py.File(assoc_file, "r") as h5:
-            model = str(h5.attrs["model"])
+            model = output_model_name(str(h5.attrs["model"]), config)
             side = common_sidecar(unit, dict(h5.attrs), config)
             rows, entries = [], {"an_index": [], "voxel_index": [], "r": [], "z": [], "p": []}
             offset = 0
@@ -75,7 +86,8 @@ def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict,
                     grp = h5[f"{stream}/{layer}"]
                     written += _layer_maps(folder, ents, model, stream, int(layer), grp, mask,
                                            side)
-                    rows.append(_neuron_rows(model, stream, int(layer), grp, ijk))
+                    rows.append(_neuron_rows(str(h5.attrs["model"]), stream, int(layer), grp,
+                                             ijk, config.model.an_kind))
                     for key in entries:
                         value = grp[key][()]
                         entries[key].append(value + offset if key == "an_index" else value)
@@ -104,7 +116,7 @@ def write_encoding_outputs(enc_file, folder, ents, mask, unit, config) -> list:
     with h5py.File(enc_file, "r") as h5:
         if "skipped" in h5.attrs:
             return []
-        model = str(h5.attrs["model"])
+        model = output_model_name(str(h5.attrs["model"]), config)
         side = {"Sources": unit["sources"], "BOLDInput": common_sidecar(
                     unit, {"method": "", "fdr_q": 0}, config)["BOLDInput"],
                 "HRFModel": config.stats.hrf_model, "EncodingMethod": str(h5.attrs["method"]),
@@ -165,14 +177,14 @@ def _layer_maps(folder, ents, model, stream, layer, grp, mask, side):
     ]
 
 
-def _neuron_rows(model, stream, layer, grp, ijk):
+def _neuron_rows(model, stream, layer, grp, ijk, kind):
     from bids_vlm.models.base import an_id
 
     n = len(grp["n_pos"])
     peak = ijk[grp["peak_voxel"][()]] if len(ijk) else np.zeros((n, 3), int)
     thr = grp["z_threshold"][()].astype(float)
     return pd.DataFrame({
-        "an_id": [an_id(model, stream, layer, u) for u in range(n)], "stream": stream,
+        "an_id": [an_id(model, stream, layer, u, kind) for u in range(n)], "stream": stream,
         "layer": layer, "unit": np.arange(n), "n_bn_pos": grp["n_pos"][()],
         "n_bn_neg": grp["n_neg"][()], "peak_r": grp["peak_r"][()],
         "peak_i": peak[:, 0], "peak_j": peak[:, 1], "peak_k": peak[:, 2],

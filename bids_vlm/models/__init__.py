@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from bids_vlm.config import ModelConfig
 from bids_vlm.models import openclip
-from bids_vlm.models.base import an_id, recording, resolve_device, to_numpy
+from bids_vlm.models.base import (an_id, query_key_product, recording, resolve_device,
+                                  to_numpy)
 
 LOGGER = logging.getLogger("bids_vlm.models")
 
@@ -136,14 +137,16 @@ def extract_cached(model, items_by_stream: dict, config: ModelConfig, cache_root
 
 def _run_batch(model, stream, batch, layers, config, device) -> dict:
     inputs, valid, cls_index = model.prepare(stream, batch, device)
-    modules = {i: m for i, m in model.layer_modules(stream).items() if i in layers}
+    modules = {i: m for i, m in model.layer_modules(stream, config.an_kind).items()
+               if i in layers}
+    transform = query_key_product if config.an_kind == "attn" else None
     with torch.inference_mode(), recording(modules, valid, cls_index, config.pooling,
-                                           model.batch_first(stream)) as pooled:
+                                           model.batch_first(stream), transform) as pooled:
         model.forward(stream, inputs)
     return to_numpy(pooled)
 
 
-def an_ids(model_name: str, key: str, units: int) -> list[str]:
+def an_ids(model_name: str, key: str, units: int, kind: str = "ffn") -> list[str]:
     """AN ids of one ``stream/layer`` block of ``units`` units."""
     stream, layer = key.split("/")
-    return [an_id(model_name, stream, int(layer), u) for u in range(units)]
+    return [an_id(model_name, stream, int(layer), u, kind) for u in range(units)]

@@ -25,9 +25,30 @@ class StreamSpec:
     units: int
 
 
-def an_id(model: str, stream: str, layer: int, unit: int) -> str:
-    """Stable AN id, e.g. ``clip-vit-b-32/image/07/1734``."""
-    return f"{model}/{stream}/{layer:02d}/{unit}"
+AN_KINDS = ("ffn", "attn")
+
+
+def an_id(model: str, stream: str, layer: int, unit: int, kind: str = "ffn") -> str:
+    """Stable AN id, e.g. ``clip-vit-b-32/image/07/1734`` (``.../07/qk12`` for attn ANs)."""
+    return f"{model}/{stream}/{layer:02d}/{'qk' if kind == 'attn' else ''}{unit}"
+
+
+def query_key_product(module, inputs, _output):
+    """attn ANs of a ``torch.nn.MultiheadAttention`` call: q * k for every head dimension.
+
+    inputs: the call's positional (query, key, value) inputs, shaped like the layer's tokens
+    (the block's LayerNorm output). q = query W_q^T + b_q and k = key W_k^T + b_k are the
+    projections the attention computes; their elementwise product, (tokens, D) with D = heads x
+    head width, is each dimension's contribution to the attention logits of a token with itself.
+    """
+    query = inputs[0]
+    key = inputs[1] if len(inputs) > 1 and inputs[1] is not None else query
+    dim = module.embed_dim
+    weight, bias = module.in_proj_weight, module.in_proj_bias
+    q = torch.nn.functional.linear(query, weight[:dim], None if bias is None else bias[:dim])
+    k = torch.nn.functional.linear(key, weight[dim:2 * dim],
+                                   None if bias is None else bias[dim:2 * dim])
+    return q * k
 
 
 def pool_tokens(hidden, valid, pooling, cls_index):
@@ -48,18 +69,20 @@ def pool_tokens(hidden, valid, pooling, cls_index):
 
 
 @contextlib.contextmanager
-def recording(modules: dict, valid, cls_index, pooling: str, batch_first: bool):
+def recording(modules: dict, valid, cls_index, pooling: str, batch_first: bool, transform=None):
     """Attach forward hooks to ``modules`` ({layer: module}); yields {layer: (B, U) tensor}.
 
-    The hooks pool each module's output as soon as it is computed, so that only (B, U) per
-    layer is kept. They are removed when the block exits, also after an exception.
+    The hooks pool each module's output (or ``transform(module, inputs, output)``, e.g.
+    :func:`query_key_product`) as soon as it is computed, so that only (B, U) per layer is
+    kept. They are removed when the block exits, also after an exception.
     """
     pooled = {}
     handles = []
 
     def make_hook(layer):
-        def hook(_module, _inputs, output):
-            hidden = output if batch_first else output.transpose(0, 1)
+        def hook(module, inputs, output):
+            hidden = transform(module, inputs, output) if transform else output
+            hidden = hidden if batch_first else hidden.transpose(0, 1)
             pooled[layer] = pool_tokens(hidden, valid, pooling, cls_index)
         return hook
 

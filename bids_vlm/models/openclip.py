@@ -53,9 +53,12 @@ class OpenClipModel:
         blocks = transformer.resblocks
         return StreamSpec(stream, len(blocks), blocks[0].mlp.c_fc.out_features)
 
-    def layer_modules(self, stream) -> dict:
-        """{layer index: the FFN activation module whose output holds the ANs}."""
+    def layer_modules(self, stream, kind="ffn") -> dict:
+        """{layer index: the module whose call gives the ANs}: the FFN activation (``ffn``, its
+        output), or the attention (``attn``, q * k from its inputs)."""
         tower = self.module.visual.transformer if stream == "image" else self.module.transformer
+        if kind == "attn":
+            return {i: block.attn for i, block in enumerate(tower.resblocks)}
         return {i: block.mlp.gelu for i, block in enumerate(tower.resblocks)}
 
     def batch_first(self, stream) -> bool:
