@@ -116,6 +116,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="stimulus sampling rate in Hz")
     g.add_argument("--text-column", default="",
                    help="events column with text (default: text, caption, sentence or word)")
+    g.add_argument("--text-window", type=float, default=0.0,
+                   help="seconds: a sample's text is every text (e.g. transcript word) whose "
+                        "onset is in the last N seconds; 0 = the text of the event on screen")
     g.add_argument("--text-template", default="",
                    help="text made from event columns, e.g. 'a photo of a {trial_type}'")
 
@@ -129,6 +132,8 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model-dir", default="", help="folder with local model weights "
                    "(also $BIDS_VLM_MODEL_DIR)")
     g.add_argument("--batch-size", type=_positive_int, default=16)
+    g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="fp16/bf16: CUDA autocast for the models (needs --device cuda)")
     g.add_argument("--neurons", choices=["ffn", "attn"], default="ffn",
                    help="ffn: hidden units of each feed-forward block after the nonlinearity; "
                         "attn: query x key product of each attention head dimension")
@@ -181,6 +186,8 @@ def _check_paths(parser, opts):
 def _check_selection(parser, opts):
     from bids_vlm.models import check_selection
 
+    if opts.precision != "fp32" and opts.device != "cuda":
+        parser.error(f"--precision {opts.precision} needs --device cuda")
     try:
         check_selection(opts.models, opts.streams, opts.layers)
     except ValueError as exc:
@@ -201,10 +208,11 @@ def config_from_options(opts):
     return AnalysisConfig(
         filters=RunFilter(tuple(opts.participant_label), tuple(opts.session_label),
                           tuple(opts.task), tuple(opts.run), opts.bids_filter_file or "{}"),
-        stimuli=StimulusConfig(opts.stim_rate, opts.text_column, opts.text_template),
+        stimuli=StimulusConfig(opts.stim_rate, opts.text_column, opts.text_template,
+                               opts.text_window),
         model=ModelConfig(models=tuple(opts.models), streams=tuple(opts.streams),
                           layers=tuple(opts.layers), pooling=opts.pooling,
-                          an_kind=opts.neurons,
+                          an_kind=opts.neurons, precision=opts.precision,
                           batch_size=opts.batch_size, device=opts.device,
                           model_dir=opts.model_dir, seed=opts.seed),
         bold=BoldConfig(high_pass=opts.high_pass, smoothing_fwhm=opts.smoothing_fwhm),

@@ -28,6 +28,7 @@ class StimulusConfig:
     stim_rate: float = 1.0  # samples per second
     text_column: str = ""  # column holding text; "" = first of text, caption, sentence, word
     text_template: str = ""  # e.g. "a photo of a {trial_type}"; used when no text column
+    text_window: float = 0.0  # > 0: a sample's text is every word of the last N seconds
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class ModelConfig:
     layers: tuple = ()  # layer indices to keep; () = every layer
     pooling: str = "mean"
     an_kind: str = "ffn"  # "ffn" (feed-forward hidden units) or "attn" (q * k per head dim)
+    precision: str = "fp32"  # fp32, or fp16 / bf16 autocast on CUDA
     batch_size: int = 16
     device: str = "auto"
     model_dir: str = ""

@@ -5,7 +5,9 @@ covers the largest part of that interval (so events shorter than a sample are ne
 for a video, the frame on screen at the sample's midpoint (decoded at the stimulus rate);
 a sample that no event overlaps is *blank* and later gets zero activation. Images come from
 ``stim_file`` (relative to the dataset's ``stimuli/`` folder); text from a text column or from a
-prompt template filled with the row's columns, e.g. ``"a photo of a {trial_type}"``.
+prompt template filled with the row's columns, e.g. ``"a photo of a {trial_type}"``. With a
+``text_window`` (seconds), a sample's text is instead every text (e.g. the words of a
+word-level transcript) whose onset lies in the window that ends with the sample.
 """
 from __future__ import annotations
 
@@ -95,10 +97,27 @@ def build_timeline(events: pd.DataFrame, run_duration: float, config: StimulusCo
     images = _event_images(events, stimuli_dir, source)
     texts = _event_texts(events, config, source)
     onsets = events["onset"].to_numpy(float)
+    if config.text_window > 0:
+        sample_texts = _windowed_texts(texts, onsets, times + dt, config.text_window)
+    else:
+        sample_texts = tuple(texts[i] if i >= 0 else None for i in owner)
     return Timeline(times=times, dt=dt,
                     images=tuple(_sample_image(images, i, times[k] + dt / 2 - onsets[i])
                                  if i >= 0 else None for k, i in enumerate(owner)),
-                    texts=tuple(texts[i] if i >= 0 else None for i in owner))
+                    texts=sample_texts)
+
+
+def _windowed_texts(texts, onsets, ends, window):
+    """For each sample ending at ``ends[k]``, the texts (e.g. words of a transcript) with an
+    onset in ``(ends[k] - window, ends[k]]``, in order, joined by spaces; None when none."""
+    order = [i for i in np.argsort(onsets, kind="stable") if texts[i] is not None]
+    on = onsets[order]
+    out = []
+    for end in ends:
+        first, last = np.searchsorted(on, end - window, "right"), np.searchsorted(on, end, "right")
+        words = [texts[order[j]] for j in range(first, last)]
+        out.append(" ".join(words) if words else None)
+    return tuple(out)
 
 
 def _sample_image(images, event, offset):

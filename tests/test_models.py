@@ -254,3 +254,20 @@ def test_attn_ans_are_query_key_products(tiny, images):
     from bids_vlm.models.base import an_id
 
     assert an_id("tiny-clip", "image", 1, 12, "attn") == "tiny-clip/image/01/qk12"
+
+
+def test_half_precision_needs_cuda(tiny):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        extract(tiny, {"text": TEXTS}, ModelConfig(precision="bf16", device="cpu"),
+                progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_half_precision_on_cuda_is_close_to_fp32(tiny):
+    full = extract(tiny, {"text": TEXTS}, ModelConfig(device="cuda"), progress=False)
+    half = extract(tiny, {"text": TEXTS}, ModelConfig(device="cuda", precision="bf16"),
+                   progress=False)
+    for key in full:
+        assert np.corrcoef(full[key].ravel(), half[key].ravel())[0, 1] > 0.99

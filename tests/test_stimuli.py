@@ -215,3 +215,13 @@ def test_timeline_dict_round_trip():
     back = Timeline.from_dict(tl.to_dict())
     np.testing.assert_array_equal(back.times, tl.times)
     assert (back.dt, back.images, back.texts) == (tl.dt, tl.images, tl.texts)
+
+
+def test_text_window_collects_transcript_words(tmp_path):
+    path = _write(tmp_path / "words.tsv", "onset\tduration\tword\n0.2\t0.3\tthe\n0.7\t0.3\tcat\n"
+                  "1.6\t0.3\tsat\n4.5\t0.3\tdown\n")
+    tl = build_timeline(read_events(path), 6, StimulusConfig(text_window=2.0))
+    # samples end at 1, 2, 3, ...: words with onsets in (end - 2, end]
+    assert tl.texts == ("the cat", "the cat sat", "sat", None, "down", "down")
+    plain = build_timeline(read_events(path), 6, StimulusConfig())
+    assert plain.texts[1:3] == ("sat", None)  # without a window: the word covering the sample

@@ -140,10 +140,28 @@ def _run_batch(model, stream, batch, layers, config, device) -> dict:
     modules = {i: m for i, m in model.layer_modules(stream, config.an_kind).items()
                if i in layers}
     transform = query_key_product if config.an_kind == "attn" else None
-    with torch.inference_mode(), recording(modules, valid, cls_index, config.pooling,
-                                           model.batch_first(stream), transform) as pooled:
+    with torch.inference_mode(), _autocast(device, config.precision), \
+            recording(modules, valid, cls_index, config.pooling, model.batch_first(stream),
+                      transform) as pooled:
         model.forward(stream, inputs)
     return to_numpy(pooled)
+
+
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _autocast(device, precision):
+    """fp32: no change; fp16 / bf16: CUDA autocast (weights stay fp32, matrix products in half
+    precision). Half precision on the CPU is refused."""
+    import contextlib
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not '{precision}'")
+    if PRECISIONS[precision] is None:
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        raise ValueError(f"--precision {precision} needs a CUDA device (--device cuda)")
+    return torch.autocast("cuda", dtype=PRECISIONS[precision])
 
 
 def an_ids(model_name: str, key: str, units: int, kind: str = "ffn") -> list[str]:

@@ -34,7 +34,7 @@ def weights_digest(module) -> str:
 def settings_key(model_name: str, weights: str, config) -> str:
     """Hash of everything that changes the activations of a stimulus."""
     settings = {"model": model_name, "weights": weights, "pooling": config.pooling,
-                "layers": list(config.layers), "kind": config.an_kind, "format": 1}
+                "layers": list(config.layers), "kind": config.an_kind, "precision": config.precision, "format": 1}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
 
 
