@@ -108,10 +108,37 @@ def _unit_section(table_path, sidecar, figdir, out):
                       space)
         parts.append(_figure(fig, out, f"Number of {stream}-stream ANs (all layers) that have "
                                        "each voxel as a BN."))
+    nets = table_path.with_name(table_path.name.replace("_neurons.tsv", "_networks.tsv"))
+    parts.append("<h3>Networks</h3>")
+    if nets.is_file():
+        parts.append(_network_figure(nets, stem, figdir, out, model))
+    parts.append(f"<p class='note'>{html.escape(sidecar.get('Networks', ''))}</p>")
     enc_table = table_path.with_name(table_path.name.replace("_neurons.tsv", "_encoding.tsv"))
     if enc_table.is_file():
         parts += _encoding_section(enc_table, stem, figdir, out, background, space, model)
     return "".join(parts)
+
+
+def _network_figure(path, stem, figdir, out, model):
+    """Share of each layer's ANs that drive each network, one panel per stream."""
+    table = pd.read_csv(path, sep="\t", keep_default_na=False)
+    networks = [c[len("q_"):] for c in table.columns if c.startswith("q_")]
+    streams = sorted(table.stream.unique())
+    fig, axes = plt.subplots(1, len(streams), figsize=(4.8 * len(streams), 3.4), squeeze=False)
+    for ax, stream in zip(axes[0], streams):
+        rows = table[table.stream == stream]
+        for net in networks:
+            share = rows.groupby("layer")["drives"].apply(
+                lambda d, n=net: d.str.split(";").apply(lambda x: n in x).mean())
+            ax.plot(share.index, share.values, marker="o", label=net)
+        ax.set(title=f"{model} {stream}", xlabel="layer", ylabel="share of ANs driving",
+               ylim=(-0.02, 1.02))
+    axes[0][-1].legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    fig_path = figdir / f"{stem}_networkprofile.png"
+    _save(fig, fig_path)
+    return _figure(fig_path, out, "Share of each layer's ANs whose BNs are enriched in a "
+                                  "network (hypergeometric, BH across ANs).")
 
 
 def _encoding_section(enc_table, stem, figdir, out, background, space, model):

@@ -116,7 +116,7 @@ def planted_signal(root, events_by_run, n_scans, tr, plants, seed=0):
 
 def make_planted_dataset(root, n_subjects=2, n_runs=2, n_scans=100, tr=2.0, shape=(6, 6, 6),
                          plants=DEFAULT_PLANTS, noise=1.0, seed=0, baseline=None,
-                         with_derivatives=True) -> PlantedDataset:
+                         with_derivatives=True, affine=AFFINE) -> PlantedDataset:
     """BIDS dataset + fMRIPrep-like derivatives with planted AN signal (see module doc).
 
     baseline: (n_voxels,) mean intensity per voxel (default 100 everywhere).
@@ -143,25 +143,25 @@ def make_planted_dataset(root, n_subjects=2, n_runs=2, n_scans=100, tr=2.0, shap
             for j, plant in enumerate(plants):
                 data[:, plant.voxels] += plant.beta * sig[:, [j]]
             _write_run(root, fmriprep if with_derivatives else None, sub, run, ev, data, shape,
-                       rng)
+                       rng, affine)
     planted = sorted({v for p in plants for v in p.voxels})
     return PlantedDataset(root, subjects, tuple(plants), n_vox,
                           [v for v in range(n_vox) if v not in planted])
 
 
-def _write_run(root, fmriprep, sub, run, events, data, shape, rng):
+def _write_run(root, fmriprep, sub, run, events, data, shape, rng, affine=AFFINE):
     stem = f"sub-{sub}_task-view_run-{run}"
     func = root / f"sub-{sub}" / "func"
     func.mkdir(parents=True, exist_ok=True)
     events.to_csv(func / f"{stem}_events.tsv", sep="\t", index=False)
-    img = nib.Nifti1Image(data.T.reshape(*shape, -1).astype(np.float32), AFFINE)
+    img = nib.Nifti1Image(data.T.reshape(*shape, -1).astype(np.float32), affine)
     nib.save(img, func / f"{stem}_bold.nii.gz")
     if fmriprep is None:
         return
     dfunc = fmriprep / f"sub-{sub}" / "func"
     dfunc.mkdir(parents=True, exist_ok=True)
     nib.save(img, dfunc / f"{stem}_space-{SPACE}_desc-preproc_bold.nii.gz")
-    nib.save(nib.Nifti1Image(np.ones(shape, np.uint8), AFFINE),
+    nib.save(nib.Nifti1Image(np.ones(shape, np.uint8), affine),
              dfunc / f"{stem}_space-{SPACE}_desc-brain_mask.nii.gz")
     conf = pd.DataFrame(rng.normal(0, 0.1, (data.shape[0], 6)),
                         columns=["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"])

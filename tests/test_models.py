@@ -193,6 +193,12 @@ def test_activation_cache(tiny, tmp_path):
     assert all(np.array_equal(first[k], again[k]) for k in first)
     direct = extract(tiny, items, ModelConfig(), progress=False)
     assert all(np.array_equal(first[k], direct[k]) for k in first)
+    # a corrupted file is recomputed
+    files = sorted(tmp_path.rglob("*.npz"))
+    assert len(files) == 6
+    files[0].write_bytes(b"garbage")
+    _, computed = extract_cached(tiny, items, ModelConfig(), tmp_path, progress=False)
+    assert computed == 1
     # a setting that changes the result, or other weights, is another cache entry
     _, computed = extract_cached(tiny, items, ModelConfig(pooling="max"), tmp_path,
                                  progress=False)
@@ -200,11 +206,7 @@ def test_activation_cache(tiny, tmp_path):
     other = load_model("tiny-clip", ModelConfig(seed=5))
     _, computed = extract_cached(other, items, ModelConfig(), tmp_path, progress=False)
     assert computed == 6
-    # a corrupted file is recomputed; a changed image file is a new stimulus
-    files = sorted(tmp_path.rglob("*.npz"))
-    files[0].write_bytes(b"garbage")
-    _, computed = extract_cached(tiny, items, ModelConfig(), tmp_path, progress=False)
-    assert computed == 1
+    # a changed image file is a new stimulus
     from PIL import Image
 
     Image.new("RGB", (30, 30), (255, 0, 0)).save(images[0])

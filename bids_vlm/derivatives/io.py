@@ -24,7 +24,7 @@ from bids_vlm.errors import OutputError
 ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "desc",
                 "stat")
 BIDSIGNORE = ("*_statmap.nii.gz\n*_statmap.json\n*_neurons.tsv\n*_neurons.json\n"
-              "*_encoding.tsv\n*_encoding.json\n"
+              "*_encoding.tsv\n*_encoding.json\n*_networks.tsv\n*_networks.json\n"
               "*_association.h5\n*_association.json\n*.html\n*/figures/\nfigures/\nlogs/\n")
 
 

@@ -36,6 +36,7 @@ NEURON_COLUMNS = {
     "peak_j": "voxel index (j) of peak_r in the map grid",
     "peak_k": "voxel index (k) of peak_r in the map grid",
     "z_threshold": "critical |z| of the AN's Benjamini-Hochberg procedure (n/a: no BN)",
+    "drives": "networks the AN drives (see the _networks.tsv table; absent outside MNI space)",
 }
 
 
@@ -93,6 +94,11 @@ def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict,
                         entries[key].append(value + offset if key == "an_index" else value)
                     offset += len(grp["n_pos"])
             table = pd.concat(rows, ignore_index=True)
+            merged = {k: np.concatenate(v) if v else np.zeros(0) for k, v in entries.items()}
+            nets, side["Networks"] = network_table(table, merged, mask, unit, config)
+            if nets is not None:
+                table["drives"] = nets["drives"]
+                written += _networks_table(folder, ents, model, nets, side)
             written += _neuron_table(folder, ents, model, table, side)
             written.append(_sparse(folder, ents, model, table, entries, ijk, mask, side))
     for enc_file in encoding_files:
@@ -189,6 +195,49 @@ def _neuron_rows(model, stream, layer, grp, ijk, kind):
         "n_bn_neg": grp["n_neg"][()], "peak_r": grp["peak_r"][()],
         "peak_i": peak[:, 0], "peak_j": peak[:, 1], "peak_k": peak[:, 2],
         "z_threshold": np.where(np.isfinite(thr), thr, np.nan)})
+
+
+def network_table(table, entries, mask, unit, config):
+    """(per-AN network table or None, a sentence for the sidecars saying what was done)."""
+    from bids_vlm.analysis.networks import (ATLAS_SPACE, default_networks, enrichment, is_mni,
+                                            network_masks)
+
+    space = unit.get("space")
+    if not is_mni(space):
+        return None, (f"not computed: the data are in {space or 'native'} space and the "
+                      f"network atlases in {ATLAS_SPACE} (give MNI-space fMRIPrep outputs)")
+    atlases = default_networks()
+    res = enrichment(entries["an_index"].astype(np.int64), entries["voxel_index"].astype(np.int64),
+                     entries["r"], len(table), network_masks(atlases, mask), config.stats.fdr_q)
+    out = pd.DataFrame({"an_id": table["an_id"], "stream": table["stream"],
+                        "layer": table["layer"]})
+    for name, cols in res.items():
+        for key in ("n_pos", "n_neg", "frac", "p", "q"):
+            out[f"{key}_{name}"] = cols[key]
+    out["drives"] = [";".join(n for n in res if res[n]["drives"][i]) or "n/a"
+                     for i in range(len(table))]
+    return out, (f"atlases ({'; '.join(a.source for a in atlases)}) in {ATLAS_SPACE}, data in "
+                 f"{space}; resampled to the data grid (nearest neighbour); hypergeometric "
+                 f"enrichment per AN, BH across ANs, drives at q <= {config.stats.fdr_q}")
+
+
+def _networks_table(folder, ents, model, nets, side):
+    path = folder / bids_name(dict(ents, desc=desc_label(model)), "networks", ".tsv")
+    sidecar = {"an_id": {"Description": NEURON_COLUMNS["an_id"]},
+               "drives": {"Description": "networks the AN drives (enrichment q <= FDR level)"}}
+    for col in nets.columns:
+        key, _, net = col.partition("_")
+        if key in ("n", "frac", "p", "q") and net:
+            sidecar[col] = {"Description": _NETWORK_COLUMN[col.rsplit("_", 1)[0]
+                                                           if key == "n" else key] + net}
+    sidecar.update(side)
+    return [write_tsv(path, nets), write_json(path.with_suffix(".json"), sidecar)]
+
+
+_NETWORK_COLUMN = {"n_pos": "BN+ of the AN in network ", "n_neg": "BN- of the AN in network ",
+                   "frac": "share of the AN's BNs in network ",
+                   "p": "hypergeometric enrichment p of the AN's BNs in network ",
+                   "q": "Benjamini-Hochberg q (across ANs) of the enrichment in network "}
 
 
 def _neuron_table(folder, ents, model, table, side):

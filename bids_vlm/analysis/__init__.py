@@ -1,0 +1,1 @@
+"""Stage 7: neuron-level analyses of the association results (METHOD.md section 8)."""
