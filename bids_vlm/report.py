@@ -108,6 +108,9 @@ def _unit_section(table_path, sidecar, figdir, out):
                       space)
         parts.append(_figure(fig, out, f"Number of {stream}-stream ANs (all layers) that have "
                                        "each voxel as a BN."))
+    layers = table_path.with_name(table_path.name.replace("_neurons.tsv", "_layers.tsv"))
+    if layers.is_file():
+        parts += _polarity_and_redundancy(layers, stem, figdir, out, model)
     nets = table_path.with_name(table_path.name.replace("_neurons.tsv", "_networks.tsv"))
     parts.append("<h3>Networks</h3>")
     if nets.is_file():
@@ -117,6 +120,46 @@ def _unit_section(table_path, sidecar, figdir, out):
     if enc_table.is_file():
         parts += _encoding_section(enc_table, stem, figdir, out, background, space, model)
     return "".join(parts)
+
+
+def _polarity_and_redundancy(layers_path, stem, figdir, out, model):
+    """P(layer) / N(layer) curves with their correlation, and the Jaccard overlap matrix."""
+    table = pd.read_csv(layers_path, sep="\t")
+    polarity = json.loads(layers_path.with_suffix(".json").read_text()).get("Polarity", {})
+    streams = sorted(table.stream.unique())
+    fig, axes = plt.subplots(1, len(streams), figsize=(4.5 * len(streams), 3.2), squeeze=False)
+    for ax, stream in zip(axes[0], streams):
+        rows = table[table.stream == stream]
+        ax.plot(rows.layer, rows.mean_bn_pos, "o-", color="#d62728", label="P (BN+ per AN)")
+        ax.plot(rows.layer, rows.mean_bn_neg, "o-", color="#1f77b4", label="N (BN- per AN)")
+        stats = polarity.get(stream, {})
+        ax.set(title=f"{model} {stream}: r={stats.get('r', float('nan')):.2f}, "
+                     f"p={stats.get('p', float('nan')):.3f}", xlabel="layer", ylabel="mean count")
+        ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    pol_path = figdir / f"{stem}_polarity.png"
+    _save(fig, pol_path)
+    parts = ["<h3>Polarity</h3>", _figure(pol_path, out, "Mean BN+ (P) and BN- (N) per AN "
+             "across layers; r is their correlation across layers (negative: mirrored trends), "
+             "p a permutation p over layer orders.")]
+    jac_path = layers_path.with_name(layers_path.name.replace("_layers.tsv", "_jaccard.tsv"))
+    if jac_path.is_file():
+        jac = pd.read_csv(jac_path, sep="\t")
+        fig, axes = plt.subplots(1, len(streams), figsize=(4 * len(streams), 3.4), squeeze=False)
+        for ax, stream in zip(axes[0], streams):
+            grid = jac[jac.stream == stream].pivot(index="layer_a", columns="layer_b",
+                                                   values="mean_jaccard")
+            shown = ax.imshow(grid.to_numpy(float), vmin=0, vmax=1, cmap="magma")
+            ax.set(title=f"{model} {stream}", xlabel="layer", ylabel="layer",
+                   xticks=range(len(grid)), xticklabels=grid.columns,
+                   yticks=range(len(grid)), yticklabels=grid.index)
+            fig.colorbar(shown, ax=ax, fraction=0.046)
+        fig.tight_layout()
+        red_path = figdir / f"{stem}_jaccard.png"
+        _save(fig, red_path)
+        parts += ["<h3>Redundancy</h3>", _figure(red_path, out, "Mean Jaccard overlap of the "
+                  "BN maps of AN pairs within and across layers (ANs with BNs, sampled).")]
+    return parts
 
 
 def _network_figure(path, stem, figdir, out, model):
@@ -185,7 +228,7 @@ def _count_maps(folder, prefix, model, stat="bncount") -> dict:
     maps = defaultdict(list)
     for path in sorted(folder.glob(f"{prefix}_desc-*_stat-{stat}_statmap.nii.gz")):
         side = json.loads(Path(str(path).replace(".nii.gz", ".json")).read_text())
-        if side.get("Model") == model:
+        if side.get("Model") == model and "Layer" in side:  # per-layer maps only
             maps[side["Stream"]].append(path)
     return dict(maps)
 

@@ -264,3 +264,22 @@ def test_attn_neurons_have_their_own_outputs(planted, tmp_path):
     assert len(table) == 2 * 64 and table.an_id.str.contains("/02/qk").all()
     side = json.loads(next(func.glob("*_desc-tinyclipqkImage02_stat-r_statmap.json")).read_text())
     assert side["ANDefinition"].startswith("attn: query x key") and side["Model"] == "tiny-clip-qk"
+
+
+def test_layer_summaries_and_redundancy_maps(planted, planted_outputs):
+    func = planted_outputs["out"] / "sub-01" / "func"
+    stem = "sub-01_task-view_space-MNI152NLin2009cAsym_desc-tinyclip"
+    layers = pd.read_csv(func / f"{stem}_layers.tsv", sep="\t")
+    neurons = pd.read_csv(func / f"{stem}_neurons.tsv", sep="\t")
+    mine = neurons[(neurons.stream == "image") & (neurons.layer == 2)]
+    row = layers[(layers.stream == "image") & (layers.layer == 2)].iloc[0]
+    assert row.n_ans == 256 and row.mean_bn_pos == pytest.approx(mine.n_bn_pos.mean())
+    side = json.loads((func / f"{stem}_layers.json").read_text())
+    assert set(side["Polarity"]) >= {"image", "text", "Description"}
+    jac = pd.read_csv(func / f"{stem}_jaccard.tsv", sep="\t")
+    assert len(jac) == 2 * 4 * 4 and jac.mean_jaccard.between(0, 1).all()
+    total = nib.load(func / "sub-01_task-view_space-MNI152NLin2009cAsym_desc-tinyclipImage_"
+                            "stat-bncount_statmap.nii.gz").get_fdata()
+    per_layer = sum(nib.load(func / f"{stem}Image{k:02d}_stat-bncount_statmap.nii.gz")
+                    .get_fdata() for k in range(4))
+    assert np.array_equal(total, per_layer) and total.reshape(-1)[:12].min() > 0

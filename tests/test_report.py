@@ -70,7 +70,7 @@ def test_participant_report_figures_methods_citations(planted_outputs, sub):
         [f"{stem}_layerprofile.png", f"{stem}_stream-image_bncount.png",
          f"{stem}_stream-text_bncount.png", f"{stem}_encodingprofile.png",
          f"{stem}_stream-image_preferredlayer.png", f"{stem}_stream-text_preferredlayer.png",
-         f"{stem}_networkprofile.png"])
+         f"{stem}_networkprofile.png", f"{stem}_polarity.png", f"{stem}_jaccard.png"])
     table = next((out / f"sub-{sub}" / "func").glob("*_desc-tinyclip_neurons.tsv"))
     sidecar = json.loads(table.with_suffix(".json").read_text())
     assert sidecar["Model"] == "tiny-clip"

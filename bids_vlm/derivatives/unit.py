@@ -77,32 +77,46 @@ def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict,
     folder = func_dir(output_dir, unit)
     written = []
     for assoc_file in association_files:
-        with h5py.File(assoc_file, "r") as h5:
-            model = output_model_name(str(h5.attrs["model"]), config)
-            side = common_sidecar(unit, dict(h5.attrs), config)
-            rows, entries = [], {"an_index": [], "voxel_index": [], "r": [], "z": [], "p": []}
-            offset = 0
-            for stream in h5:
-                for layer in h5[stream]:
-                    grp = h5[f"{stream}/{layer}"]
-                    written += _layer_maps(folder, ents, model, stream, int(layer), grp, mask,
-                                           side)
-                    rows.append(_neuron_rows(str(h5.attrs["model"]), stream, int(layer), grp,
-                                             ijk, config.model.an_kind))
-                    for key in entries:
-                        value = grp[key][()]
-                        entries[key].append(value + offset if key == "an_index" else value)
-                    offset += len(grp["n_pos"])
-            table = pd.concat(rows, ignore_index=True)
-            merged = {k: np.concatenate(v) if v else np.zeros(0) for k, v in entries.items()}
-            nets, side["Networks"] = network_table(table, merged, mask, unit, config)
-            if nets is not None:
-                table["drives"] = nets["drives"]
-                written += _networks_table(folder, ents, model, nets, side)
-            written += _neuron_table(folder, ents, model, table, side)
-            written.append(_sparse(folder, ents, model, table, entries, ijk, mask, side))
+        written += write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config)
     for enc_file in encoding_files:
         written += write_encoding_outputs(enc_file, folder, ents, mask, unit, config)
+    return written
+
+
+def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config) -> list:
+    """One model's per-layer maps, per-stream redundancy maps, neuron, network and layer
+    tables, and sparse significant entries."""
+    from bids_vlm.derivatives.summaries import write_layer_summaries, write_redundancy_maps
+
+    written, rows = [], []
+    entries = {"an_index": [], "voxel_index": [], "r": [], "z": [], "p": []}
+    counts = {}
+    with h5py.File(assoc_file, "r") as h5:
+        model = output_model_name(str(h5.attrs["model"]), config)
+        side = common_sidecar(unit, dict(h5.attrs), config)
+        offset = 0
+        for stream in h5:
+            for layer in h5[stream]:
+                grp = h5[f"{stream}/{layer}"]
+                written += _layer_maps(folder, ents, model, stream, int(layer), grp, mask, side)
+                rows.append(_neuron_rows(str(h5.attrs["model"]), stream, int(layer), grp, ijk,
+                                         config.model.an_kind))
+                counts[stream] = counts.get(stream, 0) + grp["bn_count"][()]
+                for key in entries:
+                    value = grp[key][()]
+                    entries[key].append(value + offset if key == "an_index" else value)
+                offset += len(grp["n_pos"])
+    table = pd.concat(rows, ignore_index=True)
+    merged = {k: np.concatenate(v) if v else np.zeros(0) for k, v in entries.items()}
+    nets, side["Networks"] = network_table(table, merged, mask, unit, config)
+    if nets is not None:
+        table["drives"] = nets["drives"]
+        written += _networks_table(folder, ents, model, nets, side)
+    written += write_redundancy_maps(folder, ents, model, counts, mask, side)
+    written += write_layer_summaries(folder, ents, model, table, merged, nets, len(ijk), side,
+                                     config.model.seed)
+    written += _neuron_table(folder, ents, model, table, side)
+    written.append(_sparse(folder, ents, model, table, entries, ijk, mask, side))
     return written
 
 

@@ -1,0 +1,121 @@
+"""Per-layer summaries of the AN -> BN results (METHOD.md 8): polarity, redundancy (Jaccard
+overlap of BN maps), network drive per layer and modality specificity.
+
+All functions are pure, over the neurons table (one row per AN: stream, layer, n_bn_pos,
+n_bn_neg), the significant entries (an_index, voxel_index, r) and, in MNI space, the networks
+table (frac_<network>, drives).
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+
+def polarity_curves(table: pd.DataFrame, n_perm: int = 10000, seed: int = 0) -> dict:
+    """Per stream: P(layer) and N(layer), the mean BN+ and BN- count per AN of each layer, and
+    the correlation between them across layers (the paper's "mirrored" trends give r < 0) with
+    a permutation p (two-sided; exact over all layer orders when there are at most 8 layers).
+
+    Returns {stream: {"layers", "P", "N" (lists), "r", "p"}}.
+    """
+    out = {}
+    for stream, rows in table.groupby("stream", sort=True):
+        means = rows.groupby("layer")[["n_bn_pos", "n_bn_neg"]].mean()
+        pos, neg = means.n_bn_pos.to_numpy(float), means.n_bn_neg.to_numpy(float)
+        r, p = _perm_corr(pos, neg, n_perm, seed)
+        out[stream] = {"layers": means.index.tolist(), "P": pos.tolist(), "N": neg.tolist(),
+                       "r": r, "p": p}
+    return out
+
+
+def _perm_corr(a, b, n_perm, seed):
+    if len(a) < 3 or a.std() == 0 or b.std() == 0:
+        return float("nan"), float("nan")
+    observed = np.corrcoef(a, b)[0, 1]
+    if len(a) <= 8:
+        perms = np.array(list(itertools.permutations(range(len(b)))))
+    else:
+        rng = np.random.default_rng(seed)
+        perms = np.array([rng.permutation(len(b)) for _ in range(n_perm)])
+    null = np.array([np.corrcoef(a, b[perm])[0, 1] for perm in perms])
+    return float(observed), float((np.abs(null) >= abs(observed) - 1e-12).mean())
+
+
+def jaccard_matrix(an_index, voxel_index, ans: np.ndarray, n_vox: int) -> np.ndarray:
+    """(k, k) Jaccard overlap of the BN sets (voxels, either sign) of the ANs ``ans``.
+
+    Two ANs without any BN have overlap 0 (not 0/0)."""
+    rows = {a: i for i, a in enumerate(ans)}
+    keep = np.isin(an_index, ans)
+    member = sparse.csr_matrix(
+        (np.ones(int(keep.sum())), ([rows[a] for a in an_index[keep]], voxel_index[keep])),
+        shape=(len(ans), n_vox))
+    inter = (member @ member.T).toarray()
+    size = np.asarray(member.sum(1)).ravel()
+    union = size[:, None] + size[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def layer_jaccard(table, an_index, voxel_index, n_vox, max_ans=200, seed=0) -> pd.DataFrame:
+    """Mean Jaccard overlap of BN maps between the ANs of two layers (same stream), for ANs
+    that have at least one BN; at most ``max_ans`` of them per layer, drawn at random (seeded).
+
+    Returns rows (stream, layer_a, layer_b, mean_jaccard, n_a, n_b); within a layer the pairs
+    are distinct ANs.
+    """
+    rng = np.random.default_rng(seed)
+    has_bn = (table.n_bn_pos + table.n_bn_neg).to_numpy() > 0
+    rows = []
+    for stream, sub in table[has_bn].groupby("stream", sort=True):
+        chosen = {layer: _sample(group.index.to_numpy(), max_ans, rng)
+                  for layer, group in sub.groupby("layer")}
+        layers = sorted(chosen)
+        every = np.concatenate([chosen[k] for k in layers])
+        jac = jaccard_matrix(an_index, voxel_index, every, n_vox)
+        edges = np.cumsum([0] + [len(chosen[k]) for k in layers])
+        for i, a in enumerate(layers):
+            for j, b in enumerate(layers):
+                block = jac[edges[i]:edges[i + 1], edges[j]:edges[j + 1]]
+                if a == b:
+                    n = len(block)
+                    value = (block.sum() - np.trace(block)) / (n * (n - 1)) if n > 1 else np.nan
+                else:
+                    value = block.mean()
+                rows.append({"stream": stream, "layer_a": a, "layer_b": b,
+                             "mean_jaccard": value, "n_a": len(chosen[a]), "n_b": len(chosen[b])})
+    return pd.DataFrame(rows, columns=["stream", "layer_a", "layer_b", "mean_jaccard", "n_a",
+                                       "n_b"])
+
+
+def _sample(index, k, rng):
+    return index if len(index) <= k else np.sort(rng.choice(index, k, replace=False))
+
+
+def modality_specificity(nets: pd.DataFrame, visual="Visual", language="Language") -> np.ndarray:
+    """(N,) (v - l) / (v + l) with v, l the shares of an AN's BNs in the visual and language
+    networks; NaN where the AN has no BN in either."""
+    v = nets[f"frac_{visual}"].to_numpy(float)
+    lang = nets[f"frac_{language}"].to_numpy(float)
+    total = v + lang
+    return np.divide(v - lang, total, out=np.full(len(v), np.nan), where=total > 0)
+
+
+def layer_table(table, nets=None) -> pd.DataFrame:
+    """Per stream and layer: ANs, ANs with BNs, mean BN+ / BN-, and in MNI space the share of
+    ANs driving each network and the mean modality specificity index."""
+    frame = table[["stream", "layer", "n_bn_pos", "n_bn_neg"]].copy()
+    frame["has_bn"] = (frame.n_bn_pos + frame.n_bn_neg) > 0
+    agg = {"n_ans": ("has_bn", "size"), "n_ans_with_bn": ("has_bn", "sum"),
+           "mean_bn_pos": ("n_bn_pos", "mean"), "mean_bn_neg": ("n_bn_neg", "mean")}
+    if nets is not None:
+        networks = [c[2:] for c in nets.columns if c.startswith("q_")]
+        drives = nets["drives"].fillna("").astype(str).str.split(";")
+        for net in networks:
+            frame[f"share_driving_{net}"] = drives.apply(lambda d, n=net: n in d).to_numpy()
+            agg[f"share_driving_{net}"] = (f"share_driving_{net}", "mean")
+        frame["msi"] = modality_specificity(nets)
+        agg["mean_msi"] = ("msi", "mean")
+    return frame.groupby(["stream", "layer"], sort=True).agg(**agg).reset_index()

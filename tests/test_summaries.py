@@ -1,0 +1,57 @@
+"""Per-layer summaries checked against hand-computed values."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_vlm.analysis.summaries import (jaccard_matrix, layer_jaccard, layer_table,
+                                         modality_specificity, polarity_curves)
+
+
+def test_jaccard_by_hand():
+    # AN 0: voxels {0,1,2}; AN 1: {1,2,3,4}; AN 2: {}; AN 3: {0,1,2}
+    an = np.array([0, 0, 0, 1, 1, 1, 1, 3, 3, 3])
+    vox = np.array([0, 1, 2, 1, 2, 3, 4, 0, 1, 2])
+    jac = jaccard_matrix(an, vox, np.array([0, 1, 2, 3]), n_vox=6)
+    assert jac[0, 1] == pytest.approx(2 / 5) and jac[1, 0] == pytest.approx(2 / 5)
+    assert jac[0, 3] == 1.0 and jac[0, 2] == 0.0 and jac[2, 2] == 0.0
+
+
+def test_layer_jaccard_within_and_across():
+    table = pd.DataFrame({"stream": "image", "layer": [0, 0, 1, 1],
+                          "n_bn_pos": [3, 4, 3, 2], "n_bn_neg": [0, 0, 0, 0]})
+    an = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3, 3])
+    vox = np.array([0, 1, 2, 1, 2, 3, 4, 0, 1, 2, 8, 9])
+    res = layer_jaccard(table, an, vox, n_vox=10).set_index(["layer_a", "layer_b"])
+    assert res.loc[(0, 0), "mean_jaccard"] == pytest.approx(2 / 5)   # ANs 0 and 1
+    assert res.loc[(1, 1), "mean_jaccard"] == pytest.approx(0.0)     # ANs 2 and 3
+    # across: J(0,2)=1, J(0,3)=0, J(1,2)=2/5, J(1,3)=0 -> 1.4 / 4
+    assert res.loc[(0, 1), "mean_jaccard"] == pytest.approx(0.35)
+
+
+def test_polarity_mirrored_trend_has_negative_correlation():
+    layers = np.repeat(np.arange(6), 10)
+    table = pd.DataFrame({"stream": "text", "layer": layers,
+                          "n_bn_pos": 10 + 5 * layers, "n_bn_neg": 40 - 5 * layers})
+    res = polarity_curves(table)["text"]
+    assert res["P"] == [10, 15, 20, 25, 30, 35] and res["N"][0] == 40
+    assert res["r"] == pytest.approx(-1.0)
+    assert res["p"] == pytest.approx(2 / 720)  # exact: 2 of the 6! orders are as extreme
+    flat = polarity_curves(table.assign(n_bn_neg=np.tile([3, 9, 1, 7, 5, 2], 10)))["text"]
+    assert abs(flat["r"]) < 0.9 and flat["p"] > 0.05
+
+
+def test_modality_specificity_and_layer_table():
+    table = pd.DataFrame({"stream": ["image", "image", "text"], "layer": [0, 0, 0],
+                          "n_bn_pos": [4, 0, 2], "n_bn_neg": [0, 0, 2]})
+    nets = pd.DataFrame({"frac_Visual": [0.75, 0.0, 0.0], "frac_Language": [0.25, 0.0, 0.5],
+                         "q_Visual": [0.01, 1, 1], "q_Language": [0.5, 1, 0.01],
+                         "drives": ["Visual", "n/a", "Language"]})
+    msi = modality_specificity(nets)
+    assert msi[0] == pytest.approx(0.5) and np.isnan(msi[1]) and msi[2] == pytest.approx(-1)
+    layers = layer_table(table, nets).set_index("stream")
+    assert layers.loc["image", "n_ans"] == 2 and layers.loc["image", "n_ans_with_bn"] == 1
+    assert layers.loc["image", "share_driving_Visual"] == 0.5
+    assert layers.loc["text", "share_driving_Language"] == 1.0
+    assert layers.loc["image", "mean_msi"] == pytest.approx(0.5)
