@@ -55,3 +55,15 @@ def test_modality_specificity_and_layer_table():
     assert layers.loc["image", "share_driving_Visual"] == 0.5
     assert layers.loc["text", "share_driving_Language"] == 1.0
     assert layers.loc["image", "mean_msi"] == pytest.approx(0.5)
+
+
+def test_image_text_overlap_by_hand():
+    from bids_vlm.derivatives.summaries import stream_overlap
+
+    table = pd.DataFrame({"stream": ["image", "image", "text", "text"], "layer": [0, 1, 0, 1],
+                          "n_bn_pos": [1, 1, 1, 1], "n_bn_neg": [0, 0, 0, 0]})
+    entries = {"an_index": np.array([0, 0, 2, 2, 1, 3]),
+               "voxel_index": np.array([0, 1, 1, 2, 5, 6])}
+    layers = pd.DataFrame({"layer": [0, 1]})
+    # layer 0: image {0,1}, text {1,2} -> 1/3; layer 1: image {5}, text {6} -> 0
+    assert stream_overlap(table, entries, 8, layers) == pytest.approx([1 / 3, 0.0])

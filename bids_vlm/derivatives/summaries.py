@@ -2,6 +2,8 @@
 drive, modality specificity) with the polarity statistics in its sidecar, and Jaccard overlaps."""
 from __future__ import annotations
 
+import numpy as np
+
 from bids_vlm.analysis.summaries import layer_jaccard, layer_table, polarity_curves
 from bids_vlm.derivatives.io import bids_name, desc_label, write_json, write_map, write_tsv
 
@@ -11,8 +13,34 @@ LAYER_COLUMNS = {
     "mean_bn_neg": "mean BN- count per AN (the polarity curve N(layer))",
     "mean_msi": "mean modality specificity index (v - l) / (v + l), v and l the shares of an "
                 "AN's BNs in the visual and language networks (ANs with BNs in either)",
+    "image_text_overlap": "Jaccard overlap of the voxels that are BNs of any image-stream AN "
+                          "and of any text-stream AN at this layer index",
 }
 JACCARD_MAX_ANS = 200
+
+
+def stream_overlap(table, entries, n_vox, layers):
+    """(rows of ``layers``,) Jaccard overlap between the voxels that are BNs of any image-stream
+    AN of a layer and those of any text-stream AN of the same layer index (n/a otherwise)."""
+    an_layer = table["layer"].to_numpy()[entries["an_index"].astype(int)]
+    an_stream = table["stream"].to_numpy()[entries["an_index"].astype(int)]
+    vox = entries["voxel_index"].astype(int)
+
+    def bn_map(stream, layer):
+        hit = np.zeros(n_vox, bool)
+        hit[vox[(an_stream == stream) & (an_layer == layer)]] = True
+        return hit
+
+    out = []
+    for layer in layers["layer"]:
+        present = set(table.stream[table.layer == layer])
+        if not {"image", "text"} <= present:
+            out.append(np.nan)
+            continue
+        a, b = bn_map("image", layer), bn_map("text", layer)
+        union = (a | b).sum()
+        out.append((a & b).sum() / union if union else 0.0)
+    return out
 
 
 def write_redundancy_maps(folder, ents, model, counts: dict, mask, side) -> list:
@@ -28,9 +56,14 @@ def write_redundancy_maps(folder, ents, model, counts: dict, mask, side) -> list
     return written
 
 
-def write_layer_summaries(folder, ents, model, table, entries, nets, n_vox, side, seed) -> list:
-    """``_layers.tsv`` (+ polarity statistics) and ``_jaccard.tsv`` of one model."""
+def write_layer_summaries(folder, ents, model, table, entries, nets, counts, side, seed) -> list:
+    """``_layers.tsv`` (+ polarity statistics) and ``_jaccard.tsv`` of one model.
+
+    counts: {stream: (V,) ANs of all layers per voxel}; its length gives the voxel count.
+    """
+    n_vox = len(next(iter(counts.values()))) if counts else 0
     layers = layer_table(table, nets)
+    layers["image_text_overlap"] = stream_overlap(table, entries, n_vox, layers)
     polarity = polarity_curves(table, seed=seed)
     path = folder / bids_name(dict(ents, desc=desc_label(model)), "layers", ".tsv")
     sidecar = {c: {"Description": d} for c, d in LAYER_COLUMNS.items()}

@@ -113,7 +113,7 @@ def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config)
         table["drives"] = nets["drives"]
         written += _networks_table(folder, ents, model, nets, side)
     written += write_redundancy_maps(folder, ents, model, counts, mask, side)
-    written += write_layer_summaries(folder, ents, model, table, merged, nets, len(ijk), side,
+    written += write_layer_summaries(folder, ents, model, table, merged, nets, counts, side,
                                      config.model.seed)
     written += _neuron_table(folder, ents, model, table, side)
     written.append(_sparse(folder, ents, model, table, entries, ijk, mask, side))
@@ -215,6 +215,7 @@ def network_table(table, entries, mask, unit, config):
     """(per-AN network table or None, a sentence for the sidecars saying what was done)."""
     from bids_vlm.analysis.networks import (ATLAS_SPACE, default_networks, enrichment, is_mni,
                                             network_masks)
+    from bids_vlm.analysis.summaries import modality_specificity
 
     space = unit.get("space")
     if not is_mni(space):
@@ -230,6 +231,7 @@ def network_table(table, entries, mask, unit, config):
             out[f"{key}_{name}"] = cols[key]
     out["drives"] = [";".join(n for n in res if res[n]["drives"][i]) or "n/a"
                      for i in range(len(table))]
+    out["msi"] = modality_specificity(out)
     return out, (f"atlases ({'; '.join(a.source for a in atlases)}) in {ATLAS_SPACE}, data in "
                  f"{space}; resampled to the data grid (nearest neighbour); hypergeometric "
                  f"enrichment per AN, BH across ANs, drives at q <= {config.stats.fdr_q}")
@@ -238,7 +240,10 @@ def network_table(table, entries, mask, unit, config):
 def _networks_table(folder, ents, model, nets, side):
     path = folder / bids_name(dict(ents, desc=desc_label(model)), "networks", ".tsv")
     sidecar = {"an_id": {"Description": NEURON_COLUMNS["an_id"]},
-               "drives": {"Description": "networks the AN drives (enrichment q <= FDR level)"}}
+               "drives": {"Description": "networks the AN drives (enrichment q <= FDR level)"},
+               "msi": {"Description": "modality specificity index (v - l) / (v + l), v and l "
+                                      "the shares of the AN's BNs in the Visual and Language "
+                                      "networks (n/a: no BN in either)"}}
     for col in nets.columns:
         key, _, net = col.partition("_")
         if key in ("n", "frac", "p", "q") and net:
