@@ -14,9 +14,11 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import h5py
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from scipy import sparse, stats
 
 from bids_vlm.derivatives import write_json, write_tsv
 from bids_vlm.errors import DataError
@@ -37,12 +39,34 @@ def group_maps(stack: np.ndarray, stat: str) -> dict:
     """
     if stat == "bncount":
         return {"meanbncount": stack.mean(0), "propbn": (stack > 0).mean(0)}
-    if stat in ("r", "encodingr"):
+    if stat == "r":
         z = np.arctanh(np.clip(stack, -0.999999, 0.999999))
-        return {f"mean{stat}": np.tanh(z.mean(0))}
+        return {"meanr": np.tanh(z.mean(0))}
+    if stat == "encodingr":
+        z = np.arctanh(np.clip(stack, -0.999999, 0.999999))
+        return {"meanencodingr": np.tanh(z.mean(0)), **one_sample(z)}
     if stat == "encodingr2":
         return {"meanencodingr2": stack.mean(0)}
     return {}
+
+
+def one_sample(z: np.ndarray) -> dict:
+    """One-sample t-test of participants' Fisher-z held-out r against 0 (one-sided, r > 0),
+    with Benjamini-Hochberg q across the voxels where every participant has a value.
+
+    z: (n_subjects, X, Y, Z). Returns {"encodingt", "encodingq"} (q = 1 outside those voxels),
+    or {} with fewer than 2 participants.
+    """
+    n = z.shape[0]
+    if n < 2:
+        return {}
+    valid = np.all(z != 0, axis=0)
+    sd = z.std(0, ddof=1)
+    t = np.divide(z.mean(0) * np.sqrt(n), sd, out=np.zeros(z.shape[1:]), where=sd > 0)
+    q = np.ones(z.shape[1:])
+    if valid.any():
+        q[valid] = stats.false_discovery_control(stats.t.sf(t[valid], n - 1))
+    return {"encodingt": t, "encodingq": q}
 
 
 def collect_maps(output_dir) -> dict:
@@ -95,6 +119,9 @@ _DESCRIPTIONS = {
     "meanr": "mean over participants of the best r (Fisher z average, back-transformed)",
     "meanencodingr": "mean over participants of the layer's held-out encoding r (Fisher z)",
     "meanencodingr2": "mean over participants of the layer's held-out encoding R^2",
+    "encodingt": "one-sample t (participants' Fisher-z held-out encoding r against 0)",
+    "encodingq": "Benjamini-Hochberg q (across voxels) of the one-sided one-sample test that "
+                 "the held-out encoding r is above 0",
 }
 
 
@@ -133,6 +160,10 @@ def combine_neuron_tables(output_dir) -> list[Path]:
             stream=("stream", "first"), layer=("layer", "first"), unit=("unit", "first"),
             mean_bn_pos=("n_bn_pos", "mean"), mean_bn_neg=("n_bn_neg", "mean"),
             n_participants_with_bn=("has_bn", "sum")).reset_index()
+        assoc = [p.with_name(p.name.replace("_neurons.tsv", "_association.h5")) for _, p in items]
+        consistency = an_consistency([a for a in assoc if a.is_file()])
+        if consistency is not None:
+            summary["consistency"] = summary["an_id"].map(consistency)
         path = Path(output_dir) / "group" / f"group_{rest}_desc-{desc}_neurons.tsv"
         written.append(write_tsv(path, summary))
         model = tables[0]["an_id"].iloc[0].split("/")[0] if len(tables[0]) else ""
@@ -140,5 +171,43 @@ def combine_neuron_tables(output_dir) -> list[Path]:
             "Model": model, "Participants": sorted({s for s, _ in items}),
             "mean_bn_pos": {"Description": "mean BN+ count over participants"},
             "mean_bn_neg": {"Description": "mean BN- count over participants"},
-            "n_participants_with_bn": {"Description": "participants where the AN has >= 1 BN"}}))
+            "n_participants_with_bn": {"Description": "participants where the AN has >= 1 BN"},
+            "consistency": {"Description": "mean Jaccard overlap of the AN's BN maps between "
+                                           "pairs of participants (on the common grid)"}}))
     return written
+
+
+def _bn_matrix(path):
+    """(an_ids, sparse (N, grid voxels) BN membership) from a participant's association.h5."""
+    with h5py.File(path, "r") as h5:
+        ids = h5["an_id"].asstr()[()]
+        shape = tuple(int(s) for s in h5.attrs["grid_shape"])
+        ijk = h5["voxel_ijk"][()]
+        flat = np.ravel_multi_index(tuple(ijk.T), shape) if len(ijk) else np.zeros(0, int)
+        an, vox = h5["an_index"][()].astype(int), h5["voxel_index"][()].astype(int)
+    member = sparse.csr_matrix((np.ones(len(an)), (an, flat[vox])),
+                               shape=(len(ids), int(np.prod(shape))))
+    member.data[:] = 1.0  # one entry per AN x voxel
+    return list(ids), member
+
+
+def an_consistency(paths) -> dict | None:
+    """{an_id: mean pairwise Jaccard of its BN maps across participants} (ANs without BNs in
+    both participants of a pair count 0 for it), or None with fewer than 2 participants."""
+    if len(paths) < 2:
+        return None
+    mats = [_bn_matrix(p) for p in paths]
+    ids = mats[0][0]
+    aligned = []
+    for other_ids, mat in mats:
+        order = [other_ids.index(i) for i in ids] if other_ids != ids else None
+        aligned.append(mat if order is None else mat[order])
+    total, pairs = np.zeros(len(ids)), 0
+    for a in range(len(aligned)):
+        for b in range(a + 1, len(aligned)):
+            inter = np.asarray(aligned[a].multiply(aligned[b]).sum(1)).ravel()
+            union = (np.asarray(aligned[a].sum(1)).ravel() + np.asarray(aligned[b].sum(1)).ravel()
+                     - inter)
+            total += np.divide(inter, union, out=np.zeros(len(ids)), where=union > 0)
+            pairs += 1
+    return dict(zip(ids, total / pairs))

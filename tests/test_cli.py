@@ -283,3 +283,15 @@ def test_layer_summaries_and_redundancy_maps(planted, planted_outputs):
     per_layer = sum(nib.load(func / f"{stem}Image{k:02d}_stat-bncount_statmap.nii.gz")
                     .get_fdata() for k in range(4))
     assert np.array_equal(total, per_layer) and total.reshape(-1)[:12].min() > 0
+
+
+def test_group_consistency_and_encoding_test(planted, planted_outputs):
+    group = planted_outputs["out"] / "group"
+    table = pd.read_csv(group / "group_task-view_space-MNI152NLin2009cAsym_desc-tinyclip_"
+                                "neurons.tsv", sep="\t").set_index("an_id")
+    assert table.loc["tiny-clip/image/02/7", "consistency"] > 0.7
+    assert table.loc["tiny-clip/image/02/7", "consistency"] > table.consistency.median()
+    stem = "group_task-view_space-MNI152NLin2009cAsym_desc-tinyclipImage02"
+    t = nib.load(group / f"{stem}_stat-encodingt_statmap.nii.gz").get_fdata().reshape(-1)
+    assert (t[:12] > 0).all()
+    assert (group / f"{stem}_stat-encodingq_statmap.nii.gz").is_file()

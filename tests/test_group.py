@@ -123,3 +123,41 @@ def test_combine_participants_includes_neuron_tables(tmp_path):
     _neurons(tmp_path, "01", [1, 0, 0], [0, 0, 0])
     written = combine_participants(tmp_path)
     assert (tmp_path / "group" / f"group_task-x_space-{SPACE}_desc-tinyclip_neurons.tsv") in written
+
+
+def test_one_sample_encoding_test_by_hand():
+    from scipy import stats as st
+
+    from bids_vlm.group import one_sample
+
+    z = np.zeros((3, 2, 1, 1))
+    z[:, 0, 0, 0] = [0.2, 0.3, 0.4]
+    z[:, 1, 0, 0] = [0.1, -0.1, 0.05]
+    out = one_sample(z)
+    t0 = 0.3 / (0.1 / np.sqrt(3))
+    assert out["encodingt"][0, 0, 0] == pytest.approx(t0)
+    p = st.t.sf([t0, out["encodingt"][1, 0, 0]], 2)
+    assert out["encodingq"][0, 0, 0] == pytest.approx(min(1, p[0] * 2))  # BH over 2 voxels
+    assert one_sample(z[:1]) == {}
+
+
+def test_an_consistency_by_hand(tmp_path):
+    import h5py
+
+    from bids_vlm.group import an_consistency
+
+    def write(path, ijk, an, vox):
+        with h5py.File(path, "w") as h5:
+            h5["an_id"] = np.array(["m/image/00/0", "m/image/00/1"], dtype=h5py.string_dtype())
+            h5["voxel_ijk"] = np.array(ijk)
+            h5["an_index"], h5["voxel_index"] = np.array(an), np.array(vox)
+            h5.attrs["grid_shape"] = [2, 2, 1]
+        return path
+
+    # participant 1: AN0 at grid voxels {(0,0),(0,1)}; participant 2 (another mask and voxel
+    # order): AN0 at {(0,1),(1,1)}, AN1 nowhere -> AN0: 1/3, AN1: 0
+    a = write(tmp_path / "a.h5", [[0, 0, 0], [0, 1, 0]], [0, 0], [0, 1])
+    b = write(tmp_path / "b.h5", [[1, 1, 0], [0, 1, 0]], [0, 0], [0, 1])
+    res = an_consistency([a, b])
+    assert res["m/image/00/0"] == pytest.approx(1 / 3) and res["m/image/00/1"] == 0.0
+    assert an_consistency([a]) is None
