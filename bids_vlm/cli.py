@@ -158,6 +158,12 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="memory for the association, e.g. 16 or 16GB; sets the block size "
                         "(overrides --block-size)")
 
+    g.add_argument("--paper-mode", action="store_true",
+                   help="also learn K sparse temporal atoms of each layer's AN time series, "
+                        "fit them to every voxel (t-maps, FDR) and report AN sub-groups")
+    g.add_argument("--n-atoms", type=_positive_int, default=64, help="atoms per layer (K)")
+    g.add_argument("--atom-alpha", type=_positive_float, default=0.2,
+                   help="L1 penalty of the atom loadings (AN time series scaled to unit norm)")
     g.add_argument("--no-encoding", action="store_true",
                    help="skip the layer-wise ridge encoding (held-out r and R^2 per layer)")
 
@@ -219,7 +225,9 @@ def config_from_options(opts):
         stats=StatsConfig(hrf_model=opts.hrf_model, fdr_q=opts.fdr_q,
                           autocorr=opts.autocorrelation_correction,
                           n_lags=opts.autocorrelation_lags or 0,
-                          block_size=opts.block_size, mem_gb=opts.mem, device=opts.device),
+                          block_size=opts.block_size, mem_gb=opts.mem, device=opts.device,
+                          paper_mode=opts.paper_mode, n_atoms=opts.n_atoms,
+                          atom_alpha=opts.atom_alpha),
         encoding=EncodingConfig(enabled=not opts.no_encoding),
         derivatives=tuple(str(d) for d in opts.derivatives))
 
@@ -236,9 +244,9 @@ def main(argv=None) -> int:
     _check_selection(parser, opts)
     _setup_logging(opts.verbose, opts.quiet)
     if opts.quiet:
-        # tqdm reads TQDM_DISABLE; the Nipype nodes inherit it. Progress display is not part of
-        # the configuration, so -q does not invalidate cached results.
-        os.environ["TQDM_DISABLE"] = "1"
+        from bids_vlm.progress import QUIET_ENV
+
+        os.environ[QUIET_ENV] = "1"  # see bids_vlm.progress
     try:
         from bids_vlm.runner import run_group, run_participant
 

@@ -68,6 +68,9 @@ class StatsConfig:
     n_lags: int = 0  # autocorrelation lags for "bartlett"; 0 = about sqrt(run length)
     block_size: int = 256  # ANs per block of the streamed association
     mem_gb: float = 0.0  # memory for the association; > 0 sets the block size from it
+    paper_mode: bool = False  # also run the dictionary-learning (atoms) analysis
+    n_atoms: int = 64
+    atom_alpha: float = 0.2
     device: str = "auto"
 
 

@@ -295,3 +295,22 @@ def test_group_consistency_and_encoding_test(planted, planted_outputs):
     t = nib.load(group / f"{stem}_stat-encodingt_statmap.nii.gz").get_fdata().reshape(-1)
     assert (t[:12] > 0).all()
     assert (group / f"{stem}_stat-encodingq_statmap.nii.gz").is_file()
+
+
+def test_paper_mode_outputs_and_quiet(planted, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli(planted.root, out, "participant", "--participant-label", "01", "--layers",
+                   "2", "--paper-mode", "--n-atoms", "8", "--no-encoding", "-q",
+                   "-w", tmp_path / "work")
+    assert "association" not in proc.stderr and "batch/s" not in proc.stderr  # -q: no bars
+    func = out / "sub-01" / "func"
+    table = pd.read_csv(next(func.glob("*_desc-tinyclip_atoms.tsv")), sep="\t")
+    assert len(table) == 16 and set(table.stream) == {"image", "text"}
+    assert table.n_ans.between(1, 256).all() and table.top_ans.str.startswith("tiny-clip/").all()
+    tmap = nib.load(func / "sub-01_task-view_space-MNI152NLin2009cAsym_desc-tinyclipText02_"
+                           "stat-atomt_statmap.nii.gz")
+    assert tmap.shape == (6, 6, 6, 8)
+    side = json.loads(next(func.glob("*_desc-tinyclip_atoms.json")).read_text())
+    assert "MiniBatchDictionaryLearning" in side["PaperMode"]
+    with h5py.File(next(func.glob("*_desc-tinyclip_atoms.h5"))) as h5:
+        assert list(h5["text__02__shape"][()]) == [256, 8, 400]  # 2 runs x 200 samples

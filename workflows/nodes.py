@@ -236,8 +236,57 @@ def encode_node(regressors_file, cleaned_files, config_json):
     return path
 
 
-def outputs_node(association_files, encoding_files, mask_file, unit_json, output_dir, bids_dir,
-                 config_json):
+def atoms_node(timelines_file, activations_file, runs_json, cleaned_files, config_json):
+    """Paper mode: atoms of every layer's AN time series, their HRF regressors fitted to every
+    voxel -> ``atoms.h5`` (a group per layer: atoms, loadings, t, q; attribute df)."""
+    import json
+    import os
+
+    import h5py
+    import numpy as np
+
+    from bids_vlm.bids import run_from_dict
+    from bids_vlm.config import from_json
+    from bids_vlm.encoding.atoms import atom_glm, learn_atoms
+    from bids_vlm.regressors import (convolution_matrix, frame_times, make_regressors,
+                                     sample_activations)
+    from bids_vlm.stimuli import Timeline
+
+    config = from_json(config_json)
+    timelines = json.loads(open(timelines_file).read())
+    runs = [run_from_dict(d) for d in json.loads(runs_json)]
+    tls = [Timeline.from_dict(timelines[r.label]) for r in runs]
+    matrices = [convolution_matrix(tl.times, tl.dt, frame_times(r.n_scans, r.tr),
+                                   config.stats.hrf_model, config.stats.oversampling)
+                for tl, r in zip(tls, runs)]
+    voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
+    edges = np.cumsum([0] + [len(tl.times) for tl in tls])
+    path = os.path.abspath("atoms.h5")
+    with h5py.File(activations_file, "r") as acts, h5py.File(path, "w") as out:
+        out.attrs["model"] = acts.attrs["model"]
+        for stream in ("image", "text"):
+            if stream not in acts:
+                continue
+            index = {k: i for i, k in enumerate(acts[f"items/{stream}"].asstr()[()])}
+            for layer in acts[stream]:
+                table = acts[f"{stream}/{layer}"][()]
+                keys = "images" if stream == "image" else "texts"
+                samples = np.concatenate([sample_activations(getattr(tl, keys), table, index)
+                                          for tl in tls])
+                atoms, loadings = learn_atoms(samples, config.stats.n_atoms,
+                                              config.stats.atom_alpha, config.model.seed)
+                regs = np.concatenate([make_regressors(m, atoms[a:b]) for m, a, b
+                                       in zip(matrices, edges[:-1], edges[1:])])
+                t, q, df = atom_glm(regs, voxels)
+                for name, value in (("atoms", atoms), ("loadings", loadings), ("t", t),
+                                    ("q", q)):
+                    out[f"{stream}/{layer}/{name}"] = value
+                out.attrs["df"] = df
+    return path
+
+
+def outputs_node(association_files, encoding_files, atom_files, mask_file, unit_json, output_dir,
+                 bids_dir, config_json):
     """Write the participant's derivatives for one analysis unit; returns the written paths."""
     import json
 
@@ -247,7 +296,7 @@ def outputs_node(association_files, encoding_files, mask_file, unit_json, output
     unit = json.loads(unit_json)
     return [str(p) for p in write_unit_outputs(association_files, encoding_files, mask_file,
                                                unit, output_dir, bids_dir,
-                                               from_json(config_json))]
+                                               from_json(config_json), atom_files or [])]
 
 
 def report_node(written, output_dir, subject, config_json):

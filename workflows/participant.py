@@ -99,6 +99,8 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
     models = json.loads(cfg)["model"]["models"]
     merge = pe.Node(Merge(len(models)), name=f"associations_{tag}")
     merge_enc = pe.Node(Merge(len(models)), name=f"encodings_{tag}")
+    paper = json.loads(cfg)["stats"]["paper_mode"]
+    merge_atoms = pe.Node(Merge(len(models)), name=f"atoms_{tag}") if paper else None
     for i, model in enumerate(models, start=1):
         mtag = f"{tag}_{model.replace('-', '_')}"
         extract = _function_node(nodes.extract_node, f"extract_{mtag}",
@@ -117,6 +119,15 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
         wf.connect([(regs, encode, [("out", "regressors_file")]),
                     (clean, encode, [("out", "cleaned_files")]),
                     (encode, merge_enc, [("out", f"in{i}")])])
+        if paper:
+            atoms = _function_node(nodes.atoms_node, f"atoms_{mtag}",
+                                   {"timelines_file": None, "activations_file": None,
+                                    "runs_json": runs_json, "cleaned_files": None,
+                                    "config_json": cfg})
+            wf.connect([(timelines, atoms, [("out", "timelines_file")]),
+                        (extract, atoms, [("out", "activations_file")]),
+                        (clean, atoms, [("out", "cleaned_files")]),
+                        (atoms, merge_atoms, [("out", f"in{i}")])])
         wf.connect([(timelines, extract, [("out", "timelines_file")]),
                     (timelines, regs, [("out", "timelines_file")]),
                     (extract, regs, [("out", "activations_file")]),
@@ -126,11 +137,12 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
     unit_json = json.dumps({k: v for k, v in unit.items() if k != "runs"})
     outputs = _function_node(nodes.outputs_node, f"outputs_{tag}",
                              {"association_files": None, "encoding_files": None,
-                              "mask_file": None,
+                              "atom_files": [] if not paper else None, "mask_file": None,
                               "unit_json": unit_json, "output_dir": str(output_dir),
                               "bids_dir": str(bids_dir), "config_json": cfg})
     outputs.overwrite = True  # it writes outside the work dir: never trust a cached result
     wf.connect([(merge, outputs, [("out", "association_files")]),
                 (merge_enc, outputs, [("out", "encoding_files")]),
+                *([(merge_atoms, outputs, [("out", "atom_files")])] if paper else []),
                 (mask, outputs, [("out", "mask_file")])])
     return outputs

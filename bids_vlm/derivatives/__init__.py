@@ -16,7 +16,12 @@ from bids_vlm.derivatives.io import (
                                      write_sparse,
                                      write_tsv,
 )
-from bids_vlm.derivatives.unit import NEURON_COLUMNS, func_dir, unit_entities, write_unit_outputs
+from bids_vlm.derivatives.unit import (
+                                     NEURON_COLUMNS,
+                                     func_dir,
+                                     unit_entities,
+                                     write_unit_outputs,
+)
 
 __all__ = ["BIDSIGNORE", "ENTITY_ORDER", "NEURON_COLUMNS", "atomic_path", "bids_name",
            "dataset_description", "desc_label", "func_dir", "init_output", "unit_entities",

@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from bids_vlm.encoding.ridge import preferred_layer
 from bids_vlm.derivatives.io import (
     bids_name,
     desc_label,
@@ -18,6 +17,7 @@ from bids_vlm.derivatives.io import (
     write_sparse,
     write_tsv,
 )
+from bids_vlm.encoding.ridge import preferred_layer
 
 AN_DEFINITIONS = {
     "ffn": "ffn: hidden units of each layer's feed-forward block after the nonlinearity",
@@ -69,7 +69,7 @@ def common_sidecar(unit: dict, attrs: dict, config) -> dict:
 
 
 def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict, output_dir,
-                       bids_dir, config) -> list:
+                       bids_dir, config, atom_files=()) -> list:
     """Maps, neuron tables, sparse associations and encoding maps of one analysis unit."""
     mask = nib.load(mask_file)
     ijk = np.argwhere(np.asarray(mask.dataobj) > 0)  # (V, 3), the order of masking.apply_mask
@@ -80,13 +80,20 @@ def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict,
         written += write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config)
     for enc_file in encoding_files:
         written += write_encoding_outputs(enc_file, folder, ents, mask, unit, config)
+    for atom_file in atom_files:
+        from bids_vlm.derivatives.atoms import write_atom_outputs
+
+        written += write_atom_outputs(atom_file, folder, ents, mask, ijk, unit, config)
     return written
 
 
 def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config) -> list:
     """One model's per-layer maps, per-stream redundancy maps, neuron, network and layer
     tables, and sparse significant entries."""
-    from bids_vlm.derivatives.summaries import write_layer_summaries, write_redundancy_maps
+    from bids_vlm.derivatives.summaries import (
+        write_layer_summaries,
+        write_redundancy_maps,
+    )
 
     written, rows = [], []
     entries = {"an_index": [], "voxel_index": [], "r": [], "z": [], "p": []}
@@ -213,8 +220,13 @@ def _neuron_rows(model, stream, layer, grp, ijk, kind):
 
 def network_table(table, entries, mask, unit, config):
     """(per-AN network table or None, a sentence for the sidecars saying what was done)."""
-    from bids_vlm.analysis.networks import (ATLAS_SPACE, default_networks, enrichment, is_mni,
-                                            network_masks)
+    from bids_vlm.analysis.networks import (
+        ATLAS_SPACE,
+        default_networks,
+        enrichment,
+        is_mni,
+        network_masks,
+    )
     from bids_vlm.analysis.summaries import modality_specificity
 
     space = unit.get("space")

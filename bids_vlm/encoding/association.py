@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from bids_vlm.encoding.autocorr import BartlettCorrection
 from bids_vlm.encoding.fdr import bh_select, bh_z_thresholds, p_from_z
+from bids_vlm.progress import progress as progress_bar
 
 AUTOCORR_METHODS = ("bartlett", "none")
 TILE = 2048  # voxels per tile on the CPU (a tile's statistics stay in cache)
@@ -129,7 +129,7 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     acc = _Accumulator(n_an, y.shape[1], dev)
     # |z| <= atanh|r| sqrt(T - 3) as T_eff <= T: below r0 no entry reaches min(zcrit)
     r0 = math.tanh(float(zcrit[-1]) / math.sqrt(n_frames - 3))
-    for start in tqdm(range(0, n_an, block_size), disable=not progress, desc=desc, unit="block"):
+    for start in progress_bar(range(0, n_an, block_size), progress, desc=desc, unit="block"):
         xb = xt[start:start + block_size].to(dev)
         acf_b = bartlett.for_block(xb.T) if bartlett is not None else None
         rows, cols, r_c, fac_c = _scan_tiles(xb, y, r0, acc, start, bartlett, acf_b,

@@ -11,12 +11,17 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from bids_vlm.config import ModelConfig
 from bids_vlm.models import openclip
-from bids_vlm.models.base import (an_id, query_key_product, recording, resolve_device,
-                                  to_numpy)
+from bids_vlm.models.base import (
+    an_id,
+    query_key_product,
+    recording,
+    resolve_device,
+    to_numpy,
+)
+from bids_vlm.progress import progress as progress_bar
 
 LOGGER = logging.getLogger("bids_vlm.models")
 
@@ -98,7 +103,7 @@ def extract(model, items_by_stream: dict, config: ModelConfig, progress=True) ->
             continue
         layers = select_layers(model.streams[stream].n_layers, config.layers)
         chunks = {layer: [] for layer in layers}
-        for start in tqdm(range(0, len(items), config.batch_size), disable=not progress,
+        for start in progress_bar(range(0, len(items), config.batch_size), progress,
                           desc=f"{model.name} {stream}", unit="batch"):
             batch = items[start:start + config.batch_size]
             for layer, acts in _run_batch(model, stream, batch, layers, config, device).items():
