@@ -141,7 +141,11 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="pooling of each AN over tokens")
 
     g = parser.add_argument_group("BOLD and statistics")
-    g.add_argument("--hrf-model", choices=["spm", "glover"], default="spm")
+    g.add_argument("--hrf-model", choices=["spm", "glover", "fir"], default="spm",
+                   help="fir: delayed copies instead of an HRF (--fir-delays); association uses "
+                        "their mean, the ridge encoding all of them as features")
+    g.add_argument("--fir-delays", nargs="+", type=int, default=[1, 2, 3, 4],
+                   help="FIR delays in frames (with --hrf-model fir)")
     g.add_argument("--high-pass", type=_positive_float, default=1.0 / 128,
                    help="high-pass cut-off in Hz")
     g.add_argument("--smoothing-fwhm", type=float, default=0.0, help="smoothing in mm")
@@ -223,6 +227,7 @@ def config_from_options(opts):
                           model_dir=opts.model_dir, seed=opts.seed),
         bold=BoldConfig(high_pass=opts.high_pass, smoothing_fwhm=opts.smoothing_fwhm),
         stats=StatsConfig(hrf_model=opts.hrf_model, fdr_q=opts.fdr_q,
+                          fir_delays=tuple(opts.fir_delays) if opts.hrf_model == "fir" else (),
                           autocorr=opts.autocorrelation_correction,
                           n_lags=opts.autocorrelation_lags or 0,
                           block_size=opts.block_size, mem_gb=opts.mem, device=opts.device,

@@ -62,6 +62,7 @@ class StatsConfig:
     """Regressors and AN-to-BN association (METHOD.md sections 4 and 6)."""
 
     hrf_model: str = "spm"
+    fir_delays: tuple = ()  # frames, for hrf_model "fir"
     oversampling: int = 16
     fdr_q: float = 0.05
     autocorr: str = "bartlett"  # "bartlett" (effective frames) or "none" (independent frames)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from nilearn.glm.first_level import compute_regressor
 
-HRF_MODELS = ("spm", "glover")
+HRF_MODELS = ("spm", "glover", "fir")
 
 
 def frame_times(n_scans: int, tr: float) -> np.ndarray:
@@ -19,21 +19,29 @@ def frame_times(n_scans: int, tr: float) -> np.ndarray:
     return np.arange(n_scans) * float(tr)
 
 
-def convolution_matrix(sample_times, dt, frames, hrf_model="spm", oversampling=16):
-    """M: (n_frames, n_samples), the response at each frame to a unit sample of ``dt`` seconds.
+def convolution_matrix(sample_times, dt, frames, hrf_model="spm", oversampling=16,
+                       fir_delays=()):
+    """M: (n_frames, n_samples), the response at each frame to a unit sample of ``dt`` seconds;
+    for ``hrf_model="fir"``, (n_delays, n_frames, n_samples), one matrix per delay (in frames).
 
     sample_times: (n_samples,) sample onsets in seconds; frames: (n_frames,) frame times.
     """
     if hrf_model not in HRF_MODELS:
         raise ValueError(f"hrf_model must be one of {HRF_MODELS}, not '{hrf_model}'")
+    if hrf_model == "fir" and not fir_delays:
+        raise ValueError("hrf_model 'fir' needs fir_delays (in frames), e.g. (1, 2, 3, 4)")
+    delays = [int(d) for d in fir_delays] if hrf_model == "fir" else None
     columns = []
     for onset in np.asarray(sample_times, float):
         condition = np.array([[onset], [dt], [1.0]])
-        reg, _ = compute_regressor(condition, hrf_model, frames, oversampling=oversampling)
-        columns.append(reg[:, 0])
+        reg, _ = compute_regressor(condition, hrf_model, frames, oversampling=oversampling,
+                                   fir_delays=delays)
+        columns.append(reg)
     if not columns:
-        return np.zeros((len(frames), 0))
-    return np.stack(columns, axis=1)
+        shape = (len(frames), 0) if delays is None else (len(delays), len(frames), 0)
+        return np.zeros(shape)
+    stacked = np.stack(columns, axis=-1)  # (n_frames, n_columns, n_samples)
+    return stacked[:, 0] if delays is None else np.moveaxis(stacked, 1, 0)
 
 
 def sample_activations(keys, table: np.ndarray, index: dict) -> np.ndarray:
@@ -60,7 +68,19 @@ def zscore(x: np.ndarray) -> np.ndarray:
 def make_regressors(matrix: np.ndarray, activations: np.ndarray) -> np.ndarray:
     """Regressors of one run, z-scored: (n_frames, n_an) = zscore(matrix @ activations).
 
-    matrix: (n_frames, n_samples) from :func:`convolution_matrix`;
-    activations: (n_samples, n_an) from :func:`sample_activations`.
+    matrix: (n_frames, n_samples) from :func:`convolution_matrix`, or (n_delays, n_frames,
+    n_samples) for FIR, whose single regressor per AN is the mean of its delayed responses (the
+    response in a window of frames); activations: (n_samples, n_an) from
+    :func:`sample_activations`.
     """
+    if matrix.ndim == 3:
+        matrix = matrix.mean(0)
     return zscore(matrix.astype(np.float64) @ activations.astype(np.float64)).astype(np.float32)
+
+
+def make_delayed_regressors(matrix: np.ndarray, activations: np.ndarray) -> np.ndarray:
+    """FIR features of one run for encoding models: (n_frames, n_delays * n_an), each delay's
+    copy z-scored (delay-major columns). matrix: (n_delays, n_frames, n_samples)."""
+    acts = activations.astype(np.float64)
+    return np.concatenate([zscore(m.astype(np.float64) @ acts) for m in matrix],
+                          axis=1).astype(np.float32)

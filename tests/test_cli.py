@@ -314,3 +314,17 @@ def test_paper_mode_outputs_and_quiet(planted, tmp_path):
     assert "MiniBatchDictionaryLearning" in side["PaperMode"]
     with h5py.File(next(func.glob("*_desc-tinyclip_atoms.h5"))) as h5:
         assert list(h5["text__02__shape"][()]) == [256, 8, 400]  # 2 runs x 200 samples
+
+
+def test_fir_delays(planted, tmp_path):
+    out = tmp_path / "out"
+    run_cli(planted.root, out, "participant", "--participant-label", "01", "--layers", "2",
+            "--hrf-model", "fir", "--fir-delays", "2", "3", "4", "-q", "-w", tmp_path / "work")
+    func = out / "sub-01" / "func"
+    ids = _entries(out, "01")
+    found = set(ids[2][ids[1] == ids[0].index("tiny-clip/image/02/7")])
+    assert len(found & set(range(12))) >= 9  # planted voxels found with a 4-8 s FIR window
+    side = json.loads(next(func.glob("*Image02_stat-encodingr_statmap.json")).read_text())
+    assert side["HRFModel"] == "fir"
+    enc = nib.load(next(func.glob("*Image02_stat-encodingr_statmap.nii.gz"))).get_fdata()
+    assert enc.reshape(-1)[:12].mean() > 0.3

@@ -83,3 +83,26 @@ def test_bad_hrf_model():
 
 def test_empty_timeline_gives_empty_matrix():
     assert convolution_matrix([], 1.0, frame_times(5, 2.0)).shape == (5, 0)
+
+
+def test_fir_matrices_match_nilearn_and_feed_association_and_encoding():
+    from nilearn.glm.first_level import compute_regressor
+
+    from bids_vlm.regressors import make_delayed_regressors
+
+    frames = frame_times(60, 2.0)
+    times = np.arange(120) * 1.0
+    mats = convolution_matrix(times, 1.0, frames, "fir", fir_delays=(1, 2, 3))
+    assert mats.shape == (3, 60, 120)
+    acts = np.random.default_rng(0).standard_normal((120, 2))
+    ref, _ = compute_regressor(np.vstack([times, np.ones(120), acts[:, 1]]), "fir", frames,
+                               oversampling=16, fir_delays=[1, 2, 3])
+    np.testing.assert_allclose(np.stack([m @ acts[:, 1] for m in mats], axis=1), ref,
+                               atol=1e-10)
+    single = make_regressors(mats, acts)  # association: the mean of the delayed responses
+    np.testing.assert_allclose(single, zscore(mats.mean(0) @ acts), atol=1e-5)
+    delayed = make_delayed_regressors(mats, acts)
+    assert delayed.shape == (60, 6)
+    np.testing.assert_allclose(delayed[:, 2:4], zscore(mats[1] @ acts), atol=1e-5)
+    with pytest.raises(ValueError, match="fir_delays"):
+        convolution_matrix(times, 1.0, frames, "fir")

@@ -121,6 +121,7 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
     from bids_vlm.regressors import (
         convolution_matrix,
         frame_times,
+        make_delayed_regressors,
         make_regressors,
         sample_activations,
     )
@@ -137,7 +138,8 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
         for run in runs:
             tl = Timeline.from_dict(timelines[run.label])
             matrix = convolution_matrix(tl.times, tl.dt, frame_times(run.n_scans, run.tr),
-                                        config.stats.hrf_model, config.stats.oversampling)
+                                        config.stats.hrf_model, config.stats.oversampling,
+                                        config.stats.fir_delays)
             per_run.append((tl, matrix))
         for stream in ("image", "text"):
             if stream not in acts:
@@ -145,10 +147,13 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
             for layer in acts[stream]:
                 table = acts[f"{stream}/{layer}"][()]
                 keys = "images" if stream == "image" else "texts"
-                blocks = [make_regressors(m, sample_activations(getattr(tl, keys), table,
-                                                                index[stream]))
-                          for tl, m in per_run]
-                out[f"{stream}/{layer}"] = np.concatenate(blocks, axis=0)
+                samples = [sample_activations(getattr(tl, keys), table, index[stream])
+                           for tl, _ in per_run]
+                out[f"{stream}/{layer}"] = np.concatenate(
+                    [make_regressors(m, s) for (_, m), s in zip(per_run, samples)], axis=0)
+                if config.stats.hrf_model == "fir":  # delayed copies for the encoding models
+                    out[f"delayed/{stream}/{layer}"] = np.concatenate(
+                        [make_delayed_regressors(m, s) for (_, m), s in zip(per_run, samples)])
         out.attrs["model"] = acts.attrs["model"]
         out.attrs["run_lengths"] = [r.n_scans for r in runs]
     return path
@@ -177,7 +182,7 @@ def associate_node(regressors_file, cleaned_files, config_json):
         out.attrs["method"] = method_description(stats.autocorr, stats.n_lags or None)
         out.attrs["fdr_q"] = stats.fdr_q
         run_lengths = [int(n) for n in regs.attrs["run_lengths"]]
-        for stream in regs:
+        for stream in (s for s in regs if s != "delayed"):
             for layer in regs[stream]:
                 key = f"{stream}/{layer}"
                 x = regs[key][()]
@@ -226,9 +231,11 @@ def encode_node(regressors_file, cleaned_files, config_json):
         voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
         backend = "torch_cuda" if resolve_device(config.stats.device).type == "cuda" else "torch"
         out.attrs["method"] = method_description(config.encoding.alphas)
-        for stream in regs:
+        for stream in (s for s in regs if s != "delayed"):
             for layer in regs[stream]:
-                res = encode_layer(regs[f"{stream}/{layer}"][()], voxels, run_lengths,
+                key = f"{stream}/{layer}"
+                features = regs[f"delayed/{key}"] if f"delayed/{key}" in regs else regs[key]
+                res = encode_layer(features[()], voxels, run_lengths,
                                    alphas=np.asarray(config.encoding.alphas), backend=backend,
                                    max_inner_folds=config.encoding.max_inner_folds)
                 for field in ("r", "r2", "alpha"):
@@ -257,7 +264,8 @@ def atoms_node(timelines_file, activations_file, runs_json, cleaned_files, confi
     runs = [run_from_dict(d) for d in json.loads(runs_json)]
     tls = [Timeline.from_dict(timelines[r.label]) for r in runs]
     matrices = [convolution_matrix(tl.times, tl.dt, frame_times(r.n_scans, r.tr),
-                                   config.stats.hrf_model, config.stats.oversampling)
+                                   config.stats.hrf_model, config.stats.oversampling,
+                                   config.stats.fir_delays)
                 for tl, r in zip(tls, runs)]
     voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
     edges = np.cumsum([0] + [len(tl.times) for tl in tls])
