@@ -328,3 +328,14 @@ def test_fir_delays(planted, tmp_path):
     assert side["HRFModel"] == "fir"
     enc = nib.load(next(func.glob("*Image02_stat-encodingr_statmap.nii.gz"))).get_fdata()
     assert enc.reshape(-1)[:12].mean() > 0.3
+
+
+def test_banded_encoding_outputs(planted, planted_outputs):
+    func = planted_outputs["out"] / "sub-01" / "func"
+    stem = "sub-01_task-view_space-MNI152NLin2009cAsym_desc-tinyclipBanded02"
+    image = nib.load(func / f"{stem}_stat-splitr2image_statmap.nii.gz").get_fdata().reshape(-1)
+    text = nib.load(func / f"{stem}_stat-splitr2text_statmap.nii.gz").get_fdata().reshape(-1)
+    assert image[:12].mean() > 0.05 and image[:12].mean() > 3 * abs(text[:12].mean())
+    assert text[12:24].mean() > 0.05 and text[12:24].mean() > 3 * abs(image[12:24].mean())
+    table = pd.read_csv(next(func.glob("*_desc-tinyclip_bandedencoding.tsv")), sep="\t")
+    assert list(table.layer) == [0, 1, 2, 3]

@@ -240,7 +240,33 @@ def encode_node(regressors_file, cleaned_files, config_json):
                                    max_inner_folds=config.encoding.max_inner_folds)
                 for field in ("r", "r2", "alpha"):
                     out[f"{stream}/{layer}/{field}"] = getattr(res, field)
+        if config.encoding.banded:
+            from workflows.nodes import _banded  # Function nodes run this function's source
+
+            _banded(regs, voxels, run_lengths, config, backend, out)
     return path
+
+
+def _banded(regs, voxels, run_lengths, config, backend, out):
+    """Banded ridge across the streams at every layer index they share -> ``banded/<layer>``."""
+    import numpy as np
+
+    from bids_vlm.encoding.ridge import encode_banded
+
+    streams = [s for s in regs if s != "delayed"]
+    shared = sorted(set.intersection(*(set(regs[s]) for s in streams))) if streams else []
+    if len(streams) < 2:
+        return
+    for layer in shared:
+        bands = {s: regs[f"delayed/{s}/{layer}" if "delayed" in regs else f"{s}/{layer}"][()]
+                 for s in streams}
+        res = encode_banded(bands, voxels, run_lengths, alphas=np.asarray(config.encoding.alphas),
+                            backend=backend, n_iter=config.encoding.banded_iterations,
+                            max_inner_folds=config.encoding.max_inner_folds,
+                            seed=config.model.seed)
+        out[f"banded/{layer}/r"], out[f"banded/{layer}/r2"] = res.r, res.r2
+        for name, value in res.split_r2.items():
+            out[f"banded/{layer}/split_{name}"] = value
 
 
 def atoms_node(timelines_file, activations_file, runs_json, cleaned_files, config_json):

@@ -27,6 +27,7 @@ BIDSIGNORE = ("*_statmap.nii.gz\n*_statmap.json\n*_neurons.tsv\n*_neurons.json\n
               "*_encoding.tsv\n*_encoding.json\n*_networks.tsv\n*_networks.json\n"
               "*_layers.tsv\n*_layers.json\n*_jaccard.tsv\n*_jaccard.json\n"
               "*_atoms.tsv\n*_atoms.json\n*_atoms.h5\n"
+              "*_bandedencoding.tsv\n*_bandedencoding.json\n"
               "*_association.h5\n*_association.json\n*.html\n*/figures/\nfigures/\nlogs/\n")
 
 

@@ -149,7 +149,7 @@ def write_encoding_outputs(enc_file, folder, ents, mask, unit, config) -> list:
                 "HRFModel": config.stats.hrf_model, "EncodingMethod": str(h5.attrs["method"]),
                 "Model": model}
         written, rows = [], []
-        for stream in h5:
+        for stream in (s for s in h5 if s != "banded"):
             layers = sorted(int(k) for k in h5[stream])
             scores = np.stack([h5[f"{stream}/{k:02d}/r"][()] for k in layers])
             best = preferred_layer(scores, layers)
@@ -166,11 +166,42 @@ def write_encoding_outputs(enc_file, folder, ents, mask, unit, config) -> list:
                 side, Stream=stream, Units="layer index",
                 Description="layer whose held-out encoding r is highest at the voxel "
                             "(-1 where no layer has r > 0)")))
+        if "banded" in h5:
+            written += _banded_outputs(h5["banded"], folder, ents, model, mask, side)
     table = folder / bids_name(dict(ents, desc=desc_label(model)), "encoding", ".tsv")
     sidecar = {c: {"Description": d} for c, d in ENCODING_COLUMNS.items()}
     sidecar.update(side)
     return written + [write_tsv(table, pd.DataFrame(rows)),
                       write_json(table.with_suffix(".json"), sidecar)]
+
+
+def _banded_outputs(group, folder, ents, model, mask, side):
+    """Per shared layer index: joint held-out r / R^2 and each stream's share of R^2."""
+    written, rows = [], []
+    for layer in sorted(group):
+        grp = group[layer]
+        desc = desc_label(model, "banded", int(layer))
+        meta = dict(side, Layer=int(layer), Streams=[k[6:] for k in grp if k.startswith("split_")])
+        for stat, key, text in [("encodingr", "r", "held-out r of the banded ridge model"),
+                                ("encodingr2", "r2", "held-out R^2 of the banded ridge model")]:
+            written.append(write_map(folder / bids_name(dict(ents, desc=desc, stat=stat),
+                                                        "statmap", ".nii.gz"),
+                                     grp[key][()], mask, dict(meta, Description=text)))
+        row = {"layer": int(layer), "median_r2": float(np.median(grp["r2"][()]))}
+        for key in (k for k in grp if k.startswith("split_")):
+            stream = key[len("split_"):]
+            written.append(write_map(
+                folder / bids_name(dict(ents, desc=desc, stat=f"splitr2{stream}"), "statmap",
+                                   ".nii.gz"), grp[key][()], mask,
+                dict(meta, Stream=stream, Description=f"share of the banded model's held-out "
+                                                      f"R^2 explained by the {stream} stream")))
+            row[f"median_split_r2_{stream}"] = float(np.median(grp[key][()]))
+        rows.append(row)
+    table = folder / bids_name(dict(ents, desc=desc_label(model)), "bandedencoding", ".tsv")
+    return written + [write_tsv(table, pd.DataFrame(rows)),
+                      write_json(table.with_suffix(".json"), dict(side, Description=(
+                          "banded ridge across streams (himalaya GroupRidgeCV) at each layer "
+                          "index: median held-out R^2 and each stream's median share")))]
 
 
 def _encoding_maps(folder, ents, model, stream, layer, scores, mask, side):
