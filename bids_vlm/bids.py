@@ -163,8 +163,9 @@ def _run_spec(layout, bold, space: str) -> RunSpec | None:
     preproc = _match_derivative(layout, ents, suffix="bold", desc="preproc", space=space)
     image = preproc.path if preproc else bold.path
     chosen_space = preproc.get_entities().get("space") if preproc else None
+    # raw BOLD: only a mask without a space entity (in the BOLD's own space) will do
     mask = _match_derivative(layout, ents, suffix="mask", desc="brain", space=space,
-                             want_space=chosen_space if preproc else None)
+                             want_space=chosen_space if preproc else _NO_SPACE)
     confounds = (_match_derivative(layout, ents, suffix="timeseries", desc="confounds",
                                    extension=".tsv")
                  or _match_derivative(layout, ents, suffix="regressors", desc="confounds",
@@ -176,13 +177,29 @@ def _run_spec(layout, bold, space: str) -> RunSpec | None:
         mask=mask.path if mask else None, confounds=confounds.path if confounds else None,
         space=chosen_space, preprocessed=preproc is not None,
         fingerprint=_fingerprint(image, events, mask and mask.path,
-                                 confounds and confounds.path))
+                                 confounds and confounds.path,
+                                 *_stimulus_files(events, layout.root)))
+
+
+def _stimulus_files(events, root) -> list:
+    """The existing files an events.tsv names in ``stim_file`` (for the fingerprint)."""
+    import pandas as pd
+
+    try:
+        names = pd.read_csv(events, sep="\t", dtype=str, usecols=["stim_file"])["stim_file"]
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError):
+        return []
+    paths = {Path(root) / "stimuli" / n.strip() for n in names.dropna() if n.strip()}
+    return sorted(str(p) for p in paths if p.is_file())
 
 
 def _fingerprint(*paths) -> str:
     """Hash of the size and modification time of the given files."""
     stats = [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths if p]
     return hashlib.sha1(repr(stats).encode()).hexdigest()[:16]
+
+
+_NO_SPACE = object()
 
 
 def _match_derivative(layout, ents, suffix, desc, space="", want_space=None,
@@ -198,7 +215,9 @@ def _match_derivative(layout, ents, suffix, desc, space="", want_space=None,
         c_ents = cand.get_entities()
         if any(k in c_ents and str(c_ents[k]) != str(ents.get(k)) for k in RUN_ENTITIES):
             continue
-        if want_space is not None and c_ents.get("space") != want_space:
+        if want_space is _NO_SPACE and "space" in c_ents:
+            continue
+        if want_space not in (None, _NO_SPACE) and c_ents.get("space") != want_space:
             continue
         score = sum(k in c_ents for k in RUN_ENTITIES)
         scored.append((score, -_space_rank(c_ents.get("space"), space), cand.path, cand))

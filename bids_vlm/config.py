@@ -96,6 +96,7 @@ class AnalysisConfig:
     stats: StatsConfig = field(default_factory=StatsConfig)
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     derivatives: tuple = ()  # paths to preprocessed-derivative datasets (e.g. fMRIPrep)
+    fingerprint: str = ""  # of the input files of an analysis unit (a change reruns its nodes)
 
 
 _SECTIONS = {

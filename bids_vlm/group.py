@@ -105,8 +105,12 @@ def combine_participants(output_dir) -> list[Path]:
                                             "FDRLevel", "HRFModel", "BOLDInput") if k in sidecar}
             side.update(Participants=sorted(by_subject), Statistic=name,
                         Description=_DESCRIPTIONS[name])
-            nib.save(nib.Nifti1Image(data.astype(np.float32), imgs[0].affine), _tmp(path))
-            Path(_tmp(path)).replace(path)
+            staged = _tmp(path)
+            try:
+                nib.save(nib.Nifti1Image(data.astype(np.float32), imgs[0].affine), staged)
+                Path(staged).replace(path)
+            finally:
+                Path(staged).unlink(missing_ok=True)
             write_json(str(path).replace(".nii.gz", ".json"), side)
             written.append(path)
     written += combine_neuron_tables(output_dir)
@@ -160,8 +164,11 @@ def combine_neuron_tables(output_dir) -> list[Path]:
             stream=("stream", "first"), layer=("layer", "first"), unit=("unit", "first"),
             mean_bn_pos=("n_bn_pos", "mean"), mean_bn_neg=("n_bn_neg", "mean"),
             n_participants_with_bn=("has_bn", "sum")).reset_index()
-        assoc = [p.with_name(p.name.replace("_neurons.tsv", "_association.h5")) for _, p in items]
-        consistency = an_consistency([a for a in assoc if a.is_file()])
+        first = {}  # one session per participant: consistency is between participants
+        for sub_label, p in items:
+            first.setdefault(sub_label, p.with_name(p.name.replace("_neurons.tsv",
+                                                                   "_association.h5")))
+        consistency = an_consistency([a for a in first.values() if a.is_file()])
         if consistency is not None:
             summary["consistency"] = summary["an_id"].map(consistency)
         path = Path(output_dir) / "group" / f"group_{rest}_desc-{desc}_neurons.tsv"

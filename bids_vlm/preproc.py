@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import zlib
 
 import nibabel as nib
 import numpy as np
@@ -68,9 +69,13 @@ def clean_bold(bold_path, mask_img, tr, confounds_path=None, config: BoldConfig 
 
     Voxels that are constant over the run (e.g. outside the field of view) come out as zeros.
     """
-    bold = nib.load(bold_path)
     smoothing = config.smoothing_fwhm or None
-    data = masking.apply_mask(bold, mask_img, smoothing_fwhm=smoothing).astype(np.float64)
+    try:
+        data = masking.apply_mask(nib.load(bold_path), mask_img,
+                                  smoothing_fwhm=smoothing).astype(np.float64)
+    except (EOFError, OSError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
+        raise DataError(f"cannot read the BOLD data (truncated or corrupted?): {exc}",
+                        bold_path) from exc
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).any(axis=0).sum())
         LOGGER.warning("%s: %d voxel(s) with NaN/inf set to 0", bold_path, bad)
@@ -81,7 +86,12 @@ def clean_bold(bold_path, mask_img, tr, confounds_path=None, config: BoldConfig 
         if len(table) != data.shape[0]:
             raise DataError(f"confounds have {len(table)} rows but the BOLD has "
                             f"{data.shape[0]} volumes", confounds_path)
-        confounds = select_confounds(table, config).to_numpy(float)
+        selected = select_confounds(table, config)
+        bad = [c for c in selected if pd.to_numeric(selected[c], errors="coerce").isna().any()]
+        if bad:
+            raise DataError(f"confound column(s) {', '.join(bad)} hold non-numeric values",
+                            confounds_path)
+        confounds = selected.to_numpy(float)
         confounds = confounds if confounds.shape[1] else None
     constant = data.std(axis=0) < 1e-8
     cleaned = signal.clean(data, confounds=confounds, detrend=True, standardize="zscore_sample",

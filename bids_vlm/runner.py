@@ -16,7 +16,7 @@ import tomli_w
 
 from bids_vlm import __version__, errors
 from bids_vlm.config import AnalysisConfig, to_dict
-from bids_vlm.errors import BidsVlmError, DataError, NoInputError
+from bids_vlm.errors import BidsVlmError, NoInputError
 
 LOGGER = logging.getLogger("bids_vlm")
 
@@ -44,15 +44,19 @@ def check_stimuli(runs, bids_dir, config: AnalysisConfig):
     """Build every run's timeline before the graph runs, so bad events fail fast and clearly."""
     from bids_vlm.stimuli import build_timeline, read_events
 
+    streams = config.model.streams or ("image", "text")
     any_stimulus = False
     for run in runs:
         timeline = build_timeline(read_events(run.events), run.n_scans * run.tr,
                                   config.stimuli, Path(bids_dir) / "stimuli", source=run.events)
-        any_stimulus |= any(x is not None for x in timeline.images + timeline.texts)
+        chosen = (timeline.images if "image" in streams else ()) + \
+            (timeline.texts if "text" in streams else ())
+        any_stimulus |= any(x is not None for x in chosen)
     if not any_stimulus:
-        raise DataError("no stimulus in any selected run's events: give a stim_file column "
-                        "(images under stimuli/), a text column (--text-column), or "
-                        "--text-template, e.g. 'a photo of a {trial_type}'", runs[0].events)
+        raise NoInputError(f"no stimulus of the selected stream(s) ({', '.join(streams)}) in "
+                           "any selected run's events: give a stim_file column (images or "
+                           "videos under stimuli/), a text column (--text-column), or "
+                           "--text-template, e.g. 'a photo of a {trial_type}'", runs[0].events)
 
 
 def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None, nprocs=1,
@@ -69,7 +73,7 @@ def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
             LOGGER.warning("%s: no preprocessed BOLD found in the derivatives; analysing the raw "
                            "BOLD (no motion correction or normalisation)", run.bold)
     init_output(output_dir, bids_dir)
-    work = Path(work_dir) if work_dir else default_work_dir(output_dir)
+    work = _work_dir(work_dir, output_dir)
     write_config_log(output_dir, config, "participant",
                      {"bids_dir": str(bids_dir), "output_dir": str(output_dir),
                       "work_dir": str(work), "runs": [r.bold for r in runs]})
@@ -87,12 +91,21 @@ def run_group(bids_dir, output_dir, config: AnalysisConfig, work_dir=None, nproc
     if not list(output_dir.glob("sub-*/**/*_neurons.tsv")):
         raise NoInputError("no participant results here; run the participant level first",
                            output_dir)
-    work = Path(work_dir) if work_dir else default_work_dir(output_dir)
+    work = _work_dir(work_dir, output_dir)
     write_config_log(output_dir, config, "group",
                      {"bids_dir": str(bids_dir), "output_dir": str(output_dir)})
     wf = init_group_wf(output_dir, work, config)
     _run(wf, output_dir, nprocs)
     return [output_dir / "group.html"]
+
+
+def _work_dir(work_dir, output_dir) -> Path:
+    work = Path(work_dir) if work_dir else default_work_dir(output_dir)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise errors.OutputError(f"cannot create the work directory: {exc}", work) from exc
+    return work
 
 
 def _run(wf, output_dir, nprocs):

@@ -109,12 +109,12 @@ def build_timeline(events: pd.DataFrame, run_duration: float, config: StimulusCo
 
 def _windowed_texts(texts, onsets, ends, window):
     """For each sample ending at ``ends[k]``, the texts (e.g. words of a transcript) with an
-    onset in ``(ends[k] - window, ends[k]]``, in order, joined by spaces; None when none."""
+    onset in ``[ends[k] - window, ends[k])``, in order, joined by spaces; None when none."""
     order = [i for i in np.argsort(onsets, kind="stable") if texts[i] is not None]
     on = onsets[order]
     out = []
     for end in ends:
-        first, last = np.searchsorted(on, end - window, "right"), np.searchsorted(on, end, "right")
+        first, last = np.searchsorted(on, end - window, "left"), np.searchsorted(on, end, "left")
         words = [texts[order[j]] for j in range(first, last)]
         out.append(" ".join(words) if words else None)
     return tuple(out)
@@ -137,12 +137,13 @@ def _owner_event(onsets, durations, n_samples, dt):
     owner = np.full(n_samples, -1)
     for i, (on, dur) in enumerate(zip(onsets, durations)):
         off = on + max(dur, 0.0)
-        first, last = int(on // dt), min(int(math.ceil(off / dt)), n_samples)
+        first = int(math.floor(on / dt + 1e-9))  # 0.3 / 0.1 is 2.999...: not sample 2
+        last = min(int(math.ceil(off / dt - 1e-9)), n_samples)
         if dur <= 0:  # an instantaneous event shows in the sample it falls in
             last = min(first + 1, n_samples)
         for k in range(first, last):
-            cover = min(off, (k + 1) * dt) - max(on, k * dt) if dur > 0 else 1e-9
-            if cover > best[k]:
+            cover = min(off, (k + 1) * dt) - max(on, k * dt) if dur > 0 else 2e-9 * dt
+            if cover > best[k] and cover > 1e-9 * dt:
                 best[k], owner[k] = cover, i
     return owner
 

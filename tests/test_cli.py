@@ -339,3 +339,49 @@ def test_banded_encoding_outputs(planted, planted_outputs):
     assert text[12:24].mean() > 0.05 and text[12:24].mean() > 3 * abs(image[12:24].mean())
     table = pd.read_csv(next(func.glob("*_desc-tinyclip_bandedencoding.tsv")), sep="\t")
     assert list(table.layer) == [0, 1, 2, 3]
+
+
+def test_changed_stimulus_file_reruns_with_the_new_content(planted, tmp_path):
+    import shutil
+
+    data = tmp_path / "bids"
+    shutil.copytree(planted.root, data)
+    args = ["participant", "--participant-label", "01", "--layers", "2", "--no-encoding", "-q",
+            "-w", tmp_path / "work"]
+    run_cli(data, tmp_path / "out", *args)
+    from PIL import Image
+
+    Image.new("RGB", (48, 48), (10, 200, 30)).save(data / "stimuli" / "img17.png")
+    run_cli(data, tmp_path / "out", *args)
+    computed = [int(h5py.File(p).attrs["computed"])
+                for p in (tmp_path / "work").rglob("activations.h5")]
+    assert computed == [1]  # the node reran; only the changed image went through the model
+
+
+def test_bad_inputs_found_inside_the_graph_have_clear_errors(planted, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(planted.root, bad)
+    bold = next((bad / "derivatives").rglob("sub-01_task-view_run-1_*desc-preproc_bold.nii.gz"))
+    bold.write_bytes(bold.read_bytes()[:3000])  # truncated gzip
+    proc = run_cli(bad, tmp_path / "out", "participant", "--participant-label", "01", "-q",
+                   "-w", tmp_path / "work", check=False)
+    assert proc.returncode == 64 and "cannot read" in proc.stderr, proc.stderr
+    assert bold.name in proc.stderr
+    proc = run_cli(planted.root, tmp_path / "out2", "participant", "-q", "-w", "/proc/nope",
+                   check=False)
+    assert proc.returncode == 73 and "work directory" in proc.stderr
+
+
+def test_no_stimulus_of_the_selected_stream(planted, tmp_path):
+    import shutil
+
+    text_only = tmp_path / "text_only"
+    shutil.copytree(planted.root, text_only)
+    for events in text_only.rglob("*_events.tsv"):
+        pd.read_csv(events, sep="\t").drop(columns="stim_file").to_csv(events, sep="\t",
+                                                                       index=False)
+    proc = run_cli(text_only, tmp_path / "out", "participant", "--streams", "image", "-q",
+                   "-w", tmp_path / "work", check=False)
+    assert proc.returncode == 65 and "selected stream(s) (image)" in proc.stderr

@@ -140,3 +140,22 @@ def test_load_mask_empty_is_data_error(tmp_path):
     with pytest.raises(DataError, match="empty") as err:
         load_mask(bold, mask)
     assert str(mask) in str(err.value)
+
+
+def test_non_numeric_confounds_are_a_data_error(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    import pandas as pd
+    import pytest
+
+    from bids_vlm.errors import DataError
+    from bids_vlm.preproc import clean_bold
+
+    data = np.random.default_rng(0).standard_normal((3, 3, 3, 20)) + 100
+    bold = tmp_path / "bold.nii.gz"
+    nib.save(nib.Nifti1Image(data.astype("float32"), np.eye(4)), bold)
+    conf = pd.DataFrame({"trans_x": ["0.1"] * 19 + ["abc"]})
+    conf.to_csv(tmp_path / "conf.tsv", sep="\t", index=False)
+    mask = nib.Nifti1Image(np.ones((3, 3, 3), np.uint8), np.eye(4))
+    with pytest.raises(DataError, match="trans_x hold non-numeric"):
+        clean_bold(bold, mask, 2.0, tmp_path / "conf.tsv")

@@ -225,3 +225,18 @@ def test_text_window_collects_transcript_words(tmp_path):
     assert tl.texts == ("the cat", "the cat sat", "sat", None, "down", "down")
     plain = build_timeline(read_events(path), 6, StimulusConfig())
     assert plain.texts[1:3] == ("sat", None)  # without a window: the word covering the sample
+
+
+def test_sampling_is_safe_from_floating_point_error():
+    from bids_vlm.stimuli import _owner_event
+
+    # 0.3 / 0.1 is 2.9999...: the event must not reach back into sample [0.2, 0.3)
+    assert _owner_event(np.array([0.3]), np.array([0.2]), 6, 0.1).tolist() == [-1, -1, -1, 0,
+                                                                                0, -1]
+
+
+def test_text_window_boundaries(tmp_path):
+    path = _write(tmp_path / "w.tsv", "onset\tduration\tword\n0\t0.2\tw0\n1\t0.2\tw1\n"
+                  "2\t0.2\tw2\n3\t0.2\tw3\n")
+    tl = build_timeline(read_events(path), 4, StimulusConfig(text_window=1.0))
+    assert tl.texts == ("w0", "w1", "w2", "w3")  # a word starting at a sample's start is in it

@@ -168,7 +168,7 @@ def associate_node(regressors_file, cleaned_files, config_json):
 
     from bids_vlm.config import from_json
     from bids_vlm.encoding import associate, method_description
-    from bids_vlm.encoding.association import block_size_for_memory
+    from bids_vlm.encoding.association import TILE, TILE_CUDA, block_size_for_memory
     from bids_vlm.errors import ResourceError
     from bids_vlm.models.base import resolve_device
 
@@ -189,8 +189,9 @@ def associate_node(regressors_file, cleaned_files, config_json):
                 block = stats.block_size
                 if stats.mem_gb:
                     try:
-                        block = block_size_for_memory(int(stats.mem_gb * 2**30), x.shape[0],
-                                                      x.shape[1], voxels.shape[1])
+                        block = block_size_for_memory(
+                            int(stats.mem_gb * 2**30), x.shape[0], x.shape[1], voxels.shape[1],
+                            tile=TILE if device.type == "cpu" else TILE_CUDA)
                     except MemoryError as exc:
                         raise ResourceError(str(exc)) from exc
                 res = associate(x, voxels, q=stats.fdr_q,

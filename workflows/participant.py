@@ -70,8 +70,12 @@ def init_participant_wf(units, bids_dir, output_dir, work_dir, config: AnalysisC
     cfg = node_config(config)
     per_subject = OrderedDict()
     for unit in units:
-        per_subject.setdefault(unit["subject"], []).append(_unit_graph(wf, unit, bids_dir,
-                                                                       output_dir, cfg))
+        # every node of the unit gets the unit's input fingerprint in its configuration, so
+        # that a changed BOLD, events, mask, confounds or stimulus file reruns them all
+        unit_cfg = json.loads(cfg)
+        unit_cfg["fingerprint"] = "-".join(r["fingerprint"] for r in unit["runs"])
+        per_subject.setdefault(unit["subject"], []).append(
+            _unit_graph(wf, unit, bids_dir, output_dir, json.dumps(unit_cfg, sort_keys=True)))
     for subject, outputs in per_subject.items():
         merge = pe.Node(Merge(len(outputs)), name=f"written_sub_{subject}")
         for i, node in enumerate(outputs, start=1):

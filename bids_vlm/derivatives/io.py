@@ -75,11 +75,16 @@ def write_tsv(path, table: pd.DataFrame) -> Path:
 
 
 def write_map(path, values: np.ndarray, mask_img, sidecar: dict) -> Path:
-    """Write (V,) in-mask ``values`` as a 3D NIfTI (+ JSON sidecar)."""
+    """Write (V,) in-mask ``values`` as a 3D NIfTI, or (K, V) as a 4D one (+ JSON sidecar)."""
     img = masking.unmask(np.asarray(values, dtype=np.float32), mask_img)
     with atomic_path(path) as tmp:
-        nib.save(img, str(tmp) + ".nii.gz")
-        os.replace(str(tmp) + ".nii.gz", tmp)
+        staged = str(tmp) + ".nii.gz"  # nibabel picks the format from the extension
+        try:
+            nib.save(img, staged)
+            os.replace(staged, tmp)
+        finally:
+            if os.path.exists(staged):
+                os.unlink(staged)
     write_json(str(path).replace(".nii.gz", ".json"), sidecar)
     return Path(path)
 

@@ -100,14 +100,16 @@ def memory_bound(n_frames: int, n_an: int, n_vox: int, block_size: int,
     return int(inputs + block)
 
 
-def block_size_for_memory(mem_bytes: int, n_frames: int, n_an: int, n_vox: int) -> int:
-    """The largest AN block (at least 1) whose :func:`memory_bound` fits in ``mem_bytes``."""
-    fixed = memory_bound(n_frames, n_an, n_vox, 0)
-    per_an = memory_bound(n_frames, n_an, n_vox, 1) - fixed
+def block_size_for_memory(mem_bytes: int, n_frames: int, n_an: int, n_vox: int,
+                          tile: int = TILE) -> int:
+    """The largest AN block (at least 1) whose :func:`memory_bound` fits in ``mem_bytes``
+    (``tile``: the voxel tile of the device, :data:`TILE` or :data:`TILE_CUDA`)."""
+    fixed = memory_bound(n_frames, n_an, n_vox, 0, tile=tile)
+    per_an = memory_bound(n_frames, n_an, n_vox, 1, tile=tile) - fixed
     if mem_bytes - fixed < per_an:
-        raise MemoryError(f"--mem {mem_bytes / 2**30:.2f} GiB is too little for {n_frames} "
+        raise MemoryError(f"--mem {mem_bytes / 2**20:.0f} MiB is too little for {n_frames} "
                           f"frames x ({n_an} ANs + {n_vox} voxels): at least "
-                          f"{(fixed + per_an) / 2**30:.2f} GiB needed")
+                          f"{(fixed + per_an) / 2**20:.0f} MiB needed")
     return int(min(n_an, (mem_bytes - fixed) // per_an))
 
 
