@@ -124,4 +124,5 @@ def test_init_output(tmp_path):
     assert desc["GeneratedBy"][0]["Version"] == bids_vlm.__version__
     assert (out / ".bidsignore").read_text() == BIDSIGNORE
     assert "*_statmap.nii.gz" in BIDSIGNORE.splitlines()
-    assert sorted(p.name for p in out.iterdir()) == [".bidsignore", "dataset_description.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".bidsignore", "README.md",
+                                                    "dataset_description.json"]

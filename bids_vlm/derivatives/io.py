@@ -28,7 +28,15 @@ BIDSIGNORE = ("*_statmap.nii.gz\n*_statmap.json\n*_neurons.tsv\n*_neurons.json\n
               "*_layers.tsv\n*_layers.json\n*_jaccard.tsv\n*_jaccard.json\n"
               "*_atoms.tsv\n*_atoms.json\n*_atoms.h5\n"
               "*_bandedencoding.tsv\n*_bandedencoding.json\n"
-              "*_association.h5\n*_association.json\n*.html\n*/figures/\nfigures/\nlogs/\n")
+              "*_association.h5\n*_association.json\n*.html\nfigures\ngroup\nlogs\n")
+README = """# bids_vlm derivatives
+
+Artificial-neuron (AN) to voxel (BN) associations, layer-wise encoding and neuron-level
+analyses of vision-language models, written by bids_vlm (see dataset_description.json for the
+version). Open sub-<label>.html and group.html for the reports; every map and table has a JSON
+sidecar describing it. Non-standard files (statmaps, neuron tables, HDF5 results, reports) are
+listed in .bidsignore.
+"""
 
 
 def bids_name(entities: dict, suffix: str, extension: str) -> str:
@@ -104,6 +112,7 @@ def write_sparse(path, entries: dict, attrs: dict) -> Path:
 
 
 def dataset_description(bids_dir, container: str | None = None) -> dict:
+    """The derivative dataset's description (GeneratedBy bids_vlm, SourceDatasets the input)."""
     generated = {"Name": "bids_vlm", "Version": __version__}
     if container:
         generated["Container"] = {"Type": container}
@@ -131,4 +140,6 @@ def init_output(output_dir, bids_dir) -> Path:
     write_json(out / "dataset_description.json", dataset_description(bids_dir, container))
     with atomic_path(out / ".bidsignore") as tmp:
         tmp.write_text(BIDSIGNORE)
+    with atomic_path(out / "README.md") as tmp:
+        tmp.write_text(README)
     return out
