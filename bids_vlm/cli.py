@@ -51,6 +51,16 @@ def _memory_gb(value):
     return number
 
 
+def _json_object(value):
+    try:
+        data = json.loads(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return json.dumps(data)
+
+
 def _existing_dir(value):
     path = Path(value).expanduser()
     if not path.is_dir():
@@ -176,6 +186,15 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="Nipype work directory (cache; rerun to resume)")
     g.add_argument("--nprocs", type=_positive_int, default=1,
                    help="parallel processes: 1 runs Nipype's Linear plugin, more MultiProc")
+    g.add_argument("--omp-nthreads", type=_positive_int, default=None,
+                   help="threads per process for torch and BLAS")
+    g.add_argument("--plugin", choices=["Linear", "MultiProc", "SLURM", "SGE", "PBS"],
+                   default=None, help="Nipype execution plugin (default from --nprocs); "
+                   "SLURM/SGE/PBS submit each node as a cluster job")
+    g.add_argument("--plugin-args", type=_json_object, default=None,
+                   help="JSON object passed to the plugin, e.g. '{\"sbatch_args\": \"-p short\"}'")
+    g.add_argument("--keep-going", action="store_true",
+                   help="run the other nodes after a node fails (default: stop on first crash)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--seed", type=int, default=0, help="seed of random-weight models")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -253,15 +272,19 @@ def main(argv=None) -> int:
 
         os.environ[QUIET_ENV] = "1"  # see bids_vlm.progress
     try:
-        from bids_vlm.runner import run_group, run_participant
+        from bids_vlm.runner import Execution, run_group, run_participant
 
         config = config_from_options(opts)
+        execution = Execution(nprocs=opts.nprocs, plugin=opts.plugin or "",
+                              plugin_args=opts.plugin_args or "{}",
+                              omp_nthreads=opts.omp_nthreads or 0,
+                              stop_on_first_crash=not opts.keep_going)
         if opts.analysis_level == "participant":
             reports = run_participant(opts.bids_dir, opts.output_dir, config, opts.work_dir,
-                                      opts.nprocs, opts.space, not opts.skip_bids_validation)
+                                      execution, opts.space, not opts.skip_bids_validation)
         else:
             reports = run_group(opts.bids_dir, opts.output_dir, config, opts.work_dir,
-                                opts.nprocs)
+                                execution)
     except BidsVlmError as exc:
         print(f"bids_vlm: error: {exc}", file=sys.stderr)
         return exc.exit_code

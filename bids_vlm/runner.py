@@ -5,14 +5,18 @@ This is the CLI's layer (it imports :mod:`workflows`); the stages do not import 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import re
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import tomli_w
+import torch
 
 from bids_vlm import __version__, errors
 from bids_vlm.config import AnalysisConfig, to_dict
@@ -59,8 +63,27 @@ def check_stimuli(runs, bids_dir, config: AnalysisConfig):
                            "--text-template, e.g. 'a photo of a {trial_type}'", runs[0].events)
 
 
-def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None, nprocs=1,
-                    space="", validate=False) -> list[Path]:
+@dataclass(frozen=True)
+class Execution:
+    """How the Nipype graph runs (not part of the results' configuration)."""
+
+    nprocs: int = 1
+    plugin: str = ""  # "" = Linear for 1 process, MultiProc for more
+    plugin_args: str = "{}"  # JSON, passed to the Nipype plugin
+    omp_nthreads: int = 0  # threads per process for torch / BLAS; 0 = library default
+    stop_on_first_crash: bool = True
+
+    def plugin_and_args(self) -> tuple[str, dict]:
+        args = json.loads(self.plugin_args or "{}")
+        plugin = self.plugin or ("MultiProc" if self.nprocs > 1 else "Linear")
+        if plugin == "MultiProc":
+            args.setdefault("n_procs", self.nprocs)
+        return plugin, args
+
+
+def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
+                    execution: Execution = Execution(), space="",
+                    validate=False) -> list[Path]:
     from bids_vlm.bids import collect_runs, load_layout
     from bids_vlm.derivatives import init_output
     from workflows.participant import analysis_units, init_participant_wf
@@ -79,12 +102,13 @@ def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
                       "work_dir": str(work), "runs": [r.bold for r in runs]})
     units = analysis_units(runs)
     wf = init_participant_wf(units, bids_dir, output_dir, work, config)
-    _run(wf, output_dir, nprocs)
+    _run(wf, output_dir, execution)
     subjects = sorted({u["subject"] for u in units})
     return [Path(output_dir) / f"sub-{s}.html" for s in subjects]
 
 
-def run_group(bids_dir, output_dir, config: AnalysisConfig, work_dir=None, nprocs=1):
+def run_group(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
+              execution: Execution = Execution()):
     from workflows.group import init_group_wf
 
     output_dir = Path(output_dir)
@@ -95,7 +119,7 @@ def run_group(bids_dir, output_dir, config: AnalysisConfig, work_dir=None, nproc
     write_config_log(output_dir, config, "group",
                      {"bids_dir": str(bids_dir), "output_dir": str(output_dir)})
     wf = init_group_wf(output_dir, work, config)
-    _run(wf, output_dir, nprocs)
+    _run(wf, output_dir, execution)
     return [output_dir / "group.html"]
 
 
@@ -108,14 +132,18 @@ def _work_dir(work_dir, output_dir) -> Path:
     return work
 
 
-def _run(wf, output_dir, nprocs):
+def _run(wf, output_dir, execution: Execution):
     crash_dir = Path(output_dir) / "logs"
     wf.config["execution"].update({"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
-                                   "stop_on_first_crash": True,
+                                   "stop_on_first_crash": execution.stop_on_first_crash,
                                    "remove_unnecessary_outputs": False})
-    plugin = ("MultiProc", {"n_procs": nprocs}) if nprocs > 1 else ("Linear", {})
+    if execution.omp_nthreads:  # inherited by the nodes, also in MultiProc / cluster jobs
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(execution.omp_nthreads)
+        torch.set_num_threads(execution.omp_nthreads)
+    plugin, args = execution.plugin_and_args()
     try:
-        wf.run(plugin=plugin[0], plugin_args=plugin[1])
+        wf.run(plugin=plugin, plugin_args=args)
     except RuntimeError as exc:
         raise _node_error(crash_dir) from exc
 

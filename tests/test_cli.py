@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import h5py
 import nibabel as nib
@@ -385,3 +386,27 @@ def test_no_stimulus_of_the_selected_stream(planted, tmp_path):
     proc = run_cli(text_only, tmp_path / "out", "participant", "--streams", "image", "-q",
                    "-w", tmp_path / "work", check=False)
     assert proc.returncode == 65 and "selected stream(s) (image)" in proc.stderr
+
+
+def test_execution_options_reach_nipype(planted, tmp_path, monkeypatch):
+    from nipype.pipeline.engine import Workflow
+
+    from bids_vlm.runner import Execution
+
+    import torch
+
+    threads = torch.get_num_threads()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)  # restored after the test
+    calls = []
+    monkeypatch.setattr(Workflow, "run", lambda self, plugin=None, plugin_args=None:
+                        calls.append((plugin, plugin_args, self.config["execution"]
+                                      ["stop_on_first_crash"])))
+    code = main([str(planted.root), str(tmp_path / "out"), "participant", "--plugin", "SLURM",
+                 "--plugin-args", '{"sbatch_args": "-p short"}', "--keep-going",
+                 "--omp-nthreads", "1", "-q", "-w", str(tmp_path / "work")])
+    assert code == 0 and calls == [("SLURM", {"sbatch_args": "-p short"}, False)]
+    assert os.environ["OMP_NUM_THREADS"] == "1" and torch.get_num_threads() == 1
+    torch.set_num_threads(threads)
+    assert Execution(nprocs=3).plugin_and_args() == ("MultiProc", {"n_procs": 3})
+    assert Execution().plugin_and_args() == ("Linear", {})
