@@ -51,6 +51,15 @@ def _memory_gb(value):
     return number
 
 
+def _model_name(value):
+    from bids_vlm.models import REGISTRY, is_model_name
+
+    if not is_model_name(value):
+        raise argparse.ArgumentTypeError(f"unknown model '{value}' (choose from "
+                                         f"{', '.join(sorted(REGISTRY))}, or hf-clip:DIR)")
+    return value
+
+
 def _json_object(value):
     try:
         data = json.loads(value)
@@ -133,8 +142,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="text made from event columns, e.g. 'a photo of a {trial_type}'")
 
     g = parser.add_argument_group("Models and neurons")
-    g.add_argument("--models", nargs="+", default=["tiny-clip"], choices=sorted(REGISTRY),
-                   help="models to record")
+    g.add_argument("--models", nargs="+", default=["tiny-clip"], type=_model_name,
+                   help=f"models to record: {', '.join(sorted(REGISTRY))}, or "
+                        "hf-clip:<directory or hub id> (see --list-models)")
     g.add_argument("--streams", nargs="+", default=[], choices=["image", "text"],
                    help="streams to record; default every stream")
     g.add_argument("--layers", nargs="+", type=int, default=[],

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from bids_vlm.config import ModelConfig
-from bids_vlm.models import openclip
+from bids_vlm.models import hfclip, openclip
 from bids_vlm.models.base import (
     an_id,
     query_key_product,
@@ -53,9 +53,16 @@ REGISTRY: dict[str, ModelEntry] = {
 }
 
 
+def is_model_name(name: str) -> bool:
+    """A registered name, or ``hf-clip:<directory or hub id>``."""
+    return name in REGISTRY or (name.startswith(hfclip.PREFIX) and len(name) > len(hfclip.PREFIX))
+
+
 def describe_models() -> str:
     """The ``--list-models`` text: each model with its streams, layers and ANs per layer."""
-    lines = []
+    lines = [f"{hfclip.PREFIX}<directory or hub id>: a Hugging Face transformers CLIPModel "
+             "from a local directory or the local Hugging Face cache (image and text streams; "
+             "layers and ANs from its config)"]
     for name, entry in REGISTRY.items():
         lines.append(f"{name}: {entry.description}")
         for stream, (layers, units) in entry.streams.items():
@@ -66,7 +73,7 @@ def describe_models() -> str:
 
 def check_selection(models, streams, layers):
     """Raise ValueError when the --streams / --layers selection matches nothing in a model."""
-    for name in models:
+    for name in (m for m in models if m in REGISTRY):  # hf-clip: sizes known once loaded
         entry = REGISTRY[name]
         chosen = [s for s in entry.streams if not streams or s in streams]
         if not chosen:
@@ -79,6 +86,8 @@ def check_selection(models, streams, layers):
 
 def load_model(name: str, config: ModelConfig):
     """Load a registered model on the CPU, in eval mode."""
+    if name.startswith(hfclip.PREFIX):
+        return hfclip.load_hf_clip(name)
     if name not in REGISTRY:
         raise KeyError(f"unknown model '{name}' (known: {', '.join(REGISTRY)})")
     return REGISTRY[name].loader(config)

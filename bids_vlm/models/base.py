@@ -42,6 +42,8 @@ def query_key_product(module, inputs, _output):
     head width, is each dimension's contribution to the attention logits of a token with itself.
     """
     query = inputs[0]
+    if hasattr(module, "q_proj"):  # transformers attention: separate q / k projections
+        return module.q_proj(query) * module.k_proj(query)
     key = inputs[1] if len(inputs) > 1 and inputs[1] is not None else query
     dim = module.embed_dim
     weight, bias = module.in_proj_weight, module.in_proj_bias
@@ -80,7 +82,8 @@ def recording(modules: dict, valid, cls_index, pooling: str, batch_first: bool, 
     handles = []
 
     def make_hook(layer):
-        def hook(module, inputs, output):
+        def hook(module, args, kwargs, output):
+            inputs = args or tuple(v for k, v in kwargs.items() if k == "hidden_states")
             hidden = transform(module, inputs, output) if transform else output
             hidden = hidden if batch_first else hidden.transpose(0, 1)
             pooled[layer] = pool_tokens(hidden, valid, pooling, cls_index)
@@ -88,7 +91,7 @@ def recording(modules: dict, valid, cls_index, pooling: str, batch_first: bool, 
 
     try:
         for layer, module in modules.items():
-            handles.append(module.register_forward_hook(make_hook(layer)))
+            handles.append(module.register_forward_hook(make_hook(layer), with_kwargs=True))
         yield pooled
     finally:
         for handle in handles:

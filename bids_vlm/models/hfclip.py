@@ -1,0 +1,112 @@
+"""CLIP models from Hugging Face transformers (``CLIPModel``), from a local directory or a hub
+id already in the local Hugging Face cache (never downloaded at run time).
+
+Model names: ``hf-clip:<directory or hub id>``, e.g. ``hf-clip:/models/clip-vit-base-patch32``
+or ``hf-clip:openai/clip-vit-base-patch32``. ANs: ``vision_model.encoder.layers.i.mlp.
+activation_fn`` (image) and ``text_model.encoder.layers.i.mlp.activation_fn`` (text), [B, L, U];
+attn ANs from each layer's ``self_attn`` q_proj and k_proj. Text ANs are pooled over the tokens
+of the attention mask; ``cls`` pooling takes CLS for images and the last (EOS) token for text.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bids_vlm.errors import DataError, WeightsNotFoundError
+from bids_vlm.models.base import StreamSpec
+from bids_vlm.video import FrameSource, is_frame_item
+
+PREFIX = "hf-clip:"
+
+
+def resolve(source: str) -> Path:
+    """A local model directory: ``source`` itself, or the cached snapshot of a hub id."""
+    path = Path(source).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, local_files_only=True))
+    except Exception as exc:  # huggingface_hub raises several types when not cached
+        raise WeightsNotFoundError(
+            f"Hugging Face CLIP '{source}' is neither a local directory with config.json nor "
+            f"a hub id in the local Hugging Face cache, and bids_vlm does not download at run "
+            f"time. Save it once on a machine with internet (CLIPModel.from_pretrained(...)."
+            f"save_pretrained(DIR), and the same for CLIPProcessor) and pass "
+            f"--models hf-clip:DIR") from exc
+
+
+class HFClipModel:
+    """A transformers ``CLIPModel`` with its processor, exposing ``image`` and ``text``."""
+
+    def __init__(self, name, module, image_processor, tokenizer):
+        self.name = name
+        self.module = module.eval()
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.frames = FrameSource()
+        self.streams = {
+            "image": StreamSpec("image", len(self._layers("image")),
+                                module.config.vision_config.intermediate_size),
+            "text": StreamSpec("text", len(self._layers("text")),
+                               module.config.text_config.intermediate_size),
+        }
+
+    def _layers(self, stream):
+        tower = self.module.vision_model if stream == "image" else self.module.text_model
+        return tower.encoder.layers
+
+    def layer_modules(self, stream, kind="ffn") -> dict:
+        if kind == "attn":
+            return {i: layer.self_attn for i, layer in enumerate(self._layers(stream))}
+        return {i: layer.mlp.activation_fn for i, layer in enumerate(self._layers(stream))}
+
+    def batch_first(self, stream) -> bool:
+        return True
+
+    def prepare(self, stream, items, device):
+        if stream == "image":
+            images = [self.frames.image(i) if is_frame_item(i) else _load(i) for i in items]
+            pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            n_tokens = self.module.vision_model.embeddings.position_embedding.weight.shape[0]
+            valid = torch.ones(len(items), n_tokens, dtype=torch.bool, device=device)
+            return pixels.to(device), valid, torch.zeros(len(items), dtype=torch.long,
+                                                         device=device)
+        enc = self.tokenizer(list(items), padding=True, truncation=True,
+                             max_length=self.module.config.text_config.max_position_embeddings,
+                             return_tensors="pt")
+        valid = enc["attention_mask"].bool().to(device)
+        last = valid.sum(1) - 1
+        return {k: v.to(device) for k, v in enc.items()}, valid, last
+
+    def forward(self, stream, inputs):
+        if stream == "image":
+            return self.module.get_image_features(pixel_values=inputs)
+        return self.module.get_text_features(**inputs)
+
+
+def _load(path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as exc:
+        raise DataError(f"cannot read the image: {exc}", path) from exc
+
+
+def load_hf_clip(name: str) -> HFClipModel:
+    """Load ``hf-clip:<directory or hub id>`` from local files only."""
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+    folder = resolve(name[len(PREFIX):])
+    try:
+        module = CLIPModel.from_pretrained(folder, local_files_only=True)
+        processor = CLIPImageProcessor.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise WeightsNotFoundError(f"cannot load a CLIP model, image processor and tokenizer "
+                                   f"from {folder}: {exc}") from exc
+    return HFClipModel(name, module, processor, tokenizer)

@@ -1,0 +1,102 @@
+"""Hugging Face transformers CLIP: a tiny CLIPModel saved by the test (weights, image processor
+and a CLIP tokenizer written from open_clip's BPE vocabulary) loads from its directory, gives
+the documented shapes and the same ANs as a hook-free computation; a missing model is a clear
+error."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bids_vlm.config import ModelConfig
+from bids_vlm.errors import WeightsNotFoundError
+from bids_vlm.models import extract, load_model
+from bids_vlm.models.base import hooks_attached
+from datagen import make_images
+
+TEXTS = ["a photo of a face", "a house by the sea"]
+
+
+def write_tokenizer(folder):
+    """vocab.json + merges.txt of OpenAI CLIP's BPE, from the copy open_clip ships."""
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPTokenizer
+
+    simple = SimpleTokenizer()
+    names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {names.get(token, token): i for token, i in simple.encoder.items()}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    merges = sorted(simple.bpe_ranks, key=simple.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges))
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    folder = tmp_path_factory.mktemp("hfclip")
+    config = CLIPConfig(
+        text_config={"vocab_size": 49408, "hidden_size": 64, "intermediate_size": 128,
+                     "num_hidden_layers": 3, "num_attention_heads": 2,
+                     "max_position_embeddings": 77},
+        vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        projection_dim=32)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+                       ).save_pretrained(folder)
+    write_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stim")
+    return [str(folder / n) for n in make_images(folder, n=2)]
+
+
+def test_loads_from_a_directory_with_documented_shapes(hf_dir, images):
+    model = load_model(f"hf-clip:{hf_dir}", ModelConfig())
+    assert {s: (v.n_layers, v.units) for s, v in model.streams.items()} == \
+        {"image": (3, 128), "text": (3, 128)}
+    acts = extract(model, {"image": images, "text": TEXTS}, ModelConfig(), progress=False)
+    assert sorted(acts) == [f"{s}/{i:02d}" for s in ("image", "text") for i in range(3)]
+    assert all(a.shape == (2, 128) for a in acts.values())
+    attn = extract(model, {"text": TEXTS}, ModelConfig(an_kind="attn"), progress=False)
+    assert attn["text/02"].shape == (2, 64) and hooks_attached(model.module) == 0
+
+
+def test_image_ans_match_hook_free_forward(hf_dir, images):
+    model = load_model(f"hf-clip:{hf_dir}", ModelConfig())
+    pixels, _, _ = model.prepare("image", images, "cpu")
+    vision = model.module.vision_model
+    with torch.no_grad():
+        hidden = vision.pre_layrnorm(vision.embeddings(pixels))
+        layer = vision.encoder.layers[0]
+        attn_out = layer.self_attn(hidden_states=layer.layer_norm1(hidden))[0]
+        hidden = hidden + attn_out
+        layer1 = vision.encoder.layers[1]
+        hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
+        attn_out = layer1.self_attn(hidden_states=layer1.layer_norm1(hidden))[0]
+        hidden = hidden + attn_out
+        units = layer1.mlp.activation_fn(layer1.mlp.fc1(layer1.layer_norm2(hidden)))
+    got = extract(model, {"image": images}, ModelConfig(layers=(1,)), progress=False)["image/01"]
+    np.testing.assert_allclose(got, units.mean(1).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_text_pooling_uses_the_attention_mask(hf_dir):
+    model = load_model(f"hf-clip:{hf_dir}", ModelConfig())
+    both = extract(model, {"text": TEXTS}, ModelConfig(), progress=False)["text/02"]
+    alone = extract(model, {"text": TEXTS[:1]}, ModelConfig(), progress=False)["text/02"]
+    np.testing.assert_allclose(both[0], alone[0], rtol=1e-4, atol=1e-5)  # padding ignored
+
+
+def test_missing_model_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError, match="does not download at run time"):
+        load_model("hf-clip:nobody/no-such-clip", ModelConfig())
