@@ -98,6 +98,19 @@ def recording(modules: dict, valid, cls_index, pooling: str, batch_first: bool, 
             handle.remove()
 
 
+def load_image(path):
+    """An image file as RGB; a clear error naming the file when it cannot be read."""
+    from PIL import Image
+
+    from bids_vlm.errors import DataError
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as exc:
+        raise DataError(f"cannot read the image: {exc}", path) from exc
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` gives CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
     if device == "auto":

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from bids_vlm.errors import DataError, WeightsNotFoundError
-from bids_vlm.models.base import StreamSpec
+from bids_vlm.errors import WeightsNotFoundError
+from bids_vlm.models.base import StreamSpec, load_image
 from bids_vlm.video import FrameSource, is_frame_item
 
 PREFIX = "hf-clip:"
@@ -68,7 +68,7 @@ class HFClipModel:
 
     def prepare(self, stream, items, device):
         if stream == "image":
-            images = [self.frames.image(i) if is_frame_item(i) else _load(i) for i in items]
+            images = [self.frames.image(i) if is_frame_item(i) else load_image(i) for i in items]
             pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
             n_tokens = self.module.vision_model.embeddings.position_embedding.weight.shape[0]
             valid = torch.ones(len(items), n_tokens, dtype=torch.bool, device=device)
@@ -85,16 +85,6 @@ class HFClipModel:
         if stream == "image":
             return self.module.get_image_features(pixel_values=inputs)
         return self.module.get_text_features(**inputs)
-
-
-def _load(path):
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except Exception as exc:
-        raise DataError(f"cannot read the image: {exc}", path) from exc
 
 
 def load_hf_clip(name: str) -> HFClipModel:

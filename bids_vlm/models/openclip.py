@@ -11,10 +11,9 @@ import os
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from bids_vlm.errors import DataError, WeightsNotFoundError
-from bids_vlm.models.base import StreamSpec
+from bids_vlm.models.base import StreamSpec, load_image
 from bids_vlm.video import FrameSource, is_frame_item
 
 TINY_CONFIG = {
@@ -78,20 +77,12 @@ class OpenClipModel:
         return tokens, positions[None, :] <= eot[:, None], eot
 
     def _image(self, item):
-        return self.frames.image(item) if is_frame_item(item) else _load_image(item)
+        return self.frames.image(item) if is_frame_item(item) else load_image(item)
 
     def forward(self, stream, inputs):
         if stream == "image":
             return self.module.encode_image(inputs)
         return self.module.encode_text(inputs)
-
-
-def _load_image(path):
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except Exception as exc:
-        raise DataError(f"cannot read the image: {exc}", path) from exc
 
 
 def build_tiny_clip(seed: int = 0) -> OpenClipModel:
