@@ -111,6 +111,10 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("analysis_level", choices=["participant", "group"],
                         help="participant: per-subject analysis; group: combine participants")
     parser.add_argument("--version", action="version", version=f"bids_vlm {__version__}")
+    parser.add_argument("--config-file", type=Path, default=None,
+                        help="TOML file of option values, keys as the long options without "
+                             "dashes (fdr_q = 0.01, models = [\"tiny-clip\"]); flags given on "
+                             "the command line override it")
     parser.add_argument("--list-models", action=_ListModels, nargs=0,
                         help="list the models with their streams, layers and ANs, and exit")
 
@@ -212,6 +216,36 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _apply_config_file(parser, argv):
+    """Use the values of ``--config-file`` as defaults, so that command-line flags win."""
+    import tomllib
+
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--config-file", type=Path, default=None)
+    path = probe.parse_known_args(argv)[0].config_file
+    if path is None:
+        return
+    try:
+        values = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        parser.error(f"--config-file {path}: {exc}")
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    unknown = sorted(set(values) - set(actions) - {"config_file"})
+    if unknown:
+        parser.error(f"--config-file {path}: unknown option(s) {', '.join(unknown)}")
+    for key, value in values.items():
+        action = actions[key]
+        items = value if isinstance(value, list) else [value]
+        if action.type is not None and not isinstance(action, argparse._StoreTrueAction):
+            try:
+                items = [action.type(str(v)) for v in items]
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                parser.error(f"--config-file {path}: {key}: {exc}")
+        if action.choices and any(v not in action.choices for v in items):
+            parser.error(f"--config-file {path}: {key} must be one of {list(action.choices)}")
+        parser.set_defaults(**{key: items if action.nargs == "+" else items[0]})
+
+
 def _check_paths(parser, opts):
     out = opts.output_dir.expanduser().resolve()
     bids = opts.bids_dir
@@ -273,6 +307,7 @@ def main(argv=None) -> int:
 
         return demo_main(argv[1:])
     parser = _build_parser()
+    _apply_config_file(parser, argv)
     opts = parser.parse_args(argv)
     _check_paths(parser, opts)
     _check_selection(parser, opts)

@@ -410,3 +410,22 @@ def test_execution_options_reach_nipype(planted, tmp_path, monkeypatch):
     torch.set_num_threads(threads)
     assert Execution(nprocs=3).plugin_and_args() == ("MultiProc", {"n_procs": 3})
     assert Execution().plugin_and_args() == ("Linear", {})
+
+
+def test_config_file_values_and_command_line_overrides(planted, tmp_path):
+    parser = _build_parser()
+    toml = tmp_path / "cfg.toml"
+    toml.write_text('fdr_q = 0.01\nmodels = ["tiny-clip"]\nlayers = [1, 2]\nno_encoding = true\n'
+                    'hrf_model = "glover"\n')
+    from bids_vlm.cli import _apply_config_file
+
+    argv = [str(planted.root), str(tmp_path / "o"), "participant", "--config-file", str(toml),
+            "--fdr-q", "0.2"]
+    _apply_config_file(parser, argv)
+    opts = parser.parse_args(argv)
+    assert opts.fdr_q == 0.2 and opts.layers == [1, 2] and opts.no_encoding
+    assert opts.hrf_model == "glover"
+    toml.write_text("fdr_k = 3\n")
+    with pytest.raises(SystemExit) as exc:
+        main(argv[:5])
+    assert exc.value.code == 2
