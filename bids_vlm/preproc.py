@@ -2,7 +2,8 @@
 
 Default confound strategy for fMRIPrep confounds (METHOD.md 5): the 6 motion parameters and
 their temporal derivatives, the first ``n_acompcor`` aCompCor components and fMRIPrep's cosine
-drift terms; plus linear detrending, a high-pass filter at ``high_pass`` Hz and a z-score per run.
+drift terms; plus linear detrending, a high-pass at ``high_pass`` Hz (discrete cosine basis)
+and a z-score per run. The AN regressors get the same cleaning (:func:`clean_signals`).
 Raw BOLD (no derivative) is masked and cleaned the same way without confounds; it is not
 motion-corrected or normalised, and the outputs say so.
 """
@@ -80,21 +81,53 @@ def clean_bold(bold_path, mask_img, tr, confounds_path=None, config: BoldConfig 
         bad = int((~np.isfinite(data)).any(axis=0).sum())
         LOGGER.warning("%s: %d voxel(s) with NaN/inf set to 0", bold_path, bad)
         data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
-    confounds = None
-    if confounds_path:
-        table = pd.read_csv(confounds_path, sep="\t", na_values=["n/a"])
-        if len(table) != data.shape[0]:
-            raise DataError(f"confounds have {len(table)} rows but the BOLD has "
-                            f"{data.shape[0]} volumes", confounds_path)
-        selected = select_confounds(table, config)
-        bad = [c for c in selected if pd.to_numeric(selected[c], errors="coerce").isna().any()]
-        if bad:
-            raise DataError(f"confound column(s) {', '.join(bad)} hold non-numeric values",
-                            confounds_path)
-        confounds = selected.to_numpy(float)
-        confounds = confounds if confounds.shape[1] else None
-    constant = data.std(axis=0) < 1e-8
+    confounds = read_confounds(confounds_path, data.shape[0], config)
+    return clean_signals(data, tr, confounds, config)
+
+
+def clean_signals(data, tr, confounds=None, config: BoldConfig = BoldConfig()):
+    """(n_scans, n) time series -> the same cleaning as the BOLD: confounds regressed out,
+    linear detrend, high-pass at ``config.high_pass`` Hz by a discrete cosine basis regressed
+    out with the confounds (SPM's and nilearn's GLM drift model: an exact projection, without
+    the edge transients a Butterworth filter leaves in short runs), z-score; constant columns
+    -> 0.
+
+    Applied to the voxels and, identically, to the AN regressors of the run, so that the
+    association and the encoding models see both sides filtered alike (as drift and confound
+    columns in a GLM design would do). Returns float32.
+    """
+    data = np.asarray(data, dtype=np.float64)
+    constant = data.std(axis=0) < 1e-8 * np.maximum(1.0, np.abs(data).max(axis=0))
     cleaned = signal.clean(data, confounds=confounds, detrend=True, standardize="zscore_sample",
-                           high_pass=config.high_pass or None, t_r=tr)
+                           high_pass=config.high_pass or None, t_r=tr,
+                           filter="cosine" if config.high_pass else False)
     cleaned[:, constant] = 0.0
     return cleaned.astype(np.float32)
+
+
+def read_confounds(confounds_path, n_scans: int, config: BoldConfig = BoldConfig()):
+    """The selected confound columns of a run, (n_scans, n_confounds) float, or None."""
+    if not confounds_path:
+        return None
+    table = pd.read_csv(confounds_path, sep="\t", na_values=["n/a"])
+    if len(table) != n_scans:
+        raise DataError(f"confounds have {len(table)} rows but the BOLD has "
+                        f"{n_scans} volumes", confounds_path)
+    selected = select_confounds(table, config)
+    bad = [c for c in selected if pd.to_numeric(selected[c], errors="coerce").isna().any()]
+    if bad:
+        raise DataError(f"confound column(s) {', '.join(bad)} hold non-numeric values",
+                        confounds_path)
+    confounds = selected.to_numpy(float)
+    return confounds if confounds.shape[1] else None
+
+
+def removed_dimensions(n_scans: int, tr: float, confounds=None,
+                       config: BoldConfig = BoldConfig()) -> int:
+    """How many dimensions of a run's time series :func:`clean_signals` projects out
+    (mean, linear trend, cosine drift terms, confounds): the run's cleaned data live in
+    ``n_scans - removed`` dimensions, which the association's degrees of freedom must use.
+    Measured as the rank deficit of the cleaned identity matrix, so it follows the cleaning
+    exactly (collinear confounds count once)."""
+    cleaned = clean_signals(np.eye(n_scans), tr, confounds, config).astype(np.float64)
+    return int(n_scans - np.linalg.matrix_rank(cleaned, tol=1e-4))

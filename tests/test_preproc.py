@@ -159,3 +159,38 @@ def test_non_numeric_confounds_are_a_data_error(tmp_path):
     mask = nib.Nifti1Image(np.ones((3, 3, 3), np.uint8), np.eye(4))
     with pytest.raises(DataError, match="trans_x hold non-numeric"):
         clean_bold(bold, mask, 2.0, tmp_path / "conf.tsv")
+
+
+def test_removed_dimensions_follow_the_cleaning():
+    from bids_vlm.preproc import removed_dimensions
+
+    rng = np.random.default_rng(0)
+    # mean + linear trend + 3 cosines below 1/128 Hz for 100 scans of 2 s
+    assert removed_dimensions(100, 2.0) == 5
+    assert removed_dimensions(100, 2.0, rng.normal(size=(100, 6))) == 11
+    assert removed_dimensions(100, 2.0, None, BoldConfig(high_pass=0.0)) == 2
+    conf = rng.normal(size=(100, 3))
+    assert removed_dimensions(100, 2.0, np.c_[conf, 2 * conf[:, :1]]) == 8  # collinear once
+
+
+def test_cleaned_regressor_and_noise_keep_the_null_distribution():
+    """A slow HRF regressor with an onset transient and white-noise voxels, both cleaned alike:
+    their correlations have the null spread of n - removed dimensions (the Butterworth
+    high-pass that the cosine basis replaced gave 1.7 x that spread on such data)."""
+    from nilearn.glm.first_level import compute_regressor
+
+    from bids_vlm.preproc import clean_signals, removed_dimensions
+
+    rng = np.random.default_rng(1)
+    n, tr = 100, 2.0
+    frames = np.arange(n) * tr
+    onsets = np.arange(0, n * tr, 2.0)
+    amplitude = 1.0 + 0.05 * np.cumsum(rng.normal(size=onsets.size))  # slow, far from zero
+    reg = compute_regressor(np.vstack([onsets, np.full(onsets.size, 2.0), amplitude]), "spm",
+                            frames)[0][:, 0]
+    conf = rng.normal(size=(n, 6))
+    x = clean_signals(reg[:, None], tr, conf)[:, 0]
+    noise = clean_signals(rng.normal(size=(n, 4000)), tr, conf)
+    r = noise.T @ x / (n - 1)
+    expected = 1.0 / np.sqrt(n - removed_dimensions(n, tr, conf))
+    assert abs(r.std() / expected - 1.0) < 0.08, (r.std(), expected)
