@@ -149,12 +149,15 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--models", nargs="+", default=["tiny-clip"], type=_model_name,
                    help=f"models to record: {', '.join(sorted(REGISTRY))}, or "
                         "hf-clip:<directory or hub id> (see --list-models)")
-    g.add_argument("--streams", nargs="+", default=[], choices=["image", "text"],
+    g.add_argument("--streams", nargs="+", default=[], choices=["image", "text", "cross-image", "cross-text"],
                    help="streams to record; default every stream")
     g.add_argument("--layers", nargs="+", type=int, default=[],
                    help="layer indices to record (0-based); default every layer")
     g.add_argument("--model-dir", default="", help="folder with local model weights "
                    "(also $BIDS_VLM_MODEL_DIR)")
+    g.add_argument("--image-size", type=_positive_int, default=None,
+                   help="METER: image resolution in pixels (the ViT position embedding is "
+                        "resized as METER does); default the checkpoint's own")
     g.add_argument("--batch-size", type=_positive_int, default=16)
     g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="fp16/bf16: CUDA autocast for the models (needs --device cuda)")
@@ -287,7 +290,8 @@ def config_from_options(opts):
                           layers=tuple(opts.layers), pooling=opts.pooling,
                           an_kind=opts.neurons, precision=opts.precision,
                           batch_size=opts.batch_size, device=opts.device,
-                          model_dir=opts.model_dir, seed=opts.seed),
+                          model_dir=opts.model_dir, seed=opts.seed,
+                          image_size=opts.image_size or 0),
         bold=BoldConfig(high_pass=opts.high_pass, smoothing_fwhm=opts.smoothing_fwhm),
         stats=StatsConfig(hrf_model=opts.hrf_model, fdr_q=opts.fdr_q,
                           fir_delays=tuple(opts.fir_delays) if opts.hrf_model == "fir" else (),

@@ -45,6 +45,7 @@ class ModelConfig:
     device: str = "auto"
     model_dir: str = ""
     seed: int = 0
+    image_size: int = 0  # METER: run at this resolution (resized position embedding); 0 = native
 
 
 @dataclass(frozen=True)

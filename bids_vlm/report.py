@@ -22,6 +22,7 @@ from nilearn import image, plotting  # noqa: E402
 
 from bids_vlm import __version__  # noqa: E402
 from bids_vlm.derivatives import atomic_path  # noqa: E402
+from bids_vlm.derivatives.io import label  # noqa: E402
 
 TEMPLATE_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym", "MNI152NLin2009cSym", "MNI")
 CITATIONS = [
@@ -103,7 +104,7 @@ def _unit_section(table_path, sidecar, figdir, out):
     maps = _count_maps(table_path.parent, stem.replace(_desc(stem), ""), model)
     background = _background(sidecar.get("Sources", []), space)
     for stream, paths in maps.items():
-        fig = figdir / f"{stem}_stream-{stream}_bncount.png"
+        fig = figdir / f"{stem}_stream-{label(stream)}_bncount.png"
         _brain_figure(paths, fig, f"{model} {stream}: ANs per voxel (all layers)", background,
                       space)
         parts.append(_figure(fig, out, f"Number of {stream}-stream ANs (all layers) that have "
@@ -205,7 +206,7 @@ def _encoding_section(enc_table, stem, figdir, out, background, space, model):
         side = json.loads(Path(str(path).replace(".nii.gz", ".json")).read_text())
         if side.get("Model") != model:
             continue
-        fig = figdir / f"{stem}_stream-{side['Stream']}_preferredlayer.png"
+        fig = figdir / f"{stem}_stream-{label(side['Stream'])}_preferredlayer.png"
         _brain_figure([path], fig, f"{model} {side['Stream']}: preferred layer", background,
                       space, threshold=-0.5, cmap="viridis", total=False)
         parts.append(_figure(fig, out, f"Layer of the {side['Stream']} stream whose encoding "
@@ -328,7 +329,7 @@ def group_report(output_dir, config) -> Path:
                            "meanbncount")
         for stream, paths in maps.items():
             map_side = json.loads(Path(str(paths[0]).replace(".nii.gz", ".json")).read_text())
-            fig = figdir / f"{stem}_stream-{stream}_meanbncount.png"
+            fig = figdir / f"{stem}_stream-{label(stream)}_meanbncount.png"
             _brain_figure(paths, fig, f"group {stream}: mean ANs per voxel (all layers)", None,
                           _space(stem))
             parts.append(_figure(fig, out, f"Mean number of {stream}-stream ANs per voxel."))

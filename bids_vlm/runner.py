@@ -46,16 +46,14 @@ def write_config_log(output_dir, config: AnalysisConfig, level, extra: dict) -> 
 
 def check_stimuli(runs, bids_dir, config: AnalysisConfig):
     """Build every run's timeline before the graph runs, so bad events fail fast and clearly."""
-    from bids_vlm.stimuli import build_timeline, read_events
+    from bids_vlm.stimuli import build_timeline, read_events, sample_items
 
-    streams = config.model.streams or ("image", "text")
+    streams = config.model.streams or ("image", "text")  # cross streams: either side
     any_stimulus = False
     for run in runs:
         timeline = build_timeline(read_events(run.events), run.n_scans * run.tr,
                                   config.stimuli, Path(bids_dir) / "stimuli", source=run.events)
-        chosen = (timeline.images if "image" in streams else ()) + \
-            (timeline.texts if "text" in streams else ())
-        any_stimulus |= any(x is not None for x in chosen)
+        any_stimulus |= any(x is not None for s in streams for x in sample_items(timeline, s))
     if not any_stimulus:
         raise NoInputError(f"no stimulus of the selected stream(s) ({', '.join(streams)}) in "
                            "any selected run's events: give a stim_file column (images or "

@@ -11,6 +11,7 @@ word-level transcript) whose onset lies in the window that ends with the sample.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import string
@@ -193,6 +194,37 @@ def _fill(template, row, source):
 
 def unique_stimuli(timelines) -> tuple[list, list]:
     """Sorted unique image paths and texts over several timelines."""
-    images = sorted({i for t in timelines for i in t.images if i is not None})
-    texts = sorted({s for t in timelines for s in t.texts if s is not None})
-    return images, texts
+    return unique_items(timelines, "image"), unique_items(timelines, "text")
+
+
+PAIR_PREFIX = "pair:"
+
+
+def pair_item(image, text):
+    """The item a cross-modal stream sees in a sample: its image and its concurrent text, as one
+    string (``pair:["<image>", "<text>"]``, a side ``null`` when blank); None when both are."""
+    if image is None and text is None:
+        return None
+    return PAIR_PREFIX + json.dumps([image, text], ensure_ascii=False)
+
+
+def split_pair_item(item) -> tuple:
+    """(image or None, text or None) of a :func:`pair_item`."""
+    if not item.startswith(PAIR_PREFIX):
+        raise ValueError(f"not a pair item: {item[:60]!r}")
+    image, text = json.loads(item[len(PAIR_PREFIX):])
+    return image, text
+
+
+def sample_items(timeline: Timeline, stream: str) -> tuple:
+    """Per-sample items of ``stream``: images, texts, or (``cross-*`` streams) pairs."""
+    if stream == "image":
+        return timeline.images
+    if stream == "text":
+        return timeline.texts
+    return tuple(pair_item(i, t) for i, t in zip(timeline.images, timeline.texts))
+
+
+def unique_items(timelines, stream: str) -> list:
+    """Sorted unique non-blank items of ``stream`` over several timelines."""
+    return sorted({x for t in timelines for x in sample_items(t, stream) if x is not None})

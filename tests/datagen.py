@@ -34,10 +34,11 @@ class Plant:
     unit: int
     voxels: list
     beta: float
+    model: str = "tiny-clip"
 
     @property
     def an_id(self):
-        return f"tiny-clip/{self.stream}/{self.layer:02d}/{self.unit}"
+        return f"{self.model}/{self.stream}/{self.layer:02d}/{self.unit}"
 
 
 DEFAULT_PLANTS = (Plant("image", 2, 7, list(range(0, 12)), 0.6),
@@ -93,23 +94,26 @@ def planted_signal(root, events_by_run, n_scans, tr, plants, seed=0):
         make_regressors,
         sample_activations,
     )
-    from bids_vlm.stimuli import build_timeline, unique_stimuli
+    from bids_vlm.stimuli import build_timeline, sample_items, unique_items
 
     tls = [build_timeline(ev, n_scans * tr, StimulusConfig(), Path(root) / "stimuli")
            for ev in events_by_run]
-    images, texts = unique_stimuli(tls)
-    acts = extract(load_model("tiny-clip", ModelConfig(seed=seed)),
-                   {"image": images, "text": texts}, ModelConfig(seed=seed), progress=False)
-    index = {"image": {k: i for i, k in enumerate(images)},
-             "text": {k: i for i, k in enumerate(texts)}}
+    acts, index = {}, {}
+    for model in sorted({p.model for p in plants}):
+        streams = sorted({p.stream for p in plants if p.model == model})
+        items = {s: unique_items(tls, s) for s in streams}
+        found = extract(load_model(model, ModelConfig(seed=seed)), items, ModelConfig(seed=seed),
+                        progress=False)
+        acts.update({f"{model}/{k}": v for k, v in found.items()})
+        index.update({(model, s): {k: i for i, k in enumerate(v)} for s, v in items.items()})
     out = []
     for tl in tls:
         matrix = convolution_matrix(tl.times, tl.dt, frame_times(n_scans, tr))
         cols = []
         for p in plants:
-            keys = tl.images if p.stream == "image" else tl.texts
-            table = acts[f"{p.stream}/{p.layer:02d}"][:, [p.unit]]
-            cols.append(make_regressors(matrix, sample_activations(keys, table, index[p.stream])))
+            table = acts[f"{p.model}/{p.stream}/{p.layer:02d}"][:, [p.unit]]
+            cols.append(make_regressors(matrix, sample_activations(
+                sample_items(tl, p.stream), table, index[(p.model, p.stream)])))
         out.append(np.concatenate(cols, axis=1))
     return out
 

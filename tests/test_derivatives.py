@@ -15,6 +15,7 @@ from bids_vlm.derivatives import (
     dataset_description,
     desc_label,
     init_output,
+    write_json,
     write_map,
     write_sparse,
 )
@@ -48,6 +49,18 @@ def test_atomic_path_replaces_target_on_success(tmp_path):
         assert target.read_text() == "old"  # not visible before the block ends
     assert target.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_outputs_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600
 
 
 def test_atomic_path_leaves_nothing_when_block_raises(tmp_path):

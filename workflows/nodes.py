@@ -86,21 +86,20 @@ def extract_node(timelines_file, model_name, config_json, cache_dir):
 
     from bids_vlm.config import from_json
     from bids_vlm.models import extract_cached, load_model
-    from bids_vlm.stimuli import Timeline, unique_stimuli
+    from bids_vlm.stimuli import Timeline, unique_items
 
     config = from_json(config_json)
     timelines = [Timeline.from_dict(t) for t in json.loads(open(timelines_file).read()).values()]
-    images, texts = unique_stimuli(timelines)
     model = load_model(model_name, config.model)
-    wanted = config.model.streams or ("image", "text")
-    items = {s: v for s, v in (("image", images), ("text", texts)) if s in wanted}
+    items = {s: unique_items(timelines, s) for s in model.streams
+             if not config.model.streams or s in config.model.streams}
     acts, computed = extract_cached(model, items, config.model, cache_dir)
     path = os.path.abspath("activations.h5")
     with h5py.File(path, "w") as h5:
         for key, value in acts.items():
             h5[key] = value
-        for stream, items in (("image", images), ("text", texts)):
-            h5.create_dataset(f"items/{stream}", data=items, dtype=h5py.string_dtype())
+        for stream, values in items.items():
+            h5.create_dataset(f"items/{stream}", data=values, dtype=h5py.string_dtype())
         h5.attrs["model"] = model_name
         h5.attrs["computed"] = computed
         h5.attrs["units"] = json.dumps({s: v.units for s, v in model.streams.items()})
@@ -109,7 +108,8 @@ def extract_node(timelines_file, model_name, config_json, cache_dir):
 
 def regressors_node(timelines_file, activations_file, runs_json, config_json):
     """HRF regressors of every AN, runs concatenated -> ``regressors.h5``
-    (``<stream>/<layer>``: (n_frames_total, units), z-scored within each run)."""
+    (``<stream>/<layer>``: (n_frames_total, units)), each run's cleaned like its BOLD
+    (confounds, detrend, high-pass; :func:`bids_vlm.preproc.clean_signals`) and z-scored."""
     import json
     import os
 
@@ -118,6 +118,7 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
 
     from bids_vlm.bids import run_from_dict
     from bids_vlm.config import from_json
+    from bids_vlm.preproc import clean_signals, read_confounds
     from bids_vlm.regressors import (
         convolution_matrix,
         frame_times,
@@ -125,7 +126,7 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
         make_regressors,
         sample_activations,
     )
-    from bids_vlm.stimuli import Timeline
+    from bids_vlm.stimuli import Timeline, sample_items
 
     config = from_json(config_json)
     timelines = json.loads(open(timelines_file).read())
@@ -133,27 +134,27 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
     path = os.path.abspath("regressors.h5")
     with h5py.File(activations_file, "r") as acts, h5py.File(path, "w") as out:
         index = {s: {k: i for i, k in enumerate(acts[f"items/{s}"].asstr()[()])}
-                 for s in ("image", "text")}
+                 for s in acts["items"]}
         per_run = []
         for run in runs:
             tl = Timeline.from_dict(timelines[run.label])
             matrix = convolution_matrix(tl.times, tl.dt, frame_times(run.n_scans, run.tr),
                                         config.stats.hrf_model, config.stats.oversampling,
                                         config.stats.fir_delays)
-            per_run.append((tl, matrix))
-        for stream in ("image", "text"):
-            if stream not in acts:
-                continue
+            confounds = read_confounds(run.confounds, run.n_scans, config.bold)
+            per_run.append((tl, matrix, lambda x, r=run, c=confounds:
+                            clean_signals(x, r.tr, c, config.bold)))
+        for stream in (s for s in acts if s != "items"):
             for layer in acts[stream]:
                 table = acts[f"{stream}/{layer}"][()]
-                keys = "images" if stream == "image" else "texts"
-                samples = [sample_activations(getattr(tl, keys), table, index[stream])
-                           for tl, _ in per_run]
+                samples = [sample_activations(sample_items(tl, stream), table, index[stream])
+                           for tl, _, _ in per_run]
                 out[f"{stream}/{layer}"] = np.concatenate(
-                    [make_regressors(m, s) for (_, m), s in zip(per_run, samples)], axis=0)
+                    [clean(make_regressors(m, s)) for (_, m, clean), s in zip(per_run, samples)])
                 if config.stats.hrf_model == "fir":  # delayed copies for the encoding models
                     out[f"delayed/{stream}/{layer}"] = np.concatenate(
-                        [make_delayed_regressors(m, s) for (_, m), s in zip(per_run, samples)])
+                        [clean(make_delayed_regressors(m, s))
+                         for (_, m, clean), s in zip(per_run, samples)])
         out.attrs["model"] = acts.attrs["model"]
         out.attrs["run_lengths"] = [r.n_scans for r in runs]
     return path
@@ -282,9 +283,10 @@ def atoms_node(timelines_file, activations_file, runs_json, cleaned_files, confi
     from bids_vlm.bids import run_from_dict
     from bids_vlm.config import from_json
     from bids_vlm.encoding.atoms import atom_glm, learn_atoms
+    from bids_vlm.preproc import clean_signals, read_confounds
     from bids_vlm.regressors import (convolution_matrix, frame_times, make_regressors,
                                      sample_activations)
-    from bids_vlm.stimuli import Timeline
+    from bids_vlm.stimuli import Timeline, sample_items
 
     config = from_json(config_json)
     timelines = json.loads(open(timelines_file).read())
@@ -299,19 +301,19 @@ def atoms_node(timelines_file, activations_file, runs_json, cleaned_files, confi
     path = os.path.abspath("atoms.h5")
     with h5py.File(activations_file, "r") as acts, h5py.File(path, "w") as out:
         out.attrs["model"] = acts.attrs["model"]
-        for stream in ("image", "text"):
-            if stream not in acts:
-                continue
+        for stream in (s for s in acts if s != "items"):
             index = {k: i for i, k in enumerate(acts[f"items/{stream}"].asstr()[()])}
             for layer in acts[stream]:
                 table = acts[f"{stream}/{layer}"][()]
-                keys = "images" if stream == "image" else "texts"
-                samples = np.concatenate([sample_activations(getattr(tl, keys), table, index)
-                                          for tl in tls])
+                samples = np.concatenate([sample_activations(sample_items(tl, stream), table,
+                                                             index) for tl in tls])
                 atoms, loadings = learn_atoms(samples, config.stats.n_atoms,
                                               config.stats.atom_alpha, config.model.seed)
-                regs = np.concatenate([make_regressors(m, atoms[a:b]) for m, a, b
-                                       in zip(matrices, edges[:-1], edges[1:])])
+                regs = np.concatenate([
+                    clean_signals(make_regressors(m, atoms[a:b]), r.tr,
+                                  read_confounds(r.confounds, r.n_scans, config.bold),
+                                  config.bold)
+                    for m, a, b, r in zip(matrices, edges[:-1], edges[1:], runs)])
                 t, q, df = atom_glm(regs, voxels)
                 for name, value in (("atoms", atoms), ("loadings", loadings), ("t", t),
                                     ("q", q)):

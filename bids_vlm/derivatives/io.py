@@ -45,6 +45,12 @@ def bids_name(entities: dict, suffix: str, extension: str) -> str:
     return "_".join(parts + [suffix]) + extension
 
 
+def label(text: str) -> str:
+    """``text`` with every non-alphanumeric character removed (a valid BIDS entity value),
+    e.g. ``cross-image`` -> ``crossimage``."""
+    return re.sub(r"[^A-Za-z0-9]", "", text)
+
+
 def desc_label(model: str, stream: str = "", layer: int | None = None) -> str:
     """Alphanumeric desc label, e.g. ``clipvitb32Image07`` or ``tinyclipCrossText``."""
     label = re.sub(r"[^A-Za-z0-9]", "", model).lower()
@@ -64,10 +70,17 @@ def atomic_path(path):
         raise OutputError(f"cannot write here: {exc}", path.parent) from exc
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path, data) -> Path:

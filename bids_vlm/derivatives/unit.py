@@ -12,6 +12,7 @@ import pandas as pd
 from bids_vlm.derivatives.io import (
     bids_name,
     desc_label,
+    label,
     write_json,
     write_map,
     write_sparse,
@@ -191,7 +192,7 @@ def _banded_outputs(group, folder, ents, model, mask, side):
         for key in (k for k in grp if k.startswith("split_")):
             stream = key[len("split_"):]
             written.append(write_map(
-                folder / bids_name(dict(ents, desc=desc, stat=f"splitr2{stream}"), "statmap",
+                folder / bids_name(dict(ents, desc=desc, stat=f"splitr2{label(stream)}"), "statmap",
                                    ".nii.gz"), grp[key][()], mask,
                 dict(meta, Stream=stream, Description=f"share of the banded model's held-out "
                                                       f"R^2 explained by the {stream} stream")))

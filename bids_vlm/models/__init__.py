@@ -5,6 +5,7 @@ and returns the pooled activation of every AN of every selected layer.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from bids_vlm.config import ModelConfig
-from bids_vlm.models import hfclip, openclip
+from bids_vlm.models import hfclip, meter, openclip
 from bids_vlm.models.base import (
     an_id,
     query_key_product,
@@ -50,6 +51,21 @@ REGISTRY: dict[str, ModelEntry] = {
         lambda cfg: openclip.load_openai_clip("clip-vit-b-16", cfg.model_dir),
         "OpenAI CLIP ViT-B/16 (open_clip 'openai' weights, from a local file)",
         {"image": (12, 3072), "text": (12, 2048)}),
+    meter.NAME: ModelEntry(
+        lambda cfg: meter.load_meter(cfg.model_dir, cfg.image_size),
+        "METER CLIP-ViT-B/16 + RoBERTa-base + 6 co-attention layers (an official checkpoint, "
+        "pretrain or fine-tuned, from a local file; RoBERTa tokenizer from a local folder)",
+        {"image": (11, 3072), "text": (12, 3072), "cross-image": (6, 3072),
+         "cross-text": (6, 3072)}),
+    "tiny-meter": ModelEntry(
+        lambda cfg: meter.build_tiny_meter(cfg.seed),
+        "METER, tiny config, seeded random weights: pipeline tests only, not a scientific model",
+        {s: (n, u) for s, n, u in (("image", meter.TINY_ARCH.vit_layers, meter.TINY_ARCH.vit_ffn),
+                                   ("text", meter.TINY_ARCH.text_layers, meter.TINY_ARCH.text_ffn),
+                                   ("cross-image", meter.TINY_ARCH.cross_layers,
+                                    meter.TINY_ARCH.cross_ffn),
+                                   ("cross-text", meter.TINY_ARCH.cross_layers,
+                                    meter.TINY_ARCH.cross_ffn))}),
 }
 
 
@@ -101,64 +117,86 @@ def select_layers(n_layers: int, layers: tuple) -> list[int]:
 def extract(model, items_by_stream: dict, config: ModelConfig, progress=True) -> dict:
     """Pooled AN activations for every stimulus.
 
-    items_by_stream: {stream: list of n_items stimuli (image paths or texts)}.
-    Returns {"<stream>/<layer:02d>": (n_items, units) float32}; streams with no items are left out.
+    items_by_stream: {stream: list of n_items stimuli (image paths, texts or pair items)}.
+    Streams a model computes in one forward pass (METER's two cross streams, on the same items)
+    are recorded together. Returns {"<stream>/<layer:02d>": (n_items, units) float32}; streams
+    with no items are left out.
     """
     device = resolve_device(config.device)
     model.module.to(device)
     out = {}
-    for stream, items in items_by_stream.items():
-        if not items:
-            continue
-        layers = select_layers(model.streams[stream].n_layers, config.layers)
-        chunks = {layer: [] for layer in layers}
+    for streams in _forward_groups(model, items_by_stream):
+        items = items_by_stream[streams[0]]
+        layers = {s: select_layers(model.streams[s].n_layers, config.layers) for s in streams}
+        chunks = {(s, layer): [] for s in streams for layer in layers[s]}
         for start in progress_bar(range(0, len(items), config.batch_size), progress,
-                          desc=f"{model.name} {stream}", unit="batch"):
+                                  desc=f"{model.name} {'+'.join(streams)}", unit="batch"):
             batch = items[start:start + config.batch_size]
-            for layer, acts in _run_batch(model, stream, batch, layers, config, device).items():
-                chunks[layer].append(acts)
-        for layer in layers:
-            out[f"{stream}/{layer:02d}"] = np.concatenate(chunks[layer], axis=0)
+            for stream, acts in _run_batch(model, streams, batch, layers, config,
+                                           device).items():
+                for layer, values in acts.items():
+                    chunks[(stream, layer)].append(values)
+        for (stream, layer), parts in chunks.items():
+            out[f"{stream}/{layer:02d}"] = np.concatenate(parts, axis=0)
     model.module.to("cpu")
     return out
+
+
+def _forward_groups(model, items_by_stream) -> list[list[str]]:
+    """Streams with items, grouped when the model records them in one forward pass over the
+    same items (``model.forward_key``; each stream alone when the model has none)."""
+    key_of = getattr(model, "forward_key", lambda stream: stream)
+    groups: dict = {}
+    for stream, items in items_by_stream.items():
+        if items:
+            groups.setdefault((key_of(stream), tuple(items)), []).append(stream)
+    return list(groups.values())
 
 
 def extract_cached(model, items_by_stream: dict, config: ModelConfig, cache_root,
                    progress=True) -> tuple[dict, int]:
     """:func:`extract` through the on-disk :class:`~bids_vlm.models.cache.ActivationCache`.
 
-    Returns (activations as :func:`extract` gives them, number of stimuli computed now).
+    Returns (activations as :func:`extract` gives them, number of (stream, stimulus) pairs
+    computed now).
     """
     from bids_vlm.models.cache import ActivationCache, settings_key, weights_digest
 
     cache = ActivationCache(cache_root, settings_key(model.name, weights_digest(model.module),
                                                      config))
-    out, computed = {}, 0
-    for stream, items in items_by_stream.items():
-        if not items:
-            continue
-        found, missing = cache.load(stream, items)
-        if missing:
-            fresh = extract(model, {stream: missing}, config, progress=progress)
-            cache.save(stream, missing, fresh)
-            found.update({item: {k: v[i] for k, v in fresh.items()}
-                          for i, item in enumerate(missing)})
-            computed += len(missing)
+    streams = [s for s, items in items_by_stream.items() if items]
+    loaded = {s: cache.load(s, items_by_stream[s]) for s in streams}
+    missing = {s: loaded[s][1] for s in streams if loaded[s][1]}
+    fresh = extract(model, missing, config, progress=progress) if missing else {}
+    out = {}
+    for stream in streams:
+        found = loaded[stream][0]
+        if stream in missing:
+            mine = {k: v for k, v in fresh.items() if k.split("/")[0] == stream}
+            cache.save(stream, missing[stream], mine)
+            found.update({item: {k: v[i] for k, v in mine.items()}
+                          for i, item in enumerate(missing[stream])})
+        items = items_by_stream[stream]
         for key in found[items[0]]:
             out[key] = np.stack([found[item][key] for item in items])
-    return out, computed
+    return out, sum(len(v) for v in missing.values())
 
 
-def _run_batch(model, stream, batch, layers, config, device) -> dict:
-    inputs, valid, cls_index = model.prepare(stream, batch, device)
-    modules = {i: m for i, m in model.layer_modules(stream, config.an_kind).items()
-               if i in layers}
+def _run_batch(model, streams, batch, layers, config, device) -> dict:
+    """{stream: {layer: (B, units)}} of one batch, all ``streams`` in one forward pass."""
     transform = query_key_product if config.an_kind == "attn" else None
-    with torch.inference_mode(), _autocast(device, config.precision), \
-            recording(modules, valid, cls_index, config.pooling, model.batch_first(stream),
-                      transform) as pooled:
-        model.forward(stream, inputs)
-    return to_numpy(pooled)
+    pooled, inputs = {}, None
+    with contextlib.ExitStack() as stack, torch.inference_mode(), \
+            _autocast(device, config.precision):
+        for stream in streams:
+            stream_inputs, valid, cls_index = model.prepare(stream, batch, device)
+            inputs = stream_inputs if inputs is None else inputs
+            modules = {i: m for i, m in model.layer_modules(stream, config.an_kind).items()
+                       if i in layers[stream]}
+            pooled[stream] = stack.enter_context(recording(
+                modules, valid, cls_index, config.pooling, model.batch_first(stream), transform))
+        model.forward(streams[0], inputs)
+    return {stream: to_numpy(values) for stream, values in pooled.items()}
 
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}

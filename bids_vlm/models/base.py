@@ -44,6 +44,8 @@ def query_key_product(module, inputs, _output):
     query = inputs[0]
     if hasattr(module, "q_proj"):  # transformers attention: separate q / k projections
         return module.q_proj(query) * module.k_proj(query)
+    if hasattr(module, "query"):  # BERT / RoBERTa self-attention (METER)
+        return module.query(query) * module.key(query)
     key = inputs[1] if len(inputs) > 1 and inputs[1] is not None else query
     dim = module.embed_dim
     weight, bias = module.in_proj_weight, module.in_proj_bias

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bids_vlm.stimuli import PAIR_PREFIX, split_pair_item
 from bids_vlm.video import file_digest, is_frame_item, split_frame_item
 
 
@@ -34,21 +35,30 @@ def weights_digest(module) -> str:
 def settings_key(model_name: str, weights: str, config) -> str:
     """Hash of everything that changes the activations of a stimulus."""
     settings = {"model": model_name, "weights": weights, "pooling": config.pooling,
-                "layers": list(config.layers), "kind": config.an_kind, "precision": config.precision, "format": 1}
+                "layers": list(config.layers), "kind": config.an_kind, "precision": config.precision, "format": 2}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def stimulus_key(stream: str, item: str) -> str:
     """Hash of a stimulus's content: the image file's bytes, or the text."""
     digest = hashlib.sha256(stream.encode() + b"\0")
-    if stream == "image" and is_frame_item(item):
-        path, seconds = split_frame_item(item)
-        digest.update(f"{file_digest(path)}@{seconds:.4f}".encode())
+    if item.startswith(PAIR_PREFIX):
+        image, text = split_pair_item(item)
+        digest.update(b"pair\0" + (_image_digest(image).encode() if image else b"-") + b"\0")
+        digest.update(b"-" if text is None else b"+" + text.encode("utf-8"))
     elif stream == "image":
-        digest.update(Path(item).read_bytes())
+        digest.update(_image_digest(item).encode())
     else:
         digest.update(item.encode("utf-8"))
     return digest.hexdigest()[:32]
+
+
+def _image_digest(item) -> str:
+    """Digest of an image file's bytes, or of a video file and the frame's time."""
+    if is_frame_item(item):
+        path, seconds = split_frame_item(item)
+        return f"{file_digest(path)}@{seconds:.4f}"
+    return hashlib.sha256(Path(item).read_bytes()).hexdigest()
 
 
 class ActivationCache:
