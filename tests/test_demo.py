@@ -42,3 +42,8 @@ def test_readme_demo_command_runs_as_written():
                         sep="\t")
     assert len(table) == 4 * 256 and set(table.stream) == {"text"}
     assert (table.n_bn_pos + table.n_bn_neg).gt(0).mean() > 0.5  # real BOLD answers the prompts
+    # the list CircleCI diffs the container's outputs against (.circleci/config.yml) is current
+    listing = subprocess.run(["bash", str(REPO / ".circleci" / "list_outputs.sh"),
+                              str(out / "bids_vlm")], capture_output=True, text=True, check=True)
+    committed = (REPO / ".circleci" / "demo_outputs.txt").read_text()
+    assert listing.stdout == committed, "regenerate .circleci/demo_outputs.txt (see its config)"

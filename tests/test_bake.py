@@ -1,0 +1,86 @@
+"""The weight-baking script the Dockerfile runs: its dry run names open_clip's Hugging Face files,
+and a local checkpoint lands where the loader finds it (the download itself needs the network)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO
+from safetensors.torch import save_file
+
+from bids_vlm import bake
+from bids_vlm.errors import EXIT_WEIGHTS
+from bids_vlm.models.openclip import find_weights
+
+
+def run_bake(*args):
+    return subprocess.run([sys.executable, "-m", "bids_vlm.bake", *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_dry_run_names_the_hub_files_and_writes_nothing(tmp_path):
+    dest = tmp_path / "models"
+    proc = run_bake("--models", "clip-vit-b-32", "clip-vit-b-16", "tiny-clip", "--dest", dest,
+                    "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines == [
+        f"would fetch clip-vit-b-32: timm/vit_base_patch32_clip_224.openai "
+        f"[open_clip_model.safetensors] -> {dest}/clip-vit-b-32/open_clip_model.safetensors",
+        f"would fetch clip-vit-b-16: timm/vit_base_patch16_clip_224.openai "
+        f"[open_clip_model.safetensors] -> {dest}/clip-vit-b-16/open_clip_model.safetensors",
+    ]  # tiny-clip has random weights: nothing to fetch
+    assert not dest.exists()
+
+
+def test_dry_run_of_a_hub_clip_goes_to_the_hf_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    fetch = bake.plan("hf-clip:openai/clip-vit-base-patch32", tmp_path / "models")
+    assert fetch.repo == "openai/clip-vit-base-patch32" and fetch.target == tmp_path / "hf" / "hub"
+    assert "*.safetensors" in fetch.files
+
+
+def test_from_file_installs_where_find_weights_looks(tmp_path, monkeypatch):
+    monkeypatch.delenv("BIDS_VLM_MODEL_DIR", raising=False)
+    checkpoint = tmp_path / "downloaded.safetensors"
+    save_file({"logit_scale": torch.ones(())}, str(checkpoint))
+    dest = tmp_path / "models"
+    proc = run_bake("--models", "clip-vit-b-32", "--dest", dest, "--from-file", checkpoint)
+    assert proc.returncode == 0, proc.stderr
+    found = find_weights("clip-vit-b-32", str(dest))
+    assert found == dest / "clip-vit-b-32" / "open_clip_model.safetensors"
+    assert found.read_bytes() == checkpoint.read_bytes()
+    assert found.stat().st_mode & 0o444 == 0o444  # readable by any user (Singularity)
+    assert [p.name for p in found.parent.iterdir()] == [found.name]  # no temporary left
+    monkeypatch.setenv("BIDS_VLM_MODEL_DIR", str(dest))  # as the image sets it
+    assert find_weights("clip-vit-b-32") == found
+
+
+def test_from_file_rejects_a_truncated_checkpoint(tmp_path):
+    checkpoint = tmp_path / "broken.safetensors"
+    save_file({"w": torch.zeros(64)}, str(checkpoint))
+    checkpoint.write_bytes(checkpoint.read_bytes()[:40])
+    dest = tmp_path / "models"
+    proc = run_bake("--models", "clip-vit-b-16", "--dest", dest, "--from-file", checkpoint)
+    assert proc.returncode == EXIT_WEIGHTS
+    assert f"{checkpoint}: not a usable safetensors checkpoint" in proc.stderr
+    assert not dest.exists()  # checked before anything is written
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "resnet-50"], "cannot bake 'resnet-50'"),
+    (["--models", "clip-vit-b-32", "clip-vit-b-16", "--from-file", "x.safetensors"],
+     "--from-file needs exactly one of"),
+    (["--models", "tiny-clip", "--from-file", "x.safetensors"], "--from-file needs exactly one"),
+])
+def test_usage_errors(tmp_path, args, message):
+    proc = run_bake(*args, "--dest", tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_missing_local_file_is_a_weights_error(tmp_path):
+    proc = run_bake("--models", "clip-vit-b-32", "--dest", tmp_path,
+                    "--from-file", tmp_path / "absent.safetensors")
+    assert proc.returncode == EXIT_WEIGHTS and "no such checkpoint file" in proc.stderr
