@@ -134,8 +134,8 @@ def _polarity_and_redundancy(layers_path, stem, figdir, out, model):
         ax.plot(rows.layer, rows.mean_bn_pos, "o-", color="#d62728", label="P (BN+ per AN)")
         ax.plot(rows.layer, rows.mean_bn_neg, "o-", color="#1f77b4", label="N (BN- per AN)")
         stats = polarity.get(stream, {})
-        ax.set(title=f"{model} {stream}: r={stats.get('r', float('nan')):.2f}, "
-                     f"p={stats.get('p', float('nan')):.3f}", xlabel="layer", ylabel="mean count")
+        ax.set(title=f"{model} {stream}: r={_num(stats.get('r')):.2f}, "
+                     f"p={_num(stats.get('p')):.3f}", xlabel="layer", ylabel="mean count")
         ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     pol_path = figdir / f"{stem}_polarity.png"
@@ -163,26 +163,34 @@ def _polarity_and_redundancy(layers_path, stem, figdir, out, model):
     return parts
 
 
-def _network_figure(path, stem, figdir, out, model):
-    """Share of each layer's ANs that drive each network, one panel per stream."""
+def _num(value):
+    """A sidecar number (None for undefined) as a float for formatting."""
+    return float("nan") if value is None else float(value)
+
+
+def _network_figure(path, stem, figdir, out, model, caption=None):
+    """Bars: share of each layer's ANs that drive each network, one panel per stream."""
     table = pd.read_csv(path, sep="\t", keep_default_na=False)
     networks = [c[len("q_"):] for c in table.columns if c.startswith("q_")]
     streams = sorted(table.stream.unique())
     fig, axes = plt.subplots(1, len(streams), figsize=(4.8 * len(streams), 3.4), squeeze=False)
+    width = 0.8 / max(1, len(networks))
+    colours = plt.get_cmap("tab10")
     for ax, stream in zip(axes[0], streams):
         rows = table[table.stream == stream]
-        for net in networks:
+        for i, net in enumerate(networks):
             share = rows.groupby("layer")["drives"].apply(
                 lambda d, n=net: d.str.split(";").apply(lambda x: n in x).mean())
-            ax.plot(share.index, share.values, marker="o", label=net)
+            ax.bar(share.index - 0.4 + width * (i + 0.5), share.values, width=width,
+                   label=net, color=colours(i % 10))
         ax.set(title=f"{model} {stream}", xlabel="layer", ylabel="share of ANs driving",
-               ylim=(-0.02, 1.02))
+               ylim=(0, 1.02))
     axes[0][-1].legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
     fig_path = figdir / f"{stem}_networkprofile.png"
     _save(fig, fig_path)
-    return _figure(fig_path, out, "Share of each layer's ANs whose BNs are enriched in a "
-                                  "network (hypergeometric, BH across ANs).")
+    return _figure(fig_path, out, caption or "Share of each layer's ANs whose BNs are enriched "
+                                             "in a network (hypergeometric, BH across ANs).")
 
 
 def _encoding_section(enc_table, stem, figdir, out, background, space, model):
@@ -296,7 +304,9 @@ def _figure(path, out, caption):
 
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
          "img{max-width:100%}figure{margin:1em 0}figcaption{color:#555;font-size:90%}"
-         "table.summary th{text-align:left;padding-right:1em}.note{color:#8a4b00}")
+         "table.summary th{text-align:left;padding-right:1em}.note{color:#8a4b00}"
+         ".wide{overflow-x:auto}table.drivers{border-collapse:collapse;font-size:90%}"
+         "table.drivers td,table.drivers th{padding:0.1em 0.6em;border-bottom:1px solid #ddd}")
 
 
 def _write_html(path, title, body) -> Path:
@@ -320,7 +330,8 @@ def group_report(output_dir, config) -> Path:
         stem = table_path.name.replace("_neurons.tsv", "")
         profile = figdir / f"{stem}_layerprofile.png"
         _layer_profile(table.rename(columns={"mean_bn_pos": "n_bn_pos",
-                                             "mean_bn_neg": "n_bn_neg"}), profile, stem)
+                                             "mean_bn_neg": "n_bn_neg"}), profile,
+                       f"group {side.get('Model', '')}")
         parts = [f"<h2>{html.escape(stem)}</h2>",
                  f"<p>{len(side.get('Participants', []))} participant(s): "
                  f"{html.escape(', '.join(side.get('Participants', [])))}.</p>",
@@ -333,7 +344,38 @@ def group_report(output_dir, config) -> Path:
             _brain_figure(paths, fig, f"group {stream}: mean ANs per voxel (all layers)", None,
                           _space(stem))
             parts.append(_figure(fig, out, f"Mean number of {stream}-stream ANs per voxel."))
+        parts += _group_summaries(table_path, stem, figdir, out, side.get("Model", ""))
         sections.append("".join(parts))
     body = "".join(sections) or "<p>No group results.</p>"
     return _write_html(out / "group.html", "bids_vlm report: group",
                        body + _methods(config, map_side))
+
+
+def _group_summaries(table_path, stem, figdir, out, model):
+    """Group polarity (with each participant's mirrored r), redundancy and network sections."""
+    parts = []
+    layers = table_path.with_name(table_path.name.replace("_neurons.tsv", "_layers.tsv"))
+    if layers.is_file():
+        parts += _polarity_and_redundancy(layers, stem, figdir, out, model)
+        polarity = json.loads(layers.with_suffix(".json").read_text()).get("Polarity", {})
+        per_sub = "; ".join(
+            f"{stream}: " + ", ".join(f"sub-{sub} r={_num(r):.2f}"
+                                      for sub, r in res.get("ParticipantR", {}).items())
+            for stream, res in polarity.items() if isinstance(res, dict))
+        if per_sub:
+            parts.append(f"<p>Mirrored-trend r of each participant: {html.escape(per_sub)}.</p>")
+    nets = table_path.with_name(table_path.name.replace("_neurons.tsv", "_networks.tsv"))
+    if nets.is_file():
+        parts += ["<h3>Networks</h3>", _network_figure(
+            nets, stem, figdir, out, model, "Share of each layer's ANs that drive a network at "
+            "group level (participants' enrichment p combined with Fisher's method, BH across "
+            "ANs).")]
+        drivers = nets.with_name(nets.name.replace("_networks.tsv", "_drivers.tsv"))
+        if drivers.is_file():
+            parts.append("<p>ANs driving each network: at group level, in a participant (mean), "
+                         "in any participant; mean share of BNs in the network (ANs with BNs, "
+                         "group-level drivers).</p>")
+            parts.append("<div class='wide'>" + pd.read_csv(drivers, sep="\t").to_html(
+                index=False, float_format=lambda x: f"{x:.3g}", na_rep="n/a",
+                classes="drivers", border=0) + "</div>")
+    return parts

@@ -89,8 +89,13 @@ def test_group_report_figures_methods_citations(planted_outputs):
     stem = "group_task-view_space-MNI152NLin2009cAsym_desc-tinyclip"
     assert sorted(Path(s).name for s in sources) == sorted(
         [f"{stem}_layerprofile.png", f"{stem}_stream-image_meanbncount.png",
-         f"{stem}_stream-text_meanbncount.png"])
+         f"{stem}_stream-text_meanbncount.png", f"{stem}_polarity.png", f"{stem}_jaccard.png",
+         f"{stem}_networkprofile.png"])
     assert "2 participant(s): 01, 02." in page
+    assert "<h3>Polarity</h3>" in page and "<h3>Networks</h3>" in page
+    assert re.search(r"image: sub-01 r=-?\d\.\d\d, sub-02 r=-?\d\.\d\d", page)
+    assert '<table class="dataframe drivers">' in page
+    assert page.count("<td>Visual</td>") == 2  # the drivers table: one row per stream
     text00 = out / "group" / f"{stem}Text00_stat-meanbncount_statmap.json"
     _check_methods_and_citations(page, _config_of(out, "group"), json.loads(text00.read_text()))
     assert "No group results" not in page and "BOLD input: n/a" not in page
