@@ -54,9 +54,17 @@ def _memory_gb(value):
 def _model_name(value):
     from bids_vlm.models import REGISTRY, is_model_name
 
+    from bids_vlm.models.openclip import PREFIX, parse_generic
+
+    if value.startswith(PREFIX):
+        try:
+            parse_generic(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
     if not is_model_name(value):
         raise argparse.ArgumentTypeError(f"unknown model '{value}' (choose from "
-                                         f"{', '.join(sorted(REGISTRY))}, or hf-clip:DIR)")
+                                         f"{', '.join(sorted(REGISTRY))}, hf-clip:DIR or "
+                                         "open_clip:ARCH:TAG_OR_FILE)")
     return value
 
 
@@ -147,8 +155,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     g = parser.add_argument_group("Models and neurons")
     g.add_argument("--models", nargs="+", default=["tiny-clip"], type=_model_name,
-                   help=f"models to record: {', '.join(sorted(REGISTRY))}, or "
-                        "hf-clip:<directory or hub id> (see --list-models)")
+                   help=f"models to record: {', '.join(sorted(REGISTRY))}, "
+                        "hf-clip:<directory or hub id>, or open_clip:<architecture>:<pretrained "
+                        "tag or checkpoint file> (see --list-models)")
     g.add_argument("--streams", nargs="+", default=[], choices=["image", "text", "cross-image", "cross-text"],
                    help="streams to record; default every stream")
     g.add_argument("--layers", nargs="+", type=int, default=[],

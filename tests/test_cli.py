@@ -27,6 +27,7 @@ def test_help_and_version(capsys):
     ["{bids}", "{out}", "participant", "--fdr-q", "1.5"],
     ["{bids}", "{out}", "participant", "--nprocs", "0"],
     ["{bids}", "{out}", "participant", "--models", "gpt-9"],
+    ["{bids}", "{out}", "participant", "--models", "open_clip:ViT-B-32:nope"],
     ["/no/such/dir", "{out}", "participant"],
     ["{bids}", "{bids}", "participant"],            # output dir = BIDS dir
     ["{bids}", "{bids}/sub-01", "participant"],     # inside the input, not under derivatives/

@@ -180,6 +180,51 @@ def test_openai_clip_loads_from_local_file(tmp_path, monkeypatch):
     assert acts["text/11"].shape == (1, 2048)
 
 
+@pytest.mark.slow
+def test_generic_open_clip_from_a_file_and_a_tag(tmp_path, monkeypatch):
+    """open_clip:<arch>:<file> loads that file; open_clip:<arch>:<tag> loads from
+    <model-dir>/<arch>-<tag>/; a tag with no local weights is exit 66's error, fast."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.delenv("BIDS_VLM_MODEL_DIR", raising=False)
+    torch.manual_seed(4)
+    ref = open_clip.create_model("ViT-B-16", pretrained=None)
+    state = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    save_file(state, tmp_path / "mine.safetensors")
+    model = load_model(f"open_clip:ViT-B-16:{tmp_path / 'mine.safetensors'}", ModelConfig())
+    assert model.streams["image"].n_layers == 12 and model.streams["text"].units == 2048
+    assert all(torch.equal(model.module.state_dict()[k], v) for k, v in state.items())
+    acts = extract(model, {"text": TEXTS[:2]}, ModelConfig(layers=(0,)), progress=False)
+    assert acts["text/00"].shape == (2, 2048)
+    name = "open_clip:ViT-B-16:laion2b_s34b_b88k"
+    with pytest.raises(WeightsNotFoundError, match="ViT-B-16-laion2b_s34b_b88k"):
+        load_model(name, ModelConfig(model_dir=str(tmp_path / "models")))
+    folder = tmp_path / "models" / "ViT-B-16-laion2b_s34b_b88k"
+    folder.mkdir(parents=True)
+    save_file(state, folder / "open_clip_model.safetensors")
+    tagged = load_model(name, ModelConfig(model_dir=str(tmp_path / "models")))
+    assert torch.equal(tagged.module.visual.conv1.weight, ref.visual.conv1.weight)
+
+
+def test_generic_open_clip_names_are_checked():
+    from bids_vlm.models import is_model_name
+    from bids_vlm.models.openclip import parse_generic
+
+    assert is_model_name("open_clip:ViT-B-32:openai") and not is_model_name("open_clip:")
+    assert parse_generic("open_clip:ViT-B-32:laion2b_s34b_b79k") == ("ViT-B-32",
+                                                                    "laion2b_s34b_b79k")
+    with pytest.raises(ValueError, match="not an open_clip architecture"):
+        parse_generic("open_clip:ViT-Q-99:openai")
+    with pytest.raises(ValueError, match="neither a checkpoint file nor a pretrained tag"):
+        parse_generic("open_clip:ViT-B-32:no_such_tag")
+    with pytest.raises(ValueError, match="add a pretrained tag or a checkpoint file"):
+        parse_generic("open_clip:ViT-B-32")
+    assert "open_clip:<architecture>:<pretrained tag or checkpoint file>" in \
+        run_cli("--list-models").stdout
+
+
 def test_activation_cache(tiny, tmp_path):
     from bids_vlm.models import extract_cached
 

@@ -70,15 +70,23 @@ REGISTRY: dict[str, ModelEntry] = {
 
 
 def is_model_name(name: str) -> bool:
-    """A registered name, or ``hf-clip:<directory or hub id>``."""
-    return name in REGISTRY or (name.startswith(hfclip.PREFIX) and len(name) > len(hfclip.PREFIX))
+    """A registered name, ``hf-clip:<directory or hub id>`` or
+    ``open_clip:<architecture>:<pretrained tag or checkpoint file>``."""
+    for prefix in (hfclip.PREFIX, openclip.PREFIX):
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return True
+    return name in REGISTRY
 
 
 def describe_models() -> str:
     """The ``--list-models`` text: each model with its streams, layers and ANs per layer."""
     lines = [f"{hfclip.PREFIX}<directory or hub id>: a Hugging Face transformers CLIPModel "
              "from a local directory or the local Hugging Face cache (image and text streams; "
-             "layers and ANs from its config)"]
+             "layers and ANs from its config)",
+             f"{openclip.PREFIX}<architecture>:<pretrained tag or checkpoint file>: any open_clip "
+             "ViT CLIP, e.g. open_clip:ViT-B-16:laion2b_s34b_b88k, weights from --model-dir "
+             "(<architecture>-<tag>/), the Hugging Face cache or the file (image and text "
+             "streams; layers and ANs from the architecture)"]
     for name, entry in REGISTRY.items():
         lines.append(f"{name}: {entry.description}")
         for stream, (layers, units) in entry.streams.items():
@@ -104,6 +112,8 @@ def load_model(name: str, config: ModelConfig):
     """Load a registered model on the CPU, in eval mode."""
     if name.startswith(hfclip.PREFIX):
         return hfclip.load_hf_clip(name)
+    if name.startswith(openclip.PREFIX):
+        return openclip.load_generic(name, config.model_dir)
     if name not in REGISTRY:
         raise KeyError(f"unknown model '{name}' (known: {', '.join(REGISTRY)})")
     return REGISTRY[name].loader(config)

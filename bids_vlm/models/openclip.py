@@ -162,3 +162,67 @@ def load_openai_clip(name: str, model_dir: str = "") -> OpenClipModel:
                                            mean=cfg["mean"], std=cfg["std"])
     return OpenClipModel(name, module, preprocess, open_clip.get_tokenizer(arch))
 
+
+
+PREFIX = "open_clip:"
+
+
+def parse_generic(name: str) -> tuple[str, str]:
+    """``open_clip:<architecture>:<pretrained tag or checkpoint file>`` -> (architecture,
+    source); ValueError naming the known architectures / tags when it cannot be used."""
+    import open_clip
+
+    arch, _, source = name[len(PREFIX):].partition(":")
+    if arch not in open_clip.list_models():
+        raise ValueError(f"'{arch}' is not an open_clip architecture (e.g. ViT-B-32, ViT-B-16, "
+                         "ViT-L-14; python -c \"import open_clip; print(open_clip.list_models())\")")
+    if not source:
+        raise ValueError(f"{name}: add a pretrained tag or a checkpoint file, e.g. "
+                         f"{PREFIX}{arch}:{(open_clip.list_pretrained_tags_by_model(arch) or ['openai'])[0]}")
+    if not Path(source).expanduser().is_file() and \
+            source not in open_clip.list_pretrained_tags_by_model(arch):
+        raise ValueError(f"{name}: '{source}' is neither a checkpoint file nor a pretrained tag of "
+                         f"{arch} ({', '.join(open_clip.list_pretrained_tags_by_model(arch))})")
+    return arch, source
+
+
+def load_generic(name: str, model_dir: str = "") -> OpenClipModel:
+    """Any open_clip ViT CLIP: ``open_clip:ViT-B-16:laion2b_s34b_b88k`` (weights from
+    ``<model dir>/<arch>-<tag>/`` or the Hugging Face cache) or
+    ``open_clip:ViT-B-32:/path/checkpoint.safetensors``; never downloads."""
+    import open_clip
+
+    arch, source = parse_generic(name)
+    path = Path(source).expanduser()
+    cfg = {} if path.is_file() else open_clip.get_pretrained_cfg(arch, source)
+    if not path.is_file():
+        path = _tagged_weights(name, arch, source, model_dir)
+    module = open_clip.create_model(arch, pretrained=None,
+                                    force_quick_gelu=bool(cfg.get("quick_gelu", False)))
+    if not hasattr(module, "visual") or not hasattr(module.visual, "transformer"):
+        raise DataError(f"{arch} has no ViT image tower; bids_vlm records transformer blocks")
+    try:
+        open_clip.load_checkpoint(module, str(path))
+    except Exception as exc:
+        raise DataError(f"cannot load {arch} weights from this file: {exc}", path) from exc
+    preprocess = open_clip.image_transform(module.visual.image_size, is_train=False,
+                                           mean=cfg.get("mean"), std=cfg.get("std"))
+    return OpenClipModel(name, module, preprocess, open_clip.get_tokenizer(arch))
+
+
+def _tagged_weights(name, arch, tag, model_dir) -> Path:
+    folder_name = f"{arch}-{tag}"
+    for folder in model_dirs(model_dir):
+        for fname in WEIGHT_FILES:
+            if (folder / folder_name / fname).is_file():
+                return folder / folder_name / fname
+    repo = _hf_repo(arch, tag)
+    cached = _from_hf_cache(repo)
+    if cached:
+        return cached
+    raise WeightsNotFoundError(
+        f"weights for {name} are not on this machine and bids_vlm does not download at run "
+        f"time: put {WEIGHT_FILES[0]} from the Hugging Face repository '{repo}' into "
+        f"<model-dir>/{folder_name}/ and pass --model-dir, or fill the cache once on a machine "
+        f"with internet: python -c \"import open_clip; open_clip.create_model('{arch}', "
+        f"pretrained='{tag}')\"")
