@@ -9,8 +9,10 @@ The Dockerfile runs it at build time (build arg ``MODELS``), so that the image n
 OpenAI CLIPs (``clip-vit-b-32``, ``clip-vit-b-16``) go to ``<dest>/<name>/<weights file>``, the
 layout :func:`bids_vlm.models.openclip.find_weights` reads (``--model-dir`` or
 ``$BIDS_VLM_MODEL_DIR``); the file is open_clip's Hugging Face copy of the weights.
-``hf-clip:<hub id>`` goes to the Hugging Face cache (``$HF_HOME``), where
-:func:`bids_vlm.models.hfclip.resolve` finds it. ``tiny-clip`` has nothing to fetch.
+``meter-clip16-roberta`` takes its checkpoint from ``--from-file`` (METER releases them on GitHub)
+into ``<dest>/meter-clip16-roberta/`` and fetches the ``roberta-base`` tokenizer files next to it
+(unless already there). ``hf-clip:<hub id>`` goes to the Hugging Face cache (``$HF_HOME``), where
+:func:`bids_vlm.models.hfclip.resolve` finds it. ``tiny-clip`` and ``tiny-meter`` have nothing to fetch.
 Files are written under a temporary name and renamed. Exit codes: 0 done, 2 usage,
 66 the weights could not be fetched or the local file is missing.
 """
@@ -25,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bids_vlm.errors import EXIT_WEIGHTS
-from bids_vlm.models import hfclip, openclip
+from bids_vlm.models import hfclip, meter, openclip
 
 HF_CLIP_FILES = ["*.json", "*.txt", "*.safetensors"]  # config, processor, tokenizer, weights
+METER_TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 
 @dataclass(frozen=True)
@@ -50,13 +53,16 @@ def plan(model: str, dest: Path) -> Fetch | None:
         repo = openclip._hf_repo(arch, tag)
         fname = openclip.WEIGHT_FILES[0]
         return Fetch(model, repo, (fname,), dest / model / fname)
-    if model == "tiny-clip":
+    if model in ("tiny-clip", "tiny-meter"):
         return None
+    if model == meter.NAME:  # the tokenizer from the hub; the checkpoint with --from-file
+        return Fetch(model, "roberta-base", METER_TOKENIZER_FILES, dest / model / "roberta-base")
     hub_id = model.removeprefix(hfclip.PREFIX)
     if model.startswith(hfclip.PREFIX) and hub_id and not Path(hub_id).expanduser().exists():
         cache = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
         return Fetch(model, hub_id, tuple(HF_CLIP_FILES), cache)
     raise ValueError(f"cannot bake '{model}': choose from {', '.join(openclip.OPENAI)}, "
+                     f"{meter.NAME}, "
                      f"tiny-clip, or hf-clip:<hub id>")
 
 
@@ -76,10 +82,14 @@ def install_file(source: Path, target: Path) -> Path:
 
 
 def from_file(fetch: Fetch, source: Path) -> Path:
-    """Install a local checkpoint as the weights of an OpenAI CLIP; a ``.bin`` (PyTorch pickle)
-    keeps open_clip's ``.bin`` name, anything else is taken as safetensors."""
+    """Install a local checkpoint as the weights of an OpenAI CLIP (a ``.bin`` (PyTorch pickle)
+    keeps open_clip's ``.bin`` name, anything else is taken as safetensors), or a METER
+    checkpoint (read with the safe loader first) next to its tokenizer folder."""
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no such checkpoint file")
+    if fetch.model == meter.NAME:
+        meter.read_checkpoint(source)  # a METER state dict, and no code in the pickle
+        return install_file(source, fetch.target.parent / f"{source.stem}.ckpt")
     if source.suffix == ".bin":
         return install_file(source, fetch.target.with_name(openclip.WEIGHT_FILES[1]))
     _check_safetensors(source)
@@ -105,6 +115,12 @@ def download(fetch: Fetch) -> Path:
     if fetch.model.startswith(hfclip.PREFIX):
         return Path(snapshot_download(fetch.repo, allow_patterns=list(fetch.files),
                                       cache_dir=fetch.target))
+    if fetch.model == meter.NAME:
+        with tempfile.TemporaryDirectory() as tmp:
+            for fname in fetch.files:
+                install_file(Path(hf_hub_download(fetch.repo, fname, cache_dir=tmp)),
+                             fetch.target / fname)
+        return fetch.target
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(hf_hub_download(fetch.repo, fetch.files[0], cache_dir=tmp))
         _check_safetensors(path)
@@ -116,7 +132,8 @@ def _parser():
         prog="python -m bids_vlm.bake", description="Put model weights where bids_vlm reads "
         "them (the Dockerfile's build step); running never downloads.")
     parser.add_argument("--models", nargs="+", required=True,
-                        help=f"{', '.join(openclip.OPENAI)}, tiny-clip or hf-clip:<hub id>")
+                        help=f"{', '.join(openclip.OPENAI)}, {meter.NAME} (with --from-file), "
+                             "tiny-clip or hf-clip:<hub id>")
     parser.add_argument("--dest", type=Path, required=True,
                         help="the model directory (--model-dir / $BIDS_VLM_MODEL_DIR at run time)")
     parser.add_argument("--dry-run", action="store_true", help="print what would be fetched")
@@ -133,14 +150,25 @@ def main(argv=None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     fetches = [fetch for fetch in fetches if fetch is not None]
-    if opts.from_file and (len(fetches) != 1 or fetches[0].model not in openclip.OPENAI):
-        parser.error(f"--from-file needs exactly one of {', '.join(openclip.OPENAI)}")
+    local = (*openclip.OPENAI, meter.NAME)
+    if opts.from_file and (len(fetches) != 1 or fetches[0].model not in local):
+        parser.error(f"--from-file needs exactly one of {', '.join(local)}")
     for fetch in fetches:
         print(("would fetch " if opts.dry_run else "fetching ") + describe(fetch), flush=True)
+        if fetch.model == meter.NAME and not opts.from_file and not opts.dry_run:
+            print(f"bids_vlm.bake: error: {meter.NAME}: METER's checkpoints are released on "
+                  "GitHub (zdou0830/METER), not on the Hugging Face hub: download one and pass "
+                  "it with --from-file", file=sys.stderr)
+            return EXIT_WEIGHTS
         if opts.dry_run:
             continue
         try:
-            done = from_file(fetch, opts.from_file) if opts.from_file else download(fetch)
+            if fetch.model == meter.NAME:  # the checkpoint from the file, the tokenizer fetched
+                done = from_file(fetch, opts.from_file)
+                if not (fetch.target / "vocab.json").is_file():
+                    download(fetch)
+            else:
+                done = from_file(fetch, opts.from_file) if opts.from_file else download(fetch)
         except Exception as exc:  # network, hub or file errors: all mean "no weights"
             print(f"bids_vlm.bake: error: {fetch.model}: {exc}", file=sys.stderr)
             return EXIT_WEIGHTS

@@ -84,3 +84,42 @@ def test_missing_local_file_is_a_weights_error(tmp_path):
     proc = run_bake("--models", "clip-vit-b-32", "--dest", tmp_path,
                     "--from-file", tmp_path / "absent.safetensors")
     assert proc.returncode == EXIT_WEIGHTS and "no such checkpoint file" in proc.stderr
+
+
+def test_meter_checkpoint_from_file_lands_where_the_loader_looks(tmp_path):
+    """METER: the checkpoint comes from --from-file (read safely first), the tokenizer folder
+    next to it is kept; the baked folder is what load_meter reads."""
+    import shutil
+
+    from test_meter import write_released_checkpoint
+
+    from bids_vlm.config import ModelConfig
+    from bids_vlm.models import load_model
+    from bids_vlm.models.meter import NAME, TINY_TOKENIZER, find_meter_files, load_meter
+
+    tiny = load_model("tiny-meter", ModelConfig())
+    ckpt = next(write_released_checkpoint(tmp_path / "src", tiny).glob("*.ckpt"))
+    dest = tmp_path / "models"
+    proc = run_bake("--models", NAME, "--dest", dest, "--dry-run")
+    assert proc.returncode == 0 and f"roberta-base [vocab.json, merges.txt] -> " \
+        f"{dest / NAME / 'roberta-base'}" in proc.stdout
+    proc = run_bake("--models", NAME, "--dest", dest)  # no checkpoint given
+    assert proc.returncode == EXIT_WEIGHTS and "pass it with --from-file" in proc.stderr
+    shutil.copytree(TINY_TOKENIZER, dest / NAME / "roberta-base")  # offline: tokenizer present
+    proc = run_bake("--models", NAME, "--dest", dest, "--from-file", ckpt)
+    assert proc.returncode == 0, proc.stderr
+    assert find_meter_files(str(dest))[0] == dest / NAME / ckpt.name
+    assert torch.equal(load_meter(str(dest)).module.token_type_embeddings.weight,
+                       tiny.module.token_type_embeddings.weight)
+
+
+def test_meter_bake_refuses_a_pickle_that_runs_code(tmp_path):
+    from test_checkpoint import _MakeDir
+
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _MakeDir(marker)}, evil)
+    proc = run_bake("--models", "meter-clip16-roberta", "--dest", tmp_path / "m",
+                    "--from-file", evil)
+    assert proc.returncode == EXIT_WEIGHTS and "refused" in proc.stderr
+    assert not marker.exists() and not (tmp_path / "m" / "meter-clip16-roberta").exists()
