@@ -95,6 +95,21 @@ def test_text_pooling_uses_the_attention_mask(hf_dir):
     np.testing.assert_allclose(both[0], alone[0], rtol=1e-4, atol=1e-5)  # padding ignored
 
 
+def test_hooks_removed_after_exception(hf_dir, images, monkeypatch):
+    model = load_model(f"hf-clip:{hf_dir}", ModelConfig())
+    original = model.module.get_image_features
+
+    def broken(**kwargs):
+        original(**kwargs)  # the hooks fire, then the forward pass fails
+        assert hooks_attached(model.module) == 3
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(model.module, "get_image_features", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        extract(model, {"image": images}, ModelConfig(), progress=False)
+    assert hooks_attached(model.module) == 0
+
+
 def test_missing_model_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
