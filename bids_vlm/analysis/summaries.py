@@ -119,10 +119,11 @@ def layer_table(table, nets=None) -> pd.DataFrame:
     if nets is not None:
         networks = [c[2:] for c in nets.columns if c.startswith("q_")]
         drives = nets["drives"].fillna("").astype(str).str.split(";")
-        for net in networks:
-            frame[f"share_driving_{net}"] = drives.apply(lambda d, n=net: n in d).to_numpy()
-            agg[f"share_driving_{net}"] = (f"share_driving_{net}", "mean")
-        frame["msi"] = (nets["msi"].to_numpy(float) if "msi" in nets
-                        else modality_specificity(nets))
+        cols = {f"share_driving_{net}": drives.apply(lambda d, n=net: n in d).to_numpy()
+                for net in networks}  # one concat: many networks (parcellations) stay fast
+        cols["msi"] = (nets["msi"].to_numpy(float) if "msi" in nets
+                       else modality_specificity(nets))
+        frame = pd.concat([frame, pd.DataFrame(cols, index=frame.index)], axis=1)
+        agg.update({c: (c, "mean") for c in cols if c != "msi"})
         agg["mean_msi"] = ("msi", "mean")
-    return frame.groupby(["stream", "layer"], sort=True).agg(**agg).reset_index()
+    return frame.groupby(["stream", "layer"], sort=True).agg(**agg).copy().reset_index()

@@ -278,11 +278,11 @@ def network_table(table, entries, masks, config):
     atlases = load_networks(config.networks.atlas)
     res = enrichment(entries["an_index"].astype(np.int64), entries["voxel_index"].astype(np.int64),
                      entries["r"], len(table), masks, config.stats.fdr_q)
-    out = pd.DataFrame({"an_id": table["an_id"], "stream": table["stream"],
-                        "layer": table["layer"]})
+    columns = {"an_id": table["an_id"], "stream": table["stream"], "layer": table["layer"]}
     for name, cols in res.items():
         for key in ("n_pos", "n_neg", "frac", "p", "q"):
-            out[f"{key}_{name}"] = cols[key]
+            columns[f"{key}_{name}"] = cols[key]
+    out = pd.DataFrame(columns)  # at once: parcellations have hundreds of networks
     out["drives"] = [";".join(n for n in res if res[n]["drives"][i]) or "n/a"
                      for i in range(len(table))]
     out["msi"] = modality_specificity(out, sum((a.visual for a in atlases), ()),
