@@ -103,4 +103,5 @@ def test_bad_atlas_exits_64_naming_the_file(tmp_path):
     proc = run_cli(tmp_path / "bids", tmp_path / "out", "participant", "--atlas",
                    tmp_path / "none.nii.gz", check=False)
     assert proc.returncode == 64 and "none.nii.gz: cannot read the atlas image" in proc.stderr
+    assert "yeo17" in proc.stderr  # the shipped names are offered
     assert not (tmp_path / "out").exists()

@@ -133,7 +133,8 @@ def user_atlas(path) -> NetworkAtlas:
         img = nib.load(path)
         data = np.asarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for missing / corrupt files
-        raise DataError(f"cannot read the atlas image: {exc}", path) from exc
+        raise DataError(f"cannot read the atlas image ({exc}); --atlas takes a label image "
+                        f"or one of {', '.join(SHIPPED)}", path) from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3 or not np.allclose(data, np.round(data)):
