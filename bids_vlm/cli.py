@@ -98,6 +98,12 @@ def _filter_file(value):
     return json.dumps(data)
 
 
+def _atlas(value):
+    from bids_vlm.analysis.atlases import SHIPPED
+
+    return value if value in SHIPPED else str(Path(value).expanduser().resolve())
+
+
 class _ListModels(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         from bids_vlm.models import describe_models
@@ -207,6 +213,15 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-encoding", action="store_true",
                    help="skip the layer-wise ridge encoding (held-out r and R^2 per layer)")
 
+    g = parser.add_argument_group("Networks")
+    g.add_argument("--atlas", type=_atlas, default="yeo7",
+                   help="yeo7, yeo17, schaefer200 or schaefer400 (MNI; each plus the language "
+                        "network), or a label image PATH.nii.gz with its labels PATH.tsv "
+                        "(columns index, name) in the data's space")
+    g.add_argument("--no-lesion", action="store_true",
+                   help="skip the virtual lesion (ridge models refitted without each "
+                        "network's top driving ANs)")
+
     g = parser.add_argument_group("Resources and execution")
     g.add_argument("-w", "--work-dir", type=Path, default=None,
                    help="Nipype work directory (cache; rerun to resume)")
@@ -285,6 +300,7 @@ def config_from_options(opts):
         BoldConfig,
         EncodingConfig,
         ModelConfig,
+        NetworkConfig,
         RunFilter,
         StatsConfig,
         StimulusConfig,
@@ -310,6 +326,8 @@ def config_from_options(opts):
                           paper_mode=opts.paper_mode, n_atoms=opts.n_atoms,
                           atom_alpha=opts.atom_alpha),
         encoding=EncodingConfig(enabled=not opts.no_encoding),
+        networks=NetworkConfig(atlas=opts.atlas,
+                               **({"lesion_steps": ()} if opts.no_lesion else {})),
         derivatives=tuple(str(d) for d in opts.derivatives))
 
 

@@ -86,6 +86,15 @@ class EncodingConfig:
     banded: bool = True  # banded ridge across streams at each layer index (>= 2 streams)
     banded_iterations: int = 20  # random-search iterations over band weights
 
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Network atlases and the virtual lesion (METHOD.md section 8)."""
+
+    atlas: str = "yeo7"  # yeo7, yeo17, schaefer200, schaefer400 (+ language), or a NIfTI path
+    atlas_digest: str = ""  # hash of a user atlas's files (a changed atlas reruns the nodes)
+    lesion_steps: tuple = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5)  # shares of a layer's ANs; () = off
+
 @dataclass(frozen=True)
 class AnalysisConfig:
     """Everything that determines a participant's results."""
@@ -96,6 +105,7 @@ class AnalysisConfig:
     bold: BoldConfig = field(default_factory=BoldConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    networks: NetworkConfig = field(default_factory=NetworkConfig)
     derivatives: tuple = ()  # paths to preprocessed-derivative datasets (e.g. fMRIPrep)
     fingerprint: str = ""  # of the input files of an analysis unit (a change reruns its nodes)
 
@@ -107,6 +117,7 @@ _SECTIONS = {
     "bold": BoldConfig,
     "stats": StatsConfig,
     "encoding": EncodingConfig,
+    "networks": NetworkConfig,
 }
 
 

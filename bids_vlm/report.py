@@ -168,10 +168,18 @@ def _num(value):
     return float("nan") if value is None else float(value)
 
 
+MAX_NETWORKS_SHOWN = 20
+
+
 def _network_figure(path, stem, figdir, out, model, caption=None):
     """Bars: share of each layer's ANs that drive each network, one panel per stream."""
     table = pd.read_csv(path, sep="\t", keep_default_na=False)
     networks = [c[len("q_"):] for c in table.columns if c.startswith("q_")]
+    note = ""
+    if len(networks) > MAX_NETWORKS_SHOWN:  # parcellations: the most-driven networks only
+        driven = table["drives"].str.split(";").explode().value_counts()
+        networks = [n for n in driven.index if n in networks][:MAX_NETWORKS_SHOWN]
+        note = f" The {len(networks)} networks driven by the most ANs are shown."
     streams = sorted(table.stream.unique())
     fig, axes = plt.subplots(1, len(streams), figsize=(4.8 * len(streams), 3.4), squeeze=False)
     width = 0.8 / max(1, len(networks))
@@ -189,8 +197,9 @@ def _network_figure(path, stem, figdir, out, model, caption=None):
     fig.tight_layout()
     fig_path = figdir / f"{stem}_networkprofile.png"
     _save(fig, fig_path)
-    return _figure(fig_path, out, caption or "Share of each layer's ANs whose BNs are enriched "
-                                             "in a network (hypergeometric, BH across ANs).")
+    return _figure(fig_path, out, (caption or "Share of each layer's ANs whose BNs are enriched "
+                                              "in a network (hypergeometric, BH across ANs).")
+                   + note)
 
 
 def _encoding_section(enc_table, stem, figdir, out, background, space, model):

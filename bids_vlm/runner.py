@@ -4,6 +4,7 @@ This is the CLI's layer (it imports :mod:`workflows`); the stages do not import 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -86,6 +87,7 @@ def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
     from bids_vlm.derivatives import init_output
     from workflows.participant import analysis_units, init_participant_wf
 
+    config = with_atlas_digest(config)
     layout = load_layout(bids_dir, config.derivatives, validate=validate)
     runs = collect_runs(layout, config.filters, space)
     check_stimuli(runs, bids_dir, config)
@@ -103,6 +105,16 @@ def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
     _run(wf, output_dir, execution)
     subjects = sorted({u["subject"] for u in units})
     return [Path(output_dir) / f"sub-{s}.html" for s in subjects]
+
+
+def with_atlas_digest(config: AnalysisConfig) -> AnalysisConfig:
+    """The configuration with the hash of a user atlas (DataError, exit 64, naming the file
+    when it or its labels TSV cannot be read), so that a changed atlas reruns its nodes."""
+    from bids_vlm.analysis.atlases import atlas_digest
+
+    digest = atlas_digest(config.networks.atlas)
+    return dataclasses.replace(config, networks=dataclasses.replace(config.networks,
+                                                                    atlas_digest=digest))
 
 
 def run_group(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,

@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from bids_vlm.analysis.networks import (default_networks, enrichment, is_mni, language_labels,
-                                        network_masks)
+from bids_vlm.analysis.atlases import default_networks, is_mni, language_labels
+from bids_vlm.analysis.networks import enrichment, network_masks
 from conftest import run_cli
 from datagen import Plant, make_planted_dataset
 

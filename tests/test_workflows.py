@@ -12,7 +12,8 @@ from nipype.interfaces.utility import Function, Merge
 from nipype.pipeline import engine as pe
 
 from bids_vlm.bids import RunSpec
-from bids_vlm.config import AnalysisConfig, ModelConfig, from_json, to_json
+from bids_vlm.config import (AnalysisConfig, EncodingConfig, ModelConfig, NetworkConfig,
+                             from_json, to_json)
 from workflows import nodes
 from workflows.group import group_maps_node, group_report_node, init_group_wf
 from workflows.participant import analysis_units, init_participant_wf
@@ -63,7 +64,7 @@ def participant_wf(tmp_path):
 FUNCTION_OF = {"timelines": "timelines_node", "mask": "mask_node", "clean": "clean_node",
                "extract": "extract_node", "regressors": "regressors_node",
                "associate": "associate_node", "encode": "encode_node", "outputs": "outputs_node",
-               "report": "report_node"}
+               "report": "report_node", "lesion": "lesion_node"}
 
 
 def test_participant_wf_node_names(participant_wf):
@@ -77,7 +78,7 @@ def test_participant_wf_node_names(participant_wf):
         expected |= {f"timelines_{tag}", f"mask_{tag}", f"clean_{tag}", f"associations_{tag}",
                      f"extract_{tag}_tiny_clip", f"regressors_{tag}_tiny_clip",
                      f"associate_{tag}_tiny_clip", f"outputs_{tag}", f"encodings_{tag}",
-                     f"encode_{tag}_tiny_clip"}
+                     f"encode_{tag}_tiny_clip", f"lesion_{tag}_tiny_clip", f"lesions_{tag}"}
     expected |= {"written_sub_01", "written_sub_02", "report_sub_01", "report_sub_02"}
     assert set(wf.list_node_names()) == expected
 
@@ -88,7 +89,7 @@ def test_participant_wf_functions_come_from_nodes_module(participant_wf):
     for name in wf.list_node_names():
         node = wf.get_node(name)
         prefix = name.split("_")[0]
-        if prefix in ("associations", "encodings", "written"):
+        if prefix in ("associations", "encodings", "written", "lesions"):
             assert isinstance(node.interface, Merge)
             continue
         iface = node.interface
@@ -153,6 +154,13 @@ def test_participant_wf_connections(participant_wf):
                  (f"encode_{m}", "out", f"encodings_{tag}", "in1"),
                  (f"encodings_{tag}", "out", f"outputs_{tag}", "encoding_files"),
                  (f"mask_{tag}", "out", f"outputs_{tag}", "mask_file"),
+                 (f"regressors_{m}", "out", f"lesion_{m}", "regressors_file"),
+                 (f"clean_{tag}", "out", f"lesion_{m}", "cleaned_files"),
+                 (f"associate_{m}", "out", f"lesion_{m}", "association_file"),
+                 (f"encode_{m}", "out", f"lesion_{m}", "encoding_file"),
+                 (f"mask_{tag}", "out", f"lesion_{m}", "mask_file"),
+                 (f"lesion_{m}", "out", f"lesions_{tag}", "in1"),
+                 (f"lesions_{tag}", "out", f"outputs_{tag}", "lesion_files"),
                  (f"outputs_{tag}", "out", "written_sub_01", "in1"),
                  ("written_sub_01", "out", "report_sub_01", "written")]:
         assert edge in edges
@@ -174,6 +182,17 @@ def test_participant_wf_two_models(tmp_path):
                 f"associate_{tag}_{model}"} <= names
     edges = _edges(wf)
     assert (f"associate_{tag}_clip_vit_b_32", "out", f"associations_{tag}", "in2") in edges
+
+
+@pytest.mark.parametrize("change", [{"networks": NetworkConfig(lesion_steps=())},
+                                    {"encoding": EncodingConfig(enabled=False)}])
+def test_no_lesion_node_without_steps_or_encoding(tmp_path, change):
+    units = analysis_units([_run("01", 1)])
+    config = dataclasses.replace(AnalysisConfig(), **change)
+    wf = init_participant_wf(units, tmp_path, tmp_path / "out", tmp_path / "work", config)
+    assert not [n for n in wf.list_node_names() if n.startswith("lesion")]
+    outputs = wf.get_node("outputs_sub_01_tas_view_spa_MNI152NLin2009cAsym")
+    assert outputs.inputs.lesion_files == []
 
 
 def test_group_wf(tmp_path):

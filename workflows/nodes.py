@@ -271,6 +271,23 @@ def _banded(regs, voxels, run_lengths, config, backend, out):
             out[f"banded/{layer}/split_{name}"] = value
 
 
+def lesion_node(regressors_file, cleaned_files, association_file, encoding_file, mask_file,
+                unit_json, config_json):
+    """Virtual lesion of every network driven by the model's ANs -> ``lesion.json``."""
+    import json
+    import os
+    from pathlib import Path
+
+    from bids_vlm.config import from_json
+    from bids_vlm.derivatives.networks import compute_lesion
+
+    result = compute_lesion(regressors_file, cleaned_files, association_file, encoding_file,
+                            mask_file, json.loads(unit_json), from_json(config_json))
+    path = os.path.abspath("lesion.json")
+    Path(path).write_text(json.dumps(result))
+    return path
+
+
 def atoms_node(timelines_file, activations_file, runs_json, cleaned_files, config_json):
     """Paper mode: atoms of every layer's AN time series, their HRF regressors fitted to every
     voxel -> ``atoms.h5`` (a group per layer: atoms, loadings, t, q; attribute df)."""
@@ -323,7 +340,7 @@ def atoms_node(timelines_file, activations_file, runs_json, cleaned_files, confi
 
 
 def outputs_node(association_files, encoding_files, atom_files, mask_file, unit_json, output_dir,
-                 bids_dir, config_json):
+                 bids_dir, config_json, lesion_files=None):
     """Write the participant's derivatives for one analysis unit; returns the written paths."""
     import json
 
@@ -333,7 +350,8 @@ def outputs_node(association_files, encoding_files, atom_files, mask_file, unit_
     unit = json.loads(unit_json)
     return [str(p) for p in write_unit_outputs(association_files, encoding_files, mask_file,
                                                unit, output_dir, bids_dir,
-                                               from_json(config_json), atom_files or [])]
+                                               from_json(config_json), atom_files or [],
+                                               lesion_files or [])]
 
 
 def report_node(written, output_dir, subject, config_json):

@@ -3,9 +3,9 @@
 For each analysis unit (one subject, session, task and acquisition: the runs whose voxels are
 concatenated) the graph is::
 
-    timelines ─┬─ extract[model] ── regressors[model] ─┬─ associate[model] ─┐
-               │                                        └─ encode[model] ────┤
-    mask ── clean[run] ──────── (into associate and encode) ──────────── outputs ── report
+    timelines ─┬─ extract[model] ── regressors[model] ─┬─ associate[model] ─┬───────────┐
+               │                                        └─ encode[model] ────┴─ lesion ──┤
+    mask ── clean[run] ──── (into associate, encode and lesion) ─────────────── outputs ── report
 """
 from __future__ import annotations
 
@@ -88,6 +88,22 @@ def init_participant_wf(units, bids_dir, output_dir, work_dir, config: AnalysisC
     return wf
 
 
+def _lesion_node(wf, mtag, unit_json, cfg, sources, target):
+    """The virtual-lesion node of one model, fed by its regressors, the cleaned runs, its
+    association and encoding, and the mask; its result goes to ``target`` (node, input)."""
+    regs, clean, assoc, encode, mask = sources
+    node = _function_node(nodes.lesion_node, f"lesion_{mtag}",
+                          {"regressors_file": None, "cleaned_files": None,
+                           "association_file": None, "encoding_file": None, "mask_file": None,
+                           "unit_json": unit_json, "config_json": cfg})
+    wf.connect([(regs, node, [("out", "regressors_file")]),
+                (clean, node, [("out", "cleaned_files")]),
+                (assoc, node, [("out", "association_file")]),
+                (encode, node, [("out", "encoding_file")]),
+                (mask, node, [("out", "mask_file")]),
+                (node, target[0], [("out", target[1])])])
+
+
 def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
     """Add one unit's nodes to ``wf``; returns its outputs node."""
     tag = _unit_name(unit)
@@ -105,6 +121,10 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
     merge_enc = pe.Node(Merge(len(models)), name=f"encodings_{tag}")
     paper = json.loads(cfg)["stats"]["paper_mode"]
     merge_atoms = pe.Node(Merge(len(models)), name=f"atoms_{tag}") if paper else None
+    unit_json = json.dumps({k: v for k, v in unit.items() if k != "runs"})
+    conf = json.loads(cfg)
+    lesion = conf["encoding"]["enabled"] and bool(conf["networks"]["lesion_steps"])
+    merge_lesion = pe.Node(Merge(len(models)), name=f"lesions_{tag}") if lesion else None
     for i, model in enumerate(models, start=1):
         mtag = f"{tag}_{model.replace('-', '_')}"
         extract = _function_node(nodes.extract_node, f"extract_{mtag}",
@@ -123,6 +143,9 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
         wf.connect([(regs, encode, [("out", "regressors_file")]),
                     (clean, encode, [("out", "cleaned_files")]),
                     (encode, merge_enc, [("out", f"in{i}")])])
+        if lesion:
+            _lesion_node(wf, mtag, unit_json, cfg, (regs, clean, assoc, encode, mask),
+                         (merge_lesion, f"in{i}"))
         if paper:
             atoms = _function_node(nodes.atoms_node, f"atoms_{mtag}",
                                    {"timelines_file": None, "activations_file": None,
@@ -138,15 +161,16 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
                     (regs, assoc, [("out", "regressors_file")]),
                     (clean, assoc, [("out", "cleaned_files")]),
                     (assoc, merge, [("out", f"in{i}")])])
-    unit_json = json.dumps({k: v for k, v in unit.items() if k != "runs"})
     outputs = _function_node(nodes.outputs_node, f"outputs_{tag}",
                              {"association_files": None, "encoding_files": None,
                               "atom_files": [] if not paper else None, "mask_file": None,
                               "unit_json": unit_json, "output_dir": str(output_dir),
-                              "bids_dir": str(bids_dir), "config_json": cfg})
+                              "bids_dir": str(bids_dir), "config_json": cfg,
+                              "lesion_files": [] if not lesion else None})
     outputs.overwrite = True  # it writes outside the work dir: never trust a cached result
     wf.connect([(merge, outputs, [("out", "association_files")]),
                 (merge_enc, outputs, [("out", "encoding_files")]),
                 *([(merge_atoms, outputs, [("out", "atom_files")])] if paper else []),
+                *([(merge_lesion, outputs, [("out", "lesion_files")])] if lesion else []),
                 (mask, outputs, [("out", "mask_file")])])
     return outputs

@@ -94,11 +94,17 @@ def _sample(index, k, rng):
     return index if len(index) <= k else np.sort(rng.choice(index, k, replace=False))
 
 
-def modality_specificity(nets: pd.DataFrame, visual="Visual", language="Language") -> np.ndarray:
+def modality_specificity(nets: pd.DataFrame, visual=("Visual",),
+                         language=("Language",)) -> np.ndarray:
     """(N,) (v - l) / (v + l) with v, l the shares of an AN's BNs in the visual and language
-    networks; NaN where the AN has no BN in either."""
-    v = nets[f"frac_{visual}"].to_numpy(float)
-    lang = nets[f"frac_{language}"].to_numpy(float)
+    networks (each the sum over the named, non-overlapping networks); NaN where the AN has no
+    BN in either, or where the atlas has no such network."""
+    def share(names):
+        cols = [f"frac_{n}" for n in ((names,) if isinstance(names, str) else names)]
+        cols = [c for c in cols if c in nets.columns]
+        return nets[cols].to_numpy(float).sum(1) if cols else np.full(len(nets), np.nan)
+
+    v, lang = share(visual), share(language)
     total = v + lang
     return np.divide(v - lang, total, out=np.full(len(v), np.nan), where=total > 0)
 
@@ -113,9 +119,11 @@ def layer_table(table, nets=None) -> pd.DataFrame:
     if nets is not None:
         networks = [c[2:] for c in nets.columns if c.startswith("q_")]
         drives = nets["drives"].fillna("").astype(str).str.split(";")
-        for net in networks:
-            frame[f"share_driving_{net}"] = drives.apply(lambda d, n=net: n in d).to_numpy()
-            agg[f"share_driving_{net}"] = (f"share_driving_{net}", "mean")
-        frame["msi"] = modality_specificity(nets)
+        cols = {f"share_driving_{net}": drives.apply(lambda d, n=net: n in d).to_numpy()
+                for net in networks}  # one concat: many networks (parcellations) stay fast
+        cols["msi"] = (nets["msi"].to_numpy(float) if "msi" in nets
+                       else modality_specificity(nets))
+        frame = pd.concat([frame, pd.DataFrame(cols, index=frame.index)], axis=1)
+        agg.update({c: (c, "mean") for c in cols if c != "msi"})
         agg["mean_msi"] = ("msi", "mean")
-    return frame.groupby(["stream", "layer"], sort=True).agg(**agg).reset_index()
+    return frame.groupby(["stream", "layer"], sort=True).agg(**agg).copy().reset_index()

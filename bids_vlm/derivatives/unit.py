@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from bids_vlm.analysis.atlases import load_networks
 from bids_vlm.derivatives.io import (
     bids_name,
     desc_label,
@@ -70,17 +71,25 @@ def common_sidecar(unit: dict, attrs: dict, config) -> dict:
 
 
 def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict, output_dir,
-                       bids_dir, config, atom_files=()) -> list:
-    """Maps, neuron tables, sparse associations and encoding maps of one analysis unit."""
+                       bids_dir, config, atom_files=(), lesion_files=()) -> list:
+    """Maps, neuron tables, sparse associations, encoding maps and network tables of one
+    analysis unit."""
+    from bids_vlm.derivatives.networks import unit_networks, write_lesion
+
     mask = nib.load(mask_file)
     ijk = np.argwhere(np.asarray(mask.dataobj) > 0)  # (V, 3), the order of masking.apply_mask
     ents = unit_entities(unit)
     folder = func_dir(output_dir, unit)
+    networks = unit_networks(mask, unit, config)  # (masks or None, sidecar fields)
     written = []
     for assoc_file in association_files:
-        written += write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config)
+        written += write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config,
+                                             networks)
     for enc_file in encoding_files:
-        written += write_encoding_outputs(enc_file, folder, ents, mask, unit, config)
+        written += write_encoding_outputs(enc_file, folder, ents, mask, unit, config, networks)
+    for lesion_file in lesion_files:
+        written += write_lesion(lesion_file, folder, ents, config,
+                                {"Sources": unit["sources"]})
     for atom_file in atom_files:
         from bids_vlm.derivatives.atoms import write_atom_outputs
 
@@ -88,7 +97,8 @@ def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict,
     return written
 
 
-def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config) -> list:
+def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config,
+                              networks=(None, {})) -> list:
     """One model's per-layer maps, per-stream redundancy maps, neuron, network and layer
     tables, and sparse significant entries."""
     from bids_vlm.derivatives.summaries import (
@@ -116,10 +126,11 @@ def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config)
                 offset += len(grp["n_pos"])
     table = pd.concat(rows, ignore_index=True)
     merged = {k: np.concatenate(v) if v else np.zeros(0) for k, v in entries.items()}
-    nets, side["Networks"] = network_table(table, merged, mask, unit, config)
+    nets = network_table(table, merged, networks[0], config)
+    side["Networks"] = networks[1].get("Networks", "")
     if nets is not None:
         table["drives"] = nets["drives"]
-        written += _networks_table(folder, ents, model, nets, side)
+        written += _networks_table(folder, ents, model, nets, dict(side, **networks[1]))
     written += write_redundancy_maps(folder, ents, model, counts, mask, side)
     written += write_layer_summaries(folder, ents, model, table, merged, nets, counts, side,
                                      config.model.seed)
@@ -139,8 +150,11 @@ ENCODING_COLUMNS = {
 }
 
 
-def write_encoding_outputs(enc_file, folder, ents, mask, unit, config) -> list:
-    """Per layer: held-out r and R^2 maps; per stream: the preferred-layer map; a layer table."""
+def write_encoding_outputs(enc_file, folder, ents, mask, unit, config, networks=(None, {})):
+    """Per layer: held-out r and R^2 maps; per stream: the preferred-layer map; a layer table;
+    with networks, the hierarchy table (mean preferred depth per network)."""
+    from bids_vlm.derivatives.networks import layer_count, write_hierarchy
+
     with h5py.File(enc_file, "r") as h5:
         if "skipped" in h5.attrs:
             return []
@@ -149,11 +163,13 @@ def write_encoding_outputs(enc_file, folder, ents, mask, unit, config) -> list:
                     unit, {"method": "", "fdr_q": 0}, config)["BOLDInput"],
                 "HRFModel": config.stats.hrf_model, "EncodingMethod": str(h5.attrs["method"]),
                 "Model": model}
-        written, rows = [], []
+        written, rows, bests, counted = [], [], {}, {}
         for stream in (s for s in h5 if s != "banded"):
             layers = sorted(int(k) for k in h5[stream])
             scores = np.stack([h5[f"{stream}/{k:02d}/r"][()] for k in layers])
             best = preferred_layer(scores, layers)
+            n_layers, counted[stream] = layer_count(str(h5.attrs["model"]), stream, layers)
+            bests[stream] = (best, n_layers)
             for k, r in zip(layers, scores):
                 r2 = h5[f"{stream}/{k:02d}/r2"][()]
                 written += _encoding_maps(folder, ents, model, stream, k, (r, r2), mask, side)
@@ -169,6 +185,9 @@ def write_encoding_outputs(enc_file, folder, ents, mask, unit, config) -> list:
                             "(-1 where no layer has r > 0)")))
         if "banded" in h5:
             written += _banded_outputs(h5["banded"], folder, ents, model, mask, side)
+    if networks[0] is not None and bests:
+        written += write_hierarchy(folder, ents, model, bests, networks[0], networks[1],
+                                   dict(side, LayerCount=counted))
     table = folder / bids_name(dict(ents, desc=desc_label(model)), "encoding", ".tsv")
     sidecar = {c: {"Description": d} for c, d in ENCODING_COLUMNS.items()}
     sidecar.update(side)
@@ -250,35 +269,26 @@ def _neuron_rows(model, stream, layer, grp, ijk, kind):
         "z_threshold": np.where(np.isfinite(thr), thr, np.nan)})
 
 
-def network_table(table, entries, mask, unit, config):
-    """(per-AN network table or None, a sentence for the sidecars saying what was done)."""
-    from bids_vlm.analysis.networks import (
-        ATLAS_SPACE,
-        default_networks,
-        enrichment,
-        is_mni,
-        network_masks,
-    )
+def network_table(table, entries, masks, config):
+    """Per-AN network table (None without network masks)."""
+    from bids_vlm.analysis.networks import enrichment
     from bids_vlm.analysis.summaries import modality_specificity
 
-    space = unit.get("space")
-    if not is_mni(space):
-        return None, (f"not computed: the data are in {space or 'native'} space and the "
-                      f"network atlases in {ATLAS_SPACE} (give MNI-space fMRIPrep outputs)")
-    atlases = default_networks()
+    if masks is None:
+        return None
+    atlases = load_networks(config.networks.atlas)
     res = enrichment(entries["an_index"].astype(np.int64), entries["voxel_index"].astype(np.int64),
-                     entries["r"], len(table), network_masks(atlases, mask), config.stats.fdr_q)
-    out = pd.DataFrame({"an_id": table["an_id"], "stream": table["stream"],
-                        "layer": table["layer"]})
+                     entries["r"], len(table), masks, config.stats.fdr_q)
+    columns = {"an_id": table["an_id"], "stream": table["stream"], "layer": table["layer"]}
     for name, cols in res.items():
         for key in ("n_pos", "n_neg", "frac", "p", "q"):
-            out[f"{key}_{name}"] = cols[key]
+            columns[f"{key}_{name}"] = cols[key]
+    out = pd.DataFrame(columns)  # at once: parcellations have hundreds of networks
     out["drives"] = [";".join(n for n in res if res[n]["drives"][i]) or "n/a"
                      for i in range(len(table))]
-    out["msi"] = modality_specificity(out)
-    return out, (f"atlases ({'; '.join(a.source for a in atlases)}) in {ATLAS_SPACE}, data in "
-                 f"{space}; resampled to the data grid (nearest neighbour); hypergeometric "
-                 f"enrichment per AN, BH across ANs, drives at q <= {config.stats.fdr_q}")
+    out["msi"] = modality_specificity(out, sum((a.visual for a in atlases), ()),
+                                      sum((a.language for a in atlases), ()))
+    return out
 
 
 def _networks_table(folder, ents, model, nets, side):
@@ -286,13 +296,14 @@ def _networks_table(folder, ents, model, nets, side):
     sidecar = {"an_id": {"Description": NEURON_COLUMNS["an_id"]},
                "drives": {"Description": "networks the AN drives (enrichment q <= FDR level)"},
                "msi": {"Description": "modality specificity index (v - l) / (v + l), v and l "
-                                      "the shares of the AN's BNs in the Visual and Language "
-                                      "networks (n/a: no BN in either)"}}
+                                      "the shares of the AN's BNs in the visual networks "
+                                      "(Visual; Yeo-17 VisCent and VisPeri; Schaefer *_Vis_*) "
+                                      "and the Language network (n/a: no BN in either, or "
+                                      "no such network in the atlas)"}}
     for col in nets.columns:
-        key, _, net = col.partition("_")
-        if key in ("n", "frac", "p", "q") and net:
-            sidecar[col] = {"Description": _NETWORK_COLUMN[col.rsplit("_", 1)[0]
-                                                           if key == "n" else key] + net}
+        key = next((k for k in _NETWORK_COLUMN if col.startswith(k + "_")), None)
+        if key:
+            sidecar[col] = {"Description": _NETWORK_COLUMN[key] + col[len(key) + 1:]}
     sidecar.update(side)
     return [write_tsv(path, nets), write_json(path.with_suffix(".json"), sidecar)]
 

@@ -1,0 +1,172 @@
+"""Derivatives of the network analyses of one unit: which atlas fits the data, the hierarchy
+table (mean preferred depth per network) and the virtual lesion table."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bids_vlm.analysis.atlases import space_description
+from bids_vlm.analysis.networks import data_networks
+from bids_vlm.derivatives.io import bids_name, desc_label, write_json, write_tsv
+
+LOGGER = logging.getLogger("bids_vlm")
+
+HIERARCHY_COLUMNS = {
+    "stream": "image, text, cross-image or cross-text",
+    "network": "network of the atlas",
+    "n_layers": "layers of the stream (the depth's denominator is n_layers - 1)",
+    "n_voxels": "in-mask voxels of the network",
+    "n_voxels_with_layer": "of those, voxels with a preferred layer (some layer's held-out r > 0)",
+    "mean_preferred_layer": "mean preferred layer index over those voxels",
+    "mean_preferred_depth": "mean relative depth layer / (n_layers - 1) of the preferred layer "
+                            "(0: first layer, 1: last) over those voxels",
+    "sd_preferred_depth": "standard deviation of that relative depth over those voxels",
+}
+LESION_COLUMNS = {
+    "network": "network of the atlas",
+    "stream": "image, text, cross-image or cross-text",
+    "layer": "the lesioned layer: the stream's layer with the highest mean held-out r over the "
+             "network's voxels",
+    "n_voxels": "in-mask voxels of the network",
+    "n_ans": "ANs of the layer",
+    "n_ans_with_bn": "ANs of the layer with at least one BN in the network",
+    "step": "share of the layer's ANs removed at this step",
+    "n_removed": "ANs removed: ceil(step x n_ans)",
+    "mean_r_targeted": "mean held-out r over the network's voxels of the ridge model refitted "
+                       "without the n_removed ANs with the most BNs in the network",
+    "mean_r_random": "the same without n_removed ANs drawn at random (seeded; control)",
+}
+
+
+def unit_networks(mask, unit: dict, config):
+    """(network masks over the in-mask voxels or None, sidecar fields naming the atlas and both
+    spaces). Logs a warning when the atlas does not fit the data's space."""
+    space = unit.get("space")
+    masks, atlases, problem = data_networks(config.networks.atlas, mask, space)
+    fields = space_description(atlases, space)
+    if problem:
+        LOGGER.warning("%s: %s", unit["sources"][0] if unit.get("sources") else "", problem)
+        return None, dict(fields, Networks=problem)
+    return masks, dict(fields, Networks=(
+        f"atlases ({fields['Atlas']}) in {fields['AtlasSpace']}, data in {fields['DataSpace']}; "
+        f"resampled to the data grid (nearest neighbour); hypergeometric enrichment per AN, BH "
+        f"across ANs, drives at q <= {config.stats.fdr_q}"))
+
+
+def layer_count(model: str, stream: str, layers) -> tuple:
+    """(layers of the model's stream, where that number comes from): the model registry, else
+    the highest recorded layer index + 1."""
+    from bids_vlm.models import REGISTRY
+
+    entry = REGISTRY.get(model)
+    if entry is not None and stream in entry.streams:
+        return int(entry.streams[stream][0]), "the model's layer count"
+    return int(max(layers)) + 1, "the highest recorded layer + 1 (model not in the registry)"
+
+
+def write_hierarchy(folder, ents, model, bests: dict, masks, fields, side) -> list:
+    """``_hierarchy.tsv``: per stream and network, the mean preferred depth.
+
+    bests: {stream: ((V,) preferred layer, n_layers)}."""
+    from bids_vlm.analysis.hierarchy import preferred_depth
+
+    frames = []
+    for stream, (best, n_layers) in bests.items():
+        frame = preferred_depth(best, n_layers, masks)
+        frame.insert(0, "stream", stream)
+        frame.insert(2, "n_layers", n_layers)
+        frames.append(frame)
+    path = folder / bids_name(dict(ents, desc=desc_label(model)), "hierarchy", ".tsv")
+    sidecar = {c: {"Description": d} for c, d in HIERARCHY_COLUMNS.items()}
+    sidecar.update(side)
+    sidecar.update(fields)
+    sidecar["Description"] = ("hierarchy: per network, the mean relative depth of the voxels' "
+                              "preferred layers (highest held-out encoding r)")
+    return [write_tsv(path, pd.concat(frames, ignore_index=True)),
+            write_json(path.with_suffix(".json"), sidecar)]
+
+
+def compute_lesion(regressors_file, cleaned_files, association_file, encoding_file, mask_file,
+                   unit: dict, config) -> dict:
+    """The virtual lesion of one model: {"model", "rows" (records of the lesion table),
+    "skipped" (why it did not run, or ""), "note", "fields" (atlas and spaces)}."""
+    import h5py
+    import nibabel as nib
+
+    from bids_vlm.analysis.lesion import network_lesions
+    from bids_vlm.analysis.networks import enrichment
+    from bids_vlm.models.base import resolve_device
+
+    masks, atlases, problem = data_networks(config.networks.atlas, nib.load(mask_file),
+                                            unit.get("space"))
+    fields = space_description(atlases, unit.get("space"))
+    with h5py.File(association_file, "r") as assoc, h5py.File(encoding_file, "r") as enc, \
+            h5py.File(regressors_file, "r") as regs:
+        out = {"model": str(assoc.attrs["model"]), "rows": [], "fields": fields, "note": "",
+               "skipped": ""}
+        if problem or "skipped" in enc.attrs or not config.networks.lesion_steps:
+            out["skipped"] = problem or str(enc.attrs.get("skipped", "no lesion steps"))
+            return out
+        names = {(s, int(k)): f"{s}/{k}" for s in assoc for k in assoc[s]}
+        entries = {key: (assoc[f"{n}/an_index"][()].astype(np.int64),
+                         assoc[f"{n}/voxel_index"][()].astype(np.int64))
+                   for key, n in names.items()}
+        n_ans = {key: len(assoc[f"{n}/n_pos"]) for key, n in names.items()}
+        driven = _driven(entries, n_ans, {k: assoc[f"{n}/r"][()] for k, n in names.items()},
+                         masks, config.stats.fdr_q, enrichment)
+        scores = {key: enc[f"{n}/r"][()] for key, n in names.items()}
+        features = {key: regs[f"delayed/{n}"] if f"delayed/{n}" in regs else regs[n]
+                    for key, n in names.items()}
+        voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
+        backend = "torch_cuda" if resolve_device(config.stats.device).type == "cuda" else "torch"
+        table = network_lesions(features, entries, n_ans, scores, voxels,
+                                [int(n) for n in regs.attrs["run_lengths"]], masks,
+                                config.networks.lesion_steps, driven, seed=config.model.seed,
+                                alphas=np.asarray(config.encoding.alphas), backend=backend,
+                                max_inner_folds=config.encoding.max_inner_folds)
+    out["rows"] = json.loads(table.to_json(orient="records"))
+    if table.empty:
+        out["note"] = "no network is driven by an AN of any stream"
+    return out
+
+
+def _driven(entries, n_ans, rs, masks, q, enrichment) -> dict:
+    """{network: streams with at least one AN that drives it} (enrichment as in the networks
+    table: every AN of the model, BH across ANs)."""
+    keys = list(entries)
+    offsets = np.cumsum([0] + [n_ans[k] for k in keys])
+    an = np.concatenate([entries[k][0] + o for k, o in zip(keys, offsets)])
+    vox = np.concatenate([entries[k][1] for k in keys])
+    r = np.concatenate([rs[k] for k in keys])
+    stream_of = np.repeat([k[0] for k in keys], [n_ans[k] for k in keys])
+    res = enrichment(an, vox, r, int(offsets[-1]), masks, q)
+    return {net: set(stream_of[cols["drives"]]) for net, cols in res.items()}
+
+
+def write_lesion(lesion_file, folder, ents, config, side) -> list:
+    """``_lesion.tsv`` of one model from :func:`compute_lesion`'s JSON (nothing when the
+    lesion could not run: atlas space, encoding skipped or no steps)."""
+    from bids_vlm.analysis.lesion import COLUMNS
+    from bids_vlm.derivatives.unit import output_model_name
+
+    data = json.loads(Path(lesion_file).read_text())
+    if data["skipped"]:
+        return []
+    model = output_model_name(data["model"], config)
+    path = folder / bids_name(dict(ents, desc=desc_label(model)), "lesion", ".tsv")
+    sidecar = {c: {"Description": d} for c, d in LESION_COLUMNS.items()}
+    sidecar.update(side)
+    sidecar.update(data["fields"])
+    sidecar.update({"Model": model, "Description": (
+        "virtual lesion: held-out encoding accuracy of each network (driven by an AN of the "
+        "stream) as the ANs with the most BNs in it are removed from its best layer's ridge "
+        "model (leave-one-run-out, refitted at each step)"),
+        "LesionSteps": list(config.networks.lesion_steps)})
+    if data["note"]:
+        sidecar["Note"] = data["note"]
+    table = pd.DataFrame(data["rows"], columns=COLUMNS)
+    return [write_tsv(path, table), write_json(path.with_suffix(".json"), sidecar)]

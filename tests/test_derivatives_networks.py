@@ -1,0 +1,107 @@
+"""Network derivatives: the space check's message, a user atlas on native-space data through
+the CLI (networks, hierarchy and lesion tables with both spaces stated), bad atlases exit 64."""
+from __future__ import annotations
+
+import json
+import logging
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from bids_vlm.config import AnalysisConfig, NetworkConfig
+from bids_vlm.derivatives.networks import layer_count, unit_networks
+from conftest import run_cli
+from datagen import Plant, make_planted_dataset
+
+
+def _mask():
+    return nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.diag([3.0, 3.0, 3.0, 1.0]))
+
+
+def test_native_space_without_user_atlas_warns_and_skips(caplog, tmp_path):
+    unit = {"space": None, "sources": ["sub-01_task-x_run-1_bold.nii.gz"]}
+    with caplog.at_level(logging.WARNING, logger="bids_vlm"):
+        masks, fields = unit_networks(_mask(), unit, AnalysisConfig())
+    assert masks is None and "network analyses skipped" in caplog.text
+    assert "--atlas" in caplog.text and "sub-01_task-x_run-1_bold.nii.gz" in caplog.text
+    assert fields["DataSpace"] == "native (no space entity)"
+    assert fields["AtlasSpace"] == "MNI152NLin6Asym" and "skipped" in fields["Networks"]
+    masks, fields = unit_networks(_mask(), dict(unit, space="MNI152NLin2009cAsym"),
+                                  AnalysisConfig(networks=NetworkConfig(atlas="yeo17")))
+    assert len(masks) == 18 and "MNI152NLin2009cAsym" in fields["Networks"]
+
+
+def test_layer_count():
+    assert layer_count("tiny-clip", "image", [2]) == (4, "the model's layer count")
+    assert layer_count("hf-clip:/x", "text", [0, 5])[0] == 6
+
+
+def _ball(shape):
+    ijk = np.indices(shape).reshape(3, -1).T
+    return np.linalg.norm(ijk - (np.array(shape) - 1) / 2, axis=1) < 4.5
+
+
+def test_user_atlas_on_native_data_gives_networks_hierarchy_and_lesion(tmp_path):
+    shape = (10, 10, 10)
+    head = _ball(shape)
+    centre = [int(np.ravel_multi_index((i, 5, 5), shape)) for i in range(3, 8)]
+    centre += [int(np.ravel_multi_index((i, 4, 5), shape)) for i in range(3, 8)]
+    data = make_planted_dataset(tmp_path / "raw", n_subjects=1, n_runs=2, shape=shape,
+                                plants=(Plant("image", 2, 7, centre, 0.8),),
+                                baseline=np.where(head, 1000.0, 5.0), with_derivatives=False)
+    labels = np.where(head, 2, 0)
+    labels[centre] = 1
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    atlas = tmp_path / "atlas-planted_dseg.nii.gz"  # no space entity: the data's space
+    nib.save(nib.Nifti1Image(labels.reshape(shape).astype(np.int16), affine), atlas)
+    pd.DataFrame({"index": [1, 2], "name": ["Net", "Rest"]}).to_csv(
+        tmp_path / "atlas-planted_dseg.tsv", sep="\t", index=False)
+    out = tmp_path / "out"
+    run_cli(data.root, out, "participant", "--layers", "2", "--streams", "image", "--atlas",
+            atlas, "-q", "-w", tmp_path / "work")
+    func = out / "sub-01" / "func"
+    nets = pd.read_csv(func / "sub-01_task-view_desc-tinyclip_networks.tsv", sep="\t",
+                       keep_default_na=False).set_index("an_id")
+    assert "Net" in nets.loc["tiny-clip/image/02/7", "drives"].split(";")
+    side = json.loads((func / "sub-01_task-view_desc-tinyclip_networks.json").read_text())
+    assert side["DataSpace"] == "native (no space entity)"
+    assert side["AtlasSpace"].startswith("not stated") and str(atlas) in side["Atlas"]
+
+    hier = pd.read_csv(func / "sub-01_task-view_desc-tinyclip_hierarchy.tsv", sep="\t")
+    assert hier.network.tolist() == ["Net", "Rest"] and (hier.n_layers == 4).all()
+    best = nib.load(func / "sub-01_task-view_desc-tinyclipImage_stat-preferredlayer_statmap"
+                          ".nii.gz").get_fdata().reshape(-1)
+    net = hier.set_index("network").loc["Net"]
+    assert net.n_voxels == len(centre) and net.n_voxels_with_layer == (best[centre] >= 0).sum()
+    assert abs(net.mean_preferred_depth - 2 / 3) < 1e-5  # the only recorded layer: 2 of 0..3
+    hside = json.loads((func / "sub-01_task-view_desc-tinyclip_hierarchy.json").read_text())
+    assert hside["LayerCount"] == {"image": "the model's layer count"}
+    assert hside["DataSpace"] == "native (no space entity)"
+
+    lesion = pd.read_csv(func / "sub-01_task-view_desc-tinyclip_lesion.tsv", sep="\t")
+    rows = lesion[lesion.network == "Net"]
+    assert rows.stream.unique().tolist() == ["image"] and (rows.layer == 2).all()
+    assert rows.n_removed.tolist() == [0, 3, 13, 26, 64, 128]  # of 256 ANs
+    full = rows.mean_r_targeted.iloc[0]
+    assert full > 0.3 and rows.mean_r_random.iloc[0] == full
+    assert (rows.n_ans_with_bn > 100).all()  # tiny-clip's ANs of a layer are redundant: the
+    assert (abs(rows[["mean_r_targeted", "mean_r_random"]] - full) < 0.1).all().all()  # same r
+    lside = json.loads((func / "sub-01_task-view_desc-tinyclip_lesion.json").read_text())
+    assert lside["LesionSteps"] == [0.0, 0.01, 0.05, 0.1, 0.25, 0.5]
+    assert lside["AtlasSpace"].startswith("not stated")
+
+
+def test_bad_atlas_exits_64_naming_the_file(tmp_path):
+    (tmp_path / "bids").mkdir()
+    atlas = tmp_path / "atlas-x_dseg.nii.gz"
+    nib.save(_mask(), atlas)
+    proc = run_cli(tmp_path / "bids", tmp_path / "out", "participant", "--atlas", atlas,
+                   check=False)
+    assert proc.returncode == 64 and "atlas-x_dseg.tsv" in proc.stderr
+    assert "labels TSV" in proc.stderr
+    proc = run_cli(tmp_path / "bids", tmp_path / "out", "participant", "--atlas",
+                   tmp_path / "none.nii.gz", check=False)
+    assert proc.returncode == 64 and "none.nii.gz: cannot read the atlas image" in proc.stderr
+    assert "yeo17" in proc.stderr  # the shipped names are offered
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,30 @@
+"""Hierarchy: relative depth of the preferred layer and its mean per network, by hand."""
+from __future__ import annotations
+
+import numpy as np
+
+from bids_vlm.analysis.hierarchy import preferred_depth, relative_depth
+
+
+def test_relative_depth():
+    np.testing.assert_allclose(relative_depth(np.array([0, 2, 4, -1]), 5),
+                               [0.0, 0.5, 1.0, np.nan])
+    assert np.isnan(relative_depth(np.array([0, 0]), 1)).all()
+
+
+def test_mean_preferred_depth_by_hand():
+    # 6 voxels of a 5-layer stream (depth = layer / 4); voxel 4 has no preferred layer
+    best = np.array([0, 4, 2, 3, -1, 1])
+    masks = {"A": np.array([1, 1, 0, 0, 1, 0], bool),   # layers 0, 4 (and none): depths 0, 1
+             "B": np.array([0, 0, 1, 1, 0, 1], bool),   # layers 2, 3, 1: depths .5, .75, .25
+             "C": np.array([0, 0, 0, 0, 1, 0], bool),   # no preferred layer
+             "D": np.zeros(6, bool)}
+    table = preferred_depth(best, 5, masks).set_index("network")
+    assert table.n_voxels.tolist() == [3, 3, 1, 0]
+    assert table.n_voxels_with_layer.tolist() == [2, 3, 0, 0]
+    assert table.loc["A", "mean_preferred_layer"] == 2.0
+    assert table.loc["A", "mean_preferred_depth"] == 0.5
+    assert table.loc["A", "sd_preferred_depth"] == 0.5
+    assert np.isclose(table.loc["B", "mean_preferred_depth"], 0.5)
+    assert np.isclose(table.loc["B", "sd_preferred_depth"], np.std([0.5, 0.75, 0.25]))
+    assert table.loc[["C", "D"], "mean_preferred_depth"].isna().all()
