@@ -5,6 +5,7 @@ This is the CLI's layer (it imports :mod:`workflows`); the stages do not import 
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import hashlib
 import json
 import logging
@@ -152,10 +153,20 @@ def _run(wf, output_dir, execution: Execution):
             os.environ[var] = str(execution.omp_nthreads)
         torch.set_num_threads(execution.omp_nthreads)
     plugin, args = execution.plugin_and_args()
+    if plugin in ("SLURM", "SGE", "PBS"):  # their job names start with $LOGNAME, often unset
+        os.environ.setdefault("LOGNAME", _login_name())  # in containers and CI
     try:
         wf.run(plugin=plugin, plugin_args=args)
     except RuntimeError as exc:
         raise _node_error(crash_dir) from exc
+
+
+def _login_name() -> str:
+    """The user's login name; the user id where the container has no passwd entry for it."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
 
 
 def _node_error(crash_dir) -> BidsVlmError:
