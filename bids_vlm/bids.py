@@ -240,7 +240,8 @@ def _n_scans(path) -> int:
         shape = img.shape
     except Exception as exc:
         raise DataError(f"cannot read the NIfTI image: {exc}", path) from exc
-    expected = int(img.header["vox_offset"]) + int(np.prod(shape)) * img.get_data_dtype().itemsize
+    offset = getattr(img.dataobj, "offset", None) or int(img.header["vox_offset"])
+    expected = int(offset) + int(np.prod(shape)) * img.get_data_dtype().itemsize
     size = os.path.getsize(path) if str(path).endswith(".nii") else _gzip_size(path, expected)
     if size < expected:  # a header-only or truncated file
         raise DataError(f"the image is truncated: {size} bytes, its header needs "

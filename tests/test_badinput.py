@@ -371,7 +371,7 @@ CASES = [
          f"{RUN1}_{SPACE}_desc-preproc_bold.nii.gz: cannot read the NIfTI image"),
     Case("header-only-nifti", "BOLD .nii.gz holding only its header", _header_only_nifti, 64,
          f"{RUN1}_{SPACE}_desc-preproc_bold.nii.gz: the image is truncated: 352 bytes, "
-         "its header needs 86400"),
+         "its header needs 86752"),
     Case("truncated-gzip", "BOLD .nii.gz cut off (interrupted copy)", _truncated_gzip, 64,
          f"{RUN1}_{SPACE}_desc-preproc_bold.nii.gz: cannot read the image data, the file is "
          "truncated or corrupted"),
