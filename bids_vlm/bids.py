@@ -240,11 +240,36 @@ def _n_scans(path) -> int:
         shape = img.shape
     except Exception as exc:
         raise DataError(f"cannot read the NIfTI image: {exc}", path) from exc
-    if str(path).endswith(".nii"):  # a header-only or truncated file (cheap check, no gzip)
-        expected = int(img.header["vox_offset"]) + int(np.prod(shape)) * img.get_data_dtype().itemsize
-        if os.path.getsize(path) < expected:
-            raise DataError(f"the image is truncated: {os.path.getsize(path)} bytes, the header "
-                            f"needs {expected}", path)
+    offset = getattr(img.dataobj, "offset", None) or int(img.header["vox_offset"])
+    expected = int(offset) + int(np.prod(shape)) * img.get_data_dtype().itemsize
+    size = os.path.getsize(path) if str(path).endswith(".nii") else _gzip_size(path, expected)
+    if size < expected:  # a header-only or truncated file
+        raise DataError(f"the image is truncated: {size} bytes, its header needs "
+                        f"{expected}", path)
     if len(shape) != 4 or shape[3] < 2:
         raise DataError(f"BOLD must be a 4D image with at least 2 volumes, shape is {shape}", path)
     return int(shape[3])
+
+
+def _gzip_size(path, expected) -> int:
+    """Uncompressed size of a .nii.gz, or ``expected`` when it is surely complete.
+
+    Cheap check first: the gzip trailer holds the size modulo 2**32; only when it disagrees
+    (a header-only or truncated file, or a multi-member gzip) is the file decompressed.
+    """
+    import gzip
+    import zlib
+
+    with open(path, "rb") as handle:
+        handle.seek(max(os.path.getsize(path) - 4, 0))
+        if int.from_bytes(handle.read(4), "little") == expected % 2**32:
+            return expected
+    size = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                size += len(block)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise DataError(f"cannot read the image data, the file is truncated or corrupted "
+                        f"({exc} after {size} bytes)", path) from exc
+    return size

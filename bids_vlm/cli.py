@@ -234,6 +234,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    "SLURM/SGE/PBS submit each node as a cluster job")
     g.add_argument("--plugin-args", type=_json_object, default=None,
                    help="JSON object passed to the plugin, e.g. '{\"sbatch_args\": \"-p short\"}'")
+    g.add_argument("--force", action="store_true",
+                   help="analyse participants again whose outputs are finished with the same "
+                        "inputs and options (default: skip them)")
     g.add_argument("--keep-going", action="store_true",
                    help="run the other nodes after a node fails (default: stop on first crash)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -357,7 +360,8 @@ def main(argv=None) -> int:
                               stop_on_first_crash=not opts.keep_going)
         if opts.analysis_level == "participant":
             reports = run_participant(opts.bids_dir, opts.output_dir, config, opts.work_dir,
-                                      execution, opts.space, not opts.skip_bids_validation)
+                                      execution, opts.space, not opts.skip_bids_validation,
+                                      force=opts.force)
         else:
             reports = run_group(opts.bids_dir, opts.output_dir, config, opts.work_dir,
                                 execution)

@@ -54,33 +54,53 @@ def load_mask(bold_path, mask_path=None):
             raise DataError("nilearn's compute_epi_mask found no brain in the mean EPI; provide "
                             "a brain mask (fMRIPrep derivatives, desc-brain_mask)", bold_path)
         return mask
-    mask = nib.load(mask_path)
+    try:
+        mask = nib.load(mask_path)
+        data = np.asarray(mask.dataobj)
+    except Exception as exc:  # nibabel raises several types for empty or truncated files
+        raise DataError(f"cannot read the brain mask: {exc}", mask_path) from exc
+    if data.ndim != 3 and not (data.ndim == 4 and data.shape[3] == 1):
+        raise DataError(f"the brain mask must be a 3D image, shape is {data.shape}", mask_path)
+    if not (data > 0).any():
+        raise DataError("the brain mask is empty", mask_path)
     if mask.shape[:3] != bold.shape[:3] or not np.allclose(mask.affine, bold.affine, atol=1e-3):
         LOGGER.warning("%s: mask grid differs from the BOLD grid; resampled (nearest)", mask_path)
         mask = image.resample_to_img(mask, image.index_img(bold, 0), interpolation="nearest",
                                      force_resample=True, copy_header=True)
-    data = np.asarray(mask.dataobj) > 0
-    if not data.any():
-        raise DataError("the brain mask is empty", mask_path)
+        data = np.asarray(mask.dataobj)
+        if not (data > 0).any():
+            raise DataError(f"the brain mask does not overlap the BOLD image {bold_path} "
+                            "(another space or field of view?)", mask_path)
+    data = data.reshape(data.shape[:3]) > 0
     return nib.Nifti1Image(data.astype(np.uint8), mask.affine)
 
 
 def clean_bold(bold_path, mask_img, tr, confounds_path=None, config: BoldConfig = BoldConfig()):
     """Cleaned voxel time series of one run: (n_scans, n_voxels) float32, z-scored.
 
-    Voxels that are constant over the run (e.g. outside the field of view) come out as zeros.
+    Voxels that are constant over the run (e.g. outside the field of view) or hold NaN or inf
+    values come out as zeros (a warning gives their number): excluded from this run's data; a
+    voxel excluded from every run has statistics 0 (never significant).
     """
     smoothing = config.smoothing_fwhm or None
     try:
-        data = masking.apply_mask(nib.load(bold_path), mask_img,
-                                  smoothing_fwhm=smoothing).astype(np.float64)
+        bold = nib.load(bold_path)
+        data = masking.apply_mask(bold, mask_img, ensure_finite=False).astype(np.float64)
+        nonfinite = ~np.isfinite(data).all(axis=0)  # before smoothing spreads them
+        if smoothing:  # smooth_img sets NaN and inf to 0 first
+            data = masking.apply_mask(image.smooth_img(bold, smoothing),
+                                      mask_img).astype(np.float64)
     except (EOFError, OSError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
         raise DataError(f"cannot read the BOLD data (truncated or corrupted?): {exc}",
                         bold_path) from exc
-    if not np.isfinite(data).all():
-        bad = int((~np.isfinite(data)).any(axis=0).sum())
-        LOGGER.warning("%s: %d voxel(s) with NaN/inf set to 0", bold_path, bad)
-        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    if nonfinite.any():  # the whole voxel: zeros in some frames would fake a signal
+        LOGGER.warning("%s: %d in-mask voxel(s) with NaN or inf values; excluded from this "
+                       "run (set to 0)", bold_path, int(nonfinite.sum()))
+        data[:, nonfinite] = 0.0
+    constant = (data.std(axis=0) < 1e-8) & ~nonfinite
+    if constant.any():
+        LOGGER.warning("%s: %d in-mask voxel(s) constant over the run; excluded from it "
+                       "(set to 0)", bold_path, int(constant.sum()))
     confounds = read_confounds(confounds_path, data.shape[0], config)
     return clean_signals(data, tr, confounds, config)
 

@@ -53,8 +53,14 @@ def check_stimuli(runs, bids_dir, config: AnalysisConfig):
     streams = config.model.streams or ("image", "text")  # cross streams: either side
     any_stimulus = False
     for run in runs:
-        timeline = build_timeline(read_events(run.events), run.n_scans * run.tr,
-                                  config.stimuli, Path(bids_dir) / "stimuli", source=run.events)
+        events = read_events(run.events)
+        duration = run.n_scans * run.tr
+        if len(events) and (events["onset"] >= duration).all():
+            raise errors.DataError(f"every event starts after the end of the run ({duration:g} s "
+                                   f"= {run.n_scans} volumes x TR {run.tr:g} s; onsets in "
+                                   "milliseconds?)", run.events)
+        timeline = build_timeline(events, duration, config.stimuli,
+                                  Path(bids_dir) / "stimuli", source=run.events)
         any_stimulus |= any(x is not None for s in streams for x in sample_items(timeline, s))
     if not any_stimulus:
         raise NoInputError(f"no stimulus of the selected stream(s) ({', '.join(streams)}) in "
@@ -83,14 +89,22 @@ class Execution:
 
 def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
                     execution: Execution = Execution(), space="",
-                    validate=False) -> list[Path]:
+                    validate=False, force=False) -> list[Path]:
+    """Analyse the selected participants; those already finished with the same fingerprint
+    (:mod:`bids_vlm.finished`) are skipped unless ``force``. Returns their report paths."""
     from bids_vlm.bids import collect_runs, load_layout
     from bids_vlm.derivatives import init_output
+    from bids_vlm.finished import mark_finished
     from workflows.participant import analysis_units, init_participant_wf
 
     config = with_atlas_digest(config)
     layout = load_layout(bids_dir, config.derivatives, validate=validate)
     runs = collect_runs(layout, config.filters, space)
+    fingerprints = _fingerprints(runs, config)
+    skipped = [] if force else _finished(output_dir, fingerprints)
+    runs = [r for r in runs if r.subject not in skipped]
+    if not runs:  # nothing is written, not even the logs
+        return [Path(output_dir) / f"sub-{s}.html" for s in skipped]
     check_stimuli(runs, bids_dir, config)
     for run in runs:
         if not run.preprocessed:
@@ -100,12 +114,36 @@ def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
     work = _work_dir(work_dir, output_dir)
     write_config_log(output_dir, config, "participant",
                      {"bids_dir": str(bids_dir), "output_dir": str(output_dir),
-                      "work_dir": str(work), "runs": [r.bold for r in runs]})
+                      "work_dir": str(work), "runs": [r.bold for r in runs],
+                      "skipped_finished": skipped})
     units = analysis_units(runs)
     wf = init_participant_wf(units, bids_dir, output_dir, work, config)
     _run(wf, output_dir, execution)
     subjects = sorted({u["subject"] for u in units})
-    return [Path(output_dir) / f"sub-{s}.html" for s in subjects]
+    for subject in subjects:
+        mark_finished(output_dir, subject, fingerprints[subject])
+    return [Path(output_dir) / f"sub-{s}.html" for s in sorted(subjects + skipped)]
+
+
+def _fingerprints(runs, config: AnalysisConfig) -> dict:
+    """{subject: analysis fingerprint of its selected runs under ``config``}."""
+    from bids_vlm.finished import participant_fingerprint
+    from workflows.participant import node_config
+
+    cfg = node_config(config)
+    return {s: participant_fingerprint(cfg, [r for r in runs if r.subject == s])
+            for s in sorted({r.subject for r in runs})}
+
+
+def _finished(output_dir, fingerprints: dict) -> list:
+    """The subjects whose outputs are finished with the same fingerprint (logged)."""
+    from bids_vlm.finished import is_finished, marker_path
+
+    done = [s for s, fp in fingerprints.items() if is_finished(output_dir, s, fp)]
+    for subject in done:
+        LOGGER.info("sub-%s: finished earlier with the same inputs and options (%s); skipped, "
+                    "--force analyses it again", subject, marker_path(output_dir, subject))
+    return done
 
 
 def with_atlas_digest(config: AnalysisConfig) -> AnalysisConfig:
@@ -174,9 +212,12 @@ def _node_error(crash_dir) -> BidsVlmError:
     crashes = sorted(Path(crash_dir).glob("crash-*.txt"), key=lambda p: p.stat().st_mtime)
     text = crashes[-1].read_text(errors="replace") if crashes else ""
     match = re.findall(r"bids_vlm\.errors\.(\w+): (.+)", text)
+    full = re.findall(r"OSError: \[Errno (?:28|122|30)\] (.+)", text)  # disk full, quota, ro
     if match:
         cls = getattr(errors, match[-1][0], BidsVlmError)
         err = cls(match[-1][1])
+    elif full:
+        err = errors.OutputError(f"cannot write the intermediate results: {full[-1]}")
     else:
         last = [ln for ln in text.splitlines() if ln.strip()][-1:] or ["unknown error"]
         err = BidsVlmError(f"a pipeline step failed: {last[0].strip()}")

@@ -74,8 +74,10 @@ def read_events(path) -> pd.DataFrame:
         bad = values.isna() & events[col].notna()
         if bad.any() or (col == "onset" and values.isna().any()):
             row = int(np.flatnonzero(bad | values.isna())[0]) + 2
+            value = events[col].iloc[row - 2]
             raise DataError(f"column '{col}' must be numeric; line {row} is "
-                            f"'{events[col].iloc[row - 2]}'", path)
+                            f"'{value}'" if isinstance(value, str) else
+                            f"column '{col}' is missing (n/a or empty) on line {row}", path)
         events[col] = values.fillna(0.0)
     if (events["onset"] < 0).any():
         row = int(np.flatnonzero(events["onset"] < 0)[0]) + 2

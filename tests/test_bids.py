@@ -266,6 +266,27 @@ def test_bold_that_is_not_a_time_series(root, shape):
     assert exc.value.path == str(bad)
 
 
+def test_complete_gzip_bold_is_not_decompressed_but_a_cut_one_is_caught(tmp_path,
+                                                                        monkeypatch):
+    import gzip
+
+    path = tmp_path / "bold.nii.gz"
+    data = np.random.default_rng(0).normal(size=(8, 8, 8, 5)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    with monkeypatch.context() as patch:  # the gzip trailer is enough for a complete file
+        patch.setattr(gzip, "open", lambda *a, **k: pytest.fail("decompressed"))
+        assert bids_mod._n_scans(path) == 5
+    header_only = tmp_path / "header_only.nii.gz"
+    with gzip.open(header_only, "wb") as handle:
+        handle.write(gzip.open(path).read()[:352])
+    with pytest.raises(DataError, match="the image is truncated: 352 bytes, its header needs 10592"):
+        bids_mod._n_scans(header_only)
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(path.read_bytes()[:5000])  # an interrupted copy
+    with pytest.raises(DataError, match="cannot read the image data, the file is truncated"):
+        bids_mod._n_scans(cut)
+
+
 def test_directory_without_dataset_description(tmp_path):
     (tmp_path / "sub-01").mkdir()
     with pytest.raises(DataError, match="dataset_description.json is missing") as exc:

@@ -150,7 +150,8 @@ def test_multiproc_gives_same_outputs_as_linear(planted, planted_outputs, tmp_pa
 
 def test_rerun_uses_the_cache(planted, planted_outputs):
     proc = run_cli(planted.root, planted_outputs["out"], "participant", "--participant-label",
-                   "01", "-w", planted_outputs["work"])
+                   "01", "--force", "-w", planted_outputs["work"])
+    assert "finished earlier" not in proc.stderr  # --force: not skipped
     assert "tiny-clip image" not in proc.stderr  # no extraction progress: cached
 
 

@@ -61,7 +61,11 @@ def desc_label(model: str, stream: str = "", layer: int | None = None) -> str:
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds.
+
+    An OSError in the block (e.g. no space left on device) becomes an :class:`OutputError`
+    naming ``path``; the temporary file is removed, ``path`` is left as it was.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +77,8 @@ def atomic_path(path):
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared files
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, quota, read-only file system: nothing is left behind
+        raise OutputError(f"cannot write the file: {exc.strerror or exc}", path) from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +20,8 @@ import torch
 
 from bids_vlm.stimuli import PAIR_PREFIX, split_pair_item
 from bids_vlm.video import file_digest, is_frame_item, split_frame_item
+
+LOGGER = logging.getLogger("bids_vlm.cache")
 
 
 def weights_digest(module) -> str:
@@ -73,14 +76,20 @@ class ActivationCache:
 
     def load(self, stream, items) -> tuple[dict, list]:
         """({item: {layer key: (units,)}} found, [items not cached]); unreadable files count as
-        missing (and are recomputed)."""
+        missing (removed with a warning, and recomputed)."""
         found, missing = {}, []
         for item in items:
             path = self._path(stream, item)
+            if not path.is_file():
+                missing.append(item)
+                continue
             try:
                 with np.load(path) as data:
                     found[item] = {k.replace("__", "/"): data[k] for k in data.files}
-            except (OSError, ValueError, EOFError):
+            except Exception as exc:  # truncated or garbled: zipfile, OSError, ValueError...
+                LOGGER.warning("%s: corrupted activation cache file (%s: %s); removed, the "
+                               "stimulus is recomputed", path, type(exc).__name__, exc)
+                path.unlink(missing_ok=True)
                 missing.append(item)
         return found, missing
 
