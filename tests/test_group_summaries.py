@@ -9,7 +9,8 @@ from conftest import run_cli
 from datagen import Plant, make_planted_dataset
 from scipy import stats
 
-from bids_vlm.analysis.networks import default_networks, network_masks
+from bids_vlm.analysis.atlases import default_networks
+from bids_vlm.analysis.networks import network_masks
 from bids_vlm.group import combine_participants
 from bids_vlm.group_summaries import group_networks, group_polarity, network_drivers
 
