@@ -6,6 +6,10 @@ report figures (files next to the HTML, loaded by a headless Chromium when there
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import nibabel as nib
@@ -187,3 +191,15 @@ def test_report_shows_the_architecture_figures(arch, page, figdir, prefix):
     assert result["errors"] == []
     loaded = {i["src"] for i in result["images"] if i["complete"] and i["naturalWidth"] > 0}
     assert {f"{figdir}/{prefix}{STEM}_{n}.png" for n in ("msi", "streamoverlap")} <= loaded
+
+
+@pytest.mark.slow
+def test_outputs_with_two_models_pass_the_bids_validator(arch):
+    exe = Path(sys.executable).parent / "bids-validator-deno"
+    exe = str(exe) if exe.exists() else shutil.which("bids-validator-deno")
+    if exe is None:
+        pytest.skip("bids-validator-deno is not installed")
+    proc = subprocess.run([exe, str(arch["out"]), "--json"], capture_output=True, text=True,
+                          timeout=600)
+    issues = json.loads(proc.stdout)["issues"]["issues"]
+    assert [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"] == []
