@@ -43,8 +43,9 @@ def architecture_sections(tables, figdir, out, save, figure) -> list[str]:
                 f"Dashed: +-{MSI_THRESHOLD:g} (visual / language specific)."),
                       _stream_table(msi)]
         else:
-            parts.append("<p class='note'>Modality specificity not computed: it needs the "
-                         "network tables (MNI-space data).</p>")
+            parts.append("<p class='note'>Modality specificity not computed: it needs "
+                         "network tables with the Visual and Language networks (MNI-space "
+                         "data).</p>")
         overlap = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
         fig_path = figdir / f"{stem}_streamoverlap.png"
         save(overlap_figure(overlap), fig_path)
