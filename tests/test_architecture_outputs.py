@@ -203,3 +203,24 @@ def test_outputs_with_two_models_pass_the_bids_validator(arch):
                           timeout=600)
     issues = json.loads(proc.stdout)["issues"]["issues"]
     assert [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"] == []
+
+
+def test_report_section_without_msi_table(tmp_path):
+    """Native space: only the overlap table; the section draws its figure and says why the
+    index is missing."""
+    from bids_vlm.report import _figure, _save
+    from bids_vlm.report_architecture import architecture_sections
+
+    table = pd.DataFrame({"model": "m", "stream_a": "image", "stream_b": "text",
+                          "layer_a": [0, 1], "layer_b": [0, 1], "relative_depth": [0.5, 1.0],
+                          "jaccard": [0.2, 0.4], "dice": [0.3, 0.5],
+                          "chance_jaccard": [0.1, 0.1]})
+    path = tmp_path / "sub-01_task-x_desc-mVsn_streamoverlap.tsv"
+    table.to_csv(path, sep="\t", index=False)
+    path.with_suffix(".json").write_text(json.dumps({"Models": ["m", "n"]}))
+    figdir = tmp_path / "figures"
+    figdir.mkdir()
+    page = "".join(architecture_sections([path], figdir, tmp_path, _save, _figure))
+    assert "Architecture: m vs n" in page and "Modality specificity not computed" in page
+    assert [p.name for p in figdir.iterdir()] == ["sub-01_task-x_desc-mVsn_streamoverlap.png"]
+    assert "src='figures/sub-01_task-x_desc-mVsn_streamoverlap.png'" in page
