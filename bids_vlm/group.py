@@ -22,6 +22,7 @@ from scipy import sparse, stats
 
 from bids_vlm.derivatives import write_json, write_tsv
 from bids_vlm.errors import DataError
+from bids_vlm.group_architecture import combine_architecture
 from bids_vlm.group_summaries import combine_summaries
 
 KEY_RE = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.*)_desc-"
@@ -116,6 +117,7 @@ def combine_participants(output_dir) -> list[Path]:
             written.append(path)
     written += combine_neuron_tables(output_dir)
     written += combine_summaries(output_dir)
+    written += combine_architecture(output_dir)
     return written
 
 

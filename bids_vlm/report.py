@@ -23,6 +23,7 @@ from nilearn import image, plotting  # noqa: E402
 from bids_vlm import __version__  # noqa: E402
 from bids_vlm.derivatives import atomic_path  # noqa: E402
 from bids_vlm.derivatives.io import label  # noqa: E402
+from bids_vlm.report_architecture import architecture_sections, overlap_tables  # noqa: E402
 
 TEMPLATE_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym", "MNI152NLin2009cSym", "MNI")
 CITATIONS = [
@@ -66,6 +67,8 @@ def participant_report(output_dir, subject: str, config) -> Path:
     for table_path in sorted(sub_dir.rglob("*_neurons.tsv")):
         sidecar = json.loads(table_path.with_suffix(".json").read_text())
         sections.append(_unit_section(table_path, sidecar, figdir, out))
+    sections += architecture_sections(overlap_tables(sub_dir, recursive=True), figdir, out,
+                                      _save, _figure)
     if not sections:
         sections.append("<p>No results were found for this participant.</p>")
     title = f"bids_vlm report: sub-{subject}"
@@ -355,6 +358,8 @@ def group_report(output_dir, config) -> Path:
             parts.append(_figure(fig, out, f"Mean number of {stream}-stream ANs per voxel."))
         parts += _group_summaries(table_path, stem, figdir, out, side.get("Model", ""))
         sections.append("".join(parts))
+    sections += architecture_sections(overlap_tables(out / "group", recursive=False), figdir,
+                                      out, _save, _figure)
     body = "".join(sections) or "<p>No group results.</p>"
     return _write_html(out / "group.html", "bids_vlm report: group",
                        body + _methods(config, map_side))

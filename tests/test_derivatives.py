@@ -139,3 +139,19 @@ def test_init_output(tmp_path):
     assert "*_statmap.nii.gz" in BIDSIGNORE.splitlines()
     assert sorted(p.name for p in out.iterdir()) == [".bidsignore", "README.md",
                                                     "dataset_description.json"]
+
+
+@pytest.mark.parametrize("model, stored, expected", [
+    ("tiny-meter", '{"image": 11, "cross-text": 6}', {"image": 11, "cross-text": 6}),
+    ("tiny-meter", "{}", {"image": 2, "cross-text": 2}),  # older files: the registry
+    ("hf-clip:/some/dir", "{}", {"image": 4, "cross-text": 6}),  # unknown: last layer + 1
+])
+def test_layers_per_stream_from_the_association_file(tmp_path, model, stored, expected):
+    from bids_vlm.derivatives.unit import layers_per_stream
+
+    with h5py.File(tmp_path / "a.h5", "w") as h5:
+        h5.attrs["model"], h5.attrs["n_layers"] = model, stored
+        for key in ("image/00", "image/03", "cross-text/05"):
+            h5.create_group(key)
+    with h5py.File(tmp_path / "a.h5", "r") as h5:
+        assert layers_per_stream(h5) == expected

@@ -103,6 +103,7 @@ def extract_node(timelines_file, model_name, config_json, cache_dir):
         h5.attrs["model"] = model_name
         h5.attrs["computed"] = computed
         h5.attrs["units"] = json.dumps({s: v.units for s, v in model.streams.items()})
+        h5.attrs["n_layers"] = json.dumps({s: v.n_layers for s, v in model.streams.items()})
     return path
 
 
@@ -156,6 +157,7 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
                         [clean(make_delayed_regressors(m, s))
                          for (_, m, clean), s in zip(per_run, samples)])
         out.attrs["model"] = acts.attrs["model"]
+        out.attrs["n_layers"] = acts.attrs.get("n_layers", "{}")
         out.attrs["run_lengths"] = [r.n_scans for r in runs]
     return path
 
@@ -179,6 +181,7 @@ def associate_node(regressors_file, cleaned_files, config_json):
     path = os.path.abspath("association.h5")
     with h5py.File(regressors_file, "r") as regs, h5py.File(path, "w") as out:
         out.attrs["model"] = regs.attrs["model"]
+        out.attrs["n_layers"] = regs.attrs.get("n_layers", "{}")
         stats = config.stats
         out.attrs["method"] = method_description(stats.autocorr, stats.n_lags or None)
         out.attrs["fdr_q"] = stats.fdr_q

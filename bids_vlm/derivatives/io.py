@@ -29,6 +29,7 @@ BIDSIGNORE = ("*_statmap.nii.gz\n*_statmap.json\n*_neurons.tsv\n*_neurons.json\n
               "*_atoms.tsv\n*_atoms.json\n*_atoms.h5\n"
               "*_bandedencoding.tsv\n*_bandedencoding.json\n"
               "*_hierarchy.tsv\n*_hierarchy.json\n*_lesion.tsv\n*_lesion.json\n"
+              "*_msi.tsv\n*_msi.json\n*_streamoverlap.tsv\n*_streamoverlap.json\n"
               "*_association.h5\n*_association.json\n*.html\nfigures\ngroup\nlogs\n")
 README = """# bids_vlm derivatives
 

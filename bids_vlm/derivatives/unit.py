@@ -2,6 +2,7 @@
 tables, sparse associations and layer-wise encoding maps."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -94,7 +95,9 @@ def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict,
         from bids_vlm.derivatives.atoms import write_atom_outputs
 
         written += write_atom_outputs(atom_file, folder, ents, mask, ijk, unit, config)
-    return written
+    from bids_vlm.derivatives.architecture import write_architecture_outputs
+
+    return written + write_architecture_outputs(folder, ents, written)
 
 
 def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config,
@@ -112,6 +115,7 @@ def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config,
     with h5py.File(assoc_file, "r") as h5:
         model = output_model_name(str(h5.attrs["model"]), config)
         side = common_sidecar(unit, dict(h5.attrs), config)
+        depth = layers_per_stream(h5)
         offset = 0
         for stream in h5:
             for layer in h5[stream]:
@@ -134,9 +138,22 @@ def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config,
     written += write_redundancy_maps(folder, ents, model, counts, mask, side)
     written += write_layer_summaries(folder, ents, model, table, merged, nets, counts, side,
                                      config.model.seed)
-    written += _neuron_table(folder, ents, model, table, side)
+    written += _neuron_table(folder, ents, model, table, dict(side, LayersPerStream=depth))
     written.append(_sparse(folder, ents, model, table, entries, ijk, mask, side))
     return written
+
+
+def layers_per_stream(h5) -> dict:
+    """{stream: layers of the stream in the model} of an association file: its ``n_layers``
+    attribute, else the model registry, else one more than the last analysed layer."""
+    stored = json.loads(h5.attrs.get("n_layers", "{}"))
+    if all(s in stored for s in h5):
+        return {s: int(stored[s]) for s in h5}
+    from bids_vlm.models import REGISTRY
+
+    known = REGISTRY.get(str(h5.attrs["model"]))
+    return {s: int(known.streams[s][0]) if known and s in known.streams
+            else max(int(k) for k in h5[s]) + 1 for s in h5}
 
 
 ENCODING_COLUMNS = {
