@@ -352,6 +352,30 @@ def _too_little_memory(ctx):
     ctx.args += ["--mem", "0.00001GB"]
 
 
+def _write_atlas(ctx, name, labels=True):
+    """A label image on the planted grid (value 1 in the first 12 voxels), optionally with its
+    labels TSV, in the temporary folder (not the dataset)."""
+    import nibabel as nib
+    import numpy as np
+
+    ref = nib.load(ctx.func("bold.nii.gz"))  # the derivatives share its grid
+    data = np.zeros(ref.shape[:3], np.int16)
+    data.reshape(-1)[:12] = 1
+    path = ctx.tmp / name
+    nib.save(nib.Nifti1Image(data, ref.affine), path)
+    if labels:
+        (ctx.tmp / name.replace(".nii.gz", ".tsv")).write_text("index\tname\n1\tVisual\n")
+    ctx.args += ["--atlas", str(path)]
+
+
+def _atlas_without_labels(ctx):
+    _write_atlas(ctx, "atlas-mine_dseg.nii.gz", labels=False)
+
+
+def _atlas_other_space(ctx):
+    _write_atlas(ctx, "atlas-mine_space-T1w_dseg.nii.gz")
+
+
 def _example(name, *args):
     def breaks(ctx):
         shutil.rmtree(ctx.bids)
@@ -473,6 +497,12 @@ CASES = [
          "machine"),
     Case("too-little-memory", "--mem too small for one block", _too_little_memory, 69,
          "is too little for"),
+    Case("atlas-without-labels", "--atlas image without its labels TSV",
+         _atlas_without_labels, 64, "atlas-mine_dseg.tsv: the atlas atlas-mine_dseg.nii.gz needs "
+         "a labels TSV next to it"),
+    Case("atlas-other-space", "--atlas in another space than the data (exit 0: networks "
+         "skipped)", _atlas_other_space, 0, "network analyses skipped: the data are in "
+         "MNI152NLin2009cAsym space and the atlas"),
     Case("bids-examples-ds001", "bids-examples ds001 (0-byte NIfTI stubs)",
          _example("ds001", "--participant-label", "01"), 64,
          "sub-01_task-balloonanalogrisktask_run-01_bold.nii.gz: cannot read the NIfTI image",
