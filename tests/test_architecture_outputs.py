@@ -20,7 +20,8 @@ from browser import Browser, find_chromium
 from conftest import run_cli
 from datagen import SPACE, Plant, make_planted_dataset
 
-from bids_vlm.analysis.networks import default_networks, network_masks
+from bids_vlm.analysis.atlases import default_networks
+from bids_vlm.analysis.networks import network_masks
 
 STEM = f"task-view_space-{SPACE}_desc-tinyclipVstinymeter"
 MODELS = {"tiny-clip": "tinyclip", "tiny-meter": "tinymeter"}
