@@ -84,6 +84,7 @@ def lesion_figure(table: pd.DataFrame, model: str):
                 continue
             ax.plot(rows.step, rows.mean_r_targeted, "o-", color=colours(i % 10), label=net)
             ax.plot(rows.step, rows.mean_r_random, "o--", color=colours(i % 10), alpha=0.6)
+        ax.plot([], [], "k--", alpha=0.6, label="random removal")
         ax.set(title=f"group {model} {stream}", xlabel="share of ANs removed",
                ylabel="mean held-out r")
         ax.legend(frameon=False, fontsize=7)

@@ -85,3 +85,51 @@ def test_combine_hierarchy_writes_tables_with_sidecars(tmp_path):
             table.columns)
         assert side["Participants"] == ["01", "02"] and side["Model"] == "m"
         assert side["DataSpace"] == SPACE
+
+
+@pytest.mark.slow
+def test_group_tables_are_the_participants_means(occipital):
+    """On the CLI outputs (encoding on, visual voxels): each group value is the mean of the
+    participants' values read from their files, computed here by hand."""
+    stem = occipital / "group" / f"group_task-view_space-{SPACE}_desc-tinyclip"
+    hier = pd.read_csv(f"{stem}_hierarchy.tsv", sep="\t").set_index(["stream", "network"])
+    parts = [pd.read_csv(next((occipital / f"sub-{s}" / "func").glob("*_hierarchy.tsv")),
+                         sep="\t").set_index(["stream", "network"]) for s in ("01", "02")]
+    for stream in ("image", "text"):
+        key = (stream, "Visual")
+        depths = [t.loc[key, "mean_preferred_depth"] for t in parts]
+        assert all(0 <= d <= 1 for d in depths)  # planted visual voxels have a preferred layer
+        row = hier.loc[key]
+        assert row.mean_preferred_depth == pytest.approx(np.mean(depths), rel=1e-4)
+        assert row.sd_preferred_depth == pytest.approx(np.std(depths, ddof=1), rel=1e-3)
+        assert row.n_participants == 2 and row.n_layers == 4
+        assert row.mean_preferred_layer == pytest.approx(
+            np.mean([t.loc[key, "mean_preferred_layer"] for t in parts]), rel=1e-4)
+    assert hier.loc[("image", "Language"), "n_participants"] == 0  # no language voxels here
+    assert np.isnan(hier.loc[("image", "Language"), "mean_preferred_depth"])
+
+    lesion = pd.read_csv(f"{stem}_lesion.tsv", sep="\t").set_index(["network", "stream",
+                                                                     "step"])
+    parts = [pd.read_csv(next((occipital / f"sub-{s}" / "func").glob("*_lesion.tsv")),
+                         sep="\t").set_index(["network", "stream", "step"])
+             for s in ("01", "02")]
+    visual = lesion.loc[("Visual", "image")]  # the planted image AN drives Visual in both
+    assert len(visual) == 6 and (visual.n_participants == 2).all()
+    for col in ("mean_r_targeted", "mean_r_random"):
+        by_hand = (parts[0].loc[("Visual", "image"), col] +
+                   parts[1].loc[("Visual", "image"), col]) / 2
+        np.testing.assert_allclose(visual[col], by_hand, rtol=1e-4)
+    assert visual.mean_r_targeted.iloc[0] > 0.05  # the planted signal is predicted
+    assert "text" not in lesion.index.get_level_values("stream")  # text AN: outside networks
+    side = json.loads(open(f"{stem}_lesion.json").read())
+    assert all(side[c]["Description"] for c in LESION_COLUMNS)
+    assert side["Participants"] == ["01", "02"] and side["LesionSteps"][-1] == 0.5
+
+
+@pytest.mark.slow
+def test_group_report_draws_hierarchy_and_lesion(occipital):
+    page = (occipital / "group.html").read_text(encoding="utf-8")
+    for name in ("hierarchy", "lesion"):
+        src = f"group/figures/group_task-view_space-{SPACE}_desc-tinyclip_{name}.png"
+        assert f"src='{src}'" in page and (occipital / src).stat().st_size > 1000
+    assert "<h3>Hierarchy</h3>" in page and "<h3>Virtual lesion</h3>" in page
