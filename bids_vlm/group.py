@@ -23,6 +23,7 @@ from scipy import sparse, stats
 from bids_vlm.derivatives import write_json, write_tsv
 from bids_vlm.errors import DataError
 from bids_vlm.group_architecture import combine_architecture
+from bids_vlm.group_hierarchy import combine_hierarchy
 from bids_vlm.group_summaries import combine_summaries
 
 KEY_RE = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.*)_desc-"
@@ -118,6 +119,7 @@ def combine_participants(output_dir) -> list[Path]:
     written += combine_neuron_tables(output_dir)
     written += combine_summaries(output_dir)
     written += combine_architecture(output_dir)
+    written += combine_hierarchy(output_dir)
     return written
 
 

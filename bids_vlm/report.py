@@ -24,6 +24,7 @@ from bids_vlm import __version__  # noqa: E402
 from bids_vlm.derivatives import atomic_path  # noqa: E402
 from bids_vlm.derivatives.io import label  # noqa: E402
 from bids_vlm.report_architecture import architecture_sections, overlap_tables  # noqa: E402
+from bids_vlm.report_hierarchy import hierarchy_sections  # noqa: E402
 
 TEMPLATE_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym", "MNI152NLin2009cSym", "MNI")
 CITATIONS = [
@@ -366,7 +367,8 @@ def group_report(output_dir, config) -> Path:
 
 
 def _group_summaries(table_path, stem, figdir, out, model):
-    """Group polarity (with each participant's mirrored r), redundancy and network sections."""
+    """Group polarity (with each participant's mirrored r), redundancy, network, hierarchy and
+    lesion sections."""
     parts = []
     layers = table_path.with_name(table_path.name.replace("_neurons.tsv", "_layers.tsv"))
     if layers.is_file():
@@ -392,4 +394,4 @@ def _group_summaries(table_path, stem, figdir, out, model):
             parts.append("<div class='wide'>" + pd.read_csv(drivers, sep="\t").to_html(
                 index=False, float_format=lambda x: f"{x:.3g}", na_rep="n/a",
                 classes="drivers", border=0) + "</div>")
-    return parts
+    return parts + hierarchy_sections(table_path, stem, figdir, out, _save, _figure, model)

@@ -47,3 +47,32 @@ def planted_outputs(planted, tmp_path_factory):
     part = run_cli(planted.root, out, "participant", "-q", "-w", work)
     group = run_cli(planted.root, out, "group", "-q", "-w", work)
     return {"out": out, "work": work, "participant": part, "group": group}
+
+
+@pytest.fixture(scope="session")
+def occipital(tmp_path_factory):
+    """2 participants on a grid in occipital cortex (MNI152NLin2009cAsym): an image AN planted
+    (positive) in visual voxels, a text AN planted (negative) in voxels outside every network;
+    participant (association and encoding, so hierarchy and lesion tables too) and group levels
+    run by the CLI."""
+    import nibabel as nib
+    import numpy as np
+
+    from bids_vlm.analysis.atlases import default_networks
+    from bids_vlm.analysis.networks import network_masks
+    from datagen import Plant
+
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    affine[:3, 3] = [-9, -99, -3]
+    shape = (6, 6, 6)
+    masks = network_masks(default_networks(), nib.Nifti1Image(np.ones(shape, np.uint8), affine))
+    visual = np.flatnonzero(masks["Visual"])[:12].tolist()
+    outside = np.flatnonzero(~np.any(list(masks.values()), axis=0))[:12].tolist()
+    base = tmp_path_factory.mktemp("occipital")
+    data = make_planted_dataset(base / "bids", n_subjects=2, shape=shape, affine=affine,
+                                plants=(Plant("image", 2, 7, visual, 0.8),
+                                        Plant("text", 1, 3, outside, -0.8)))
+    out, work = base / "out", base / "work"
+    run_cli(data.root, out, "participant", "-q", "-w", work)
+    run_cli(data.root, out, "group", "-q", "-w", work)
+    return out

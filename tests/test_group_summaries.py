@@ -1,16 +1,11 @@
 """Group-level network, polarity and redundancy summaries (bids_vlm/group_summaries.py)."""
 import json
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
-from datagen import Plant, make_planted_dataset
 from scipy import stats
 
-from bids_vlm.analysis.atlases import default_networks
-from bids_vlm.analysis.networks import network_masks
 from bids_vlm.group import combine_participants
 from bids_vlm.group_summaries import group_networks, group_polarity, network_drivers
 
@@ -101,27 +96,6 @@ def test_group_polarity_per_network():
                             "mean_bn_neg": [1, 2, 3]})
     res = group_polarity(neurons, nets)["image"]
     assert res["r"] == pytest.approx(1.0) and res["networks"]["V"]["r"] == pytest.approx(-1.0)
-
-
-@pytest.fixture(scope="module")
-def occipital(tmp_path_factory):
-    """2 participants on a grid in occipital cortex: an image AN planted (positive) in visual
-    voxels, a text AN planted (negative) in voxels outside every network; participant and
-    group levels run by the CLI (association only)."""
-    affine = np.diag([3.0, 3.0, 3.0, 1.0])
-    affine[:3, 3] = [-9, -99, -3]
-    shape = (6, 6, 6)
-    masks = network_masks(default_networks(), nib.Nifti1Image(np.ones(shape, np.uint8), affine))
-    visual = np.flatnonzero(masks["Visual"])[:12].tolist()
-    outside = np.flatnonzero(~np.any(list(masks.values()), axis=0))[:12].tolist()
-    base = tmp_path_factory.mktemp("occipital")
-    data = make_planted_dataset(base / "bids", n_subjects=2, shape=shape, affine=affine,
-                                plants=(Plant("image", 2, 7, visual, 0.8),
-                                        Plant("text", 1, 3, outside, -0.8)))
-    out, work = base / "out", base / "work"
-    run_cli(data.root, out, "participant", "--no-encoding", "-q", "-w", work)
-    run_cli(data.root, out, "group", "-q", "-w", work)
-    return out
 
 
 @pytest.mark.slow

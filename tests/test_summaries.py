@@ -67,3 +67,50 @@ def test_image_text_overlap_by_hand():
     layers = pd.DataFrame({"layer": [0, 1]})
     # layer 0: image {0,1}, text {1,2} -> 1/3; layer 1: image {5}, text {6} -> 0
     assert stream_overlap(table, entries, 8, layers) == pytest.approx([1 / 3, 0.0])
+
+
+def _planted_layer_table(pos, neg, n_ans=3, n_frames=300, seed=0):
+    """Neuron table of a simulated 6-layer stream from the real association test.
+
+    Each layer has ``n_ans`` ANs (autocorrelated random regressors); AN a of layer k drives
+    pos[k] voxels positively and neg[k] voxels negatively (its own voxels, beta 0.6, unit
+    noise), and 60 voxels are noise only. The BN+ / BN- counts are those of
+    :func:`bids_vlm.encoding.associate` (Bartlett-corrected z, BH per AN), layer by layer as the
+    pipeline runs it."""
+    from bids_vlm.encoding import associate
+
+    rng = np.random.default_rng(seed)
+    kernel = np.exp(-np.arange(6) / 2.0)
+    x = np.stack([np.convolve(rng.standard_normal(n_frames + 5), kernel, "valid")
+                  for _ in range(len(pos) * n_ans)], axis=1)
+    signs = [(k * n_ans + a, s) for k in range(len(pos)) for a in range(n_ans)
+             for s, n in ((1.0, pos[k]), (-1.0, neg[k])) for _ in range(n)]
+    y = rng.standard_normal((n_frames, len(signs) + 60))
+    for v, (col, sign) in enumerate(signs):
+        y[:, v] += sign * 0.6 * x[:, col] / x[:, col].std()
+    rows = []
+    for k in range(len(pos)):
+        res = associate(x[:, k * n_ans:(k + 1) * n_ans], y, q=0.05,
+                        run_lengths=[n_frames // 2, n_frames - n_frames // 2])
+        rows += [{"stream": "image", "layer": k, "n_bn_pos": int(res.n_pos[a]),
+                  "n_bn_neg": int(res.n_neg[a])} for a in range(n_ans)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("neg, sign", [([12, 10, 8, 6, 4, 2], -1),   # mirrored: P up, N down
+                                       ([1, 3, 5, 7, 9, 11], 1),     # parallel: both up
+                                       (None, 0)])                   # no shared trend
+def test_polarity_of_planted_associations_has_the_planted_sign(neg, sign):
+    pos = [2, 4, 6, 8, 10, 12]
+    if neg is None:  # N(layer) varies, but uncorrelated with P(layer) (r = -0.06 as planted)
+        neg = [6, 9, 3, 10, 4, 7]
+    table = _planted_layer_table(pos, neg)
+    res = polarity_curves(table)["image"]
+    # the planted voxels are found (BH may add a stray false positive or miss none)
+    np.testing.assert_allclose(res["P"], pos, atol=1)
+    np.testing.assert_allclose(res["N"], neg, atol=1)
+    if sign:
+        assert np.sign(res["r"]) == sign and abs(res["r"]) > 0.9
+        assert res["p"] <= 4 / 720  # exact over the 720 layer orders
+    else:
+        assert abs(res["r"]) < 0.4 and res["p"] > 0.3
