@@ -72,6 +72,7 @@ class BlockScanner:
         self.u_max = torch.empty(max_block * n_pad // CHUNK, device=dev)
         self.best_r = torch.zeros(n_pad, device=dev)
         self.bn_count = torch.zeros(n_pad, dtype=torch.int64, device=dev)
+        self._maps = {}
 
     def _tiles(self, b):
         """(start, stop, u view (b, w), u_max view (b, w / CHUNK)) of every voxel tile."""
@@ -141,28 +142,39 @@ class BlockScanner:
         k = n_screen
         cap = CANDIDATE_FRACTION * b * self.vox.n_vox
         while int(k.sum()) > cap:
-            counts = torch.zeros_like(k)
-            for _, _, u_t, u_max in self._tiles(b):
-                rows, chunks, vals, thr = self._chunks(u_t, u_max, k)
-                counts += torch.bincount(rows, weights=(vals.abs() >= thr[:, None]).sum(1),
-                                         minlength=b).long()
+            counts = sum(torch.bincount(rows, minlength=b)
+                         for rows, _, _ in self.entries_above(b, self.u_crit[k - 1]))
             if torch.equal(counts, k):
                 break
             k = counts
-        found = []
-        for s, _, u_t, u_max in self._tiles(b):
-            rows, chunks, vals, thr = self._chunks(u_t, u_max, k)
-            ci, j = torch.nonzero(vals.abs() >= thr[:, None], as_tuple=True)
-            found.append((rows[ci], s + chunks[ci] * CHUNK + j, vals[ci, j]))
+        found = list(self.entries_above(b, self.u_crit[k - 1]))  # k = 0 -> inf
         return tuple(torch.cat(parts) for parts in zip(*found))
 
-    def _chunks(self, u_t, u_max, k):
-        """Chunks of a tile whose maximum reaches their AN's threshold zcrit[k-1]^2 (inf when
-        k = 0): rows, chunk indices, values (C, CHUNK) and thresholds (C,)."""
-        crit = self.u_crit[k - 1]  # k = 0 -> index -1 -> inf
-        rows, chunks = torch.nonzero(u_max >= crit[:, None], as_tuple=True)
-        vals = u_t.view(u_t.shape[0], -1, CHUNK)[rows, chunks]
-        return rows, chunks, vals, crit[rows]
+    def entries_above(self, b, crit):
+        """(rows, cols, signed u) of the block's entries with |u| >= crit[row] (b,), in pieces:
+        only the chunks whose maximum reaches the threshold are read, a tile's worth at a time."""
+        chunk_row, chunk_col = self._chunk_map(b)
+        crit_chunk = crit[chunk_row]
+        chunks = torch.nonzero(self.u_max[:chunk_row.shape[0]] >= crit_chunk)[:, 0]
+        u = self.u[:b * self.vox.y.shape[0]].view(-1, CHUNK)
+        piece = self.tmp.shape[1] // CHUNK
+        for i in range(0, max(1, chunks.shape[0]), piece):
+            g = chunks[i:i + piece]
+            vals = u.index_select(0, g)
+            hit = torch.nonzero((vals.abs() >= crit_chunk[g][:, None]).view(-1))[:, 0]
+            g_hit = g[hit // CHUNK]
+            yield chunk_row[g_hit], chunk_col[g_hit] + hit % CHUNK, vals.view(-1)[hit]
+
+    def _chunk_map(self, b):
+        """(b Vp / CHUNK,) AN row and first voxel of every chunk of a b-AN block's u."""
+        if b not in self._maps:
+            rows, cols = [], []
+            for s, e, _, _ in self._tiles(b):
+                grid = torch.arange(b * (e - s) // CHUNK, device=self.u.device)
+                rows.append(grid // ((e - s) // CHUNK))
+                cols.append(s + grid % ((e - s) // CHUNK) * CHUNK)
+            self._maps = {b: (torch.cat(rows), torch.cat(cols))}
+        return self._maps[b]
 
     def _exact(self, rows, cols, u_abs, acf_b, chunk=65536):
         """|r| and |z| of the candidates from |u| and their T_eff (factors recomputed)."""
