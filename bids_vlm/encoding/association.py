@@ -25,12 +25,15 @@ import numpy as np
 import torch
 
 from bids_vlm.encoding.autocorr import bartlett_weights, default_lags, row_autocorrelations
+from scipy import special
+
 from bids_vlm.encoding.blockscan import (CANDIDATE_FRACTION, CHUNK, BlockScanner, Voxels,
-                                         pad_voxels)
-from bids_vlm.encoding.fdr import bh_z_thresholds, p_from_z
+                                         pad_voxels, u_threshold)
+from bids_vlm.encoding.fdr import bh_sorted, bh_z_thresholds, p_from_z
 from bids_vlm.progress import progress as progress_bar
 
 AUTOCORR_METHODS = ("bartlett", "none")
+FDR_SCOPES = ("an", "all")  # BH per AN over voxels, or over all AN x voxel pairs
 TILE = 2048  # voxels per tile on the CPU (a tile's statistics stay in cache)
 TILE_CUDA = 65536  # on a GPU, fewer and larger tiles
 PREP_CHUNK = 256  # voxels normalised (and their autocorrelations computed) at a time
@@ -135,16 +138,18 @@ def block_size_for_memory(mem_bytes: int, n_frames: int, n_an: int, n_vox: int,
 
 def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress=False,
               desc="association", run_lengths=None, autocorr="bartlett",
-              n_lags=None, workers=None) -> AssociationResult:
+              n_lags=None, workers=None, fdr_scope="an") -> AssociationResult:
     """Association of every column of ``regressors`` (T, N) with every column of ``voxels`` (T, V).
 
     run_lengths: frames per run (sum T); default one run. Both inputs are normalised here
     (centred, unit norm over all frames), so r is their inner product. workers: blocks scanned
     at once (default :func:`default_workers`); blocks are smaller than ``block_size`` when there
-    would be fewer blocks than workers.
+    would be fewer blocks than workers. fdr_scope: ``"an"``, BH over voxels for each AN;
+    ``"all"``, one BH over all N x V pairs (two passes over the data; z_threshold is then the
+    same for every AN).
     """
     n_frames, n_an = regressors.shape
-    run_lengths = _check(regressors, voxels, run_lengths, autocorr)
+    run_lengths = _check(regressors, voxels, run_lengths, autocorr, fdr_scope)
     dev = torch.device(device)
     workers = workers or default_workers(dev)
     block = max(1, min(block_size, -(-n_an // workers)))
@@ -156,23 +161,51 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
         zcrit = torch.from_numpy(bh_z_thresholds(vox.n_vox, q).astype(np.float32)).to(dev)
         local, scanners = threading.local(), []
 
-        def scan(start):
-            if not hasattr(local, "scanner"):
-                local.scanner = BlockScanner(vox, block, TILE if dev.type == "cpu" else
-                                             TILE_CUDA, zcrit)
-                scanners.append(local.scanner)
-            xb, acf_b = _prepare_block(regressors[:, start:start + block], run_lengths,
-                                       n_lags, dev)
-            return start, local.scanner.scan(xb, acf_b)
+        def run(method, *args):
+            def job(start):
+                if not hasattr(local, "scanner"):
+                    local.scanner = BlockScanner(vox, block, TILE if dev.type == "cpu" else
+                                                 TILE_CUDA, zcrit)
+                    scanners.append(local.scanner)
+                xb, acf_b = _prepare_block(regressors[:, start:start + block], run_lengths,
+                                           n_lags, dev)
+                return start, getattr(local.scanner, method)(xb, acf_b, *args)
+            return progress_bar(imap(job, starts), progress, desc=desc, unit="block",
+                                total=len(starts))
 
-        for start, res in progress_bar(imap(scan, starts), progress, desc=desc, unit="block",
-                                       total=len(starts)):
-            acc.add(start, res)
+        if fdr_scope == "an":
+            for start, res in run("scan"):
+                acc.add(start, res)
+        else:
+            _across_all(run, acc, q, n_an * vox.n_vox)
     return acc.result(scanners, vox.n_vox, n_frames)
 
 
-def _check(regressors, voxels, run_lengths, autocorr):
+def _across_all(run, acc, q, n_tests):
+    """BH over all AN x voxel pairs: a first pass bounds the discoveries (counts of
+    u >= zcrit[-1]^2), a second collects the entries that can reach the resulting critical
+    |z|, with their exact z, for one BH over them."""
+    k0 = 0
+    for start, (peak_r, peak_voxel, n_screen) in run("count"):
+        acc.set_peaks(start, peak_r, peak_voxel)
+        k0 += int(n_screen.sum())
+    parts = []
+    if k0:
+        u0 = u_threshold(float(-special.ndtri(q * k0 / n_tests / 2.0)))
+        parts = [(rows + start, cols, sign, r_abs, z_abs)
+                 for start, (rows, cols, sign, r_abs, z_abs) in run("above", u0)]
+    if not parts:
+        acc.add_all(*(torch.zeros(0) for _ in range(5)), float("inf"))
+        return
+    an, vox, sign, r_abs, z_abs = (torch.cat(p) for p in zip(*parts))
+    keep, thr = bh_sorted(z_abs, n_tests, q)
+    acc.add_all(an[keep], vox[keep], sign[keep], r_abs[keep], z_abs[keep], thr)
+
+
+def _check(regressors, voxels, run_lengths, autocorr, fdr_scope="an"):
     n_frames = regressors.shape[0]
+    if fdr_scope not in FDR_SCOPES:
+        raise ValueError(f"fdr_scope must be one of {FDR_SCOPES}, not '{fdr_scope}'")
     if voxels.shape[0] != n_frames:
         raise ValueError(f"regressors have {n_frames} frames, voxels {voxels.shape[0]}")
     if autocorr not in AUTOCORR_METHODS:
@@ -252,19 +285,35 @@ class _Accumulator:
         self.entries = []
 
     def add(self, start, res):
+        """One block's :class:`BlockResult` (BH per AN)."""
         sl = slice(start, start + res.peak_r.shape[0])
         for name, values in self.per_an.items():
             values[sl] = getattr(res, name).cpu().numpy()
         self.entries.append(((res.rows + start).cpu().numpy(), res.cols.cpu().numpy(),
                              res.r.cpu().numpy(), res.z.cpu().numpy()))
 
+    def set_peaks(self, start, peak_r, peak_voxel):
+        self.per_an["peak_r"][start:start + len(peak_r)] = peak_r.cpu().numpy()
+        self.per_an["peak_voxel"][start:start + len(peak_r)] = peak_voxel.cpu().numpy()
+
+    def add_all(self, an, vox, sign, r_abs, z_abs, thr):
+        """The discoveries of BH across all pairs (E,) and its critical |z|."""
+        an, positive = an.long().cpu().numpy(), (sign > 0).cpu().numpy()
+        n_an = len(self.per_an["n_pos"])
+        self.per_an["n_pos"][:] = np.bincount(an[positive], minlength=n_an)
+        self.per_an["n_neg"][:] = np.bincount(an[~positive], minlength=n_an)
+        self.per_an["z_threshold"][:] = thr
+        order = np.lexsort((vox.cpu().numpy(), an))
+        self.entries.append((an[order], vox.long().cpu().numpy()[order],
+                             (sign * r_abs).cpu().numpy()[order],
+                             (sign * z_abs).cpu().numpy()[order]))
+
     def result(self, scanners, n_vox, n_frames) -> AssociationResult:
         best = torch.stack([s.best_r[:n_vox] for s in scanners])
         best_r = best.gather(0, best.abs().argmax(0, keepdim=True))[0]
-        bn_count = sum(s.bn_count[:n_vox] for s in scanners)
         an, vox, rr, zz = (np.concatenate(parts) for parts in zip(*self.entries))
         return AssociationResult(
-            **self.per_an, bn_count=bn_count.cpu().numpy(), best_r=best_r.cpu().numpy(),
-            an_index=an.astype(np.int64), voxel_index=vox.astype(np.int64),
-            r=rr.astype(np.float32), z=zz.astype(np.float32), p=p_from_z(zz),
-            n_frames=n_frames)
+            **self.per_an, bn_count=np.bincount(vox.astype(np.int64), minlength=n_vox),
+            best_r=best_r.cpu().numpy(), an_index=an.astype(np.int64),
+            voxel_index=vox.astype(np.int64), r=rr.astype(np.float32), z=zz.astype(np.float32),
+            p=p_from_z(zz), n_frames=n_frames)

@@ -58,8 +58,8 @@ class BlockResult:
 
 
 class BlockScanner:
-    """Buffers of one worker for blocks of up to ``max_block`` ANs, and its per-voxel summaries
-    (best_r: signed r of largest |r|, bn_count: discoveries) over the blocks it scanned."""
+    """Buffers of one worker for blocks of up to ``max_block`` ANs, and best_r (Vp,), the signed
+    r of largest |r| of every voxel over the blocks it scanned."""
 
     def __init__(self, vox: Voxels, max_block: int, tile: int, zcrit: torch.Tensor):
         dev, n_pad = vox.y.device, vox.y.shape[0]
@@ -71,7 +71,6 @@ class BlockScanner:
         self.u = torch.empty(max_block * n_pad, device=dev)
         self.u_max = torch.empty(max_block * n_pad // CHUNK, device=dev)
         self.best_r = torch.zeros(n_pad, device=dev)
-        self.bn_count = torch.zeros(n_pad, dtype=torch.int64, device=dev)
         self._maps = {}
 
     def _tiles(self, b):
@@ -83,8 +82,36 @@ class BlockScanner:
                    self.u_max[b * s // CHUNK:b * e // CHUNK].view(b, (e - s) // CHUNK))
 
     def scan(self, xb: torch.Tensor, acf_b: torch.Tensor | None) -> BlockResult:
-        """xb (b, T): normalised regressors of the block; acf_b (b, K + 1): their weighted
-        autocorrelations / T with a last column 1 / T (None without the Bartlett correction)."""
+        """Peaks, and BH per AN over voxels. xb (b, T): normalised regressors of the block;
+        acf_b (b, K + 1): their weighted autocorrelations / T with a last column 1 / T (None
+        without the Bartlett correction)."""
+        b = xb.shape[0]
+        peak_r, peak_voxel, n_screen = self._pass(xb, acf_b)
+        rows, cols, u = self._candidates(b, n_screen.long())
+        r_abs, z_abs = self._exact(rows, cols, u.abs(), acf_b)
+        keep, thr = bh_select(rows, z_abs, b, self.zcrit)
+        rows, cols, sign = rows[keep], cols[keep], torch.sign(u[keep])
+        n_pos = torch.bincount(rows[sign > 0], minlength=b)
+        return BlockResult(peak_r=peak_r, peak_voxel=peak_voxel, n_pos=n_pos,
+                           n_neg=torch.bincount(rows, minlength=b) - n_pos, z_threshold=thr,
+                           rows=rows, cols=cols, r=sign * r_abs[keep], z=sign * z_abs[keep])
+
+    def count(self, xb, acf_b):
+        """First pass of BH across all ANs and voxels: peaks, and per AN (b,) the count of
+        u >= zcrit[-1]^2, which bounds its entries with |z| >= zcrit[-1]."""
+        return self._pass(xb, acf_b)
+
+    def above(self, xb, acf_b, u_threshold: float):
+        """Second pass: (rows, cols, sign, |r|, |z|) of the entries with u >= u_threshold."""
+        b = xb.shape[0]
+        self._pass(xb, acf_b, peaks=False)
+        crit = torch.full((b,), u_threshold, device=xb.device)
+        rows, cols, u = (torch.cat(parts) for parts in zip(*self.entries_above(b, crit)))
+        return (rows, cols, torch.sign(u), *self._exact(rows, cols, u.abs(), acf_b))
+
+    def _pass(self, xb, acf_b, peaks=True):
+        """Every tile: r, the peaks (unless ``peaks`` is false), u with the sign of r and its
+        chunk maxima. Returns per AN (b,): peak_r, peak_voxel, count of u >= zcrit[-1]^2."""
         b, dev = xb.shape[0], xb.device
         peak_abs = torch.full((b,), -1.0, device=dev)
         peak_r = torch.zeros(b, device=dev)
@@ -94,20 +121,13 @@ class BlockScanner:
             r, a, f, q = (buf[:b * (e - s)].view(b, e - s) for buf in self.tmp)
             torch.mm(xb, self.vox.y[s:e].T, out=r)
             torch.abs(r, out=a).clamp_(max=1.0)
-            self._peaks(s, r, a, peak_abs, peak_r, peak_voxel)
+            if peaks:
+                self._peaks(s, r, a, peak_abs, peak_r, peak_voxel)
             self._screen(s, e, a, acf_b, f, q)  # f = u >= 0
             n_screen += torch.sub(f, self.u_crit[-2], out=q).sign_().clamp_(min=0).sum(1)
             torch.amax(f.view(b, -1, CHUNK), 2, out=u_max)
             torch.copysign(f, r, out=u_t)
-        rows, cols, u = self._candidates(b, n_screen.long())
-        r_abs, z_abs = self._exact(rows, cols, u.abs(), acf_b)
-        keep, thr = bh_select(rows, z_abs, b, self.zcrit)
-        rows, cols, sign = rows[keep], cols[keep], torch.sign(u[keep])
-        self.bn_count += torch.bincount(cols, minlength=self.bn_count.shape[0])
-        n_pos = torch.bincount(rows[sign > 0], minlength=b)
-        return BlockResult(peak_r=peak_r, peak_voxel=peak_voxel, n_pos=n_pos,
-                           n_neg=torch.bincount(rows, minlength=b) - n_pos, z_threshold=thr,
-                           rows=rows, cols=cols, r=sign * r_abs[keep], z=sign * z_abs[keep])
+        return peak_r, peak_voxel, n_screen
 
     def _peaks(self, s, r, a, peak_abs, peak_r, peak_voxel):
         """Per AN: largest |r| so far (first voxel on ties); per voxel: signed r of largest |r|."""
@@ -188,6 +208,11 @@ class BlockScanner:
             s2 = 1.0 / s2.clamp(1.0 / n, 0.25) - 3.0
         r_abs = torch.rsqrt(1.0 + s2 / u_abs)  # r^2 = w / (1 + w), w = u / s^2
         return r_abs, torch.atanh(r_abs.clamp(max=1 - 1e-6)) * s2.sqrt()
+
+
+def u_threshold(z: float) -> float:
+    """The screening threshold on u for a critical |z| (with the float margin)."""
+    return z * z * (1.0 - SLACK)
 
 
 def pad_voxels(n_vox: int) -> int:
