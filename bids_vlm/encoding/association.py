@@ -45,7 +45,8 @@ _CANDIDATE_BYTES = 32
 _FRAME_BYTES = 12
 
 
-def method_description(autocorr: str = "bartlett", n_lags: int | None = None) -> str:
+def method_description(autocorr: str = "bartlett", n_lags: int | None = None,
+                       fdr_scope: str = "an") -> str:
     """Human-readable description of the association test, for sidecars and reports."""
     base = "Pearson r between each AN regressor and each voxel over all frames; "
     if autocorr == "bartlett":
@@ -56,7 +57,9 @@ def method_description(autocorr: str = "bartlett", n_lags: int | None = None) ->
     else:
         test = ("z = atanh(r) sqrt(T - 3), frames treated as independent (not corrected for "
                 "temporal autocorrelation); ")
-    return base + test + "two-sided; Benjamini-Hochberg FDR across in-mask voxels for each AN"
+    fdr = ("Benjamini-Hochberg FDR across in-mask voxels for each AN" if fdr_scope == "an" else
+           "one Benjamini-Hochberg FDR across all AN x in-mask voxel pairs of the layer")
+    return base + test + "two-sided; " + fdr
 
 
 @dataclass
