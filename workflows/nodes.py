@@ -179,7 +179,8 @@ def associate_node(regressors_file, cleaned_files, config_json):
     with h5py.File(regressors_file, "r") as regs, h5py.File(path, "w") as out:
         out.attrs["model"] = regs.attrs["model"]
         stats = config.stats
-        out.attrs["method"] = method_description(stats.autocorr, stats.n_lags or None)
+        out.attrs["method"] = method_description(stats.autocorr, stats.n_lags or None,
+                                                 stats.fdr_scope)
         out.attrs["fdr_q"] = stats.fdr_q
         run_lengths = [int(n) for n in regs.attrs["run_lengths"]]
         for stream in (s for s in regs if s != "delayed"):
@@ -197,7 +198,8 @@ def associate_node(regressors_file, cleaned_files, config_json):
                 res = associate(x, voxels, q=stats.fdr_q,
                                 block_size=block, device=str(device), progress=True,
                                 desc=f"association {key}", run_lengths=run_lengths,
-                                autocorr=stats.autocorr, n_lags=stats.n_lags or None)
+                                autocorr=stats.autocorr, n_lags=stats.n_lags or None,
+                                fdr_scope=stats.fdr_scope)
                 for field, value in vars(res).items():
                     if field != "n_frames":
                         out[f"{key}/{field}"] = value
