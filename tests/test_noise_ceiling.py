@@ -70,3 +70,18 @@ def test_no_repeats_no_ceiling():
     assert noise_ceiling(rng.standard_normal((100, 5)), [50, 50], [(0,)]) is None
     with pytest.raises(ValueError, match="length"):
         noise_ceiling(rng.standard_normal((90, 5)), [50, 40], [(0, 1)])
+
+
+def test_ceiling_from_regressors_logs_why_without_repeats(caplog):
+    from bids_vlm.encoding.noise_ceiling import ceiling_from_regressors
+
+    rng = np.random.default_rng(4)
+    layers = [rng.standard_normal((100, 3)), rng.standard_normal((100, 2))]
+    with caplog.at_level("INFO", logger="bids_vlm"):
+        assert ceiling_from_regressors(layers, rng.standard_normal((100, 6)), [50, 50]) is None
+    assert "no two runs show the same stimulus sequence" in caplog.text
+    layers[1][50:] = layers[1][:50]  # one layer repeats, the other does not: no repeat
+    assert ceiling_from_regressors(layers, rng.standard_normal((100, 6)), [50, 50]) is None
+    layers[0][50:] = layers[0][:50]
+    nc = ceiling_from_regressors(layers, rng.standard_normal((100, 6)), [50, 50])
+    assert nc.groups == ((0, 1),) and nc.r.shape == (6,)

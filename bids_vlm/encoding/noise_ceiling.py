@@ -19,6 +19,7 @@ stimulus sequence (:func:`repeated_runs`).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,22 +36,39 @@ class NoiseCeiling:
 
 
 def repeated_runs(regressors, run_lengths, atol: float = 1e-6) -> list[tuple[int, ...]]:
-    """Groups of >= 2 runs whose regressors (T, N) are identical over their frames.
+    """Groups of >= 2 runs whose regressors are identical over their frames.
 
+    regressors: (T, N) array, or a sequence of them (every layer's; runs must match in all).
     Only runs of equal length can repeat; each run joins the first earlier run it equals.
     """
+    arrays = [regressors] if hasattr(regressors, "shape") else list(regressors)
     bounds = np.cumsum([0, *run_lengths])
-    runs = [np.asarray(regressors[bounds[i]:bounds[i + 1]]) for i in range(len(run_lengths))]
+
+    def same(i, j):
+        return bool(run_lengths[i] == run_lengths[j]) and all(
+            np.allclose(a[bounds[i]:bounds[i + 1]], a[bounds[j]:bounds[j + 1]], rtol=0.0,
+                        atol=atol) for a in arrays)
+
     groups: list[list[int]] = []
-    for i, run in enumerate(runs):
-        for group in groups:
-            first = runs[group[0]]
-            if first.shape == run.shape and np.allclose(first, run, rtol=0.0, atol=atol):
-                group.append(i)
-                break
-        else:
+    for i in range(len(run_lengths)):
+        match = next((g for g in groups if same(g[0], i)), None)
+        if match is None:
             groups.append([i])
+        else:
+            match.append(i)
     return [tuple(g) for g in groups if len(g) >= 2]
+
+
+def ceiling_from_regressors(regressors, voxels, run_lengths) -> NoiseCeiling | None:
+    """:func:`noise_ceiling` of the runs that :func:`repeated_runs` finds; None (and an INFO
+    log saying why) without repeats."""
+    groups = repeated_runs(regressors, run_lengths)
+    if not groups:
+        logging.getLogger("bids_vlm").info(
+            "noise ceiling not computed: no two runs show the same stimulus sequence (identical "
+            "AN regressors); it needs repeated stimuli across runs")
+        return None
+    return noise_ceiling(voxels, run_lengths, groups)
 
 
 def noise_ceiling(voxels, run_lengths, groups) -> NoiseCeiling | None:
