@@ -243,6 +243,13 @@ def encode_node(regressors_file, cleaned_files, config_json):
                                    max_inner_folds=config.encoding.max_inner_folds)
                 for field in ("r", "r2", "alpha"):
                     out[f"{stream}/{layer}/{field}"] = getattr(res, field)
+        from bids_vlm.encoding import noise_ceiling as nc
+
+        ceiling = nc.ceiling_from_regressors([regs[f"{s}/{k}"] for s in regs if s != "delayed"
+                                              for k in regs[s]], voxels, run_lengths)
+        if ceiling is not None:  # runs repeating the same stimuli
+            out["noise_ceiling/r"], out["noise_ceiling/ncsnr"] = ceiling.r, ceiling.ncsnr
+            out["noise_ceiling"].attrs["method"] = nc.method_description(ceiling)
         if config.encoding.banded:
             from workflows.nodes import _banded  # Function nodes run this function's source
 
