@@ -38,11 +38,13 @@ TILE = 2048  # voxels per tile on the CPU (a tile's statistics stay in cache)
 TILE_CUDA = 65536  # on a GPU, fewer and larger tiles
 PREP_CHUNK = 256  # voxels normalised (and their autocorrelations computed) at a time
 # bytes per AN x voxel element of a tile (r, |r|, factors, scratch, chunks read back), of the
-# block (u and its chunk maxima), per candidate entry, per frame x AN of the block
+# block (u; per chunk its maximum, AN and first voxel), per candidate entry, per frame x AN of
+# the block, and per worker for torch / MKL workspaces and the exact z of 65536 candidates
 _TILE_BYTES = 20
-_BLOCK_BYTES = 4 + 4 / CHUNK
+_BLOCK_BYTES = 4 + 20 / CHUNK
 _CANDIDATE_BYTES = 32
 _FRAME_BYTES = 12
+_WORKER_BYTES = 64 * 2**20
 
 
 def method_description(autocorr: str = "bartlett", n_lags: int | None = None,
@@ -122,7 +124,7 @@ def memory_bound(n_frames: int, n_an: int, n_vox: int, block_size: int,
     inputs = 4 * n_frames * (n_an + n_vox) + 4 * (n_frames + n_lags + 1) * n_pad
     per_an = (n_pad * _BLOCK_BYTES + min(tile, n_pad) * _TILE_BYTES + n_frames * _FRAME_BYTES
               + n_vox * candidate_fraction * _CANDIDATE_BYTES)
-    per_worker = 12 * n_pad + _FRAME_BYTES * n_frames * PREP_CHUNK
+    per_worker = 12 * n_pad + _FRAME_BYTES * n_frames * PREP_CHUNK + _WORKER_BYTES
     return int(inputs + workers * (block_size * per_an + per_worker))
 
 
