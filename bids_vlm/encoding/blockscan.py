@@ -152,8 +152,7 @@ class BlockScanner:
             torch.mm(acf_b, self.vox.acf[s:e].T, out=f)
             f.clamp_(1.0 / n, 0.25).reciprocal_().sub_(3.0)
         torch.mul(a, a, out=q)
-        f.mul_(q)
-        f.div_(q.neg_().add_(1.0))
+        f.div_(q.reciprocal_().sub_(1.0))  # s^2 / (1 / r^2 - 1)
 
     def _candidates(self, b, n_screen):
         """Entries whose u reaches the lowest threshold any discovery of its AN can have:
