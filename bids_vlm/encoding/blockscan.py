@@ -43,7 +43,7 @@ class Voxels:
 
 @dataclass
 class BlockResult:
-    """Per AN of a block (b,): peak_abs, peak_r, peak_voxel, n_pos, n_neg, z_threshold.
+    """Per AN of a block (b,): peak_r, peak_voxel, n_pos, n_neg, z_threshold.
     Discoveries (E,): rows (AN within the block), cols (voxel), r, z (signed)."""
 
     peak_r: torch.Tensor

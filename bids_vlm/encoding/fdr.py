@@ -30,7 +30,8 @@ def bh_select(rows, vals, n_rows: int, zcrit: torch.Tensor):
     """Benjamini-Hochberg discoveries among candidates.
 
     rows (E,): the row (AN) of each candidate; vals (E,): its |z|. Candidates must include every
-    entry with |z| >= zcrit[-1] (the others can never be discoveries); zcrit (V,) from
+    entry with |z| >= zcrit[-1], or at least every entry with |z| >= zcrit[n - 1] where n bounds
+    the row's count of |z| >= zcrit[-1] (no discovery is below that); zcrit (V,) from
     :func:`bh_z_thresholds`. Returns (E,) bool "is a discovery" and (n_rows,) thresholds
     (critical |z| of each row, inf without discoveries). An exact sort of a row's candidates is
     the fallback when the iteration has not converged.
