@@ -248,11 +248,11 @@ def test_noise_ceiling_from_repeated_runs(tmp_path):
             "-w", tmp_path / "work")
     func = out / "sub-01" / "func"
     stem = "sub-01_task-view_space-MNI152NLin2009cAsym_desc-"
-    ceiling = nib.load(func / f"{stem}noiseceiling_stat-encodingr_statmap.nii.gz")
+    ceiling = nib.load(func / f"{stem}noiseceiling_stat-rceiling_statmap.nii.gz")
     ceiling = ceiling.get_fdata().reshape(-1)
     noise = np.array(data.noise_voxels)
     assert np.median(ceiling[:24]) > 0.35 and np.median(ceiling[noise]) < 0.2
-    side = json.loads((func / f"{stem}noiseceiling_stat-encodingr_statmap.json").read_text())
+    side = json.loads((func / f"{stem}noiseceiling_stat-rceiling_statmap.json").read_text())
     assert "runs 1, 2, 3" in side["NoiseCeilingMethod"]
     r = nib.load(func / f"{stem}tinyclipImage02_stat-encodingr_statmap.nii.gz").get_fdata()
     frac = nib.load(func / f"{stem}tinyclipImage02_stat-encodingrfrac_statmap.nii.gz")

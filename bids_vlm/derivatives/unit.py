@@ -220,7 +220,7 @@ def _ceiling_maps(group, folder, ents, mask, side):
                                          ".nii.gz"), group[key][()], mask,
                       dict(meta, Units=units, Description=text))
             for stat, key, units, text in [
-                ("encodingr", "r", "r", "noise ceiling of the held-out Pearson r on one run: "
+                ("rceiling", "r", "r", "noise ceiling of the held-out Pearson r on one run: "
                  "the r of a model predicting the stimulus-driven signal exactly"),
                 ("ncsnr", "ncsnr", "ratio", "noise-ceiling signal-to-noise ratio: signal sd / "
                  "noise sd across repeated runs")]]
@@ -235,7 +235,7 @@ def _encoding_maps(folder, ents, model, stream, layer, scores, mask, side, ceili
                                      ".nii.gz"), fraction_of_ceiling(r, ceiling, CEILING_MIN),
                   mask, dict(meta, Units="fraction", Description=(
                       "held-out Pearson r of the layer's ridge encoding model divided by the "
-                      f"noise ceiling (desc-noiseceiling_stat-encodingr); NaN where the "
+                      f"noise ceiling (desc-noiseceiling_stat-rceiling); NaN where the "
                       f"ceiling is <= {CEILING_MIN}")))]
     return fraction + [
         write_map(folder / bids_name(dict(ents, desc=desc, stat="encodingr"), "statmap",
