@@ -192,7 +192,10 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="high-pass cut-off in Hz")
     g.add_argument("--smoothing-fwhm", type=float, default=0.0, help="smoothing in mm")
     g.add_argument("--fdr-q", type=_fraction, default=0.05,
-                   help="Benjamini-Hochberg FDR level across voxels, per AN")
+                   help="Benjamini-Hochberg FDR level (across voxels per AN, see --fdr-scope)")
+    g.add_argument("--fdr-scope", choices=["an", "all"], default="an",
+                   help="an: Benjamini-Hochberg over voxels for each AN; all: one BH over all "
+                   "AN x voxel pairs of a layer (two passes over the data)")
     g.add_argument("--autocorrelation-correction", choices=["bartlett", "none"],
                    default="bartlett", help="bartlett: effective number of frames from both "
                    "series' autocorrelations (calibrated for BOLD); none: frames independent")
@@ -321,7 +324,7 @@ def config_from_options(opts):
                           model_dir=opts.model_dir, seed=opts.seed,
                           image_size=opts.image_size or 0),
         bold=BoldConfig(high_pass=opts.high_pass, smoothing_fwhm=opts.smoothing_fwhm),
-        stats=StatsConfig(hrf_model=opts.hrf_model, fdr_q=opts.fdr_q,
+        stats=StatsConfig(hrf_model=opts.hrf_model, fdr_q=opts.fdr_q, fdr_scope=opts.fdr_scope,
                           fir_delays=tuple(opts.fir_delays) if opts.hrf_model == "fir" else (),
                           autocorr=opts.autocorrelation_correction,
                           n_lags=opts.autocorrelation_lags or 0,

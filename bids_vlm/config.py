@@ -66,6 +66,7 @@ class StatsConfig:
     fir_delays: tuple = ()  # frames, for hrf_model "fir"
     oversampling: int = 16
     fdr_q: float = 0.05
+    fdr_scope: str = "an"  # BH per AN over voxels ("an") or over all AN x voxel pairs ("all")
     autocorr: str = "bartlett"  # "bartlett" (effective frames) or "none" (independent frames)
     n_lags: int = 0  # autocorrelation lags for "bartlett"; 0 = about sqrt(run length)
     block_size: int = 256  # ANs per block of the streamed association

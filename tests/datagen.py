@@ -120,10 +120,11 @@ def planted_signal(root, events_by_run, n_scans, tr, plants, seed=0):
 
 def make_planted_dataset(root, n_subjects=2, n_runs=2, n_scans=100, tr=2.0, shape=(6, 6, 6),
                          plants=DEFAULT_PLANTS, noise=1.0, seed=0, baseline=None,
-                         with_derivatives=True, affine=AFFINE) -> PlantedDataset:
+                         with_derivatives=True, affine=AFFINE, repeated=False) -> PlantedDataset:
     """BIDS dataset + fMRIPrep-like derivatives with planted AN signal (see module doc).
 
-    baseline: (n_voxels,) mean intensity per voxel (default 100 everywhere).
+    baseline: (n_voxels,) mean intensity per voxel (default 100 everywhere); repeated: every
+    run of a subject shows the same stimulus sequence (fresh noise in each).
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -140,6 +141,8 @@ def make_planted_dataset(root, n_subjects=2, n_runs=2, n_scans=100, tr=2.0, shap
     subjects = [f"{i + 1:02d}" for i in range(n_subjects)]
     for sub in subjects:
         events = [make_events(rng, images, int(n_scans * tr / 2), 2.0) for _ in range(n_runs)]
+        if repeated:
+            events = [events[0]] * n_runs
         signal = planted_signal(root, events, n_scans, tr, plants)
         for run, (ev, sig) in enumerate(zip(events, signal), start=1):
             base = 100.0 if baseline is None else np.asarray(baseline, float)[None, :]

@@ -74,6 +74,66 @@ def test_streamed_equals_dense(problem, block, autocorr):
     np.testing.assert_allclose(res.p, p_from_z(z[res.an_index, res.voxel_index]), rtol=1e-3)
 
 
+def test_candidate_cap_tightens_the_bound_first(problem, monkeypatch):
+    """With room for almost no candidates, counting passes tighten BH's bound before the
+    entries are read back: same discoveries."""
+    from bids_vlm.encoding import blockscan
+
+    x, y = problem
+    expected = associate(x, y, block_size=7, run_lengths=RUNS, n_lags=12)
+    monkeypatch.setattr(blockscan, "CANDIDATE_FRACTION", 1e-4)
+    capped = associate(x, y, block_size=7, run_lengths=RUNS, n_lags=12)
+    np.testing.assert_array_equal(capped.an_index, expected.an_index)
+    np.testing.assert_array_equal(capped.voxel_index, expected.voxel_index)
+    np.testing.assert_array_equal(capped.z_threshold, expected.z_threshold)
+    assert len(expected.r) > 10
+
+
+@pytest.mark.parametrize("autocorr", ["none", "bartlett"])
+def test_fdr_across_all_pairs_equals_dense(problem, autocorr):
+    """--fdr-scope all: one BH over every AN x voxel pair, streamed in two passes."""
+    x, y = problem
+    extra = {"runs": RUNS, "n_lags": 12} if autocorr == "bartlett" else {}
+    r, z, _ = _dense(x, y, 0.05, **extra)
+    sig = (stats.false_discovery_control(2 * special.ndtr(-np.abs(z)).ravel()) <= 0.05)
+    sig = sig.reshape(z.shape)
+    res = associate(x, y, q=0.05, block_size=7, run_lengths=RUNS, autocorr=autocorr,
+                    n_lags=12, fdr_scope="all")
+    assert sig.sum() > 10 and sig.sum(1).min() == 0  # discoveries, not in every AN
+    assert set(zip(res.an_index.tolist(), res.voxel_index.tolist())) == set(zip(*np.nonzero(sig)))
+    np.testing.assert_array_equal(res.n_pos, (sig & (r > 0)).sum(1))
+    np.testing.assert_array_equal(res.bn_count, sig.sum(0))
+    np.testing.assert_allclose(res.z, z[res.an_index, res.voxel_index], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(res.peak_voxel, np.abs(r).argmax(1))
+    assert np.all(res.z_threshold == res.z_threshold[0])
+    assert np.abs(res.z).min() >= res.z_threshold[0]
+
+
+def test_fdr_across_all_pairs_is_more_liberal_for_a_weak_an():
+    """AN 0 drives half the voxels, AN 3 one voxel at z = 3.4 (p 7e-4): BH per AN over 200
+    voxels needs p <= 2.5e-4 for it, BH over all pairs about 0.05 * 101 / 4000 = 1.3e-3."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((300, 20))
+    y = rng.standard_normal((300, 200))
+    y[:, :100] += x[:, [0]]
+    xc = (x[:, 3] - x[:, 3].mean()) / np.linalg.norm(x[:, 3] - x[:, 3].mean())
+    e = y[:, 150] - y[:, 150].mean()
+    e -= (e @ xc) * xc
+    r = np.tanh(3.4 / np.sqrt(297))
+    y[:, 150] = r * xc + np.sqrt(1 - r * r) * e / np.linalg.norm(e)
+    per_an, across = (associate(x, y, autocorr="none", fdr_scope=scope) for scope in ("an", "all"))
+    assert (3, 150) in zip(across.an_index.tolist(), across.voxel_index.tolist())
+    assert (3, 150) not in zip(per_an.an_index.tolist(), per_an.voxel_index.tolist())
+    assert across.n_pos[0] >= 100 and per_an.n_pos[0] >= 100
+
+
+def test_fdr_across_all_pairs_without_discoveries():
+    rng = np.random.default_rng(5)
+    res = associate(rng.standard_normal((100, 4)), rng.standard_normal((100, 30)), q=1e-6,
+                    fdr_scope="all")
+    assert len(res.r) == 0 and res.bn_count.sum() == 0 and np.isinf(res.z_threshold).all()
+
+
 def test_autocorrelations_match_numpy_and_stay_within_runs():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((300, 4)).cumsum(0)
@@ -183,6 +243,8 @@ def test_bad_arguments_raise():
         associate(np.zeros((10, 2)), np.zeros((10, 3)), run_lengths=[4, 5])
     with pytest.raises(ValueError, match="autocorr"):
         associate(np.zeros((10, 2)), np.zeros((10, 3)), autocorr="magic")
+    with pytest.raises(ValueError, match="fdr_scope"):
+        associate(np.zeros((10, 2)), np.zeros((10, 3)), fdr_scope="voxel")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
+from datagen import make_planted_dataset
 from nilearn.masking import apply_mask
 
 from bids_vlm import __version__
@@ -235,9 +236,33 @@ def test_layerwise_encoding_outputs(planted, planted_outputs):
     assert set(np.unique(pref[:12])) <= {0, 1, 2, 3}
     html = (planted_outputs["out"] / "sub-01.html").read_text()
     assert "Layer-wise encoding" in html and "_encodingprofile.png" in html
+    assert not list(func.glob("*desc-noiseceiling*")) and not list(func.glob("*encodingrfrac*"))
     group = planted_outputs["out"] / "group"
     assert (group / "group_task-view_space-MNI152NLin2009cAsym_desc-tinyclipImage02_"
                      "stat-meanencodingr_statmap.nii.gz").is_file()
+
+
+def test_noise_ceiling_from_repeated_runs(tmp_path):
+    """3 runs of the same stimulus sequence: a noise-ceiling map (high where signal was
+    planted) and each layer's held-out r as a fraction of it."""
+    data = make_planted_dataset(tmp_path / "bids", n_subjects=1, n_runs=3, repeated=True)
+    out = tmp_path / "out"
+    run_cli(data.root, out, "participant", "--streams", "image", "--layers", "2", "-q",
+            "-w", tmp_path / "work")
+    func = out / "sub-01" / "func"
+    stem = "sub-01_task-view_space-MNI152NLin2009cAsym_desc-"
+    ceiling = nib.load(func / f"{stem}noiseceiling_stat-rceiling_statmap.nii.gz")
+    ceiling = ceiling.get_fdata().reshape(-1)
+    noise = np.array(data.noise_voxels)
+    assert np.median(ceiling[:24]) > 0.35 and np.median(ceiling[noise]) < 0.2
+    side = json.loads((func / f"{stem}noiseceiling_stat-rceiling_statmap.json").read_text())
+    assert "runs 1, 2, 3" in side["NoiseCeilingMethod"]
+    r = nib.load(func / f"{stem}tinyclipImage02_stat-encodingr_statmap.nii.gz").get_fdata()
+    frac = nib.load(func / f"{stem}tinyclipImage02_stat-encodingrfrac_statmap.nii.gz")
+    frac = frac.get_fdata().reshape(-1)
+    expected = np.where(ceiling > 0.1, r.reshape(-1) / np.maximum(ceiling, 1e-9), np.nan)
+    np.testing.assert_allclose(frac, expected, rtol=1e-4)  # NaN where the ceiling <= 0.1
+    assert 0.5 < np.nanmedian(frac[:12]) < 1.5  # the planted AN's layer explains most of it
 
 
 def test_activation_cache_shared_between_participants(planted, planted_outputs):

@@ -183,7 +183,8 @@ def associate_node(regressors_file, cleaned_files, config_json):
         out.attrs["model"] = regs.attrs["model"]
         out.attrs["n_layers"] = regs.attrs.get("n_layers", "{}")
         stats = config.stats
-        out.attrs["method"] = method_description(stats.autocorr, stats.n_lags or None)
+        out.attrs["method"] = method_description(stats.autocorr, stats.n_lags or None,
+                                                 stats.fdr_scope)
         out.attrs["fdr_q"] = stats.fdr_q
         run_lengths = [int(n) for n in regs.attrs["run_lengths"]]
         for stream in (s for s in regs if s != "delayed"):
@@ -201,7 +202,8 @@ def associate_node(regressors_file, cleaned_files, config_json):
                 res = associate(x, voxels, q=stats.fdr_q,
                                 block_size=block, device=str(device), progress=True,
                                 desc=f"association {key}", run_lengths=run_lengths,
-                                autocorr=stats.autocorr, n_lags=stats.n_lags or None)
+                                autocorr=stats.autocorr, n_lags=stats.n_lags or None,
+                                fdr_scope=stats.fdr_scope)
                 for field, value in vars(res).items():
                     if field != "n_frames":
                         out[f"{key}/{field}"] = value
@@ -245,6 +247,13 @@ def encode_node(regressors_file, cleaned_files, config_json):
                                    max_inner_folds=config.encoding.max_inner_folds)
                 for field in ("r", "r2", "alpha"):
                     out[f"{stream}/{layer}/{field}"] = getattr(res, field)
+        from bids_vlm.encoding import noise_ceiling as nc
+
+        ceiling = nc.ceiling_from_regressors([regs[f"{s}/{k}"] for s in regs if s != "delayed"
+                                              for k in regs[s]], voxels, run_lengths)
+        if ceiling is not None:  # runs repeating the same stimuli
+            out["noise_ceiling/r"], out["noise_ceiling/ncsnr"] = ceiling.r, ceiling.ncsnr
+            out["noise_ceiling"].attrs["method"] = nc.method_description(ceiling)
         if config.encoding.banded:
             from workflows.nodes import _banded  # Function nodes run this function's source
 

@@ -20,6 +20,7 @@ from bids_vlm.derivatives.io import (
     write_sparse,
     write_tsv,
 )
+from bids_vlm.encoding.noise_ceiling import fraction_of_ceiling
 from bids_vlm.encoding.ridge import preferred_layer
 
 AN_DEFINITIONS = {
@@ -156,6 +157,7 @@ def layers_per_stream(h5) -> dict:
             else max(int(k) for k in h5[s]) + 1 for s in h5}
 
 
+CEILING_MIN = 0.1  # no fraction of the noise ceiling where the ceiling on r is below this
 ENCODING_COLUMNS = {
     "stream": "image, text, cross-image or cross-text",
     "layer": "layer index (0 = first layer)",
@@ -181,7 +183,11 @@ def write_encoding_outputs(enc_file, folder, ents, mask, unit, config, networks=
                 "HRFModel": config.stats.hrf_model, "EncodingMethod": str(h5.attrs["method"]),
                 "Model": model}
         written, rows, bests, counted = [], [], {}, {}
-        for stream in (s for s in h5 if s != "banded"):
+        ceiling = None
+        if "noise_ceiling" in h5:
+            ceiling = h5["noise_ceiling/r"][()]
+            written += _ceiling_maps(h5["noise_ceiling"], folder, ents, mask, side)
+        for stream in (s for s in h5 if s not in ("banded", "noise_ceiling")):
             layers = sorted(int(k) for k in h5[stream])
             scores = np.stack([h5[f"{stream}/{k:02d}/r"][()] for k in layers])
             best = preferred_layer(scores, layers)
@@ -189,7 +195,8 @@ def write_encoding_outputs(enc_file, folder, ents, mask, unit, config, networks=
             bests[stream] = (best, n_layers)
             for k, r in zip(layers, scores):
                 r2 = h5[f"{stream}/{k:02d}/r2"][()]
-                written += _encoding_maps(folder, ents, model, stream, k, (r, r2), mask, side)
+                written += _encoding_maps(folder, ents, model, stream, k, (r, r2), mask, side,
+                                          ceiling)
                 rows.append({"stream": stream, "layer": k, "median_r": np.median(r),
                              "p95_r": np.percentile(r, 95), "max_r": r.max(),
                              "median_r2": np.median(r2),
@@ -241,11 +248,33 @@ def _banded_outputs(group, folder, ents, model, mask, side):
                           "index: median held-out R^2 and each stream's median share")))]
 
 
-def _encoding_maps(folder, ents, model, stream, layer, scores, mask, side):
+def _ceiling_maps(group, folder, ents, mask, side):
+    """The noise ceiling of the encoding (repeated runs): ceiling of the held-out r, ncsnr."""
+    meta = dict(side, NoiseCeilingMethod=str(group.attrs["method"]))
+    meta.pop("Model", None)
+    meta.pop("EncodingMethod", None)
+    return [write_map(folder / bids_name(dict(ents, desc="noiseceiling", stat=stat), "statmap",
+                                         ".nii.gz"), group[key][()], mask,
+                      dict(meta, Units=units, Description=text))
+            for stat, key, units, text in [
+                ("rceiling", "r", "r", "noise ceiling of the held-out Pearson r on one run: "
+                 "the r of a model predicting the stimulus-driven signal exactly"),
+                ("ncsnr", "ncsnr", "ratio", "noise-ceiling signal-to-noise ratio: signal sd / "
+                 "noise sd across repeated runs")]]
+
+
+def _encoding_maps(folder, ents, model, stream, layer, scores, mask, side, ceiling=None):
     r, r2 = scores
     desc = desc_label(model, stream, layer)
     meta = dict(side, Stream=stream, Layer=layer)
-    return [
+    fraction = [] if ceiling is None else [
+        write_map(folder / bids_name(dict(ents, desc=desc, stat="encodingrfrac"), "statmap",
+                                     ".nii.gz"), fraction_of_ceiling(r, ceiling, CEILING_MIN),
+                  mask, dict(meta, Units="fraction", Description=(
+                      "held-out Pearson r of the layer's ridge encoding model divided by the "
+                      f"noise ceiling (desc-noiseceiling_stat-rceiling); NaN where the "
+                      f"ceiling is <= {CEILING_MIN}")))]
+    return fraction + [
         write_map(folder / bids_name(dict(ents, desc=desc, stat="encodingr"), "statmap",
                                      ".nii.gz"), r,
                   mask, dict(meta, Units="r", Description=(

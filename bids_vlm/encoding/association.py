@@ -1,12 +1,12 @@
 """Every AN regressor against every in-mask voxel: signed Pearson r, calibrated z, BH-FDR per AN.
 
 The AN x voxel matrix is never held whole. ANs are processed in blocks of ``block_size`` and,
-within a block, voxels in tiles of ``tile`` (so that the statistics of a tile are computed while
-it is in cache): each tile's r = x_block^T y_tile, the per-AN and per-voxel peaks, and the
-*candidates*, the entries with |r| >= r0 where r0 is the smallest |r| that can reach the
-smallest BH critical |z| (T_eff <= T). Only candidates get a z and enter BH
-(:mod:`bids_vlm.encoding.fdr`); only per-AN summaries, per-voxel summaries and the significant
-entries are kept. Runs on the GPU when ``device`` is a CUDA device.
+within a block, voxels in tiles (:mod:`bids_vlm.encoding.blockscan`: one matrix product per
+tile, its statistics computed while it is in cache, a 4-byte screening statistic per entry of
+the block, exact z and BH only for the entries that can be discoveries); only per-AN summaries,
+per-voxel summaries and the significant entries are kept. On the CPU, blocks run in parallel on
+one thread each (as many as torch has threads; torch's own threads are set to 1 meanwhile, so
+that no matrix product waits for another core); on a CUDA device, one after the other.
 
 Significance (``autocorr``):
 
@@ -16,25 +16,39 @@ Significance (``autocorr``):
 """
 from __future__ import annotations
 
-import math
+import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from bids_vlm.encoding.autocorr import BartlettCorrection
-from bids_vlm.encoding.fdr import bh_select, bh_z_thresholds, p_from_z
+from bids_vlm.encoding.autocorr import bartlett_weights, default_lags, row_autocorrelations
+from scipy import special
+
+from bids_vlm.encoding.blockscan import (CANDIDATE_FRACTION, CHUNK, BlockScanner, Voxels,
+                                         pad_voxels, u_threshold)
+from bids_vlm.encoding.fdr import bh_sorted, bh_z_thresholds, p_from_z
 from bids_vlm.progress import progress as progress_bar
 
 AUTOCORR_METHODS = ("bartlett", "none")
+FDR_SCOPES = ("an", "all")  # BH per AN over voxels, or over all AN x voxel pairs
 TILE = 2048  # voxels per tile on the CPU (a tile's statistics stay in cache)
 TILE_CUDA = 65536  # on a GPU, fewer and larger tiles
-# bytes per AN x voxel element of a tile (r, |r|, factors, mask) and per candidate entry
-_TILE_BYTES = 16
-_CANDIDATE_BYTES = 28
+PREP_CHUNK = 256  # voxels normalised (and their autocorrelations computed) at a time
+# bytes per AN x voxel element of a tile (r, |r|, factors, scratch, chunks read back), of the
+# block (u; per chunk its maximum, AN and first voxel), per candidate entry, per frame x AN of
+# the block, and per worker for torch / MKL workspaces and the exact z of 65536 candidates
+_TILE_BYTES = 20
+_BLOCK_BYTES = 4 + 20 / CHUNK
+_CANDIDATE_BYTES = 32
+_FRAME_BYTES = 12
+_WORKER_BYTES = 64 * 2**20
 
 
-def method_description(autocorr: str = "bartlett", n_lags: int | None = None) -> str:
+def method_description(autocorr: str = "bartlett", n_lags: int | None = None,
+                       fdr_scope: str = "an") -> str:
     """Human-readable description of the association test, for sidecars and reports."""
     base = "Pearson r between each AN regressor and each voxel over all frames; "
     if autocorr == "bartlett":
@@ -45,7 +59,9 @@ def method_description(autocorr: str = "bartlett", n_lags: int | None = None) ->
     else:
         test = ("z = atanh(r) sqrt(T - 3), frames treated as independent (not corrected for "
                 "temporal autocorrelation); ")
-    return base + test + "two-sided; Benjamini-Hochberg FDR across in-mask voxels for each AN"
+    fdr = ("Benjamini-Hochberg FDR across in-mask voxels for each AN" if fdr_scope == "an" else
+           "one Benjamini-Hochberg FDR across all AN x in-mask voxel pairs of the layer")
+    return base + test + "two-sided; " + fdr
 
 
 @dataclass
@@ -87,25 +103,37 @@ def normalize_columns(x, chunk: int = 65536) -> torch.Tensor:
     return out
 
 
+def default_workers(device="cpu") -> int:
+    """Blocks scanned at once: torch's thread count on the CPU, 1 on a GPU."""
+    return max(1, torch.get_num_threads()) if torch.device(device).type == "cpu" else 1
+
+
 def memory_bound(n_frames: int, n_an: int, n_vox: int, block_size: int,
-                 candidate_fraction: float = 0.5, tile: int = TILE) -> int:
+                 candidate_fraction: float = CANDIDATE_FRACTION, tile: int = TILE,
+                 workers: int | None = None, n_lags: int | None = None) -> int:
     """Upper bound (bytes) of the association's working memory, significant entries aside.
 
-    The inputs and their normalised float32 copies (8 bytes per frame x column), a tile's
-    temporaries, and a block's candidates (at most ``candidate_fraction`` of its elements).
+    The float32 inputs, the normalised voxels and their autocorrelations, and for each of the
+    ``workers`` (default: :func:`default_workers` of the device ``tile`` is for) a block's
+    screening statistic, tile temporaries, normalised regressors and candidates (at most
+    ``candidate_fraction`` of the block's entries; more only when BH's bound stalls above it).
     """
-    inputs = 8 * n_frames * (n_an + n_vox)
-    block = block_size * (min(tile, n_vox) * _TILE_BYTES
-                          + n_vox * candidate_fraction * _CANDIDATE_BYTES)
-    return int(inputs + block)
+    workers = workers or default_workers("cpu" if tile == TILE else "cuda")
+    n_pad = pad_voxels(n_vox)
+    n_lags = n_lags or default_lags([n_frames])
+    inputs = 4 * n_frames * (n_an + n_vox) + 4 * (n_frames + n_lags + 1) * n_pad
+    per_an = (n_pad * _BLOCK_BYTES + min(tile, n_pad) * _TILE_BYTES + n_frames * _FRAME_BYTES
+              + n_vox * candidate_fraction * _CANDIDATE_BYTES)
+    per_worker = 12 * n_pad + _FRAME_BYTES * n_frames * PREP_CHUNK + _WORKER_BYTES
+    return int(inputs + workers * (block_size * per_an + per_worker))
 
 
 def block_size_for_memory(mem_bytes: int, n_frames: int, n_an: int, n_vox: int,
-                          tile: int = TILE) -> int:
+                          tile: int = TILE, workers: int | None = None) -> int:
     """The largest AN block (at least 1) whose :func:`memory_bound` fits in ``mem_bytes``
     (``tile``: the voxel tile of the device, :data:`TILE` or :data:`TILE_CUDA`)."""
-    fixed = memory_bound(n_frames, n_an, n_vox, 0, tile=tile)
-    per_an = memory_bound(n_frames, n_an, n_vox, 1, tile=tile) - fixed
+    fixed = memory_bound(n_frames, n_an, n_vox, 0, tile=tile, workers=workers)
+    per_an = memory_bound(n_frames, n_an, n_vox, 1, tile=tile, workers=workers) - fixed
     if mem_bytes - fixed < per_an:
         raise MemoryError(f"--mem {mem_bytes / 2**20:.0f} MiB is too little for {n_frames} "
                           f"frames x ({n_an} ANs + {n_vox} voxels): at least "
@@ -115,34 +143,74 @@ def block_size_for_memory(mem_bytes: int, n_frames: int, n_an: int, n_vox: int,
 
 def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress=False,
               desc="association", run_lengths=None, autocorr="bartlett",
-              n_lags=None) -> AssociationResult:
+              n_lags=None, workers=None, fdr_scope="an") -> AssociationResult:
     """Association of every column of ``regressors`` (T, N) with every column of ``voxels`` (T, V).
 
     run_lengths: frames per run (sum T); default one run. Both inputs are normalised here
-    (centred, unit norm over all frames), so r is their inner product.
+    (centred, unit norm over all frames), so r is their inner product. workers: blocks scanned
+    at once (default :func:`default_workers`); blocks are smaller than ``block_size`` when there
+    would be fewer blocks than workers. fdr_scope: ``"an"``, BH over voxels for each AN;
+    ``"all"``, one BH over all N x V pairs (two passes over the data; z_threshold is then the
+    same for every AN).
     """
     n_frames, n_an = regressors.shape
-    run_lengths = _check(regressors, voxels, run_lengths, autocorr)
+    run_lengths = _check(regressors, voxels, run_lengths, autocorr, fdr_scope)
     dev = torch.device(device)
-    y = normalize_columns(voxels).to(dev)
-    xt = normalize_columns(regressors).T.contiguous()  # (N, T): blocks are contiguous rows
-    zcrit = torch.from_numpy(bh_z_thresholds(y.shape[1], q).astype(np.float32)).to(dev)
-    bartlett = BartlettCorrection(y, run_lengths, n_lags) if autocorr == "bartlett" else None
-    acc = _Accumulator(n_an, y.shape[1], dev)
-    # |z| <= atanh|r| sqrt(T - 3) as T_eff <= T: below r0 no entry reaches min(zcrit)
-    r0 = math.tanh(float(zcrit[-1]) / math.sqrt(n_frames - 3))
-    for start in progress_bar(range(0, n_an, block_size), progress, desc=desc, unit="block"):
-        xb = xt[start:start + block_size].to(dev)
-        acf_b = bartlett.for_block(xb.T) if bartlett is not None else None
-        rows, cols, r_c, fac_c = _scan_tiles(xb, y, r0, acc, start, bartlett, acf_b,
-                                             TILE if dev.type == "cpu" else TILE_CUDA)
-        acc.add_significant(start, xb.shape[0], rows, cols, r_c,
-                            _z(r_c, fac_c, n_frames), zcrit)
-    return acc.result(n_frames)
+    workers = workers or default_workers(dev)
+    block = max(1, min(block_size, -(-n_an // workers)))
+    n_lags = (n_lags or default_lags(run_lengths)) if autocorr == "bartlett" else None
+    starts = range(0, n_an, block)
+    acc = _Accumulator(n_an)
+    with _pool(min(workers, len(starts))) as imap:
+        vox = _prepare_voxels(voxels, run_lengths, n_lags, dev, imap)
+        zcrit = torch.from_numpy(bh_z_thresholds(vox.n_vox, q).astype(np.float32)).to(dev)
+        local, scanners = threading.local(), []
+
+        def run(method, *args):
+            def job(start):
+                if not hasattr(local, "scanner"):
+                    local.scanner = BlockScanner(vox, block, TILE if dev.type == "cpu" else
+                                                 TILE_CUDA, zcrit)
+                    scanners.append(local.scanner)
+                xb, acf_b = _prepare_block(regressors[:, start:start + block], run_lengths,
+                                           n_lags, dev)
+                return start, getattr(local.scanner, method)(xb, acf_b, *args)
+            return progress_bar(imap(job, starts), progress, desc=desc, unit="block",
+                                total=len(starts))
+
+        if fdr_scope == "an":
+            for start, res in run("scan"):
+                acc.add(start, res)
+        else:
+            _across_all(run, acc, q, n_an * vox.n_vox)
+    return acc.result(scanners, vox.n_vox, n_frames)
 
 
-def _check(regressors, voxels, run_lengths, autocorr):
+def _across_all(run, acc, q, n_tests):
+    """BH over all AN x voxel pairs: a first pass bounds the discoveries (counts of
+    u >= zcrit[-1]^2), a second collects the entries that can reach the resulting critical
+    |z|, with their exact z, for one BH over them."""
+    k0 = 0
+    for start, (peak_r, peak_voxel, n_screen) in run("count"):
+        acc.set_peaks(start, peak_r, peak_voxel)
+        k0 += int(n_screen.sum())
+    parts = []
+    if k0:
+        u0 = u_threshold(float(-special.ndtri(q * k0 / n_tests / 2.0)))
+        parts = [(rows + start, cols, sign, r_abs, z_abs)
+                 for start, (rows, cols, sign, r_abs, z_abs) in run("above", u0)]
+    if not parts:
+        acc.add_all(*(torch.zeros(0) for _ in range(5)), float("inf"))
+        return
+    an, vox, sign, r_abs, z_abs = (torch.cat(p) for p in zip(*parts))
+    keep, thr = bh_sorted(z_abs, n_tests, q)
+    acc.add_all(an[keep], vox[keep], sign[keep], r_abs[keep], z_abs[keep], thr)
+
+
+def _check(regressors, voxels, run_lengths, autocorr, fdr_scope="an"):
     n_frames = regressors.shape[0]
+    if fdr_scope not in FDR_SCOPES:
+        raise ValueError(f"fdr_scope must be one of {FDR_SCOPES}, not '{fdr_scope}'")
     if voxels.shape[0] != n_frames:
         raise ValueError(f"regressors have {n_frames} frames, voxels {voxels.shape[0]}")
     if autocorr not in AUTOCORR_METHODS:
@@ -153,79 +221,104 @@ def _check(regressors, voxels, run_lengths, autocorr):
     return run_lengths
 
 
-def _scan_tiles(xb, y, r0, acc, start, bartlett, acf_b, tile=TILE):
-    """r of one AN block tile by tile: update the peaks, return the candidates
-    (rows, cols, r, Bartlett factor or None) with |r| >= r0."""
-    found = []
-    for s in range(0, y.shape[1], tile):
-        r = xb @ y[:, s:s + tile]  # (b, t)
-        absr = r.abs()
-        acc.update_peaks(start, s, r, absr)
-        rows, cols = torch.nonzero(absr >= r0, as_tuple=True)
-        fac = None
-        if bartlett is not None:
-            fac = (acf_b @ bartlett.acf_y[:, s:s + tile])[rows, cols]
-        found.append((rows, cols + s, r[rows, cols], fac))
-    rows, cols, r_c, fac = zip(*found)
-    return (torch.cat(rows), torch.cat(cols), torch.cat(r_c),
-            torch.cat(fac) if bartlett is not None else None)
+@contextlib.contextmanager
+def _pool(workers):
+    """``map`` over ``workers`` threads, torch single-threaded meanwhile (plain map for 1)."""
+    if workers <= 1:
+        yield map
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # read by each new thread on its first torch operation
+    executor = ThreadPoolExecutor(workers, thread_name_prefix="association")
+    try:
+        yield executor.map
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
 
 
-def _z(r, factor, n_frames):
-    """(E,) z = atanh(r) sqrt(T_eff - 3), T_eff = T / (1 + factor) in [4, T] (T without factor)."""
-    z = torch.atanh(r.clamp(-1 + 1e-6, 1 - 1e-6))
-    if factor is None:
-        return z * math.sqrt(n_frames - 3)
-    return z * (n_frames / (factor + 1.0).clamp(min=1.0, max=n_frames / 4.0) - 3.0).sqrt()
+def _prepare_voxels(voxels, run_lengths, n_lags, dev, imap) -> Voxels:
+    """Normalised voxel rows (zero rows padding) and their autocorrelations, in chunks."""
+    n_frames, n_vox = voxels.shape
+    n_pad = pad_voxels(n_vox)
+    y = torch.empty(n_pad, n_frames, device=dev)
+    y[n_vox:] = 0.0
+    acf = None
+    if n_lags is not None:
+        acf = torch.zeros(n_pad, n_lags + 1, device=dev)
+        acf[:, -1] = 1.0
+
+    def prepare(start):  # normalised in a scratch copy (in cache), then written in order
+        rows = _rows(voxels[:, start:start + PREP_CHUNK], dev=dev)
+        y[start:start + rows.shape[0]] = rows
+        if acf is not None:
+            acf[start:start + rows.shape[0], :-1] = row_autocorrelations(rows, run_lengths,
+                                                                         n_lags)
+
+    list(imap(prepare, range(0, n_vox, PREP_CHUNK)))
+    return Voxels(y=y, acf=acf, n_vox=n_vox)
+
+
+def _rows(cols, dev=None) -> torch.Tensor:
+    """cols (T, n) array -> (n, T) float32 rows on ``dev``, centred, unit norm (constant -> 0)."""
+    out = torch.as_tensor(np.asarray(cols)).T.to(device=dev, dtype=torch.float32, copy=True,
+                                                  memory_format=torch.contiguous_format)
+    out -= out.mean(1, keepdim=True)
+    norm = torch.linalg.vector_norm(out, dim=1, keepdim=True)
+    out *= torch.where(norm > 1e-6, 1.0 / norm.clamp(min=1e-30), 0.0)
+    return out
+
+
+def _prepare_block(x, run_lengths, n_lags, dev):
+    """x (T, b) raw regressors -> normalised rows (b, T) and, for the Bartlett correction,
+    (b, K + 1): Tukey-weighted autocorrelations / T and a last column 1 / T."""
+    rows = _rows(x, dev=dev)
+    if n_lags is None:
+        return rows, None
+    weighted = row_autocorrelations(rows, run_lengths, n_lags) * bartlett_weights(n_lags).to(dev)
+    ones = torch.ones(rows.shape[0], 1, device=dev)
+    return rows, torch.cat([weighted, ones], 1) / rows.shape[1]
 
 
 class _Accumulator:
-    """Running per-AN and per-voxel summaries over AN blocks and voxel tiles."""
+    """Per-AN summaries and significant entries of the blocks, in block order."""
 
-    def __init__(self, n_an, n_vox, dev):
+    def __init__(self, n_an):
         self.per_an = {k: np.zeros(n_an, dtype) for k, dtype in
-                       (("n_pos", np.int64), ("n_neg", np.int64), ("z_threshold", np.float32))}
-        self.peak_abs = torch.full((n_an,), -1.0, device=dev)
-        self.peak_r = torch.zeros(n_an, device=dev)
-        self.peak_voxel = torch.zeros(n_an, dtype=torch.int64, device=dev)
-        self.bn_count = torch.zeros(n_vox, dtype=torch.int64, device=dev)
-        self.best_r = torch.zeros(n_vox, dtype=torch.float32, device=dev)
+                       (("n_pos", np.int64), ("n_neg", np.int64), ("z_threshold", np.float32),
+                        ("peak_r", np.float32), ("peak_voxel", np.int64))}
         self.entries = []
 
-    def update_peaks(self, start, s, r, absr):
-        """r, absr: (b, t) of ANs start.. and voxels s..; update per-AN and per-voxel peaks."""
-        sl = slice(start, start + r.shape[0])
-        value, index = absr.max(1)
-        better = value > self.peak_abs[sl]
-        self.peak_abs[sl] = torch.where(better, value, self.peak_abs[sl])
-        self.peak_r[sl] = torch.where(better, r.gather(1, index[:, None])[:, 0], self.peak_r[sl])
-        self.peak_voxel[sl] = torch.where(better, index + s, self.peak_voxel[sl])
-        col_best = r.gather(0, absr.max(0).indices[None, :])[0]
-        best = self.best_r[s:s + r.shape[1]]
-        self.best_r[s:s + r.shape[1]] = torch.where(col_best.abs() > best.abs(), col_best, best)
+    def add(self, start, res):
+        """One block's :class:`BlockResult` (BH per AN)."""
+        sl = slice(start, start + res.peak_r.shape[0])
+        for name, values in self.per_an.items():
+            values[sl] = getattr(res, name).cpu().numpy()
+        self.entries.append(((res.rows + start).cpu().numpy(), res.cols.cpu().numpy(),
+                             res.r.cpu().numpy(), res.z.cpu().numpy()))
 
-    def add_significant(self, start, b, rows, cols, r, z, zcrit):
-        """BH over the candidates (rows, cols, r, z) of ANs start..start+b; keep discoveries."""
-        keep, thr = bh_select(rows, z.abs(), b, zcrit)
-        an, vox, r_sig = rows[keep], cols[keep], r[keep]
-        sl = slice(start, start + b)
-        n_pos = torch.bincount(an[r_sig > 0], minlength=b)
-        self.per_an["n_pos"][sl] = n_pos.cpu().numpy()
-        self.per_an["n_neg"][sl] = (torch.bincount(an, minlength=b) - n_pos).cpu().numpy()
-        self.per_an["z_threshold"][sl] = thr.cpu().numpy()
-        self.bn_count += torch.bincount(vox, minlength=self.bn_count.shape[0])
-        self.entries.append(((an + start).cpu().numpy(), vox.cpu().numpy(),
-                             r_sig.cpu().numpy(), z[keep].cpu().numpy()))
+    def set_peaks(self, start, peak_r, peak_voxel):
+        self.per_an["peak_r"][start:start + len(peak_r)] = peak_r.cpu().numpy()
+        self.per_an["peak_voxel"][start:start + len(peak_r)] = peak_voxel.cpu().numpy()
 
-    def result(self, n_frames) -> AssociationResult:
-        if self.entries:
-            an, vox, rr, zz = (np.concatenate(parts) for parts in zip(*self.entries))
-        else:
-            an, vox = np.zeros(0, np.int64), np.zeros(0, np.int64)
-            rr, zz = np.zeros(0, np.float32), np.zeros(0, np.float32)
+    def add_all(self, an, vox, sign, r_abs, z_abs, thr):
+        """The discoveries of BH across all pairs (E,) and its critical |z|."""
+        an, positive = an.long().cpu().numpy(), (sign > 0).cpu().numpy()
+        n_an = len(self.per_an["n_pos"])
+        self.per_an["n_pos"][:] = np.bincount(an[positive], minlength=n_an)
+        self.per_an["n_neg"][:] = np.bincount(an[~positive], minlength=n_an)
+        self.per_an["z_threshold"][:] = thr
+        order = np.lexsort((vox.cpu().numpy(), an))
+        self.entries.append((an[order], vox.long().cpu().numpy()[order],
+                             (sign * r_abs).cpu().numpy()[order],
+                             (sign * z_abs).cpu().numpy()[order]))
+
+    def result(self, scanners, n_vox, n_frames) -> AssociationResult:
+        best = torch.stack([s.best_r[:n_vox] for s in scanners])
+        best_r = best.gather(0, best.abs().argmax(0, keepdim=True))[0]
+        an, vox, rr, zz = (np.concatenate(parts) for parts in zip(*self.entries))
         return AssociationResult(
-            **self.per_an, peak_r=self.peak_r.cpu().numpy(),
-            peak_voxel=self.peak_voxel.cpu().numpy(), bn_count=self.bn_count.cpu().numpy(),
-            best_r=self.best_r.cpu().numpy(), an_index=an.astype(np.int64),
-            voxel_index=vox.astype(np.int64), r=rr.astype(np.float32),
-            z=zz.astype(np.float32), p=p_from_z(zz), n_frames=n_frames)
+            **self.per_an, bn_count=np.bincount(vox.astype(np.int64), minlength=n_vox),
+            best_r=best_r.cpu().numpy(), an_index=an.astype(np.int64),
+            voxel_index=vox.astype(np.int64), r=rr.astype(np.float32), z=zz.astype(np.float32),
+            p=p_from_z(zz), n_frames=n_frames)

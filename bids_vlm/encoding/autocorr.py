@@ -7,6 +7,7 @@ estimated within runs and Tukey-tapered (Afyouni, Smith & Nichols 2019, NeuroIma
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -29,44 +30,67 @@ def tukey_taper(n_lags: int) -> np.ndarray:
     return 0.5 * (1.0 + np.cos(np.pi * k / (n_lags + 1)))
 
 
-def autocorrelations(x: torch.Tensor, run_lengths, n_lags: int, chunk: int = 8192) -> torch.Tensor:
-    """(n_lags, n) autocorrelations rho(1..n_lags) of the columns of x (T, n).
+def fft_length(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n (a fast FFT size)."""
+    best, p5 = 1 << max(0, n - 1).bit_length(), 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best, p35 = min(best, p), p35 * 3
+        p5 *= 5
+    return best
 
-    Computed within runs (columns centred per run; no lag crosses a boundary) and pooled:
+
+@functools.lru_cache(maxsize=16)
+def _inverse_dft(nfft: int, n_lags: int, device: str) -> torch.Tensor:
+    """(2 (nfft // 2 + 1), n_lags + 1): squared real and imaginary parts of a spectrum (as
+    ``view_as_real`` lays them out) @ this = circular autocovariance at lags 0..n_lags."""
+    f = np.arange(nfft // 2 + 1)[:, None]
+    weight = np.where((f == 0) | (2 * f == nfft), 1.0, 2.0) / nfft
+    cos = weight * np.cos(2 * np.pi * f * np.arange(n_lags + 1)[None] / nfft)
+    return torch.from_numpy(np.repeat(cos, 2, axis=0).astype(np.float32)).to(device)
+
+
+def autocorrelations(x: torch.Tensor, run_lengths, n_lags: int) -> torch.Tensor:
+    """(n_lags, n) autocorrelations rho(1..n_lags) of the columns of x (T, n); see
+    :func:`row_autocorrelations`."""
+    return row_autocorrelations(x.T, run_lengths, n_lags).T
+
+
+def row_autocorrelations(rows: torch.Tensor, run_lengths, n_lags: int,
+                         chunk: int = 128) -> torch.Tensor:
+    """(n, n_lags) autocorrelations rho(1..n_lags) of the rows of ``rows`` (n, T).
+
+    Computed within runs (rows centred per run; no lag crosses a boundary) and pooled:
     sum over runs of sum_t x[t] x[t+k], divided by the pooled sum of squares. The lagged sums
-    come from the power spectrum (FFT, zero-padded to avoid wrap-around), columns in chunks.
+    come from the power spectrum (an FFT of every run, zero-padded to a power of two past the
+    longest run plus n_lags so that nothing wraps around; then one small matrix product for the
+    lags 0..n_lags, summed over runs), rows in chunks that stay in cache.
     """
-    out = torch.zeros(n_lags, x.shape[1], dtype=torch.float32, device=x.device)
-    for c in range(0, x.shape[1], chunk):
-        num = torch.zeros(n_lags + 1, min(chunk, x.shape[1] - c), dtype=torch.float32,
-                          device=x.device)
+    runs = [int(n) for n in run_lengths]
+    dev = rows.device
+    nfft = fft_length(max(runs) + n_lags)
+    to_lags = _inverse_dft(nfft, n_lags, str(dev))
+    out = torch.empty(rows.shape[0], n_lags, device=dev)
+    frames = torch.zeros(min(chunk, rows.shape[0]), len(runs), nfft, device=dev)
+    for c in range(0, rows.shape[0], chunk):
+        part = rows[c:c + chunk].float()
+        buf = frames[:part.shape[0]]
         start = 0
-        for length in run_lengths:
-            seg = x[start:start + length, c:c + chunk].float()
-            seg = seg - seg.mean(0, keepdim=True)
-            nfft = 1 << (2 * length - 1).bit_length()
-            spec = torch.fft.rfft(seg, n=nfft, dim=0)
-            lagged = torch.fft.irfft(spec.real.square() + spec.imag.square(), n=nfft, dim=0)
-            keep = min(n_lags, length - 1) + 1
-            num[:keep] += lagged[:keep]
+        for i, length in enumerate(runs):
+            seg = part[:, start:start + length]
+            torch.sub(seg, seg.sum(1, keepdim=True) / length, out=buf[:, i, :length])
             start += length
-        den = num[0]
-        out[:, c:c + chunk] = torch.where(den > 1e-12, num[1:] / den.clamp(min=1e-30), 0.0)
+        power = torch.view_as_real(torch.fft.rfft(buf, dim=2)).square_()  # (w, R, nf, 2)
+        lagged = power.view(part.shape[0], len(runs), -1).sum(1) @ to_lags  # (w, K + 1)
+        den = lagged[:, :1]
+        out[c:c + chunk] = torch.where(den > 1e-12, lagged[:, 1:] / den.clamp(min=1e-30), 0.0)
     return out
 
 
-class BartlettCorrection:
-    """Bartlett factors ``1 + 2 sum_k w_k^2 rho_x(k) rho_y(k)`` for blocks of x against all y.
-
-    y: (T, V) voxels (autocorrelations computed once); :meth:`for_block` takes (T, b) regressors.
-    """
-
-    def __init__(self, y: torch.Tensor, run_lengths, n_lags: int | None = None):
-        self.run_lengths = list(run_lengths)
-        self.n_lags = n_lags or default_lags(self.run_lengths)
-        w2 = torch.from_numpy((2.0 * tukey_taper(self.n_lags) ** 2).astype(np.float32))
-        self.acf_y = autocorrelations(y, self.run_lengths, self.n_lags) * w2.to(y.device)[:, None]
-
-    def for_block(self, x: torch.Tensor) -> torch.Tensor:
-        """(b, K) weighted autocorrelations of the block; ``@ acf_y[:, tile]`` + 1 = factors."""
-        return autocorrelations(x, self.run_lengths, self.n_lags).T.contiguous()
+def bartlett_weights(n_lags: int) -> torch.Tensor:
+    """(n_lags,) 2 w_k^2 (Tukey taper w): factor = 1 + sum_k weights_k rho_x(k) rho_y(k)."""
+    return torch.from_numpy((2.0 * tukey_taper(n_lags) ** 2).astype(np.float32))

@@ -30,7 +30,8 @@ def bh_select(rows, vals, n_rows: int, zcrit: torch.Tensor):
     """Benjamini-Hochberg discoveries among candidates.
 
     rows (E,): the row (AN) of each candidate; vals (E,): its |z|. Candidates must include every
-    entry with |z| >= zcrit[-1] (the others can never be discoveries); zcrit (V,) from
+    entry with |z| >= zcrit[-1], or at least every entry with |z| >= zcrit[n - 1] where n bounds
+    the row's count of |z| >= zcrit[-1] (no discovery is below that); zcrit (V,) from
     :func:`bh_z_thresholds`. Returns (E,) bool "is a discovery" and (n_rows,) thresholds
     (critical |z| of each row, inf without discoveries). An exact sort of a row's candidates is
     the fallback when the iteration has not converged.
@@ -50,3 +51,18 @@ def bh_select(rows, vals, n_rows: int, zcrit: torch.Tensor):
         k[row] = int(ranked.nonzero().max()) + 1 if ranked.any() else 0
     thr = torch.where(k > 0, zcrit[(k - 1).clamp(min=0)], inf)
     return vals >= thr[rows], thr
+
+
+def bh_sorted(vals, n_tests: int, q: float):
+    """Benjamini-Hochberg over ``n_tests`` tests given the |z| (E,) of candidates that include
+    every test whose |z| can reach the critical value (all tests with |z| >= z_crit(k0) for a
+    k0 at least the number of discoveries). Returns (E,) bool "is a discovery" and the critical
+    |z| (inf without discoveries). Sorts the candidates: for BH across all ANs and voxels."""
+    order = vals.sort(descending=True).values
+    ranks = np.arange(1, len(order) + 1)
+    zcrit = torch.from_numpy((-special.ndtri(q * ranks / n_tests / 2.0)).astype(np.float32))
+    passed = torch.nonzero(order.cpu() >= zcrit)
+    if not len(passed):
+        return torch.zeros_like(vals, dtype=torch.bool), float("inf")
+    thr = float(zcrit[int(passed.max())])
+    return vals >= thr, thr

@@ -1,0 +1,220 @@
+"""One block of ANs against every voxel, tile by tile: peaks, a screening statistic, BH per AN.
+
+For each voxel tile, r = x_block y_tile (one matrix product) and, with the tile in cache, the
+per-AN and per-voxel peaks of |r| and the screening statistic
+
+    u = s^2 r^2 / (1 - r^2) >= z^2,    s^2 = T_eff - 3,  z = atanh(r) s
+
+(atanh(r)^2 <= r^2 / (1 - r^2) as u = tanh(a) cosh(a) = sinh(a) >= a for a = atanh|r|), with the
+sign of r, stored for the whole block (4 bytes per AN x voxel, plus the maximum of |u| over every
+:data:`CHUNK` voxels). T_eff comes from the Bartlett factors, a small matrix product of the
+autocorrelations (:mod:`bids_vlm.encoding.autocorr`). Each AN's count of u >= zcrit[-1]^2
+bounds its number of BH discoveries n, so no discovery has |z| < zcrit[n - 1]: after the last
+tile only the chunks whose maximum reaches zcrit[n - 1]^2 are read again, their entries with
+u above it get their exact z, and BH (:func:`bids_vlm.encoding.fdr.bh_select`) runs on those
+candidates. No transcendental function is evaluated for the other entries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bids_vlm.encoding.fdr import bh_select
+
+CHUNK = 64  # voxels per maximum of |u| (the voxel count is padded to a multiple of it)
+SLACK = 1e-5  # relative margin of the screening comparisons (float rounding of u and z)
+CANDIDATE_FRACTION = 0.05  # candidates kept at once, as a fraction of a block's entries
+
+
+@dataclass
+class Voxels:
+    """Voxels prepared once for all blocks.
+
+    y: (Vp, T) one row per voxel, centred and scaled to unit norm, zero rows padding V to Vp, a
+    multiple of CHUNK; acf: (Vp, K + 1) autocorrelations at lags 1..K and a last column of ones
+    (None without the Bartlett correction); n_vox: V.
+    """
+
+    y: torch.Tensor
+    acf: torch.Tensor | None
+    n_vox: int
+
+
+@dataclass
+class BlockResult:
+    """Per AN of a block (b,): peak_r, peak_voxel, n_pos, n_neg, z_threshold.
+    Discoveries (E,): rows (AN within the block), cols (voxel), r, z (signed)."""
+
+    peak_r: torch.Tensor
+    peak_voxel: torch.Tensor
+    n_pos: torch.Tensor
+    n_neg: torch.Tensor
+    z_threshold: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    r: torch.Tensor
+    z: torch.Tensor
+
+
+class BlockScanner:
+    """Buffers of one worker for blocks of up to ``max_block`` ANs, and best_r (Vp,), the signed
+    r of largest |r| of every voxel over the blocks it scanned."""
+
+    def __init__(self, vox: Voxels, max_block: int, tile: int, zcrit: torch.Tensor):
+        dev, n_pad = vox.y.device, vox.y.shape[0]
+        self.vox, self.tile, self.zcrit = vox, min(tile, n_pad), zcrit
+        self.n_frames = vox.y.shape[1]
+        zz = zcrit.double().square() * (1.0 - SLACK)
+        self.u_crit = torch.cat([zz, zz.new_full((1,), float("inf"))]).float()  # [k-1]; [-1]: inf
+        self.tmp = torch.empty(4, max_block * self.tile, device=dev)
+        self.u = torch.empty(max_block * n_pad, device=dev)
+        self.u_max = torch.empty(max_block * n_pad // CHUNK, device=dev)
+        self.best_r = torch.zeros(n_pad, device=dev)
+        self._maps = {}
+
+    def _tiles(self, b):
+        """(start, stop, u view (b, w), u_max view (b, w / CHUNK)) of every voxel tile."""
+        n_pad = self.vox.y.shape[0]
+        for s in range(0, n_pad, self.tile):
+            e = min(s + self.tile, n_pad)
+            yield (s, e, self.u[b * s:b * e].view(b, e - s),
+                   self.u_max[b * s // CHUNK:b * e // CHUNK].view(b, (e - s) // CHUNK))
+
+    def scan(self, xb: torch.Tensor, acf_b: torch.Tensor | None) -> BlockResult:
+        """Peaks, and BH per AN over voxels. xb (b, T): normalised regressors of the block;
+        acf_b (b, K + 1): their weighted autocorrelations / T with a last column 1 / T (None
+        without the Bartlett correction)."""
+        b = xb.shape[0]
+        peak_r, peak_voxel, n_screen = self._pass(xb, acf_b)
+        rows, cols, u = self._candidates(b, n_screen.long())
+        r_abs, z_abs = self._exact(rows, cols, u.abs(), acf_b)
+        keep, thr = bh_select(rows, z_abs, b, self.zcrit)
+        rows, cols, sign = rows[keep], cols[keep], torch.sign(u[keep])
+        n_pos = torch.bincount(rows[sign > 0], minlength=b)
+        return BlockResult(peak_r=peak_r, peak_voxel=peak_voxel, n_pos=n_pos,
+                           n_neg=torch.bincount(rows, minlength=b) - n_pos, z_threshold=thr,
+                           rows=rows, cols=cols, r=sign * r_abs[keep], z=sign * z_abs[keep])
+
+    def count(self, xb, acf_b):
+        """First pass of BH across all ANs and voxels: peaks, and per AN (b,) the count of
+        u >= zcrit[-1]^2, which bounds its entries with |z| >= zcrit[-1]."""
+        return self._pass(xb, acf_b)
+
+    def above(self, xb, acf_b, u_threshold: float):
+        """Second pass: (rows, cols, sign, |r|, |z|) of the entries with u >= u_threshold."""
+        b = xb.shape[0]
+        self._pass(xb, acf_b, peaks=False)
+        crit = torch.full((b,), u_threshold, device=xb.device)
+        rows, cols, u = (torch.cat(parts) for parts in zip(*self.entries_above(b, crit)))
+        return (rows, cols, torch.sign(u), *self._exact(rows, cols, u.abs(), acf_b))
+
+    def _pass(self, xb, acf_b, peaks=True):
+        """Every tile: r, the peaks (unless ``peaks`` is false), u with the sign of r and its
+        chunk maxima. Returns per AN (b,): peak_r, peak_voxel, count of u >= zcrit[-1]^2."""
+        b, dev = xb.shape[0], xb.device
+        peak_abs = torch.full((b,), -1.0, device=dev)
+        peak_r = torch.zeros(b, device=dev)
+        peak_voxel = torch.zeros(b, dtype=torch.int64, device=dev)
+        n_screen = torch.zeros(b, device=dev)
+        for s, e, u_t, u_max in self._tiles(b):
+            r, a, f, q = (buf[:b * (e - s)].view(b, e - s) for buf in self.tmp)
+            torch.mm(xb, self.vox.y[s:e].T, out=r)
+            torch.abs(r, out=a).clamp_(max=1.0)
+            if peaks:
+                self._peaks(s, r, a, peak_abs, peak_r, peak_voxel)
+            self._screen(s, e, a, acf_b, f, q)  # f = u >= 0
+            n_screen += torch.sub(f, self.u_crit[-2], out=q).sign_().clamp_(min=0).sum(1)
+            torch.amax(f.view(b, -1, CHUNK), 2, out=u_max)
+            torch.copysign(f, r, out=u_t)
+        return peak_r, peak_voxel, n_screen
+
+    def _peaks(self, s, r, a, peak_abs, peak_r, peak_voxel):
+        """Per AN: largest |r| so far (first voxel on ties); per voxel: signed r of largest |r|."""
+        value = a.amax(1)
+        better = torch.nonzero(value > peak_abs)[:, 0]
+        if better.numel():
+            index = a.index_select(0, better).argmax(1)
+            peak_abs[better] = value[better]
+            peak_r[better] = r[better, index]
+            peak_voxel[better] = index + s
+        high, low = r.amax(0), r.amin(0)
+        tile_best = torch.where(high >= -low, high, low)
+        best = self.best_r[s:s + r.shape[1]]
+        best.copy_(torch.where(tile_best.abs() > best.abs(), tile_best, best))
+
+    def _screen(self, s, e, a, acf_b, f, q):
+        """f <- u = s^2 r^2 / (1 - r^2) (a = |r| <= 1; inf for |r| = 1); q is scratch."""
+        n = self.n_frames
+        if acf_b is None:
+            f.fill_(n - 3.0)
+        else:  # (1 + Bartlett factor) / T, clamped to T_eff in [4, T], -> T_eff - 3
+            torch.mm(acf_b, self.vox.acf[s:e].T, out=f)
+            f.clamp_(1.0 / n, 0.25).reciprocal_().sub_(3.0)
+        torch.mul(a, a, out=q)
+        f.div_(q.reciprocal_().sub_(1.0))  # s^2 / (1 / r^2 - 1)
+
+    def _candidates(self, b, n_screen):
+        """Entries whose u reaches the lowest threshold any discovery of its AN can have:
+        (rows, cols, signed u). While they would exceed :data:`CANDIDATE_FRACTION` of the
+        block, BH's bound is tightened first by counting passes (k <- #{u >= zcrit[k-1]^2})."""
+        k = n_screen
+        cap = CANDIDATE_FRACTION * b * self.vox.n_vox
+        while int(k.sum()) > cap:
+            counts = sum(torch.bincount(rows, minlength=b)
+                         for rows, _, _ in self.entries_above(b, self.u_crit[k - 1]))
+            if torch.equal(counts, k):
+                break
+            k = counts
+        found = list(self.entries_above(b, self.u_crit[k - 1]))  # k = 0 -> inf
+        return tuple(torch.cat(parts) for parts in zip(*found))
+
+    def entries_above(self, b, crit):
+        """(rows, cols, signed u) of the block's entries with |u| >= crit[row] (b,), in pieces:
+        only the chunks whose maximum reaches the threshold are read, a tile's worth at a time."""
+        chunk_row, chunk_col = self._chunk_map(b)
+        crit_chunk = crit[chunk_row]
+        chunks = torch.nonzero(self.u_max[:chunk_row.shape[0]] >= crit_chunk)[:, 0]
+        u = self.u[:b * self.vox.y.shape[0]].view(-1, CHUNK)
+        piece = self.tmp.shape[1] // CHUNK
+        for i in range(0, max(1, chunks.shape[0]), piece):
+            g = chunks[i:i + piece]
+            vals = u.index_select(0, g)
+            hit = torch.nonzero((vals.abs() >= crit_chunk[g][:, None]).view(-1))[:, 0]
+            g_hit = g[hit // CHUNK]
+            yield chunk_row[g_hit], chunk_col[g_hit] + hit % CHUNK, vals.view(-1)[hit]
+
+    def _chunk_map(self, b):
+        """(b Vp / CHUNK,) AN row and first voxel of every chunk of a b-AN block's u."""
+        if b not in self._maps:
+            rows, cols = [], []
+            for s, e, _, _ in self._tiles(b):
+                grid = torch.arange(b * (e - s) // CHUNK, device=self.u.device)
+                rows.append(grid // ((e - s) // CHUNK))
+                cols.append(s + grid % ((e - s) // CHUNK) * CHUNK)
+            self._maps = {b: (torch.cat(rows), torch.cat(cols))}
+        return self._maps[b]
+
+    def _exact(self, rows, cols, u_abs, acf_b, chunk=65536):
+        """|r| and |z| of the candidates from |u| and their T_eff (factors recomputed)."""
+        n = self.n_frames
+        if acf_b is None:
+            s2 = torch.full_like(u_abs, n - 3.0)
+        else:
+            acf_t = self.vox.acf
+            s2 = torch.cat([(acf_b[rows[i:i + chunk]] * acf_t[cols[i:i + chunk]]).sum(1)
+                            for i in range(0, len(rows), chunk)] or [u_abs])
+            s2 = 1.0 / s2.clamp(1.0 / n, 0.25) - 3.0
+        r_abs = torch.rsqrt(1.0 + s2 / u_abs)  # r^2 = w / (1 + w), w = u / s^2
+        return r_abs, torch.atanh(r_abs.clamp(max=1 - 1e-6)) * s2.sqrt()
+
+
+def u_threshold(z: float) -> float:
+    """The screening threshold on u for a critical |z| (with the float margin)."""
+    return z * z * (1.0 - SLACK)
+
+
+def pad_voxels(n_vox: int) -> int:
+    """Vp: the voxel count padded to a multiple of :data:`CHUNK`."""
+    return -(-n_vox // CHUNK) * CHUNK
+

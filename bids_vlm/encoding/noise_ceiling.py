@@ -1,0 +1,115 @@
+"""Noise ceiling of the layer-wise encoding from runs that repeat the same stimuli.
+
+When n >= 2 runs show the same stimulus sequence, every frame is a stimulus measured n times.
+Per voxel (Allen et al. 2022, Nature Neuroscience 25:116, "ncsnr"; Lage-Castellanos et al. 2019,
+PLoS Comput Biol 15:e1006397), with each run centred:
+
+    noise variance  s_n^2 = mean over frames of the variance over repeats (ddof 1)
+    signal variance s_s^2 = variance over frames of the mean over repeats - s_n^2 / n
+    ncsnr = sqrt(max(s_s^2, 0)) / s_n
+
+pooled over groups of repeated runs (weighted by frames). The encoding is scored on one held-out
+run, so its ceiling is the correlation of the noise-free response with one run of data:
+
+    r_ceiling = ncsnr / sqrt(ncsnr^2 + 1) = sqrt(s_s^2 / (s_s^2 + s_n^2))
+
+(R^2 ceiling r_ceiling^2). Held-out r / r_ceiling is the fraction of the explainable correlation
+a model reaches. Runs repeat when their AN regressors are identical: the models saw the same
+stimulus sequence (:func:`repeated_runs`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class NoiseCeiling:
+    """r (V,): ceiling of the held-out Pearson r on one run; ncsnr (V,); groups: the runs
+    (0-based indices) that repeat the same stimuli, one tuple per sequence."""
+
+    r: np.ndarray
+    ncsnr: np.ndarray
+    groups: tuple
+
+
+def repeated_runs(regressors, run_lengths, atol: float = 1e-6) -> list[tuple[int, ...]]:
+    """Groups of >= 2 runs whose regressors are identical over their frames.
+
+    regressors: (T, N) array, or a sequence of them (every layer's; runs must match in all).
+    Only runs of equal length can repeat; each run joins the first earlier run it equals.
+    """
+    arrays = [regressors] if hasattr(regressors, "shape") else list(regressors)
+    bounds = np.cumsum([0, *run_lengths])
+
+    def same(i, j):
+        return bool(run_lengths[i] == run_lengths[j]) and all(
+            np.allclose(a[bounds[i]:bounds[i + 1]], a[bounds[j]:bounds[j + 1]], rtol=0.0,
+                        atol=atol) for a in arrays)
+
+    groups: list[list[int]] = []
+    for i in range(len(run_lengths)):
+        match = next((g for g in groups if same(g[0], i)), None)
+        if match is None:
+            groups.append([i])
+        else:
+            match.append(i)
+    return [tuple(g) for g in groups if len(g) >= 2]
+
+
+def ceiling_from_regressors(regressors, voxels, run_lengths) -> NoiseCeiling | None:
+    """:func:`noise_ceiling` of the runs that :func:`repeated_runs` finds; None (and an INFO
+    log saying why) without repeats."""
+    groups = repeated_runs(regressors, run_lengths)
+    if not groups:
+        logging.getLogger("bids_vlm").info(
+            "noise ceiling not computed: no two runs show the same stimulus sequence (identical "
+            "AN regressors); it needs repeated stimuli across runs")
+        return None
+    return noise_ceiling(voxels, run_lengths, groups)
+
+
+def noise_ceiling(voxels, run_lengths, groups) -> NoiseCeiling | None:
+    """Noise ceiling of every voxel of ``voxels`` (T, V) from the repeated runs ``groups``
+    (from :func:`repeated_runs`); None without repeats."""
+    groups = [tuple(g) for g in groups if len(g) >= 2]
+    if not groups:
+        return None
+    bounds = np.cumsum([0, *run_lengths])
+    noise, signal, frames = 0.0, 0.0, 0
+    for group in groups:
+        if len({bounds[i + 1] - bounds[i] for i in group}) != 1:
+            raise ValueError(f"runs {group} repeat the same stimuli but differ in length")
+        y = np.stack([np.asarray(voxels[bounds[i]:bounds[i + 1]], dtype=np.float64)
+                      for i in group])  # (n, L, V)
+        y -= y.mean(1, keepdims=True)
+        n, length = y.shape[:2]
+        group_noise = y.var(0, ddof=1).mean(0)
+        noise = noise + length * group_noise
+        signal = signal + length * (y.mean(0).var(0, ddof=1) - group_noise / n)
+        frames += length
+    noise, signal = noise / frames, np.maximum(signal / frames, 0.0)
+    total = signal + noise
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(total > 0, np.sqrt(signal / total), 0.0)
+        ncsnr = np.where(noise > 0, np.sqrt(signal / noise), np.where(signal > 0, np.inf, 0.0))
+    return NoiseCeiling(r=r.astype(np.float32), ncsnr=ncsnr.astype(np.float32),
+                        groups=tuple(groups))
+
+
+def fraction_of_ceiling(r, ceiling, minimum: float = 0.0) -> np.ndarray:
+    """r / ceiling per voxel; NaN where the ceiling is not above ``minimum`` (no reliable
+    stimulus-driven signal to explain)."""
+    r, ceiling = np.asarray(r, dtype=np.float64), np.asarray(ceiling, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ceiling > minimum, r / ceiling, np.nan).astype(np.float32)
+
+
+def method_description(ceiling: NoiseCeiling) -> str:
+    runs = "; ".join("runs " + ", ".join(str(i + 1) for i in g) for g in ceiling.groups)
+    return ("ceiling of the held-out Pearson r on one run: sqrt(signal / (signal + noise)) "
+            "variance per voxel, noise = mean over frames of the variance over repeated runs, "
+            "signal = variance over frames of their mean - noise / repeats (NSD ncsnr, Allen "
+            f"et al. 2022); repeated runs (identical AN regressors, 1-based): {runs}")

@@ -1,0 +1,87 @@
+"""Noise ceiling from repeated runs: the analytic ceiling on simulated repeats, what a perfect
+model reaches on a held-out run, repeat detection from the regressors, no repeats -> None."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bids_vlm.encoding.noise_ceiling import fraction_of_ceiling, noise_ceiling, repeated_runs
+
+
+def _repeats(rng, n_runs, length=300, n_vox=400, signal_sd=None, noise_sd=1.0):
+    """n_runs of the same signal (length, V) with signal sd per voxel, independent noise."""
+    signal_sd = np.linspace(0.0, 2.0, n_vox) if signal_sd is None else signal_sd
+    signal = rng.standard_normal((length, n_vox))
+    signal = (signal - signal.mean(0)) / signal.std(0) * signal_sd
+    runs = [signal + noise_sd * rng.standard_normal((length, n_vox)) for _ in range(n_runs)]
+    return signal, runs, signal_sd / np.sqrt(signal_sd ** 2 + noise_sd ** 2)
+
+
+@pytest.mark.parametrize("n_runs", [2, 4])
+def test_ceiling_matches_the_analytic_value(n_runs):
+    rng = np.random.default_rng(n_runs)
+    _, runs, expected = _repeats(rng, n_runs)
+    nc = noise_ceiling(np.concatenate(runs), [300] * n_runs, [tuple(range(n_runs))])
+    assert np.abs(nc.r ** 2 - expected ** 2).max() < 0.2  # R^2 ceiling, all voxels
+    assert np.abs(nc.r ** 2 - expected ** 2).mean() < 0.03
+    clear = expected > 0.7  # sqrt amplifies the noise of small variances: r where it is clear
+    assert np.abs(nc.r - expected)[clear].max() < 0.1
+    assert np.abs(nc.r - expected).mean() < 0.05
+    np.testing.assert_allclose(np.median(nc.ncsnr[200:] / np.linspace(0, 2, 400)[200:]), 1.0,
+                               atol=0.05)
+    assert nc.r[0] < 0.2 and nc.r[-1] > 0.85  # no signal -> about 0; sd 2 vs 1 -> 0.89
+
+
+def test_a_perfect_model_reaches_the_ceiling_on_a_held_out_run():
+    rng = np.random.default_rng(7)
+    signal, runs, _ = _repeats(rng, 3)
+    nc = noise_ceiling(np.concatenate(runs[:2]), [300, 300], [(0, 1)])
+    held_out = runs[2]
+    r = np.array([np.corrcoef(signal[:, v], held_out[:, v])[0, 1] for v in range(1, 400)])
+    assert np.abs(r - nc.r[1:]).mean() < 0.05
+    fraction = fraction_of_ceiling(r, nc.r[1:], minimum=0.3)
+    assert abs(np.nanmedian(fraction) - 1.0) < 0.05
+    assert np.isnan(fraction_of_ceiling([0.1], [0.0])[0])
+
+
+def test_groups_of_repeats_are_pooled_and_other_runs_ignored():
+    rng = np.random.default_rng(3)
+    sd = np.full(200, 1.0)
+    _, a, expected = _repeats(rng, 2, length=200, n_vox=200, signal_sd=sd)
+    _, b, _ = _repeats(rng, 2, length=150, n_vox=200, signal_sd=sd)
+    other = rng.standard_normal((100, 200)) * 5.0  # a run without repeat: not used
+    voxels = np.concatenate([a[0], b[0], other, a[1], b[1]])
+    nc = noise_ceiling(voxels, [200, 150, 100, 200, 150], [(0, 3), (1, 4)])
+    assert abs(nc.r.mean() - expected[0]) < 0.03  # sqrt(1/2) = 0.71
+    assert nc.groups == ((0, 3), (1, 4))
+
+
+def test_repeats_are_found_from_identical_regressors():
+    rng = np.random.default_rng(1)
+    seq_a, seq_b = rng.standard_normal((50, 8)), rng.standard_normal((50, 8))
+    regressors = np.concatenate([seq_a, seq_b, seq_a, rng.standard_normal((40, 8)), seq_a])
+    assert repeated_runs(regressors, [50, 50, 50, 40, 50]) == [(0, 2, 4)]
+    assert repeated_runs(regressors[:140], [50, 50, 40]) == []
+
+
+def test_no_repeats_no_ceiling():
+    rng = np.random.default_rng(2)
+    assert noise_ceiling(rng.standard_normal((100, 5)), [50, 50], []) is None
+    assert noise_ceiling(rng.standard_normal((100, 5)), [50, 50], [(0,)]) is None
+    with pytest.raises(ValueError, match="length"):
+        noise_ceiling(rng.standard_normal((90, 5)), [50, 40], [(0, 1)])
+
+
+def test_ceiling_from_regressors_logs_why_without_repeats(caplog):
+    from bids_vlm.encoding.noise_ceiling import ceiling_from_regressors
+
+    rng = np.random.default_rng(4)
+    layers = [rng.standard_normal((100, 3)), rng.standard_normal((100, 2))]
+    with caplog.at_level("INFO", logger="bids_vlm"):
+        assert ceiling_from_regressors(layers, rng.standard_normal((100, 6)), [50, 50]) is None
+    assert "no two runs show the same stimulus sequence" in caplog.text
+    layers[1][50:] = layers[1][:50]  # one layer repeats, the other does not: no repeat
+    assert ceiling_from_regressors(layers, rng.standard_normal((100, 6)), [50, 50]) is None
+    layers[0][50:] = layers[0][:50]
+    nc = ceiling_from_regressors(layers, rng.standard_normal((100, 6)), [50, 50])
+    assert nc.groups == ((0, 1),) and nc.r.shape == (6,)
