@@ -119,7 +119,7 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
 
     from bids_vlm.bids import run_from_dict
     from bids_vlm.config import from_json
-    from bids_vlm.preproc import clean_signals, read_confounds
+    from bids_vlm.preproc import clean_signals, read_confounds, removed_dimensions
     from bids_vlm.regressors import (
         convolution_matrix,
         frame_times,
@@ -136,13 +136,14 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
     with h5py.File(activations_file, "r") as acts, h5py.File(path, "w") as out:
         index = {s: {k: i for i, k in enumerate(acts[f"items/{s}"].asstr()[()])}
                  for s in acts["items"]}
-        per_run = []
+        per_run, removed = [], 0
         for run in runs:
             tl = Timeline.from_dict(timelines[run.label])
             matrix = convolution_matrix(tl.times, tl.dt, frame_times(run.n_scans, run.tr),
                                         config.stats.hrf_model, config.stats.oversampling,
                                         config.stats.fir_delays)
             confounds = read_confounds(run.confounds, run.n_scans, config.bold)
+            removed += removed_dimensions(run.n_scans, run.tr, confounds, config.bold)
             per_run.append((tl, matrix, lambda x, r=run, c=confounds:
                             clean_signals(x, r.tr, c, config.bold)))
         for stream in (s for s in acts if s != "items"):
@@ -159,6 +160,7 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
         out.attrs["model"] = acts.attrs["model"]
         out.attrs["n_layers"] = acts.attrs.get("n_layers", "{}")
         out.attrs["run_lengths"] = [r.n_scans for r in runs]
+        out.attrs["n_removed"] = removed  # dimensions the cleaning projected out, all runs
     return path
 
 
@@ -203,7 +205,8 @@ def associate_node(regressors_file, cleaned_files, config_json):
                                 block_size=block, device=str(device), progress=True,
                                 desc=f"association {key}", run_lengths=run_lengths,
                                 autocorr=stats.autocorr, n_lags=stats.n_lags or None,
-                                fdr_scope=stats.fdr_scope)
+                                fdr_scope=stats.fdr_scope,
+                                n_removed=int(regs.attrs.get("n_removed", 0)))
                 for field, value in vars(res).items():
                     if field != "n_frames":
                         out[f"{key}/{field}"] = value
@@ -312,7 +315,7 @@ def atoms_node(timelines_file, activations_file, runs_json, cleaned_files, confi
     from bids_vlm.bids import run_from_dict
     from bids_vlm.config import from_json
     from bids_vlm.encoding.atoms import atom_glm, learn_atoms
-    from bids_vlm.preproc import clean_signals, read_confounds
+    from bids_vlm.preproc import clean_signals, read_confounds, removed_dimensions
     from bids_vlm.regressors import (convolution_matrix, frame_times, make_regressors,
                                      sample_activations)
     from bids_vlm.stimuli import Timeline, sample_items
@@ -327,6 +330,9 @@ def atoms_node(timelines_file, activations_file, runs_json, cleaned_files, confi
                 for tl, r in zip(tls, runs)]
     voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
     edges = np.cumsum([0] + [len(tl.times) for tl in tls])
+    run_confounds = [read_confounds(r.confounds, r.n_scans, config.bold) for r in runs]
+    removed = sum(removed_dimensions(r.n_scans, r.tr, c, config.bold)
+                  for r, c in zip(runs, run_confounds))
     path = os.path.abspath("atoms.h5")
     with h5py.File(activations_file, "r") as acts, h5py.File(path, "w") as out:
         out.attrs["model"] = acts.attrs["model"]
@@ -339,11 +345,10 @@ def atoms_node(timelines_file, activations_file, runs_json, cleaned_files, confi
                 atoms, loadings = learn_atoms(samples, config.stats.n_atoms,
                                               config.stats.atom_alpha, config.model.seed)
                 regs = np.concatenate([
-                    clean_signals(make_regressors(m, atoms[a:b]), r.tr,
-                                  read_confounds(r.confounds, r.n_scans, config.bold),
-                                  config.bold)
-                    for m, a, b, r in zip(matrices, edges[:-1], edges[1:], runs)])
-                t, q, df = atom_glm(regs, voxels)
+                    clean_signals(make_regressors(m, atoms[a:b]), r.tr, confounds, config.bold)
+                    for m, a, b, r, confounds in zip(matrices, edges[:-1], edges[1:], runs,
+                                                     run_confounds)])
+                t, q, df = atom_glm(regs, voxels, n_removed=removed)
                 for name, value in (("atoms", atoms), ("loadings", loadings), ("t", t),
                                     ("q", q)):
                     out[f"{stream}/{layer}/{name}"] = value

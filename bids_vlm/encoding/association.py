@@ -143,7 +143,7 @@ def block_size_for_memory(mem_bytes: int, n_frames: int, n_an: int, n_vox: int,
 
 def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress=False,
               desc="association", run_lengths=None, autocorr="bartlett",
-              n_lags=None, workers=None, fdr_scope="an") -> AssociationResult:
+              n_lags=None, workers=None, fdr_scope="an", n_removed=0) -> AssociationResult:
     """Association of every column of ``regressors`` (T, N) with every column of ``voxels`` (T, V).
 
     run_lengths: frames per run (sum T); default one run. Both inputs are normalised here
@@ -151,9 +151,15 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     at once (default :func:`default_workers`); blocks are smaller than ``block_size`` when there
     would be fewer blocks than workers. fdr_scope: ``"an"``, BH over voxels for each AN;
     ``"all"``, one BH over all N x V pairs (two passes over the data; z_threshold is then the
-    same for every AN).
+    same for every AN). n_removed: dimensions the cleaning projected out of both inputs
+    (:func:`bids_vlm.preproc.removed_dimensions`, summed over runs): the degrees of freedom are
+    those of T - n_removed frames (Bartlett: T_eff = (T - n_removed) / (1 + 2 sum rho_x rho_y)).
     """
     n_frames, n_an = regressors.shape
+    n_dof = n_frames - int(n_removed)
+    if n_dof < 8:
+        raise ValueError(f"{n_frames} frames minus {n_removed} removed dimensions leave too few "
+                         "degrees of freedom")
     run_lengths = _check(regressors, voxels, run_lengths, autocorr, fdr_scope)
     dev = torch.device(device)
     workers = workers or default_workers(dev)
@@ -162,7 +168,7 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     starts = range(0, n_an, block)
     acc = _Accumulator(n_an)
     with _pool(min(workers, len(starts))) as imap:
-        vox = _prepare_voxels(voxels, run_lengths, n_lags, dev, imap)
+        vox = _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof)
         zcrit = torch.from_numpy(bh_z_thresholds(vox.n_vox, q).astype(np.float32)).to(dev)
         local, scanners = threading.local(), []
 
@@ -173,7 +179,7 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
                                                  TILE_CUDA, zcrit)
                     scanners.append(local.scanner)
                 xb, acf_b = _prepare_block(regressors[:, start:start + block], run_lengths,
-                                           n_lags, dev)
+                                           n_lags, dev, n_dof)
                 return start, getattr(local.scanner, method)(xb, acf_b, *args)
             return progress_bar(imap(job, starts), progress, desc=desc, unit="block",
                                 total=len(starts))
@@ -237,7 +243,7 @@ def _pool(workers):
         torch.set_num_threads(threads)
 
 
-def _prepare_voxels(voxels, run_lengths, n_lags, dev, imap) -> Voxels:
+def _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof=0) -> Voxels:
     """Normalised voxel rows (zero rows padding) and their autocorrelations, in chunks."""
     n_frames, n_vox = voxels.shape
     n_pad = pad_voxels(n_vox)
@@ -256,7 +262,7 @@ def _prepare_voxels(voxels, run_lengths, n_lags, dev, imap) -> Voxels:
                                                                          n_lags)
 
     list(imap(prepare, range(0, n_vox, PREP_CHUNK)))
-    return Voxels(y=y, acf=acf, n_vox=n_vox)
+    return Voxels(y=y, acf=acf, n_vox=n_vox, n_dof=n_dof or n_frames)
 
 
 def _rows(cols, dev=None) -> torch.Tensor:
@@ -269,15 +275,16 @@ def _rows(cols, dev=None) -> torch.Tensor:
     return out
 
 
-def _prepare_block(x, run_lengths, n_lags, dev):
+def _prepare_block(x, run_lengths, n_lags, dev, n_dof=0):
     """x (T, b) raw regressors -> normalised rows (b, T) and, for the Bartlett correction,
-    (b, K + 1): Tukey-weighted autocorrelations / T and a last column 1 / T."""
+    (b, K + 1): Tukey-weighted autocorrelations / D and a last column 1 / D, D the degrees of
+    freedom of the frames (``n_dof``, default T)."""
     rows = _rows(x, dev=dev)
     if n_lags is None:
         return rows, None
     weighted = row_autocorrelations(rows, run_lengths, n_lags) * bartlett_weights(n_lags).to(dev)
     ones = torch.ones(rows.shape[0], 1, device=dev)
-    return rows, torch.cat([weighted, ones], 1) / rows.shape[1]
+    return rows, torch.cat([weighted, ones], 1) / (n_dof or rows.shape[1])
 
 
 class _Accumulator:

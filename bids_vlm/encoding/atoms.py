@@ -49,18 +49,19 @@ def learn_atoms(activations: np.ndarray, n_atoms: int = 64, alpha: float = 0.2,
     return learner.components_.T.astype(np.float32), loadings.astype(np.float32)
 
 
-def atom_glm(regressors: np.ndarray, voxels: np.ndarray, q: float = 0.05):
+def atom_glm(regressors: np.ndarray, voxels: np.ndarray, q: float = 0.05, n_removed: int = 0):
     """OLS of voxels (T, V) on atom regressors (T, K) plus an intercept.
 
     Returns t (K, V), BH q-values (K, V) per atom across voxels (two-sided t-test,
-    T - K - 1 degrees of freedom, frames treated as independent) and the df.
+    T - K - 1 - n_removed degrees of freedom, n_removed the dimensions the cleaning projected
+    out of both sides; frames treated as independent) and the df.
     """
     n_frames, k = regressors.shape
     design = np.column_stack([regressors.astype(np.float64), np.ones(n_frames)])
     pinv = np.linalg.pinv(design)
     beta = pinv @ voxels.astype(np.float64)  # (K + 1, V)
     resid = voxels - design @ beta
-    df = n_frames - k - 1
+    df = n_frames - k - 1 - int(n_removed)
     sigma2 = (resid ** 2).sum(0) / max(df, 1)
     var = np.diag(pinv @ pinv.T)[:k, None] * sigma2[None, :]
     t = np.divide(beta[:k], np.sqrt(var), out=np.zeros((k, voxels.shape[1])), where=var > 0)

@@ -33,12 +33,14 @@ class Voxels:
 
     y: (Vp, T) one row per voxel, centred and scaled to unit norm, zero rows padding V to Vp, a
     multiple of CHUNK; acf: (Vp, K + 1) autocorrelations at lags 1..K and a last column of ones
-    (None without the Bartlett correction); n_vox: V.
+    (None without the Bartlett correction); n_vox: V; n_dof: the frames' degrees of freedom,
+    T minus the dimensions the cleaning projected out (0 for T).
     """
 
     y: torch.Tensor
     acf: torch.Tensor | None
     n_vox: int
+    n_dof: int = 0  # dimensions the data live in (T minus those cleaning removed); 0 = T
 
 
 @dataclass
@@ -64,7 +66,7 @@ class BlockScanner:
     def __init__(self, vox: Voxels, max_block: int, tile: int, zcrit: torch.Tensor):
         dev, n_pad = vox.y.device, vox.y.shape[0]
         self.vox, self.tile, self.zcrit = vox, min(tile, n_pad), zcrit
-        self.n_frames = vox.y.shape[1]
+        self.n_frames = vox.n_dof or vox.y.shape[1]  # degrees of freedom of the frames
         zz = zcrit.double().square() * (1.0 - SLACK)
         self.u_crit = torch.cat([zz, zz.new_full((1,), float("inf"))]).float()  # [k-1]; [-1]: inf
         self.tmp = torch.empty(4, max_block * self.tile, device=dev)
