@@ -221,7 +221,7 @@ def test_install_line_is_the_readme_one_and_installs_the_data(tmp_path):
                  if p.is_file()}
     assert shipped and shipped <= installed, sorted(map(str, shipped - installed))
     assert (target / "workflows" / "participant.py").is_file()
-    code = "import bids_vlm.analysis.networks as n; print(n.ATLAS_DIR)"
+    code = "import bids_vlm.analysis.atlases as n; print(n.ATLAS_DIR)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(target)}, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -85,3 +85,22 @@ def test_ceiling_from_regressors_logs_why_without_repeats(caplog):
     layers[0][50:] = layers[0][:50]
     nc = ceiling_from_regressors(layers, rng.standard_normal((100, 6)), [50, 50])
     assert nc.groups == ((0, 1),) and nc.r.shape == (6,)
+
+
+def test_repeats_from_stimulus_sequence_signatures(caplog):
+    """The pipeline finds repeats from each run's timeline signature, since its regressors are
+    cleaned with run-specific confounds and are no longer identical across repeats."""
+    import logging
+
+    from bids_vlm.encoding.noise_ceiling import ceiling_from_signatures, repeated_signatures
+
+    assert repeated_signatures(["a", "b", "a", "c", "a"]) == [(0, 2, 4)]
+    assert repeated_signatures(["a", "b"]) == []
+    rng = np.random.default_rng(3)
+    with caplog.at_level(logging.INFO, logger="bids_vlm"):
+        assert ceiling_from_signatures(["a", "b"], rng.standard_normal((100, 4)), [50, 50]) is None
+    assert "no two runs show the same stimulus sequence" in caplog.text
+    signal = rng.standard_normal((50, 4))
+    voxels = np.concatenate([signal + 0.5 * rng.standard_normal((50, 4)) for _ in range(3)])
+    got = ceiling_from_signatures(["x", "x", "x"], voxels, [50, 50, 50])
+    assert got.groups == ((0, 1, 2),) and (got.r > 0.7).all()  # analytic 0.894

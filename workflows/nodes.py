@@ -111,6 +111,7 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
     """HRF regressors of every AN, runs concatenated -> ``regressors.h5``
     (``<stream>/<layer>``: (n_frames_total, units)), each run's cleaned like its BOLD
     (confounds, detrend, high-pass; :func:`bids_vlm.preproc.clean_signals`) and z-scored."""
+    import hashlib
     import json
     import os
 
@@ -161,6 +162,9 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
         out.attrs["n_layers"] = acts.attrs.get("n_layers", "{}")
         out.attrs["run_lengths"] = [r.n_scans for r in runs]
         out.attrs["n_removed"] = removed  # dimensions the cleaning projected out, all runs
+        out.attrs["run_signatures"] = [  # equal for runs showing the same stimulus sequence
+            hashlib.sha1(json.dumps([timelines[r.label], r.n_scans, r.tr]).encode()).hexdigest()
+            for r in runs]
     return path
 
 
@@ -252,8 +256,8 @@ def encode_node(regressors_file, cleaned_files, config_json):
                     out[f"{stream}/{layer}/{field}"] = getattr(res, field)
         from bids_vlm.encoding import noise_ceiling as nc
 
-        ceiling = nc.ceiling_from_regressors([regs[f"{s}/{k}"] for s in regs if s != "delayed"
-                                              for k in regs[s]], voxels, run_lengths)
+        ceiling = nc.ceiling_from_signatures(list(regs.attrs["run_signatures"]), voxels,
+                                             run_lengths)
         if ceiling is not None:  # runs repeating the same stimuli
             out["noise_ceiling/r"], out["noise_ceiling/ncsnr"] = ceiling.r, ceiling.ncsnr
             out["noise_ceiling"].attrs["method"] = nc.method_description(ceiling)

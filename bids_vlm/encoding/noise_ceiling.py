@@ -14,8 +14,9 @@ run, so its ceiling is the correlation of the noise-free response with one run o
     r_ceiling = ncsnr / sqrt(ncsnr^2 + 1) = sqrt(s_s^2 / (s_s^2 + s_n^2))
 
 (R^2 ceiling r_ceiling^2). Held-out r / r_ceiling is the fraction of the explainable correlation
-a model reaches. Runs repeat when their AN regressors are identical: the models saw the same
-stimulus sequence (:func:`repeated_runs`).
+a model reaches. Runs repeat when they show the same stimulus sequence: the pipeline compares a
+signature of each run's timeline (:func:`repeated_signatures`; :func:`repeated_runs` compares
+uncleaned regressors instead).
 """
 from __future__ import annotations
 
@@ -57,6 +58,28 @@ def repeated_runs(regressors, run_lengths, atol: float = 1e-6) -> list[tuple[int
         else:
             match.append(i)
     return [tuple(g) for g in groups if len(g) >= 2]
+
+
+def repeated_signatures(signatures) -> list[tuple[int, ...]]:
+    """Groups of >= 2 runs with the same stimulus-sequence signature (e.g. a hash of the run's
+    timeline, length and TR): the runs showed the same stimuli at the same times."""
+    groups: dict = {}
+    for i, signature in enumerate(signatures):
+        groups.setdefault(signature, []).append(i)
+    return [tuple(g) for g in groups.values() if len(g) >= 2]
+
+
+def ceiling_from_signatures(signatures, voxels, run_lengths) -> NoiseCeiling | None:
+    """:func:`noise_ceiling` of the runs with equal stimulus-sequence signatures (the regressors
+    of such runs differ once each is cleaned with its own confounds); None, with an INFO log,
+    without repeats."""
+    groups = repeated_signatures(signatures)
+    if not groups:
+        logging.getLogger("bids_vlm").info(
+            "noise ceiling not computed: no two runs show the same stimulus sequence; it needs "
+            "repeated stimuli across runs")
+        return None
+    return noise_ceiling(voxels, run_lengths, groups)
 
 
 def ceiling_from_regressors(regressors, voxels, run_lengths) -> NoiseCeiling | None:
