@@ -73,23 +73,21 @@ def ceiling_from_signatures(signatures, voxels, run_lengths) -> NoiseCeiling | N
     """:func:`noise_ceiling` of the runs with equal stimulus-sequence signatures (the regressors
     of such runs differ once each is cleaned with its own confounds); None, with an INFO log,
     without repeats."""
-    groups = repeated_signatures(signatures)
-    if not groups:
-        logging.getLogger("bids_vlm").info(
-            "noise ceiling not computed: no two runs show the same stimulus sequence; it needs "
-            "repeated stimuli across runs")
-        return None
-    return noise_ceiling(voxels, run_lengths, groups)
+    return _ceiling_or_log(repeated_signatures(signatures), voxels, run_lengths, "")
 
 
 def ceiling_from_regressors(regressors, voxels, run_lengths) -> NoiseCeiling | None:
     """:func:`noise_ceiling` of the runs that :func:`repeated_runs` finds; None (and an INFO
     log saying why) without repeats."""
-    groups = repeated_runs(regressors, run_lengths)
+    return _ceiling_or_log(repeated_runs(regressors, run_lengths), voxels, run_lengths,
+                           " (identical AN regressors)")
+
+
+def _ceiling_or_log(groups, voxels, run_lengths, how) -> NoiseCeiling | None:
     if not groups:
         logging.getLogger("bids_vlm").info(
-            "noise ceiling not computed: no two runs show the same stimulus sequence (identical "
-            "AN regressors); it needs repeated stimuli across runs")
+            "noise ceiling not computed: no two runs show the same stimulus sequence%s; it "
+            "needs repeated stimuli across runs", how)
         return None
     return noise_ceiling(voxels, run_lengths, groups)
 

@@ -110,14 +110,10 @@ def find_weights(name: str, model_dir: str = "") -> Path:
     Raises :class:`WeightsNotFoundError` saying where to put them.
     """
     arch, tag = OPENAI[name]
-    for folder in model_dirs(model_dir):
-        for fname in WEIGHT_FILES:
-            if (folder / name / fname).is_file():
-                return folder / name / fname
     repo = _hf_repo(arch, tag)
-    cached = _from_hf_cache(repo)
-    if cached:
-        return cached
+    found = _local_weights(name, repo, model_dir)
+    if found:
+        return found
     where = ", ".join(str(d / name) for d in model_dirs(model_dir)) or "(no --model-dir given)"
     raise WeightsNotFoundError(
         f"weights for {name} (open_clip {arch}, pretrained '{tag}') are not on this machine and "
@@ -126,6 +122,16 @@ def find_weights(name: str, model_dir: str = "") -> Path:
         f"<model-dir>/{name}/ and pass --model-dir (or set BIDS_VLM_MODEL_DIR), or fill the cache "
         f"once on a machine with internet: python -c \"import open_clip; "
         f"open_clip.create_model('{arch}', pretrained='{tag}')\"")
+
+
+def _local_weights(folder_name, repo, model_dir):
+    """``<model dir>/<folder_name>/<weights file>``, else the Hugging Face cache of ``repo``,
+    else None."""
+    for folder in model_dirs(model_dir):
+        for fname in WEIGHT_FILES:
+            if (folder / folder_name / fname).is_file():
+                return folder / folder_name / fname
+    return _from_hf_cache(repo)
 
 
 def _hf_repo(arch, tag):
@@ -212,14 +218,10 @@ def load_generic(name: str, model_dir: str = "") -> OpenClipModel:
 
 def _tagged_weights(name, arch, tag, model_dir) -> Path:
     folder_name = f"{arch}-{tag}"
-    for folder in model_dirs(model_dir):
-        for fname in WEIGHT_FILES:
-            if (folder / folder_name / fname).is_file():
-                return folder / folder_name / fname
     repo = _hf_repo(arch, tag)
-    cached = _from_hf_cache(repo)
-    if cached:
-        return cached
+    found = _local_weights(folder_name, repo, model_dir)
+    if found:
+        return found
     raise WeightsNotFoundError(
         f"weights for {name} are not on this machine and bids_vlm does not download at run "
         f"time: put {WEIGHT_FILES[0]} from the Hugging Face repository '{repo}' into "
