@@ -295,3 +295,25 @@ def test_memory_bound_and_block_size():
     assert memory_bound(1000, 60000, 200000, block) <= bound
     with pytest.raises(MemoryError, match="too little"):
         block_size_for_memory(2**20, 1000, 60000, 200000)
+
+
+def test_voxels_prepared_once_give_the_same_result(problem):
+    """prepare_voxels once for several layers: the same association as from the array."""
+    from bids_vlm.encoding import prepare_voxels
+
+    x, y = problem
+    prepared = prepare_voxels(y, run_lengths=RUNS, n_lags=12, n_removed=4)
+    for cols in (slice(0, 8), slice(8, 20)):  # two "layers"
+        direct = associate(x[:, cols], y, block_size=3, run_lengths=RUNS, n_lags=12,
+                           n_removed=4)
+        again = associate(x[:, cols], prepared, block_size=3, run_lengths=RUNS, n_lags=12,
+                          n_removed=4)
+        for name in ("n_pos", "n_neg", "peak_voxel", "bn_count", "an_index", "voxel_index"):
+            np.testing.assert_array_equal(getattr(again, name), getattr(direct, name))
+        np.testing.assert_allclose(again.z, direct.z, rtol=1e-6)
+        if cols.start == 0:  # the planted ANs are found
+            assert again.n_pos[0] >= 8 and again.n_neg[5] >= 3
+    with pytest.raises(ValueError, match="prepared for"):
+        associate(x, prepared, run_lengths=RUNS, n_lags=12)  # other degrees of freedom
+    with pytest.raises(ValueError, match="prepared for"):
+        associate(x, prepared, run_lengths=RUNS, autocorr="none", n_removed=4)

@@ -176,7 +176,7 @@ def associate_node(regressors_file, cleaned_files, config_json):
     import numpy as np
 
     from bids_vlm.config import from_json
-    from bids_vlm.encoding import associate, method_description
+    from bids_vlm.encoding import associate, method_description, prepare_voxels
     from bids_vlm.encoding.association import TILE, TILE_CUDA, block_size_for_memory
     from bids_vlm.errors import ResourceError
     from bids_vlm.models.base import resolve_device
@@ -193,6 +193,10 @@ def associate_node(regressors_file, cleaned_files, config_json):
                                                  stats.fdr_scope)
         out.attrs["fdr_q"] = stats.fdr_q
         run_lengths = [int(n) for n in regs.attrs["run_lengths"]]
+        common = dict(run_lengths=run_lengths, autocorr=stats.autocorr,
+                      n_lags=stats.n_lags or None, n_removed=int(regs.attrs.get("n_removed", 0)))
+        prepared = prepare_voxels(voxels, device=str(device), **common)  # once for all layers
+        del voxels  # the prepared copy is all the layers need
         for stream in (s for s in regs if s != "delayed"):
             for layer in regs[stream]:
                 key = f"{stream}/{layer}"
@@ -201,16 +205,13 @@ def associate_node(regressors_file, cleaned_files, config_json):
                 if stats.mem_gb:
                     try:
                         block = block_size_for_memory(
-                            int(stats.mem_gb * 2**30), x.shape[0], x.shape[1], voxels.shape[1],
+                            int(stats.mem_gb * 2**30), x.shape[0], x.shape[1], prepared.n_vox,
                             tile=TILE if device.type == "cpu" else TILE_CUDA)
                     except MemoryError as exc:
                         raise ResourceError(str(exc)) from exc
-                res = associate(x, voxels, q=stats.fdr_q,
-                                block_size=block, device=str(device), progress=True,
-                                desc=f"association {key}", run_lengths=run_lengths,
-                                autocorr=stats.autocorr, n_lags=stats.n_lags or None,
-                                fdr_scope=stats.fdr_scope,
-                                n_removed=int(regs.attrs.get("n_removed", 0)))
+                res = associate(x, prepared, q=stats.fdr_q, block_size=block,
+                                device=str(device), progress=True, desc=f"association {key}",
+                                fdr_scope=stats.fdr_scope, **common)
                 for field, value in vars(res).items():
                     if field != "n_frames":
                         out[f"{key}/{field}"] = value

@@ -146,7 +146,9 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
               n_lags=None, workers=None, fdr_scope="an", n_removed=0) -> AssociationResult:
     """Association of every column of ``regressors`` (T, N) with every column of ``voxels`` (T, V).
 
-    run_lengths: frames per run (sum T); default one run. Both inputs are normalised here
+    voxels: the (T, V) array, or the same voxels prepared once by :func:`prepare_voxels` (for
+    several layers; it must have been given the same run_lengths, autocorr, n_lags, device and
+    n_removed). run_lengths: frames per run (sum T); default one run. Both inputs are normalised
     (centred, unit norm over all frames), so r is their inner product. workers: blocks scanned
     at once (default :func:`default_workers`); blocks are smaller than ``block_size`` when there
     would be fewer blocks than workers. fdr_scope: ``"an"``, BH over voxels for each AN;
@@ -156,19 +158,19 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     those of T - n_removed frames (Bartlett: T_eff = (T - n_removed) / (1 + 2 sum rho_x rho_y)).
     """
     n_frames, n_an = regressors.shape
-    n_dof = n_frames - int(n_removed)
-    if n_dof < 8:
-        raise ValueError(f"{n_frames} frames minus {n_removed} removed dimensions leave too few "
-                         "degrees of freedom")
-    run_lengths = _check(regressors, voxels, run_lengths, autocorr, fdr_scope)
+    n_dof, run_lengths = _check(regressors.shape[0], voxels, run_lengths, autocorr, fdr_scope,
+                                n_removed)
     dev = torch.device(device)
     workers = workers or default_workers(dev)
     block = max(1, min(block_size, -(-n_an // workers)))
     n_lags = (n_lags or default_lags(run_lengths)) if autocorr == "bartlett" else None
     starts = range(0, n_an, block)
     acc = _Accumulator(n_an)
-    with _pool(min(workers, len(starts))) as imap:
-        vox = _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof)
+    with _pool(min(workers, max(len(starts), 1))) as imap:
+        if isinstance(voxels, Voxels):
+            vox = _check_prepared(voxels, run_lengths, n_lags, dev, n_dof)
+        else:
+            vox = _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof)
         zcrit = torch.from_numpy(bh_z_thresholds(vox.n_vox, q).astype(np.float32)).to(dev)
         local, scanners = threading.local(), []
 
@@ -192,6 +194,19 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     return acc.result(scanners, vox.n_vox, n_frames)
 
 
+def prepare_voxels(voxels, run_lengths=None, autocorr="bartlett", n_lags=None, device="cpu",
+                   n_removed=0, workers=None) -> Voxels:
+    """The voxels (T, V) normalised (and their autocorrelations computed) once, for the
+    association of several regressor sets with them (:func:`associate` takes the result in
+    place of the array; the arguments mean the same there and must be the same)."""
+    n_frames = voxels.shape[0]
+    n_dof, run_lengths = _check(n_frames, voxels, run_lengths, autocorr, "an", n_removed)
+    n_lags = (n_lags or default_lags(run_lengths)) if autocorr == "bartlett" else None
+    dev = torch.device(device)
+    with _pool(workers or default_workers(dev)) as imap:
+        return _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof)
+
+
 def _across_all(run, acc, q, n_tests):
     """BH over all AN x voxel pairs: a first pass bounds the discoveries (counts of
     u >= zcrit[-1]^2), a second collects the entries that can reach the resulting critical
@@ -213,18 +228,34 @@ def _across_all(run, acc, q, n_tests):
     acc.add_all(an[keep], vox[keep], sign[keep], r_abs[keep], z_abs[keep], thr)
 
 
-def _check(regressors, voxels, run_lengths, autocorr, fdr_scope="an"):
-    n_frames = regressors.shape[0]
+def _check(n_frames, voxels, run_lengths, autocorr, fdr_scope, n_removed):
+    """Validated arguments -> (degrees of freedom of the frames, run lengths)."""
+    n_dof = n_frames - int(n_removed)
+    if n_dof < 8:
+        raise ValueError(f"{n_frames} frames minus {n_removed} removed dimensions leave too few "
+                         "degrees of freedom")
     if fdr_scope not in FDR_SCOPES:
         raise ValueError(f"fdr_scope must be one of {FDR_SCOPES}, not '{fdr_scope}'")
-    if voxels.shape[0] != n_frames:
-        raise ValueError(f"regressors have {n_frames} frames, voxels {voxels.shape[0]}")
+    n_vox_frames = voxels.y.shape[1] if isinstance(voxels, Voxels) else voxels.shape[0]
+    if n_vox_frames != n_frames:
+        raise ValueError(f"regressors have {n_frames} frames, voxels {n_vox_frames}")
     if autocorr not in AUTOCORR_METHODS:
         raise ValueError(f"autocorr must be one of {AUTOCORR_METHODS}, not '{autocorr}'")
     run_lengths = list(run_lengths) if run_lengths is not None else [n_frames]
     if sum(run_lengths) != n_frames:
         raise ValueError(f"run lengths {run_lengths} do not add up to {n_frames} frames")
-    return run_lengths
+    return n_dof, run_lengths
+
+
+def _check_prepared(vox, run_lengths, n_lags, dev, n_dof) -> Voxels:
+    """``vox`` if :func:`prepare_voxels` made it with the association's arguments."""
+    given = (tuple(run_lengths), n_lags, dev.type, n_dof)
+    made = (vox.run_lengths, None if vox.acf is None else vox.acf.shape[1] - 1,
+            vox.y.device.type, vox.n_dof)
+    if given != made:
+        raise ValueError(f"voxels were prepared for (run lengths, lags, device, degrees of "
+                         f"freedom) {made}, not {given}")
+    return vox
 
 
 @contextlib.contextmanager
@@ -262,7 +293,8 @@ def _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof=0) -> Voxels:
                                                                          n_lags)
 
     list(imap(prepare, range(0, n_vox, PREP_CHUNK)))
-    return Voxels(y=y, acf=acf, n_vox=n_vox, n_dof=n_dof or n_frames)
+    return Voxels(y=y, acf=acf, n_vox=n_vox, n_dof=n_dof or n_frames,
+                  run_lengths=tuple(int(n) for n in run_lengths))
 
 
 def _rows(cols, dev=None) -> torch.Tensor:

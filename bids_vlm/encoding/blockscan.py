@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from bids_vlm.encoding.fdr import bh_select
+from bids_vlm.encoding.screen_kernel import CHUNK, NO_FACTORS, tile_stats
 
-CHUNK = 64  # voxels per maximum of |u| (the voxel count is padded to a multiple of it)
 SLACK = 1e-5  # relative margin of the screening comparisons (float rounding of u and z)
 CANDIDATE_FRACTION = 0.05  # candidates kept at once, as a fraction of a block's entries
 
@@ -34,13 +34,14 @@ class Voxels:
     y: (Vp, T) one row per voxel, centred and scaled to unit norm, zero rows padding V to Vp, a
     multiple of CHUNK; acf: (Vp, K + 1) autocorrelations at lags 1..K and a last column of ones
     (None without the Bartlett correction); n_vox: V; n_dof: the frames' degrees of freedom,
-    T minus the dimensions the cleaning projected out (0 for T).
+    T minus the dimensions the cleaning projected out (0 for T); run_lengths: frames per run.
     """
 
     y: torch.Tensor
     acf: torch.Tensor | None
     n_vox: int
     n_dof: int = 0  # dimensions the data live in (T minus those cleaning removed); 0 = T
+    run_lengths: tuple = ()
 
 
 @dataclass
@@ -61,11 +62,14 @@ class BlockResult:
 
 class BlockScanner:
     """Buffers of one worker for blocks of up to ``max_block`` ANs, and best_r (Vp,), the signed
-    r of largest |r| of every voxel over the blocks it scanned."""
+    r of largest |r| of every voxel over the blocks it scanned. fused: a tile's statistics in one
+    compiled pass (default on the CPU) rather than torch operations (default on CUDA)."""
 
-    def __init__(self, vox: Voxels, max_block: int, tile: int, zcrit: torch.Tensor):
+    def __init__(self, vox: Voxels, max_block: int, tile: int, zcrit: torch.Tensor,
+                 fused: bool | None = None):
         dev, n_pad = vox.y.device, vox.y.shape[0]
         self.vox, self.tile, self.zcrit = vox, min(tile, n_pad), zcrit
+        self.fused = dev.type == "cpu" if fused is None else fused  # one compiled pass per tile
         self.n_frames = vox.n_dof or vox.y.shape[1]  # degrees of freedom of the frames
         zz = zcrit.double().square() * (1.0 - SLACK)
         self.u_crit = torch.cat([zz, zz.new_full((1,), float("inf"))]).float()  # [k-1]; [-1]: inf
@@ -112,24 +116,44 @@ class BlockScanner:
         return (rows, cols, torch.sign(u), *self._exact(rows, cols, u.abs(), acf_b))
 
     def _pass(self, xb, acf_b, peaks=True):
-        """Every tile: r, the peaks (unless ``peaks`` is false), u with the sign of r and its
-        chunk maxima. Returns per AN (b,): peak_r, peak_voxel, count of u >= zcrit[-1]^2."""
+        """Every tile: r (and the Bartlett factors), then the tile's statistics: the peaks
+        (unless ``peaks`` is false), u with the sign of r and its chunk maxima. Returns per AN
+        (b,): peak_r, peak_voxel, count of u >= zcrit[-1]^2."""
         b, dev = xb.shape[0], xb.device
-        peak_abs = torch.full((b,), -1.0, device=dev)
-        peak_r = torch.zeros(b, device=dev)
-        peak_voxel = torch.zeros(b, dtype=torch.int64, device=dev)
-        n_screen = torch.zeros(b, device=dev)
+        acc = (torch.full((b,), -1.0, device=dev), torch.zeros(b, device=dev),
+               torch.zeros(b, dtype=torch.int64, device=dev), torch.zeros(b, device=dev))
+        stats = self._fused_stats if self.fused else self._torch_stats
         for s, e, u_t, u_max in self._tiles(b):
-            r, a, f, q = (buf[:b * (e - s)].view(b, e - s) for buf in self.tmp)
+            r, f, a, q = (buf[:b * (e - s)].view(b, e - s) for buf in self.tmp)
             torch.mm(xb, self.vox.y[s:e].T, out=r)
-            torch.abs(r, out=a).clamp_(max=1.0)
-            if peaks:
-                self._peaks(s, r, a, peak_abs, peak_r, peak_voxel)
-            self._screen(s, e, a, acf_b, f, q)  # f = u >= 0
-            n_screen += torch.sub(f, self.u_crit[-2], out=q).sign_().clamp_(min=0).sum(1)
-            torch.amax(f.view(b, -1, CHUNK), 2, out=u_max)
-            torch.copysign(f, r, out=u_t)
-        return peak_r, peak_voxel, n_screen
+            if acf_b is not None:  # (1 + Bartlett factor) / D
+                torch.mm(acf_b, self.vox.acf[s:e].T, out=f)
+            stats(s, r, f if acf_b is not None else None, (a, q), u_t, u_max, peaks, acc)
+        return acc[1], acc[2], acc[3]
+
+    def _fused_stats(self, s, r, f, scratch, u_t, u_max, peaks, acc):
+        """The tile's statistics in one compiled pass (:mod:`bids_vlm.encoding.screen_kernel`)."""
+        n = self.n_frames
+        tile_stats(r.numpy(), NO_FACTORS if f is None else f.numpy(), n - 3.0, 1.0 / n,
+                   float(self.u_crit[-2]), u_t.numpy(), u_max.numpy(), acc[3].numpy(), s, peaks,
+                   *(t.numpy() for t in acc[:3]), self.best_r.numpy())
+
+    def _torch_stats(self, s, r, f, scratch, u_t, u_max, peaks, acc):
+        """The tile's statistics from torch operations (CUDA); f is overwritten with u."""
+        (a, q), b = scratch, r.shape[0]
+        torch.abs(r, out=a).clamp_(max=1.0)
+        if peaks:
+            self._peaks(s, r, a, *acc[:3])
+        if f is None:
+            f = u_t
+            f.fill_(self.n_frames - 3.0)
+        else:  # clamped to T_eff in [4, D], -> T_eff - 3
+            f.clamp_(1.0 / self.n_frames, 0.25).reciprocal_().sub_(3.0)
+        torch.mul(a, a, out=q)
+        f.div_(q.reciprocal_().sub_(1.0))  # u = s^2 / (1 / r^2 - 1)
+        acc[3].add_(torch.sub(f, self.u_crit[-2], out=q).sign_().clamp_(min=0).sum(1))
+        torch.amax(f.view(b, -1, CHUNK), 2, out=u_max)
+        torch.copysign(f, r, out=u_t)
 
     def _peaks(self, s, r, a, peak_abs, peak_r, peak_voxel):
         """Per AN: largest |r| so far (first voxel on ties); per voxel: signed r of largest |r|."""
@@ -144,17 +168,6 @@ class BlockScanner:
         tile_best = torch.where(high >= -low, high, low)
         best = self.best_r[s:s + r.shape[1]]
         best.copy_(torch.where(tile_best.abs() > best.abs(), tile_best, best))
-
-    def _screen(self, s, e, a, acf_b, f, q):
-        """f <- u = s^2 r^2 / (1 - r^2) (a = |r| <= 1; inf for |r| = 1); q is scratch."""
-        n = self.n_frames
-        if acf_b is None:
-            f.fill_(n - 3.0)
-        else:  # (1 + Bartlett factor) / T, clamped to T_eff in [4, T], -> T_eff - 3
-            torch.mm(acf_b, self.vox.acf[s:e].T, out=f)
-            f.clamp_(1.0 / n, 0.25).reciprocal_().sub_(3.0)
-        torch.mul(a, a, out=q)
-        f.div_(q.reciprocal_().sub_(1.0))  # s^2 / (1 / r^2 - 1)
 
     def _candidates(self, b, n_screen):
         """Entries whose u reaches the lowest threshold any discovery of its AN can have:

@@ -1,0 +1,99 @@
+"""The per-tile statistics of :mod:`bids_vlm.encoding.blockscan` in one pass (CPU, numba).
+
+After a tile's matrix products (r and, with the Bartlett correction, the factors f), torch would
+need about 17 elementwise passes over the tile for |r|, the peaks, the screening statistic u, its
+chunk maxima and the screening counts; here one compiled loop reads r and f once, keeps every
+intermediate in registers and writes u. It releases the GIL, so the association's worker threads
+run it at once. The same statistics on CUDA come from torch operations
+(:meth:`bids_vlm.encoding.blockscan.BlockScanner._torch_stats`); a test checks that both agree.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+CHUNK = 64  # voxels per maximum of |u| (a constant: the loops over a chunk unroll)
+_FLAGS = {"nsz", "arcp", "contract", "reassoc", "afn"}  # not 'nnan' / 'ninf': u = inf at |r| = 1
+_ABS = np.int32(0x7FFFFFFF)  # the bits of |x| of a float32 x
+_ONE = np.int32(np.float32(1.0).view(np.int32))
+
+
+def _jit(function):
+    """numba.njit, cached on disk when a cache folder is writable (compiled anew otherwise)."""
+    options = dict(nogil=True, error_model="numpy", fastmath=_FLAGS)
+    try:
+        return numba.njit(cache=True, **options)(function)
+    except RuntimeError:  # no writable cache location (read-only install and home)
+        return numba.njit(**options)(function)
+
+
+@_jit
+def _stats(r, f, s2_const, f_lo, u_crit, u_out, u_max, n_screen, col0,
+           peaks, peak_abs, peak_r, peak_voxel, best_r):  # pragma: no cover - compiled
+    # Maxima of non-negative float32 values are taken over their bits as int32 (the same order),
+    # so that the loops vectorise; floats would need NaN-aware maxima that do not.
+    b, w = r.shape
+    use_f = f.shape[0] > 0
+    one, zero = np.float32(1.0), np.float32(0.0)
+    top_bits, u_max_bits = peak_abs.view(np.int32), u_max.view(np.int32)
+    for i in range(b):
+        ri, ui = r[i], u_out[i]
+        r_bits, u_bits = ri.view(np.int32), ui.view(np.int32)
+        count, top = zero, top_bits[i]
+        for c in range(w // CHUNK):
+            j0 = c * CHUNK
+            if use_f:
+                fi = f[i]
+                for j in range(j0, j0 + CHUNK):
+                    s2 = one / min(max(fi[j], f_lo), np.float32(0.25)) - np.float32(3.0)
+                    rv = ri[j]
+                    a = min(abs(rv), one)
+                    a2 = a * a
+                    u = s2 * a2 / (one - a2)
+                    ui[j] = u if rv >= zero else -u
+                    count += one if u >= u_crit else zero
+            else:
+                for j in range(j0, j0 + CHUNK):
+                    rv = ri[j]
+                    a = min(abs(rv), one)
+                    a2 = a * a
+                    u = s2_const * a2 / (one - a2)
+                    ui[j] = u if rv >= zero else -u
+                    count += one if u >= u_crit else zero
+            u_top, a_top = np.int32(0), np.int32(0)
+            for j in range(j0, j0 + CHUNK):
+                u_top = max(u_top, u_bits[j] & _ABS)
+                a_top = max(a_top, r_bits[j] & _ABS)
+            u_max_bits[i, c] = u_top
+            a_top = min(a_top, _ONE)
+            if peaks and a_top > top:  # a new largest |r| of the AN: its first voxel
+                top = a_top
+                for j in range(j0, j0 + CHUNK):
+                    if min(r_bits[j] & _ABS, _ONE) == a_top:
+                        peak_r[i], peak_voxel[i] = ri[j], col0 + j
+                        break
+        if peaks:
+            top_bits[i] = top
+            for j in range(w):
+                rv, best = ri[j], best_r[col0 + j]
+                best_r[col0 + j] = rv if abs(rv) > abs(best) else best
+        n_screen[i] += count
+
+
+def tile_stats(r, f, s2_const, f_lo, u_crit, u_out, u_max, n_screen, col0, peaks,
+               peak_abs, peak_r, peak_voxel, best_r):
+    """One tile's statistics, in place (all arrays float32 numpy views of torch CPU tensors).
+
+    r (b, w): correlations of the block's b ANs with voxels col0..col0 + w; f (b, w): their
+    Bartlett factors / D (then s2 = 1 / clip(f, f_lo, 1/4) - 3), or shape (0, 0) for the constant
+    s2 = ``s2_const``. Writes u_out (b, w) = sign(r) s2 r^2 / (1 - r^2) and u_max (b, w / CHUNK),
+    the maximum |u| of every ``CHUNK`` voxels; adds to n_screen (b,) the count of u >= ``u_crit``.
+    With ``peaks``: per AN (b,) peak_abs / peak_r / peak_voxel (largest |r|, first voxel on
+    ties) and per voxel best_r (the signed r of largest |r|, first AN on ties; indexed col0 + j)
+    are updated.
+    """
+    _stats(r, f, np.float32(s2_const), np.float32(f_lo), np.float32(u_crit), u_out,
+           u_max, n_screen, col0, peaks, peak_abs, peak_r, peak_voxel, best_r)
+
+
+NO_FACTORS = np.zeros((0, 0), np.float32)
