@@ -45,6 +45,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     NIPYPE_NO_ET=1 \
     MPLBACKEND=Agg \
     MPLCONFIGDIR=/tmp/matplotlib \
+    NUMBA_CACHE_DIR=/tmp/numba \
     PYTHONDONTWRITEBYTECODE=1
 USER 1000:1000
 WORKDIR /tmp

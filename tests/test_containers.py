@@ -164,7 +164,8 @@ def test_runtime_is_offline_with_the_caches_in_the_image():
     copied = [v.split()[-1] for v in values(stages()["runtime"], "COPY") if "--from=weights" in v]
     for var in ("BIDS_VLM_MODEL_DIR", "HF_HOME", "TEMPLATEFLOW_HOME"):
         assert any(env[var].startswith(folder + "/") for folder in copied), var
-    assert env["MPLCONFIGDIR"].startswith("/tmp/")  # writable under docker run --read-only
+    for var in ("MPLCONFIGDIR", "NUMBA_CACHE_DIR"):  # writable under docker run --read-only
+        assert env[var].startswith("/tmp/"), var
 
 
 def test_nothing_downloads_at_run_time():

@@ -103,3 +103,22 @@ def test_tile_stats_values():
                peak_r, peak_voxel, best)
     with np.errstate(divide="ignore"):
         np.testing.assert_allclose(u, np.sign(r) * (n - 3) * r ** 2 / (1 - r ** 2), rtol=1e-5)
+
+
+def test_kernel_compiles_without_a_writable_cache(monkeypatch):
+    """Where numba finds no cache folder (read-only install and home), the kernel is compiled
+    in memory instead of failing at import."""
+    import numba
+
+    from bids_vlm.encoding import screen_kernel
+
+    njit = numba.njit
+
+    def no_cache(*args, **kwargs):
+        if kwargs.get("cache"):
+            raise RuntimeError("cannot cache function: no locator available")
+        return njit(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", no_cache)
+    double = screen_kernel._jit(lambda a: 2 * a)
+    assert double(np.float32(2.0)) == 4.0
