@@ -30,6 +30,7 @@ from scipy import special
 from bids_vlm.encoding.blockscan import (CANDIDATE_FRACTION, CHUNK, BlockScanner, Voxels,
                                          pad_voxels, u_threshold)
 from bids_vlm.encoding.fdr import bh_sorted, bh_z_thresholds, p_from_z
+from bids_vlm.encoding.kernels import prepare_rows
 from bids_vlm.progress import progress as progress_bar
 
 AUTOCORR_METHODS = ("bartlett", "none")
@@ -285,16 +286,32 @@ def _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof=0) -> Voxels:
         acf = torch.zeros(n_pad, n_lags + 1, device=dev)
         acf[:, -1] = 1.0
 
-    def prepare(start):  # normalised in a scratch copy (in cache), then written in order
-        rows = _rows(voxels[:, start:start + PREP_CHUNK], dev=dev)
-        y[start:start + rows.shape[0]] = rows
-        if acf is not None:
-            acf[start:start + rows.shape[0], :-1] = row_autocorrelations(rows, run_lengths,
-                                                                         n_lags)
+    def prepare(start):
+        stop = min(start + PREP_CHUNK, n_vox)
+        _rows_acf(voxels[:, start:stop], run_lengths, n_lags, dev, y[start:stop],
+                  None if acf is None else acf[start:stop, :-1])
 
     list(imap(prepare, range(0, n_vox, PREP_CHUNK)))
     return Voxels(y=y, acf=acf, n_vox=n_vox, n_dof=n_dof or n_frames,
                   run_lengths=tuple(int(n) for n in run_lengths))
+
+
+def _rows_acf(cols, run_lengths, n_lags, dev, rows=None, acf=None):
+    """cols (T, n) array -> rows (n, T) float32 on ``dev``, centred, unit norm (constant -> 0),
+    and acf (n, K) their autocorrelations at lags 1..K within runs (None when n_lags is None);
+    written into ``rows`` / ``acf`` when given. One compiled pass on the CPU
+    (:func:`bids_vlm.encoding.kernels.prepare_rows`), torch and the FFT on CUDA."""
+    n = cols.shape[1]
+    rows = torch.empty(n, cols.shape[0], device=dev) if rows is None else rows
+    if n_lags is not None and acf is None:
+        acf = torch.empty(n, n_lags, device=dev)
+    if dev.type == "cpu":
+        prepare_rows(cols, run_lengths, rows.numpy(), None if n_lags is None else acf.numpy())
+    else:
+        rows.copy_(_rows(cols, dev=dev))
+        if n_lags is not None:
+            acf.copy_(row_autocorrelations(rows, run_lengths, n_lags))
+    return rows, acf
 
 
 def _rows(cols, dev=None) -> torch.Tensor:
@@ -311,10 +328,10 @@ def _prepare_block(x, run_lengths, n_lags, dev, n_dof=0):
     """x (T, b) raw regressors -> normalised rows (b, T) and, for the Bartlett correction,
     (b, K + 1): Tukey-weighted autocorrelations / D and a last column 1 / D, D the degrees of
     freedom of the frames (``n_dof``, default T)."""
-    rows = _rows(x, dev=dev)
+    rows, acf = _rows_acf(x, run_lengths, n_lags, dev)
     if n_lags is None:
         return rows, None
-    weighted = row_autocorrelations(rows, run_lengths, n_lags) * bartlett_weights(n_lags).to(dev)
+    weighted = acf * bartlett_weights(n_lags).to(dev)
     ones = torch.ones(rows.shape[0], 1, device=dev)
     return rows, torch.cat([weighted, ones], 1) / (n_dof or rows.shape[1])
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from bids_vlm.encoding.fdr import bh_select
-from bids_vlm.encoding.screen_kernel import CHUNK, NO_FACTORS, tile_stats
+from bids_vlm.encoding import kernels
+from bids_vlm.encoding.kernels import CHUNK, NO_FACTORS, tile_stats
 
 SLACK = 1e-5  # relative margin of the screening comparisons (float rounding of u and z)
 CANDIDATE_FRACTION = 0.05  # candidates kept at once, as a fraction of a block's entries
@@ -132,7 +134,7 @@ class BlockScanner:
         return acc[1], acc[2], acc[3]
 
     def _fused_stats(self, s, r, f, scratch, u_t, u_max, peaks, acc):
-        """The tile's statistics in one compiled pass (:mod:`bids_vlm.encoding.screen_kernel`)."""
+        """The tile's statistics in one compiled pass (:mod:`bids_vlm.encoding.kernels`)."""
         n = self.n_frames
         tile_stats(r.numpy(), NO_FACTORS if f is None else f.numpy(), n - 3.0, 1.0 / n,
                    float(self.u_crit[-2]), u_t.numpy(), u_max.numpy(), acc[3].numpy(), s, peaks,
@@ -176,17 +178,34 @@ class BlockScanner:
         k = n_screen
         cap = CANDIDATE_FRACTION * b * self.vox.n_vox
         while int(k.sum()) > cap:
-            counts = sum(torch.bincount(rows, minlength=b)
-                         for rows, _, _ in self.entries_above(b, self.u_crit[k - 1]))
+            counts = self.counts_above(b, self.u_crit[k - 1])
             if torch.equal(counts, k):
                 break
             k = counts
         found = list(self.entries_above(b, self.u_crit[k - 1]))  # k = 0 -> inf
         return tuple(torch.cat(parts) for parts in zip(*found))
 
+    def counts_above(self, b, crit):
+        """Per AN (b,) int64: the block's entries with |u| >= crit[row]."""
+        if self.fused:
+            counts = np.zeros(b, np.int64)
+            kernels.entries_above(self._numpy_tiles(b), crit.numpy(), counts)
+            return torch.from_numpy(counts)
+        return sum(torch.bincount(rows, minlength=b) for rows, _, _ in self.entries_above(b, crit))
+
     def entries_above(self, b, crit):
         """(rows, cols, signed u) of the block's entries with |u| >= crit[row] (b,), in pieces:
-        only the chunks whose maximum reaches the threshold are read, a tile's worth at a time."""
+        only the chunks whose maximum reaches the threshold are read (on CUDA a tile's worth of
+        chunks at a time)."""
+        if self.fused:
+            counts = np.zeros(b, np.int64)
+            kernels.entries_above(self._numpy_tiles(b), crit.numpy(), counts)
+            total = int(counts.sum())
+            out = (np.empty(total, np.int64), np.empty(total, np.int64),
+                   np.empty(total, np.float32))
+            kernels.entries_above(self._numpy_tiles(b), crit.numpy(), counts, out)
+            yield tuple(torch.from_numpy(a) for a in out)
+            return
         chunk_row, chunk_col = self._chunk_map(b)
         crit_chunk = crit[chunk_row]
         chunks = torch.nonzero(self.u_max[:chunk_row.shape[0]] >= crit_chunk)[:, 0]
@@ -198,6 +217,10 @@ class BlockScanner:
             hit = torch.nonzero((vals.abs() >= crit_chunk[g][:, None]).view(-1))[:, 0]
             g_hit = g[hit // CHUNK]
             yield chunk_row[g_hit], chunk_col[g_hit] + hit % CHUNK, vals.view(-1)[hit]
+
+    def _numpy_tiles(self, b):
+        """(first voxel, u (b, w), u_max (b, w / CHUNK)) numpy views of every tile."""
+        return [(s, u_t.numpy(), u_max.numpy()) for s, _, u_t, u_max in self._tiles(b)]
 
     def _chunk_map(self, b):
         """(b Vp / CHUNK,) AN row and first voxel of every chunk of a b-AN block's u."""

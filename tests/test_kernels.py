@@ -9,7 +9,7 @@ import torch
 from bids_vlm.encoding.association import _prepare_block, _prepare_voxels
 from bids_vlm.encoding.blockscan import BlockScanner
 from bids_vlm.encoding.fdr import bh_z_thresholds
-from bids_vlm.encoding.screen_kernel import CHUNK, NO_FACTORS, tile_stats
+from bids_vlm.encoding.kernels import CHUNK, NO_FACTORS, tile_stats
 
 RUNS = [120, 80]
 
@@ -24,7 +24,7 @@ def _problem(n_an=9, n_vox=300, seed=0):
     y = rng.standard_normal((t, n_vox)).astype(np.float32)
     y[:, :40] += 0.5 * x[:, [0]]
     y[:, 40:50] -= 3.0 * x[:, [3]]
-    y[:, 50] = -2.0 * x[:, 1] + 3.0  # r = -1 exactly (up to rounding)
+    y[:, 50] = -2.0 * x[:, 1] + 3.0  # r = -1 (up to rounding)
     y[:, 60] = 1.0  # constant
     return x, y
 
@@ -51,7 +51,7 @@ def test_fused_pass_equals_torch_pass(bartlett):
     assert torch.equal(fused[1], plain[1])
     assert torch.equal(fused[2], plain[2]) and fused[2][0] >= 40
     finite = torch.isfinite(plain[3])
-    assert torch.equal(finite, torch.isfinite(fused[3])) and not finite.all()  # r = -1: -inf
+    assert torch.equal(finite, torch.isfinite(fused[3]))  # |r| = 1 would give inf
     torch.testing.assert_close(fused[3][finite], plain[3][finite], rtol=2e-6, atol=0)
     torch.testing.assert_close(fused[4], plain[4], rtol=2e-6, atol=0)
     torch.testing.assert_close(fused[5], plain[5], atol=1e-7, rtol=0)
@@ -110,7 +110,7 @@ def test_kernel_compiles_without_a_writable_cache(monkeypatch):
     in memory instead of failing at import."""
     import numba
 
-    from bids_vlm.encoding import screen_kernel
+    from bids_vlm.encoding import kernels
 
     njit = numba.njit
 
@@ -120,5 +120,32 @@ def test_kernel_compiles_without_a_writable_cache(monkeypatch):
         return njit(*args, **kwargs)
 
     monkeypatch.setattr(numba, "njit", no_cache)
-    double = screen_kernel._jit(lambda a: 2 * a)
+    double = kernels._jit(lambda a: 2 * a)
     assert double(np.float32(2.0)) == 4.0
+
+
+def test_prepare_rows_equals_torch_and_fft():
+    """Rows and within-run autocorrelations from the compiled pass equal the torch
+    normalisation and the FFT of row_autocorrelations: unequal runs, a run shorter than the
+    lags, a constant column, float64 and strided input."""
+    from bids_vlm.encoding.association import _rows
+    from bids_vlm.encoding.autocorr import row_autocorrelations
+    from bids_vlm.encoding.kernels import prepare_rows
+
+    rng = np.random.default_rng(7)
+    runs, n_lags = [90, 6, 64], 8
+    data = rng.standard_normal((sum(runs), 40)).cumsum(0)  # float64, autocorrelated
+    data[:, 2] = 2.5  # column 1 of cols
+    cols = data[:, ::2]  # strided
+    rows, acf = np.empty((20, sum(runs)), np.float32), np.empty((20, n_lags), np.float32)
+    prepare_rows(cols, runs, rows, acf)
+    expected_rows = _rows(cols)
+    np.testing.assert_allclose(rows, expected_rows.numpy(), atol=2e-7)
+    np.testing.assert_allclose(acf, row_autocorrelations(expected_rows, runs, n_lags).numpy(),
+                               atol=2e-6)
+    assert not rows[1].any() and not acf[1].any()  # the constant column
+    assert acf[0, 0] > 0.8  # a random walk
+    np.testing.assert_allclose(np.linalg.norm(rows[[0, 2]], axis=1), 1.0, rtol=1e-6)
+    only_rows = np.empty_like(rows)
+    prepare_rows(cols, runs, only_rows)
+    np.testing.assert_array_equal(only_rows, rows)

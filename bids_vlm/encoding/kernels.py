@@ -1,11 +1,16 @@
-"""The per-tile statistics of :mod:`bids_vlm.encoding.blockscan` in one pass (CPU, numba).
+"""Compiled CPU kernels of the association (numba): a tile's statistics, and rows prepared.
 
+:func:`tile_stats`: the per-tile statistics of :mod:`bids_vlm.encoding.blockscan` in one pass.
 After a tile's matrix products (r and, with the Bartlett correction, the factors f), torch would
 need about 17 elementwise passes over the tile for |r|, the peaks, the screening statistic u, its
 chunk maxima and the screening counts; here one compiled loop reads r and f once, keeps every
 intermediate in registers and writes u. It releases the GIL, so the association's worker threads
 run it at once. The same statistics on CUDA come from torch operations
 (:meth:`bids_vlm.encoding.blockscan.BlockScanner._torch_stats`); a test checks that both agree.
+
+:func:`prepare_rows`: columns of frames -> centred unit-norm rows and their autocorrelations
+within runs, in one pass per column chunk (on CUDA: torch and the FFT of
+:func:`bids_vlm.encoding.autocorr.row_autocorrelations`).
 """
 from __future__ import annotations
 
@@ -97,3 +102,87 @@ def tile_stats(r, f, s2_const, f_lo, u_crit, u_out, u_max, n_screen, col0, peaks
 
 
 NO_FACTORS = np.zeros((0, 0), np.float32)
+
+
+@_jit
+def _above(u, u_max, crit, col0, rows, cols, vals, n, counts):  # pragma: no cover - compiled
+    b, w = u.shape
+    store = rows.shape[0] > 0
+    for i in range(b):
+        level = crit[i]
+        for c in range(w // CHUNK):
+            if u_max[i, c] >= level:
+                for j in range(c * CHUNK, (c + 1) * CHUNK):
+                    if abs(u[i, j]) >= level:
+                        counts[i] += 1
+                        if store:
+                            rows[n], cols[n], vals[n] = i, col0 + j, u[i, j]
+                            n += 1
+    return n
+
+
+def entries_above(tiles, crit, counts, out=None):
+    """The entries of a block's u with |u| >= crit[row] (b,), reading only the chunks whose
+    maximum reaches it. tiles: (first voxel, u (b, w), u_max (b, w / CHUNK)) of every tile,
+    float32 arrays. Adds each row's count to counts (b,) int64; with ``out`` = (rows, cols,
+    vals), arrays with room for them all, also writes the entries there (AN row, voxel, signed
+    u, in row order within each tile) and returns how many."""
+    rows, cols, vals = out or (np.zeros(0, np.int64), np.zeros(0, np.int64),
+                               np.zeros(0, np.float32))
+    n = 0
+    for col0, u, u_max in tiles:
+        n = _above(u, u_max, crit, col0, rows, cols, vals, n, counts)
+    return n
+
+
+@_jit
+def _prepare(cols, run_starts, rows, acf):  # pragma: no cover - compiled
+    n_frames, n = cols.shape
+    n_lags = acf.shape[1]
+    zero = np.float32(0.0)
+    for t0 in range(0, n_frames, 16):  # transposed in blocks of 16 frames (64-byte rows)
+        for j in range(n):
+            for t in range(t0, min(t0 + 16, n_frames)):
+                rows[j, t] = cols[t, j]
+    seg = np.empty(n_frames, np.float32)
+    lagged = np.empty(n_lags, np.float64)
+    for j in range(n):
+        x = rows[j]
+        mean = x.sum() / n_frames
+        ss = zero
+        for t in range(n_frames):
+            x[t] -= mean
+            ss += x[t] * x[t]
+        norm = np.sqrt(ss)
+        scale = np.float32(1.0) / norm if norm > 1e-6 else zero
+        for t in range(n_frames):
+            x[t] *= scale
+        if n_lags == 0:
+            continue
+        lagged[:] = 0.0
+        den = 0.0
+        for r in range(len(run_starts) - 1):
+            start, length = run_starts[r], run_starts[r + 1] - run_starts[r]
+            run_mean = x[start:start + length].sum() / length
+            ss = zero
+            for t in range(length):
+                seg[t] = x[start + t] - run_mean
+                ss += seg[t] * seg[t]
+            den += ss
+            for k in range(1, min(n_lags, length - 1) + 1):
+                total = zero
+                for t in range(length - k):
+                    total += seg[t] * seg[t + k]
+                lagged[k - 1] += total
+        for k in range(n_lags):
+            acf[j, k] = lagged[k] / den if den > 1e-12 else 0.0
+
+
+def prepare_rows(cols, run_lengths, rows, acf=None):
+    """cols (T, n) array (any strides) -> rows (n, T) float32, centred and scaled to unit norm
+    (constant columns -> 0), and acf (n, K) their autocorrelations at lags 1..K within runs
+    (rows centred per run; no lag crosses a run boundary; pooled over runs), both written in
+    place; acf None: none computed. ``run_lengths`` sum to T."""
+    starts = np.concatenate([[0], np.cumsum(run_lengths)]).astype(np.int64)
+    _prepare(np.asarray(cols, dtype=np.float32), starts, rows,
+             NO_FACTORS[:rows.shape[0]] if acf is None else acf)
