@@ -38,6 +38,7 @@ FDR_SCOPES = ("an", "all")  # BH per AN over voxels, or over all AN x voxel pair
 TILE = 2048  # voxels per tile on the CPU (a tile's statistics stay in cache)
 TILE_CUDA = 65536  # on a GPU, fewer and larger tiles
 PREP_CHUNK = 256  # voxels normalised (and their autocorrelations computed) at a time
+PREP_CHUNK_CUDA = 8192  # on a GPU, fewer and larger chunks
 # bytes per AN x voxel element of a tile (r, |r|, factors, scratch, chunks read back), of the
 # block (u; per chunk its maximum, AN and first voxel), per candidate entry, per frame x AN of
 # the block, and per worker for torch / MKL workspaces and the exact z of 65536 candidates
@@ -125,7 +126,8 @@ def memory_bound(n_frames: int, n_an: int, n_vox: int, block_size: int,
     inputs = 4 * n_frames * (n_an + n_vox) + 4 * (n_frames + n_lags + 1) * n_pad
     per_an = (n_pad * _BLOCK_BYTES + min(tile, n_pad) * _TILE_BYTES + n_frames * _FRAME_BYTES
               + n_vox * candidate_fraction * _CANDIDATE_BYTES)
-    per_worker = 12 * n_pad + _FRAME_BYTES * n_frames * PREP_CHUNK + _WORKER_BYTES
+    prep = PREP_CHUNK if tile == TILE else PREP_CHUNK_CUDA
+    per_worker = 12 * n_pad + _FRAME_BYTES * n_frames * prep + _WORKER_BYTES
     return int(inputs + workers * (block_size * per_an + per_worker))
 
 
@@ -286,12 +288,14 @@ def _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof=0) -> Voxels:
         acf = torch.zeros(n_pad, n_lags + 1, device=dev)
         acf[:, -1] = 1.0
 
+    step = PREP_CHUNK if dev.type == "cpu" else PREP_CHUNK_CUDA
+
     def prepare(start):
-        stop = min(start + PREP_CHUNK, n_vox)
+        stop = min(start + step, n_vox)
         _rows_acf(voxels[:, start:stop], run_lengths, n_lags, dev, y[start:stop],
                   None if acf is None else acf[start:stop, :-1])
 
-    list(imap(prepare, range(0, n_vox, PREP_CHUNK)))
+    list(imap(prepare, range(0, n_vox, step)))
     return Voxels(y=y, acf=acf, n_vox=n_vox, n_dof=n_dof or n_frames,
                   run_lengths=tuple(int(n) for n in run_lengths))
 
@@ -310,7 +314,7 @@ def _rows_acf(cols, run_lengths, n_lags, dev, rows=None, acf=None):
     else:
         rows.copy_(_rows(cols, dev=dev))
         if n_lags is not None:
-            acf.copy_(row_autocorrelations(rows, run_lengths, n_lags))
+            acf.copy_(row_autocorrelations(rows, run_lengths, n_lags, chunk=n))
     return rows, acf
 
 
