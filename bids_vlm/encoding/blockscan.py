@@ -173,15 +173,18 @@ class BlockScanner:
 
     def _candidates(self, b, n_screen):
         """Entries whose u reaches the lowest threshold any discovery of its AN can have:
-        (rows, cols, signed u). While they would exceed :data:`CANDIDATE_FRACTION` of the
-        block, BH's bound is tightened first by counting passes (k <- #{u >= zcrit[k-1]^2})."""
-        k = n_screen
+        (rows, cols, signed u). BH's bound is tightened first by counting passes
+        (k <- #{u >= zcrit[k-1]^2}, never larger, never below the discoveries) while a pass
+        at least halves the candidates, and until they fit in :data:`CANDIDATE_FRACTION` of
+        the block unless the bound stalls above it."""
+        k, total = n_screen, int(n_screen.sum())
         cap = CANDIDATE_FRACTION * b * self.vox.n_vox
-        while int(k.sum()) > cap:
-            counts = self.counts_above(b, self.u_crit[k - 1])
-            if torch.equal(counts, k):
+        while total > b:  # more than one candidate per AN on average
+            k = self.counts_above(b, self.u_crit[k - 1])
+            fewer = int(k.sum())
+            if fewer == total or (fewer > total / 2 and fewer <= cap):
                 break
-            k = counts
+            total = fewer
         found = list(self.entries_above(b, self.u_crit[k - 1]))  # k = 0 -> inf
         return tuple(torch.cat(parts) for parts in zip(*found))
 

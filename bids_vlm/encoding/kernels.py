@@ -41,6 +41,7 @@ def _stats(r, f, s2_const, f_lo, u_crit, u_out, u_max, n_screen, col0,
     use_f = f.shape[0] > 0
     one, zero = np.float32(1.0), np.float32(0.0)
     top_bits, u_max_bits = peak_abs.view(np.int32), u_max.view(np.int32)
+    best = best_r[col0:col0 + w]  # a slice, so that the loop over it vectorises
     for i in range(b):
         ri, ui = r[i], u_out[i]
         r_bits, u_bits = ri.view(np.int32), ui.view(np.int32)
@@ -80,8 +81,8 @@ def _stats(r, f, s2_const, f_lo, u_crit, u_out, u_max, n_screen, col0,
         if peaks:
             top_bits[i] = top
             for j in range(w):
-                rv, best = ri[j], best_r[col0 + j]
-                best_r[col0 + j] = rv if abs(rv) > abs(best) else best
+                rv, bv = ri[j], best[j]
+                best[j] = rv if abs(rv) > abs(bv) else bv
         n_screen[i] += count
 
 
