@@ -209,7 +209,7 @@ def test_outputs_with_two_models_pass_the_bids_validator(arch):
 def test_report_section_without_msi_table(tmp_path):
     """Native space: only the overlap table; the section draws its figure and says why the
     index is missing."""
-    from bids_vlm.report import _figure, _save
+    from bids_vlm.report import _table_section
     from bids_vlm.report_architecture import architecture_sections
 
     table = pd.DataFrame({"model": "m", "stream_a": "image", "stream_b": "text",
@@ -221,7 +221,7 @@ def test_report_section_without_msi_table(tmp_path):
     path.with_suffix(".json").write_text(json.dumps({"Models": ["m", "n"]}))
     figdir = tmp_path / "figures"
     figdir.mkdir()
-    page = "".join(architecture_sections([path], figdir, tmp_path, _save, _figure))
+    page = "".join(architecture_sections([path], figdir, tmp_path, _table_section))
     assert "Architecture: m vs n" in page and "Modality specificity not computed" in page
     assert [p.name for p in figdir.iterdir()] == ["sub-01_task-x_desc-mVsn_streamoverlap.png"]
     assert "src='figures/sub-01_task-x_desc-mVsn_streamoverlap.png'" in page
