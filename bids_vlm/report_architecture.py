@@ -51,7 +51,7 @@ def architecture_sections(tables, figdir, out, section) -> list[str]:
             figdir / f"{stem}_streamoverlap.png", out,
             "Overlap of the BN maps (voxels that are a BN of any AN of a layer) of each "
             "model's image and text streams, and of METER's cross-image and cross-text "
-            "streams, against relative depth (layer + 1) / layers; dotted: the Jaccard "
+            "streams, against relative depth layer / (layers - 1); dotted: the Jaccard "
             "overlap of maps of the same sizes placed at random.",
             "No layers of paired streams are at the same relative depth.")
     return parts
@@ -119,8 +119,8 @@ def overlap_figure(overlap: pd.DataFrame):
                      linestyle=":", linewidth=1)
         axes[1].plot(rows.relative_depth, rows.dice, **style)
     for ax, name in zip(axes, ("Jaccard", "Dice")):
-        ax.set(xlabel="relative depth (layer + 1) / layers", ylabel=f"{name} overlap",
-               xlim=(0, 1.05), ylim=(-0.02, 1.02))
+        ax.set(xlabel="relative depth layer / (layers - 1)", ylabel=f"{name} overlap",
+               xlim=(-0.05, 1.05), ylim=(-0.02, 1.02))
     if keys:
         axes[1].legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
