@@ -35,9 +35,11 @@ def group_overlap(tables: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
     """
     frames = [table.assign(participant=sub) for sub, table in tables]
     every = pd.concat(frames, ignore_index=True)
-    per_sub = every.groupby(PAIR_KEYS + ["participant"], sort=False)[AVERAGED].mean()
-    grouped = per_sub.groupby(level=PAIR_KEYS, sort=False)["jaccard"]
-    out = per_sub.groupby(level=PAIR_KEYS, sort=False).mean()
+    # dropna=False: single-layer streams pair with no relative depth (NaN), keep their rows
+    per_sub = every.groupby(PAIR_KEYS + ["participant"], sort=False, dropna=False)[
+        AVERAGED].mean()
+    grouped = per_sub.groupby(level=PAIR_KEYS, sort=False, dropna=False)["jaccard"]
+    out = per_sub.groupby(level=PAIR_KEYS, sort=False, dropna=False).mean()
     out["sd_jaccard"] = grouped.std(ddof=1)
     out["n_participants"] = grouped.size()
     return out.reset_index()

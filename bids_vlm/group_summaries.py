@@ -29,6 +29,7 @@ from scipy import stats
 
 from bids_vlm.analysis.summaries import layer_table, modality_specificity, polarity_curves
 from bids_vlm.derivatives import write_json, write_tsv
+from bids_vlm.derivatives.summaries import driving_columns
 
 UNIT_RE = r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.*)_desc-" \
           r"(?P<desc>[A-Za-z0-9]+)_{suffix}\.tsv$"
@@ -246,10 +247,7 @@ def _write_layers(path, neurons, nets, participant_layers, meta):
             if isinstance(res, dict) and stream in polarity:
                 polarity[stream].setdefault("ParticipantR", {})[sub] = res.get("r")
     side = {c: {"Description": d} for c, d in GROUP_LAYER_COLUMNS.items()}
-    for col in layers.columns:
-        if col.startswith("share_driving_"):
-            side[col] = {"Description": f"share of the layer's ANs that drive network "
-                                        f"{col[len('share_driving_'):]} at group level"}
+    side.update(driving_columns(layers.columns, " at group level"))
     side["Polarity"] = {
         "Description": "Pearson r across layers between the group curves P(layer) and N(layer) "
                        "(negative: mirrored trends) with its permutation p over layer orders, "

@@ -69,7 +69,7 @@ def participant_report(output_dir, subject: str, config) -> Path:
         sidecar = json.loads(table_path.with_suffix(".json").read_text())
         sections.append(_unit_section(table_path, sidecar, figdir, out))
     sections += architecture_sections(overlap_tables(sub_dir, recursive=True), figdir, out,
-                                      _save, _figure)
+                                      _table_section)
     if not sections:
         sections.append("<p>No results were found for this participant.</p>")
     title = f"bids_vlm report: sub-{subject}"
@@ -315,6 +315,15 @@ def _figure(path, out, caption):
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+def _table_section(heading, table, draw, fig_path, out, caption, note) -> list[str]:
+    """A report section drawn from one table: ``<h3>heading</h3>``, then ``note`` when ``table``
+    is empty, else the figure ``draw(table)`` saved at ``fig_path`` with ``caption``."""
+    if not table.empty:
+        _save(draw(table), fig_path)
+    return [f"<h3>{heading}</h3>",
+            f"<p>{note}</p>" if table.empty else _figure(fig_path, out, caption)]
+
+
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
          "img{max-width:100%}figure{margin:1em 0}figcaption{color:#555;font-size:90%}"
          "table.summary th{text-align:left;padding-right:1em}.note{color:#8a4b00}"
@@ -360,7 +369,7 @@ def group_report(output_dir, config) -> Path:
         parts += _group_summaries(table_path, stem, figdir, out, side.get("Model", ""))
         sections.append("".join(parts))
     sections += architecture_sections(overlap_tables(out / "group", recursive=False), figdir,
-                                      out, _save, _figure)
+                                      out, _table_section)
     body = "".join(sections) or "<p>No group results.</p>"
     return _write_html(out / "group.html", "bids_vlm report: group",
                        body + _methods(config, map_side))
@@ -394,4 +403,4 @@ def _group_summaries(table_path, stem, figdir, out, model):
             parts.append("<div class='wide'>" + pd.read_csv(drivers, sep="\t").to_html(
                 index=False, float_format=lambda x: f"{x:.3g}", na_rep="n/a",
                 classes="drivers", border=0) + "</div>")
-    return parts + hierarchy_sections(table_path, stem, figdir, out, _save, _figure, model)
+    return parts + hierarchy_sections(table_path, stem, figdir, out, _table_section, model)

@@ -19,10 +19,10 @@ import pandas as pd  # noqa: E402
 from bids_vlm.analysis.architecture import MSI_THRESHOLD, stream_rank  # noqa: E402
 
 
-def architecture_sections(tables, figdir, out, save, figure) -> list[str]:
+def architecture_sections(tables, figdir, out, section) -> list[str]:
     """HTML parts for each ``_streamoverlap.tsv`` in ``tables`` (with its ``_msi.tsv`` when
-    there is one); ``save(fig, path)`` and ``figure(path, out, caption)`` are the report's
-    figure writer and HTML figure element."""
+    there is one); ``section(heading, table, draw, fig_path, out, caption, note)`` is the
+    report's section of one table (a figure, or the note when it is empty)."""
     parts = []
     for path in sorted(tables):
         stem = path.name[:-len("_streamoverlap.tsv")]
@@ -32,29 +32,33 @@ def architecture_sections(tables, figdir, out, save, figure) -> list[str]:
                   f"<p>{html.escape(stem)}</p>"]
         msi_path = path.with_name(f"{stem}_msi.tsv")
         if msi_path.is_file():
-            msi = pd.read_csv(msi_path, sep="\t", na_values=["n/a"], keep_default_na=False)
-            fig_path = figdir / f"{stem}_msi.png"
-            save(msi_figure(msi), fig_path)
-            parts += ["<h3>Modality specificity</h3>", figure(
-                fig_path, out, "Modality specificity index (v - l) / (v + l) of the ANs with "
-                "BNs in the Visual or Language network (v, l: shares of the AN's BNs in them), "
-                "per model, stream and layer: box from the first to the third quartile, line at "
-                "the median, dot at the mean, whiskers to the extremes; n above each box. "
-                f"Dashed: +-{MSI_THRESHOLD:g} (visual / language specific)."),
-                      _stream_table(msi)]
+            msi = _read(msi_path)
+            parts += section(
+                "Modality specificity", msi, msi_figure, figdir / f"{stem}_msi.png", out,
+                "Modality specificity index (v - l) / (v + l) of the ANs with BNs in the "
+                "Visual or Language network (v, l: shares of the AN's BNs in them), per model, "
+                "stream and layer: box from the first to the third quartile, line at the "
+                "median, dot at the mean, whiskers to the extremes; n above each box. "
+                f"Dashed: +-{MSI_THRESHOLD:g} (visual / language specific).",
+                "The modality specificity table has no layer.")
+            parts += [] if msi.empty else [_stream_table(msi)]
         else:
             parts.append("<p class='note'>Modality specificity not computed: it needs "
                          "network tables with the Visual and Language networks (MNI-space "
                          "data).</p>")
-        overlap = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
-        fig_path = figdir / f"{stem}_streamoverlap.png"
-        save(overlap_figure(overlap), fig_path)
-        parts += ["<h3>Image and text BN maps</h3>", figure(
-            fig_path, out, "Overlap of the BN maps (voxels that are a BN of any AN of a layer) "
-            "of each model's image and text streams, and of METER's cross-image and cross-text "
-            "streams, against relative depth (layer + 1) / layers; dotted: the Jaccard overlap "
-            "of maps of the same sizes placed at random.")]
+        parts += section(
+            "Image and text BN maps", _read(path), overlap_figure,
+            figdir / f"{stem}_streamoverlap.png", out,
+            "Overlap of the BN maps (voxels that are a BN of any AN of a layer) of each "
+            "model's image and text streams, and of METER's cross-image and cross-text "
+            "streams, against relative depth layer / (layers - 1); dotted: the Jaccard "
+            "overlap of maps of the same sizes placed at random.",
+            "No layers of paired streams are at the same relative depth.")
     return parts
+
+
+def _read(path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
 
 
 def msi_figure(msi: pd.DataFrame):
@@ -115,8 +119,8 @@ def overlap_figure(overlap: pd.DataFrame):
                      linestyle=":", linewidth=1)
         axes[1].plot(rows.relative_depth, rows.dice, **style)
     for ax, name in zip(axes, ("Jaccard", "Dice")):
-        ax.set(xlabel="relative depth (layer + 1) / layers", ylabel=f"{name} overlap",
-               xlim=(0, 1.05), ylim=(-0.02, 1.02))
+        ax.set(xlabel="relative depth layer / (layers - 1)", ylabel=f"{name} overlap",
+               xlim=(-0.05, 1.05), ylim=(-0.02, 1.02))
     if keys:
         axes[1].legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()

@@ -18,36 +18,27 @@ def _read(path) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
 
 
-def hierarchy_sections(neurons_path, stem, figdir, out, save, figure, model) -> list[str]:
+def hierarchy_sections(neurons_path, stem, figdir, out, section, model) -> list[str]:
     """HTML parts for the ``_hierarchy.tsv`` and ``_lesion.tsv`` next to ``neurons_path``
-    (none when they are missing); ``save(fig, path)`` and ``figure(path, out, caption)`` are
-    the report's figure writer and HTML figure element."""
+    (none when they are missing); ``section(heading, table, draw, fig_path, out, caption,
+    note)`` is the report's section of one table (a figure, or the note when it is empty)."""
     parts = []
     hier = Path(str(neurons_path).replace("_neurons.tsv", "_hierarchy.tsv"))
     if hier.is_file():
-        table = _read(hier).dropna(subset=["mean_preferred_depth"])
-        parts.append("<h3>Hierarchy</h3>")
-        if table.empty:
-            parts.append("<p>No network has voxels with a preferred layer.</p>")
-        else:
-            path = figdir / f"{stem}_hierarchy.png"
-            save(depth_figure(table, model), path)
-            parts.append(figure(path, out, "Mean relative depth (0: first layer, 1: last) of "
-                                           "the preferred layer of each network's voxels, mean "
-                                           "over participants; bars: SD across participants."))
+        parts += section(
+            "Hierarchy", _read(hier).dropna(subset=["mean_preferred_depth"]),
+            lambda table: depth_figure(table, model), figdir / f"{stem}_hierarchy.png", out,
+            "Mean relative depth (0: first layer, 1: last) of the preferred layer of each "
+            "network's voxels, mean over participants; bars: SD across participants.",
+            "No network has voxels with a preferred layer.")
     lesion = Path(str(neurons_path).replace("_neurons.tsv", "_lesion.tsv"))
     if lesion.is_file():
-        table = _read(lesion)
-        parts.append("<h3>Virtual lesion</h3>")
-        if table.empty:
-            parts.append("<p>No network is driven by an AN of any stream.</p>")
-        else:
-            path = figdir / f"{stem}_lesion.png"
-            save(lesion_figure(table, model), path)
-            parts.append(figure(path, out, "Held-out encoding r of each network as the ANs "
-                                           "with the most BNs in it are removed (solid) or "
-                                           "random ANs are removed (dashed), mean over "
-                                           "participants."))
+        parts += section(
+            "Virtual lesion", _read(lesion), lambda table: lesion_figure(table, model),
+            figdir / f"{stem}_lesion.png", out,
+            "Held-out encoding r of each network as the ANs with the most BNs in it are "
+            "removed (solid) or random ANs are removed (dashed), mean over participants.",
+            "No network is driven by an AN of any stream.")
     return parts
 
 

@@ -111,8 +111,9 @@ def test_participant_msi_table_matches_the_network_tables(arch, sub):
     assert side["LayersPerStream"]["tiny-meter"]["cross-text"] == 2
     assert all(c in side for c in table.columns)
     rows = table.set_index(["model", "stream", "layer"])
-    assert rows.loc[("tiny-clip", "image", 1), "relative_depth"] == 0.5  # layer 1 of 4
-    assert rows.loc[("tiny-meter", "cross-text", 1), "relative_depth"] == 1.0  # 2 of 2
+    # layer 1 of 0..3 (the file keeps 6 digits), layer 1 of 0..1
+    assert rows.loc[("tiny-clip", "image", 1), "relative_depth"] == pytest.approx(1 / 3, abs=1e-5)
+    assert rows.loc[("tiny-meter", "cross-text", 1), "relative_depth"] == 1.0
     # the planted ANs: visual, language, and both
     msi = per_an.set_index("an_id").msi
     assert msi["tiny-clip/image/01/7"] > 0.5 and msi["tiny-clip/text/01/3"] < -0.5
@@ -147,7 +148,7 @@ def test_participant_stream_overlap_matches_the_bn_maps(arch):
         assert row.jaccard == pytest.approx(len(a & b) / len(a | b), abs=1e-5)
         assert row.dice == pytest.approx(2 * len(a & b) / (len(a) + len(b)), abs=1e-5)
         assert row.n_voxels == 216
-        depth = (row.layer_a + 1) / (4 if row.model == "tiny-clip" else 2)
+        depth = row.layer_a / (3 if row.model == "tiny-clip" else 1)  # layers 0..3 or 0..1
         assert row.relative_depth == pytest.approx(depth)
     # tiny-meter image 0/9 and text 0/2 share their planted voxels
     meter = table.set_index(["model", "stream_a", "layer_a"]).loc[("tiny-meter", "image", 0)]
@@ -209,11 +210,11 @@ def test_outputs_with_two_models_pass_the_bids_validator(arch):
 def test_report_section_without_msi_table(tmp_path):
     """Native space: only the overlap table; the section draws its figure and says why the
     index is missing."""
-    from bids_vlm.report import _figure, _save
+    from bids_vlm.report import _table_section
     from bids_vlm.report_architecture import architecture_sections
 
     table = pd.DataFrame({"model": "m", "stream_a": "image", "stream_b": "text",
-                          "layer_a": [0, 1], "layer_b": [0, 1], "relative_depth": [0.5, 1.0],
+                          "layer_a": [0, 1], "layer_b": [0, 1], "relative_depth": [0.0, 1.0],
                           "jaccard": [0.2, 0.4], "dice": [0.3, 0.5],
                           "chance_jaccard": [0.1, 0.1]})
     path = tmp_path / "sub-01_task-x_desc-mVsn_streamoverlap.tsv"
@@ -221,7 +222,7 @@ def test_report_section_without_msi_table(tmp_path):
     path.with_suffix(".json").write_text(json.dumps({"Models": ["m", "n"]}))
     figdir = tmp_path / "figures"
     figdir.mkdir()
-    page = "".join(architecture_sections([path], figdir, tmp_path, _save, _figure))
+    page = "".join(architecture_sections([path], figdir, tmp_path, _table_section))
     assert "Architecture: m vs n" in page and "Modality specificity not computed" in page
     assert [p.name for p in figdir.iterdir()] == ["sub-01_task-x_desc-mVsn_streamoverlap.png"]
     assert "src='figures/sub-01_task-x_desc-mVsn_streamoverlap.png'" in page

@@ -10,6 +10,10 @@ def test_relative_depth():
     np.testing.assert_allclose(relative_depth(np.array([0, 2, 4, -1]), 5),
                                [0.0, 0.5, 1.0, np.nan])
     assert np.isnan(relative_depth(np.array([0, 0]), 1)).all()
+    # scalars, as the architecture comparison uses it: CLIP's 12 layers, METER's 11 and 6
+    assert relative_depth(0, 12) == 0.0 and relative_depth(11, 12) == 1.0
+    assert relative_depth(1, 12) == 1 / 11 and relative_depth(5, 11) == 0.5
+    assert relative_depth(2, 6) == 0.4 and np.isnan(relative_depth(0, 1))
 
 
 def test_mean_preferred_depth_by_hand():

@@ -3,8 +3,9 @@ models, streams and layers, and the overlap of the BN maps of paired streams (im
 cross-image vs cross-text) at each relative depth.
 
 Models differ in depth (CLIP ViT-B: 12 image and 12 text layers; METER: 11 image, 12 text and 6
-cross-modal layers), so layers are compared by their relative depth ``(layer + 1) / n_layers``
-(the last layer of every stream is at depth 1).
+cross-modal layers), so layers are compared by their relative depth ``layer / (n_layers - 1)``
+(:func:`bids_vlm.analysis.hierarchy.relative_depth`: the first layer of every stream is at
+depth 0, the last at 1; a single-layer stream has none).
 
 All functions are pure, over per-AN tables (one row per AN: model, stream, layer, msi, has_bn)
 and the significant entries (an_index, voxel_index) of one model.
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from bids_vlm.analysis.hierarchy import relative_depth
 
 # stream pairs whose BN maps are compared: the two single-modality encoders, and METER's two
 # cross-modal branches
@@ -25,11 +28,6 @@ MSI_COLUMNS = ["model", "stream", "layer", "n_layers", "relative_depth", "n_ans"
 OVERLAP_COLUMNS = ["model", "stream_a", "stream_b", "layer_a", "layer_b", "relative_depth_a",
                    "relative_depth_b", "relative_depth", "n_voxels", "n_bn_a", "n_bn_b",
                    "n_bn_both", "jaccard", "dice", "chance_jaccard"]
-
-
-def relative_depth(layer, n_layers):
-    """``(layer + 1) / n_layers``: the depth of a layer in its stream, in (0, 1]."""
-    return (np.asarray(layer, float) + 1.0) / np.asarray(n_layers, float)
 
 
 def msi_summary(ans: pd.DataFrame, n_layers: dict, threshold: float = MSI_THRESHOLD
@@ -109,14 +107,20 @@ def map_overlap(a: np.ndarray, b: np.ndarray) -> dict:
 def pair_layers(layers_a, n_a: int, layers_b, n_b: int) -> list[tuple[int, int]]:
     """Layers of two streams at the same relative depth: [(layer_a, layer_b)].
 
-    Each layer of the stream with fewer layers (``a`` on ties) is paired with the layer of the
-    other stream nearest in relative depth, when that one is within half a layer of the
-    shallower stream (1 / (2 n)); with equal layer counts this pairs equal indices. layers_a,
-    layers_b: the analysed layer indices; n_a, n_b: the streams' layer counts.
+    With equal layer counts, equal indices are paired (also for single-layer streams, which
+    have no relative depth). Otherwise each layer of the stream with fewer layers is paired
+    with the layer of the other stream nearest in relative depth, when that one is within half
+    a layer of the shallower stream (1 / (2 (n - 1))); a single-layer stream beside a deeper
+    one gets no pair. layers_a, layers_b: the analysed layer indices; n_a, n_b: the streams'
+    layer counts.
     """
+    if n_a == n_b:
+        return [(k, k) for k in sorted({int(k) for k in layers_a} & {int(k) for k in layers_b})]
     swap = n_b < n_a
     (coarse, n_c), (fine, n_f) = ((layers_b, n_b), (layers_a, n_a)) if swap else \
         ((layers_a, n_a), (layers_b, n_b))
+    if n_c < 2:  # a single layer (beside a deeper stream) has no relative depth to match
+        return []
     fine = np.asarray(sorted(fine), int)
     pairs = []
     for layer in sorted(coarse):
@@ -124,7 +128,7 @@ def pair_layers(layers_a, n_a: int, layers_b, n_b: int) -> list[tuple[int, int]]
             break
         gap = np.abs(relative_depth(fine, n_f) - relative_depth(layer, n_c))
         best = int(np.argmin(gap))
-        if gap[best] <= 0.5 / n_c + 1e-12:
+        if gap[best] <= 0.5 / (n_c - 1) + 1e-12:
             pairs.append((int(fine[best]), int(layer)) if swap else (int(layer), int(fine[best])))
     return pairs
 

@@ -14,13 +14,15 @@ COLUMNS = ["network", "n_voxels", "n_voxels_with_layer", "mean_preferred_layer",
            "mean_preferred_depth", "sd_preferred_depth"]
 
 
-def relative_depth(best: np.ndarray, n_layers: int) -> np.ndarray:
-    """(V,) layer / (n_layers - 1) of the preferred layers ``best`` (V,); NaN where best is -1
-    or the stream has a single layer."""
-    best = np.asarray(best, dtype=float)
+def relative_depth(layer, n_layers: int) -> np.ndarray:
+    """Relative depth layer / (n_layers - 1) of layer indices ``layer`` (scalar or (V,)) in a
+    stream of ``n_layers`` layers: 0 for the first layer, 1 for the last; NaN where the layer
+    is -1 (no preferred layer) or the stream has a single layer. The one definition of depth,
+    also used by :mod:`bids_vlm.analysis.architecture`."""
+    layer = np.asarray(layer, dtype=float)
     if n_layers < 2:
-        return np.full(best.shape, np.nan)
-    return np.where(best >= 0, best / (n_layers - 1), np.nan)
+        return np.full(layer.shape, np.nan)
+    return np.where(layer >= 0, layer / (n_layers - 1), np.nan)
 
 
 def preferred_depth(best: np.ndarray, n_layers: int, masks: dict) -> pd.DataFrame:

@@ -28,7 +28,8 @@ MSI_COLUMNS = {
     "stream": "image, text, cross-image or cross-text",
     "layer": "layer index (0 = first layer)",
     "n_layers": "layers of the stream in the model",
-    "relative_depth": "(layer + 1) / n_layers: the layer's depth in its stream (1 = last layer)",
+    "relative_depth": "layer / (n_layers - 1): the layer's depth in its stream (0 = first "
+                      "layer, 1 = last; n/a for a single-layer stream)",
     "n_ans": "ANs of the layer",
     "n_ans_with_bn": "ANs with at least one BN",
     "n_ans_with_msi": "ANs with at least one BN in the Visual or Language network (the ANs "
@@ -48,8 +49,9 @@ OVERLAP_COLUMNS = {
     "stream_a": "first stream of the pair (image, or cross-image)",
     "stream_b": "second stream of the pair (text, or cross-text)",
     "layer_a": "layer of stream_a", "layer_b": "layer of stream_b at the same relative depth",
-    "relative_depth_a": "(layer_a + 1) / layers of stream_a",
-    "relative_depth_b": "(layer_b + 1) / layers of stream_b",
+    "relative_depth_a": "layer_a / (layers of stream_a - 1) (0 = first layer, 1 = last; n/a "
+                        "for a single-layer stream)",
+    "relative_depth_b": "layer_b / (layers of stream_b - 1) (the same for stream_b)",
     "relative_depth": "mean of relative_depth_a and relative_depth_b",
     "n_voxels": "in-mask voxels",
     "n_bn_a": "voxels that are a BN (either sign) of at least one AN of layer_a of stream_a",

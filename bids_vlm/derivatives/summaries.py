@@ -49,6 +49,15 @@ def stream_overlap(table, entries, n_vox, layers):
     return out
 
 
+def driving_columns(columns, level: str = "") -> dict:
+    """Sidecar entries {column: {"Description"}} of the ``share_driving_<network>`` columns
+    among ``columns`` (a layer table's); ``level`` ends each one, e.g. " at group level"."""
+    prefix = "share_driving_"
+    return {c: {"Description": f"share of the layer's ANs that drive network "
+                               f"{c[len(prefix):]}{level}"}
+            for c in columns if c.startswith(prefix)}
+
+
 def write_redundancy_maps(folder, ents, model, counts: dict, mask, side) -> list:
     """Per stream: how many ANs of all layers have each voxel as a BN."""
     written = []
@@ -73,10 +82,7 @@ def write_layer_summaries(folder, ents, model, table, entries, nets, counts, sid
     polarity = polarity_curves(table, seed=seed)
     path = folder / bids_name(dict(ents, desc=desc_label(model)), "layers", ".tsv")
     sidecar = {c: {"Description": d} for c, d in LAYER_COLUMNS.items()}
-    for col in layers.columns:
-        if col.startswith("share_driving_"):
-            sidecar[col] = {"Description": f"share of the layer's ANs that drive network "
-                                           f"{col[len('share_driving_'):]}"}
+    sidecar.update(driving_columns(layers.columns))
     sidecar["Polarity"] = {
         "Description": "Pearson r across layers between P(layer) and N(layer) (negative: "
                        "mirrored trends) and its permutation p over layer orders",
