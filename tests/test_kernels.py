@@ -149,3 +149,26 @@ def test_prepare_rows_equals_torch_and_fft():
     only_rows = np.empty_like(rows)
     prepare_rows(cols, runs, only_rows)
     np.testing.assert_array_equal(only_rows, rows)
+
+
+def test_entries_above_reads_back_exactly_and_never_overflows():
+    from bids_vlm.encoding.kernels import entries_above
+
+    rng = np.random.default_rng(2)
+    u = rng.standard_normal((3, 2 * CHUNK)).astype(np.float32) * 3
+    u_max = np.abs(u).reshape(3, -1, CHUNK).max(2)
+    crit = np.array([2.0, 5.0, np.inf], np.float32)
+    counts = np.zeros(3, np.int64)
+    tiles = [(100, u[:, :CHUNK], u_max[:, :1]), (100 + CHUNK, u[:, CHUNK:], u_max[:, 1:])]
+    total = entries_above(tiles, crit, counts)
+    np.testing.assert_array_equal(counts, (np.abs(u) >= crit[:, None]).sum(1))
+    out = tuple(np.empty(total, dtype) for dtype in (np.int64, np.int64, np.float32))
+    assert entries_above(tiles, crit, np.zeros(3, np.int64), out) == total
+    rows, cols = np.nonzero(np.abs(u) >= crit[:, None])
+    order = np.lexsort((cols, rows, cols >= CHUNK))  # tile by tile, row order within a tile
+    np.testing.assert_array_equal(out[0], rows[order])
+    np.testing.assert_array_equal(out[1], 100 + cols[order])
+    np.testing.assert_array_equal(out[2], u[rows[order], cols[order]])
+    small = tuple(a[:total - 1] for a in out)
+    with pytest.raises(RuntimeError, match="room for"):
+        entries_above(tiles, crit, np.zeros(3, np.int64), small)

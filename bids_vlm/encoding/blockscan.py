@@ -185,7 +185,8 @@ class BlockScanner:
             if fewer == total or (fewer > total / 2 and fewer <= cap):
                 break
             total = fewer
-        found = list(self.entries_above(b, self.u_crit[k - 1]))  # k = 0 -> inf
+        # k = 0 -> inf; at most sum(k) entries reach u_crit[k - 1] (k only ever decreased)
+        found = list(self.entries_above(b, self.u_crit[k - 1], bound=int(k.sum())))
         return tuple(torch.cat(parts) for parts in zip(*found))
 
     def counts_above(self, b, crit):
@@ -196,18 +197,19 @@ class BlockScanner:
             return torch.from_numpy(counts)
         return sum(torch.bincount(rows, minlength=b) for rows, _, _ in self.entries_above(b, crit))
 
-    def entries_above(self, b, crit):
+    def entries_above(self, b, crit, bound=None):
         """(rows, cols, signed u) of the block's entries with |u| >= crit[row] (b,), in pieces:
         only the chunks whose maximum reaches the threshold are read (on CUDA a tile's worth of
-        chunks at a time)."""
+        chunks at a time). bound: at least their number, when known (saves a counting pass)."""
         if self.fused:
             counts = np.zeros(b, np.int64)
-            kernels.entries_above(self._numpy_tiles(b), crit.numpy(), counts)
-            total = int(counts.sum())
-            out = (np.empty(total, np.int64), np.empty(total, np.int64),
-                   np.empty(total, np.float32))
-            kernels.entries_above(self._numpy_tiles(b), crit.numpy(), counts, out)
-            yield tuple(torch.from_numpy(a) for a in out)
+            if bound is None:
+                kernels.entries_above(self._numpy_tiles(b), crit.numpy(), counts)
+                bound = int(counts.sum())
+            out = (np.empty(bound, np.int64), np.empty(bound, np.int64),
+                   np.empty(bound, np.float32))
+            n = kernels.entries_above(self._numpy_tiles(b), crit.numpy(), counts, out)
+            yield tuple(torch.from_numpy(a[:n]) for a in out)
             return
         chunk_row, chunk_col = self._chunk_map(b)
         crit_chunk = crit[chunk_row]

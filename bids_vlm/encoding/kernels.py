@@ -117,7 +117,8 @@ def _above(u, u_max, crit, col0, rows, cols, vals, n, counts):  # pragma: no cov
                     if abs(u[i, j]) >= level:
                         counts[i] += 1
                         if store:
-                            rows[n], cols[n], vals[n] = i, col0 + j, u[i, j]
+                            if n < rows.shape[0]:  # never past the arrays (n is checked)
+                                rows[n], cols[n], vals[n] = i, col0 + j, u[i, j]
                             n += 1
     return n
 
@@ -127,13 +128,15 @@ def entries_above(tiles, crit, counts, out=None):
     maximum reaches it. tiles: (first voxel, u (b, w), u_max (b, w / CHUNK)) of every tile,
     float32 arrays. Adds each row's count to counts (b,) int64; with ``out`` = (rows, cols,
     vals), arrays with room for them all, also writes the entries there (AN row, voxel, signed
-    u, in row order within each tile) and returns how many."""
+    u, in row order within each tile). Returns how many there are."""
     rows, cols, vals = out or (np.zeros(0, np.int64), np.zeros(0, np.int64),
                                np.zeros(0, np.float32))
     n = 0
     for col0, u, u_max in tiles:
         n = _above(u, u_max, crit, col0, rows, cols, vals, n, counts)
-    return n
+    if out is not None and n > len(rows):
+        raise RuntimeError(f"{n} entries reach the threshold, room for {len(rows)}")
+    return int(counts.sum()) if out is None else n
 
 
 @_jit
