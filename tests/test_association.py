@@ -52,14 +52,19 @@ def problem():
     return x, y
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                     reason="needs a CUDA device"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("autocorr", ["none", "bartlett"])
 @pytest.mark.parametrize("block", [1, 7, 64])
-def test_streamed_equals_dense(problem, block, autocorr):
+def test_streamed_equals_dense(problem, block, autocorr, device):
     x, y = problem
     extra = {"runs": RUNS, "n_lags": 12} if autocorr == "bartlett" else {}
     r, z, sig = _dense(x, y, 0.05, **extra)
     res = associate(x, y, q=0.05, block_size=block, run_lengths=RUNS, autocorr=autocorr,
-                    n_lags=12)
+                    n_lags=12, device=device)
     np.testing.assert_array_equal(res.n_pos, (sig & (r > 0)).sum(1))
     np.testing.assert_array_equal(res.n_neg, (sig & (r < 0)).sum(1))
     np.testing.assert_array_equal(res.bn_count, sig.sum(0))
@@ -90,7 +95,8 @@ def test_candidate_cap_tightens_the_bound_first(problem, monkeypatch):
 
 
 @pytest.mark.parametrize("autocorr", ["none", "bartlett"])
-def test_fdr_across_all_pairs_equals_dense(problem, autocorr):
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_fdr_across_all_pairs_equals_dense(problem, autocorr, device):
     """--fdr-scope all: one BH over every AN x voxel pair, streamed in two passes."""
     x, y = problem
     extra = {"runs": RUNS, "n_lags": 12} if autocorr == "bartlett" else {}
@@ -98,7 +104,7 @@ def test_fdr_across_all_pairs_equals_dense(problem, autocorr):
     sig = (stats.false_discovery_control(2 * special.ndtr(-np.abs(z)).ravel()) <= 0.05)
     sig = sig.reshape(z.shape)
     res = associate(x, y, q=0.05, block_size=7, run_lengths=RUNS, autocorr=autocorr,
-                    n_lags=12, fdr_scope="all")
+                    n_lags=12, fdr_scope="all", device=device)
     assert sig.sum() > 10 and sig.sum(1).min() == 0  # discoveries, not in every AN
     assert set(zip(res.an_index.tolist(), res.voxel_index.tolist())) == set(zip(*np.nonzero(sig)))
     np.testing.assert_array_equal(res.n_pos, (sig & (r > 0)).sum(1))
