@@ -135,6 +135,10 @@ def test_cli_isc_ceiling_is_higher_in_planted_voxels(isc_outputs):
     data, out, _ = isc_outputs
     cleaned = sorted((out / "sub-02" / "func").glob("*_desc-cleaned_bold.nii.gz"))
     assert len(cleaned) == 2 and nib.load(cleaned[0]).shape == (6, 6, 6, 100)
+    assert nib.load(cleaned[0]).header.get_zooms()[3] == 2.0  # the TR, as BIDS requires
+    signatures = {sub: json.loads(p.read_text())["RunSignature"] for sub in ("01", "02", "03")
+                  for p in (out / f"sub-{sub}" / "func").glob("*run-1*_desc-cleaned_bold.json")}
+    assert len(signatures) == 3 and len(set(signatures.values())) == 1
     stem = "group_task-view_space-MNI152NLin2009cAsym"
     r = _read(out / "group" / f"{stem}_desc-isc_stat-rceiling_statmap.nii.gz")
     planted = sorted({v for p in data.plants for v in p.voxels})

@@ -9,10 +9,13 @@ participants that showed the same stimuli at the same times.
 """
 from __future__ import annotations
 
+import os
+
 import nibabel as nib
 import numpy as np
+from nilearn import masking
 
-from bids_vlm.derivatives.io import bids_name, write_map
+from bids_vlm.derivatives.io import atomic_path, bids_name, write_json
 from bids_vlm.derivatives.unit import func_dir, unit_entities
 from bids_vlm.encoding.noise_ceiling import run_signature
 
@@ -31,11 +34,29 @@ def write_cleaned(cleaned_files, runs, timelines: dict, mask_file, unit: dict,
         data = np.load(path)  # (n_scans, V)
         name = bids_name(dict(unit_entities(unit), run=run.run, desc="cleaned"), "bold",
                          ".nii.gz")
-        written.append(write_map(folder / name, data, mask, {
-            "Sources": [run.bold], "RepetitionTime": run.tr,
+        written.append(_write_bold(folder / name, data, mask, run.tr, {
+            "Sources": [run.bold], "RepetitionTime": run.tr, "TaskName": run.task,
+            "SkullStripped": True,
             "RunSignature": run_signature(timelines[run.label], run.n_scans, run.tr),
             "Description": "cleaned BOLD of the run as analysed (masked; confounds regressed "
                            "out, detrended, high-pass filtered, z-scored per voxel); "
                            "RunSignature is equal for runs that showed the same stimulus "
                            "sequence (hash of the stimulus timeline, number of scans and TR)"}))
     return written
+
+
+def _write_bold(path, data, mask, tr: float, sidecar: dict):
+    """(n_scans, V) in-mask ``data`` as a float32 4D NIfTI with the TR in its header."""
+    img = masking.unmask(np.asarray(data, dtype=np.float32), mask)
+    img.header.set_zooms(img.header.get_zooms()[:3] + (float(tr),))
+    img.header.set_xyzt_units("mm", "sec")
+    with atomic_path(path) as tmp:
+        staged = str(tmp) + ".nii.gz"  # nibabel picks the format from the extension
+        try:
+            nib.save(img, staged)
+            os.replace(staged, tmp)
+        finally:
+            if os.path.exists(staged):
+                os.unlink(staged)
+    write_json(str(path).replace(".nii.gz", ".json"), sidecar)
+    return path
