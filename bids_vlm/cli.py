@@ -191,6 +191,10 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--high-pass", type=_positive_float, default=1.0 / 128,
                    help="high-pass cut-off in Hz")
     g.add_argument("--smoothing-fwhm", type=float, default=0.0, help="smoothing in mm")
+    g.add_argument("--save-cleaned", action="store_true",
+                   help="also write each run's cleaned BOLD (desc-cleaned_bold, float32 NIfTI) "
+                        "so that the group level can compute an across-subjects noise ceiling "
+                        "(participants who saw the same stimulus sequence, one template space)")
     g.add_argument("--fdr-q", type=_fraction, default=0.05,
                    help="Benjamini-Hochberg FDR level (across voxels per AN, see --fdr-scope)")
     g.add_argument("--fdr-scope", choices=["an", "all"], default="an",
@@ -323,7 +327,8 @@ def config_from_options(opts):
                           batch_size=opts.batch_size, device=opts.device,
                           model_dir=opts.model_dir, seed=opts.seed,
                           image_size=opts.image_size or 0),
-        bold=BoldConfig(high_pass=opts.high_pass, smoothing_fwhm=opts.smoothing_fwhm),
+        bold=BoldConfig(high_pass=opts.high_pass, smoothing_fwhm=opts.smoothing_fwhm,
+                        save_cleaned=opts.save_cleaned),
         stats=StatsConfig(hrf_model=opts.hrf_model, fdr_q=opts.fdr_q, fdr_scope=opts.fdr_scope,
                           fir_delays=tuple(opts.fir_delays) if opts.hrf_model == "fir" else (),
                           autocorr=opts.autocorrelation_correction,

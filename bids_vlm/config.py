@@ -56,6 +56,7 @@ class BoldConfig:
     smoothing_fwhm: float = 0.0  # mm; 0 = none
     confounds: tuple = ("motion", "motion_derivatives", "acompcor", "cosine")
     n_acompcor: int = 6
+    save_cleaned: bool = False  # also write each run's cleaned BOLD (for the group's ISC ceiling)
 
 
 @dataclass(frozen=True)

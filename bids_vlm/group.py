@@ -5,7 +5,8 @@ maps are: the mean number of ANs per voxel (``stat-meanbncount``), the
 fraction of participants in which the voxel is a BN of at least one AN of the layer
 (``stat-propbn``) and the mean of the participants' best r after Fisher z (``stat-meanr``).
 Maps must share one grid (a template space); native-space maps of several participants cannot
-be combined and give a clear error.
+be combined and give a clear error. With the participants' cleaned BOLD (``--save-cleaned``),
+an across-subjects noise ceiling (:mod:`bids_vlm.group_isc`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from bids_vlm.derivatives import write_json, write_tsv
 from bids_vlm.errors import DataError
 from bids_vlm.group_architecture import combine_architecture
 from bids_vlm.group_hierarchy import combine_hierarchy
+from bids_vlm.group_isc import combine_isc
 from bids_vlm.group_summaries import combine_summaries
 
 KEY_RE = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.*)_desc-"
@@ -120,6 +122,7 @@ def combine_participants(output_dir) -> list[Path]:
     written += combine_summaries(output_dir)
     written += combine_architecture(output_dir)
     written += combine_hierarchy(output_dir)
+    written += combine_isc(output_dir)  # after the maps: it divides stat-meanencodingr by it
     return written
 
 

@@ -120,11 +120,13 @@ def planted_signal(root, events_by_run, n_scans, tr, plants, seed=0):
 
 def make_planted_dataset(root, n_subjects=2, n_runs=2, n_scans=100, tr=2.0, shape=(6, 6, 6),
                          plants=DEFAULT_PLANTS, noise=1.0, seed=0, baseline=None,
-                         with_derivatives=True, affine=AFFINE, repeated=False) -> PlantedDataset:
+                         with_derivatives=True, affine=AFFINE, repeated=False,
+                         same_events=False) -> PlantedDataset:
     """BIDS dataset + fMRIPrep-like derivatives with planted AN signal (see module doc).
 
     baseline: (n_voxels,) mean intensity per voxel (default 100 everywhere); repeated: every
-    run of a subject shows the same stimulus sequence (fresh noise in each).
+    run of a subject shows the same stimulus sequence (fresh noise in each); same_events:
+    every subject sees the first subject's runs (e.g. the same movie; fresh noise in each).
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -139,11 +141,16 @@ def make_planted_dataset(root, n_subjects=2, n_runs=2, n_scans=100, tr=2.0, shap
                      "DatasetType": "derivative", "GeneratedBy": [{"Name": "fMRIPrep"}]})
     n_vox = int(np.prod(shape))
     subjects = [f"{i + 1:02d}" for i in range(n_subjects)]
+    shared = None
     for sub in subjects:
-        events = [make_events(rng, images, int(n_scans * tr / 2), 2.0) for _ in range(n_runs)]
-        if repeated:
-            events = [events[0]] * n_runs
-        signal = planted_signal(root, events, n_scans, tr, plants)
+        if shared is None:
+            events = [make_events(rng, images, int(n_scans * tr / 2), 2.0) for _ in range(n_runs)]
+            if repeated:
+                events = [events[0]] * n_runs
+            signal = planted_signal(root, events, n_scans, tr, plants)
+            shared = (events, signal) if same_events else None
+        else:
+            events, signal = shared
         for run, (ev, sig) in enumerate(zip(events, signal), start=1):
             base = 100.0 if baseline is None else np.asarray(baseline, float)[None, :]
             data = base + noise * rng.standard_normal((n_scans, n_vox))

@@ -90,6 +90,13 @@ def test_planted_voxels_are_bns_of_planted_ans(planted, planted_outputs):
         assert np.isin(vox, noise).sum() / (len(ids) * len(noise)) < 0.01
 
 
+def test_no_cleaned_bold_or_isc_map_without_save_cleaned(planted_outputs):
+    out = planted_outputs["out"]
+    assert not list(out.glob("sub-*/func/*desc-cleaned_bold*"))
+    assert list((out / "group").glob("*stat-meanencodingr_statmap.nii.gz"))
+    assert not list((out / "group").glob("*desc-isc*"))
+
+
 def test_neuron_table_and_maps(planted, planted_outputs):
     func = planted_outputs["out"] / "sub-01" / "func"
     table = pd.read_csv(next(func.glob("*_neurons.tsv")), sep="\t")

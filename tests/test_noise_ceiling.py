@@ -104,3 +104,53 @@ def test_repeats_from_stimulus_sequence_signatures(caplog):
     voxels = np.concatenate([signal + 0.5 * rng.standard_normal((50, 4)) for _ in range(3)])
     got = ceiling_from_signatures(["x", "x", "x"], voxels, [50, 50, 50])
     assert got.groups == ((0, 1, 2),) and (got.r > 0.7).all()  # analytic 0.894
+
+
+@pytest.mark.parametrize("n_subjects", [3, 6])
+def test_intersubject_ceiling_matches_the_analytic_value(n_subjects):
+    """Subjects = shared signal + independent noise, each with its own offset and BOLD scale:
+    the across-subjects ceiling is sqrt(s_s^2 / (s_s^2 + s_n^2)); pure-noise voxels about 0."""
+    from bids_vlm.encoding.noise_ceiling import intersubject_ceiling
+
+    rng = np.random.default_rng(10 + n_subjects)
+    n_vox, runs = 400, [250, 200]
+    signal_sd = np.linspace(0.0, 2.0, n_vox)
+    signal_sd[:50] = 0.0  # pure noise
+    signal = rng.standard_normal((sum(runs), n_vox)) * signal_sd
+    subjects = [(signal + rng.standard_normal(signal.shape) + rng.normal(0, 5, n_vox))
+                * rng.uniform(0.5, 3.0) for _ in range(n_subjects)]
+    expected = signal_sd / np.sqrt(signal_sd ** 2 + 1.0)
+    nc = intersubject_ceiling(subjects, runs)
+    assert nc.r.shape == (n_vox,) and nc.groups == (tuple(range(n_subjects)),) * 2
+    clear = expected > 0.7
+    assert np.abs(nc.r - expected)[clear].max() < 0.08
+    assert np.abs(nc.r - expected).mean() < 0.05
+    assert np.abs(nc.r ** 2 - expected ** 2).max() < 0.15
+    assert np.median(nc.r[:50]) < 0.15 and nc.r[:50].max() < 0.35
+    np.testing.assert_allclose(nc.r, nc.ncsnr / np.sqrt(nc.ncsnr ** 2 + 1), atol=1e-5)
+    # a (n_subjects, T, V) stack gives the same; the ceiling does not depend on run splits
+    # of a stationary signal by much
+    np.testing.assert_allclose(intersubject_ceiling(np.stack(subjects), runs).r, nc.r)
+    assert np.abs(intersubject_ceiling(subjects).r - nc.r).mean() < 0.02
+
+
+def test_intersubject_ceiling_needs_three_matching_subjects():
+    from bids_vlm.encoding.noise_ceiling import intersubject_ceiling
+
+    rng = np.random.default_rng(5)
+    with pytest.raises(ValueError, match=">= 3 subjects"):
+        intersubject_ceiling([rng.standard_normal((40, 3))] * 2)
+    with pytest.raises(ValueError, match="differ in shape"):
+        intersubject_ceiling([rng.standard_normal((40, 3))] * 2 + [rng.standard_normal((30, 3))])
+    with pytest.raises(ValueError, match="run lengths"):
+        intersubject_ceiling([rng.standard_normal((40, 3))] * 3, [20, 10])
+
+
+def test_run_signature_is_the_hash_of_timeline_scans_and_tr():
+    from bids_vlm.encoding.noise_ceiling import run_signature
+
+    timeline = {"times": [0.0, 1.0], "items": ["a.png", "b.png"]}
+    assert run_signature(timeline, 100, 2.0) == run_signature(dict(timeline), 100, 2.0)
+    assert run_signature(timeline, 100, 2.0) != run_signature(timeline, 101, 2.0)
+    assert run_signature(timeline, 100, 2.0) != run_signature(
+        {"times": [0.0, 1.0], "items": ["b.png", "a.png"]}, 100, 2.0)

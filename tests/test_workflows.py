@@ -195,6 +195,27 @@ def test_no_lesion_node_without_steps_or_encoding(tmp_path, change):
     assert outputs.inputs.lesion_files == []
 
 
+def test_save_cleaned_node_only_with_the_option(tmp_path):
+    from bids_vlm.config import BoldConfig
+
+    units = analysis_units([_run("01", 1), _run("01", 2)])
+    tag = "sub_01_tas_view_spa_MNI152NLin2009cAsym"
+    wf = init_participant_wf(units, tmp_path, tmp_path / "out", tmp_path / "work",
+                             AnalysisConfig())
+    assert not [n for n in wf.list_node_names() if n.startswith("save_cleaned")]
+    config = AnalysisConfig(bold=BoldConfig(save_cleaned=True))
+    wf = init_participant_wf(units, tmp_path, tmp_path / "out", tmp_path / "work", config)
+    node = wf.get_node(f"save_cleaned_{tag}")
+    assert node.interface.inputs.function_str == inspect.getsource(nodes.save_cleaned_node)
+    assert node.overwrite  # it writes into the output folder
+    sources = {(u.name, v.name, c[0][1]) for u, v, c in
+               ((u, v, d["connect"]) for u, v, d in wf._graph.in_edges(node, data=True))}
+    assert sources == {(f"clean_{tag}", node.name, "cleaned_files"),
+                       (f"timelines_{tag}", node.name, "timelines_file"),
+                       (f"mask_{tag}", node.name, "mask_file")}
+    assert json.loads(node.inputs.runs_json) == units[0]["runs"]
+
+
 def test_group_wf(tmp_path):
     config = AnalysisConfig()
     wf = init_group_wf(tmp_path / "out", tmp_path / "work", config)

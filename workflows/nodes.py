@@ -73,6 +73,22 @@ def clean_node(run_json, mask_file, config_json):
     return path
 
 
+def save_cleaned_node(cleaned_files, timelines_file, mask_file, runs_json, unit_json,
+                      output_dir):
+    """With ``--save-cleaned``: every run's cleaned BOLD as a derivative
+    (``desc-cleaned_bold.nii.gz``, its stimulus-sequence signature in the sidecar), for the
+    group level's across-subjects noise ceiling; returns the written paths."""
+    import json
+
+    from bids_vlm.bids import run_from_dict
+    from bids_vlm.derivatives.cleaned import write_cleaned
+
+    runs = [run_from_dict(d) for d in json.loads(runs_json)]
+    timelines = json.loads(open(timelines_file).read())
+    return [str(p) for p in write_cleaned(cleaned_files, runs, timelines, mask_file,
+                                          json.loads(unit_json), output_dir)]
+
+
 def extract_node(timelines_file, model_name, config_json, cache_dir):
     """AN activations of every unique stimulus -> ``activations.h5``, through the activation
     cache in ``cache_dir`` (stimuli already there are not run through the model again).
@@ -111,7 +127,6 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
     """HRF regressors of every AN, runs concatenated -> ``regressors.h5``
     (``<stream>/<layer>``: (n_frames_total, units)), each run's cleaned like its BOLD
     (confounds, detrend, high-pass; :func:`bids_vlm.preproc.clean_signals`) and z-scored."""
-    import hashlib
     import json
     import os
 
@@ -120,6 +135,7 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
 
     from bids_vlm.bids import run_from_dict
     from bids_vlm.config import from_json
+    from bids_vlm.encoding.noise_ceiling import run_signature
     from bids_vlm.preproc import clean_signals, read_confounds, removed_dimensions
     from bids_vlm.regressors import (
         convolution_matrix,
@@ -163,8 +179,7 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
         out.attrs["run_lengths"] = [r.n_scans for r in runs]
         out.attrs["n_removed"] = removed  # dimensions the cleaning projected out, all runs
         out.attrs["run_signatures"] = [  # equal for runs showing the same stimulus sequence
-            hashlib.sha1(json.dumps([timelines[r.label], r.n_scans, r.tr]).encode()).hexdigest()
-            for r in runs]
+            run_signature(timelines[r.label], r.n_scans, r.tr) for r in runs]
     return path
 
 

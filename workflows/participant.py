@@ -6,6 +6,7 @@ concatenated) the graph is::
     timelines ─┬─ extract[model] ── regressors[model] ─┬─ associate[model] ─┬───────────┐
                │                                        └─ encode[model] ────┴─ lesion ──┤
     mask ── clean[run] ──── (into associate, encode and lesion) ─────────────── outputs ── report
+                      └─ save_cleaned (with --save-cleaned: the cleaned runs as derivatives)
 """
 from __future__ import annotations
 
@@ -168,6 +169,15 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
                               "bids_dir": str(bids_dir), "config_json": cfg,
                               "lesion_files": [] if not lesion else None})
     outputs.overwrite = True  # it writes outside the work dir: never trust a cached result
+    if conf["bold"].get("save_cleaned"):
+        saved = _function_node(nodes.save_cleaned_node, f"save_cleaned_{tag}",
+                               {"cleaned_files": None, "timelines_file": None, "mask_file": None,
+                                "runs_json": runs_json, "unit_json": unit_json,
+                                "output_dir": str(output_dir)})
+        saved.overwrite = True
+        wf.connect([(clean, saved, [("out", "cleaned_files")]),
+                    (timelines, saved, [("out", "timelines_file")]),
+                    (mask, saved, [("out", "mask_file")])])
     wf.connect([(merge, outputs, [("out", "association_files")]),
                 (merge_enc, outputs, [("out", "encoding_files")]),
                 *([(merge_atoms, outputs, [("out", "atom_files")])] if paper else []),

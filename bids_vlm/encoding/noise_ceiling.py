@@ -17,9 +17,15 @@ run, so its ceiling is the correlation of the noise-free response with one run o
 a model reaches. Runs repeat when they show the same stimulus sequence: the pipeline compares a
 signature of each run's timeline (:func:`repeated_signatures`; :func:`repeated_runs` compares
 uncleaned regressors instead).
+
+Across subjects (:func:`intersubject_ceiling`, the group level's ``desc-isc`` maps): when
+several subjects saw the same stimulus sequence and their data share a grid, the subjects are
+the repeats of the same formula (each subject's run z-scored first).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 
@@ -58,6 +64,15 @@ def repeated_runs(regressors, run_lengths, atol: float = 1e-6) -> list[tuple[int
         else:
             match.append(i)
     return [tuple(g) for g in groups if len(g) >= 2]
+
+
+def run_signature(timeline: dict, n_scans: int, tr: float) -> str:
+    """Signature of a run's stimulus sequence: equal for runs (of any subject) that showed the
+    same stimuli at the same times with the same number of scans and TR.
+
+    timeline: the run's :meth:`bids_vlm.stimuli.Timeline.to_dict`.
+    """
+    return hashlib.sha1(json.dumps([timeline, n_scans, tr]).encode()).hexdigest()
 
 
 def repeated_signatures(signatures) -> list[tuple[int, ...]]:
@@ -99,13 +114,25 @@ def noise_ceiling(voxels, run_lengths, groups) -> NoiseCeiling | None:
     if not groups:
         return None
     bounds = np.cumsum([0, *run_lengths])
-    noise, signal, frames = 0.0, 0.0, 0
+    stacks = []
     for group in groups:
         if len({bounds[i + 1] - bounds[i] for i in group}) != 1:
             raise ValueError(f"runs {group} repeat the same stimuli but differ in length")
         y = np.stack([np.asarray(voxels[bounds[i]:bounds[i + 1]], dtype=np.float64)
                       for i in group])  # (n, L, V)
-        y -= y.mean(1, keepdims=True)
+        stacks.append(y - y.mean(1, keepdims=True))
+    return pooled_ceiling(stacks, tuple(groups))
+
+
+def pooled_ceiling(stacks, groups=()) -> NoiseCeiling:
+    """The ceiling from repeated measurements of the same frames, pooled over ``stacks``.
+
+    stacks: (n, L, V) arrays, n >= 2 repeats (runs, or subjects) of L frames, each repeat
+    centred over its frames; noise and signal variances are averaged over the stacks weighted
+    by their frames. ``groups`` is only recorded in the result.
+    """
+    noise, signal, frames = 0.0, 0.0, 0
+    for y in stacks:
         n, length = y.shape[:2]
         group_noise = y.var(0, ddof=1).mean(0)
         noise = noise + length * group_noise
@@ -118,6 +145,38 @@ def noise_ceiling(voxels, run_lengths, groups) -> NoiseCeiling | None:
         ncsnr = np.where(noise > 0, np.sqrt(signal / noise), np.where(signal > 0, np.inf, 0.0))
     return NoiseCeiling(r=r.astype(np.float32), ncsnr=ncsnr.astype(np.float32),
                         groups=tuple(groups))
+
+
+def intersubject_ceiling(subjects, run_lengths=None, min_subjects: int = 3) -> NoiseCeiling:
+    """Across-subjects noise ceiling: the subjects are the repeats of the ncsnr formula.
+
+    subjects: (n_subjects, T, V) array, or a list of n_subjects (T, V) arrays, of cleaned voxel
+    time series on one grid; every subject saw the same stimulus sequence (the same runs in the
+    same order, ``run_lengths`` frames each; default one run of T frames). Each subject's run
+    is z-scored over its frames (subjects differ in BOLD scale), then every run is a group of
+    n_subjects repeats (:func:`pooled_ceiling`). The result estimates the ceiling of the r of
+    a model of the stimulus-driven signal *shared by the subjects* on one subject's run;
+    ``groups`` holds one tuple of subject indices per run.
+    """
+    arrays = [np.asarray(s) for s in subjects]
+    if len(arrays) < min_subjects:
+        raise ValueError(f"an across-subjects ceiling needs >= {min_subjects} subjects, "
+                         f"got {len(arrays)}")
+    if len({a.shape for a in arrays}) != 1:
+        raise ValueError("subjects' time series differ in shape: "
+                         f"{sorted({a.shape for a in arrays})}")
+    bounds = np.cumsum([0, *(run_lengths or [arrays[0].shape[0]])])
+    if bounds[-1] != arrays[0].shape[0]:
+        raise ValueError(f"run lengths sum to {bounds[-1]}, the series have "
+                         f"{arrays[0].shape[0]} frames")
+    stacks = []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        y = np.stack([a[start:stop] for a in arrays]).astype(np.float64)  # (n, L, V)
+        y -= y.mean(1, keepdims=True)
+        sd = y.std(1, keepdims=True)
+        stacks.append(np.divide(y, sd, out=np.zeros_like(y), where=sd > 0))
+    subjects_index = tuple(range(len(arrays)))
+    return pooled_ceiling(stacks, tuple(subjects_index for _ in stacks))
 
 
 def fraction_of_ceiling(r, ceiling, minimum: float = 0.0) -> np.ndarray:
@@ -134,3 +193,12 @@ def method_description(ceiling: NoiseCeiling) -> str:
             "variance per voxel, noise = mean over frames of the variance over repeated runs, "
             "signal = variance over frames of their mean - noise / repeats (NSD ncsnr, Allen "
             f"et al. 2022); repeated runs (identical AN regressors, 1-based): {runs}")
+
+
+def isc_method_description(n_subjects: int, n_frames: int) -> str:
+    return ("across-subjects noise ceiling of the held-out Pearson r on one subject's run: "
+            "sqrt(signal / (signal + noise)) variance per voxel, each subject's cleaned run "
+            "z-scored, noise = mean over frames of the variance across subjects, signal = "
+            "variance over frames of the subjects' mean - noise / subjects (NSD ncsnr, Allen "
+            f"et al. 2022, with subjects as the repeats); {n_subjects} subjects, {n_frames} "
+            "frames; it bounds models of the response shared by the subjects")
