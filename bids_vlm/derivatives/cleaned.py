@@ -9,13 +9,11 @@ participants that showed the same stimuli at the same times.
 """
 from __future__ import annotations
 
-import os
-
 import nibabel as nib
 import numpy as np
 from nilearn import masking
 
-from bids_vlm.derivatives.io import atomic_path, bids_name, write_json
+from bids_vlm.derivatives.io import bids_name, save_image, write_json
 from bids_vlm.derivatives.unit import func_dir, unit_entities
 from bids_vlm.encoding.noise_ceiling import run_signature
 
@@ -50,13 +48,6 @@ def _write_bold(path, data, mask, tr: float, sidecar: dict):
     img = masking.unmask(np.asarray(data, dtype=np.float32), mask)
     img.header.set_zooms(img.header.get_zooms()[:3] + (float(tr),))
     img.header.set_xyzt_units("mm", "sec")
-    with atomic_path(path) as tmp:
-        staged = str(tmp) + ".nii.gz"  # nibabel picks the format from the extension
-        try:
-            nib.save(img, staged)
-            os.replace(staged, tmp)
-        finally:
-            if os.path.exists(staged):
-                os.unlink(staged)
+    save_image(path, img)
     write_json(str(path).replace(".nii.gz", ".json"), sidecar)
     return path

@@ -103,9 +103,8 @@ def write_tsv(path, table: pd.DataFrame) -> Path:
     return Path(path)
 
 
-def write_map(path, values: np.ndarray, mask_img, sidecar: dict) -> Path:
-    """Write (V,) in-mask ``values`` as a 3D NIfTI, or (K, V) as a 4D one (+ JSON sidecar)."""
-    img = masking.unmask(np.asarray(values, dtype=np.float32), mask_img)
+def save_image(path, img) -> Path:
+    """Save a nibabel image at ``path`` (a ``.nii.gz`` name) through a temporary name."""
     with atomic_path(path) as tmp:
         staged = str(tmp) + ".nii.gz"  # nibabel picks the format from the extension
         try:
@@ -114,6 +113,12 @@ def write_map(path, values: np.ndarray, mask_img, sidecar: dict) -> Path:
         finally:
             if os.path.exists(staged):
                 os.unlink(staged)
+    return Path(path)
+
+
+def write_map(path, values: np.ndarray, mask_img, sidecar: dict) -> Path:
+    """Write (V,) in-mask ``values`` as a 3D NIfTI, or (K, V) as a 4D one (+ JSON sidecar)."""
+    save_image(path, masking.unmask(np.asarray(values, dtype=np.float32), mask_img))
     write_json(str(path).replace(".nii.gz", ".json"), sidecar)
     return Path(path)
 
