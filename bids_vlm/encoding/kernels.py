@@ -48,7 +48,7 @@ def _stats(r, f, s2_const, f_lo, u_crit, u_out, u_max, n_screen, col0,
         count, top = zero, top_bits[i]
         for c in range(w // CHUNK):
             j0 = c * CHUNK
-            if use_f:
+            if use_f:  # two copies of the loop, not a branch inside one: each vectorises
                 fi = f[i]
                 for j in range(j0, j0 + CHUNK):
                     s2 = one / min(max(fi[j], f_lo), np.float32(0.25)) - np.float32(3.0)
