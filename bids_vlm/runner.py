@@ -211,10 +211,10 @@ def _node_error(crash_dir) -> BidsVlmError:
     """The error of the newest crash file, with its exit code when it is a bids_vlm error."""
     crashes = sorted(Path(crash_dir).glob("crash-*.txt"), key=lambda p: p.stat().st_mtime)
     text = crashes[-1].read_text(errors="replace") if crashes else ""
-    match = re.findall(r"bids_vlm\.errors\.(\w+): (.+)", text)
+    match = re.findall(r"bids_vlm\.[\w.]*?(\w+Error): (.+)", text)
     full = re.findall(r"OSError: \[Errno (?:28|122|30)\] (.+)", text)  # disk full, quota, ro
     if match:
-        cls = getattr(errors, match[-1][0], BidsVlmError)
+        cls = errors.error_class(match[-1][0])
         err = cls(match[-1][1])
     elif full:
         err = errors.OutputError(f"cannot write the intermediate results: {full[-1]}")

@@ -17,15 +17,11 @@ import types
 
 import torch
 
-from bids_vlm.errors import DataError
+from bids_vlm.errors import DataError, UnsafeCheckpointError
 
 _EXTRA_ALLOWED = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
                   "builtins.dict", "builtins.list", "builtins.tuple", "builtins.frozenset",
                   "builtins.slice")
-
-
-class UnsafeCheckpointError(DataError):
-    """The checkpoint asks to call a function a state dict never needs."""
 
 
 def _allowed_globals() -> dict:
