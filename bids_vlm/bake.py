@@ -13,8 +13,11 @@ layout :func:`bids_vlm.models.openclip.find_weights` reads (``--model-dir`` or
 into ``<dest>/meter-clip16-roberta/`` and fetches the ``roberta-base`` tokenizer files next to it
 (unless already there). ``hf-clip:<hub id>`` goes to the Hugging Face cache (``$HF_HOME``), where
 :func:`bids_vlm.models.hfclip.resolve` finds it. ``tiny-clip`` and ``tiny-meter`` have nothing to fetch.
-Files are written under a temporary name and renamed. Exit codes: 0 done, 2 usage,
-66 the weights could not be fetched or the local file is missing.
+Files are written under a temporary name and renamed. A ``--from-file`` checkpoint is inspected
+before anything reads it (:mod:`bids_vlm.models.checkpoint`): a TorchScript archive, or a pickle
+that would call code, is refused. Exit codes: 0 done, 2 usage, 64 the local file was refused
+as unsafe (it would run code when loaded), 66 the weights could not be fetched or the local file
+is missing or unusable.
 """
 from __future__ import annotations
 
@@ -26,8 +29,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bids_vlm.errors import EXIT_WEIGHTS
+from bids_vlm.errors import EXIT_WEIGHTS, UnsafeCheckpointError
 from bids_vlm.models import hfclip, meter, openclip
+from bids_vlm.models.checkpoint import (TORCH_FORMATS, check_checkpoint_file, checkpoint_format,
+                                        safe_torch_load)
 
 HF_CLIP_FILES = ["*.json", "*.txt", "*.safetensors"]  # config, processor, tokenizer, weights
 METER_TOKENIZER_FILES = ("vocab.json", "merges.txt")
@@ -84,16 +89,29 @@ def install_file(source: Path, target: Path) -> Path:
 def from_file(fetch: Fetch, source: Path) -> Path:
     """Install a local checkpoint as the weights of an OpenAI CLIP (a ``.bin`` (PyTorch pickle)
     keeps open_clip's ``.bin`` name, anything else is taken as safetensors), or a METER
-    checkpoint (read with the safe loader first) next to its tokenizer folder."""
+    checkpoint next to its tokenizer folder. Every file is read with the safe loader first;
+    :class:`~bids_vlm.errors.UnsafeCheckpointError` when it would run code."""
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no such checkpoint file")
     if fetch.model == meter.NAME:
-        meter.read_checkpoint(source)  # a METER state dict, and no code in the pickle
+        meter.read_checkpoint(source)  # a METER state dict, and no code in the file
         return install_file(source, fetch.target.parent / f"{source.stem}.ckpt")
     if source.suffix == ".bin":
+        _check_state_dict(source)
         return install_file(source, fetch.target.with_name(openclip.WEIGHT_FILES[1]))
+    if checkpoint_format(source) in TORCH_FORMATS:
+        check_checkpoint_file(source)  # a TorchScript archive is refused, not just "unusable"
     _check_safetensors(source)
     return install_file(source, fetch.target)
+
+
+def _check_state_dict(path: Path) -> None:
+    """Raise ValueError unless ``path`` is a PyTorch file holding a dict (read safely; a file
+    that would run code raises :class:`~bids_vlm.errors.UnsafeCheckpointError`)."""
+    data = safe_torch_load(path)
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path}: not a usable PyTorch state dict (it holds a "
+                         f"{type(data).__name__})")
 
 
 def _check_safetensors(path: Path) -> None:
@@ -169,6 +187,9 @@ def main(argv=None) -> int:
                     download(fetch)
             else:
                 done = from_file(fetch, opts.from_file) if opts.from_file else download(fetch)
+        except UnsafeCheckpointError as exc:  # refused before anything from it ran
+            print(f"bids_vlm.bake: error: {fetch.model}: {exc}", file=sys.stderr)
+            return exc.exit_code
         except Exception as exc:  # network, hub or file errors: all mean "no weights"
             print(f"bids_vlm.bake: error: {fetch.model}: {exc}", file=sys.stderr)
             return EXIT_WEIGHTS

@@ -9,9 +9,10 @@ import pytest
 import torch
 from conftest import REPO
 from safetensors.torch import save_file
+from test_checkpoint import live_payloads  # noqa: F401  (the payloads are shown to be live)
 
 from bids_vlm import bake
-from bids_vlm.errors import EXIT_WEIGHTS
+from bids_vlm.errors import EXIT_DATA, EXIT_WEIGHTS
 from bids_vlm.models.openclip import find_weights
 
 
@@ -121,5 +122,35 @@ def test_meter_bake_refuses_a_pickle_that_runs_code(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _MakeDir(marker)}, evil)
     proc = run_bake("--models", "meter-clip16-roberta", "--dest", tmp_path / "m",
                     "--from-file", evil)
-    assert proc.returncode == EXIT_WEIGHTS and "refused" in proc.stderr
+    assert proc.returncode == EXIT_DATA and "refused" in proc.stderr
     assert not marker.exists() and not (tmp_path / "m" / "meter-clip16-roberta").exists()
+
+
+@pytest.mark.parametrize("model, name, payload", [
+    ("meter-clip16-roberta", "x.ckpt", "torchscript"),
+    ("meter-clip16-roberta", "x.ckpt", "pth"),
+    ("clip-vit-b-32", "x.bin", "torchscript"),
+    ("clip-vit-b-32", "x.safetensors", "torchscript"),
+    ("clip-vit-b-16", "x.bin", "pickle"),
+])
+def test_from_file_refuses_code_with_exit_64(tmp_path, live_payloads, model, name, payload):
+    """A TorchScript archive (writing a marker, or a .pth into a stand-in site directory) or a
+    pickle that calls exec: exit 64, the file named, no traceback, nothing written."""
+    from test_checkpoint import (pickle_payloads, save_pth_payload, save_torchscript_payload,
+                                 write_pickle_payload)
+
+    site_dir, marker, evil = tmp_path / "site-packages", tmp_path / "ran", tmp_path / name
+    site_dir.mkdir()
+    if payload == "torchscript":
+        save_torchscript_payload(evil, marker)
+    elif payload == "pth":
+        save_pth_payload(evil, site_dir, marker)
+    else:
+        write_pickle_payload(evil, pickle_payloads(marker)["builtins.exec"], "torch zip")
+    proc = run_bake("--models", model, "--dest", tmp_path / "m", "--from-file", evil)
+    assert proc.returncode == EXIT_DATA, proc.stderr
+    assert f"bids_vlm.bake: error: {model}: {evil}: " in proc.stderr
+    assert ("TorchScript archive" if payload != "pickle" else "builtins.exec") in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists() and list(site_dir.iterdir()) == []
+    assert not (tmp_path / "m").exists()

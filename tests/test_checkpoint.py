@@ -1,18 +1,28 @@
 """The safe checkpoint loader: state dicts load, classes it cannot import become inert data,
-and a pickle that would run code is refused before anything runs."""
+and a file that would run code (a TorchScript archive, a pickle that calls a function) is
+refused before anything runs, through every path a user takes. Each payload is first shown to
+be live: loaded the usual way, it does write its file."""
 from __future__ import annotations
 
 import os
 import pickle
+import shlex
+import shutil
+import subprocess
 import sys
+import tarfile
 import types
+import warnings
+import zipfile
 from collections import OrderedDict
+from typing import List, Tuple
 
 import pytest
 import torch
 
 from bids_vlm.errors import DataError
-from bids_vlm.models.checkpoint import UnsafeCheckpointError, safe_torch_load
+from bids_vlm.models.checkpoint import (UnsafeCheckpointError, _pickle_module,
+                                        check_checkpoint_file, safe_torch_load, vet_checkpoint)
 
 
 class _MakeDir:
@@ -23,6 +33,112 @@ class _MakeDir:
 
     def __reduce__(self):
         return os.mkdir, (self.path,)
+
+
+class Call:
+    """Unpickling this calls ``func(*args)``."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def pickle_payloads(marker) -> dict:
+    """{what it calls: an object whose unpickling creates ``marker``}."""
+    code = f"open({str(marker)!r}, 'w').close()"
+    return {"system": Call(os.system, f"touch {shlex.quote(str(marker))}"),
+            "subprocess.call": Call(subprocess.call, [sys.executable, "-c", code]),
+            "builtins.exec": Call(exec, code),
+            "builtins.eval": Call(eval, code),
+            "mkdir": _MakeDir(marker)}
+
+
+def write_pickle_payload(path, payload, form):
+    """``payload`` inside a checkpoint dict saved by torch.save (zip or legacy format), or
+    pickled alone."""
+    data = {"state_dict": OrderedDict(w=torch.zeros(2)), "extra": payload}
+    if form == "torch zip":
+        torch.save(data, path)
+    elif form == "legacy torch.save":
+        torch.save(data, path, _use_new_zipfile_serialization=False)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    return path
+
+
+class ScriptedWriter(torch.nn.Module):
+    """A TorchScript payload: ``torch.jit.load`` calls its ``__setstate__``, which maps
+    ``target`` with ``torch.from_file(shared=True)`` (creating the file) and writes ``content``
+    into it."""
+
+    def __init__(self, target: str, content: List[int]):
+        super().__init__()
+        self.target = target
+        self.content = content
+        self.mapped = torch.zeros(0, dtype=torch.uint8)
+
+    def forward(self, x):
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[str, List[int], bool]:
+        return (self.target, self.content, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[str, List[int], bool]):
+        self.target = state[0]
+        self.content = state[1]
+        self.training = state[2]
+        self.mapped = torch.from_file(self.target, shared=True, size=len(self.content),
+                                      dtype=torch.uint8)
+        self.mapped.copy_(torch.tensor(self.content, dtype=torch.uint8))
+
+
+def save_torchscript_payload(path, target, content=b"written while loading\n"):
+    """A TorchScript archive at ``path`` that writes ``content`` to ``target`` when loaded."""
+    with warnings.catch_warnings():  # torch.jit is deprecated, and says so
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(ScriptedWriter(str(target), list(content))), str(path))
+    return path
+
+
+def pth_line(marker) -> bytes:
+    """A ``.pth`` line that Python's ``site`` runs at start-up: it creates ``marker``."""
+    return f"import os; open({str(marker)!r}, 'w').close()\n".encode()
+
+
+def save_pth_payload(path, site_dir, marker):
+    """A TorchScript archive at ``path`` that writes ``<site_dir>/evil.pth`` (creating
+    ``marker`` at the next start of Python) when loaded."""
+    return save_torchscript_payload(path, site_dir / "evil.pth", pth_line(marker))
+
+
+@pytest.fixture(scope="module")
+def live_payloads(tmp_path_factory):
+    """The payloads do what they are built for when loaded without the checks: the TorchScript
+    archive writes its file through ``torch.load(..., pickle_module=...)`` (the loader before
+    this fix), the ``.pth`` it writes runs code in the next Python, and every pickle payload
+    runs."""
+    guard = tmp_path_factory.mktemp("guard")
+    path = save_torchscript_payload(guard / "x.ckpt", guard / "marker", b"ran\n")
+    site_dir = guard / "site-packages"
+    site_dir.mkdir()
+    with warnings.catch_warnings():  # "dispatching to torch.jit.load", and its deprecation
+        warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+        torch.load(path, map_location="cpu", weights_only=False, pickle_module=_pickle_module())
+        torch.jit.load(str(save_pth_payload(guard / "pth.ckpt", site_dir, guard / "pth-ran")))
+    assert (guard / "marker").read_bytes() == b"ran\n"
+    assert (site_dir / "evil.pth").is_file() and not (guard / "pth-ran").exists()
+    subprocess.run([sys.executable, "-S", "-c", "import site, sys; site.addsitedir(sys.argv[1])",
+                    str(site_dir)], check=True, timeout=60)
+    assert (guard / "pth-ran").is_file()
+    for i, payload in enumerate(pickle_payloads(guard / "pickle").values()):
+        pickle.loads(pickle.dumps(payload))
+        assert (guard / "pickle").exists(), i
+        (guard / "pickle").unlink() if (guard / "pickle").is_file() else (guard / "pickle").rmdir()
+    return guard
 
 
 def fake_lightning_classes():
@@ -105,3 +221,136 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="cannot read the checkpoint") as info:
         safe_torch_load(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("check", [check_checkpoint_file, vet_checkpoint, safe_torch_load])
+def test_torchscript_archive_is_refused_before_torch_sees_it(tmp_path, live_payloads, check):
+    marker = tmp_path / "marker"
+    path = save_torchscript_payload(tmp_path / "x.ckpt", marker)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        check(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: a TorchScript archive") and "constants.pkl" in message
+    assert "refused, and nothing from it was run" in message and info.value.exit_code == 64
+    assert not marker.exists()
+
+
+def test_torchscript_payload_writes_no_pth_file(tmp_path, live_payloads):
+    site_dir = tmp_path / "site-packages"
+    site_dir.mkdir()
+    path = save_pth_payload(tmp_path / "x.ckpt", site_dir, tmp_path / "ran")
+    with pytest.raises(UnsafeCheckpointError, match="TorchScript archive"):
+        safe_torch_load(path)
+    assert list(site_dir.iterdir()) == [] and not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("form", ["torch zip", "legacy torch.save", "plain pickle"])
+@pytest.mark.parametrize("call", ["system", "subprocess.call", "builtins.exec", "builtins.eval"])
+def test_pickle_payloads_are_refused_and_not_run(tmp_path, live_payloads, form, call):
+    marker = tmp_path / "ran"
+    path = write_pickle_payload(tmp_path / "evil.ckpt", pickle_payloads(marker)[call], form)
+    for check in (safe_torch_load, vet_checkpoint):
+        with pytest.raises(UnsafeCheckpointError) as info:
+            check(path)
+        assert str(path) in str(info.value) and f"{call}'" in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("payload", ["torchscript", "pth", "pickle"])
+def test_meter_loader_refuses_payloads_in_the_model_dir(tmp_path, live_payloads, payload):
+    """The path users take: ``<model-dir>/meter-clip16-roberta/x.ckpt``."""
+    from bids_vlm.config import ModelConfig
+    from bids_vlm.models import load_model
+    from bids_vlm.models.meter import NAME, TINY_TOKENIZER
+
+    folder = tmp_path / "models" / NAME
+    shutil.copytree(TINY_TOKENIZER, folder / "roberta-base")
+    site_dir, marker = tmp_path / "site-packages", tmp_path / "ran"
+    site_dir.mkdir()
+    path = folder / "x.ckpt"
+    if payload == "torchscript":
+        save_torchscript_payload(path, marker)
+    elif payload == "pth":
+        save_pth_payload(path, site_dir, marker)
+    else:
+        write_pickle_payload(path, pickle_payloads(marker)["builtins.exec"], "torch zip")
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_model(NAME, ModelConfig(model_dir=str(tmp_path / "models")))
+    assert str(info.value).startswith(f"{path}: ") and info.value.exit_code == 64
+    assert not marker.exists() and list(site_dir.iterdir()) == []
+
+
+def _add_record(path, name, data=b"x"):
+    """Append a record to the zip torch.save wrote, under its directory prefix."""
+    with zipfile.ZipFile(path, "a") as archive:
+        prefix = archive.namelist()[0].partition("/")[0]
+        archive.writestr(f"{prefix}/{name}", data)
+
+
+@pytest.mark.parametrize("record, message", [
+    ("code/__torch__.py", "a TorchScript archive"), ("constants.pkl", "a TorchScript archive"),
+    ("extra.pkl", "records torch.save never writes"), ("data/x", "records torch.save never"),
+])
+def test_zip_with_other_records_is_refused(tmp_path, record, message):
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.ones(3)}, path)
+    _add_record(path, record)
+    with pytest.raises(UnsafeCheckpointError, match=message):
+        safe_torch_load(path)
+
+
+def test_tar_other_than_the_legacy_layout_is_refused(tmp_path):
+    path = tmp_path / "model.tar"
+    with tarfile.open(path, "w") as tar:
+        for name in ("pickle", "tensors"):
+            info = tarfile.TarInfo(name)
+            tar.addfile(info)
+        link = tarfile.TarInfo("storages")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    with pytest.raises(UnsafeCheckpointError, match="not a legacy torch.save checkpoint"):
+        safe_torch_load(path)
+
+
+def test_what_is_not_a_checkpoint_is_a_data_error(tmp_path):
+    path = tmp_path / "notes.ckpt"
+    path.write_text("import os\n")
+    with pytest.raises(DataError, match="not a PyTorch checkpoint") as info:
+        check_checkpoint_file(path)
+    assert not isinstance(info.value, UnsafeCheckpointError) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("form", ["torch zip", "legacy torch.save", "safetensors"])
+def test_plain_state_dicts_still_load(tmp_path, form):
+    from safetensors.torch import save_file
+
+    state = {"w": torch.randn(3, 4), "b": torch.arange(4)}
+    path = tmp_path / ("model.safetensors" if form == "safetensors" else "model.pt")
+    if form == "safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(OrderedDict(state), path, _use_new_zipfile_serialization=form == "torch zip")
+    loaded = safe_torch_load(path)
+    assert sorted(loaded) == ["b", "w"] and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert vet_checkpoint(path) == ("safetensors" if form == "safetensors" else
+                                    "zip" if form == "torch zip" else "pickle")
+
+
+def test_python2_names_of_a_legacy_pickle_are_mapped(tmp_path):
+    """torch.save's legacy format is protocol 2, which spells ``set`` ``__builtin__.set``."""
+    path = tmp_path / "old.pt"
+    torch.save({"w": torch.ones(2), "tags": {"a", "b"}}, path, _use_new_zipfile_serialization=False)
+    assert b"__builtin__" in path.read_bytes()
+    assert safe_torch_load(path)["tags"] == {"a", "b"}
+
+
+def test_a_pickle_cannot_change_an_allowed_function(tmp_path):
+    """BUILD on a global (here setting ``torch._utils._rebuild_tensor_v2.__defaults__``) would
+    change it for every later load in the process: refused, the function unchanged."""
+    path = tmp_path / "build.pkl"
+    path.write_bytes(b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}X\x0c\x00\x00\x00"
+                     b"__defaults__(K\x01ts\x86b.")
+    defaults = torch._utils._rebuild_tensor_v2.__defaults__
+    with pytest.raises(UnsafeCheckpointError, match="set attributes of '_rebuild_tensor_v2'"):
+        safe_torch_load(path)
+    assert torch._utils._rebuild_tensor_v2.__defaults__ == defaults

@@ -15,6 +15,7 @@ from bids_vlm.errors import WeightsNotFoundError
 from bids_vlm.models import extract, load_model
 from bids_vlm.models.base import hooks_attached
 from datagen import make_images
+from test_checkpoint import live_payloads  # noqa: F401  (the payloads are shown to be live)
 
 TEXTS = ["a photo of a face", "a house by the sea"]
 
@@ -115,3 +116,47 @@ def test_missing_model_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsNotFoundError, match="does not download at run time"):
         load_model("hf-clip:nobody/no-such-clip", ModelConfig())
+
+
+@pytest.mark.parametrize("payload", ["torchscript", "pth", "pickle"])
+def test_a_weight_file_that_runs_code_is_refused(hf_dir, tmp_path, live_payloads, payload):
+    """A folder with config.json and a malicious pytorch_model.bin (TorchScript, or a pickle
+    calling exec): UnsafeCheckpointError (exit 64) naming the file before transformers reads
+    it, and no file written."""
+    import shutil
+
+    from test_checkpoint import (pickle_payloads, save_pth_payload, save_torchscript_payload,
+                                 write_pickle_payload)
+
+    from bids_vlm.errors import UnsafeCheckpointError
+
+    folder, site_dir, marker = tmp_path / "clip", tmp_path / "site-packages", tmp_path / "ran"
+    folder.mkdir()
+    site_dir.mkdir()
+    shutil.copy(hf_dir / "config.json", folder)
+    path = folder / "pytorch_model.bin"
+    if payload == "torchscript":
+        save_torchscript_payload(path, marker)
+    elif payload == "pth":
+        save_pth_payload(path, site_dir, marker)
+    else:
+        write_pickle_payload(path, pickle_payloads(marker)["builtins.exec"], "torch zip")
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_model(f"hf-clip:{folder}", ModelConfig())
+    assert str(info.value).startswith(f"{path}: ") and info.value.exit_code == 64
+    assert not marker.exists() and list(site_dir.iterdir()) == []
+
+
+def test_a_torch_saved_bin_still_loads(hf_dir, tmp_path):
+    """pytorch_model.bin written by torch.save (the pre-safetensors format) passes the checks."""
+    import shutil
+
+    from transformers import CLIPModel
+
+    folder = tmp_path / "bin"
+    shutil.copytree(hf_dir, folder)
+    module = CLIPModel.from_pretrained(hf_dir)
+    (folder / "model.safetensors").unlink()
+    torch.save(module.state_dict(), folder / "pytorch_model.bin")
+    model = load_model(f"hf-clip:{folder}", ModelConfig())
+    assert torch.equal(model.module.text_projection.weight, module.text_projection.weight)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import run_cli
 from datagen import make_images
+from test_checkpoint import live_payloads  # noqa: F401  (the payloads are shown to be live)
 
 from bids_vlm.config import ModelConfig
 from bids_vlm.errors import WeightsNotFoundError
@@ -318,3 +319,39 @@ def test_half_precision_on_cuda_is_close_to_fp32(tiny):
                    progress=False)
     for key in full:
         assert np.corrcoef(full[key].ravel(), half[key].ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("where, payload", [
+    ("generic", "torchscript"), ("generic", "pickle"), ("model dir", "torchscript"),
+    ("model dir", "pth"), ("safetensors name", "torchscript"),
+])
+def test_open_clip_refuses_a_checkpoint_that_runs_code(tmp_path, monkeypatch, live_payloads,
+                                                       where, payload):
+    """``open_clip:ViT-B-32:/path/x.pt`` and ``<model-dir>/clip-vit-b-32/`` with a TorchScript
+    archive or a pickle calling exec: UnsafeCheckpointError (exit 64) naming the file, before
+    torch reads it, and no file written."""
+    from test_checkpoint import (pickle_payloads, save_pth_payload, save_torchscript_payload,
+                                 write_pickle_payload)
+
+    from bids_vlm.errors import UnsafeCheckpointError
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.delenv("BIDS_VLM_MODEL_DIR", raising=False)
+    site_dir, marker = tmp_path / "site-packages", tmp_path / "ran"
+    site_dir.mkdir()
+    folder = tmp_path / "models" / "clip-vit-b-32"
+    folder.mkdir(parents=True)
+    path = {"generic": tmp_path / "x.pt", "model dir": folder / "open_clip_pytorch_model.bin",
+            "safetensors name": folder / "open_clip_model.safetensors"}[where]
+    if payload == "torchscript":
+        save_torchscript_payload(path, marker)
+    elif payload == "pth":
+        save_pth_payload(path, site_dir, marker)
+    else:
+        write_pickle_payload(path, pickle_payloads(marker)["builtins.exec"], "torch zip")
+    name = f"open_clip:ViT-B-32:{path}" if where == "generic" else "clip-vit-b-32"
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_model(name, ModelConfig(model_dir=str(tmp_path / "models")))
+    assert str(info.value).startswith(f"{path}: ") and info.value.exit_code == 64
+    assert ("TorchScript archive" if payload != "pickle" else "builtins.exec") in str(info.value)
+    assert not marker.exists() and list(site_dir.iterdir()) == []

@@ -6,6 +6,8 @@ or ``hf-clip:openai/clip-vit-base-patch32``. ANs: ``vision_model.encoder.layers.
 activation_fn`` (image) and ``text_model.encoder.layers.i.mlp.activation_fn`` (text), [B, L, U];
 attn ANs from each layer's ``self_attn`` q_proj and k_proj. Text ANs are pooled over the tokens
 of the attention mask; ``cls`` pooling takes CLS for images and the last (EOS) token for text.
+The folder's PyTorch weight files are checked before transformers reads them
+(:func:`check_weight_files`), and no code from the folder is trusted (``trust_remote_code``).
 """
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ import torch
 
 from bids_vlm.errors import WeightsNotFoundError
 from bids_vlm.models.base import StreamSpec, load_image
+from bids_vlm.models.checkpoint import vet_checkpoint
 from bids_vlm.video import FrameSource, is_frame_item
 
 PREFIX = "hf-clip:"
+WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")  # what torch.load could be given
 
 
 def resolve(source: str) -> Path:
@@ -87,15 +91,29 @@ class HFClipModel:
         return self.module.get_text_features(**inputs)
 
 
+def check_weight_files(folder: Path) -> None:
+    """Refuse the folder before transformers reads it when one of its PyTorch files
+    (``pytorch_model.bin``, its shards, any ``*.bin`` / ``*.pt`` / ``*.pth`` / ``*.ckpt``) would
+    run code (a TorchScript archive, a pickle that calls code):
+    :class:`~bids_vlm.errors.UnsafeCheckpointError` (exit 64) names the file. transformers
+    reads ``.bin`` with ``weights_only=True`` too; this is the clear error and a second check.
+    Only the pickles are read (tensors on the meta device), not the weights."""
+    for path in sorted(folder.iterdir()):
+        if path.suffix in WEIGHT_SUFFIXES and path.is_file():
+            vet_checkpoint(path)
+
+
 def load_hf_clip(name: str) -> HFClipModel:
     """Load ``hf-clip:<directory or hub id>`` from local files only."""
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
     folder = resolve(name[len(PREFIX):])
+    check_weight_files(folder)
+    local = {"local_files_only": True, "trust_remote_code": False}
     try:
-        module = CLIPModel.from_pretrained(folder, local_files_only=True)
-        processor = CLIPImageProcessor.from_pretrained(folder, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        module = CLIPModel.from_pretrained(folder, **local)
+        processor = CLIPImageProcessor.from_pretrained(folder, **local)
+        tokenizer = AutoTokenizer.from_pretrained(folder, **local)
     except (OSError, ValueError) as exc:
         raise WeightsNotFoundError(f"cannot load a CLIP model, image processor and tokenizer "
                                    f"from {folder}: {exc}") from exc

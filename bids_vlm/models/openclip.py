@@ -14,6 +14,7 @@ import torch
 
 from bids_vlm.errors import DataError, WeightsNotFoundError
 from bids_vlm.models.base import StreamSpec, load_image
+from bids_vlm.models.checkpoint import TORCH_FORMATS, checkpoint_format, vet_checkpoint
 from bids_vlm.video import FrameSource, is_frame_item
 
 TINY_CONFIG = {
@@ -158,16 +159,40 @@ def load_openai_clip(name: str, model_dir: str = "") -> OpenClipModel:
 
     arch, tag = OPENAI[name]
     path = find_weights(name, model_dir)
+    check_weights_file(path)
     module = open_clip.create_model(arch, pretrained=None, force_quick_gelu=True)
-    try:
-        open_clip.load_checkpoint(module, str(path))
-    except Exception as exc:
-        raise DataError(f"cannot load the {name} checkpoint: {exc}", path) from exc
+    load_weights(module, path, f"the {name} checkpoint")
     cfg = open_clip.get_pretrained_cfg(arch, tag)
     preprocess = open_clip.image_transform(module.visual.image_size, is_train=False,
                                            mean=cfg["mean"], std=cfg["std"])
     return OpenClipModel(name, module, preprocess, open_clip.get_tokenizer(arch))
 
+
+def check_weights_file(path: Path) -> None:
+    """Refuse a weights file that would run code when open_clip reads it
+    (:class:`~bids_vlm.errors.UnsafeCheckpointError`, exit 64: a TorchScript archive such as
+    OpenAI's original JIT ``.pt``, or a pickle that calls code), before torch sees it; see
+    :func:`~bids_vlm.models.checkpoint.vet_checkpoint`. open_clip reads a ``.safetensors`` file
+    with safetensors, which runs no code (it is vetted only when its bytes are a torch
+    format), and a ``.npz`` / ``.npy`` (big_vision weights) with ``np.load``, which refuses
+    pickled objects."""
+    suffix = Path(path).suffix
+    if suffix in (".npz", ".npy"):
+        return
+    if suffix == ".safetensors" and checkpoint_format(path) not in TORCH_FORMATS:
+        return
+    vet_checkpoint(path)
+
+
+def load_weights(module, path: Path, what: str) -> None:
+    """``open_clip.load_checkpoint`` of ``path`` (already passed :func:`check_weights_file`)
+    into ``module``; DataError naming the file when it does not fit."""
+    import open_clip
+
+    try:
+        open_clip.load_checkpoint(module, str(path))
+    except Exception as exc:
+        raise DataError(f"cannot load {what}: {exc}", path) from exc
 
 
 PREFIX = "open_clip:"
@@ -203,14 +228,12 @@ def load_generic(name: str, model_dir: str = "") -> OpenClipModel:
     cfg = {} if path.is_file() else open_clip.get_pretrained_cfg(arch, source)
     if not path.is_file():
         path = _tagged_weights(name, arch, source, model_dir)
+    check_weights_file(path)
     module = open_clip.create_model(arch, pretrained=None,
                                     force_quick_gelu=bool(cfg.get("quick_gelu", False)))
     if not hasattr(module, "visual") or not hasattr(module.visual, "transformer"):
         raise DataError(f"{arch} has no ViT image tower; bids_vlm records transformer blocks")
-    try:
-        open_clip.load_checkpoint(module, str(path))
-    except Exception as exc:
-        raise DataError(f"cannot load {arch} weights from this file: {exc}", path) from exc
+    load_weights(module, path, f"{arch} weights from this file")
     preprocess = open_clip.image_transform(module.visual.image_size, is_train=False,
                                            mean=cfg.get("mean"), std=cfg.get("std"))
     return OpenClipModel(name, module, preprocess, open_clip.get_tokenizer(arch))
