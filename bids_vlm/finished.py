@@ -31,10 +31,13 @@ def marker_path(output_dir, subject: str) -> Path:
 
 
 def participant_outputs(output_dir, subject: str) -> dict:
-    """{path relative to ``output_dir``: size in bytes} of the participant's outputs."""
+    """{path relative to ``output_dir``: size in bytes} of the participant's outputs: never a
+    hidden file or folder (a temporary ``.<name>.tmp`` of an atomic write, a lock file)."""
     out = Path(output_dir)
     files = [p for p in (out / f"sub-{subject}").rglob("*") if p.is_file()]
     files += [p for p in [out / f"sub-{subject}.html"] if p.is_file()]
+    files = [p for p in files
+             if not any(part.startswith(".") for part in p.relative_to(out).parts)]
     return {str(p.relative_to(out)): p.stat().st_size for p in sorted(files)}
 
 

@@ -3,9 +3,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import time
 
 from bids_vlm.bids import RunSpec
 from bids_vlm.config import AnalysisConfig, StatsConfig, to_json
+from bids_vlm.derivatives.io import (
+    SHARED_TEMPORARY_AGE_S,
+    is_temporary,
+    remove_stale_temporaries,
+)
 from bids_vlm.finished import (
     is_finished,
     mark_finished,
@@ -59,3 +66,60 @@ def test_missing_or_changed_output_or_garbled_marker_is_not_finished(tmp_path):
     assert not is_finished(tmp_path, "01", "abc")
     marker_path(tmp_path, "01").write_text(json.dumps({"fingerprint": "abc", "outputs": {}}))
     assert not is_finished(tmp_path, "01", "abc")  # a marker without outputs proves nothing
+
+
+def _orphans(out):
+    """Temporaries as a run killed during its writes leaves them (names of atomic_path, of the
+    staged NIfTI and PNG, and of the group maps)."""
+    func, figures = out / "sub-01" / "func", out / "sub-01" / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    return [func / ".sub-01_neurons.tsv.k2j3h4.tmp",
+            func / ".sub-01_desc-x_statmap.nii.gz.a1b2c3.tmp.nii.gz",
+            figures / ".sub-01_layers.png.q9w8e7.tmp.png",
+            out / ".sub-01.html.zz11yy.tmp",
+            out / "logs" / ".sub-01_finished.json.p0o9i8.tmp"]
+
+
+def test_marker_never_lists_temporaries_or_hidden_files(tmp_path):
+    _outputs(tmp_path)
+    (tmp_path / "logs").mkdir()
+    for path in _orphans(tmp_path) + [tmp_path / "sub-01" / ".hidden" / "x.tsv"]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+    data = json.loads(mark_finished(tmp_path, "01", "abc").read_text())
+    assert data["outputs"] == {"sub-01.html": 13, "sub-01/func/sub-01_neurons.tsv": 15}
+
+
+def test_stale_temporaries_of_one_participant_are_removed(tmp_path):
+    _outputs(tmp_path)
+    (tmp_path / "logs").mkdir()
+    mine = _orphans(tmp_path)
+    others = [tmp_path / "sub-02" / "func" / ".sub-02_neurons.tsv.abcdef.tmp",  # another's
+              tmp_path / ".sub-010.html.abcdef.tmp",
+              tmp_path / "logs" / ".sub-010_finished.json.abcdef.tmp",
+              tmp_path / ".dataset_description.json.fresh1.tmp",  # a live run may write it now
+              tmp_path / "logs" / ".sub-01.lock"]  # a lock, not a temporary
+    old_shared = [tmp_path / ".README.md.old111.tmp", tmp_path / "logs" / ".config_x.toml.o.tmp"]
+    for path in mine + others + old_shared:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+    old = time.time() - SHARED_TEMPORARY_AGE_S - 60
+    for path in old_shared:
+        os.utime(path, (old, old))
+    removed = remove_stale_temporaries(tmp_path, "sub-01")
+    assert sorted(removed) == sorted(mine + old_shared)
+    assert all(p.exists() for p in others)
+    assert (tmp_path / "sub-01" / "func" / "sub-01_neurons.tsv").is_file()  # outputs stay
+    assert (tmp_path / "sub-01.html").is_file()
+    assert remove_stale_temporaries(tmp_path, "sub-01") == []
+    group = tmp_path / "group" / ".group_desc-x_stat-meanr_statmap.tmp.nii.gz"
+    group.parent.mkdir()
+    group.write_text("half")
+    assert remove_stale_temporaries(tmp_path, "group") == [group]
+
+
+def test_temporary_names():
+    assert is_temporary(".sub-01_neurons.tsv.k2j3h4.tmp")
+    assert is_temporary(".x_statmap.nii.gz.a1b2c3.tmp.nii.gz")
+    assert not is_temporary("sub-01_neurons.tsv") and not is_temporary(".bidsignore")
+    assert not is_temporary(".sub-01.lock") and not is_temporary("x.tmp")

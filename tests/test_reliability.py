@@ -1,19 +1,24 @@
 """Reliability: the input dataset is never written, a run killed with SIGKILL resumes to the
-same outputs, finished participants are skipped unless --force, and participants run in
-parallel into one output folder do not interfere."""
+same outputs, finished participants are skipped unless --force, participants run in parallel
+into one output folder do not interfere, a second run of the same participant exits 75 naming
+the first, and a killed run's lock and temporaries are taken over and removed."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import bids_vlm_command, run_cli
+from test_locks import HOLDER
 
 pytestmark = pytest.mark.slow
 ARGS = ["--layers", "2", "--no-encoding", "-q"]
@@ -137,3 +142,114 @@ def test_finished_participants_are_skipped_unless_force(planted, tmp_path):
     (out / NEURONS.format(s="01")).unlink()
     missing = run_cli(*args, "--participant-label", "01", "--fdr-q", "0.01")
     assert skipped not in missing.stderr and (out / NEURONS.format(s="01")).is_file()
+
+
+def _lock_holder(path: Path):
+    """The pid in the lock file ``path`` (None while it is missing or not written yet)."""
+    try:
+        return json.loads(path.read_text()).get("pid")
+    except (OSError, ValueError):
+        return None
+
+
+def test_same_participant_twice_at_once_second_exits_75(planted, tmp_path):
+    """Two runs of sub-01 into one output and its default work directory: the second, started
+    while the first holds the participant's lock (stopped there with SIGSTOP, so that the two
+    overlap whatever the speed of the machine), exits 75 naming the first, without a traceback;
+    the first then finishes with complete outputs."""
+    from bids_vlm.finished import marker_path
+    from bids_vlm.runner import default_work_dir
+
+    out = tmp_path / "out"
+    work = default_work_dir(out)
+    args = [str(planted.root), str(out), "participant", "--participant-label", "01", *ARGS]
+    lock = out / "logs" / ".sub-01.lock"
+    try:
+        first = subprocess.Popen([bids_vlm_command(), *args], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and first.poll() is None and \
+                _lock_holder(lock) != first.pid:
+            time.sleep(0.02)
+        assert _lock_holder(lock) == first.pid, first.communicate()
+        os.killpg(first.pid, signal.SIGSTOP)
+        try:
+            second = run_cli(*args, check=False)
+        finally:
+            os.killpg(first.pid, signal.SIGCONT)
+        assert second.returncode == 75, second.stderr
+        assert (f"bids_vlm: error: sub-01 is being analysed by process {first.pid} on host "
+                f"{socket.gethostname()} since ") in second.stderr
+        assert f"(lock file {lock}); wait for it to finish or stop it" in second.stderr
+        assert "Traceback" not in second.stderr
+        stdout, stderr = first.communicate(timeout=600)
+        assert first.returncode == 0, stderr
+        assert (out / NEURONS.format(s="01")).is_file() and (out / "sub-01.html").is_file()
+        outputs = json.loads(marker_path(out, "01").read_text())["outputs"]
+        assert NEURONS.format(s="01") in outputs and "sub-01.html" in outputs
+        assert not lock.exists() and not (work / ".sub-01.lock").exists()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _holder(*paths) -> subprocess.Popen:
+    """A process that takes the locks ``paths`` for sub-01 (as a run does) until killed."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, *map(str, paths)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_killed_run_lock_and_temporaries_are_taken_over(planted, tmp_path):
+    """A run holding sub-01's locks makes another exit 75 (also one into another output folder
+    that shares the work directory); killed with SIGKILL, its locks are stale: the rerun takes
+    them over, removes the temporaries that a kill during writes leaves, and lists none of them
+    in the completion marker. The group level has its lock too."""
+    from bids_vlm.finished import marker_path
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    out_lock, work_lock = out / "logs" / ".sub-01.lock", work / ".sub-01.lock"
+    args = [planted.root, out, "participant", "--participant-label", "01", "--layers", "2",
+            "--no-encoding", "-w", work]  # not quiet: the log says what is taken over
+    holder = _holder(out_lock, work_lock)
+    try:
+        busy = run_cli(*args, check=False)
+        other_out = run_cli(planted.root, tmp_path / "out2", *args[2:], check=False)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert busy.returncode == 75 and "Traceback" not in busy.stderr
+    assert f"sub-01 is being analysed by process {holder.pid} on host " in busy.stderr
+    assert not (out / "dataset_description.json").exists()  # nothing written
+    assert other_out.returncode == 75 and "Traceback" not in other_out.stderr
+    assert f"process {holder.pid} on host " in other_out.stderr
+    assert f"(lock file {work_lock})" in other_out.stderr
+    assert not (tmp_path / "out2").exists()  # not even the folder made for its lock
+    assert _lock_holder(out_lock) == _lock_holder(work_lock) == holder.pid  # left: stale
+    func = out / "sub-01" / "func"
+    orphans = [func / f".{Path(NEURONS.format(s='01')).name}.k2j3h4.tmp",
+               func / ".sub-01_desc-x_statmap.nii.gz.a1b2c3.tmp.nii.gz",
+               out / "sub-01" / "figures" / ".sub-01_layers.png.q9w8e7.tmp.png",
+               out / ".sub-01.html.zz11yy.tmp"]
+    for path in orphans:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half-written")
+    rerun = run_cli(*args)
+    assert f"took over the lock of process {holder.pid} on host" in rerun.stderr
+    assert "sub-01: removed 4 temporary file(s) left by an interrupted run" in rerun.stderr
+    assert not any(p.exists() for p in orphans) and not list(out.rglob(".*.tmp*"))
+    assert not out_lock.exists() and not work_lock.exists()
+    outputs = json.loads(marker_path(out, "01").read_text())["outputs"]
+    assert NEURONS.format(s="01") in outputs and "sub-01.html" in outputs
+    assert not [rel for rel in outputs if "/." in f"/{rel}" or ".tmp" in rel]
+    assert all((out / rel).stat().st_size == size for rel, size in outputs.items())
+    group_lock = out / "logs" / ".group.lock"
+    holder = _holder(group_lock)
+    try:
+        group = run_cli(planted.root, out, "group", "-q", "-w", work, check=False)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert group.returncode == 75 and "Traceback" not in group.stderr
+    assert f"the group level is being run by process {holder.pid} on host " in group.stderr
+    assert not (out / "group.html").exists()
