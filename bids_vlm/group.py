@@ -182,7 +182,8 @@ def combine_neuron_tables(output_dir) -> list[Path]:
             summary["consistency"] = summary["an_id"].map(consistency)
         path = Path(output_dir) / "group" / f"group_{rest}_desc-{desc}_neurons.tsv"
         written.append(write_tsv(path, summary))
-        model = tables[0]["an_id"].iloc[0].split("/")[0] if len(tables[0]) else ""
+        # an_id is <model>/<stream>/<layer>/<unit>, and a model spec may hold "/" (a path)
+        model = tables[0]["an_id"].iloc[0].rsplit("/", 3)[0] if len(tables[0]) else ""
         written.append(write_json(path.with_suffix(".json"), {
             "Model": model, "Participants": sorted({s for s, _ in items}),
             "mean_bn_pos": {"Description": "mean BN+ count over participants"},

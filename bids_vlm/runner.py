@@ -4,6 +4,7 @@ This is the CLI's layer (it imports :mod:`workflows`); the stages do not import 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import getpass
 import hashlib
@@ -14,13 +15,14 @@ import re
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomli_w
 import torch
 
-from bids_vlm import __version__, errors
+from bids_vlm import __version__, errors, locks
 from bids_vlm.config import AnalysisConfig, to_dict
 from bids_vlm.errors import BidsVlmError, NoInputError
 
@@ -47,7 +49,9 @@ def write_config_log(output_dir, config: AnalysisConfig, level, extra: dict) -> 
 
 
 def check_stimuli(runs, bids_dir, config: AnalysisConfig):
-    """Build every run's timeline before the graph runs, so bad events fail fast and clearly."""
+    """Build every run's timeline and read its confounds before the graph runs, so that bad
+    events, stimuli or confounds fail fast and clearly, before any output is written."""
+    from bids_vlm.preproc import read_confounds
     from bids_vlm.stimuli import build_timeline, read_events, sample_items
 
     streams = config.model.streams or ("image", "text")  # cross streams: either side
@@ -55,10 +59,15 @@ def check_stimuli(runs, bids_dir, config: AnalysisConfig):
     for run in runs:
         events = read_events(run.events)
         duration = run.n_scans * run.tr
-        if len(events) and (events["onset"] >= duration).all():
+        late = events["onset"] >= duration
+        if len(events) and late.all():
             raise errors.DataError(f"every event starts after the end of the run ({duration:g} s "
                                    f"= {run.n_scans} volumes x TR {run.tr:g} s; onsets in "
                                    "milliseconds?)", run.events)
+        if late.any():  # logged here once per run (the graph's timeline node does not)
+            LOGGER.warning("%s: %d event(s) start after the run ends (%.1f s) and are ignored",
+                           run.events, int(late.sum()), duration)
+        _check_length(run, read_confounds(run.confounds, run.n_scans, config.bold), config)
         timeline = build_timeline(events, duration, config.stimuli,
                                   Path(bids_dir) / "stimuli", source=run.events)
         any_stimulus |= any(x is not None for s in streams for x in sample_items(timeline, s))
@@ -67,6 +76,27 @@ def check_stimuli(runs, bids_dir, config: AnalysisConfig):
                            "any selected run's events: give a stim_file column (images or "
                            "videos under stimuli/), a text column (--text-column), or "
                            "--text-template, e.g. 'a photo of a {trial_type}'", runs[0].events)
+
+
+MIN_FREE_FRAMES = 10  # frames a run must keep after cleaning (the association needs T_eff > 3)
+
+
+def _check_length(run, confounds, config: AnalysisConfig):
+    """DataError when cleaning (mean, trend, the high-pass's cosines, confounds) leaves the run
+    fewer than MIN_FREE_FRAMES dimensions; runs of 300+ volumes always keep enough."""
+    from bids_vlm.preproc import removed_dimensions
+
+    if run.n_scans >= 300:
+        return
+    with warnings.catch_warnings():  # nilearn: "Cosine filter was not created" (too short)
+        warnings.simplefilter("ignore", UserWarning)
+        removed = removed_dimensions(run.n_scans, run.tr, confounds, config.bold)
+    if run.n_scans - removed < MIN_FREE_FRAMES:
+        raise errors.DataError(
+            f"the run is too short to analyse: {run.n_scans} volumes, of which the cleaning "
+            f"(detrending, high-pass, {0 if confounds is None else confounds.shape[1]} "
+            f"confounds) removes {removed}; at least {removed + MIN_FREE_FRAMES} are needed",
+            run.bold)
 
 
 @dataclass(frozen=True)
@@ -91,16 +121,37 @@ def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
                     execution: Execution = Execution(), space="",
                     validate=False, force=False) -> list[Path]:
     """Analyse the selected participants; those already finished with the same fingerprint
-    (:mod:`bids_vlm.finished`) are skipped unless ``force``. Returns their report paths."""
+    (:mod:`bids_vlm.finished`) are skipped unless ``force``. Returns their report paths.
+
+    Every selected participant's lock (:mod:`bids_vlm.locks`) is held from before the finished
+    check until its marker is written: in the output directory for all of them, in the work
+    directory for those analysed; another run holding one stops this one with
+    :class:`~bids_vlm.errors.BusyError` (exit 75) before anything is written.
+    """
     from bids_vlm.bids import collect_runs, load_layout
-    from bids_vlm.derivatives import init_output
-    from bids_vlm.finished import mark_finished
-    from workflows.participant import analysis_units, init_participant_wf
 
     config = with_atlas_digest(config)
     layout = load_layout(bids_dir, config.derivatives, validate=validate)
     runs = collect_runs(layout, config.filters, space)
     fingerprints = _fingerprints(runs, config)
+    with contextlib.ExitStack() as held:
+        for subject in fingerprints:  # sorted: every run takes them in the same order
+            _lock(held, locks.output_lock_path(output_dir, f"sub-{subject}"), f"sub-{subject}",
+                  "output directory")
+        return _run_participant_locked(held, bids_dir, output_dir, config, runs, fingerprints,
+                                       work_dir, execution, force)
+
+
+def _run_participant_locked(held, bids_dir, output_dir, config, runs, fingerprints, work_dir,
+                            execution, force) -> list[Path]:
+    """:func:`run_participant` once the participants' output locks are held (``held``: the
+    ExitStack that releases them, which takes the work directory's locks too)."""
+    from bids_vlm.derivatives import init_output
+    from bids_vlm.finished import mark_finished
+    from workflows.participant import analysis_units, init_participant_wf
+
+    for subject in fingerprints:
+        _remove_stale_temporaries(output_dir, f"sub-{subject}")
     skipped = [] if force else _finished(output_dir, fingerprints)
     runs = [r for r in runs if r.subject not in skipped]
     if not runs:  # nothing is written, not even the logs
@@ -110,8 +161,10 @@ def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
         if not run.preprocessed:
             LOGGER.warning("%s: no preprocessed BOLD found in the derivatives; analysing the raw "
                            "BOLD (no motion correction or normalisation)", run.bold)
-    init_output(output_dir, bids_dir)
     work = _work_dir(work_dir, output_dir)
+    for subject in sorted({r.subject for r in runs}):
+        _lock(held, locks.work_lock_path(work, f"sub-{subject}"), f"sub-{subject}")
+    init_output(output_dir, bids_dir)
     write_config_log(output_dir, config, "participant",
                      {"bids_dir": str(bids_dir), "output_dir": str(output_dir),
                       "work_dir": str(work), "runs": [r.bold for r in runs],
@@ -123,6 +176,23 @@ def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
     for subject in subjects:
         mark_finished(output_dir, subject, fingerprints[subject])
     return [Path(output_dir) / f"sub-{s}.html" for s in sorted(subjects + skipped)]
+
+
+def _lock(held: contextlib.ExitStack, path, key: str, folder: str = "directory"):
+    """Take the lock ``key`` at ``path`` (BusyError, exit 75, when another process holds it);
+    ``held`` releases it. ``folder`` names the lock's folder in an error creating it."""
+    held.enter_context(locks.acquire(path, key, folder))
+
+
+def _remove_stale_temporaries(output_dir, key: str):
+    """Remove (and log) the temporaries that a killed run left among ``key``'s outputs; the
+    caller holds ``key``'s lock, so no live run is writing them."""
+    from bids_vlm.derivatives.io import remove_stale_temporaries
+
+    removed = remove_stale_temporaries(output_dir, key)
+    if removed:
+        LOGGER.info("%s: removed %d temporary file(s) left by an interrupted run (e.g. %s)",
+                    key, len(removed), removed[0])
 
 
 def _fingerprints(runs, config: AnalysisConfig) -> dict:
@@ -158,17 +228,23 @@ def with_atlas_digest(config: AnalysisConfig) -> AnalysisConfig:
 
 def run_group(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
               execution: Execution = Execution()):
+    """Run the group level, holding the ``group`` lock (:mod:`bids_vlm.locks`) in the output
+    and the work directory (BusyError, exit 75, when another group-level run holds one)."""
     from workflows.group import init_group_wf
 
     output_dir = Path(output_dir)
     if not list(output_dir.glob("sub-*/**/*_neurons.tsv")):
         raise NoInputError("no participant results here; run the participant level first",
                            output_dir)
-    work = _work_dir(work_dir, output_dir)
-    write_config_log(output_dir, config, "group",
-                     {"bids_dir": str(bids_dir), "output_dir": str(output_dir)})
-    wf = init_group_wf(output_dir, work, config)
-    _run(wf, output_dir, execution)
+    with contextlib.ExitStack() as held:
+        _lock(held, locks.output_lock_path(output_dir, "group"), "group")
+        work = _work_dir(work_dir, output_dir)
+        _lock(held, locks.work_lock_path(work, "group"), "group")
+        _remove_stale_temporaries(output_dir, "group")
+        write_config_log(output_dir, config, "group",
+                         {"bids_dir": str(bids_dir), "output_dir": str(output_dir)})
+        wf = init_group_wf(output_dir, work, config)
+        _run(wf, output_dir, execution)
     return [output_dir / "group.html"]
 
 
@@ -197,6 +273,10 @@ def _run(wf, output_dir, execution: Execution):
         wf.run(plugin=plugin, plugin_args=args)
     except RuntimeError as exc:
         raise _node_error(crash_dir) from exc
+    except OSError as exc:  # Nipype's own files in the work directory (disk full, quota, ...)
+        raise errors.OutputError(f"cannot write the intermediate results: "
+                                 f"{exc.strerror or exc} ({exc.filename2 or exc.filename})",
+                                 wf.base_dir) from exc
 
 
 def _login_name() -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from collections import OrderedDict
 
@@ -19,6 +20,7 @@ from nipype.interfaces.utility import Function, Merge
 from nipype.pipeline import engine as pe
 
 from bids_vlm.config import AnalysisConfig, RunFilter, to_json
+from bids_vlm.derivatives.io import READABLE_MAX, is_plain_model, model_hash, model_words
 from workflows import nodes
 
 
@@ -61,7 +63,31 @@ def _unit_name(unit) -> str:
     for key in ("session", "task", "acquisition", "space"):
         if unit.get(key):
             parts.append(f"{key[:3]}_{unit[key]}")
-    return "_".join(parts).replace("-", "_").replace(".", "_")
+    return re.sub(r"[^A-Za-z0-9_]", "_", "_".join(parts))
+
+
+def model_tag(model: str) -> str:
+    """The model's part of node names (and so of work-directory folders): only [A-Za-z0-9_],
+    one per model, the same in every run (so that a rerun finds its cached nodes).
+
+    A registered name with '-' as '_' (``tiny-clip`` -> ``tiny_clip``); a spec
+    (``open_clip:...``, ``hf-clip:...``) its readable words joined by '_' (at most 40
+    characters; a path only by its last component) and 8 hex digits of the full spec's SHA-256,
+    e.g. ``open_clip:ViT-B-32:/m/x.safetensors`` -> ``open_clip_ViT_B_32_x_<hash>``.
+    """
+    if is_plain_model(model):
+        return model.replace("-", "_")
+    readable = "_".join(model_words(model))[:READABLE_MAX].strip("_")
+    return f"{readable}_{model_hash(model)}" if readable else f"model_{model_hash(model)}"
+
+
+def model_tags(models) -> dict:
+    """{model: node-name tag} of the distinct ``models``, in order; ValueError if two tags
+    are equal (which needs two specs whose 32-bit hashes collide)."""
+    tags = {m: model_tag(m) for m in dict.fromkeys(models)}
+    if len(set(tags.values())) != len(tags):
+        raise ValueError(f"models {', '.join(tags)} give the same node names; rename a file")
+    return tags
 
 
 def init_participant_wf(units, bids_dir, output_dir, work_dir, config: AnalysisConfig,
@@ -117,7 +143,9 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
                            {"run_json": [json.dumps(r) for r in unit["runs"]],
                             "mask_file": None, "config_json": cfg}, mapnode_field="run_json")
     wf.connect(mask, "out", clean, "mask_file")
-    models = json.loads(cfg)["model"]["models"]
+    # the same model named twice is recorded once (its nodes would have the same names)
+    tags = model_tags(json.loads(cfg)["model"]["models"])
+    models = list(tags)
     merge = pe.Node(Merge(len(models)), name=f"associations_{tag}")
     merge_enc = pe.Node(Merge(len(models)), name=f"encodings_{tag}")
     paper = json.loads(cfg)["stats"]["paper_mode"]
@@ -127,7 +155,7 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
     lesion = conf["encoding"]["enabled"] and bool(conf["networks"]["lesion_steps"])
     merge_lesion = pe.Node(Merge(len(models)), name=f"lesions_{tag}") if lesion else None
     for i, model in enumerate(models, start=1):
-        mtag = f"{tag}_{model.replace('-', '_')}"
+        mtag = f"{tag}_{tags[model]}"
         extract = _function_node(nodes.extract_node, f"extract_{mtag}",
                                  {"timelines_file": None, "model_name": model,
                                   "config_json": cfg,

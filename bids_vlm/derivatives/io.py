@@ -6,10 +6,12 @@ interrupted run never leaves a half-written output.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 import h5py
@@ -53,9 +55,63 @@ def label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "", text)
 
 
+_PLAIN_MODEL = re.compile(r"[A-Za-z0-9-]+")  # registered names (and their ``-qk`` form)
+_PLAIN_LABEL = re.compile(r"[A-Za-z0-9_-]+")
+_WEIGHTS_EXTENSION = re.compile(r"\.(safetensors|bin|pth?|ckpt|npz|h5)$", re.IGNORECASE)
+READABLE_MAX = 40  # characters of a spec's readable part in labels and node names
+
+
+def is_plain_model(model: str) -> bool:
+    """A name of letters, digits and '-' only (a registered model), which maps to node names
+    and labels one to one without a hash; every spec (``open_clip:``, ``hf-clip:``) has a ':'."""
+    return bool(_PLAIN_MODEL.fullmatch(model))
+
+
+def model_hash(model: str) -> str:
+    """8 hex digits of the SHA-256 of the full model name: what keeps the labels of two model
+    specs apart when their readable parts are the same (e.g. two ``x.safetensors`` files)."""
+    return hashlib.sha256(model.encode("utf-8")).hexdigest()[:8]
+
+
+def model_words(model: str) -> list[str]:
+    """The readable words of a model name, in order.
+
+    Registered names split at '-' (``tiny-clip`` -> tiny, clip). Specs split at ':'; a part that
+    is a file or folder path (absolute, ``~`` or ``.``, several '/', or a weights file) gives
+    only its last component without the weights extension, a hub id (``org/name``) all of it:
+    ``open_clip:ViT-B-32:/models/vitb32_random.safetensors`` -> open, clip, ViT, B, 32,
+    vitb32, random; ``hf-clip:openai/clip-vit-base-patch32`` -> hf, clip, openai, clip, vit,
+    base, patch32. A trailing ``-qk`` (attn ANs) stays the last word.
+    """
+    if is_plain_model(model):
+        return [w for w in model.split("-") if w]
+    suffix = []
+    if model.endswith("-qk"):
+        model, suffix = model[:-3], ["qk"]
+    words = []
+    for part in model.split(":"):
+        path = part.replace("\\", "/")
+        if (_WEIGHTS_EXTENSION.search(path) or path.startswith(("/", "~", "."))
+                or path.rstrip("/").count("/") > 1):
+            path = _WEIGHTS_EXTENSION.sub("", path.rstrip("/").rsplit("/", 1)[-1])
+        words += re.findall(r"[A-Za-z0-9]+", path)
+    return words + suffix
+
+
+def model_label(model: str) -> str:
+    """The alphanumeric model part of desc labels: a registered name without its '-' (and '_')
+    (``clip-vit-b-32`` -> ``clipvitb32``); a spec's readable words (at most 40 characters),
+    lower case, and :func:`model_hash` (``open_clip:ViT-B-32:/m/x.safetensors`` ->
+    ``openclipvitb32x`` + 8 hex digits), so that every spec gets its own label."""
+    if _PLAIN_LABEL.fullmatch(model):  # a name without ':' '/' '.': no spec, no path
+        return re.sub(r"[^A-Za-z0-9]", "", model).lower()
+    return "".join(model_words(model)).lower()[:READABLE_MAX] + model_hash(model)
+
+
 def desc_label(model: str, stream: str = "", layer: int | None = None) -> str:
-    """Alphanumeric desc label, e.g. ``clipvitb32Image07`` or ``tinyclipCrossText``."""
-    label = re.sub(r"[^A-Za-z0-9]", "", model).lower()
+    """Alphanumeric desc label, e.g. ``clipvitb32Image07`` or ``tinyclipCrossText``
+    (:func:`model_label`, the stream capitalised, the layer on 2 digits)."""
+    label = model_label(model)
     label += "".join(w.capitalize() for w in re.split(r"[^A-Za-z0-9]", stream) if w)
     return label + (f"{layer:02d}" if layer is not None else "")
 
@@ -83,6 +139,48 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+TEMPORARY_RE = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9.]+)?$")
+SHARED_TEMPORARY_AGE_S = 600  # a shared file's temporary this old is no run's current write
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is a temporary of :func:`atomic_path` (``.<name>.<random>.tmp``), with
+    the extension a writer adds to it (``.tmp.nii.gz``, ``.tmp.png``), or of the group maps
+    (``.<name>.tmp.nii.gz``); no output's name starts with a dot."""
+    return bool(TEMPORARY_RE.match(name))
+
+
+def remove_stale_temporaries(output_dir, key: str) -> list[Path]:
+    """Remove the temporaries that a killed run left among the outputs of ``key``
+    (``sub-<label>`` or ``group``); call it holding ``key``'s lock (:mod:`bids_vlm.locks`),
+    so that no live run is writing them. Temporaries of the files every run writes (the
+    dataset description, .bidsignore, README.md, logs/config_*.toml) are removed once older
+    than :data:`SHARED_TEMPORARY_AGE_S`. Returns the removed paths."""
+    out = Path(output_dir)
+    found = [p for p in (out / key).rglob(".*") if is_temporary(p.name)]
+    found += [p for p in out.glob(f".{key}.html.*") if is_temporary(p.name)]
+    found += [p for p in (out / "logs").glob(f".{key}_*") if is_temporary(p.name)]
+    shared = [p for pattern in (".dataset_description.json.*", ".bidsignore.*", ".README.md.*")
+              for p in out.glob(pattern)] + list((out / "logs").glob(".config_*"))
+    now = time.time()
+    for path in shared:
+        with contextlib.suppress(OSError):
+            if is_temporary(path.name) and now - path.stat().st_mtime > SHARED_TEMPORARY_AGE_S:
+                found.append(path)
+    removed = []
+    for path in sorted(set(found)):
+        try:
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise OutputError(f"cannot remove a temporary file of an interrupted run: "
+                              f"{exc.strerror or exc}", path) from exc
+    return removed
 
 
 def _umask() -> int:
