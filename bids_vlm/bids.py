@@ -157,11 +157,11 @@ def _run_spec(layout, bold, space: str) -> RunSpec | None:
     if events is None:
         LOGGER.warning("%s: no events.tsv, run skipped (events give the stimuli)", bold.path)
         return None
-    tr = layout.get_metadata(bold.path).get("RepetitionTime")
-    if tr is None or float(tr) <= 0:
-        raise DataError("RepetitionTime is missing or not positive in the JSON sidecar", bold.path)
     preproc = _match_derivative(layout, ents, suffix="bold", desc="preproc", space=space)
     image = preproc.path if preproc else bold.path
+    n_scans, header_tr = _n_scans(image)
+    tr = repetition_time(layout.get_metadata(bold.path).get("RepetitionTime"), bold.path,
+                         header_tr, n_scans)
     chosen_space = preproc.get_entities().get("space") if preproc else None
     # raw BOLD: only a mask without a space entity (in the BOLD's own space) will do
     mask = _match_derivative(layout, ents, suffix="mask", desc="brain", space=space,
@@ -173,7 +173,7 @@ def _run_spec(layout, bold, space: str) -> RunSpec | None:
     return RunSpec(
         subject=ents["subject"], session=ents.get("session"), task=ents["task"],
         run=int(ents["run"]) if "run" in ents else None, acquisition=ents.get("acquisition"),
-        bold=image, events=events, tr=float(tr), n_scans=_n_scans(image),
+        bold=image, events=events, tr=tr, n_scans=n_scans,
         mask=mask.path if mask else None, confounds=confounds.path if confounds else None,
         space=chosen_space, preprocessed=preproc is not None,
         fingerprint=_fingerprint(image, events, mask and mask.path,
@@ -234,7 +234,9 @@ def _space_rank(found, wanted) -> int:
     return len(SPACE_PREFERENCE)
 
 
-def _n_scans(path) -> int:
+def _n_scans(path) -> tuple[int, float]:
+    """(volumes, TR in seconds from the header's pixdim[4], 0 when it gives none) of a BOLD
+    image; DataError naming it when it is unreadable, truncated, not 4D or mislocated."""
     try:
         img = nib.load(path)
         shape = img.shape
@@ -248,7 +250,53 @@ def _n_scans(path) -> int:
                         f"{expected}", path)
     if len(shape) != 4 or shape[3] < 2:
         raise DataError(f"BOLD must be a 4D image with at least 2 volumes, shape is {shape}", path)
-    return int(shape[3])
+    check_affine(img.affine, path)
+    return int(shape[3]), _header_tr(img.header)
+
+
+def check_affine(affine, path):
+    """DataError naming ``path`` when its voxel-to-world matrix is singular or not finite
+    (voxels would have no position, so no mask, resampling or atlas could place them)."""
+    matrix = np.asarray(affine, float)[:3, :3]
+    if not np.isfinite(matrix).all() or abs(np.linalg.det(matrix)) < 1e-12:
+        raise DataError("the image's affine (voxel-to-world matrix) is singular or not finite: "
+                        f"{np.round(matrix, 4).tolist()}; fix the qform/sform of the header", path)
+
+
+def _header_tr(header) -> float:
+    """The NIfTI header's time step in seconds (pixdim[4] in its xyzt units), 0 if unknown."""
+    zooms = header.get_zooms()
+    step = float(zooms[3]) if len(zooms) > 3 else 0.0
+    unit = header.get_xyzt_units()[1]
+    scale = {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
+    return step * scale if np.isfinite(step) and step > 0 else 0.0
+
+
+MAX_TR = 100.0  # seconds; a longer RepetitionTime is taken for milliseconds
+
+
+def repetition_time(value, path, header_tr: float = 0.0, n_scans: int = 0) -> float:
+    """The sidecar's RepetitionTime in seconds, checked: a finite positive JSON number, not
+    milliseconds (BIDS wants seconds), and compared with the NIfTI header's time step (a
+    mismatch is a warning: the sidecar wins, as in BIDS)."""
+    where = "in the JSON sidecar"
+    if value is None:
+        raise DataError(f"RepetitionTime is missing or not positive {where}", path)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"RepetitionTime must be a number of seconds {where}, not "
+                        f"{json.dumps(value)}", path)
+    tr = float(value)
+    if not np.isfinite(tr) or tr <= 0:
+        raise DataError(f"RepetitionTime is missing or not positive {where} ({value})", path)
+    header = f"; the NIfTI header says {header_tr:g} s" if header_tr else ""
+    if tr > MAX_TR:
+        raise DataError(f"RepetitionTime {tr:g} {where} is not plausible in seconds "
+                        f"({n_scans} volumes would last {n_scans * tr / 3600:.1f} h{header}); "
+                        "milliseconds? BIDS wants seconds", path)
+    if header_tr and abs(header_tr - tr) > 0.01 * tr:
+        LOGGER.warning("%s: RepetitionTime %g s in the JSON sidecar but %g s in the NIfTI "
+                       "header (pixdim[4]); using the sidecar's", path, tr, header_tr)
+    return tr
 
 
 def _gzip_size(path, expected) -> int:

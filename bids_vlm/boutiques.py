@@ -28,6 +28,10 @@ def _input(action: argparse.Action) -> dict:
         spec["type"] = "Number"
     elif getattr(action.type, "__name__", "") == "_positive_int":
         spec.update(type="Number", integer=True, minimum=1)
+    elif getattr(action.type, "__name__", "") == "_non_negative_int":
+        spec.update(type="Number", integer=True, minimum=0)
+    elif getattr(action.type, "__name__", "") == "_non_negative_float":
+        spec.update(type="Number", minimum=0)
     elif action.dest in ("bids_dir", "bids_filter_file", "derivatives"):
         spec["type"] = "File"
     else:

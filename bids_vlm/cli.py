@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -32,10 +33,24 @@ def _fraction(value):
     return number
 
 
+def _non_negative_int(value):
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, not {value}")
+    return number
+
+
+def _non_negative_float(value):
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, not {value}")
+    return number
+
+
 def _positive_float(value):
     number = float(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    if not math.isfinite(number) or number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {value}")
     return number
 
 
@@ -65,6 +80,23 @@ def _model_name(value):
         raise argparse.ArgumentTypeError(f"unknown model '{value}' (choose from "
                                          f"{', '.join(sorted(REGISTRY))}, hf-clip:DIR or "
                                          "open_clip:ARCH:TAG_OR_FILE)")
+    return _canonical_spec(value)
+
+
+def _canonical_spec(value: str) -> str:
+    """A model spec whose local file or folder is given as an absolute path, so that the graph's
+    nodes (which run in their own folders) find it, and ``dir`` and ``./dir/`` are one model."""
+    from bids_vlm.models import hfclip, openclip
+
+    if value.startswith(openclip.PREFIX):
+        arch, _, source = value[len(openclip.PREFIX):].partition(":")
+        path = Path(source).expanduser()
+        if path.is_file():
+            return f"{openclip.PREFIX}{arch}:{path.resolve()}"
+    elif value.startswith(hfclip.PREFIX):
+        path = Path(value[len(hfclip.PREFIX):]).expanduser()
+        if path.is_dir():
+            return f"{hfclip.PREFIX}{path.resolve()}"
     return value
 
 
@@ -80,6 +112,8 @@ def _json_object(value):
 
 def _existing_dir(value):
     path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"not a directory: {value}")
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"directory does not exist: {value}")
     return path.resolve()
@@ -95,7 +129,32 @@ def _filter_file(value):
         raise argparse.ArgumentTypeError(f"{value} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise argparse.ArgumentTypeError(f"{value} must hold a JSON object")
+    problem = _filter_problem(data)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{value}: {problem}")
     return json.dumps(data)
+
+
+def _filter_problem(data: dict) -> str:
+    """What is wrong with a PyBIDS filter object ({"bold": {entity: value}}), or ""."""
+    from bids.layout.models import Config
+
+    known = set(Config.load("bids").entities) | set(Config.load("derivatives").entities)
+    for query, filters in data.items():
+        if not isinstance(filters, dict):
+            return (f"the filters of '{query}' must be a JSON object of BIDS entities, e.g. "
+                    f"{{\"{query}\": {{\"acquisition\": \"25mm\"}}}}, not {json.dumps(filters)}")
+        unknown = sorted(set(filters) - known)
+        if unknown:
+            return (f"'{query}' filters on unknown BIDS entit{'y' if len(unknown) == 1 else 'ies'} "
+                    f"{', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        for entity, wanted in filters.items():
+            items = wanted if isinstance(wanted, list) else [wanted]
+            if not all(v is None or isinstance(v, (str, int)) and not isinstance(v, bool)
+                       for v in items):
+                return (f"'{query}'.'{entity}' must be a string, a number, null or a list of "
+                        f"them, not {json.dumps(wanted)}")
+    return ""
 
 
 def _atlas(value):
@@ -153,7 +212,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="stimulus sampling rate in Hz")
     g.add_argument("--text-column", default="",
                    help="events column with text (default: text, caption, sentence or word)")
-    g.add_argument("--text-window", type=float, default=0.0,
+    g.add_argument("--text-window", type=_non_negative_float, default=0.0,
                    help="seconds: a sample's text is every text (e.g. transcript word) whose "
                         "onset is in the last N seconds; 0 = the text of the event on screen")
     g.add_argument("--text-template", default="",
@@ -186,7 +245,7 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hrf-model", choices=["spm", "glover", "fir"], default="spm",
                    help="fir: delayed copies instead of an HRF (--fir-delays); association uses "
                         "their mean, the ridge encoding all of them as features")
-    g.add_argument("--fir-delays", nargs="+", type=int, default=[1, 2, 3, 4],
+    g.add_argument("--fir-delays", nargs="+", type=_non_negative_int, default=[1, 2, 3, 4],
                    help="FIR delays in frames (with --hrf-model fir)")
     g.add_argument("--high-pass", type=_positive_float, default=1.0 / 128,
                    help="high-pass cut-off in Hz")
@@ -382,9 +441,20 @@ def main(argv=None) -> int:
 
 
 def _setup_logging(verbose, quiet):
+    """bids_vlm's own loggers at INFO (WARNING with -q, DEBUG with -vv); other libraries'
+    (open_clip, transformers, ...) only from WARNING unless -v."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if getattr(h, "bids_vlm", False)), None)
+    if handler is None:  # one handler, also when main() runs several times in one process
+        handler = logging.StreamHandler()
+        handler.bids_vlm = True
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: "
+                                               "%(message)s", datefmt="%H:%M:%S"))
+        root.addHandler(handler)
+    handler.stream = sys.stderr  # today's stderr (not one a caller has closed since)
+    root.setLevel(level if verbose else max(level, logging.WARNING))
+    logging.getLogger("bids_vlm").setLevel(level)
     from nipype import config as nipype_config
     from nipype import logging as nipype_logging
 
@@ -393,6 +463,21 @@ def _setup_logging(verbose, quiet):
                                              "interface_level": nlevel,
                                              "utils_level": "WARNING"}})
     nipype_logging.update_logging(nipype_config)
+    nipype_root = logging.getLogger("nipype")
+    for extra in [h for h in nipype_root.handlers if type(h) is logging.StreamHandler]:
+        nipype_root.removeHandler(extra)  # Nipype's own stdout copy of every line: ours suffice
+    if not verbose:
+        logging.getLogger("nipype.workflow").addFilter(_CrashFileOnly())
+
+
+class _CrashFileOnly(logging.Filter):
+    """Nipype logs a failed node's traceback with the crash file's name; without -v only the
+    name is logged (the traceback is in the file, and the error message names it)."""
+
+    def filter(self, record):
+        if str(record.msg).startswith("Saving crash info to") and record.args:
+            record.msg, record.args = "Saving crash info to %s", record.args[:1]
+        return True
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from nilearn import image, masking, signal
 
+from bids_vlm.bids import check_affine
 from bids_vlm.config import BoldConfig
 from bids_vlm.errors import DataError
 
@@ -59,6 +60,7 @@ def load_mask(bold_path, mask_path=None):
         data = np.asarray(mask.dataobj)
     except Exception as exc:  # nibabel raises several types for empty or truncated files
         raise DataError(f"cannot read the brain mask: {exc}", mask_path) from exc
+    check_affine(mask.affine, mask_path)
     if data.ndim != 3 and not (data.ndim == 4 and data.shape[3] == 1):
         raise DataError(f"the brain mask must be a 3D image, shape is {data.shape}", mask_path)
     if not (data > 0).any():
@@ -129,7 +131,10 @@ def read_confounds(confounds_path, n_scans: int, config: BoldConfig = BoldConfig
     """The selected confound columns of a run, (n_scans, n_confounds) float, or None."""
     if not confounds_path:
         return None
-    table = pd.read_csv(confounds_path, sep="\t", na_values=["n/a"])
+    try:
+        table = pd.read_csv(confounds_path, sep="\t", na_values=["n/a"])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the confounds table: {exc}", confounds_path) from exc
     if len(table) != n_scans:
         raise DataError(f"confounds have {len(table)} rows but the BOLD has "
                         f"{n_scans} volumes", confounds_path)
@@ -139,6 +144,10 @@ def read_confounds(confounds_path, n_scans: int, config: BoldConfig = BoldConfig
         raise DataError(f"confound column(s) {', '.join(bad)} hold non-numeric values",
                         confounds_path)
     confounds = selected.to_numpy(float)
+    infinite = [c for c, bad in zip(selected.columns, np.isinf(confounds).any(axis=0)) if bad]
+    if infinite:
+        raise DataError(f"confound column(s) {', '.join(infinite)} hold infinite values",
+                        confounds_path)
     return confounds if confounds.shape[1] else None
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,25 +80,45 @@ def read_events(path) -> pd.DataFrame:
             raise DataError(f"column '{col}' must be numeric; line {row} is "
                             f"'{value}'" if isinstance(value, str) else
                             f"column '{col}' is missing (n/a or empty) on line {row}", path)
+        if np.isinf(values).any():
+            row = int(np.flatnonzero(np.isinf(values))[0]) + 2
+            raise DataError(f"column '{col}' must be a finite number of seconds; line {row} "
+                            f"is '{events[col].iloc[row - 2]}'", path)
         events[col] = values.fillna(0.0)
-    if (events["onset"] < 0).any():
-        row = int(np.flatnonzero(events["onset"] < 0)[0]) + 2
-        raise DataError(f"negative onset on line {row}", path)
+    for col in ("onset", "duration"):
+        if (events[col] < 0).any():
+            row = int(np.flatnonzero(events[col] < 0)[0]) + 2
+            raise DataError(f"negative {col} on line {row}", path)
+    _check_text_cells(events, path)
     return events
+
+
+def _check_text_cells(events: pd.DataFrame, path):
+    """DataError naming the line and column of a cell holding a NUL or another control
+    character (not tab or newline): no stimulus text has one, and tokenizers, JSON node
+    inputs and HDF5 strings would choke on it or drop what follows."""
+    for col in events.columns.drop(["onset", "duration"]):
+        values = events[col]
+        bad = values.str.contains(_CONTROL, regex=True, na=False)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            char = re.search(_CONTROL, values.iloc[row]).group()
+            raise DataError(f"column '{col}' on line {row + 2} holds the control character "
+                            f"{char!r} (a NUL byte or binary data in a text file?)", path)
+
+
+_CONTROL = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
 
 
 def build_timeline(events: pd.DataFrame, run_duration: float, config: StimulusConfig,
                    stimuli_dir=None, source="events.tsv") -> Timeline:
-    """Sample the events of one run (``run_duration`` seconds) at ``config.stim_rate``."""
+    """Sample the events of one run (``run_duration`` seconds) at ``config.stim_rate``; events
+    that start after the run's end are left out (the runner warns about them once)."""
     dt = 1.0 / config.stim_rate
     n_samples = int(math.ceil(run_duration / dt - 1e-9))
     times = np.arange(n_samples) * dt
     owner = _owner_event(events["onset"].to_numpy(float), events["duration"].to_numpy(float),
                          n_samples, dt)
-    late = events["onset"] >= run_duration
-    if late.any():
-        LOGGER.warning("%s: %d event(s) start after the run ends (%.1f s) and are ignored",
-                       source, int(late.sum()), run_duration)
     images = _event_images(events, stimuli_dir, source)
     texts = _event_texts(events, config, source)
     onsets = events["onset"].to_numpy(float)
@@ -155,19 +177,54 @@ def _event_images(events, stimuli_dir, source):
     if "stim_file" not in events.columns:
         return [None] * len(events)
     out = []
-    for value in events["stim_file"]:
+    for row, value in enumerate(events["stim_file"]):
         if not isinstance(value, str) or not value.strip():
             out.append(None)
             continue
-        path = Path(stimuli_dir or ".") / value.strip()
-        if path.suffix.lower() not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
-            raise DataError(f"stim_file '{value}' is neither an image "
-                            f"({', '.join(IMAGE_EXTENSIONS)}) nor a video "
-                            f"({', '.join(VIDEO_EXTENSIONS)})", source)
-        if not path.is_file():
-            raise DataError(f"stim_file '{value}' not found under {stimuli_dir}", source)
-        out.append(str(path.resolve()))
+        out.append(resolve_stimulus(value.strip(), stimuli_dir, f"line {row + 2}", source))
     return out
+
+
+def resolve_stimulus(value: str, root, where: str, source) -> str:
+    """The absolute path of the stimulus file ``value`` names under the stimuli folder
+    ``root``; DataError naming ``source`` and ``where`` (its line) when the value is absolute,
+    leads out of ``root`` (``..``, or a symbolic link to a file elsewhere), is not an image or
+    video, is missing, or is not a regular file (a directory, a FIFO).
+
+    A symbolic link is followed when its target stays inside ``root`` or in the git-annex
+    object store of a dataset that holds ``root`` (DataLad / OpenNeuro copies store every
+    file there), so the returned path is the link's own, keeping its file extension."""
+    root = Path(os.path.abspath(root or "."))
+    name = f"stim_file '{value}' on {where}"
+    if Path(value).is_absolute() or os.path.normpath(value).split(os.sep)[0] == "..":
+        raise DataError(f"{name} is outside the stimuli folder {root}: stimuli are named "
+                        "relative to it, and nothing outside it is read", source)
+    path = root / os.path.normpath(value)
+    if path.suffix.lower() not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
+        raise DataError(f"stim_file '{value}' is neither an image "
+                        f"({', '.join(IMAGE_EXTENSIONS)}) nor a video "
+                        f"({', '.join(VIDEO_EXTENSIONS)})", source)
+    if not path.exists():
+        raise DataError(f"stim_file '{value}' not found under {root}", source)
+    target = path.resolve()
+    if not _inside(target, root.resolve()) and not _in_annex(target, root):
+        raise DataError(f"{name} is a symbolic link to {target}, outside the stimuli folder "
+                        f"{root}; nothing outside it is read (copy the file into it)", source)
+    if target.is_dir():
+        raise DataError(f"{name} is a directory, not an image or video file", source)
+    if not target.is_file():
+        raise DataError(f"{name} is not a regular file (a FIFO, socket or device?)", source)
+    return str(path)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _in_annex(target: Path, root: Path) -> bool:
+    """Whether ``target`` is in ``<dataset>/.git/annex/objects`` of a folder holding ``root``."""
+    return any(_inside(target, (d / ".git" / "annex" / "objects").resolve())
+               for d in (root, *root.parents) if (d / ".git" / "annex").is_dir())
 
 
 def _event_texts(events, config: StimulusConfig, source):

@@ -157,18 +157,20 @@ def make_planted_dataset(root, n_subjects=2, n_runs=2, n_scans=100, tr=2.0, shap
             for j, plant in enumerate(plants):
                 data[:, plant.voxels] += plant.beta * sig[:, [j]]
             _write_run(root, fmriprep if with_derivatives else None, sub, run, ev, data, shape,
-                       rng, affine)
+                       rng, affine, tr)
     planted = sorted({v for p in plants for v in p.voxels})
     return PlantedDataset(root, subjects, tuple(plants), n_vox,
                           [v for v in range(n_vox) if v not in planted])
 
 
-def _write_run(root, fmriprep, sub, run, events, data, shape, rng, affine=AFFINE):
+def _write_run(root, fmriprep, sub, run, events, data, shape, rng, affine=AFFINE, tr=2.0):
     stem = f"sub-{sub}_task-view_run-{run}"
     func = root / f"sub-{sub}" / "func"
     func.mkdir(parents=True, exist_ok=True)
     events.to_csv(func / f"{stem}_events.tsv", sep="\t", index=False)
     img = nib.Nifti1Image(data.T.reshape(*shape, -1).astype(np.float32), affine)
+    img.header.set_zooms(img.header.get_zooms()[:3] + (tr,))  # the TR, as scanners write it
+    img.header.set_xyzt_units("mm", "sec")
     nib.save(img, func / f"{stem}_bold.nii.gz")
     if fmriprep is None:
         return

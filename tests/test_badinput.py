@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -376,6 +377,130 @@ def _atlas_other_space(ctx):
     _write_atlas(ctx, "atlas-mine_space-T1w_dseg.nii.gz")
 
 
+def _tr(value):
+    """The sidecar's RepetitionTime set to ``value`` (raw JSON text, e.g. NaN)."""
+    def breaks(ctx):
+        (ctx.bids / "task-view_bold.json").write_text(
+            '{"TaskName": "view", "RepetitionTime": %s}' % value)
+    return breaks
+
+
+def _header_tr(ctx):
+    """The NIfTI header's pixdim[4] says 2.5 s, the sidecar 2 s."""
+    for path in (ctx.preproc, ctx.func("bold.nii.gz")):
+        img = nib.load(path)
+        img.header.set_zooms(img.header.get_zooms()[:3] + (2.5,))
+        nib.save(img, path)
+
+
+def _event_cell(column, line, value):
+    """Events line ``line`` (1 is the header) of run 1 gets ``value`` in ``column``."""
+    def breaks(ctx):
+        def edit(table):
+            table.loc[line - 2, column] = value
+        ctx.edit_events(edit)
+    return breaks
+
+
+def _filter_file(data):
+    def breaks(ctx):
+        path = ctx.tmp / "filters.json"
+        path.write_text(json.dumps(data))
+        ctx.args += ["--bids-filter-file", str(path)]
+    return breaks
+
+
+def _confound_inf(ctx):
+    path = ctx.deriv("desc-confounds_timeseries.tsv")
+    table = pd.read_csv(path, sep="\t")
+    table.loc[7, "rot_y"] = np.inf
+    table.to_csv(path, sep="\t", index=False)
+
+
+def _empty_confounds(ctx):
+    ctx.deriv("desc-confounds_timeseries.tsv").write_bytes(b"")
+
+
+def _raw_two_volumes(ctx):
+    shutil.rmtree(ctx.bids / "derivatives")
+    for run in (RUN1, RUN2):
+        ctx.edit_bold(lambda d: d[..., :2], ctx.func("bold.nii.gz", run))
+
+
+def _singular_affine(ctx):
+    img = nib.load(ctx.preproc)
+    affine = img.affine.copy()
+    affine[2, :3] = affine[0, :3]  # the z axis folded onto x: no voxel has a place
+    img.set_sform(affine, code=1)
+    img.set_qform(None, code=0)
+    nib.save(img, ctx.preproc)
+
+
+def _stimulus_directory(ctx):
+    (ctx.bids / "stimuli" / "img03.png").unlink()
+    (ctx.bids / "stimuli" / "img03.png").mkdir()
+
+
+def _stimulus_fifo(ctx):
+    (ctx.bids / "stimuli" / "img03.png").unlink()
+    os.mkfifo(ctx.bids / "stimuli" / "img03.png")
+
+
+def _stimulus_symlink_out(ctx):
+    secret = ctx.tmp / "secret.png"
+    shutil.copy(ctx.bids / "stimuli" / "img03.png", secret)
+    (ctx.bids / "stimuli" / "img03.png").unlink()
+    (ctx.bids / "stimuli" / "img03.png").symlink_to(secret)
+
+
+def _bids_dir_is_file(ctx):
+    ctx.bids = ctx.tmp / "dataset.tar"
+    ctx.bids.write_bytes(b"not a folder")
+
+
+def _work_dir_full(ctx):
+    work = ctx.tmp / "work"
+    work.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(work)],
+                           capture_output=True, text=True)
+    if mount.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mount.stderr.strip()}")
+    ctx.finalizers.append(lambda: subprocess.run(["umount", str(work)]))
+
+
+def _meter_payload(kind):
+    """A malicious METER checkpoint in --model-dir (with a tokenizer folder, so that only the
+    checkpoint can stop the run): a TorchScript archive, or a pickle calling os.system; either
+    would create ``ctx.tmp / "marker"`` if it ran (tests/test_checkpoint.py proves they do)."""
+    def breaks(ctx):
+        from test_checkpoint import pickle_payloads, save_torchscript_payload, \
+            write_pickle_payload
+
+        folder = ctx.tmp / "models" / "meter-clip16-roberta"
+        (folder / "roberta-base").mkdir(parents=True)
+        (folder / "roberta-base" / "vocab.json").write_text("{}")
+        ckpt, marker = folder / "x.ckpt", ctx.tmp / "marker"
+        if kind == "torchscript":
+            save_torchscript_payload(ckpt, marker)
+        else:
+            write_pickle_payload(ckpt, pickle_payloads(marker)["system"], "torch zip")
+        ctx.args += ["--models", "meter-clip16-roberta", "--model-dir", str(ctx.tmp / "models")]
+    return breaks
+
+
+def _nothing_ran(ctx):
+    assert not (ctx.tmp / "marker").exists()
+
+
+def _internal_error(ctx):
+    """A defect (not bad input) inside a node: exit 1, the crash file named."""
+    import bids_vlm.regressors
+
+    def broken(*args, **kwargs):
+        raise ValueError("simulated defect")
+    ctx.monkeypatch.setattr(bids_vlm.regressors, "make_regressors", broken)
+
+
 def _example(name, *args):
     def breaks(ctx):
         shutil.rmtree(ctx.bids)
@@ -482,7 +607,8 @@ CASES = [
     Case("output-not-writable", "output_dir that cannot be created", _output_not_writable, 73,
          "/proc/bids_vlm_out: cannot create the output directory"),
     Case("disk-full-output", "output on a full file system (4 kB tmpfs)", _disk_full, 73,
-         "/out/.bidsignore: cannot write the file: No space left on device", needs="mount"),
+         "/out/dataset_description.json: cannot write the file: No space left on device",
+         needs="mount"),
     Case("disk-full-work-dir", "work dir on a full file system (simulated ENOSPC)",
          _disk_full_work_dir, 73,
          "cannot write the intermediate results: No space left on device"),
@@ -503,6 +629,86 @@ CASES = [
     Case("atlas-other-space", "--atlas in another space than the data (exit 0: networks "
          "skipped)", _atlas_other_space, 0, "network analyses skipped: the data are in "
          "MNI152NLin2009cAsym space and the atlas"),
+    Case("repetition-time-text", "RepetitionTime \"2s\" (a string)", _tr('"2s"'), 64,
+         f'{RUN1}_bold.nii.gz: RepetitionTime must be a number of seconds in the JSON sidecar, '
+         'not "2s"'),
+    Case("repetition-time-list", "RepetitionTime [2.0] (a list)", _tr("[2.0]"), 64,
+         f"{RUN1}_bold.nii.gz: RepetitionTime must be a number of seconds in the JSON sidecar, "
+         "not [2.0]"),
+    Case("repetition-time-nan", "RepetitionTime NaN", _tr("NaN"), 64,
+         f"{RUN1}_bold.nii.gz: RepetitionTime is missing or not positive in the JSON sidecar "
+         "(nan)"),
+    Case("repetition-time-infinity", "RepetitionTime Infinity", _tr("Infinity"), 64,
+         f"{RUN1}_bold.nii.gz: RepetitionTime is missing or not positive in the JSON sidecar "
+         "(inf)"),
+    Case("repetition-time-ms", "RepetitionTime 2000 (milliseconds)", _tr("2000"), 64,
+         f"{RUN1}_bold.nii.gz: RepetitionTime 2000 in the JSON sidecar is not plausible in "
+         "seconds (100 volumes would last 55.6 h; the NIfTI header says 2 s); milliseconds? "
+         "BIDS wants seconds"),
+    Case("repetition-time-header", "NIfTI header TR 2.5 s, sidecar 2 s (exit 0: warning, the "
+         "sidecar's is used)", _header_tr, 0, f"{RUN1}_bold.nii.gz: RepetitionTime 2 s in the "
+         "JSON sidecar but 2.5 s in the NIfTI header (pixdim[4]); using the sidecar's"),
+    Case("infinite-onset", "onset 'inf'", _event_cell("onset", 4, "inf"), 64,
+         f"{RUN1}_events.tsv: column 'onset' must be a finite number of seconds; line 4 is "
+         "'inf'"),
+    Case("infinite-duration", "duration 'inf'", _event_cell("duration", 4, "inf"), 64,
+         f"{RUN1}_events.tsv: column 'duration' must be a finite number of seconds; line 4 is "
+         "'inf'"),
+    Case("negative-duration", "negative duration", _event_cell("duration", 3, "-2"), 64,
+         f"{RUN1}_events.tsv: negative duration on line 3"),
+    Case("nul-in-text", "a NUL byte in a caption", _event_cell("caption", 5, "a\x00dog"), 64,
+         f"{RUN1}_events.tsv: column 'caption' on line 5 holds the control character '\\x00' "
+         "(a NUL byte or binary data in a text file?)"),
+    Case("filter-not-an-object", "--bids-filter-file {\"bold\": \"x\"}",
+         _filter_file({"bold": "x"}), 2, "filters.json: the filters of 'bold' must be a JSON "
+         "object of BIDS entities"),
+    Case("filter-unknown-entity", "--bids-filter-file with an unknown entity",
+         _filter_file({"bold": {"acq": "25mm"}}), 2,
+         "filters.json: 'bold' filters on unknown BIDS entity acq (known: acquisition,"),
+    Case("confound-inf", "confound value inf", _confound_inf, 64,
+         f"{RUN1}_desc-confounds_timeseries.tsv: confound column(s) rot_y hold infinite values"),
+    Case("empty-confounds", "0-byte confounds file", _empty_confounds, 64,
+         f"{RUN1}_desc-confounds_timeseries.tsv: cannot read the confounds table: No columns "
+         "to parse from file"),
+    Case("two-volume-run", "raw BOLD with 2 volumes", _raw_two_volumes, 64,
+         f"{RUN1}_bold.nii.gz: the run is too short to analyse: 2 volumes, of which the "
+         "cleaning (detrending, high-pass, 0 confounds) removes 2; at least 12 are needed"),
+    Case("singular-affine", "BOLD whose affine is singular", _singular_affine, 64,
+         f"{RUN1}_{SPACE}_desc-preproc_bold.nii.gz: the image's affine (voxel-to-world matrix) "
+         "is singular or not finite"),
+    Case("negative-fir-delay", "--fir-delays -3", lambda ctx: ctx.args.extend(
+        ["--hrf-model", "fir", "--fir-delays", "-3"]), 2,
+         "argument --fir-delays: must be 0 or a positive integer, not -3"),
+    Case("negative-text-window", "--text-window -5", lambda ctx: ctx.args.extend(
+        ["--text-window", "-5"]), 2,
+         "argument --text-window: must be 0 or a positive number, not -5"),
+    Case("stimulus-directory", "stim_file naming a directory", _stimulus_directory, 64,
+         "is a directory, not an image or video file"),
+    Case("stimulus-fifo", "stim_file naming a FIFO", _stimulus_fifo, 64,
+         "is not a regular file (a FIFO, socket or device?)"),
+    Case("stimulus-dotdot", "stim_file '../x.png' (outside stimuli/)",
+         _event_cell("stim_file", 3, "../sub-01/x.png"), 64,
+         f"{RUN1}_events.tsv: stim_file '../sub-01/x.png' on line 3 is outside the stimuli "
+         "folder {bids}/stimuli"),
+    Case("stimulus-absolute", "stim_file with an absolute path",
+         _event_cell("stim_file", 3, "/etc/x.png"), 64,
+         f"{RUN1}_events.tsv: stim_file '/etc/x.png' on line 3 is outside the stimuli folder "
+         "{bids}/stimuli"),
+    Case("stimulus-symlink-out", "stimuli/ file that is a symbolic link out of it",
+         _stimulus_symlink_out, 64, "secret.png, outside the stimuli folder {bids}/stimuli; "
+         "nothing outside it is read (copy the file into it)"),
+    Case("bids-dir-is-file", "bids_dir that is a file", _bids_dir_is_file, 2,
+         "argument bids_dir: not a directory: "),
+    Case("work-dir-full", "work dir on a full file system (200 kB tmpfs)", _work_dir_full, 73,
+         "cannot write the intermediate results: No space left on device", needs="mount"),
+    Case("torchscript-checkpoint", "METER checkpoint that is a TorchScript archive (runs code)",
+         _meter_payload("torchscript"), 64, "meter-clip16-roberta/x.ckpt: a TorchScript "
+         "archive (it holds ", check=_nothing_ran),
+    Case("pickle-checkpoint", "METER checkpoint whose pickle calls os.system",
+         _meter_payload("pickle"), 64, "meter-clip16-roberta/x.ckpt: the checkpoint asks to "
+         "call 'posix.system' while loading", check=_nothing_ran),
+    Case("internal-error", "a defect inside a pipeline step (not bad input)", _internal_error, 1,
+         "a pipeline step failed: ValueError: simulated defect (details: "),
     Case("bids-examples-ds001", "bids-examples ds001 (0-byte NIfTI stubs)",
          _example("ds001", "--participant-label", "01"), 64,
          "sub-01_task-balloonanalogrisktask_run-01_bold.nii.gz: cannot read the NIfTI image",
@@ -544,6 +750,7 @@ def test_bad_input(case, planted, tmp_path, capsys, caplog, monkeypatch):
         err = capsys.readouterr().err + caplog.text
         assert code == case.code, err
         assert case.message.format(bids=ctx.bids) in err, err
+        assert "Traceback" not in err, err
         if ctx.bids.is_dir() and ctx.out != ctx.bids:
             assert _listing(ctx.bids) == before  # the input is never written
         if ctx.out.is_dir() and ctx.out != ctx.bids:
@@ -597,3 +804,27 @@ def test_disk_full_while_writing_an_output_leaves_no_partial_file(tmp_path, monk
     assert exc.value.exit_code == EXIT_OUTPUT == 73
     assert str(exc.value) == f"{path}: cannot write the file: No space left on device"
     assert path.read_bytes() == old and sorted(tmp_path.iterdir()) == [path]
+
+
+def test_each_warning_once_and_no_third_party_info(planted, tmp_path, caplog):
+    """Events after the run's end are reported once per run (not again by the graph), and
+    other libraries' INFO lines (open_clip logs through the root logger) stay out of the log
+    unless -v; bids_vlm's own INFO lines stay."""
+    ctx = Ctx(bids=tmp_path / "bids", tmp=tmp_path, out=tmp_path / "out")
+    shutil.copytree(planted.root, ctx.bids)
+    _some_events_after_end(ctx)
+    caplog.set_level(logging.DEBUG)
+    assert main([str(ctx.bids), str(ctx.out), "participant", *ARGS,
+                 "-w", str(tmp_path / "work")]) == 0
+    late = [r for r in caplog.records if "start after the run ends" in r.getMessage()]
+    assert len(late) == 1 and f"{RUN1}_events.tsv" in late[0].getMessage()
+    info = [r for r in caplog.records if r.levelno < logging.WARNING]
+    assert not [r for r in info if not r.name.startswith("bids_vlm")], \
+        [(r.name, r.getMessage()) for r in info if not r.name.startswith("bids_vlm")][:5]
+    assert logging.getLogger("bids_vlm.stimuli").isEnabledFor(logging.INFO)
+    for name in ("open_clip", "transformers", "root"):  # open_clip logs via the root logger
+        assert not logging.getLogger(None if name == "root" else name).isEnabledFor(logging.INFO)
+    assert main([str(ctx.bids), str(tmp_path / "out_v"), "participant", *ARGS, "-v",
+                 "-w", str(tmp_path / "work_v")]) == 0
+    assert logging.getLogger("open_clip").isEnabledFor(logging.INFO)
+    assert logging.getLogger().isEnabledFor(logging.INFO)

@@ -275,7 +275,7 @@ def test_complete_gzip_bold_is_not_decompressed_but_a_cut_one_is_caught(tmp_path
     nib.save(nib.Nifti1Image(data, np.eye(4)), path)
     with monkeypatch.context() as patch:  # the gzip trailer is enough for a complete file
         patch.setattr(gzip, "open", lambda *a, **k: pytest.fail("decompressed"))
-        assert bids_mod._n_scans(path) == 5
+        assert bids_mod._n_scans(path)[0] == 5
     header_only = tmp_path / "header_only.nii.gz"
     with gzip.open(header_only, "wb") as handle:
         handle.write(gzip.open(path).read()[:352])
@@ -354,7 +354,7 @@ def test_ds001_unknown_participant_lists_16_subjects(examples):
 @pytest.fixture
 def header_only_scans(monkeypatch):
     """The bids-examples images are empty stubs: pretend every image has 10 volumes."""
-    monkeypatch.setattr(bids_mod, "_n_scans", lambda path: 10)
+    monkeypatch.setattr(bids_mod, "_n_scans", lambda path: (10, 0.0))
 
 
 def test_ds105_runs_events_and_tr(examples, empty_derivative, header_only_scans):
