@@ -6,161 +6,28 @@ Exit codes: see :mod:`bids_vlm.errors` and the README.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import math
 import os
 import sys
 from pathlib import Path
 
 from bids_vlm import __version__
+from bids_vlm.cli_types import (  # noqa: F401 (_model_name: tests)
+    _atlas,
+    _existing_dir,
+    _filter_file,
+    _fraction,
+    _json_object,
+    _memory_gb,
+    _model_name,
+    _non_negative_float,
+    _non_negative_int,
+    _positive_float,
+    _positive_int,
+)
 from bids_vlm.errors import BidsVlmError
+from bids_vlm.logs import setup_logging
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network
-
-
-def _positive_int(value):
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
-    return number
-
-
-def _fraction(value):
-    number = float(value)
-    if not 0.0 < number < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), not {value}")
-    return number
-
-
-def _non_negative_int(value):
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, not {value}")
-    return number
-
-
-def _non_negative_float(value):
-    number = float(value)
-    if not math.isfinite(number) or number < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, not {value}")
-    return number
-
-
-def _positive_float(value):
-    number = float(value)
-    if not math.isfinite(number) or number <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {value}")
-    return number
-
-
-def _memory_gb(value):
-    text = str(value).strip().upper().removesuffix("B").removesuffix("G")
-    try:
-        number = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"memory must be a number of GB, like 16 or 16GB, "
-                                         f"not {value}") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"memory must be positive, not {value}")
-    return number
-
-
-def _model_name(value):
-    from bids_vlm.models import REGISTRY, is_model_name
-
-    from bids_vlm.models.openclip import PREFIX, parse_generic
-
-    if value.startswith(PREFIX):
-        try:
-            parse_generic(value)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from exc
-    if not is_model_name(value):
-        raise argparse.ArgumentTypeError(f"unknown model '{value}' (choose from "
-                                         f"{', '.join(sorted(REGISTRY))}, hf-clip:DIR or "
-                                         "open_clip:ARCH:TAG_OR_FILE)")
-    return _canonical_spec(value)
-
-
-def _canonical_spec(value: str) -> str:
-    """A model spec whose local file or folder is given as an absolute path, so that the graph's
-    nodes (which run in their own folders) find it, and ``dir`` and ``./dir/`` are one model."""
-    from bids_vlm.models import hfclip, openclip
-
-    if value.startswith(openclip.PREFIX):
-        arch, _, source = value[len(openclip.PREFIX):].partition(":")
-        path = Path(source).expanduser()
-        if path.is_file():
-            return f"{openclip.PREFIX}{arch}:{path.resolve()}"
-    elif value.startswith(hfclip.PREFIX):
-        path = Path(value[len(hfclip.PREFIX):]).expanduser()
-        if path.is_dir():
-            return f"{hfclip.PREFIX}{path.resolve()}"
-    return value
-
-
-def _json_object(value):
-    try:
-        data = json.loads(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    return json.dumps(data)
-
-
-def _existing_dir(value):
-    path = Path(value).expanduser()
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"not a directory: {value}")
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"directory does not exist: {value}")
-    return path.resolve()
-
-
-def _filter_file(value):
-    path = Path(value)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"BIDS filter file not found: {value}")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{value} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise argparse.ArgumentTypeError(f"{value} must hold a JSON object")
-    problem = _filter_problem(data)
-    if problem:
-        raise argparse.ArgumentTypeError(f"{value}: {problem}")
-    return json.dumps(data)
-
-
-def _filter_problem(data: dict) -> str:
-    """What is wrong with a PyBIDS filter object ({"bold": {entity: value}}), or ""."""
-    from bids.layout.models import Config
-
-    known = set(Config.load("bids").entities) | set(Config.load("derivatives").entities)
-    for query, filters in data.items():
-        if not isinstance(filters, dict):
-            return (f"the filters of '{query}' must be a JSON object of BIDS entities, e.g. "
-                    f"{{\"{query}\": {{\"acquisition\": \"25mm\"}}}}, not {json.dumps(filters)}")
-        unknown = sorted(set(filters) - known)
-        if unknown:
-            return (f"'{query}' filters on unknown BIDS entit{'y' if len(unknown) == 1 else 'ies'} "
-                    f"{', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        for entity, wanted in filters.items():
-            items = wanted if isinstance(wanted, list) else [wanted]
-            if not all(v is None or isinstance(v, (str, int)) and not isinstance(v, bool)
-                       for v in items):
-                return (f"'{query}'.'{entity}' must be a string, a number, null or a list of "
-                        f"them, not {json.dumps(wanted)}")
-    return ""
-
-
-def _atlas(value):
-    from bids_vlm.analysis.atlases import SHIPPED
-
-    return value if value in SHIPPED else str(Path(value).expanduser().resolve())
 
 
 class _ListModels(argparse.Action):
@@ -412,7 +279,7 @@ def main(argv=None) -> int:
     opts = parser.parse_args(argv)
     _check_paths(parser, opts)
     _check_selection(parser, opts)
-    _setup_logging(opts.verbose, opts.quiet)
+    setup_logging(opts.verbose, opts.quiet)
     if opts.quiet:
         from bids_vlm.progress import QUIET_ENV
 
@@ -438,46 +305,6 @@ def main(argv=None) -> int:
     for report in reports:
         print(f"Report: {report}")
     return 0
-
-
-def _setup_logging(verbose, quiet):
-    """bids_vlm's own loggers at INFO (WARNING with -q, DEBUG with -vv); other libraries'
-    (open_clip, transformers, ...) only from WARNING unless -v."""
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    root = logging.getLogger()
-    handler = next((h for h in root.handlers if getattr(h, "bids_vlm", False)), None)
-    if handler is None:  # one handler, also when main() runs several times in one process
-        handler = logging.StreamHandler()
-        handler.bids_vlm = True
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: "
-                                               "%(message)s", datefmt="%H:%M:%S"))
-        root.addHandler(handler)
-    handler.stream = sys.stderr  # today's stderr (not one a caller has closed since)
-    root.setLevel(level if verbose else max(level, logging.WARNING))
-    logging.getLogger("bids_vlm").setLevel(level)
-    from nipype import config as nipype_config
-    from nipype import logging as nipype_logging
-
-    nlevel = "INFO" if verbose else "WARNING"
-    nipype_config.update_config({"logging": {"workflow_level": nlevel,
-                                             "interface_level": nlevel,
-                                             "utils_level": "WARNING"}})
-    nipype_logging.update_logging(nipype_config)
-    nipype_root = logging.getLogger("nipype")
-    for extra in [h for h in nipype_root.handlers if type(h) is logging.StreamHandler]:
-        nipype_root.removeHandler(extra)  # Nipype's own stdout copy of every line: ours suffice
-    if not verbose:
-        logging.getLogger("nipype.workflow").addFilter(_CrashFileOnly())
-
-
-class _CrashFileOnly(logging.Filter):
-    """Nipype logs a failed node's traceback with the crash file's name; without -v only the
-    name is logged (the traceback is in the file, and the error message names it)."""
-
-    def filter(self, record):
-        if str(record.msg).startswith("Saving crash info to") and record.args:
-            record.msg, record.args = "Saving crash info to %s", record.args[:1]
-        return True
 
 
 if __name__ == "__main__":  # pragma: no cover

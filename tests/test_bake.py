@@ -136,17 +136,11 @@ def test_meter_bake_refuses_a_pickle_that_runs_code(tmp_path):
 def test_from_file_refuses_code_with_exit_64(tmp_path, live_payloads, model, name, payload):
     """A TorchScript archive (writing a marker, or a .pth into a stand-in site directory) or a
     pickle that calls exec: exit 64, the file named, no traceback, nothing written."""
-    from test_checkpoint import (pickle_payloads, save_pth_payload, save_torchscript_payload,
-                                 write_pickle_payload)
+    from test_checkpoint import write_payload
 
     site_dir, marker, evil = tmp_path / "site-packages", tmp_path / "ran", tmp_path / name
     site_dir.mkdir()
-    if payload == "torchscript":
-        save_torchscript_payload(evil, marker)
-    elif payload == "pth":
-        save_pth_payload(evil, site_dir, marker)
-    else:
-        write_pickle_payload(evil, pickle_payloads(marker)["builtins.exec"], "torch zip")
+    write_payload(evil, payload, site_dir, marker)
     proc = run_bake("--models", model, "--dest", tmp_path / "m", "--from-file", evil)
     assert proc.returncode == EXIT_DATA, proc.stderr
     assert f"bids_vlm.bake: error: {model}: {evil}: " in proc.stderr

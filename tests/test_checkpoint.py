@@ -115,6 +115,16 @@ def save_pth_payload(path, site_dir, marker):
     return save_torchscript_payload(path, site_dir / "evil.pth", pth_line(marker))
 
 
+def write_payload(path, payload, site_dir, marker):
+    """At ``path``: the ``payload`` kind ("torchscript", "pth" or a pickle calling exec) that
+    would create ``marker`` (or ``<site_dir>/evil.pth``) if it ran."""
+    if payload == "torchscript":
+        return save_torchscript_payload(path, marker)
+    if payload == "pth":
+        return save_pth_payload(path, site_dir, marker)
+    return write_pickle_payload(path, pickle_payloads(marker)["builtins.exec"], "torch zip")
+
+
 @pytest.fixture(scope="module")
 def live_payloads(tmp_path_factory):
     """The payloads do what they are built for when loaded without the checks: the TorchScript
@@ -268,12 +278,7 @@ def test_meter_loader_refuses_payloads_in_the_model_dir(tmp_path, live_payloads,
     site_dir, marker = tmp_path / "site-packages", tmp_path / "ran"
     site_dir.mkdir()
     path = folder / "x.ckpt"
-    if payload == "torchscript":
-        save_torchscript_payload(path, marker)
-    elif payload == "pth":
-        save_pth_payload(path, site_dir, marker)
-    else:
-        write_pickle_payload(path, pickle_payloads(marker)["builtins.exec"], "torch zip")
+    write_payload(path, payload, site_dir, marker)
     with pytest.raises(UnsafeCheckpointError) as info:
         load_model(NAME, ModelConfig(model_dir=str(tmp_path / "models")))
     assert str(info.value).startswith(f"{path}: ") and info.value.exit_code == 64

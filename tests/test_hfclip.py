@@ -34,24 +34,27 @@ def write_tokenizer(folder):
     CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
 
 
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
+def write_tiny_hf_clip(folder, hidden=64, layers=3):
+    """A random-weight transformers CLIPModel (``hidden`` wide, ``layers`` per tower, FFN
+    2 x hidden) saved in ``folder`` with its image processor and tokenizer."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    folder = tmp_path_factory.mktemp("hfclip")
+    tower = {"hidden_size": hidden, "intermediate_size": 2 * hidden,
+             "num_hidden_layers": layers, "num_attention_heads": 2}
     config = CLIPConfig(
-        text_config={"vocab_size": 49408, "hidden_size": 64, "intermediate_size": 128,
-                     "num_hidden_layers": 3, "num_attention_heads": 2,
-                     "max_position_embeddings": 77},
-        vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        projection_dim=32)
+        text_config={"vocab_size": 49408, "max_position_embeddings": 77, **tower},
+        vision_config={"image_size": 32, "patch_size": 8, **tower}, projection_dim=hidden // 2)
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
                        ).save_pretrained(folder)
     write_tokenizer(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    return write_tiny_hf_clip(tmp_path_factory.mktemp("hfclip"))
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +128,7 @@ def test_a_weight_file_that_runs_code_is_refused(hf_dir, tmp_path, live_payloads
     it, and no file written."""
     import shutil
 
-    from test_checkpoint import (pickle_payloads, save_pth_payload, save_torchscript_payload,
-                                 write_pickle_payload)
+    from test_checkpoint import write_payload
 
     from bids_vlm.errors import UnsafeCheckpointError
 
@@ -135,12 +137,7 @@ def test_a_weight_file_that_runs_code_is_refused(hf_dir, tmp_path, live_payloads
     site_dir.mkdir()
     shutil.copy(hf_dir / "config.json", folder)
     path = folder / "pytorch_model.bin"
-    if payload == "torchscript":
-        save_torchscript_payload(path, marker)
-    elif payload == "pth":
-        save_pth_payload(path, site_dir, marker)
-    else:
-        write_pickle_payload(path, pickle_payloads(marker)["builtins.exec"], "torch zip")
+    write_payload(path, payload, site_dir, marker)
     with pytest.raises(UnsafeCheckpointError) as info:
         load_model(f"hf-clip:{folder}", ModelConfig())
     assert str(info.value).startswith(f"{path}: ") and info.value.exit_code == 64

@@ -150,25 +150,11 @@ def test_cli_open_clip_checkpoint_file(planted, vitb32_file, tmp_path):
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     """A tiny random-weight transformers CLIPModel with its image processor and tokenizer."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from test_hfclip import write_tokenizer
+    from test_hfclip import write_tiny_hf_clip
 
     folder = tmp_path_factory.mktemp("hf") / "tiny_hf"
     folder.mkdir()
-    config = CLIPConfig(
-        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64,
-                     "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "max_position_embeddings": 77},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        projection_dim=16)
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-                       ).save_pretrained(folder)
-    write_tokenizer(folder)
-    return folder
+    return write_tiny_hf_clip(folder, hidden=32, layers=2)
 
 
 def test_cli_hf_clip_directory_participant_and_group(planted, hf_dir, tmp_path):

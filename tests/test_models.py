@@ -330,8 +330,7 @@ def test_open_clip_refuses_a_checkpoint_that_runs_code(tmp_path, monkeypatch, li
     """``open_clip:ViT-B-32:/path/x.pt`` and ``<model-dir>/clip-vit-b-32/`` with a TorchScript
     archive or a pickle calling exec: UnsafeCheckpointError (exit 64) naming the file, before
     torch reads it, and no file written."""
-    from test_checkpoint import (pickle_payloads, save_pth_payload, save_torchscript_payload,
-                                 write_pickle_payload)
+    from test_checkpoint import write_payload
 
     from bids_vlm.errors import UnsafeCheckpointError
 
@@ -343,12 +342,7 @@ def test_open_clip_refuses_a_checkpoint_that_runs_code(tmp_path, monkeypatch, li
     folder.mkdir(parents=True)
     path = {"generic": tmp_path / "x.pt", "model dir": folder / "open_clip_pytorch_model.bin",
             "safetensors name": folder / "open_clip_model.safetensors"}[where]
-    if payload == "torchscript":
-        save_torchscript_payload(path, marker)
-    elif payload == "pth":
-        save_pth_payload(path, site_dir, marker)
-    else:
-        write_pickle_payload(path, pickle_payloads(marker)["builtins.exec"], "torch zip")
+    write_payload(path, payload, site_dir, marker)
     name = f"open_clip:ViT-B-32:{path}" if where == "generic" else "clip-vit-b-32"
     with pytest.raises(UnsafeCheckpointError) as info:
         load_model(name, ModelConfig(model_dir=str(tmp_path / "models")))
