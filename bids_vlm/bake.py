@@ -5,6 +5,7 @@ The Dockerfile runs it at build time (build arg ``MODELS``), so that the image n
     python -m bids_vlm.bake --models clip-vit-b-32 --dest /opt/bids_vlm/models
     python -m bids_vlm.bake --models clip-vit-b-32 --dest DIR --dry-run           # print only
     python -m bids_vlm.bake --models clip-vit-b-32 --dest DIR --from-file CKPT    # a local file
+    python -m bids_vlm.bake --models clip-vit-b-32 --dest DIR --from-dir weights   # local files
 
 OpenAI CLIPs (``clip-vit-b-32``, ``clip-vit-b-16``) go to ``<dest>/<name>/<weights file>``, the
 layout :func:`bids_vlm.models.openclip.find_weights` reads (``--model-dir`` or
@@ -13,11 +14,14 @@ layout :func:`bids_vlm.models.openclip.find_weights` reads (``--model-dir`` or
 into ``<dest>/meter-clip16-roberta/`` and fetches the ``roberta-base`` tokenizer files next to it
 (unless already there). ``hf-clip:<hub id>`` goes to the Hugging Face cache (``$HF_HOME``), where
 :func:`bids_vlm.models.hfclip.resolve` finds it. ``tiny-clip`` and ``tiny-meter`` have nothing to fetch.
+With ``--from-dir DIR`` (the Dockerfile's ``weights/`` folder), a model that has a folder
+``DIR/<model>/`` with one checkpoint in it is installed from that file instead (METER also takes
+its tokenizer from ``DIR/meter-clip16-roberta/roberta-base/``); the others are fetched.
 Files are written under a temporary name and renamed. A ``--from-file`` checkpoint is inspected
 before anything reads it (:mod:`bids_vlm.models.checkpoint`): a TorchScript archive, or a pickle
 that would call code, is refused. Exit codes: 0 done, 2 usage, 64 the local file was refused
-as unsafe (it would run code when loaded), 66 the weights could not be fetched or the local file
-is missing or unusable.
+as unsafe (it would run code when loaded), 66 the weights could not be fetched, the local file
+is missing or unusable, or the environment cannot import what baking needs (open_clip).
 """
 from __future__ import annotations
 
@@ -157,43 +161,92 @@ def _parser():
     parser.add_argument("--dry-run", action="store_true", help="print what would be fetched")
     parser.add_argument("--from-file", type=Path,
                         help="a local checkpoint to install instead of downloading (one model)")
+    parser.add_argument("--from-dir", type=Path,
+                        help="a folder of local weights laid out as the model directory "
+                             "(DIR/<model>/<checkpoint>; METER also DIR/meter-clip16-roberta/"
+                             "roberta-base/): models found there are installed from it, the "
+                             "others fetched")
     return parser
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def local_checkpoint(model: str, folder: Path | None) -> Path | None:
+    """The one checkpoint file of ``model`` in ``folder/<model>/``, or None when there is no
+    such folder or it holds no checkpoint; ValueError when it holds several."""
+    sub = folder / model if folder else None
+    if sub is None or not sub.is_dir():
+        return None
+    found = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if len(found) > 1:
+        raise ValueError(f"{sub}: several checkpoints ({', '.join(p.name for p in found)}); "
+                         "keep one per model")
+    return found[0] if found else None
+
+
+def install_tokenizer(fetch: Fetch, folder: Path | None) -> bool:
+    """Copy METER's tokenizer files from ``folder/meter-clip16-roberta/roberta-base/`` when
+    they are all there (True), so that nothing is fetched."""
+    local = folder / fetch.model / "roberta-base" if folder else None
+    if local is None or not all((local / f).is_file() for f in fetch.files):
+        return False
+    for fname in fetch.files:
+        install_file(local / fname, fetch.target / fname)
+    return True
 
 
 def main(argv=None) -> int:
     parser = _parser()
     opts = parser.parse_args(argv)
-    try:
+    try:  # plan() imports open_clip: a broken environment is "no weights", not a traceback
         fetches = [plan(model, opts.dest.expanduser()) for model in opts.models]
     except ValueError as exc:
         parser.error(str(exc))
+    except ImportError as exc:
+        print(f"bids_vlm.bake: error: cannot import what baking needs ({exc}); the Python "
+              "environment is incomplete or broken", file=sys.stderr)
+        return EXIT_WEIGHTS
     fetches = [fetch for fetch in fetches if fetch is not None]
     local = (*openclip.OPENAI, meter.NAME)
     if opts.from_file and (len(fetches) != 1 or fetches[0].model not in local):
         parser.error(f"--from-file needs exactly one of {', '.join(local)}")
     for fetch in fetches:
-        print(("would fetch " if opts.dry_run else "fetching ") + describe(fetch), flush=True)
-        if fetch.model == meter.NAME and not opts.from_file and not opts.dry_run:
-            print(f"bids_vlm.bake: error: {meter.NAME}: METER's checkpoints are released on "
-                  "GitHub (zdou0830/METER), not on the Hugging Face hub: download one and pass "
-                  "it with --from-file", file=sys.stderr)
-            return EXIT_WEIGHTS
-        if opts.dry_run:
-            continue
-        try:
-            if fetch.model == meter.NAME:  # the checkpoint from the file, the tokenizer fetched
-                done = from_file(fetch, opts.from_file)
-                if not (fetch.target / "vocab.json").is_file():
-                    download(fetch)
-            else:
-                done = from_file(fetch, opts.from_file) if opts.from_file else download(fetch)
-        except UnsafeCheckpointError as exc:  # refused before anything from it ran
-            print(f"bids_vlm.bake: error: {fetch.model}: {exc}", file=sys.stderr)
-            return exc.exit_code
-        except Exception as exc:  # network, hub or file errors: all mean "no weights"
-            print(f"bids_vlm.bake: error: {fetch.model}: {exc}", file=sys.stderr)
-            return EXIT_WEIGHTS
-        print(f"{fetch.model}: {done}")
+        code = _bake(fetch, opts)
+        if code:
+            return code
+    return 0
+
+
+def _bake(fetch: Fetch, opts) -> int:
+    """Install one model's weights (from --from-file, --from-dir or the hub); its exit code."""
+    try:
+        source = opts.from_file or local_checkpoint(fetch.model, opts.from_dir)
+    except ValueError as exc:
+        print(f"bids_vlm.bake: error: {fetch.model}: {exc}", file=sys.stderr)
+        return EXIT_WEIGHTS
+    origin = f"installing {fetch.model} from {source}" if source else \
+        ("would fetch " if opts.dry_run else "fetching ") + describe(fetch)
+    print(origin, flush=True)
+    if fetch.model == meter.NAME and not source and not opts.dry_run:
+        print(f"bids_vlm.bake: error: {meter.NAME}: METER's checkpoints are released on "
+              "GitHub (zdou0830/METER), not on the Hugging Face hub: download one and pass "
+              "it with --from-file or --from-dir", file=sys.stderr)
+        return EXIT_WEIGHTS
+    if opts.dry_run:
+        return 0
+    try:
+        done = from_file(fetch, source) if source else download(fetch)
+        if fetch.model == meter.NAME and not (fetch.target / "vocab.json").is_file() \
+                and not install_tokenizer(fetch, opts.from_dir):
+            download(fetch)  # the checkpoint from the file, the tokenizer fetched
+    except UnsafeCheckpointError as exc:  # refused before anything from it ran
+        print(f"bids_vlm.bake: error: {fetch.model}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # network, hub or file errors: all mean "no weights"
+        print(f"bids_vlm.bake: error: {fetch.model}: {exc}", file=sys.stderr)
+        return EXIT_WEIGHTS
+    print(f"{fetch.model}: {done}")
     return 0
 
 

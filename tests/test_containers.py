@@ -74,7 +74,8 @@ def run_commands() -> list[tuple[str, list[str]]]:
     found = []
     all_stages = stages()
     for name, stage in all_stages.items():
-        variables = {**all_stages[""]["args"], **stage["args"]}
+        # an ARG without a value in a stage takes the global one (Docker's rule)
+        variables = {**all_stages[""]["args"], **{k: v for k, v in stage["args"].items() if v}}
         found += [(name, argv) for run in values(stage, "RUN") for argv in commands(run, variables)]
     return found
 
@@ -125,7 +126,7 @@ def test_hadolint_accepts_the_dockerfile(tmp_path):
 def test_stages_cpu_by_default_cuda_by_build_arg():
     all_stages = stages()
     assert list(all_stages) == ["", "build", "weights", "runtime"]
-    assert all_stages[""]["args"] == {"BASE_IMAGE": "python:3.11-slim"}
+    assert all_stages[""]["args"] == {"BASE_IMAGE": "python:3.11-slim", "MODELS": "clip-vit-b-32"}
     assert all_stages["build"]["from"] == all_stages["runtime"]["from"] == "${BASE_IMAGE}"
     assert all_stages["weights"]["from"] == "build"
     assert all_stages["build"]["args"]["TORCH_INDEX"].endswith("/whl/cpu")
@@ -134,7 +135,27 @@ def test_stages_cpu_by_default_cuda_by_build_arg():
     setup = configparser.ConfigParser()
     setup.read(REPO / "setup.cfg")
     requirement = next(r for r in setup["options"]["install_requires"].split() if "torch" in r)
-    assert torch_install[-1] == requirement  # the project's install keeps this torch
+    # torch and torchvision (open_clip's) from the same index, together, then held
+    assert torch_install[-2:] == [requirement, "torchvision>=0.17"]
+
+
+def test_torch_and_torchvision_are_held_for_the_project_install():
+    """PyPI's torchvision (a CUDA build) beside the index's CPU torch failed at import, and a
+    torchvision that wanted another torch replaced the CPU torch: the versions the index gave
+    are written to a constraints file that the project's install must keep."""
+    argvs = [argv for stage, argv in run_commands() if stage == "build"]
+    freeze = argvs.index(["pip", "freeze", "--all"])
+    grep = argvs[freeze + 1]
+    assert grep[0] == "grep" and "torch|torchvision" in grep[-1]
+    constraints = "/opt/venv/torch-constraints.txt"
+    assert any(constraints in run for run in values(stages()["build"], "RUN")
+               if "pip freeze" in run and f"> {constraints}" in run)
+    project = next(argv for argv in argvs if argv[:2] == ["pip", "install"] and argv[-1] == ".")
+    assert project[project.index("--constraint") + 1] == constraints
+    assert values(stages()["build"], "SHELL") == ['["/bin/bash", "-o", "pipefail", "-c"]']
+    for line in ("torch==2.5.1+cpu", "torchvision==0.20.1+cpu", "torch-geometric==1.0"):
+        matched = re.match(grep[-1].strip('"').replace("\\", ""), line)
+        assert bool(matched) == ("geometric" not in line), line
 
 
 def test_runtime_runs_bids_vlm_as_a_user_that_is_not_root():
@@ -148,10 +169,16 @@ def test_runtime_runs_bids_vlm_as_a_user_that_is_not_root():
     setup = configparser.ConfigParser()
     setup.read(REPO / "setup.cfg")
     assert "bids_vlm = bids_vlm.cli:main" in setup["options.entry_points"]["console_scripts"]
-    # files readable by any user (Singularity runs as the calling user)
+    # files readable by any user (Singularity runs as the calling user), their modes set in
+    # the layer that writes them: a chmod -R in a later layer copied the whole venv (12.7 GB)
     chmods = [argv for _, argv in run_commands() if argv[0] == "chmod"]
-    assert {argv[-1] for argv in chmods} == {"/opt/venv", "/opt/bids_vlm"}
-    assert all(argv[1:3] == ["-R", "a+rX"] for argv in chmods)
+    assert [argv for argv in chmods] == [["chmod", "-R", "a+rX", "/opt/bids_vlm"]]
+    builds = values(stages()["build"], "RUN")
+    finds = [argv for stage, argv in run_commands() if stage == "build" and argv[0] == "find"]
+    assert len(finds) == len(builds) == 2
+    assert all(argv == ["find", "/opt/venv", "!", "-perm", "-a+r", "-exec", "chmod", "a+rX",
+                        "{}", "+"] for argv in finds)
+    assert all(run.rstrip().endswith("-exec chmod a+rX {} +") for run in builds)
 
 
 def test_runtime_is_offline_with_the_caches_in_the_image():
@@ -166,6 +193,9 @@ def test_runtime_is_offline_with_the_caches_in_the_image():
         assert any(env[var].startswith(folder + "/") for folder in copied), var
     for var in ("MPLCONFIGDIR", "NUMBA_CACHE_DIR"):  # writable under docker run --read-only
         assert env[var].startswith("/tmp/"), var
+    # the image's default --models is what it baked, not the random test model
+    runtime_env = " ".join(values(stages()["runtime"], "ENV"))
+    assert "BIDS_VLM_DEFAULT_MODELS=${MODELS}" in runtime_env
 
 
 def test_nothing_downloads_at_run_time():
@@ -181,7 +211,7 @@ def test_nothing_downloads_at_run_time():
 
 def test_every_command_of_the_dockerfile_exists_in_the_repository():
     for _, argv in run_commands():
-        assert argv[0] in {"python", "pip", "chmod", "mkdir", "useradd"}, argv
+        assert argv[0] in {"python", "pip", "grep", "find", "chmod", "mkdir", "useradd"}, argv
         if argv[:2] == ["python", "-m"]:
             module = argv[2]
             assert module == "venv" or (REPO / (module.replace(".", "/") + ".py")).is_file()
@@ -197,7 +227,9 @@ def test_install_line_is_the_readme_one_and_installs_the_data(tmp_path):
     installs = [argv for _, argv in run_commands() if argv[:2] == ["pip", "install"]
                 and "--index-url" not in argv]
     assert len(installs) == 1
-    docker = [a for a in installs[0] if a != "--no-cache-dir"]
+    held = installs[0].index("--constraint")  # the torch the index gave (test above)
+    docker = [a for i, a in enumerate(installs[0]) if a != "--no-cache-dir"
+              and i not in (held, held + 1)]
     readme = [a for a in readme_install() if a != "-e"]
     assert readme == ["pip", "install", ".[test]"] and docker == ["pip", "install", "."]
     ci_run = [commands(line) for line in (REPO / ".ci" / "run").read_text().splitlines()]
@@ -237,8 +269,14 @@ def _has_build_backend():
 
 def test_bake_step_runs_with_the_default_build_args():
     bake = next(argv for _, argv in run_commands() if argv[:3] == ["python", "-m", "bids_vlm.bake"])
-    models = stages()["weights"]["args"]["MODELS"].split()
+    models = stages()[""]["args"]["MODELS"].split()
+    assert "MODELS" in stages()["weights"]["args"] and "MODELS" in stages()["runtime"]["args"]
     assert bake[bake.index("--models") + 1:bake.index("--dest")] == models
+    # the build context's weights/ folder, copied where --from-dir reads it
+    local = bake[bake.index("--from-dir") + 1]
+    assert f"weights {local}" in values(stages()["weights"], "COPY")
+    assert (REPO / "weights" / "README.md").is_file()
+    bake[bake.index("--from-dir") + 1] = str(REPO / "weights")
     proc = subprocess.run([sys.executable, *bake[1:], "--dry-run"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
