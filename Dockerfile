@@ -16,13 +16,13 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # torch and torchvision together from the index that picks the CPU or the CUDA build, then held
 # by a constraints file: the project's install cannot swap them for PyPI's (CUDA) builds. Modes
 # are set in the layer that writes the files (a later chmod would copy them into a new layer).
 RUN python -m venv /opt/venv \
     && pip install --no-cache-dir --index-url "${TORCH_INDEX}" "torch>=2.2" "torchvision>=0.17" \
-    && pip freeze --all | grep -E "^(torch|torchvision)==" > /opt/venv/torch-constraints.txt \
+    && pip freeze --all > /opt/venv/pip-freeze.txt \
+    && grep -E "^(torch|torchvision)==" /opt/venv/pip-freeze.txt > /opt/venv/torch-constraints.txt \
     && find /opt/venv ! -perm -a+r -exec chmod a+rX {} +
 WORKDIR /src
 COPY pyproject.toml setup.cfg README.md ./

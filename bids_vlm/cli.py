@@ -40,7 +40,7 @@ class _ListModels(argparse.Action):
 
 def _build_parser() -> argparse.ArgumentParser:
     """The parser of the BIDS-App command line (fMRIPrep's layout of option groups)."""
-    from bids_vlm.models import REGISTRY
+    from bids_vlm.models import REGISTRY, default_models
 
     parser = argparse.ArgumentParser(
         prog="bids_vlm", description="Neuron-level fMRI encoding with vision-language models "
@@ -86,7 +86,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="text made from event columns, e.g. 'a photo of a {trial_type}'")
 
     g = parser.add_argument_group("Models and neurons")
-    g.add_argument("--models", nargs="+", default=["tiny-clip"], type=_model_name,
+    g.add_argument("--models", nargs="+", default=default_models(), type=_model_name,
                    help=f"models to record: {', '.join(sorted(REGISTRY))}, "
                         "hf-clip:<directory or hub id>, or open_clip:<architecture>:<pretrained "
                         "tag or checkpoint file> (see --list-models)")
@@ -220,7 +220,12 @@ def _check_paths(parser, opts):
 
 
 def _check_selection(parser, opts):
-    from bids_vlm.models import check_selection
+    from bids_vlm.models import DEFAULT_MODELS_ENV, check_selection
+
+    try:  # the default, from the environment, is checked too
+        opts.models = [_model_name(m) for m in opts.models]
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"--models (default from ${DEFAULT_MODELS_ENV}): {exc}")
 
     if opts.precision != "fp32" and opts.device != "cuda":
         parser.error(f"--precision {opts.precision} needs --device cuda")
@@ -280,6 +285,7 @@ def main(argv=None) -> int:
     _check_paths(parser, opts)
     _check_selection(parser, opts)
     setup_logging(opts.verbose, opts.quiet)
+    _warn_random_weights(opts)
     if opts.quiet:
         from bids_vlm.progress import QUIET_ENV
 
@@ -305,6 +311,17 @@ def main(argv=None) -> int:
     for report in reports:
         print(f"Report: {report}")
     return 0
+
+
+def _warn_random_weights(opts):
+    """A participant-level run with a random-weight test model says so (also in the report)."""
+    import logging
+
+    from bids_vlm.models import random_weights_warning
+
+    warning = random_weights_warning(opts.models)
+    if warning and opts.analysis_level == "participant":
+        logging.getLogger("bids_vlm").warning(warning)
 
 
 if __name__ == "__main__":  # pragma: no cover

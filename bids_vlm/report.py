@@ -23,6 +23,7 @@ from nilearn import image, plotting  # noqa: E402
 from bids_vlm import __version__  # noqa: E402
 from bids_vlm.derivatives import atomic_path  # noqa: E402
 from bids_vlm.derivatives.io import label  # noqa: E402
+from bids_vlm.models import random_weights_warning  # noqa: E402
 from bids_vlm.report_architecture import architecture_sections, overlap_tables  # noqa: E402
 from bids_vlm.report_hierarchy import hierarchy_sections  # noqa: E402
 
@@ -73,8 +74,16 @@ def participant_report(output_dir, subject: str, config) -> Path:
     if not sections:
         sections.append("<p>No results were found for this participant.</p>")
     title = f"bids_vlm report: sub-{subject}"
-    body = _summary(subject, config) + "".join(sections) + _methods(config, sidecar)
+    body = (_random_banner(config.model.models) + _summary(subject, config) +
+            "".join(sections) + _methods(config, sidecar))
     return _write_html(out / f"sub-{subject}.html", title, body)
+
+
+def _random_banner(models) -> str:
+    """A warning at the top of a report whose models include a random-weight test model."""
+    text = random_weights_warning(models)
+    return f"<p class='warning'><strong>Not a scientific result:</strong> {html.escape(text)}.</p>" \
+        if text else ""
 
 
 def _summary(subject, config):
@@ -327,6 +336,7 @@ def _table_section(heading, table, draw, fig_path, out, caption, note) -> list[s
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
          "img{max-width:100%}figure{margin:1em 0}figcaption{color:#555;font-size:90%}"
          "table.summary th{text-align:left;padding-right:1em}.note{color:#8a4b00}"
+         ".warning{color:#a00;border:2px solid #a00;padding:0.5em;background:#fff0f0}"
          ".wide{overflow-x:auto}table.drivers{border-collapse:collapse;font-size:90%}"
          "table.drivers td,table.drivers th{padding:0.1em 0.6em;border-bottom:1px solid #ddd}")
 
@@ -371,8 +381,10 @@ def group_report(output_dir, config) -> Path:
     sections += architecture_sections(overlap_tables(out / "group", recursive=False), figdir,
                                       out, _table_section)
     body = "".join(sections) or "<p>No group results.</p>"
+    models = [json.loads(p.with_suffix(".json").read_text()).get("Model", "").removesuffix("-qk")
+              for p in sorted((out / "group").glob("*_neurons.tsv"))]
     return _write_html(out / "group.html", "bids_vlm report: group",
-                       body + _methods(config, map_side))
+                       _random_banner(models) + body + _methods(config, map_side))
 
 
 def _group_summaries(table_path, stem, figdir, out, model):

@@ -148,3 +148,53 @@ def test_from_file_refuses_code_with_exit_64(tmp_path, live_payloads, model, nam
     assert "Traceback" not in proc.stderr
     assert not marker.exists() and list(site_dir.iterdir()) == []
     assert not (tmp_path / "m").exists()
+
+
+def test_from_dir_installs_the_models_it_has_and_fetches_the_others(tmp_path):
+    """The Dockerfile's weights/ folder: a model with a folder there is installed from its one
+    checkpoint (what a site without hub access does), the others are fetched as before."""
+    local = tmp_path / "weights"
+    (local / "clip-vit-b-32").mkdir(parents=True)
+    checkpoint = local / "clip-vit-b-32" / "mine.safetensors"
+    save_file({"logit_scale": torch.ones(())}, str(checkpoint))
+    dest = tmp_path / "models"
+    proc = run_bake("--models", "clip-vit-b-32", "clip-vit-b-16", "--dest", dest, "--from-dir",
+                    local, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == f"installing clip-vit-b-32 from {checkpoint}"
+    assert proc.stdout.splitlines()[1].startswith("would fetch clip-vit-b-16: ")
+    proc = run_bake("--models", "clip-vit-b-32", "--dest", dest, "--from-dir", local)
+    assert proc.returncode == 0, proc.stderr
+    assert find_weights("clip-vit-b-32", str(dest)).read_bytes() == checkpoint.read_bytes()
+    save_file({"logit_scale": torch.ones(())}, str(local / "clip-vit-b-32" / "other.safetensors"))
+    proc = run_bake("--models", "clip-vit-b-32", "--dest", tmp_path / "m2", "--from-dir", local)
+    assert proc.returncode == EXIT_WEIGHTS
+    assert "several checkpoints (mine.safetensors, other.safetensors); keep one" in proc.stderr
+
+
+def test_from_dir_gives_meter_its_checkpoint_and_tokenizer_offline(tmp_path):
+    from test_meter import write_released_checkpoint
+
+    from bids_vlm.config import ModelConfig
+    from bids_vlm.models import load_model
+    from bids_vlm.models.meter import NAME, TINY_TOKENIZER, load_meter
+
+    tiny = load_model("tiny-meter", ModelConfig())
+    write_released_checkpoint(tmp_path / "weights", tiny)  # weights/<NAME>/{*.ckpt, roberta-base}
+    assert (tmp_path / "weights" / NAME / "roberta-base" / "vocab.json").is_file()
+    dest = tmp_path / "models"
+    proc = run_bake("--models", NAME, "--dest", dest, "--from-dir", tmp_path / "weights")
+    assert proc.returncode == 0, proc.stderr
+    assert (dest / NAME / "roberta-base" / "vocab.json").read_bytes() == \
+        (TINY_TOKENIZER / "vocab.json").read_bytes()
+    assert torch.equal(load_meter(str(dest)).module.token_type_embeddings.weight,
+                       tiny.module.token_type_embeddings.weight)
+
+
+def test_an_environment_without_open_clip_exits_66_without_a_traceback(tmp_path, monkeypatch,
+                                                                       capsys):
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # import open_clip raises ImportError
+    assert bake.main(["--models", "clip-vit-b-32", "--dest", str(tmp_path)]) == EXIT_WEIGHTS
+    err = capsys.readouterr().err
+    assert err.startswith("bids_vlm.bake: error: cannot import what baking needs (")
+    assert "environment is incomplete or broken" in err and "Traceback" not in err

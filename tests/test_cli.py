@@ -464,3 +464,29 @@ def test_config_file_values_and_command_line_overrides(planted, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(argv[:5])
     assert exc.value.code == 2
+
+
+def test_default_models_come_from_the_image_and_random_ones_say_so(planted, planted_outputs,
+                                                                   monkeypatch, capsys):
+    """The image sets BIDS_VLM_DEFAULT_MODELS to what it baked (the default --models), and a
+    run with a random-weight test model says so in the log and at the top of the reports."""
+    from bids_vlm.cli import _build_parser
+    from bids_vlm.models import random_weights_warning
+
+    assert _build_parser().get_default("models") == ["tiny-clip"]
+    monkeypatch.setenv("BIDS_VLM_DEFAULT_MODELS", "clip-vit-b-32 clip-vit-b-16")
+    assert _build_parser().get_default("models") == ["clip-vit-b-32", "clip-vit-b-16"]
+    monkeypatch.setenv("BIDS_VLM_DEFAULT_MODELS", "clip-vit-b-99")
+    with pytest.raises(SystemExit) as exc:
+        main([str(planted.root), str(planted.root.parent / "o"), "participant"])
+    assert exc.value.code == 2
+    assert "--models (default from $BIDS_VLM_DEFAULT_MODELS): unknown model 'clip-vit-b-99'" \
+        in capsys.readouterr().err
+    assert random_weights_warning(["clip-vit-b-32", "hf-clip:/m"]) == ""
+    assert random_weights_warning(["tiny-clip", "tiny-meter"]).startswith(
+        "tiny-clip and tiny-meter have seeded random weights: a test model")
+    assert "bids_vlm WARNING: tiny-clip has seeded random weights" in \
+        planted_outputs["participant"].stderr
+    for report in ("sub-01.html", "group.html"):
+        text = (planted_outputs["out"] / report).read_text()
+        assert "Not a scientific result:</strong> tiny-clip has seeded random weights" in text

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,6 +34,7 @@ class ModelEntry:
     loader: Callable
     description: str
     streams: dict
+    random_weights: bool = False  # a test model: its results say nothing about the brain
 
 
 _TINY = openclip.TINY_CONFIG
@@ -42,7 +44,8 @@ REGISTRY: dict[str, ModelEntry] = {
         "open_clip CLIP, tiny config, seeded random weights: pipeline tests and the offline "
         "demo only, not a scientific model",
         {"image": (_TINY["vision_cfg"]["layers"], 4 * _TINY["vision_cfg"]["width"]),
-         "text": (_TINY["text_cfg"]["layers"], 4 * _TINY["text_cfg"]["width"])}),
+         "text": (_TINY["text_cfg"]["layers"], 4 * _TINY["text_cfg"]["width"])},
+        random_weights=True),
     "clip-vit-b-32": ModelEntry(
         lambda cfg: openclip.load_openai_clip("clip-vit-b-32", cfg.model_dir),
         "OpenAI CLIP ViT-B/32 (open_clip 'openai' weights, from a local file)",
@@ -65,8 +68,31 @@ REGISTRY: dict[str, ModelEntry] = {
                                    ("cross-image", meter.TINY_ARCH.cross_layers,
                                     meter.TINY_ARCH.cross_ffn),
                                    ("cross-text", meter.TINY_ARCH.cross_layers,
-                                    meter.TINY_ARCH.cross_ffn))}),
+                                    meter.TINY_ARCH.cross_ffn))},
+        random_weights=True),
 }
+DEFAULT_MODELS_ENV = "BIDS_VLM_DEFAULT_MODELS"  # set by the image to the models it baked
+
+
+def default_models() -> list[str]:
+    """The default of --models: ``$BIDS_VLM_DEFAULT_MODELS`` (space-separated; the Dockerfile
+    sets it to the models it baked), else the random-weight ``tiny-clip``."""
+    return os.environ.get(DEFAULT_MODELS_ENV, "").split() or ["tiny-clip"]
+
+
+def random_weight_models(models) -> list[str]:
+    """The test models among ``models`` (seeded random weights, not scientific models)."""
+    return [m for m in models if m in REGISTRY and REGISTRY[m].random_weights]
+
+
+def random_weights_warning(models) -> str:
+    """One sentence on the random-weight models among ``models``, or ""."""
+    found = random_weight_models(models)
+    if not found:
+        return ""
+    return (f"{' and '.join(found)} {'has' if len(found) == 1 else 'have'} seeded random "
+            "weights: a test model for checking the pipeline, whose results say nothing about "
+            "the brain (choose a real model with --models; bids_vlm --list-models)")
 
 
 def is_model_name(name: str) -> bool:

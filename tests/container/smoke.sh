@@ -74,7 +74,11 @@ echo "building $TAG with $ENGINE (base $BASE, torch from $TORCH_INDEX); log: $WO
 "$ENGINE" build "${BUILD_OPTS[@]}" -t "$TAG" --build-arg BASE_IMAGE="$BASE" \
     --build-arg TORCH_INDEX="$TORCH_INDEX" --build-arg MODELS=tiny-clip "$REPO" \
     > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; fail "the image does not build"; }
-cleanup() { [ "${KEEP_IMAGE:-0}" = 1 ] || "$ENGINE" rmi -f "$TAG" >/dev/null 2>&1; }
+cleanup() {  # the image, and build layers older than a day (newer ones speed up a rebuild)
+    [ "${KEEP_IMAGE:-0}" = 1 ] && return
+    "$ENGINE" rmi -f "$TAG" >/dev/null 2>&1
+    "$ENGINE" image prune -f --filter until=24h >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 DEMO="$REPO/bids_vlm/data/demo/haxby2001"
@@ -98,4 +102,16 @@ grep -q "random weights" "$WORK/participant.log" ||
 bash "$REPO/.circleci/list_outputs.sh" "$OUT" > "$WORK/outputs.txt"
 diff -u "$REPO/.circleci/demo_outputs.txt" "$WORK/outputs.txt" ||
     fail "the container's outputs differ from .circleci/demo_outputs.txt"
+# Singularity / Apptainer from an archive of the image (no Docker daemon needed), where present
+SIF_TOOL=$(command -v apptainer || command -v singularity || true)
+if [ -n "$SIF_TOOL" ]; then
+    "$ENGINE" save --format docker-archive -o "$WORK/bids_vlm.tar" "$TAG" &&
+        "$SIF_TOOL" build "$WORK/bids_vlm.sif" "docker-archive://$WORK/bids_vlm.tar" > "$WORK/sif.log" 2>&1 &&
+        "$SIF_TOOL" run --cleanenv "$WORK/bids_vlm.sif" --version | grep -q "^bids_vlm " ||
+        fail "the SIF built from the image's docker-archive does not run bids_vlm (see $WORK/sif.log)"
+    rm -f "$WORK/bids_vlm.tar" "$WORK/bids_vlm.sif"
+    echo "$(basename "$SIF_TOOL"): the SIF built from the docker-archive runs bids_vlm"
+else
+    echo "no apptainer or singularity here: the SIF build from the docker-archive was not tried"
+fi
 echo "container smoke test passed ($ENGINE, base $BASE): $(wc -l < "$WORK/outputs.txt") outputs as listed"
