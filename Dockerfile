@@ -20,7 +20,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 # by a constraints file: the project's install cannot swap them for PyPI's (CUDA) builds. Modes
 # are set in the layer that writes the files (a later chmod would copy them into a new layer).
 RUN python -m venv /opt/venv \
-    && pip install --no-cache-dir --index-url "${TORCH_INDEX}" "torch>=2.2" "torchvision>=0.17" \
+    && pip install --no-cache-dir --index-url "${TORCH_INDEX}" "torch>=2.6" "torchvision>=0.21" \
     && pip freeze --all > /opt/venv/pip-freeze.txt \
     && grep -E "^(torch|torchvision)==" /opt/venv/pip-freeze.txt > /opt/venv/torch-constraints.txt \
     && find /opt/venv ! -perm -a+r -exec chmod a+rX {} +

@@ -229,7 +229,8 @@ def with_atlas_digest(config: AnalysisConfig) -> AnalysisConfig:
 def run_group(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
               execution: Execution = Execution()):
     """Run the group level, holding the ``group`` lock (:mod:`bids_vlm.locks`) in the output
-    and the work directory (BusyError, exit 75, when another group-level run holds one)."""
+    and the work directory, and every participant's output lock, so that it never reads the
+    outputs of a participant being analysed (BusyError, exit 75, when another run holds one)."""
     from workflows.group import init_group_wf
 
     output_dir = Path(output_dir)
@@ -237,6 +238,8 @@ def run_group(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
         raise NoInputError("no participant results here; run the participant level first",
                            output_dir)
     with contextlib.ExitStack() as held:
+        for folder in sorted(p for p in output_dir.glob("sub-*") if p.is_dir()):
+            _lock(held, locks.output_lock_path(output_dir, folder.name), folder.name)
         _lock(held, locks.output_lock_path(output_dir, "group"), "group")
         work = _work_dir(work_dir, output_dir)
         _lock(held, locks.work_lock_path(work, "group"), "group")
@@ -269,10 +272,11 @@ def _run(wf, output_dir, execution: Execution):
     plugin, args = execution.plugin_and_args()
     if plugin in ("SLURM", "SGE", "PBS"):  # their job names start with $LOGNAME, often unset
         os.environ.setdefault("LOGNAME", _login_name())  # in containers and CI
+    started = time.time()
     try:
         wf.run(plugin=plugin, plugin_args=args)
     except RuntimeError as exc:
-        raise _node_error(crash_dir) from exc
+        raise _node_error(crash_dir, started, wf.list_node_names()) from exc
     except OSError as exc:  # Nipype's own files in the work directory (disk full, quota, ...)
         raise errors.OutputError(f"cannot write the intermediate results: "
                                  f"{exc.strerror or exc} ({exc.filename2 or exc.filename})",
@@ -287,9 +291,15 @@ def _login_name() -> str:
         return str(os.getuid())
 
 
-def _node_error(crash_dir) -> BidsVlmError:
-    """The error of the newest crash file, with its exit code when it is a bids_vlm error."""
-    crashes = sorted(Path(crash_dir).glob("crash-*.txt"), key=lambda p: p.stat().st_mtime)
+def _node_error(crash_dir, since: float = 0.0, nodes=()) -> BidsVlmError:
+    """The error of the newest crash file written since ``since`` by one of ``nodes`` (another
+    run into the same output may write its own), with its exit code when it is a bids_vlm
+    error."""
+    crashes = sorted((p for p in Path(crash_dir).glob("crash-*.txt")
+                      if p.stat().st_mtime >= since - 1),
+                     key=lambda p: p.stat().st_mtime)
+    ours = [p for p in crashes if any(n.rpartition(".")[2] in p.name for n in nodes)]
+    crashes = ours or crashes
     text = crashes[-1].read_text(errors="replace") if crashes else ""
     match = re.findall(r"bids_vlm\.[\w.]*?(\w+Error): (.+)", text)
     full = re.findall(r"OSError: \[Errno (?:28|122|30)\] (.+)", text)  # disk full, quota, ro

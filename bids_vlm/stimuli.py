@@ -222,9 +222,15 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def _in_annex(target: Path, root: Path) -> bool:
-    """Whether ``target`` is in ``<dataset>/.git/annex/objects`` of a folder holding ``root``."""
-    return any(_inside(target, (d / ".git" / "annex" / "objects").resolve())
-               for d in (root, *root.parents) if (d / ".git" / "annex").is_dir())
+    """Whether ``target`` is in the git-annex object store of the repository that holds
+    ``root`` (the nearest folder with a ``.git``, and only it), reached without a symbolic
+    link (a store that is itself a link could point anywhere)."""
+    repo = next((d for d in (root, *root.parents) if (d / ".git").exists()), None)
+    if repo is None:
+        return False
+    store = repo.resolve() / ".git" / "annex" / "objects"
+    return (repo / ".git" / "annex" / "objects").resolve() == store and store.is_dir() \
+        and _inside(target, store)
 
 
 def _event_texts(events, config: StimulusConfig, source):

@@ -359,3 +359,21 @@ def test_a_pickle_cannot_change_an_allowed_function(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="set attributes of '_rebuild_tensor_v2'"):
         safe_torch_load(path)
     assert torch._utils._rebuild_tensor_v2.__defaults__ == defaults
+
+
+def test_a_pickle_dressed_as_safetensors_is_not_taken_for_one(tmp_path):
+    """Bytes that read as an 8-byte length and "{" but whose header is no JSON object (e.g. a
+    pickle's LONG1 opcode, then more opcodes) were taken for safetensors and never unpickled
+    by the check, while torch.load reads them as a pickle."""
+    from bids_vlm.models.checkpoint import checkpoint_format
+
+    body = pickle.dumps(pickle_payloads(tmp_path / "ran")["builtins.exec"], protocol=2)[2:]
+    path = tmp_path / "hybrid.bin"
+    path.write_bytes(b"\x8a\x06" + b"\x00" * 6 + b"{" + body + b"." * 2000)
+    assert checkpoint_format(path) != "safetensors"
+    with pytest.raises(DataError):
+        vet_checkpoint(path)
+    fake = tmp_path / "fake.safetensors"
+    fake.write_bytes((5).to_bytes(8, "little") + b"{x: 1" + b"\0" * 64)  # not JSON
+    assert checkpoint_format(fake) != "safetensors"
+    assert not (tmp_path / "ran").exists()

@@ -490,3 +490,18 @@ def test_default_models_come_from_the_image_and_random_ones_say_so(planted, plan
     for report in ("sub-01.html", "group.html"):
         text = (planted_outputs["out"] / report).read_text()
         assert "Not a scientific result:</strong> tiny-clip has seeded random weights" in text
+
+
+def test_group_level_waits_for_no_participant_being_analysed(planted, planted_outputs, capsys):
+    """While a participant's run holds its lock, the group level (which would read that
+    participant's half-written outputs) exits 75 naming the lock, and writes nothing."""
+    from bids_vlm import locks
+
+    out = planted_outputs["out"]
+    before = sorted(p.name for p in (out / "group").iterdir())
+    with locks.acquire(locks.output_lock_path(out, "sub-02"), "sub-02"):
+        code = main([str(planted.root), str(out), "group", "-q"])
+    assert code == 75
+    err = capsys.readouterr().err
+    assert "sub-02 is being analysed by process" in err and ".sub-02.lock" in err
+    assert sorted(p.name for p in (out / "group").iterdir()) == before

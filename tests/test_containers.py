@@ -136,7 +136,7 @@ def test_stages_cpu_by_default_cuda_by_build_arg():
     setup.read(REPO / "setup.cfg")
     requirement = next(r for r in setup["options"]["install_requires"].split() if "torch" in r)
     # torch and torchvision (open_clip's) from the same index, together, then held
-    assert torch_install[-2:] == [requirement, "torchvision>=0.17"]
+    assert torch_install[-2:] == [requirement, "torchvision>=0.21"]
 
 
 def test_torch_and_torchvision_are_held_for_the_project_install():

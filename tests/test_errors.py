@@ -35,3 +35,21 @@ def test_unknown_error_in_a_node_exits_1_with_its_last_line(tmp_path):
     err = _node_error(tmp_path)
     assert type(err) is errors.BidsVlmError and err.exit_code == 1
     assert str(err).startswith("a pipeline step failed: ValueError: boom")
+
+
+def test_only_this_runs_crash_files_are_read(tmp_path):
+    """Two runs into one output: the error is taken from a crash file written since this run
+    started by one of its own nodes, not from the other run's newer one."""
+    import os
+    import time
+
+    old = tmp_path / "crash-1-root-extract_sub_01_x-1.txt"
+    old.write_text("bids_vlm.errors.OutputError: /old: stale\n")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    since = time.time()
+    (tmp_path / "crash-2-root-extract_sub_01_x-2.txt").write_text(
+        "bids_vlm.errors.DataError: /data/a.png: ours\n")
+    (tmp_path / "crash-3-root-extract_sub_02_x-3.txt").write_text(
+        "bids_vlm.errors.NoInputError: /data: theirs\n")
+    err = _node_error(tmp_path, since, ["bids_vlm_participant.extract_sub_01_x"])
+    assert type(err) is errors.DataError and str(err).startswith("/data/a.png: ours")

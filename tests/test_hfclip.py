@@ -157,3 +157,35 @@ def test_a_torch_saved_bin_still_loads(hf_dir, tmp_path):
     torch.save(module.state_dict(), folder / "pytorch_model.bin")
     model = load_model(f"hf-clip:{folder}", ModelConfig())
     assert torch.equal(model.module.text_projection.weight, module.text_projection.weight)
+
+
+def test_shards_named_by_the_index_are_checked_and_other_files_left(hf_dir, tmp_path,
+                                                                    live_payloads):
+    """transformers loads the shards pytorch_model.bin.index.json names (any name, any
+    subfolder): each is checked; a shard outside the folder is refused; a training_args.bin
+    that transformers never reads does not stop the run."""
+    import json
+    import shutil
+
+    from test_checkpoint import write_payload
+
+    from bids_vlm.errors import UnsafeCheckpointError
+    from bids_vlm.models.hfclip import check_weight_files
+
+    folder, site_dir, marker = tmp_path / "clip", tmp_path / "site-packages", tmp_path / "ran"
+    shutil.copytree(hf_dir, folder)
+    site_dir.mkdir()
+    write_payload(folder / "training_args.bin", "pickle", site_dir, marker)
+    check_weight_files(folder)  # not a file transformers loads
+    (folder / "shards").mkdir()
+    shard = folder / "shards" / "weights-a"
+    write_payload(shard, "torchscript", site_dir, marker)
+    index = folder / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"weight_map": {"w": "shards/weights-a"}}))
+    with pytest.raises(UnsafeCheckpointError) as info:
+        check_weight_files(folder)
+    assert str(info.value).startswith(f"{shard.resolve()}: a TorchScript archive")
+    index.write_text(json.dumps({"weight_map": {"w": "../../elsewhere.bin"}}))
+    with pytest.raises(UnsafeCheckpointError, match="outside the model folder"):
+        check_weight_files(folder)
+    assert not marker.exists()

@@ -282,3 +282,23 @@ def test_text_window_boundaries(tmp_path):
                   "2\t0.2\tw2\n3\t0.2\tw3\n")
     tl = build_timeline(read_events(path), 4, StimulusConfig(text_window=1.0))
     assert tl.texts == ("w0", "w1", "w2", "w3")  # a word starting at a sample's start is in it
+
+
+def test_a_git_annex_store_that_is_a_link_or_another_repositorys_is_not_trusted(tmp_path):
+    """A dataset shipping stimuli/.git/annex/objects -> / would make any link target look
+    annexed; and only the nearest repository's store counts, not an enclosing one's."""
+    outer = tmp_path / "home"
+    (outer / ".git" / "annex" / "objects").mkdir(parents=True)
+    (outer / ".git" / "annex" / "objects" / "f").write_bytes(b"x")
+    ds = outer / "ds"
+    stim = ds / "stimuli"
+    stim.mkdir(parents=True)
+    (ds / ".git" / "annex").mkdir(parents=True)
+    (ds / ".git" / "annex" / "objects").symlink_to(tmp_path)  # the store is a link: refused
+    (tmp_path / "secret.png").write_bytes(b"x")
+    (stim / "a.png").symlink_to(tmp_path / "secret.png")
+    (stim / "b.png").symlink_to(outer / ".git" / "annex" / "objects" / "f")
+    for name in ("a.png", "b.png"):
+        ev = _events([(0, 1)], stim_file=[name])
+        with pytest.raises(DataError, match="is a symbolic link to .*outside the stimuli"):
+            build_timeline(ev, 1, StimulusConfig(), stimuli_dir=stim, source="r_events.tsv")

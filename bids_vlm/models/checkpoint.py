@@ -41,6 +41,7 @@ from __future__ import annotations
 import _compat_pickle
 import importlib
 import io
+import json
 import pickle
 import re
 import tarfile
@@ -161,7 +162,8 @@ def _pickle_module():
 
 def checkpoint_format(path) -> str:
     """``"zip"``, ``"tar"``, ``"safetensors"``, ``"pickle"`` or ``""`` (none of them): what the
-    bytes of ``path`` are, tested in ``torch.load``'s order. Reads only the start of the file."""
+    bytes of ``path`` are, tested in ``torch.load``'s order. Reads only the start of the file
+    (and a safetensors header)."""
     with _opened(path) as handle:
         return _sniff(handle)
 
@@ -198,11 +200,25 @@ def _sniff(handle) -> str:
         return "zip"
     if _is_tar(handle):  # torch.load tries tar before pickle
         return "tar"
-    size = handle.seek(0, io.SEEK_END)
-    handle.seek(0)
-    if len(head) == 9 and head[8:] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+    if _is_safetensors(handle, head):
         return "safetensors"
     return "pickle" if head[:1] == b"\x80" else ""
+
+
+def _is_safetensors(handle, head: bytes) -> bool:
+    """An 8-byte header length, then that many bytes of a JSON object (not just a "{": a
+    pickle can start with bytes that look like a length and a brace)."""
+    size = handle.seek(0, io.SEEK_END)
+    length = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+    try:
+        if head[8:] != b"{" or not 2 <= length <= min(size - 8, 100 << 20):
+            return False
+        handle.seek(8)
+        return isinstance(json.loads(handle.read(length)), dict)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    finally:
+        handle.seek(0)
 
 
 def _is_tar(handle) -> bool:

@@ -11,17 +11,17 @@ The folder's PyTorch weight files are checked before transformers reads them
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from bids_vlm.errors import WeightsNotFoundError
+from bids_vlm.errors import DataError, UnsafeCheckpointError, WeightsNotFoundError
 from bids_vlm.models.base import StreamSpec, load_image
 from bids_vlm.models.checkpoint import vet_checkpoint
 from bids_vlm.video import FrameSource, is_frame_item
 
 PREFIX = "hf-clip:"
-WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")  # what torch.load could be given
 
 
 def resolve(source: str) -> Path:
@@ -92,15 +92,32 @@ class HFClipModel:
 
 
 def check_weight_files(folder: Path) -> None:
-    """Refuse the folder before transformers reads it when one of its PyTorch files
-    (``pytorch_model.bin``, its shards, any ``*.bin`` / ``*.pt`` / ``*.pth`` / ``*.ckpt``) would
-    run code (a TorchScript archive, a pickle that calls code):
-    :class:`~bids_vlm.errors.UnsafeCheckpointError` (exit 64) names the file. transformers
-    reads ``.bin`` with ``weights_only=True`` too; this is the clear error and a second check.
-    Only the pickles are read (tensors on the meta device), not the weights."""
-    for path in sorted(folder.iterdir()):
-        if path.suffix in WEIGHT_SUFFIXES and path.is_file():
-            vet_checkpoint(path)
+    """Refuse the folder before transformers reads it when a PyTorch file it would load
+    (``pytorch_model.bin``, and every shard that ``pytorch_model.bin.index.json`` names, in any
+    subfolder) would run code (a TorchScript archive, a pickle that calls code):
+    :class:`~bids_vlm.errors.UnsafeCheckpointError` (exit 64) names the file; a shard named
+    outside the folder is refused too. transformers reads them with ``weights_only=True``;
+    this is the clear error and a second check. Only the pickles are read (tensors on the meta
+    device), not the weights; files transformers never loads (``training_args.bin``) are left."""
+    for path in _torch_weight_files(folder):
+        vet_checkpoint(path)
+
+
+def _torch_weight_files(folder: Path) -> list[Path]:
+    found = [folder / "pytorch_model.bin"]
+    index = folder / "pytorch_model.bin.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DataError(f"cannot read the shard index: {exc}", index) from exc
+        for name in sorted(shards):
+            path = (folder / str(name)).resolve()
+            if folder.resolve() not in path.parents:
+                raise UnsafeCheckpointError(f"the shard index names '{name}', outside the "
+                                            "model folder; it was refused", index)
+            found.append(path)
+    return [p for p in found if p.is_file()]
 
 
 def load_hf_clip(name: str) -> HFClipModel:

@@ -43,9 +43,10 @@ if [ "$ENGINE" = podman ]; then
     } > "$conf"
     export CONTAINERS_CONF="$conf"
 fi
-# pip inside the build trusts the host's CA bundle (and so a TLS-inspecting proxy)
+# pip inside a podman build trusts the host's CA bundle (and so a TLS-inspecting proxy);
+# docker build has no -v: it uses its daemon's network as it is
 for bundle in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt; do
-    if [ -f "$bundle" ]; then
+    if [ "$ENGINE" = podman ] && [ -f "$bundle" ]; then
         printf '[global]\ncert = /etc/ssl/certs/host-ca.crt\n' > "$WORK/pip.conf"
         BUILD_OPTS+=(-v "$bundle:/etc/ssl/certs/host-ca.crt:ro" -v "$WORK/pip.conf:/etc/pip.conf:ro")
         break
