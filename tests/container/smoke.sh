@@ -13,7 +13,8 @@
 # CA bundle for pip (a TLS-inspecting proxy); the PyTorch index: PyTorch's CPU index when it
 # answers, else PyPI (a bigger image, the same test); the base image: python:3.11-slim when it
 # can be pulled, else a Debian bookworm base made with mmdebstrap (its python3 is 3.11).
-# Environment: KEEP_IMAGE=1 keeps the image; SMOKE_DIR (default a temporary folder) holds the
+# Environment: KEEP_IMAGE=1 keeps the image (else everything the build made is removed at exit);
+# SMOKE_NEED_GB overrides the free space required; SMOKE_DIR (default a temporary folder) holds the
 # outputs and logs.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -68,19 +69,35 @@ BASE=$(base_image) || skip "cannot pull python:3.11-slim nor make a Debian base 
 "$ENGINE" run --rm "${RUN_OPTS[@]}" "$BASE" python --version >/dev/null 2>&1 ||
     skip "$ENGINE cannot run a container here ($("$ENGINE" run --rm "$BASE" true 2>&1 | tail -1))"
 
+# Disk: the build holds the venv several times over (build stage, runtime stage, each layer's
+# container and its commit): 38 GB at the peak with PyPI's CUDA torch (a 7 GB image; measured
+# with podman's overlay driver), proportionally less with PyTorch's CPU wheels. A machine with
+# less free space skips, saying so, instead of failing half-way with ENOSPC.
+store=$("$ENGINE" info --format '{{.Store.GraphRoot}}' 2>/dev/null ||
+    "$ENGINE" info --format '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib)
+while [ ! -d "$store" ] && [ "$store" != / ]; do store=$(dirname "$store"); done
+free_gb() { df -Pk "$1" | awk 'NR == 2 { printf "%d", $4 / 1048576 }'; }
 TORCH_INDEX=https://download.pytorch.org/whl/cpu
 python3 -c "import urllib.request; urllib.request.urlopen('$TORCH_INDEX/torch/', timeout=20)" \
     >/dev/null 2>&1 || TORCH_INDEX=https://pypi.org/simple
+NEED_GB=${SMOKE_NEED_GB:-12}
+[ "$TORCH_INDEX" = https://pypi.org/simple ] && NEED_GB=${SMOKE_NEED_GB:-40}
+[ "$(free_gb "$store")" -ge "$NEED_GB" ] ||
+    skip "$(free_gb "$store") GB free under $store; building the image needs about $NEED_GB GB"
+# what this build leaves behind (the image, its stages' untagged images) is removed at exit:
+# repeated builds must not fill the disk; images that were there before are never touched
+before=$("$ENGINE" images -a -q --no-trunc | sort -u)
+cleanup() {
+    [ "${KEEP_IMAGE:-0}" = 1 ] && return
+    "$ENGINE" rmi -f "$TAG" >/dev/null 2>&1
+    comm -13 <(echo "$before") <("$ENGINE" images -a -q --no-trunc | sort -u) |
+        xargs -r "$ENGINE" rmi -f >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 echo "building $TAG with $ENGINE (base $BASE, torch from $TORCH_INDEX); log: $WORK/build.log"
 "$ENGINE" build "${BUILD_OPTS[@]}" -t "$TAG" --build-arg BASE_IMAGE="$BASE" \
     --build-arg TORCH_INDEX="$TORCH_INDEX" --build-arg MODELS=tiny-clip "$REPO" \
     > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; fail "the image does not build"; }
-cleanup() {  # the image, and build layers older than a day (newer ones speed up a rebuild)
-    [ "${KEEP_IMAGE:-0}" = 1 ] && return
-    "$ENGINE" rmi -f "$TAG" >/dev/null 2>&1
-    "$ENGINE" image prune -f --filter until=24h >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
 
 DEMO="$REPO/bids_vlm/data/demo/haxby2001"
 OUT="$WORK/out"
