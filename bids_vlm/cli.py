@@ -126,9 +126,11 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fdr-scope", choices=["an", "all"], default="an",
                    help="an: Benjamini-Hochberg over voxels for each AN; all: one BH over all "
                    "AN x voxel pairs of a layer (two passes over the data)")
-    g.add_argument("--autocorrelation-correction", choices=["bartlett", "none"],
-                   default="bartlett", help="bartlett: effective number of frames from both "
-                   "series' autocorrelations (calibrated for BOLD); none: frames independent")
+    g.add_argument("--autocorrelation-correction", choices=["exact", "bartlett", "none"],
+                   default="exact", help="exact: the null variance of r given the cleaning "
+                   "and each voxel's noise autocorrelation before cleaning (calibrated for "
+                   "BOLD); bartlett: the stationary formula on the cleaned series (older, "
+                   "anti-conservative after confound regression); none: frames independent")
     g.add_argument("--autocorrelation-lags", type=_positive_int, default=None,
                    help="lags of the autocorrelation estimate (default about 2 sqrt(run length))")
     g.add_argument("--block-size", type=_positive_int, default=256,

@@ -68,8 +68,9 @@ class StatsConfig:
     oversampling: int = 16
     fdr_q: float = 0.05
     fdr_scope: str = "an"  # BH per AN over voxels ("an") or over all AN x voxel pairs ("all")
-    autocorr: str = "bartlett"  # "bartlett" (effective frames) or "none" (independent frames)
-    n_lags: int = 0  # autocorrelation lags for "bartlett"; 0 = about sqrt(run length)
+    autocorr: str = "exact"  # null variance of r: "exact" (noise before cleaning, given the
+    # cleaning projection), "bartlett" (stationary, cleaned series) or "none" (independent)
+    n_lags: int = 0  # autocorrelation lags for "exact" / "bartlett"; 0 = about 2 sqrt(run length)
     block_size: int = 256  # ANs per block of the streamed association
     mem_gb: float = 0.0  # memory for the association; > 0 sets the block size from it
     paper_mode: bool = False  # also run the dictionary-learning (atoms) analysis

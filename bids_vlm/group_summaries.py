@@ -250,7 +250,10 @@ def _write_layers(path, neurons, nets, participant_layers, meta):
     side.update(driving_columns(layers.columns, " at group level"))
     side["Polarity"] = {
         "Description": "Pearson r across layers between the group curves P(layer) and N(layer) "
-                       "(negative: mirrored trends) with its permutation p over layer orders, "
+                       "(negative: mirrored trends), descriptive; r_prewhitened and p test whether "
+                       "they move together from layer to layer beyond each curve's own "
+                       "autocorrelation (each prewhitened by its AR(1), surrogate p = (1 + "
+                       "as extreme) / (1 + surrogates)), "
                        "per stream and per network (BN+ / BN- inside the network); "
                        "ParticipantR: each participant's r",
         **_no_nan(polarity)}

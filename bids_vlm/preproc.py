@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 import zlib
 
 import nibabel as nib
@@ -78,7 +79,16 @@ def load_mask(bold_path, mask_path=None):
 
 
 def clean_bold(bold_path, mask_img, tr, confounds_path=None, config: BoldConfig = BoldConfig()):
-    """Cleaned voxel time series of one run: (n_scans, n_voxels) float32, z-scored.
+    """Cleaned voxel time series of one run: (n_scans, n_voxels) float32, z-scored
+    (:func:`load_bold` then :func:`clean_signals` with the run's confounds)."""
+    data = load_bold(bold_path, mask_img, config)
+    confounds = read_confounds(confounds_path, data.shape[0], config)
+    return clean_signals(data, tr, confounds, config)
+
+
+def load_bold(bold_path, mask_img, config: BoldConfig = BoldConfig()) -> np.ndarray:
+    """In-mask voxel time series of one run, (n_scans, n_voxels) float64, smoothed when
+    ``config.smoothing_fwhm``; not cleaned.
 
     Voxels that are constant over the run (e.g. outside the field of view) or hold NaN or inf
     values come out as zeros (a warning gives their number): excluded from this run's data; a
@@ -103,26 +113,50 @@ def clean_bold(bold_path, mask_img, tr, confounds_path=None, config: BoldConfig 
     if constant.any():
         LOGGER.warning("%s: %d in-mask voxel(s) constant over the run; excluded from it "
                        "(set to 0)", bold_path, int(constant.sum()))
-    confounds = read_confounds(confounds_path, data.shape[0], config)
-    return clean_signals(data, tr, confounds, config)
+        data[:, constant] = 0.0
+    return data
+
+
+def drift_basis(n_scans: int, tr: float, high_pass: float) -> np.ndarray:
+    """(n_scans, n_cosines) the discrete cosine basis of a high-pass at ``high_pass`` Hz
+    (nilearn's GLM drift model, as SPM's), without its constant; (n_scans, 0) when off."""
+    if not high_pass:
+        return np.zeros((n_scans, 0))
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
+    with warnings.catch_warnings():  # a run too short for any cosine gets none
+        warnings.simplefilter("ignore", UserWarning)
+        design = make_first_level_design_matrix(np.arange(n_scans) * float(tr),
+                                                drift_model="cosine", high_pass=high_pass)
+    return design[[c for c in design if c.startswith("drift")]].to_numpy(float)
+
+
+def nuisance_columns(n_scans: int, tr: float, confounds=None,
+                     config: BoldConfig = BoldConfig()):
+    """The columns :func:`clean_signals` regresses out besides the mean and the linear trend:
+    the confounds, then the high-pass's cosines, (n_scans, n) or None."""
+    parts = [c for c in (confounds, drift_basis(n_scans, tr, config.high_pass))
+             if c is not None and c.shape[1]]
+    return np.column_stack(parts) if parts else None
 
 
 def clean_signals(data, tr, confounds=None, config: BoldConfig = BoldConfig()):
-    """(n_scans, n) time series -> the same cleaning as the BOLD: confounds regressed out,
-    linear detrend, high-pass at ``config.high_pass`` Hz by a discrete cosine basis regressed
-    out with the confounds (SPM's and nilearn's GLM drift model: an exact projection, without
-    the edge transients a Butterworth filter leaves in short runs), z-score; constant columns
-    -> 0.
+    """(n_scans, n) time series -> the same cleaning as the BOLD: confounds and the discrete
+    cosine basis of the high-pass at ``config.high_pass`` Hz regressed out together with a
+    linear trend (an exact projection, :func:`cleaning_projection`, without the edge transients
+    a Butterworth filter leaves in short runs), z-score; constant columns -> 0.
 
-    Applied to the voxels and, identically, to the AN regressors of the run, so that the
-    association and the encoding models see both sides filtered alike (as drift and confound
-    columns in a GLM design would do). Returns float32.
+    The cosines are built here and appended to the confounds (nilearn's own cosine filter is
+    skipped when a confound resembles a cosine, e.g. a drifting motion parameter, so a
+    correlated confound could remove the high-pass). Applied to the voxels and, identically, to
+    the AN regressors of the run, so that the association and the encoding models see both
+    sides filtered alike (as drift and confound columns in a GLM design would do). Returns
+    float32.
     """
     data = np.asarray(data, dtype=np.float64)
     constant = data.std(axis=0) < 1e-8 * np.maximum(1.0, np.abs(data).max(axis=0))
-    cleaned = signal.clean(data, confounds=confounds, detrend=True, standardize="zscore_sample",
-                           high_pass=config.high_pass or None, t_r=tr,
-                           filter="cosine" if config.high_pass else False)
+    cleaned = signal.clean(data, confounds=nuisance_columns(len(data), tr, confounds, config),
+                           detrend=True, standardize="zscore_sample", filter=False, t_r=tr)
     cleaned[:, constant] = 0.0
     return cleaned.astype(np.float32)
 
@@ -151,12 +185,76 @@ def read_confounds(confounds_path, n_scans: int, config: BoldConfig = BoldConfig
     return confounds if confounds.shape[1] else None
 
 
+def cleaning_projection(n_scans: int, tr: float, confounds=None,
+                        config: BoldConfig = BoldConfig()) -> np.ndarray:
+    """M (n_scans, n_scans): the orthogonal projection :func:`clean_signals` applies before its
+    z-score, onto the complement of the mean, the linear trend, the confounds and the cosines
+    (collinear columns count once: an orthonormal basis from their SVD)."""
+    design = np.column_stack([np.ones(n_scans), np.linspace(-1.0, 1.0, n_scans)]
+                             + [c for c in [nuisance_columns(n_scans, tr, confounds, config)]
+                                if c is not None])
+    design = design / np.maximum(np.linalg.norm(design, axis=0), 1e-12)
+    u, sv, _ = np.linalg.svd(design, full_matrices=False)
+    basis = u[:, sv > sv[0] * 1e-8]
+    return np.eye(n_scans) - basis @ basis.T
+
+
 def removed_dimensions(n_scans: int, tr: float, confounds=None,
                        config: BoldConfig = BoldConfig()) -> int:
     """How many dimensions of a run's time series :func:`clean_signals` projects out
     (mean, linear trend, cosine drift terms, confounds): the run's cleaned data live in
-    ``n_scans - removed`` dimensions, which the association's degrees of freedom must use.
-    Measured as the rank deficit of the cleaned identity matrix, so it follows the cleaning
-    exactly (collinear confounds count once)."""
-    cleaned = clean_signals(np.eye(n_scans), tr, confounds, config).astype(np.float64)
-    return int(n_scans - np.linalg.matrix_rank(cleaned, tol=1e-4))
+    ``n_scans - removed`` dimensions, which the association's degrees of freedom must use."""
+    return int(round(n_scans - np.trace(cleaning_projection(n_scans, tr, confounds, config))))
+
+
+def lag_traces(projection: np.ndarray, n_lags: int) -> np.ndarray:
+    """(n_lags + 1,) sum_t M[t, t + k] for k = 0..n_lags of a run's cleaning projection M
+    (k = 0: its trace, the dimensions left). With a voxel's stationary noise autocorrelation
+    rho, E|M y|^2 = gamma_0 (m_0 + 2 sum_k rho_k m_k): the association's exact null variance
+    (:mod:`bids_vlm.encoding.autocorr`)."""
+    n = projection.shape[0]
+    return np.array([np.trace(projection, offset=k) if k < n else 0.0
+                     for k in range(n_lags + 1)])
+
+
+def noise_lag_sums(data: np.ndarray, n_lags: int) -> np.ndarray:
+    """(n_lags + 1, V) lag sums sum_t y_t y_{t+k}, k = 0..n_lags, of each voxel's linearly
+    detrended (otherwise uncleaned) series of one run, data (n_scans, V): the voxel's noise
+    autocovariance before cleaning, pooled over runs by the association. Zero columns (excluded
+    voxels) give zeros."""
+    import torch
+    from scipy.signal import detrend
+
+    from bids_vlm.encoding.autocorr import row_autocorrelations
+
+    n_scans, n_vox = data.shape
+    out = np.zeros((n_lags + 1, n_vox), dtype=np.float32)
+    for start in range(0, n_vox, 16384):
+        part = detrend(np.asarray(data[:, start:start + 16384], np.float64), axis=0)
+        rows = torch.from_numpy(np.ascontiguousarray(part.T, dtype=np.float32))
+        energy = (part ** 2).sum(0)
+        out[0, start:start + part.shape[1]] = energy
+        rho = row_autocorrelations(rows, [n_scans], n_lags).numpy()  # (w, K)
+        out[1:, start:start + part.shape[1]] = (rho * energy[:, None]).T
+    return out
+
+
+def run_lags(n_scans: int, n_lags: int = 0) -> int:
+    """Lags of a run's noise lag sums: enough for the association's lags whatever the other
+    runs (``n_lags``, or its default for the shortest run, which is at most this run's)."""
+    from bids_vlm.encoding.autocorr import default_lags
+
+    return max(int(n_lags), default_lags([n_scans]))
+
+
+def noise_path(cleaned_path) -> str:
+    """Where a run's noise lag sums are kept: beside its cleaned series (``_noise.npy``)."""
+    return str(cleaned_path).replace("_cleaned.npy", "_noise.npy")
+
+
+def pooled_noise_sums(cleaned_files) -> np.ndarray:
+    """(K + 1, V) the runs' noise lag sums (:func:`noise_path` of each cleaned file) summed
+    over runs, K the smallest number of lags any run kept."""
+    parts = [np.load(noise_path(f)) for f in cleaned_files]
+    lags = min(p.shape[0] for p in parts)
+    return sum(p[:lags].astype(np.float64) for p in parts)

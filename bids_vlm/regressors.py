@@ -14,9 +14,18 @@ from nilearn.glm.first_level import compute_regressor
 HRF_MODELS = ("spm", "glover", "fir")
 
 
-def frame_times(n_scans: int, tr: float) -> np.ndarray:
-    """(n_scans,) acquisition time of each BOLD frame in seconds (nilearn's convention)."""
-    return np.arange(n_scans) * float(tr)
+def frame_times(n_scans: int, tr: float, slice_time_ref: float = 0.0) -> np.ndarray:
+    """(n_scans,) time in seconds that each BOLD frame represents: ``arange(n_scans) * tr +
+    slice_time_ref``.
+
+    ``slice_time_ref``: seconds from a volume's onset to the time its data represent (the
+    run's :attr:`bids_vlm.bids.RunSpec.slice_time_ref`: fMRIPrep's ``StartTime`` after slice
+    timing correction, the mean ``SliceTiming`` without; 0, the volume onset, when unknown).
+    This is nilearn's ``FirstLevelModel`` frame times, whose ``slice_time_ref`` is the same
+    offset as a fraction of the TR; sampling at the volume onsets instead shifts the
+    regressors by up to a TR against the data.
+    """
+    return np.arange(n_scans) * float(tr) + float(slice_time_ref)
 
 
 def convolution_matrix(sample_times, dt, frames, hrf_model="spm", oversampling=16,

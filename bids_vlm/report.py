@@ -155,7 +155,9 @@ def _polarity_and_redundancy(layers_path, stem, figdir, out, model):
     _save(fig, pol_path)
     parts = ["<h3>Polarity</h3>", _figure(pol_path, out, "Mean BN+ (P) and BN- (N) per AN "
              "across layers; r is their correlation across layers (negative: mirrored trends), "
-             "p a permutation p over layer orders.")]
+             "descriptive; p tests whether they move together from layer to layer beyond each "
+             "curve's own autocorrelation (both prewhitened by their AR(1); a shared trend "
+             "alone is not tested).")]
     jac_path = layers_path.with_name(layers_path.name.replace("_layers.tsv", "_jaccard.tsv"))
     if jac_path.is_file():
         jac = pd.read_csv(jac_path, sep="\t")

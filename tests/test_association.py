@@ -57,6 +57,46 @@ CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize("block", [1, 64])
+def test_exact_streamed_equals_dense_reference(problem, block, device):
+    """The exact null variance: the streamed association's z and discoveries equal the dense
+    z of :func:`association_z` (its factors) and BH per AN over them."""
+    from bids_vlm.encoding.association import association_z
+
+    x, y = problem
+    rng = np.random.default_rng(5)
+    sums = np.abs(rng.standard_normal((13, y.shape[1]))) * 10.0 + 100.0  # any lag sums
+    traces = np.linspace(290, 200, 13)
+    z = association_z(x, y, run_lengths=RUNS, n_lags=12, noise_sums=sums, lag_traces=traces)
+    sig = np.array([stats.false_discovery_control(2 * special.ndtr(-np.abs(row))) <= 0.05
+                    for row in z])
+    res = associate(x, y, q=0.05, block_size=block, run_lengths=RUNS, n_lags=12,
+                    noise_sums=sums, lag_traces=traces, device=device)
+    assert 10 < sig.sum() < sig.size / 2
+    assert set(zip(res.an_index.tolist(), res.voxel_index.tolist())) == set(zip(*np.nonzero(sig)))
+    np.testing.assert_allclose(res.z, z[res.an_index, res.voxel_index], rtol=1e-4, atol=1e-4)
+
+
+def test_exact_variance_matches_its_formula():
+    """Var(r) = (1 + 2 sum_k rho_x(k) w_k rho_S(k)) / (m_0 + 2 sum_k w_k rho_S(k) m_k), from
+    the lag sums of the voxel's uncleaned series and the cleaning's traces (numpy reference)."""
+    from bids_vlm.encoding.association import association_z
+
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((100, 3)), rng.standard_normal((100, 4))
+    sums = np.vstack([np.full(4, 50.0), rng.uniform(-20, 40, (5, 4))])
+    traces = np.array([90.0, -3, -2, -1, -0.5, -0.2])
+    z = association_z(x, y, run_lengths=[100], n_lags=5, noise_sums=sums, lag_traces=traces)
+    w = tukey_taper(5)
+    rho_s = sums[1:] / sums[0]
+    rho_x = _acf_numpy(x, [100], 5)
+    var = (1 + 2 * rho_x.T @ (w[:, None] * rho_s)) / (90 + 2 * (w[:, None] * rho_s
+                                                                * traces[1:, None]).sum(0))
+    r = np.corrcoef(x.T, y.T)[:3, 3:]
+    np.testing.assert_allclose(z, np.arctanh(r) * np.sqrt(1 / var - 3), rtol=1e-4)
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("autocorr", ["none", "bartlett"])
 @pytest.mark.parametrize("block", [1, 7, 64])
 def test_streamed_equals_dense(problem, block, autocorr, device):
@@ -85,9 +125,9 @@ def test_candidate_cap_tightens_the_bound_first(problem, monkeypatch):
     from bids_vlm.encoding import blockscan
 
     x, y = problem
-    expected = associate(x, y, block_size=7, run_lengths=RUNS, n_lags=12)
+    expected = associate(x, y, block_size=7, run_lengths=RUNS, n_lags=12, autocorr="bartlett")
     monkeypatch.setattr(blockscan, "CANDIDATE_FRACTION", 1e-4)
-    capped = associate(x, y, block_size=7, run_lengths=RUNS, n_lags=12)
+    capped = associate(x, y, block_size=7, run_lengths=RUNS, n_lags=12, autocorr="bartlett")
     np.testing.assert_array_equal(capped.an_index, expected.an_index)
     np.testing.assert_array_equal(capped.voxel_index, expected.voxel_index)
     np.testing.assert_array_equal(capped.z_threshold, expected.z_threshold)
@@ -323,3 +363,64 @@ def test_voxels_prepared_once_give_the_same_result(problem):
         associate(x, prepared, run_lengths=RUNS, n_lags=12)  # other degrees of freedom
     with pytest.raises(ValueError, match="prepared for"):
         associate(x, prepared, run_lengths=RUNS, autocorr="none", n_removed=4)
+
+
+# --- calibration on simulated BOLD with the nuisance structure of real data ---------------------
+# (bids_vlm.simulate: AR(1) noise, random-walk confounds, HRF-smoothed dense AN regressors,
+# both sides cleaned as the pipeline cleans them.) The pairs of one simulation are close to
+# independent under the null (independent voxels and ANs), so the binomial standard error of an
+# FPR over n pairs is sqrt(p (1 - p) / n); the bounds below are the issue's targets, which are
+# wider than 4 such errors.
+
+
+def _null_fpr(design, n_vox, n_an, seeds, autocorr, n_lags=None):
+    from bids_vlm.simulate import session
+
+    hits = n = 0
+    for seed in seeds:
+        s = session(np.random.default_rng(seed), design, n_vox, n_an=n_an)
+        res = associate(s.regressors, s.voxels, q=1.0 - 1e-9, autocorr=autocorr,
+                        n_lags=n_lags, **s.association_args())  # q ~ 1 keeps every pair
+        hits, n = hits + int((res.p < 0.05).sum()), n + res.p.size
+    return hits / n, n
+
+
+def test_exact_null_is_calibrated_with_24_confounds_per_150_frame_run():
+    """AR(1) 0.6 noise, 2 runs of 150 frames, 24 random-walk confounds per run plus detrend and
+    the 1/128 Hz cosines on both sides: FPR at 0.05 in [0.04, 0.06] (the old stationary formula
+    is liberal here: measured 0.078)."""
+    from bids_vlm.simulate import Design
+
+    design = Design(n_runs=2, n_frames=150, n_confounds=24, noise="ar1:0.6")
+    fpr, n = _null_fpr(design, 1500, 30, [0, 1], "exact")
+    assert 4 * np.sqrt(0.05 * 0.95 / n) < 0.01  # the interval is wider than the noise
+    assert 0.04 <= fpr <= 0.06, fpr
+    old, _ = _null_fpr(design, 1500, 30, [0, 1], "bartlett")
+    assert old > 0.06, old  # the problem the exact variance solves
+
+
+def test_null_ans_get_no_bn_and_planted_ans_are_found():
+    """100 ANs, 20 of them planted (r = 0.3 with 20 voxels each) among 2000 AR(1) 0.6 voxels:
+    null ANs with any BN <= q + 3 binomial SE; planted ANs found (any BN among their voxels)
+    with sensitivity >= 0.8; pooled FDP <= q + 3 binomial SE of the discoveries."""
+    from bids_vlm.simulate import Design, session
+
+    owner = np.full(2000, -1)
+    owner[:400] = np.repeat(np.arange(20), 20)
+    beta = 0.3 / np.sqrt(1 - 0.3 ** 2)
+
+    def plant(x):  # x: the run's raw regressors (T, 100), unit variance
+        out = np.zeros((x.shape[0], 2000))
+        out[:, :400] = beta * x[:, owner[:400]]
+        return out
+
+    s = session(np.random.default_rng(7), Design(noise="ar1:0.6"), 2000, n_an=100,
+                signal=plant)
+    res = associate(s.regressors, s.voxels, q=0.05, **s.association_args())
+    true = owner[res.voxel_index] == res.an_index
+    null_with_bn = np.unique(res.an_index[res.an_index >= 20]).size / 80
+    found = np.unique(res.an_index[true]).size / 20
+    fdp = (~true).mean()
+    assert null_with_bn <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 80), null_with_bn
+    assert found >= 0.8, found
+    assert fdp <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / max(len(true), 1)), fdp

@@ -19,6 +19,7 @@ from bids_vlm.bids import RunSpec, collect_runs, load_layout, run_from_dict
 from bids_vlm.config import RunFilter
 from bids_vlm.demo import DEMO_DATASET
 from bids_vlm.errors import EXIT_DATA, EXIT_NO_INPUT, DataError, NoInputError
+from bids_vlm.regressors import frame_times
 
 EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bids-examples"
 N_SCANS = 20
@@ -256,6 +257,137 @@ def test_non_positive_repetition_time(root):
         _collect(root)
 
 
+# --------------------------------------------------------------------------- slice timing
+
+PREPROC = f"space-{SPACE}_desc-preproc_bold"
+
+
+def _sidecar(path, **fields):
+    """Write ``fields`` into the JSON sidecar ``path`` (.json next to a .nii.gz), keeping any
+    fields already there; returns its path."""
+    path = Path(str(path).replace(".nii.gz", "") + ("" if str(path).endswith(".json")
+                                                   else ".json"))
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**old, **fields}))
+    return path
+
+
+def _refs(runs):
+    return {(r.subject, r.run): r.slice_time_ref for r in runs}
+
+
+def test_fmriprep_start_time_is_the_slice_time_reference(root):
+    """fMRIPrep corrected slice timing of sub-01 run-1 to 0.9 s (TR 2): its frames are at 0.9,
+    2.9, ...; the raw SliceTiming (inherited from the top-level sidecar) only serves the runs
+    whose preprocessed sidecar does not say they were corrected."""
+    _sidecar(root / "task-view_bold.json", SliceTiming=[0, 1, 0.5, 1.5])
+    _sidecar(_fmriprep(root, "01", 1, PREPROC), RepetitionTime=2.0, SliceTimingCorrected=True,
+             StartTime=0.9)
+    _sidecar(_fmriprep(root, "01", 2, PREPROC), RepetitionTime=2.0, SliceTimingCorrected=False)
+    runs = _collect(root)
+    assert _refs(runs) == {("01", 1): 0.9, ("01", 2): 0.75, ("02", 1): 0.75, ("02", 2): 0.75}
+    first = runs[0]
+    assert first.preprocessed and isinstance(first.slice_time_ref, float)
+    np.testing.assert_allclose(frame_times(first.n_scans, first.tr, first.slice_time_ref)[:3],
+                               [0.9, 2.9, 4.9])
+    assert run_from_dict(first.to_dict()) == first
+
+
+def test_raw_slice_timing_gives_the_mean_slice_time(root):
+    """Not slice-time corrected: each slice at its own time, the mean slice time for the
+    volume (0.75 s for [0, 1, 0.5, 1.5] at TR 2); a run's own sidecar overrides the
+    top-level one (BIDS inheritance)."""
+    _make_raw(root)
+    _sidecar(root / "task-view_bold.json", SliceTiming=[0, 1, 0.5, 1.5])
+    _sidecar(_raw(root, "02", 2, "bold.json"), SliceTiming=[0.0, 0.2, 0.4, 0.6])  # sparse
+    runs = _collect(root)
+    assert _refs(runs) == pytest.approx({("01", 1): 0.75, ("01", 2): 0.75, ("02", 1): 0.75,
+                                         ("02", 2): 0.3})
+    np.testing.assert_allclose(frame_times(runs[0].n_scans, runs[0].tr,
+                                           runs[0].slice_time_ref)[:3], [0.75, 2.75, 4.75])
+
+
+def test_corrected_without_start_time_uses_the_middle_of_slice_timing(root, caplog):
+    """Another pipeline's SliceTimingCorrected without StartTime: fMRIPrep's default reference,
+    the middle of the SliceTiming range (not its mean), with a warning."""
+    _sidecar(root / "task-view_bold.json", SliceTiming=[0, 1, 0.2, 1.5])
+    for sub, run in (("01", 1), ("01", 2), ("02", 1), ("02", 2)):
+        _sidecar(_fmriprep(root, sub, run, PREPROC), SliceTimingCorrected=True)
+    with caplog.at_level(logging.WARNING, logger="bids_vlm.bids"):
+        runs = _collect(root, RunFilter(participant_label=("01",), run=(1,)))
+    assert runs[0].slice_time_ref == 0.75
+    assert any("StartTime" in rec.getMessage() and "is missing" in rec.getMessage()
+               for rec in caplog.records)
+
+
+def test_no_slice_timing_information_means_the_volume_onset(root, caplog):
+    with caplog.at_level(logging.INFO, logger="bids_vlm.bids"):
+        runs = _collect(root)
+    assert all(r.slice_time_ref == 0.0 for r in runs)
+    np.testing.assert_allclose(frame_times(N_SCANS, 2.0, runs[0].slice_time_ref)[:3],
+                               [0.0, 2.0, 4.0])
+    info = [rec.getMessage() for rec in caplog.records
+            if rec.levelno == logging.INFO and "no slice timing information" in rec.getMessage()]
+    assert len(info) == 4 and all("volume onsets" in m for m in info)
+
+
+@pytest.mark.parametrize("fields, key", [
+    ({"SliceTimingCorrected": True, "StartTime": 2.0}, "StartTime"),  # = TR
+    ({"SliceTimingCorrected": True, "StartTime": 900}, "StartTime"),  # milliseconds
+    ({"SliceTimingCorrected": True, "StartTime": -0.1}, "StartTime"),
+    ({"SliceTimingCorrected": True, "StartTime": "0.9"}, "StartTime"),
+    ({"SliceTimingCorrected": True, "StartTime": float("nan")}, "StartTime"),
+    ({"SliceTimingCorrected": "yes", "StartTime": 0.9}, "SliceTimingCorrected"),
+])
+def test_bad_start_time_names_the_derivative_sidecar(root, fields, key):
+    sidecar = _sidecar(_fmriprep(root, "02", 1, PREPROC), RepetitionTime=2.0, **fields)
+    with pytest.raises(DataError, match=key) as exc:
+        _collect(root)
+    assert exc.value.path == str(sidecar) and exc.value.exit_code == EXIT_DATA
+
+
+@pytest.mark.parametrize("slice_timing", [
+    [0, 1000, 500, 1500],  # milliseconds
+    [0, 1, 2.0],  # = TR
+    [0, -0.5],
+    [0, None],
+    [0, float("inf")],
+    "0 1 0.5 1.5",
+])
+def test_bad_slice_timing_names_the_sidecar_that_holds_it(root, slice_timing):
+    """The error names the inherited top-level sidecar, where SliceTiming is."""
+    _make_raw(root)
+    sidecar = _sidecar(root / "task-view_bold.json", SliceTiming=slice_timing)
+    with pytest.raises(DataError, match="SliceTiming") as exc:
+        _collect(root)
+    assert exc.value.path == str(sidecar) and str(sidecar) in str(exc.value)
+
+
+def test_raw_slice_timing_is_not_checked_when_start_time_is_used(root):
+    """fMRIPrep's StartTime decides; the raw SliceTiming is then not read."""
+    _sidecar(root / "task-view_bold.json", SliceTiming="not used")
+    for sub, run in (("01", 1), ("01", 2), ("02", 1), ("02", 2)):
+        _sidecar(_fmriprep(root, sub, run, PREPROC), SliceTimingCorrected=True, StartTime=1.0)
+    assert set(_refs(_collect(root)).values()) == {1.0}
+
+
+def test_old_run_dicts_without_slice_time_ref_still_load(root):
+    run = _collect(root)[0]
+    old = run.to_dict()
+    del old["slice_time_ref"]
+    loaded = run_from_dict(old)
+    assert loaded.slice_time_ref == 0.0 and loaded == run
+    shifted = RunSpec(**{**old, "slice_time_ref": 0.9})
+    assert run_from_dict(json.loads(json.dumps(shifted.to_dict()))) == shifted
+
+
+def test_fingerprint_changes_when_the_slice_time_reference_changes(root):
+    before = {r.label: r.fingerprint for r in _collect(root)}
+    _sidecar(_fmriprep(root, "01", 2, PREPROC), SliceTimingCorrected=True, StartTime=0.9)
+    after = {r.label: r.fingerprint for r in _collect(root)}
+    assert {k for k in before if before[k] != after[k]} == {"sub-01_task-view_run-2"}
+
+
 @pytest.mark.parametrize("shape", [(6, 6, 6), (6, 6, 6, 1)])
 def test_bold_that_is_not_a_time_series(root, shape):
     bad = _fmriprep(root, "02", 2, f"space-{SPACE}_desc-preproc_bold.nii.gz")
@@ -374,6 +506,9 @@ def test_ds114_session_and_task_filters(examples, empty_derivative, header_only_
         ("test", t) for t in ("covertverbgeneration", "fingerfootlips", "linebisection",
                               "overtverbgeneration", "overtwordrepetition")]
     assert [r.tr for r in runs] == [2.5, 2.5, 2.5, 5.0, 5.0]  # inherited task sidecars
+    # SliceTiming 0 .. 2.417 s (30 slices) in every task: the mean slice time, 1.208 s, also at
+    # TR 5 (a sparse acquisition: half a TR, 2.5 s, would fall in the silent gap)
+    assert [r.slice_time_ref for r in runs] == pytest.approx([29 / 12 / 2] * 5)
     assert all(r.run is None for r in runs)
     assert runs[0].label == "sub-01_ses-test_task-covertverbgeneration"
     runs = collect_runs(layout, RunFilter(participant_label=("01", "02"), session_label=("retest",),

@@ -85,7 +85,7 @@ def test_group_polarity_sign_as_planted(tmp_path, mirrored):
     polarity = json.loads(open(f"{stem}_layers.json").read())["Polarity"]["text"]
     assert polarity["P"] == [1.5, 2.5, 5.5, 7.5]
     assert (polarity["r"] < -0.9) if mirrored else (polarity["r"] > 0.9)
-    assert polarity["p"] <= 2 / 24  # exact over the 24 layer orders: at most 2 as extreme
+    assert polarity["p"] > 0  # never 0; with 4 layers (3 prewhitened steps) never small
     assert "networks" not in polarity  # no network tables outside template space
 
 

@@ -41,7 +41,8 @@ def test_fused_pass_equals_torch_pass(bartlett):
     outputs = []
     for fused in (True, False):
         vox, scanner = _scanner(y, fused, bartlett)
-        xb, acf_b = _prepare_block(x, RUNS, 12 if bartlett else None, torch.device("cpu"))
+        xb, acf_b = _prepare_block(x, RUNS, 12 if bartlett else None, torch.device("cpu"),
+                                     autocorr="bartlett")
         peak_r, peak_voxel, n_screen = scanner._pass(xb, acf_b)
         outputs.append((peak_r, peak_voxel, n_screen, scanner.u[:9 * vox.y.shape[0]].clone(),
                         scanner.u_max[:9 * vox.y.shape[0] // CHUNK].clone(),
@@ -64,7 +65,8 @@ def test_scan_fused_equals_torch():
     results = []
     for fused in (True, False):
         _, scanner = _scanner(y, fused)
-        results.append(scanner.scan(*_prepare_block(x, RUNS, 12, torch.device("cpu"))))
+        results.append(scanner.scan(*_prepare_block(x, RUNS, 12, torch.device("cpu"),
+                                                                autocorr="bartlett")))
     fused, plain = results
     for name in ("n_pos", "n_neg", "peak_voxel", "rows", "cols"):
         assert torch.equal(getattr(fused, name), getattr(plain, name)), name

@@ -34,6 +34,31 @@ def _nilearn_per_an(acts, hrf_model):
 
 def test_frame_times():
     np.testing.assert_allclose(frame_times(4, 2.5), [0.0, 2.5, 5.0, 7.5])
+    np.testing.assert_allclose(frame_times(4, 2.0, 0.9), [0.9, 2.9, 4.9, 6.9])
+    # nilearn's FirstLevelModel: linspace(ref * tr, (n - 1 + ref) * tr, n), ref a fraction of TR
+    np.testing.assert_allclose(frame_times(30, 2.5, 0.5 * 2.5),
+                               np.linspace(0.5 * 2.5, (30 - 1 + 0.5) * 2.5, 30))
+
+
+def test_slice_time_ref_moves_the_response_by_the_offset():
+    """Frames that represent ``ref`` s after each volume onset see an event's response ``ref``
+    s earlier (in frames) than frames at the onsets: sampling at the onsets would shift the
+    regressors against the data."""
+    event = np.array([[5.0], [1.0], [1.0]])
+    fine_tr, ref = 0.1, 0.9  # a fine frame grid resolves the peak
+    at_onsets, _ = compute_regressor(event, "spm", frame_times(400, fine_tr), oversampling=16)
+    at_ref, _ = compute_regressor(event, "spm", frame_times(400, fine_tr, ref), oversampling=16)
+    assert np.argmax(at_onsets) - np.argmax(at_ref) == round(ref / fine_tr)
+    # at a real TR: the same as the event ``ref`` s earlier sampled at the onsets
+    shifted, _ = compute_regressor(np.array([[5.0 - ref], [1.0], [1.0]]), "spm",
+                                   frame_times(20, 2.0), oversampling=16)
+    at_onsets, _ = compute_regressor(event, "spm", frame_times(20, 2.0), oversampling=16)
+    at_ref, _ = compute_regressor(event, "spm", frame_times(20, 2.0, ref), oversampling=16)
+    np.testing.assert_allclose(at_ref, shifted, atol=5e-3)
+    assert np.abs(at_ref - at_onsets).max() > 0.04  # a visible shift, not rounding
+    # convolution_matrix (the regressors of every AN) takes the same frames
+    matrix = convolution_matrix([5.0], 1.0, frame_times(20, 2.0, ref))
+    np.testing.assert_allclose(matrix[:, 0], at_ref[:, 0], atol=1e-10)
 
 
 @pytest.mark.parametrize("hrf_model", ["spm", "glover"])

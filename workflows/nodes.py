@@ -56,7 +56,9 @@ def mask_node(runs_json):
 
 
 def clean_node(run_json, mask_file, config_json):
-    """Cleaned BOLD of one run -> ``<run>_cleaned.npy`` (n_scans, n_voxels)."""
+    """Cleaned BOLD of one run -> ``<run>_cleaned.npy`` (n_scans, n_voxels), and beside it
+    ``<run>_noise.npy``, the lag sums of the uncleaned detrended series (lags + 1, n_voxels)
+    for the association's exact null variance."""
     import json
     import os
 
@@ -64,12 +66,16 @@ def clean_node(run_json, mask_file, config_json):
 
     from bids_vlm.bids import run_from_dict
     from bids_vlm.config import from_json
-    from bids_vlm.preproc import clean_bold
+    from bids_vlm.preproc import (clean_signals, load_bold, noise_lag_sums, noise_path,
+                                  read_confounds, run_lags)
 
     run = run_from_dict(json.loads(run_json))
-    cleaned = clean_bold(run.bold, mask_file, run.tr, run.confounds, from_json(config_json).bold)
+    config = from_json(config_json)
+    data = load_bold(run.bold, mask_file, config.bold)
+    confounds = read_confounds(run.confounds, data.shape[0], config.bold)
     path = os.path.abspath(f"{run.label}_cleaned.npy")
-    np.save(path, cleaned)
+    np.save(noise_path(path), noise_lag_sums(data, run_lags(run.n_scans, config.stats.n_lags)))
+    np.save(path, clean_signals(data, run.tr, confounds, config.bold))
     return path
 
 
@@ -135,8 +141,9 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
 
     from bids_vlm.bids import run_from_dict
     from bids_vlm.config import from_json
+    from bids_vlm.encoding.autocorr import default_lags
     from bids_vlm.encoding.noise_ceiling import run_signature
-    from bids_vlm.preproc import clean_signals, read_confounds, removed_dimensions
+    from bids_vlm.preproc import cleaning_projection, clean_signals, lag_traces, read_confounds
     from bids_vlm.regressors import (
         convolution_matrix,
         frame_times,
@@ -153,14 +160,17 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
     with h5py.File(activations_file, "r") as acts, h5py.File(path, "w") as out:
         index = {s: {k: i for i, k in enumerate(acts[f"items/{s}"].asstr()[()])}
                  for s in acts["items"]}
-        per_run, removed = [], 0
+        per_run, removed, traces = [], 0, 0.0
+        n_lags = config.stats.n_lags or default_lags([r.n_scans for r in runs])
         for run in runs:
             tl = Timeline.from_dict(timelines[run.label])
-            matrix = convolution_matrix(tl.times, tl.dt, frame_times(run.n_scans, run.tr),
-                                        config.stats.hrf_model, config.stats.oversampling,
-                                        config.stats.fir_delays)
+            frames = frame_times(run.n_scans, run.tr, run.slice_time_ref)
+            matrix = convolution_matrix(tl.times, tl.dt, frames, config.stats.hrf_model,
+                                        config.stats.oversampling, config.stats.fir_delays)
             confounds = read_confounds(run.confounds, run.n_scans, config.bold)
-            removed += removed_dimensions(run.n_scans, run.tr, confounds, config.bold)
+            projection = cleaning_projection(run.n_scans, run.tr, confounds, config.bold)
+            removed += int(round(run.n_scans - np.trace(projection)))
+            traces = traces + lag_traces(projection, n_lags)
             per_run.append((tl, matrix, lambda x, r=run, c=confounds:
                             clean_signals(x, r.tr, c, config.bold)))
         for stream in (s for s in acts if s != "items"):
@@ -178,6 +188,7 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
         out.attrs["n_layers"] = acts.attrs.get("n_layers", "{}")
         out.attrs["run_lengths"] = [r.n_scans for r in runs]
         out.attrs["n_removed"] = removed  # dimensions the cleaning projected out, all runs
+        out.attrs["lag_traces"] = traces  # sum_t M[t, t+k] of the cleaning projections
         out.attrs["run_signatures"] = [  # equal for runs showing the same stimulus sequence
             run_signature(timelines[r.label], r.n_scans, r.tr) for r in runs]
     return path
@@ -195,6 +206,7 @@ def associate_node(regressors_file, cleaned_files, config_json):
     from bids_vlm.encoding.association import TILE, TILE_CUDA, block_size_for_memory
     from bids_vlm.errors import ResourceError
     from bids_vlm.models.base import resolve_device
+    from bids_vlm.preproc import pooled_noise_sums
 
     config = from_json(config_json)
     voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
@@ -210,7 +222,9 @@ def associate_node(regressors_file, cleaned_files, config_json):
         run_lengths = [int(n) for n in regs.attrs["run_lengths"]]
         common = dict(run_lengths=run_lengths, autocorr=stats.autocorr,
                       n_lags=stats.n_lags or None, n_removed=int(regs.attrs.get("n_removed", 0)))
-        prepared = prepare_voxels(voxels, device=str(device), **common)  # once for all layers
+        noise = dict(noise_sums=pooled_noise_sums(cleaned_files),
+                     lag_traces=regs.attrs["lag_traces"]) if stats.autocorr == "exact" else {}
+        prepared = prepare_voxels(voxels, device=str(device), **common, **noise)  # all layers
         del voxels  # the prepared copy is all the layers need
         for stream in (s for s in regs if s != "delayed"):
             for layer in regs[stream]:
@@ -335,7 +349,9 @@ def atoms_node(timelines_file, activations_file, runs_json, cleaned_files, confi
     from bids_vlm.bids import run_from_dict
     from bids_vlm.config import from_json
     from bids_vlm.encoding.atoms import atom_glm, learn_atoms
-    from bids_vlm.preproc import clean_signals, read_confounds, removed_dimensions
+    from bids_vlm.encoding.autocorr import default_lags
+    from bids_vlm.preproc import (cleaning_projection, clean_signals, lag_traces,
+                                  pooled_noise_sums, read_confounds)
     from bids_vlm.regressors import (convolution_matrix, frame_times, make_regressors,
                                      sample_activations)
     from bids_vlm.stimuli import Timeline, sample_items
@@ -344,15 +360,24 @@ def atoms_node(timelines_file, activations_file, runs_json, cleaned_files, confi
     timelines = json.loads(open(timelines_file).read())
     runs = [run_from_dict(d) for d in json.loads(runs_json)]
     tls = [Timeline.from_dict(timelines[r.label]) for r in runs]
-    matrices = [convolution_matrix(tl.times, tl.dt, frame_times(r.n_scans, r.tr),
+    matrices = [convolution_matrix(tl.times, tl.dt,
+                                   frame_times(r.n_scans, r.tr, r.slice_time_ref),
                                    config.stats.hrf_model, config.stats.oversampling,
                                    config.stats.fir_delays)
                 for tl, r in zip(tls, runs)]
     voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
     edges = np.cumsum([0] + [len(tl.times) for tl in tls])
     run_confounds = [read_confounds(r.confounds, r.n_scans, config.bold) for r in runs]
-    removed = sum(removed_dimensions(r.n_scans, r.tr, c, config.bold)
-                  for r, c in zip(runs, run_confounds))
+    projections = [cleaning_projection(r.n_scans, r.tr, c, config.bold)
+                   for r, c in zip(runs, run_confounds)]
+    removed = sum(int(round(r.n_scans - np.trace(m))) for r, m in zip(runs, projections))
+    noise = {}  # the association's noise model (exact GLM variance) unless --autocorr none
+    if config.stats.autocorr != "none":
+        n_lags = config.stats.n_lags or default_lags([r.n_scans for r in runs])
+        sums = pooled_noise_sums(cleaned_files)[:n_lags + 1]
+        rho = np.divide(sums[1:], sums[0], out=np.zeros_like(sums[1:]), where=sums[0] > 1e-12)
+        noise = dict(noise_rho=rho, lag_traces=sum(lag_traces(m, n_lags) for m in projections),
+                     run_lengths=[r.n_scans for r in runs])
     path = os.path.abspath("atoms.h5")
     with h5py.File(activations_file, "r") as acts, h5py.File(path, "w") as out:
         out.attrs["model"] = acts.attrs["model"]
@@ -368,7 +393,7 @@ def atoms_node(timelines_file, activations_file, runs_json, cleaned_files, confi
                     clean_signals(make_regressors(m, atoms[a:b]), r.tr, confounds, config.bold)
                     for m, a, b, r, confounds in zip(matrices, edges[:-1], edges[1:], runs,
                                                      run_confounds)])
-                t, q, df = atom_glm(regs, voxels, n_removed=removed)
+                t, q, df = atom_glm(regs, voxels, n_removed=removed, **noise)
                 for name, value in (("atoms", atoms), ("loadings", loadings), ("t", t),
                                     ("q", q)):
                     out[f"{stream}/{layer}/{name}"] = value

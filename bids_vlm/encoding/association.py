@@ -8,10 +8,13 @@ per-voxel summaries and the significant entries are kept. On the CPU, blocks run
 one thread each (as many as torch has threads; torch's own threads are set to 1 meanwhile, so
 that no matrix product waits for another core); on a CUDA device, one after the other.
 
-Significance (``autocorr``):
+Significance (``autocorr``), z = atanh(r) sqrt(T_eff - 3) with T_eff = 1 / Var(r) under the null
+(:mod:`bids_vlm.encoding.autocorr`):
 
-- ``"bartlett"`` (default): z = atanh(r) sqrt(T_eff - 3), T_eff from Bartlett's variance of r
-  for two autocorrelated series (:mod:`bids_vlm.encoding.autocorr`).
+- ``"exact"`` (default): Var(r) for the cleaned regressor and the voxel's noise autocorrelation
+  before cleaning, given the cleaning projection (``noise_sums``, ``lag_traces``).
+- ``"bartlett"``: Bartlett's stationary formula on the cleaned series (anti-conservative once
+  confounds are projected out; kept for comparison).
 - ``"none"``: frames treated as independent (T_eff = T); anti-conservative for BOLD.
 """
 from __future__ import annotations
@@ -24,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bids_vlm.encoding.autocorr import bartlett_weights, default_lags, row_autocorrelations
+from bids_vlm.encoding.autocorr import (bartlett_weights, default_lags, demean_traces,
+                                        noise_factors, row_autocorrelations)
 from scipy import special
 
 from bids_vlm.encoding.blockscan import (CANDIDATE_FRACTION, CHUNK, BlockScanner, Voxels,
@@ -33,7 +37,7 @@ from bids_vlm.encoding.fdr import bh_sorted, bh_z_thresholds, p_from_z
 from bids_vlm.encoding.kernels import prepare_rows
 from bids_vlm.progress import progress as progress_bar
 
-AUTOCORR_METHODS = ("bartlett", "none")
+AUTOCORR_METHODS = ("exact", "bartlett", "none")
 FDR_SCOPES = ("an", "all")  # BH per AN over voxels, or over all AN x voxel pairs
 TILE = 2048  # voxels per tile on the CPU (a tile's statistics stay in cache)
 TILE_CUDA = 65536  # on a GPU, fewer and larger tiles
@@ -49,14 +53,21 @@ _FRAME_BYTES = 12
 _WORKER_BYTES = 64 * 2**20
 
 
-def method_description(autocorr: str = "bartlett", n_lags: int | None = None,
+def method_description(autocorr: str = "exact", n_lags: int | None = None,
                        fdr_scope: str = "an") -> str:
     """Human-readable description of the association test, for sidecars and reports."""
     base = "Pearson r between each AN regressor and each voxel over all frames; "
-    if autocorr == "bartlett":
-        lags = f"{n_lags} lags" if n_lags else "about 2 sqrt(run length) lags"
+    lags = f"{n_lags} lags" if n_lags else "about 2 sqrt(run length) lags"
+    if autocorr == "exact":
+        test = ("z = atanh(r) sqrt(T_eff - 3), T_eff = 1 / Var(r) the exact null variance of r "
+                "for the cleaned regressor given the cleaning projection M and the voxel's "
+                "stationary noise autocorrelation estimated from its detrended, uncleaned "
+                f"series (within runs, Tukey taper, {lags}): Var(r) = (1 + 2 sum_k rho_x(k) "
+                "rho_S(k)) / (tr M + 2 sum_k rho_S(k) sum_t M[t, t+k]); ")
+    elif autocorr == "bartlett":
         test = ("z = atanh(r) sqrt(T_eff - 3) with the effective number of frames from "
-                "Bartlett's variance of r for two autocorrelated series (autocorrelations "
+                "Bartlett's stationary variance of r for two autocorrelated series "
+                "(autocorrelations "
                 f"within runs, Tukey taper, {lags}); ")
     else:
         test = ("z = atanh(r) sqrt(T - 3), frames treated as independent (not corrected for "
@@ -145,8 +156,9 @@ def block_size_for_memory(mem_bytes: int, n_frames: int, n_an: int, n_vox: int,
 
 
 def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress=False,
-              desc="association", run_lengths=None, autocorr="bartlett",
-              n_lags=None, workers=None, fdr_scope="an", n_removed=0) -> AssociationResult:
+              desc="association", run_lengths=None, autocorr="exact",
+              n_lags=None, workers=None, fdr_scope="an", n_removed=0, noise_sums=None,
+              lag_traces=None) -> AssociationResult:
     """Association of every column of ``regressors`` (T, N) with every column of ``voxels`` (T, V).
 
     voxels: the (T, V) array, or the same voxels prepared once by :func:`prepare_voxels` (for
@@ -159,6 +171,10 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     same for every AN). n_removed: dimensions the cleaning projected out of both inputs
     (:func:`bids_vlm.preproc.removed_dimensions`, summed over runs): the degrees of freedom are
     those of T - n_removed frames (Bartlett: T_eff = (T - n_removed) / (1 + 2 sum rho_x rho_y)).
+    noise_sums (>= K + 1, V), lag_traces (>= K + 1,): for ``"exact"``, each voxel's lag sums
+    before cleaning and the cleaning projection's lag traces, pooled over runs
+    (:func:`bids_vlm.encoding.autocorr.noise_factors`); by default the voxels' own lag sums and
+    the traces of each run's mean removal (right for voxels that were not cleaned otherwise).
     """
     n_frames, n_an = regressors.shape
     n_dof, run_lengths = _check(regressors.shape[0], voxels, run_lengths, autocorr, fdr_scope,
@@ -166,14 +182,16 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     dev = torch.device(device)
     workers = workers or default_workers(dev)
     block = max(1, min(block_size, -(-n_an // workers)))
-    n_lags = (n_lags or default_lags(run_lengths)) if autocorr == "bartlett" else None
+    n_lags = (n_lags or default_lags(run_lengths)) if autocorr != "none" else None
     starts = range(0, n_an, block)
     acc = _Accumulator(n_an)
     with _pool(min(workers, max(len(starts), 1))) as imap:
         if isinstance(voxels, Voxels):
-            vox = _check_prepared(voxels, run_lengths, n_lags, dev, n_dof)
+            vox = _check_prepared(voxels, run_lengths, n_lags, dev, n_dof, autocorr)
         else:
-            vox = _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof)
+            noise = _noise(voxels, autocorr, run_lengths, n_lags, n_removed, noise_sums,
+                           lag_traces)
+            vox = _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof, noise)
         zcrit = torch.from_numpy(bh_z_thresholds(vox.n_vox, q).astype(np.float32)).to(dev)
         local, scanners = threading.local(), []
 
@@ -184,7 +202,7 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
                                                  TILE_CUDA, zcrit)
                     scanners.append(local.scanner)
                 xb, acf_b = _prepare_block(regressors[:, start:start + block], run_lengths,
-                                           n_lags, dev, n_dof)
+                                           n_lags, dev, n_dof, autocorr)
                 return start, getattr(local.scanner, method)(xb, acf_b, *args)
             return progress_bar(imap(job, starts), progress, desc=desc, unit="block",
                                 total=len(starts))
@@ -197,17 +215,64 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     return acc.result(scanners, vox.n_vox, n_frames)
 
 
-def prepare_voxels(voxels, run_lengths=None, autocorr="bartlett", n_lags=None, device="cpu",
-                   n_removed=0, workers=None) -> Voxels:
+def prepare_voxels(voxels, run_lengths=None, autocorr="exact", n_lags=None, device="cpu",
+                   n_removed=0, workers=None, noise_sums=None, lag_traces=None) -> Voxels:
     """The voxels (T, V) normalised (and their autocorrelations computed) once, for the
     association of several regressor sets with them (:func:`associate` takes the result in
     place of the array; the arguments mean the same there and must be the same)."""
     n_frames = voxels.shape[0]
     n_dof, run_lengths = _check(n_frames, voxels, run_lengths, autocorr, "an", n_removed)
-    n_lags = (n_lags or default_lags(run_lengths)) if autocorr == "bartlett" else None
+    n_lags = (n_lags or default_lags(run_lengths)) if autocorr != "none" else None
+    noise = _noise(voxels, autocorr, run_lengths, n_lags, n_removed, noise_sums, lag_traces)
     dev = torch.device(device)
     with _pool(workers or default_workers(dev)) as imap:
-        return _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof)
+        return _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof, noise)
+
+
+def association_z(regressors, voxels, run_lengths=None, autocorr="exact", n_lags=None,
+                  n_removed=0, noise_sums=None, lag_traces=None) -> np.ndarray:
+    """(N, V) signed z of every AN x voxel pair, dense, with the same null variance as
+    :func:`associate` (arguments as there): for small problems (calibration checks, tests)."""
+    n_dof, run_lengths = _check(regressors.shape[0], voxels, run_lengths, autocorr, "an",
+                                n_removed)
+    n_lags = (n_lags or default_lags(run_lengths)) if autocorr != "none" else None
+    noise = _noise(voxels, autocorr, run_lengths, n_lags, n_removed, noise_sums, lag_traces)
+    vox = _prepare_voxels(voxels, run_lengths, n_lags, torch.device("cpu"), map, n_dof, noise)
+    xb, acf_b = _prepare_block(regressors, run_lengths, n_lags, torch.device("cpu"), n_dof,
+                               autocorr)
+    r = (xb @ vox.y[:vox.n_vox].T).double().clamp(-1 + 1e-7, 1 - 1e-7)
+    if acf_b is None:
+        s2 = torch.full_like(r, vox.n_dof - 3.0)
+    else:
+        var = (acf_b @ vox.acf[:vox.n_vox].T).double().clamp(1.0 / vox.n_dof, 0.25)
+        s2 = 1.0 / var - 3.0
+    return (torch.atanh(r) * s2.sqrt()).numpy()
+
+
+def _noise(voxels, autocorr, run_lengths, n_lags, n_removed, noise_sums, lag_traces):
+    """(V, K + 1) voxel factors of the exact null variance, or None for the other methods."""
+    if autocorr != "exact":
+        return None
+    if noise_sums is None:
+        noise_sums = _lag_sums(voxels, run_lengths, n_lags)
+    if lag_traces is None:
+        lag_traces = demean_traces(run_lengths, n_lags, n_removed)
+    if np.asarray(noise_sums).shape[1] != voxels.shape[1]:
+        raise ValueError(f"noise lag sums are for {np.asarray(noise_sums).shape[1]} voxels, "
+                         f"not {voxels.shape[1]}")
+    return noise_factors(noise_sums, lag_traces, n_lags)
+
+
+def _lag_sums(voxels, run_lengths, n_lags):
+    """(K + 1, V) lag sums of the voxels' series within runs (each run centred), pooled."""
+    out, start = 0.0, 0
+    for n in run_lengths:
+        part = np.asarray(voxels[start:start + n], np.float64)
+        part = part - part.mean(0)
+        out = out + np.stack([(part[:n - k] * part[k:]).sum(0) if k < n else
+                              np.zeros(part.shape[1]) for k in range(n_lags + 1)])
+        start += n
+    return out
 
 
 def _across_all(run, acc, q, n_tests):
@@ -250,14 +315,14 @@ def _check(n_frames, voxels, run_lengths, autocorr, fdr_scope, n_removed):
     return n_dof, run_lengths
 
 
-def _check_prepared(vox, run_lengths, n_lags, dev, n_dof) -> Voxels:
+def _check_prepared(vox, run_lengths, n_lags, dev, n_dof, autocorr) -> Voxels:
     """``vox`` if :func:`prepare_voxels` made it with the association's arguments."""
-    given = (tuple(run_lengths), n_lags, dev.type, n_dof)
+    given = (tuple(run_lengths), n_lags, dev.type, n_dof, autocorr)
     made = (vox.run_lengths, None if vox.acf is None else vox.acf.shape[1] - 1,
-            vox.y.device.type, vox.n_dof)
+            vox.y.device.type, vox.n_dof, vox.autocorr)
     if given != made:
         raise ValueError(f"voxels were prepared for (run lengths, lags, device, degrees of "
-                         f"freedom) {made}, not {given}")
+                         f"freedom, method) {made}, not {given}")
     return vox
 
 
@@ -277,8 +342,9 @@ def _pool(workers):
         torch.set_num_threads(threads)
 
 
-def _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof=0) -> Voxels:
-    """Normalised voxel rows (zero rows padding) and their autocorrelations, in chunks."""
+def _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof=0, noise=None) -> Voxels:
+    """Normalised voxel rows (zero rows padding) and their factors of the null variance (their
+    autocorrelations for ``bartlett``; ``noise``, the exact method's, when given), in chunks."""
     n_frames, n_vox = voxels.shape
     n_pad = pad_voxels(n_vox)
     y = torch.empty(n_pad, n_frames, device=dev)
@@ -292,12 +358,17 @@ def _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof=0) -> Voxels:
 
     def prepare(start):
         stop = min(start + step, n_vox)
-        _rows_acf(voxels[:, start:stop], run_lengths, n_lags, dev, y[start:stop],
-                  None if acf is None else acf[start:stop, :-1])
+        _rows_acf(voxels[:, start:stop], run_lengths, None if noise is not None else n_lags,
+                  dev, y[start:stop], None if acf is None or noise is not None else
+                  acf[start:stop, :-1])
 
     list(imap(prepare, range(0, n_vox, step)))
+    if noise is not None:
+        acf[:n_vox] = noise.to(dev)
     return Voxels(y=y, acf=acf, n_vox=n_vox, n_dof=n_dof or n_frames,
-                  run_lengths=tuple(int(n) for n in run_lengths))
+                  run_lengths=tuple(int(n) for n in run_lengths),
+                  autocorr="none" if n_lags is None else "exact" if noise is not None else
+                  "bartlett")
 
 
 def _rows_acf(cols, run_lengths, n_lags, dev, rows=None, acf=None):
@@ -328,13 +399,16 @@ def _rows(cols, dev=None) -> torch.Tensor:
     return out
 
 
-def _prepare_block(x, run_lengths, n_lags, dev, n_dof=0):
-    """x (T, b) raw regressors -> normalised rows (b, T) and, for the Bartlett correction,
-    (b, K + 1): Tukey-weighted autocorrelations / D and a last column 1 / D, D the degrees of
-    freedom of the frames (``n_dof``, default T)."""
+def _prepare_block(x, run_lengths, n_lags, dev, n_dof=0, autocorr="exact"):
+    """x (T, b) raw regressors -> normalised rows (b, T) and their factors of the null variance
+    (b, K + 1): for ``exact`` the autocorrelations and a last column 1; for ``bartlett``
+    Tukey-weighted autocorrelations / D and a last column 1 / D, D the degrees of freedom of
+    the frames (``n_dof``, default T); None for ``none``."""
     rows, acf = _rows_acf(x, run_lengths, n_lags, dev)
     if n_lags is None:
         return rows, None
+    if autocorr == "exact":
+        return rows, torch.cat([acf, torch.ones(rows.shape[0], 1, device=dev)], 1)
     weighted = acf * bartlett_weights(n_lags).to(dev)
     ones = torch.ones(rows.shape[0], 1, device=dev)
     return rows, torch.cat([weighted, ones], 1) / (n_dof or rows.shape[1])

@@ -1,9 +1,21 @@
-"""Autocorrelation of time series within runs, and Bartlett's effective number of frames.
+"""Autocorrelation of time series within runs, and the null variance of a correlation.
 
-Under the null of no association between two autocorrelated series x and y of T frames,
-``Var(r) ~ (1 + 2 sum_k rho_x(k) rho_y(k)) / T`` (Bartlett 1935). With the autocorrelations
-estimated within runs and Tukey-tapered (Afyouni, Smith & Nichols 2019, NeuroImage 199:609),
-``T_eff = T / (1 + 2 sum_k w_k^2 rho_x(k) rho_y(k))`` is the effective number of frames.
+``exact`` (default): the null variance of r between a fixed cleaned regressor x~ and a voxel
+whose noise y is stationary (autocorrelation rho_S) before the cleaning projection M (mean,
+trend, cosines, confounds; per run):
+
+    Var(r) ~ x~' M S M x~ / (|x~|^2 tr(M S)) = (1 + 2 sum_k rho_x(k) rho_S(k))
+                                               / (m_0 + 2 sum_k rho_S(k) m_k)
+
+with rho_x the cleaned regressor's autocorrelation within runs, m_k = sum_t M[t, t+k] (m_0 =
+T minus the removed dimensions) and rho_S estimated from each voxel's detrended but otherwise
+uncleaned series, Tukey-tapered (w_k rho_S(k)). The numerator is a lag sum per AN x voxel pair
+(the matrix product of the association); the denominator is one number per voxel.
+
+``bartlett``: the stationary formula on the cleaned series (Bartlett 1935; Afyouni, Smith &
+Nichols 2019, NeuroImage 199:609): ``T_eff = D / (1 + 2 sum_k w_k^2 rho_x(k) rho_y(k))``. Once
+confounds are projected out it overestimates T_eff (false-positive rate 0.065-0.094 at 0.05 for
+AR(1) 0.3-0.9 noise in ``benchmarks/bench_calibration.py``); kept for comparison.
 """
 from __future__ import annotations
 
@@ -94,3 +106,35 @@ def row_autocorrelations(rows: torch.Tensor, run_lengths, n_lags: int,
 def bartlett_weights(n_lags: int) -> torch.Tensor:
     """(n_lags,) 2 w_k^2 (Tukey taper w): factor = 1 + sum_k weights_k rho_x(k) rho_y(k)."""
     return torch.from_numpy((2.0 * tukey_taper(n_lags) ** 2).astype(np.float32))
+
+
+def noise_factors(noise_sums, traces, n_lags: int) -> torch.Tensor:
+    """(V, n_lags + 1) voxel factors of the ``exact`` null variance: [2 w_k rho_S(k) for
+    k = 1..K, 1] / (m_0 + 2 sum_k w_k rho_S(k) m_k), so that Var(r) of a regressor with
+    autocorrelations rho_x is [rho_x(1..K), 1] . factors.
+
+    noise_sums: (>= K + 1, V) lag sums of each voxel's detrended uncleaned series, pooled over
+    runs (:func:`bids_vlm.preproc.noise_lag_sums`); traces: (>= K + 1,) sum_t M[t, t+k] of the
+    cleaning projections, summed over runs (:func:`bids_vlm.preproc.lag_traces`).
+    """
+    sums = torch.as_tensor(np.asarray(noise_sums)[:n_lags + 1], dtype=torch.float64)
+    m = torch.as_tensor(np.asarray(traces, dtype=np.float64)[:n_lags + 1])
+    if sums.shape[0] < n_lags + 1 or m.shape[0] < n_lags + 1:
+        raise ValueError(f"noise lag sums ({sums.shape[0]}) and traces ({m.shape[0]}) must "
+                         f"cover lags 0..{n_lags}")
+    energy = sums[0]
+    rho = torch.where(energy > 1e-12, sums[1:] / energy.clamp(min=1e-30), 0.0)  # (K, V)
+    a = 2.0 * torch.from_numpy(tukey_taper(n_lags))[:, None] * rho
+    den = (m[0] + (a * m[1:, None]).sum(0)).clamp(min=4.0)  # (V,)
+    out = torch.cat([a, torch.ones(1, a.shape[1], dtype=a.dtype)]) / den
+    return out.T.float().contiguous()
+
+
+def demean_traces(run_lengths, n_lags: int, n_removed: int = 0) -> np.ndarray:
+    """(n_lags + 1,) :func:`noise_factors` traces when the cleaning is each run's mean removal
+    (M = I - 11'/T per run), with m_0 = T - n_removed when more dimensions were removed."""
+    runs = [int(n) for n in run_lengths]
+    k = np.arange(n_lags + 1)
+    out = sum(-np.clip(n - k, 0, None) / n for n in runs)  # off-diagonal entries -1/T
+    out[0] = sum(runs) - max(int(n_removed), len(runs))
+    return out

@@ -34,8 +34,9 @@ class Voxels:
     """Voxels prepared once for all blocks.
 
     y: (Vp, T) one row per voxel, centred and scaled to unit norm, zero rows padding V to Vp, a
-    multiple of CHUNK; acf: (Vp, K + 1) autocorrelations at lags 1..K and a last column of ones
-    (None without the Bartlett correction); n_vox: V; n_dof: the frames' degrees of freedom,
+    multiple of CHUNK; acf: (Vp, K + 1) the voxel side of the null variance of r: for
+    ``exact`` the factors of :func:`bids_vlm.encoding.autocorr.noise_factors`, for ``bartlett``
+    autocorrelations at lags 1..K and a last column of ones (None for ``none``); n_vox: V; n_dof: the frames' degrees of freedom,
     T minus the dimensions the cleaning projected out (0 for T); run_lengths: frames per run.
     """
 
@@ -44,6 +45,7 @@ class Voxels:
     n_vox: int
     n_dof: int = 0  # dimensions the data live in (T minus those cleaning removed); 0 = T
     run_lengths: tuple = ()
+    autocorr: str = "bartlett"  # how acf was made: "exact" (noise factors), "bartlett", "none"
 
 
 @dataclass
