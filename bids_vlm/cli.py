@@ -122,10 +122,20 @@ def _build_parser() -> argparse.ArgumentParser:
                         "so that the group level can compute an across-subjects noise ceiling "
                         "(participants who saw the same stimulus sequence, one template space)")
     g.add_argument("--fdr-q", type=_fraction, default=0.05,
-                   help="Benjamini-Hochberg FDR level (across voxels per AN, see --fdr-scope)")
-    g.add_argument("--fdr-scope", choices=["an", "all"], default="an",
-                   help="an: Benjamini-Hochberg over voxels for each AN; all: one BH over all "
-                   "AN x voxel pairs of a layer (two passes over the data)")
+                   help="FDR level q (see --fdr-scope)")
+    g.add_argument("--fdr-scope", choices=["selective", "an", "all"], default="selective",
+                   help="selective: a Simes p per AN, Benjamini-Hochberg across the layer's "
+                   "ANs, then BH over voxels within each selected AN at q R / N (controls "
+                   "false ANs and false BNs); an: BH over voxels for each AN; all: one BH over "
+                   "all AN x voxel pairs of a layer (two passes over the data)")
+    g.add_argument("--bn-definition", choices=["unique", "marginal"], default="unique",
+                   help="unique: the stream's stimulus-presence regressor and the layer's top "
+                   "principal components of its AN regressors are removed from both sides "
+                   "(a voxel that only sees 'a stimulus is on' or the layer's shared time course "
+                   "is no AN's BN); marginal: the paper's plain correlation")
+    g.add_argument("--nuisance-pcs", type=_non_negative_int, default=3,
+                   help="principal components of each layer's AN regressors removed with "
+                   "--bn-definition unique (default 3; 0: only stimulus presence)")
     g.add_argument("--autocorrelation-correction", choices=["exact", "bartlett", "none"],
                    default="exact", help="exact: the null variance of r given the cleaning "
                    "and each voxel's noise autocorrelation before cleaning (calibrated for "
@@ -153,6 +163,16 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="yeo7, yeo17, schaefer200 or schaefer400 (MNI; each plus the language "
                         "network), or a label image PATH.nii.gz with its labels PATH.tsv "
                         "(columns index, name) in the data's space")
+    g.add_argument("--n-surrogates", type=_non_negative_int, default=1000,
+                   help="spatial null of the network enrichment: random rigid moves of the "
+                        "atlas within the brain (they keep the BN maps' spatial "
+                        "autocorrelation); 0: the hypergeometric p, which assumes independent "
+                        "voxels, decides 'drives'")
+    g.add_argument("--max-surrogates", type=_non_negative_int, default=10000,
+                   help="AN x network pairs at the floor p 1/(1 + --n-surrogates) that BH does "
+                        "not reject get more moves (x10 per round) up to this many")
+    g.add_argument("--network-seed", type=int, default=0,
+                   help="seed of the spatial null's random moves")
     g.add_argument("--no-lesion", action="store_true",
                    help="skip the virtual lesion (ridge models refitted without each "
                         "network's top driving ANs)")
@@ -265,12 +285,14 @@ def config_from_options(opts):
         stats=StatsConfig(hrf_model=opts.hrf_model, fdr_q=opts.fdr_q, fdr_scope=opts.fdr_scope,
                           fir_delays=tuple(opts.fir_delays) if opts.hrf_model == "fir" else (),
                           autocorr=opts.autocorrelation_correction,
+                          bn_definition=opts.bn_definition, nuisance_pcs=opts.nuisance_pcs,
                           n_lags=opts.autocorrelation_lags or 0,
                           block_size=opts.block_size, mem_gb=opts.mem, device=opts.device,
                           paper_mode=opts.paper_mode, n_atoms=opts.n_atoms,
                           atom_alpha=opts.atom_alpha),
         encoding=EncodingConfig(enabled=not opts.no_encoding),
-        networks=NetworkConfig(atlas=opts.atlas,
+        networks=NetworkConfig(atlas=opts.atlas, n_surrogates=opts.n_surrogates,
+                               max_surrogates=opts.max_surrogates, seed=opts.network_seed,
                                **({"lesion_steps": ()} if opts.no_lesion else {})),
         derivatives=tuple(str(d) for d in opts.derivatives))
 

@@ -67,10 +67,14 @@ class StatsConfig:
     fir_delays: tuple = ()  # frames, for hrf_model "fir"
     oversampling: int = 16
     fdr_q: float = 0.05
-    fdr_scope: str = "an"  # BH per AN over voxels ("an") or over all AN x voxel pairs ("all")
+    fdr_scope: str = "selective"  # two-stage: ANs (Simes, BH) then voxels within selected ANs;
+    # "an": BH per AN over voxels; "all": one BH over all AN x voxel pairs of a layer
     autocorr: str = "exact"  # null variance of r: "exact" (noise before cleaning, given the
     # cleaning projection), "bartlett" (stationary, cleaned series) or "none" (independent)
     n_lags: int = 0  # autocorrelation lags for "exact" / "bartlett"; 0 = about 2 sqrt(run length)
+    bn_definition: str = "unique"  # "unique": presence and the layer's top PCs removed from
+    # both sides (partial r); "marginal": the paper's plain correlation
+    nuisance_pcs: int = 3  # principal components of a layer's regressors removed ("unique")
     block_size: int = 256  # ANs per block of the streamed association
     mem_gb: float = 0.0  # memory for the association; > 0 sets the block size from it
     paper_mode: bool = False  # also run the dictionary-learning (atoms) analysis
@@ -97,6 +101,14 @@ class NetworkConfig:
     atlas: str = "yeo7"  # yeo7, yeo17, schaefer200, schaefer400 (+ language), or a NIfTI path
     atlas_digest: str = ""  # hash of a user atlas's files (a changed atlas reruns the nodes)
     lesion_steps: tuple = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5)  # shares of a layer's ANs; () = off
+    # enrichment p of "drives" from a spatial null (random rigid moves of the atlas, which keep
+    # the BN maps' spatial autocorrelation): surrogates per AN x network; 0 = off (the
+    # hypergeometric p, which assumes independent voxels, decides "drives")
+    n_surrogates: int = 1000
+    max_surrogates: int = 10000  # pairs at the floor p 1/(1 + n) that BH does not reject get
+    # more surrogates (x10 per round) up to this many; <= n_surrogates: no refinement
+    seed: int = 0  # of the spatial null's random moves
+
 
 @dataclass(frozen=True)
 class AnalysisConfig:

@@ -25,7 +25,7 @@ HIERARCHY_COLUMNS = {
     "n_layers": "layers of the stream (the depth's denominator is n_layers - 1)",
     "mean_n_voxels": "mean over participants of the network's in-mask voxels",
     "mean_n_voxels_with_layer": "mean over participants of the network's voxels with a "
-                                "preferred layer (some layer's held-out r > 0)",
+                                "preferred layer (best layer's held-out r significant)",
     "mean_preferred_layer": "mean over participants of their mean preferred layer index over "
                             "those voxels",
     "mean_preferred_depth": "mean over participants of their mean relative depth "
@@ -109,7 +109,8 @@ def combine_hierarchy(output_dir) -> list[Path]:
     for suffix, combine, columns, what in (
             ("hierarchy", group_hierarchy, HIERARCHY_COLUMNS, "hierarchy: per network, the "
              "participants' mean relative depth of the voxels' preferred layers (highest "
-             "held-out encoding r), averaged over participants (sessions first)"),
+             "held-out encoding r, where significant), averaged over participants (sessions "
+             "first)"),
             ("lesion", group_lesion, LESION_COLUMNS, "virtual lesion: the participants' "
              "held-out encoding accuracy of each network as the ANs with the most BNs in it "
              "are removed (targeted) or random ANs are removed (control), averaged over "

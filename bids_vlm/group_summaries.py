@@ -45,6 +45,22 @@ def _drives(table: pd.DataFrame, net: str) -> np.ndarray:
         lambda d: net in d).to_numpy(bool)
 
 
+def _layer_bh(out: pd.DataFrame, nets) -> None:
+    """q_<net>: Benjamini-Hochberg across all ANs x networks of each stream and layer (the
+    participant level's family), from the combined p_<net>; written into ``out``."""
+    p = out[[f"p_{net}" for net in nets]].to_numpy(float)
+    qv = np.full_like(p, np.nan)
+    for _, rows in out.groupby(["stream", "layer"], sort=False).indices.items():
+        block = p[rows]
+        ok = np.isfinite(block)
+        if ok.any():
+            filled = np.full(block.shape, np.nan)
+            filled[ok] = stats.false_discovery_control(block[ok])
+            qv[rows] = filled
+    for i, net in enumerate(nets):
+        out[f"q_{net}"] = qv[:, i]
+
+
 def group_networks(tables: list[tuple[str, pd.DataFrame]], q: float) -> pd.DataFrame:
     """Per-AN network table of the group from the participants' tables.
 
@@ -79,9 +95,10 @@ def group_networks(tables: list[tuple[str, pd.DataFrame]], q: float) -> pd.DataF
         p = every.pivot(index="an_id", columns="unit", values=f"p_{net}").reindex(order)
         out[f"p_{net}"] = stats.combine_pvalues(p.to_numpy(float), method="fisher", axis=1,
                                                 nan_policy="omit").pvalue if len(out) else []
-        out[f"q_{net}"] = stats.false_discovery_control(out[f"p_{net}"]) if len(out) else []
+        out[f"q_{net}"] = np.nan  # (here, for the column order) BH below, per layer
         driving = per_sub[f"drives_{net}"].any().groupby(level="an_id").sum().reindex(order)
         out[f"n_participants_driving_{net}"] = driving.to_numpy(int)
+    _layer_bh(out, nets)
     hits = {net: (out[f"q_{net}"] <= q) & (out[f"n_pos_{net}"] + out[f"n_neg_{net}"] > 0)
             for net in nets}
     out["drives"] = [";".join(n for n in nets if hits[n].iloc[i]) or "n/a"
@@ -229,9 +246,11 @@ def _write_networks(path, nets, q, meta):
     text = {"n_pos": "mean over participants of the AN's BN+ in network ",
             "n_neg": "mean over participants of the AN's BN- in network ",
             "frac": "mean over participants of the share of the AN's BNs in network ",
-            "p": "Fisher's combination of the participants' hypergeometric enrichment p "
+            "p": "Fisher's combination of the participants' enrichment p (spatial null, or "
+                 "hypergeometric with --n-surrogates 0) "
                  "(sessions as separate tests) for network ",
-            "q": "Benjamini-Hochberg q across ANs of the combined p for network ",
+            "q": "Benjamini-Hochberg q (across all ANs x networks of the AN's stream and layer, "
+                 "as at the participant level) of the combined p for network ",
             "n_participants_driving": "participants in which the AN drives network "}
     for net in networks_of(nets):
         side.update({f"{k}_{net}": {"Description": t + net} for k, t in text.items()})

@@ -38,6 +38,8 @@ CITATIONS = [
     "Gorgolewski et al. (2011). Nipype. Front. Neuroinform. 5:13. Yarkoni et al. (2019). "
     "PyBIDS. JOSS 4(40):1294.",
     "Benjamini & Hochberg (1995). Controlling the false discovery rate. JRSS B 57:289-300.",
+    "Benjamini & Bogomolov (2014). Selective inference on multiple families of hypotheses. "
+    "JRSS B 76:297-318.",
 ]
 MAP_RE = re.compile(r"desc-(?P<desc>[A-Za-z0-9]+)_stat-(?P<stat>[a-z]+)_statmap\.nii\.gz$")
 
@@ -213,7 +215,8 @@ def _network_figure(path, stem, figdir, out, model, caption=None):
     fig_path = figdir / f"{stem}_networkprofile.png"
     _save(fig, fig_path)
     return _figure(fig_path, out, (caption or "Share of each layer's ANs whose BNs are enriched "
-                                              "in a network (hypergeometric, BH across ANs).")
+                                              "in a network (spatial null of moved atlases, BH across the layer's ANs "
+                                              "x networks).")
                    + note)
 
 

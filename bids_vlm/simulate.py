@@ -45,6 +45,7 @@ class Session:
     n_removed: int
     noise_sums: np.ndarray
     lag_traces: np.ndarray
+    presence: np.ndarray | None = None  # (T,) cleaned stimulus-presence regressor
 
     def association_args(self) -> dict:
         return dict(run_lengths=self.run_lengths, n_removed=self.n_removed,
@@ -97,13 +98,16 @@ def activations(rng, n_samples: int, n_an: int, shared: float = 0.0,
 
 
 def session(rng, design: Design, n_vox: int, acts: np.ndarray | None = None, n_an: int = 40,
-            signal=None, config: BoldConfig = BoldConfig()) -> Session:
+            signal=None, config: BoldConfig = BoldConfig(), on=None) -> Session:
     """A cleaned simulated session. acts: (n_runs * n_frames * tr, N) activations on the 1 s
-    grid (default independent normals); signal(regressors_raw (T, N)) -> (T, V) to add to the
-    noise (planted effects), default none."""
+    grid (default independent normals); signal(regressors_raw (T_run, N)) -> (T_run, V) to add
+    to the noise (planted effects), default none; on: (n_samples,) 0/1 stimulus presence on the
+    same grid: its regressor is the last column signal sees, and the session's presence."""
     n_samples = int(design.n_frames * design.tr)
     if acts is None:
         acts = activations(rng, n_samples * design.n_runs, n_an)
+    if on is not None:
+        acts = np.column_stack([acts, on])
     matrix = _hrf_matrix(design.n_frames, design.tr)
     runs = [design.n_frames] * design.n_runs
     n_lags = default_lags(runs)
@@ -124,6 +128,20 @@ def session(rng, design: Design, n_vox: int, acts: np.ndarray | None = None, n_a
         proj = cleaning_projection(design.n_frames, design.tr, conf, config)
         traces = traces + lag_traces(proj, n_lags)
         removed += int(round(design.n_frames - np.trace(proj)))
+    x = np.concatenate([p[1] for p in parts])
     return Session(voxels=np.concatenate([p[0] for p in parts]),
-                   regressors=np.concatenate([p[1] for p in parts]), run_lengths=runs,
-                   n_removed=removed, noise_sums=sums, lag_traces=traces)
+                   regressors=x[:, :-1] if on is not None else x, run_lengths=runs,
+                   n_removed=removed, noise_sums=sums, lag_traces=traces,
+                   presence=x[:, -1] if on is not None else None)
+
+
+def event_design(rng, n_samples: int, n_an: int, on_s: int = 4, off_s: int = 8,
+                 bias: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(n_samples, n_an) activations of images shown ``on_s`` s with ``off_s`` s blanks, each
+    AN's activation to an image ``bias`` + a normal draw (a positive mean, as real units
+    have), and (n_samples,) the 0/1 presence."""
+    period = on_s + off_s
+    on = (np.arange(n_samples) % period < on_s).astype(float)
+    image = np.arange(n_samples) // period
+    draws = bias + rng.standard_normal((image.max() + 1, n_an))
+    return draws[image] * on[:, None], on

@@ -35,17 +35,32 @@ def run_cli(*args, check=True, env=None, timeout=900):
 
 @pytest.fixture(scope="session")
 def planted(tmp_path_factory):
-    """2 subjects x 2 runs with signal of known tiny-clip ANs in known voxels."""
+    """2 subjects x 2 runs with signal of known tiny-clip ANs in known voxels: each AN's own
+    part (its regressor without stimulus presence and its layer's top 3 components), which
+    the default --bn-definition unique finds."""
     return make_planted_dataset(tmp_path_factory.mktemp("planted") / "bids")
 
 
 @pytest.fixture(scope="session")
-def planted_outputs(planted, tmp_path_factory):
-    """The participant and group levels of the CLI run on the planted dataset."""
+def planted_whole(tmp_path_factory):
+    """The same with the ANs' whole regressors planted (for --bn-definition marginal, and
+    for encoding models, which ridge recovers best along the layer's main components)."""
+    return make_planted_dataset(tmp_path_factory.mktemp("planted_whole") / "bids",
+                                unique=False)
+
+
+@pytest.fixture(scope="session")
+def planted_outputs(planted_whole, tmp_path_factory):
+    """The participant and group levels of the CLI run on the planted dataset with the ANs'
+    whole regressors planted and --bn-definition marginal (the encoding models recover such
+    plants best; tests/test_cli.py::test_marginal_and_unique_bns_of_a_whole_regressor and the
+    ``planted`` fixture cover the default unique BNs)."""
     base = tmp_path_factory.mktemp("planted_out")
     out, work = base / "out", base / "work"
-    part = run_cli(planted.root, out, "participant", "-q", "-w", work)
-    group = run_cli(planted.root, out, "group", "-q", "-w", work)
+    part = run_cli(planted_whole.root, out, "participant", "-q", "-w", work,
+                   "--bn-definition", "marginal")
+    group = run_cli(planted_whole.root, out, "group", "-q", "-w", work,
+                    "--bn-definition", "marginal")
     return {"out": out, "work": work, "participant": part, "group": group}
 
 
@@ -71,8 +86,12 @@ def occipital(tmp_path_factory):
     base = tmp_path_factory.mktemp("occipital")
     data = make_planted_dataset(base / "bids", n_subjects=2, shape=shape, affine=affine,
                                 plants=(Plant("image", 2, 7, visual, 0.8),
-                                        Plant("text", 1, 3, outside, -0.8)))
+                                        Plant("text", 1, 3, outside, -0.8)), unique=False)
     out, work = base / "out", base / "work"
-    run_cli(data.root, out, "participant", "-q", "-w", work)
-    run_cli(data.root, out, "group", "-q", "-w", work)
+    # a 6 x 6 x 6 grid leaves the atlas no room to move: the hypergeometric enrichment here
+    # (whole regressors planted, --bn-definition marginal)
+    run_cli(data.root, out, "participant", "-q", "-w", work, "--n-surrogates", "0",
+            "--bn-definition", "marginal")
+    run_cli(data.root, out, "group", "-q", "-w", work, "--n-surrogates", "0",
+            "--bn-definition", "marginal")
     return out

@@ -84,8 +84,11 @@ def _write_json(path, data):
     Path(path).write_text(json.dumps(data, indent=1))
 
 
-def planted_signal(root, events_by_run, n_scans, tr, plants, seed=0):
-    """{run index: (n_scans, n_plants) z-scored regressors of the planted ANs}."""
+def planted_signal(root, events_by_run, n_scans, tr, plants, seed=0, unique=True):
+    """{run index: (n_scans, n_plants) z-scored regressors of the planted ANs}: with
+    ``unique`` (default) each AN's own part, its regressor residualised on the stream's
+    stimulus presence and its layer's top principal components (what ``--bn-definition
+    unique``, the default, tests); else the whole regressor."""
     from bids_vlm.config import ModelConfig, StimulusConfig
     from bids_vlm.models import extract, load_model
     from bids_vlm.regressors import (
@@ -93,7 +96,9 @@ def planted_signal(root, events_by_run, n_scans, tr, plants, seed=0):
         frame_times,
         make_regressors,
         sample_activations,
+        zscore,
     )
+    from bids_vlm.encoding.unique import N_PCS, nuisance_basis, residualise
     from bids_vlm.stimuli import build_timeline, sample_items, unique_items
 
     tls = [build_timeline(ev, n_scans * tr, StimulusConfig(), Path(root) / "stimuli")
@@ -106,27 +111,36 @@ def planted_signal(root, events_by_run, n_scans, tr, plants, seed=0):
                         progress=False)
         acts.update({f"{model}/{k}": v for k, v in found.items()})
         index.update({(model, s): {k: i for i, k in enumerate(v)} for s, v in items.items()})
-    out = []
-    for tl in tls:
-        matrix = convolution_matrix(tl.times, tl.dt, frame_times(n_scans, tr))
-        cols = []
-        for p in plants:
-            table = acts[f"{p.model}/{p.stream}/{p.layer:02d}"][:, [p.unit]]
-            cols.append(make_regressors(matrix, sample_activations(
-                sample_items(tl, p.stream), table, index[(p.model, p.stream)])))
-        out.append(np.concatenate(cols, axis=1))
-    return out
+    matrices = [convolution_matrix(tl.times, tl.dt, frame_times(n_scans, tr)) for tl in tls]
+    cols = []
+    for p in plants:  # (runs x n_scans, units) regressors of the plant's whole layer
+        table = acts[f"{p.model}/{p.stream}/{p.layer:02d}"]
+        layer = np.concatenate([make_regressors(m, sample_activations(
+            sample_items(tl, p.stream), table, index[(p.model, p.stream)]))
+            for m, tl in zip(matrices, tls)])
+        planted = layer[:, p.unit]
+        if unique:  # the AN's own part, as --bn-definition unique defines its BNs
+            presence = np.concatenate([make_regressors(m, np.array(
+                [[x is not None] for x in sample_items(tl, p.stream)], float))
+                for m, tl in zip(matrices, tls)])
+            basis = nuisance_basis(layer, presence, N_PCS)
+            planted = residualise(layer[:, [p.unit]], basis)[:, 0]
+        cols.append(planted)
+    both = np.column_stack(cols)
+    return [zscore(both[r * n_scans:(r + 1) * n_scans]) for r in range(len(tls))]
 
 
 def make_planted_dataset(root, n_subjects=2, n_runs=2, n_scans=100, tr=2.0, shape=(6, 6, 6),
                          plants=DEFAULT_PLANTS, noise=1.0, seed=0, baseline=None,
                          with_derivatives=True, affine=AFFINE, repeated=False,
-                         same_events=False) -> PlantedDataset:
+                         same_events=False, unique=True) -> PlantedDataset:
     """BIDS dataset + fMRIPrep-like derivatives with planted AN signal (see module doc).
 
     baseline: (n_voxels,) mean intensity per voxel (default 100 everywhere); repeated: every
     run of a subject shows the same stimulus sequence (fresh noise in each); same_events:
-    every subject sees the first subject's runs (e.g. the same movie; fresh noise in each).
+    every subject sees the first subject's runs (e.g. the same movie; fresh noise in each);
+    unique: plant each AN's own part (default), else its whole regressor
+    (:func:`planted_signal`).
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -147,7 +161,7 @@ def make_planted_dataset(root, n_subjects=2, n_runs=2, n_scans=100, tr=2.0, shap
             events = [make_events(rng, images, int(n_scans * tr / 2), 2.0) for _ in range(n_runs)]
             if repeated:
                 events = [events[0]] * n_runs
-            signal = planted_signal(root, events, n_scans, tr, plants)
+            signal = planted_signal(root, events, n_scans, tr, plants, unique=unique)
             shared = (events, signal) if same_events else None
         else:
             events, signal = shared

@@ -47,10 +47,12 @@ def arch(tmp_path_factory):
               Plant("text", 0, 2, visual[:12], 0.8, "tiny-meter"))
     base = tmp_path_factory.mktemp("arch")
     data = make_planted_dataset(base / "bids", n_subjects=2, shape=shape, affine=affine,
-                                plants=plants)
+                                plants=plants, unique=False)  # whole regressors planted
     out, work = base / "out", base / "work"
+    # the paper's BNs (marginal r, BH per AN): these tests check the architecture tables' sums
     run_cli(data.root, out, "participant", "--models", "tiny-clip", "tiny-meter", "--layers",
-            "0", "1", "--no-encoding", "-q", "-w", work)
+            "0", "1", "--no-encoding", "--bn-definition", "marginal", "--fdr-scope", "an", "-q",
+            "-w", work)
     run_cli(data.root, out, "group", "-q", "-w", work)
     return {"out": out, "plants": plants}
 

@@ -424,3 +424,69 @@ def test_null_ans_get_no_bn_and_planted_ans_are_found():
     assert null_with_bn <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 80), null_with_bn
     assert found >= 0.8, found
     assert fdp <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / max(len(true), 1)), fdp
+
+
+def _selective_reference(p, q):
+    """Benjamini & Bogomolov (2014) with Simes and BH, from the dense p (N, V), numpy only."""
+    n_an, n_vox = p.shape
+    ranked = np.sort(p, axis=1)
+    simes = (n_vox * ranked / np.arange(1, n_vox + 1)).min(1)
+    selected = stats.false_discovery_control(simes) <= q
+    level = q * selected.sum() / n_an
+    keep = np.zeros_like(p, dtype=bool)
+    for a in np.flatnonzero(selected):
+        keep[a] = stats.false_discovery_control(p[a]) <= level
+    return keep, simes
+
+
+@pytest.mark.parametrize("block", [1, 64])
+def test_selective_equals_dense_reference(problem, block):
+    """--fdr-scope selective (default): Simes p per AN, BH across ANs, BH within the selected
+    ANs at q R / N; the same entries and Simes p as a dense numpy reference."""
+    from bids_vlm.encoding.association import association_z
+
+    x, y = problem
+    y = y.copy()
+    y[:, 20:22] += 0.15 * x[:, [9]]  # a weak AN: discoveries at q per AN, not after selection
+    z = association_z(x, y, run_lengths=RUNS, n_lags=12)
+    p = 2 * special.ndtr(-np.abs(z))
+    keep, simes = _selective_reference(p, 0.05)
+    res = associate(x, y, q=0.05, block_size=block, run_lengths=RUNS, n_lags=12)
+    per_an = associate(x, y, q=0.05, run_lengths=RUNS, n_lags=12, fdr_scope="an")
+    assert set(zip(res.an_index.tolist(), res.voxel_index.tolist())) == set(zip(*np.nonzero(keep)))
+    assert len(per_an.r) >= len(res.r) > 10
+    known = np.isfinite(res.p_an)
+    np.testing.assert_allclose(res.p_an[known], simes[known], rtol=1e-3)
+    assert np.all(simes[~known] > 0.05)
+    np.testing.assert_allclose(per_an.p_an[known], res.p_an[known], rtol=1e-4)
+    np.testing.assert_array_equal(res.n_pos + res.n_neg, keep.sum(1))
+    np.testing.assert_array_equal(res.bn_count, keep.sum(0))
+    assert np.all(np.isinf(res.z_threshold[keep.sum(1) == 0]))
+
+
+def test_selective_controls_layers_with_any_bn_under_the_complete_null():
+    """Complete null (AR(1) 0.6, cleaned): with --fdr-scope selective a whole layer gets any BN
+    with probability <= q (BH across ANs of Simes p controls the family-wise rate under the
+    complete null); 60 simulated layers, bound q + 3 binomial SE."""
+    from bids_vlm.simulate import Design, session
+
+    layers, with_bn = 60, 0
+    for seed in range(layers):
+        s = session(np.random.default_rng(1000 + seed), Design(n_frames=150), 400, n_an=20)
+        res = associate(s.regressors, s.voxels, q=0.05, **s.association_args())
+        with_bn += len(res.an_index) > 0
+    assert with_bn / layers <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / layers), with_bn
+
+
+def test_selective_drops_an_an_that_bh_per_an_keeps():
+    """4 ANs x 100 voxels: AN 0 strong, AN 1 one voxel at p 4e-4 (BH per AN at 0.05 keeps it:
+    <= 0.05 / 100; its Simes p 0.04 is not <= 0.05 * 2 / 4 across ANs), ANs 2-3 null."""
+    from bids_vlm.encoding.fdr import simes_and_selective
+
+    an = np.array([0] * 10 + [1])
+    p = np.r_[np.full(10, 1e-6), 4e-4]
+    keep, simes, thr = simes_and_selective(an, p, 4, 100, 0.05)
+    assert keep[:10].all() and not keep[10]
+    np.testing.assert_allclose(simes[:2], [1e-5, 0.04])
+    assert np.isnan(simes[2:]).all() and np.isinf(thr[1:]).all()
+    np.testing.assert_allclose(thr[0], -special.ndtri(0.05 / 4 * 10 / 100 / 2), rtol=1e-6)

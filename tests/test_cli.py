@@ -112,7 +112,9 @@ def test_neuron_table_and_maps(planted, planted_outputs):
     best_r = apply_mask(func / f"{stem}_stat-r_statmap.nii.gz", mask)
     assert np.abs(best_r[:12]).min() > 0.3  # signed: another AN may be anti-correlated
     side = json.loads((func / f"{stem}_stat-r_statmap.json").read_text())
-    assert "Bartlett" in side["AssociationMethod"]
+    method = side["AssociationMethod"]  # defaults, but --bn-definition marginal
+    assert "exact null variance" in method and "Benjamini & Bogomolov" in method
+    assert method.startswith("Pearson r")
     assert side["Layer"] == 2 and side["Stream"] == "image"
 
 
@@ -148,17 +150,18 @@ def test_group_level_finds_planted_voxels(planted, planted_outputs):
     assert (planted_outputs["out"] / "group.html").is_file()
 
 
-def test_multiproc_gives_same_outputs_as_linear(planted, planted_outputs, tmp_path):
+def test_multiproc_gives_same_outputs_as_linear(planted_whole, planted_outputs, tmp_path):
     out = tmp_path / "mp"
-    run_cli(planted.root, out, "participant", "--participant-label", "01", "--nprocs", "2",
-            "-q", "-w", tmp_path / "work")
+    run_cli(planted_whole.root, out, "participant", "--participant-label", "01", "--nprocs", "2",
+            "--bn-definition", "marginal", "-q", "-w", tmp_path / "work")
     name = "sub-01/func/sub-01_task-view_space-MNI152NLin2009cAsym_desc-tinyclip_neurons.tsv"
     assert (out / name).read_bytes() == (planted_outputs["out"] / name).read_bytes()
 
 
-def test_rerun_uses_the_cache(planted, planted_outputs):
-    proc = run_cli(planted.root, planted_outputs["out"], "participant", "--participant-label",
-                   "01", "--force", "-w", planted_outputs["work"])
+def test_rerun_uses_the_cache(planted_whole, planted_outputs):
+    proc = run_cli(planted_whole.root, planted_outputs["out"], "participant",
+                   "--participant-label", "01", "--force", "--bn-definition", "marginal", "-w",
+                   planted_outputs["work"])
     assert "finished earlier" not in proc.stderr  # --force: not skipped
     assert "tiny-clip image" not in proc.stderr  # no extraction progress: cached
 
@@ -215,14 +218,14 @@ def test_mem_too_small_exits_69(planted, tmp_path):
     assert "is too little for" in proc.stderr
 
 
-def test_deleted_outputs_are_rewritten_from_the_cache(planted, planted_outputs, tmp_path):
+def test_deleted_outputs_are_rewritten_from_the_cache(planted_whole, planted_outputs, tmp_path):
     import shutil
 
     out = tmp_path / "again"
     shutil.copytree(planted_outputs["out"], out)
     shutil.rmtree(out / "sub-01")
-    run_cli(planted.root, out, "participant", "--participant-label", "01", "-q",
-            "-w", planted_outputs["work"])
+    run_cli(planted_whole.root, out, "participant", "--participant-label", "01", "-q",
+            "--bn-definition", "marginal", "-w", planted_outputs["work"])
     name = "sub-01/func/sub-01_task-view_space-MNI152NLin2009cAsym_desc-tinyclip_neurons.tsv"
     assert (out / name).read_bytes() == (planted_outputs["out"] / name).read_bytes()
 
@@ -240,7 +243,8 @@ def test_layerwise_encoding_outputs(planted, planted_outputs):
     assert len(table) == 8 and set(table.stream) == {"image", "text"}
     pref = nib.load(func / "sub-01_task-view_space-MNI152NLin2009cAsym_desc-tinyclipImage_"
                            "stat-preferredlayer_statmap.nii.gz").get_fdata().reshape(-1)
-    assert set(np.unique(pref[:12])) <= {0, 1, 2, 3}
+    # a preferred layer only where the best layer's held-out r is significant (2 runs here)
+    assert set(np.unique(pref[:12])) <= {-1, 0, 1, 2, 3} and (pref[noise] == -1).all()
     html = (planted_outputs["out"] / "sub-01.html").read_text()
     assert "Layer-wise encoding" in html and "_encodingprofile.png" in html
     assert not list(func.glob("*desc-noiseceiling*")) and not list(func.glob("*encodingrfrac*"))
@@ -352,10 +356,12 @@ def test_paper_mode_outputs_and_quiet(planted, tmp_path):
         assert list(h5["text__02__shape"][()]) == [256, 8, 400]  # 2 runs x 200 samples
 
 
-def test_fir_delays(planted, tmp_path):
+def test_fir_delays(planted_whole, tmp_path):
+    """The whole regressor planted, the paper's marginal BNs: FIR windows find it and encode it."""
     out = tmp_path / "out"
-    run_cli(planted.root, out, "participant", "--participant-label", "01", "--layers", "2",
-            "--hrf-model", "fir", "--fir-delays", "2", "3", "4", "-q", "-w", tmp_path / "work")
+    run_cli(planted_whole.root, out, "participant", "--participant-label", "01", "--layers", "2",
+            "--hrf-model", "fir", "--fir-delays", "2", "3", "4", "--bn-definition", "marginal",
+            "-q", "-w", tmp_path / "work")
     func = out / "sub-01" / "func"
     ids = _entries(out, "01")
     found = set(ids[2][ids[1] == ids[0].index("tiny-clip/image/02/7")])
@@ -505,3 +511,33 @@ def test_group_level_waits_for_no_participant_being_analysed(planted, planted_ou
     err = capsys.readouterr().err
     assert "sub-02 is being analysed by process" in err and ".sub-02.lock" in err
     assert sorted(p.name for p in (out / "group").iterdir()) == before
+
+
+def test_marginal_and_unique_bns_of_a_whole_regressor(planted_whole, tmp_path):
+    """A voxel that follows an AN's whole regressor is its BN under --bn-definition marginal;
+    under unique (default) only when the AN has its own part: tiny-clip's image AN 02/7 is 95%
+    its layer's shared components (removed_share) and loses most of its BNs, the text AN 01/3
+    (25% shared) keeps them. The neurons and layer tables say how shared each AN is."""
+    out = {}
+    for definition in ("marginal", "unique"):
+        out[definition] = tmp_path / definition
+        run_cli(planted_whole.root, out[definition], "participant", "--participant-label", "01",
+                "--layers", "1", "2", "--bn-definition", definition, "--no-encoding",
+                "--n-surrogates", "0", "-q", "-w", tmp_path / f"work_{definition}")
+    tables = {d: pd.read_csv(next((o / "sub-01" / "func").glob("*_neurons.tsv")), sep="\t")
+              .set_index("an_id") for d, o in out.items()}
+    image, text = "tiny-clip/image/02/7", "tiny-clip/text/01/3"
+    assert tables["marginal"].loc[image, "n_bn_pos"] >= 12
+    assert tables["marginal"].loc[text, "n_bn_neg"] >= 12
+    assert tables["unique"].loc[text, "n_bn_neg"] >= 12
+    assert tables["unique"].loc[image, "n_bn_pos"] < 6
+    assert tables["unique"].loc[image, "removed_share"] > 0.8
+    assert tables["unique"].loc[text, "removed_share"] < 0.5
+    assert tables["marginal"].removed_share.isna().all()
+    func = out["unique"] / "sub-01" / "func"
+    side = json.loads(next(func.glob("*Image02_stat-r_statmap.json")).read_text())
+    assert side["AssociationMethod"].startswith("partial Pearson r")
+    assert "top 3 principal components" in side["AssociationMethod"]
+    layers = pd.read_csv(next(func.glob("*_layers.tsv")), sep="\t")
+    assert layers.mean_inter_an_abs_r.between(0.05, 1).all()
+    assert layers.mean_removed_share.between(0.1, 1).all()

@@ -1,5 +1,6 @@
-"""Network derivatives: the space check's message, a user atlas on native-space data through
-the CLI (networks, hierarchy and lesion tables with both spaces stated), bad atlases exit 64."""
+"""Network derivatives: the space check's message, the enrichment's description and its BH
+families (layers), a user atlas on native-space data through the CLI (networks, hierarchy and
+lesion tables with both spaces stated), bad atlases exit 64."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from bids_vlm.analysis.networks import NetworkMasks, VoxelGrid
 from bids_vlm.config import AnalysisConfig, NetworkConfig
-from bids_vlm.derivatives.networks import layer_count, unit_networks
+from bids_vlm.derivatives.networks import _driven, layer_count, unit_networks
 from conftest import run_cli
 from datagen import Plant, make_planted_dataset
 
@@ -30,6 +32,32 @@ def test_native_space_without_user_atlas_warns_and_skips(caplog, tmp_path):
     masks, fields = unit_networks(_mask(), dict(unit, space="MNI152NLin2009cAsym"),
                                   AnalysisConfig(networks=NetworkConfig(atlas="yeo17")))
     assert len(masks) == 18 and "MNI152NLin2009cAsym" in fields["Networks"]
+    assert masks.grid.ijk.shape == (64, 3) and masks.grid.shape == (4, 4, 4)
+    assert "spatial null" in fields["Networks"] and "1000 surrogates" in fields["Networks"]
+    assert "p_hypergeom" in fields["Networks"] and "networks of a layer" in fields["Networks"]
+    off = AnalysisConfig(networks=NetworkConfig(n_surrogates=0))
+    text = unit_networks(_mask(), dict(unit, space="MNI152NLin2009cAsym"), off)[1]["Networks"]
+    assert "hypergeometric" in text and "spatial null" not in text
+
+
+def test_lesion_drivers_use_the_spatial_null_per_layer():
+    """A planted image AN fills 80% of network A (a patch at the surface of a ball 'brain';
+    p about 1/1000: a few moves of the atlas put A back where it was); the other ANs have BNs
+    at random. Only the planted AN drives a network (BH per layer: stream, layer)."""
+    rng = np.random.default_rng(0)
+    ijk = np.indices((20, 20, 20)).reshape(3, -1).T
+    ijk = ijk[np.linalg.norm(ijk - 9.5, axis=1) <= 9.5]
+    a = np.linalg.norm(ijk - [19, 9.5, 9.5], axis=1) <= 4.5
+    masks = NetworkMasks({"A": a, "B": np.linalg.norm(ijk - [0, 9.5, 9.5], axis=1) <= 4.5})
+    masks.grid = VoxelGrid(ijk, np.diag([3.0, 3.0, 3.0, 1.0]), (20, 20, 20))
+    image_vox = [rng.choice(np.flatnonzero(a), int(0.8 * a.sum()), replace=False)]
+    image_vox += [rng.choice(len(ijk), 60, replace=False) for _ in range(3)]
+    text_vox = [rng.choice(len(ijk), 60, replace=False) for _ in range(50)]
+    entries = {(s, 0): (np.repeat(np.arange(len(v)), [len(x) for x in v]), np.concatenate(v))
+               for s, v in (("image", image_vox), ("text", text_vox))}
+    n_ans = {("image", 0): 4, ("text", 0): 50}
+    rs = {key: np.full(len(e[0]), 0.5) for key, e in entries.items()}
+    assert _driven(entries, n_ans, rs, masks, AnalysisConfig()) == {"A": {"image"}, "B": set()}
 
 
 def test_layer_count():
@@ -49,7 +77,8 @@ def test_user_atlas_on_native_data_gives_networks_hierarchy_and_lesion(tmp_path)
     centre += [int(np.ravel_multi_index((i, 4, 5), shape)) for i in range(3, 8)]
     data = make_planted_dataset(tmp_path / "raw", n_subjects=1, n_runs=2, shape=shape,
                                 plants=(Plant("image", 2, 7, centre, 0.8),),
-                                baseline=np.where(head, 1000.0, 5.0), with_derivatives=False)
+                                baseline=np.where(head, 1000.0, 5.0), with_derivatives=False,
+                                unique=False)  # the whole regressor, marginal BNs
     labels = np.where(head, 2, 0)
     labels[centre] = 1
     affine = np.diag([3.0, 3.0, 3.0, 1.0])
@@ -58,13 +87,20 @@ def test_user_atlas_on_native_data_gives_networks_hierarchy_and_lesion(tmp_path)
     pd.DataFrame({"index": [1, 2], "name": ["Net", "Rest"]}).to_csv(
         tmp_path / "atlas-planted_dseg.tsv", sep="\t", index=False)
     out = tmp_path / "out"
+    # a 10-voxel network at the centre of a 380-voxel head: too small for the spatial null
+    # (a move barely displaces it), so voxels are taken as independent (white noise here)
     run_cli(data.root, out, "participant", "--layers", "2", "--streams", "image", "--atlas",
-            atlas, "-q", "-w", tmp_path / "work")
+            atlas, "--n-surrogates", "0", "--bn-definition", "marginal", "-q", "-w",
+            tmp_path / "work")
     func = out / "sub-01" / "func"
     nets = pd.read_csv(func / "sub-01_task-view_desc-tinyclip_networks.tsv", sep="\t",
                        keep_default_na=False).set_index("an_id")
     assert "Net" in nets.loc["tiny-clip/image/02/7", "drives"].split(";")
+    assert (nets["p_Net"] == nets["p_hypergeom_Net"]).all()  # no spatial null: the same p
     side = json.loads((func / "sub-01_task-view_desc-tinyclip_networks.json").read_text())
+    assert "independent voxels" in side["p_hypergeom_Net"]["Description"]
+    assert "spatial null" in side["p_Net"]["Description"]
+    assert "hypergeometric" in side["Networks"]
     assert side["DataSpace"] == "native (no space entity)"
     assert side["AtlasSpace"].startswith("not stated") and str(atlas) in side["Atlas"]
 

@@ -95,7 +95,10 @@ def test_group_tables_are_the_participants_means(occipital):
     hier = pd.read_csv(f"{stem}_hierarchy.tsv", sep="\t").set_index(["stream", "network"])
     parts = [pd.read_csv(next((occipital / f"sub-{s}" / "func").glob("*_hierarchy.tsv")),
                          sep="\t").set_index(["stream", "network"]) for s in ("01", "02")]
-    for stream in ("image", "text"):
+    # the text AN is planted outside every network: no Visual voxel has a significant text layer
+    assert all(t.loc[("text", "Visual"), "n_voxels_with_layer"] == 0 for t in parts)
+    assert hier.loc[("text", "Visual"), "n_participants"] == 0
+    for stream in ("image",):
         key = (stream, "Visual")
         depths = [t.loc[key, "mean_preferred_depth"] for t in parts]
         assert all(0 <= d <= 1 for d in depths)  # planted visual voxels have a preferred layer

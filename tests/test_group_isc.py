@@ -123,10 +123,10 @@ def isc_outputs(tmp_path_factory):
     """3 participants who saw the same runs; participant level with --save-cleaned (the image
     stream's layer 2 only, no lesion, to keep it short), then the group level."""
     base = tmp_path_factory.mktemp("isc")
-    data = make_planted_dataset(base / "bids", n_subjects=3, same_events=True)
+    data = make_planted_dataset(base / "bids", n_subjects=3, same_events=True, unique=False)
     out, work = base / "out", base / "work"
     run_cli(data.root, out, "participant", "-q", "-w", work, "--save-cleaned", "--no-lesion",
-            "--streams", "image", "--layers", "2")
+            "--streams", "image", "--layers", "2", "--bn-definition", "marginal")
     run_cli(data.root, out, "group", "-q", "-w", work)
     return data, out, work
 

@@ -32,7 +32,9 @@ def test_group_networks_by_hand():
     np.testing.assert_allclose(out.n_pos_A, [5, 1, 0])
     fisher = [stats.chi2.sf(-2 * np.log([a, b]).sum(), 4) for a, b in ((1e-4, 1e-3), (0.2, 0.6))]
     np.testing.assert_allclose(out.p_A, fisher + [1.0])
-    np.testing.assert_allclose(out.q_A, stats.false_discovery_control(fisher + [1.0]))
+    # BH across all ANs x networks of the layer (3 ANs x networks A and B), as per participant
+    both = stats.false_discovery_control(np.r_[fisher, 1.0, out.p_B.to_numpy()])
+    np.testing.assert_allclose(out.q_A, both[:3])
     assert out.n_participants_driving_A.tolist() == [2, 0, 0]
     assert out.drives.tolist() == ["A", "n/a", "n/a"]
     assert (out.p_B == 1).all() and (out.n_participants_driving_B == 0).all()

@@ -1,9 +1,11 @@
-"""Hierarchy: relative depth of the preferred layer and its mean per network, by hand."""
+"""Hierarchy: relative depth of the preferred layer and its mean per network, by hand; only
+voxels whose best layer is significant count."""
 from __future__ import annotations
 
 import numpy as np
 
 from bids_vlm.analysis.hierarchy import preferred_depth, relative_depth
+from bids_vlm.encoding.ridge import preferred_layer
 
 
 def test_relative_depth():
@@ -32,3 +34,23 @@ def test_mean_preferred_depth_by_hand():
     assert np.isclose(table.loc["B", "mean_preferred_depth"], 0.5)
     assert np.isclose(table.loc["B", "sd_preferred_depth"], np.std([0.5, 0.75, 0.25]))
     assert table.loc[["C", "D"], "mean_preferred_depth"].isna().all()
+
+
+def test_only_voxels_with_a_significant_best_layer_count():
+    """Network A: 300 voxels predicted by layer 3 of 5 (z about 6); network B: 700 null voxels
+    (z standard normal, r following it). With r > 0 as the rule nearly all of B's voxels get a
+    preferred layer (noise, spread over every depth); with the significance test at most
+    q + 3 binomial SE of them do, and all of A's voxels get layer 3 (depth 3 / 4)."""
+    rng = np.random.default_rng(4)
+    n_a, n_vox = 300, 1000
+    z = rng.standard_normal((5, n_vox))
+    z[3, :n_a] += 6.0
+    scores = z / np.sqrt(200.0)  # r of about 200 effective frames: same ranking as z
+    masks = {"A": np.arange(n_vox) < n_a, "B": np.arange(n_vox) >= n_a}
+    old = preferred_depth(preferred_layer(scores, range(5)), 5, masks).set_index("network")
+    assert old.loc["B", "n_voxels_with_layer"] > 0.9 * 700  # 1 - 0.5^5 of them
+    best = preferred_layer(scores, range(5), z, q=0.05)
+    table = preferred_depth(best, 5, masks).set_index("network")
+    assert table.loc["A", "n_voxels_with_layer"] == n_a
+    assert table.loc["A", "mean_preferred_depth"] == 0.75
+    assert table.loc["B", "n_voxels_with_layer"] <= 0.05 * 700 + 3 * np.sqrt(0.05 * 0.95 * 700)

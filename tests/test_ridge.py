@@ -1,13 +1,20 @@
 """Layer-wise ridge encoding: held-out r near the known ceiling, agreement with scikit-learn,
-the cross-validation splits, the preferred layer."""
+the cross-validation splits, the preferred layer; the null of a held-out r (calibrated z on
+simulated null sessions: AR(1) 0.6 noise, random-walk confounds and DCT cleaning) and the
+significant preferred layer (calibrated under the null, the planted layer found)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from sklearn.linear_model import RidgeCV as SkRidgeCV
 
-from bids_vlm.encoding.ridge import (encode_layer, heldout_scores, inner_splits, preferred_layer,
-                                     run_splits)
+from scipy import special
+
+from bids_vlm.encoding.autocorr import default_lags, noise_factors
+from bids_vlm.encoding.ridge import (CROSS_FOLD, best_layer_p, bh_reject, encode_layer,
+                                     heldout_scores, heldout_z, inner_splits,
+                                     prediction_lag_terms, preferred_layer, run_splits)
+from bids_vlm.simulate import Design, session
 
 RUNS = [150, 150, 150, 150]
 
@@ -99,3 +106,137 @@ def test_banded_ridge_splits_variance_between_streams():
     assert txt[20:40].mean() > 0.3 and abs(img[20:40].mean()) < 0.05
     assert abs(img[40:].mean()) < 0.05 and abs(txt[40:].mean()) < 0.05
     np.testing.assert_allclose(img + txt, res.r2, atol=0.05)
+
+
+# ---- the null of a held-out r and the significant preferred layer --------------------------
+
+N_LAYERS, N_FEATURES = 4, 40  # layers of HRF-smoothed random regressors
+Z05 = -special.ndtri(0.05)
+
+
+def _bound(p, n, k=3.0):
+    """p + k binomial standard errors of a share among n independent tests."""
+    return p + k * np.sqrt(p * (1 - p) / n)
+
+
+def _layers(s, n_layers=N_LAYERS, n_features=N_FEATURES):
+    """(n_layers, V) held-out r and z of each layer's block of the session's regressors."""
+    res = [encode_layer(s.regressors[:, k * n_features:(k + 1) * n_features], s.voxels,
+                        s.run_lengths, with_z=True, noise_sums=s.noise_sums,
+                        lag_traces=s.lag_traces) for k in range(n_layers)]
+    return np.array([x.r for x in res]), np.array([x.z for x in res])
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2runs", "3runs"])
+def null_layers(request):
+    """Null voxels (AR(1) 0.6 noise, 12 random-walk confounds + DCT cleaning, as the pipeline
+    cleans) against 4 layers of 40 HRF-smoothed random regressors: (r, z), (4, 2500) each."""
+    rng = np.random.default_rng(10 + request.param)
+    s = session(rng, Design(n_runs=request.param, n_frames=150), 2500,
+                n_an=N_LAYERS * N_FEATURES)
+    return _layers(s)
+
+
+def test_heldout_variance_of_a_fixed_prediction():
+    """A prediction fixed in advance (no cross-validation), scaled differently in each run:
+    the z of heldout_scores' r (each run z-scored) with the exact variance is N(0, 1)."""
+    rng = np.random.default_rng(20)
+    n_vox = 4000  # each voxel against its own fixed cleaned HRF-smoothed series
+    s = session(rng, Design(n_runs=3, n_frames=150), n_vox, n_an=n_vox)
+    runs = run_splits(s.run_lengths)
+    pred = s.regressors.copy()
+    for run, scale in zip(runs, (1.0, 30.0, 0.02)):
+        pred[run] *= scale
+    r, _ = heldout_scores(pred, s.voxels, runs)
+    k = default_lags(s.run_lengths)
+    terms = sum(prediction_lag_terms(pred[run], k) * len(run) / len(pred) for run in runs)
+    z = heldout_z(r, terms, noise_factors(s.noise_sums, s.lag_traces, k).numpy(),
+                  s.lag_traces[0], cross_fold=1.0)
+    fpr = (z > Z05).mean()
+    assert 0.04 <= fpr <= 0.06  # measured 0.049
+    assert abs(z.std() - 1.0) < 0.05
+
+
+def test_heldout_z_is_calibrated_under_the_null(null_layers):
+    """Leave-one-run-out held-out r of null voxels: one-sided FPR at 0.05 in [0.04, 0.06]
+    (10000 tests: binomial SE 0.0022); the fold-independent variance alone (no CROSS_FOLD)
+    would be anti-conservative."""
+    r, z = null_layers
+    fpr = (z > Z05).mean()
+    assert 0.04 <= fpr <= 0.06  # measured 0.044 (2 runs), 0.044 (3 runs)
+    assert (z > -special.ndtri(0.01)).mean() <= _bound(0.01, z.size)  # measured 0.006-0.008
+    assert 0.93 < z.std() < 1.05 and abs(z.mean()) < 0.05
+    naive = z * np.sqrt(CROSS_FOLD)  # about the z of the variance of independent folds
+    assert (naive > Z05).mean() > 0.08  # measured 0.12: the folds share noise
+
+
+def test_preferred_layer_under_the_null(null_layers):
+    """Null voxels: with r > 0 as the rule about 94% get a preferred layer; with the test,
+    at most q + 3 SE; the selection-adjusted p of the best layer is not anti-conservative."""
+    r, z = null_layers
+    n_vox = r.shape[1]
+    assert (preferred_layer(r, range(N_LAYERS)) >= 0).mean() > 0.85  # measured 0.94
+    share = (preferred_layer(r, range(N_LAYERS), z, q=0.05) >= 0).mean()
+    assert share <= _bound(0.05, n_vox)  # measured 0.000
+    p_best = best_layer_p(r, z)
+    assert (p_best <= 0.05).mean() <= _bound(0.05, n_vox)  # measured 0.03-0.04
+    assert (special.ndtr(-z[r.argmax(0), np.arange(n_vox)]) <= 0.05).mean() > 0.1  # 0.16
+
+
+def test_preferred_layer_finds_the_planted_layer():
+    """200 voxels driven by layer 2's features (r about 0.45), 1000 null voxels: most planted
+    voxels get a preferred layer, nearly all of them layer 2; few null voxels get one."""
+    rng = np.random.default_rng(30)
+    n_layers, n_features, n_planted, n_vox = 4, 20, 200, 1200
+    w = np.zeros((n_layers * n_features, n_vox))
+    w[2 * n_features:3 * n_features, :n_planted] = (
+        0.6 * rng.standard_normal((n_features, n_planted)) / np.sqrt(n_features))
+    s = session(rng, Design(n_runs=3, n_frames=200), n_vox, n_an=n_layers * n_features,
+                signal=lambda x: x @ w)
+    r, z = _layers(s, n_layers, n_features)
+    best = preferred_layer(r, range(n_layers), z, q=0.05)
+    found = best[:n_planted] >= 0
+    assert found.mean() > 0.8  # measured 0.93
+    assert (best[:n_planted][found] == 2).mean() > 0.95  # measured 1.0
+    false = (best[n_planted:] >= 0).sum()
+    assert false / max(1, (best >= 0).sum()) <= _bound(0.05, (best >= 0).sum())  # 1 of 187
+    assert (preferred_layer(r, range(n_layers))[n_planted:] >= 0).mean() > 0.85  # old rule
+
+
+def test_prediction_lag_terms_and_heldout_z_by_hand():
+    rng = np.random.default_rng(3)
+    pred = rng.standard_normal((50, 3)).astype(np.float32)
+    pred[:, 1] = 7.0  # constant: no term
+    pred[:, 2] = pred[:, 0] * 1e-8  # tiny: the same autocorrelations as column 0
+    terms = prediction_lag_terms(pred, 4)
+    assert terms[:, -1].tolist() == [1.0, 0.0, 1.0] and (terms[1] == 0).all()
+    np.testing.assert_allclose(terms[2], terms[0], atol=1e-5)
+    x = pred[:, 0] - pred[:, 0].mean()
+    np.testing.assert_allclose(terms[0, 0], (x[1:] * x[:-1]).sum() / (x ** 2).sum(), atol=1e-5)
+    # white noise and a white prediction: Var = CROSS_FOLD / n_dof
+    factors = np.zeros((2, 5))
+    factors[:, -1] = 1.0 / 100
+    white = np.zeros((2, 5))
+    white[:, -1] = 1.0
+    z = heldout_z(np.array([0.3, -0.2]), white, factors, 100)
+    np.testing.assert_allclose(z, np.arctanh([0.3, -0.2]) * np.sqrt(100 / CROSS_FOLD - 3),
+                               rtol=1e-6)
+
+
+def test_significant_preferred_layer_by_hand():
+    """Best layer by r, tested by its own z: p = 3 Phi(-z) (Bonferroni over 3 layers), then
+    BH across 4 voxels at 0.05 (critical 0.0125, 0.025, 0.0375, 0.05)."""
+    adjusted = np.array([0.003, 0.03, 0.2, 0.015])
+    scores = np.array([[0.5, 0.1, 0.1, 0.1],
+                       [0.1, 0.4, 0.3, 0.1],
+                       [0.2, 0.1, 0.6, 0.7]])
+    z = np.zeros((3, 4))
+    z[scores.argmax(0), np.arange(4)] = -special.ndtri(adjusted / 3)
+    z[1, 2] = 10.0  # voxel 2: a significant layer that is not its best
+    np.testing.assert_allclose(best_layer_p(scores, z), adjusted)
+    assert preferred_layer(scores, [0, 5, 9], z, q=0.05).tolist() == [0, 5, -1, 9]
+    assert preferred_layer(scores, [0, 5, 9], z, q=0.015).tolist() == [0, -1, -1, -1]
+    assert bh_reject(np.array([0.01, 0.02, 0.03, 0.04]), 0.04).all()
+    assert not bh_reject(np.array([0.02, 0.5]), 0.03).any() and not bh_reject([], 0.05).size
+    z[0, 0] = np.nan
+    assert best_layer_p(scores, z)[0] == 1.0

@@ -153,6 +153,9 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
     )
     from bids_vlm.stimuli import Timeline, sample_items
 
+    def presence(tl, stream):  # (n_samples, 1): 1 where the stream shows a stimulus
+        return np.array([[x is not None] for x in sample_items(tl, stream)], np.float32)
+
     config = from_json(config_json)
     timelines = json.loads(open(timelines_file).read())
     runs = [run_from_dict(d) for d in json.loads(runs_json)]
@@ -174,6 +177,8 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
             per_run.append((tl, matrix, lambda x, r=run, c=confounds:
                             clean_signals(x, r.tr, c, config.bold)))
         for stream in (s for s in acts if s != "items"):
+            out[f"nuisance/presence/{stream}"] = np.concatenate(  # any stimulus of the stream
+                [clean(make_regressors(m, presence(tl, stream))) for tl, m, clean in per_run])
             for layer in acts[stream]:
                 table = acts[f"{stream}/{layer}"][()]
                 samples = [sample_activations(sample_items(tl, stream), table, index[stream])
@@ -202,8 +207,9 @@ def associate_node(regressors_file, cleaned_files, config_json):
     import numpy as np
 
     from bids_vlm.config import from_json
-    from bids_vlm.encoding import associate, method_description, prepare_voxels
+    from bids_vlm.encoding import method_description, prepare_voxels
     from bids_vlm.encoding.association import TILE, TILE_CUDA, block_size_for_memory
+    from bids_vlm.encoding.unique import layer_association, mean_abs_r
     from bids_vlm.errors import ResourceError
     from bids_vlm.models.base import resolve_device
     from bids_vlm.preproc import pooled_noise_sums
@@ -217,7 +223,8 @@ def associate_node(regressors_file, cleaned_files, config_json):
         out.attrs["n_layers"] = regs.attrs.get("n_layers", "{}")
         stats = config.stats
         out.attrs["method"] = method_description(stats.autocorr, stats.n_lags or None,
-                                                 stats.fdr_scope)
+                                                 stats.fdr_scope, stats.bn_definition,
+                                                 stats.nuisance_pcs)
         out.attrs["fdr_q"] = stats.fdr_q
         run_lengths = [int(n) for n in regs.attrs["run_lengths"]]
         common = dict(run_lengths=run_lengths, autocorr=stats.autocorr,
@@ -226,21 +233,29 @@ def associate_node(regressors_file, cleaned_files, config_json):
                      lag_traces=regs.attrs["lag_traces"]) if stats.autocorr == "exact" else {}
         prepared = prepare_voxels(voxels, device=str(device), **common, **noise)  # all layers
         del voxels  # the prepared copy is all the layers need
-        for stream in (s for s in regs if s != "delayed"):
+        for stream in (s for s in regs if s not in ("delayed", "nuisance")):
+            presence = regs.get(f"nuisance/presence/{stream}")
+            presence = None if presence is None else presence[()]
             for layer in regs[stream]:
                 key = f"{stream}/{layer}"
                 x = regs[key][()]
+                out[f"{key}/mean_abs_r"] = mean_abs_r(x, seed=config.model.seed)
                 block = stats.block_size
                 if stats.mem_gb:
                     try:
-                        block = block_size_for_memory(
-                            int(stats.mem_gb * 2**30), x.shape[0], x.shape[1], prepared.n_vox,
+                        spare = prepared.y.numel() * 4 if stats.bn_definition == "unique" else 0
+                        block = block_size_for_memory(  # (unique: a residualised voxel copy)
+                            int(stats.mem_gb * 2**30) - spare, x.shape[0], x.shape[1],
+                            prepared.n_vox,
                             tile=TILE if device.type == "cpu" else TILE_CUDA)
                     except MemoryError as exc:
                         raise ResourceError(str(exc)) from exc
-                res = associate(x, prepared, q=stats.fdr_q, block_size=block,
-                                device=str(device), progress=True, desc=f"association {key}",
-                                fdr_scope=stats.fdr_scope, **common)
+                res, share = layer_association(
+                    x, prepared, presence, stats.bn_definition, stats.nuisance_pcs, **noise,
+                    q=stats.fdr_q, block_size=block, device=str(device), progress=True,
+                    desc=f"association {key}", fdr_scope=stats.fdr_scope, **common)
+                if share is not None:
+                    out[f"{key}/removed_share"] = share
                 for field, value in vars(res).items():
                     if field != "n_frames":
                         out[f"{key}/{field}"] = value
@@ -250,7 +265,8 @@ def associate_node(regressors_file, cleaned_files, config_json):
 
 def encode_node(regressors_file, cleaned_files, config_json):
     """Leave-one-run-out ridge encoding of every layer -> ``encoding.h5`` (a group per layer
-    with held-out r, R^2 and alpha per voxel; attribute ``skipped`` when it cannot run)."""
+    with held-out r, R^2, alpha and the held-out r's z per voxel; attribute ``skipped`` when it
+    cannot run)."""
     import logging
     import os
 
@@ -258,8 +274,9 @@ def encode_node(regressors_file, cleaned_files, config_json):
     import numpy as np
 
     from bids_vlm.config import from_json
-    from bids_vlm.encoding.ridge import encode_layer, method_description
+    from bids_vlm.encoding.ridge import encode_layer, method_description, z_description
     from bids_vlm.models.base import resolve_device
+    from bids_vlm.preproc import pooled_noise_sums
 
     config = from_json(config_json)
     path = os.path.abspath("encoding.h5")
@@ -275,14 +292,17 @@ def encode_node(regressors_file, cleaned_files, config_json):
         voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
         backend = "torch_cuda" if resolve_device(config.stats.device).type == "cuda" else "torch"
         out.attrs["method"] = method_description(config.encoding.alphas)
-        for stream in (s for s in regs if s != "delayed"):
+        out.attrs["z_method"] = z_description()
+        null = dict(with_z=True, noise_sums=pooled_noise_sums(cleaned_files),  # as association
+                    lag_traces=regs.attrs["lag_traces"], n_lags=config.stats.n_lags or None)
+        for stream in (s for s in regs if s not in ("delayed", "nuisance")):
             for layer in regs[stream]:
                 key = f"{stream}/{layer}"
                 features = regs[f"delayed/{key}"] if f"delayed/{key}" in regs else regs[key]
                 res = encode_layer(features[()], voxels, run_lengths,
                                    alphas=np.asarray(config.encoding.alphas), backend=backend,
-                                   max_inner_folds=config.encoding.max_inner_folds)
-                for field in ("r", "r2", "alpha"):
+                                   max_inner_folds=config.encoding.max_inner_folds, **null)
+                for field in ("r", "r2", "alpha", "z"):
                     out[f"{stream}/{layer}/{field}"] = getattr(res, field)
         from bids_vlm.encoding import noise_ceiling as nc
 
@@ -304,7 +324,7 @@ def _banded(regs, voxels, run_lengths, config, backend, out):
 
     from bids_vlm.encoding.ridge import encode_banded
 
-    streams = [s for s in regs if s != "delayed"]
+    streams = [s for s in regs if s not in ("delayed", "nuisance")]
     shared = sorted(set.intersection(*(set(regs[s]) for s in streams))) if streams else []
     if len(streams) < 2:
         return

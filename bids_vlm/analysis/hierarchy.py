@@ -1,7 +1,10 @@
 """Hierarchy (METHOD.md 8): the mean preferred depth of each network.
 
-A voxel's preferred layer is the layer whose held-out encoding r is highest there (-1 where no
-layer has r > 0; :func:`bids_vlm.encoding.ridge.preferred_layer`); its relative depth is
+A voxel's preferred layer is the layer whose held-out encoding r is highest there, kept only
+where that r is significant (its one-sided p under the held-out r's null, times the number of
+layers, passes Benjamini-Hochberg across voxels; -1 elsewhere:
+:func:`bids_vlm.encoding.ridge.preferred_layer`), so that the tables below describe only voxels
+some layer predicts; its relative depth is
 layer / (n_layers - 1), 0 for the first and 1 for the last layer of the stream. The share of
 each layer's ANs that drive each network is in :func:`bids_vlm.analysis.summaries.layer_table`.
 """
@@ -29,7 +32,8 @@ def preferred_depth(best: np.ndarray, n_layers: int, masks: dict) -> pd.DataFram
     """Per network: its in-mask voxels, those with a preferred layer, and the mean preferred
     layer and mean (and SD) relative depth over the latter.
 
-    best: (V,) preferred layer of each in-mask voxel (-1: none); n_layers: the stream's layer
+    best: (V,) preferred layer of each in-mask voxel (-1: none, e.g. no significant best
+    layer, :func:`bids_vlm.encoding.ridge.preferred_layer`); n_layers: the stream's layer
     count; masks: {network: (V,) bool}. Means over no voxel are NaN."""
     best = np.asarray(best)
     depth = relative_depth(best, n_layers)

@@ -3,28 +3,84 @@
 Networks are (possibly overlapping) sets of voxels of the atlases of
 :mod:`bids_vlm.analysis.atlases` (by default the 7 Yeo networks plus the language network),
 resampled to the BOLD grid (nearest neighbour). For every AN and network: its BN+ and BN- in
-the network, the fraction of its BNs there, and a hypergeometric enrichment p (more BNs in the
-network than a random draw of as many in-mask voxels would put there); FDR (Benjamini-Hochberg)
-across ANs for each network. An AN *drives* a network when that q <= ``q``.
+the network, the fraction of its BNs there, and two enrichment p-values (more of the AN's BNs in
+the network than chance would put there):
+
+* ``p_hypergeom``: hypergeometric, against a random draw of as many in-mask voxels. It assumes
+  independent (exchangeable) voxels, which BN maps are not: they are spatially smooth, so under
+  the complete null most ANs get tiny p-values. Kept as a column; not used for ``drives``.
+* ``p``: a spatial null that keeps the BN map's spatial autocorrelation, by moving the ATLAS
+  rather than the BN maps (:func:`spatial_enrichment`): random rigid moves of the atlas (a
+  uniformly random 3-D rotation about the mask's centre of mass plus a translation uniform in a
+  ball of radius SHIFT x the mask's RMS radius), the network labels resampled (nearest
+  neighbour) onto the in-mask voxels for each move; a voxel whose source lies outside the brain
+  mask or the atlas's coverage gets no network. The BN map and the atlas keep their own
+  smoothness and shapes; only their relative position is random. Statistic: the AN's BN
+  density in the network, (its BNs there) / (the network's size), the size counted on a
+  lattice of the in-mask voxels (every ``s``-th voxel along each axis, ``s`` the smallest with at
+  most LATTICE voxels), so that moves that push part of a network out of the brain do not favour
+  the observed position; a move that keeps less than MIN_KEPT of a network is not used for it.
+  p = (1 + #{null density >= observed}) / (1 + moves used).
+
+FDR: Benjamini-Hochberg across all ANs x networks of a layer (``groups``); an AN *drives* a
+network when that q <= ``q`` (and it has a BN there). With ``n_surrogates`` 0, ``p`` is the
+hypergeometric p.
 """
 from __future__ import annotations
 
+import contextlib
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import numba
 import numpy as np
 from nilearn import image
 from scipy import stats
 
+CHUNK = 64  # moves per pass over the BN entries (uint8 labels: one cache line per voxel)
+STOP_AT = 20  # Besag-Clifford: a pair stops once this many null densities reached its own
+MIN_KEPT = 0.5  # a move counts for a network when it keeps this share of the network
+SHIFT = 0.25  # translations uniform in a ball of this many RMS radii (mm) of the mask
+LATTICE = 30000  # network sizes are counted on at most about this many in-mask voxels
+_BIG = 4096  # int() truncates: int(x + _BIG) - _BIG is floor(x) for x > -_BIG
+NULL_NOTE = ("spatial null: random rigid moves of the atlas (uniform 3-D rotation about the "
+             "mask's centre of mass plus a translation uniform in a ball of radius "
+             f"{SHIFT:g} x the mask's RMS radius), network labels resampled to the in-mask "
+             "voxels (nearest neighbour; no network where the source lies outside the mask or "
+             "the atlas); statistic: the AN's BN density in the network (moves keeping less "
+             f"than {MIN_KEPT:g} of a network not used for it); p = (1 + null densities >= "
+             "observed) / (1 + moves used)")
 
-def network_masks(atlases, mask_img) -> dict:
+
+class VoxelGrid(NamedTuple):
+    """The in-mask voxels of the BOLD grid: ijk (V, 3) in the masking order, affine, shape."""
+
+    ijk: np.ndarray
+    affine: np.ndarray
+    shape: tuple
+
+
+class NetworkMasks(dict):
+    """{network: (V,) bool over the in-mask voxels}, with ``grid`` (:class:`VoxelGrid`, for the
+    spatial null; None when unknown)."""
+
+    grid = None
+
+
+def network_masks(atlases, mask_img) -> NetworkMasks:
     """{network: (V,) bool over the in-mask voxels of ``mask_img``} (atlases resampled to its
-    grid with nearest-neighbour interpolation)."""
+    grid with nearest-neighbour interpolation), with ``.grid`` the in-mask voxels."""
     inside = np.asarray(mask_img.dataobj) > 0
-    out = {}
+    out = NetworkMasks()
     for atlas in atlases:
         data = np.asarray(image.resample_to_img(atlas.img, mask_img, interpolation="nearest",
                                                 force_resample=True,
                                                 copy_header=True).dataobj)[inside]
         for name, values in atlas.networks.items():
             out[name] = np.isin(data, values)
+    out.grid = VoxelGrid(np.argwhere(inside), np.asarray(mask_img.affine, float),
+                         tuple(int(s) for s in inside.shape[:3]))
     return out
 
 
@@ -33,26 +89,364 @@ def bh(pvalues: np.ndarray) -> np.ndarray:
     return stats.false_discovery_control(pvalues) if len(pvalues) else pvalues
 
 
-def enrichment(an_index, voxel_index, r, n_an: int, masks: dict, q: float = 0.05) -> dict:
+def bh_groups(p: np.ndarray, groups=None) -> np.ndarray:
+    """BH q-values of p (N, M), one family per group of rows (all M columns of its rows);
+    groups: (N,) labels, None: one family."""
+    out = np.ones(p.shape)
+    if groups is None:
+        groups = np.zeros(len(p), int)
+    codes = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    for g in np.unique(codes):
+        rows = codes == g
+        out[rows] = bh(p[rows].reshape(-1)).reshape(p[rows].shape)
+    return out
+
+
+def enrichment(an_index, voxel_index, r, n_an: int, masks: dict, q: float = 0.05, *,
+               groups=None, n_surrogates: int = 1000, max_surrogates: int = 10000,
+               seed: int = 0, grid: VoxelGrid | None = None) -> dict:
     """Per network, for the significant entries (an_index, voxel_index, r) of n_an ANs:
 
     {network: {"n_pos", "n_neg" (N,) BN+ / BN- in the network, "frac" (N,) share of the AN's BNs
-    in it, "p" (N,) hypergeometric P(>= that many), "q" (N,) BH across ANs, "drives" (N,) bool}}.
+    in it, "p_hypergeom" (N,) hypergeometric P(>= that many) (assumes independent voxels), "p"
+    (N,) the spatial-null p (:func:`spatial_enrichment`; the hypergeometric p when
+    ``n_surrogates`` is 0), "n_null" (N,) moves behind that p, "q" (N,) BH across all ANs x
+    networks of a group, "drives" (N,) bool (q <= ``q`` and a BN in the network)}}.
+
+    groups: (N,) labels of the BH families (the layers); None: one family. grid: the in-mask
+    voxels (default ``masks.grid``, set by :func:`network_masks`); needed when
+    ``n_surrogates`` > 0.
     """
-    n_vox = len(next(iter(masks.values())))
+    an_index = np.asarray(an_index, np.int64)
+    voxel_index = np.asarray(voxel_index, np.int64)
+    r = np.asarray(r)
+    if len(an_index) and np.any(an_index[1:] < an_index[:-1]):
+        order = np.argsort(an_index, kind="stable")  # by AN (the association writes them so)
+        an_index, voxel_index, r = an_index[order], voxel_index[order], r[order]
+    names = list(masks)
+    member = np.stack([np.asarray(masks[n], bool) for n in names], axis=1)  # (V, M)
     n_bn = np.bincount(an_index, minlength=n_an)
-    out = {}
-    for name, member in masks.items():
-        inside = member[voxel_index]
-        n_pos = np.bincount(an_index[inside & (r > 0)], minlength=n_an)
-        n_neg = np.bincount(an_index[inside & (r < 0)], minlength=n_an)
-        k = n_pos + n_neg
-        p = np.where(n_bn > 0, stats.hypergeom.sf(k - 1, n_vox, int(member.sum()), n_bn), 1.0)
-        qv = bh(p)
-        out[name] = {"n_pos": n_pos, "n_neg": n_neg,
-                     "frac": np.divide(k, n_bn, out=np.zeros(n_an), where=n_bn > 0),
-                     "p": p, "q": qv, "drives": (qv <= q) & (k > 0)}
+    patterns = _patterns(member)
+    n_pos = _network_counts(an_index, voxel_index, r > 0, n_an, patterns)
+    n_neg = _network_counts(an_index, voxel_index, r < 0, n_an, patterns)
+    k = n_pos + n_neg
+    p_hyper = hypergeom_sf(k, len(member), member.sum(0)[None, :], n_bn[:, None])
+    if n_surrogates > 0:
+        grid = grid if grid is not None else getattr(masks, "grid", None)
+        if grid is None:
+            raise ValueError("the spatial null needs the voxel grid of the masks (grid=, or "
+                             "masks from network_masks); n_surrogates=0 for the "
+                             "hypergeometric p only")
+        p, n_null = spatial_enrichment(an_index, voxel_index, n_an, member, grid, k, q=q,
+                                       groups=groups, n_surrogates=n_surrogates,
+                                       max_surrogates=max_surrogates, seed=seed,
+                                       patterns=patterns)
+    else:
+        p, n_null = p_hyper, np.zeros(k.shape, np.int64)
+    qv = bh_groups(p, groups)
+    frac = np.divide(k, n_bn[:, None], out=np.zeros(k.shape), where=n_bn[:, None] > 0)
+    return {name: {"n_pos": n_pos[:, m], "n_neg": n_neg[:, m], "frac": frac[:, m],
+                   "p_hypergeom": p_hyper[:, m], "p": p[:, m], "n_null": n_null[:, m],
+                   "q": qv[:, m], "drives": (qv[:, m] <= q) & (k[:, m] > 0)}
+            for m, name in enumerate(names)}
+
+
+def _network_counts(an_index, voxel_index, keep, n_an: int, patterns) -> np.ndarray:
+    """(N, M): the kept entries of each AN (entries sorted by AN) in each network, through the
+    networks' overlap patterns (:func:`_patterns`; one pass over the entries, whatever the
+    number of networks)."""
+    from scipy import sparse
+
+    codes, net_ptr, net_pat, n_pat = patterns
+    n_net = len(net_ptr) - 1
+    net_of = sparse.csr_array((np.ones(len(net_pat)), (net_pat, np.repeat(
+        np.arange(n_net), np.diff(net_ptr)))), shape=(n_pat, n_net))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(an_index, minlength=n_an))])
+    out = np.zeros((n_an, n_net), np.int64)
+    step = max(1, (1 << 22) // n_pat)  # ANs per pass: (ANs x patterns) bins
+    for lo in range(0, n_an, step):
+        hi = min(n_an, lo + step)
+        sl = slice(indptr[lo], indptr[hi])
+        local = ((an_index[sl] - lo) * n_pat + codes[voxel_index[sl]])[keep[sl]]
+        per_pattern = np.bincount(local, minlength=(hi - lo) * n_pat).reshape(hi - lo, n_pat)
+        out[lo:hi] = np.rint((net_of.T @ per_pattern.T).T)
     return out
+
+
+def hypergeom_sf(k, total, good, draws) -> np.ndarray:
+    """P(X >= k), X hypergeometric (``draws`` from ``total`` of which ``good``); arrays
+    broadcast. Exact: the tail's terms summed by their ratios from the pmf at k (upper tail
+    above the mode, 1 - lower tail below it) until they no longer change the sum; scipy's
+    vectorised sf takes about 0.3 ms per value at thousands of draws."""
+    arrays = np.broadcast_arrays(*(np.asarray(a, np.int64) for a in (k, total, good, draws)))
+    out = np.empty(arrays[0].shape)
+    _hypergeom_sf(*(np.ascontiguousarray(a).reshape(-1) for a in arrays), out.reshape(-1))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the spatial null
+
+
+def rigid_transforms(n: int, grid: VoxelGrid, rng) -> np.ndarray:
+    """(n, 3, 4): for each random rigid move of the atlas, the map from a voxel's ijk to the
+    ijk of the atlas point that lands there (the inverse move), in the grid's index space.
+
+    Move: y -> R (y - c) + c + d in mm, R uniform on SO(3) (normalised Gaussian quaternions), c
+    the mask's centre of mass, d uniform in a ball of radius SHIFT x the mask's RMS radius."""
+    affine = np.asarray(grid.affine, float)
+    lin, off = affine[:3, :3], affine[:3, 3]
+    xyz = np.asarray(grid.ijk, float) @ lin.T + off
+    centre = xyz.mean(0) if len(xyz) else np.zeros(3)
+    radius = SHIFT * np.sqrt(((xyz - centre) ** 2).sum(1).mean()) if len(xyz) else 0.0
+    quat = rng.standard_normal((n, 4))
+    w, x, y, z = (quat / np.linalg.norm(quat, axis=1, keepdims=True)).T
+    rot = np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+                    2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+                    2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+                   axis=1).reshape(n, 3, 3)
+    direction = rng.standard_normal((n, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    shift = direction * (radius * rng.random(n) ** (1 / 3))[:, None]
+    inv, back = np.linalg.inv(lin), rot.transpose(0, 2, 1)  # back: the inverse rotation
+    mats = np.empty((n, 3, 4))
+    mats[:, :, :3] = inv @ back @ lin
+    # source mm = back (x - c - d) + c with x = lin ijk + off; source ijk = inv (mm - off)
+    mats[:, :, 3] = (np.einsum("nij,nj->ni", back, off - centre - shift) + centre - off) @ inv.T
+    return mats
+
+
+def spatial_enrichment(an_index, voxel_index, n_an: int, member: np.ndarray, grid: VoxelGrid,
+                       k: np.ndarray, *, q: float = 0.05, groups=None, n_surrogates: int = 1000,
+                       max_surrogates: int = 10000, seed: int = 0,
+                       workers: int | None = None, patterns=None) -> tuple:
+    """(p (N, M), moves used (N, M)) of the spatial null (module docstring).
+
+    member: (V, M) network membership of the in-mask voxels (grid order); k: (N, M) the ANs'
+    BNs in each network. A pair (AN, network) with no BN there gets p 1. Two economies, both
+    keeping p valid: a pair stops once STOP_AT null densities reached its own (p = STOP_AT /
+    moves used; Besag & Clifford 1991, Biometrika 78:301); pairs that no null density reached
+    (p at the floor 1 / (1 + moves)) and that BH (per group) does not reject at ``q`` now but
+    would at the floor 1 / (1 + ``max_surrogates``) get 9x as many moves again, repeatedly, up
+    to ``max_surrogates`` in all (valid whatever decides the extension: a p above the floor is
+    final, and a pair at the floor stays at it unless its extended p is smaller). The moves come from ``seed`` alone, drawn in order; the result
+    does not depend on ``workers`` (threads; default torch's thread count). patterns:
+    :func:`_patterns` of ``member``, when known.
+    """
+    if workers is None:
+        import torch
+
+        workers = max(1, torch.get_num_threads())
+    rng = np.random.default_rng(seed)
+    n_vox, n_net = member.shape
+    codes, net_ptr, net_pat, n_pat = _patterns(member) if patterns is None else patterns
+    dtype = np.uint8 if n_pat <= 256 else np.uint16 if n_pat <= 65536 else np.uint32
+    ijk = np.ascontiguousarray(grid.ijk, np.int64)
+    volume = np.zeros(grid.shape, dtype)
+    volume[tuple(ijk.T)] = codes
+    step = 1
+    while n_vox / step ** 3 > LATTICE:
+        step += 1
+    lattice = (ijk % step == 0).all(1)
+    m0 = member[lattice].sum(0).astype(np.int64)  # network sizes on the lattice
+    if len(an_index) and np.any(an_index[1:] < an_index[:-1]):
+        vox = voxel_index[np.argsort(an_index, kind="stable")].astype(np.int32)
+    else:  # already by AN (as the association writes them)
+        vox = voxel_index.astype(np.int32)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(an_index, minlength=n_an))]
+                            ).astype(np.int64)
+    kobs = np.asarray(k, np.int64)
+    b, seen = np.zeros((2, n_an, n_net), np.int64)
+    net_of = np.zeros((n_pat, n_net), np.int64)  # pattern -> networks, for the sizes
+    for n in range(n_net):
+        net_of[net_pat[net_ptr[n]:net_ptr[n + 1]], n] = 1
+    active, done = kobs > 0, 0
+    with _pool(workers) as imap:
+        while True:
+            more = n_surrogates if done == 0 else min(9 * done, max_surrogates - done)
+            mats = rigid_transforms(more, grid, rng)  # drawn at once: chunks do not change them
+            for start in range(0, more, CHUNK):
+                ans = np.flatnonzero(active.any(1)).astype(np.int64)
+                if not len(ans):
+                    break
+                need = lattice.copy()
+                _mark(ans, indptr, vox, need)
+                rows = np.flatnonzero(need)
+                row_of = np.full(n_vox, -1, np.int32)
+                row_of[rows] = np.arange(len(rows), dtype=np.int32)
+                part = np.ascontiguousarray(mats[start:start + CHUNK])
+                lab = np.empty((len(part), len(rows)), dtype)
+                counts = np.zeros((len(part), n_pat), np.int64)
+                sub_ijk, sub_lattice = ijk[rows], lattice[rows]
+                list(imap(lambda sl: _labels(sub_ijk, sub_lattice, part[sl], volume, lab[sl],
+                                             counts[sl]), _slices(len(part), workers)))
+                mt = counts @ net_of  # (T, M) moved network sizes on the lattice
+                valid = mt >= MIN_KEPT * m0[None, :]
+                lab = np.ascontiguousarray(lab.T)  # (rows, T): a voxel's codes together
+                work = np.cumsum(indptr[ans + 1] - indptr[ans])
+                cuts = np.searchsorted(work, work[-1] * np.arange(1, workers) / workers)
+                list(imap(lambda part_ans: _exceed(part_ans, indptr, vox, row_of, lab, n_pat,
+                                                   net_ptr, net_pat, m0, mt, valid, kobs,
+                                                   active, b, seen, STOP_AT),
+                          [x for x in np.split(ans, cuts) if len(x)]))
+            done += more
+            p = np.where(b >= STOP_AT, STOP_AT / np.maximum(seen, 1), (b + 1) / (seen + 1.0))
+            p = np.where(kobs > 0, np.minimum(p, 1.0), 1.0)
+            if done >= max_surrogates:
+                break
+            # refine the pairs at the floor that BH would reject at the best p they could get
+            # (1 / (1 + max_surrogates), with every floor pair there) but does not reject now
+            floor = (kobs > 0) & (b == 0) & (seen > 0)
+            best = np.where(floor, 1.0 / (1 + max_surrogates), p)
+            active = floor & (bh_groups(best, groups) <= q) & (bh_groups(p, groups) > q)
+            if not active.any():
+                break
+    return p, seen
+
+
+@contextlib.contextmanager
+def _pool(workers: int):
+    """``map`` over ``workers`` threads (plain map for 1)."""
+    if workers <= 1:
+        yield map
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="networks") as executor:
+        yield executor.map
+
+
+def _slices(n: int, parts: int) -> list:
+    edges = np.linspace(0, n, min(parts, n) + 1).astype(int)
+    return [slice(a, z) for a, z in zip(edges[:-1], edges[1:])]
+
+
+def _patterns(member: np.ndarray):
+    """(voxel codes of the networks' overlap patterns, 0 = no network; per network the codes
+    of the patterns it is part of, CSR: ptr (M + 1,), codes; number of codes)."""
+    packed = np.ascontiguousarray(np.packbits(member, axis=1))
+    rows = packed.view(np.dtype((np.void, packed.shape[1]))).reshape(-1)  # one item per voxel
+    uniq, codes = np.unique(rows, return_inverse=True)  # (much faster than axis=0)
+    uniq = uniq.view(np.uint8).reshape(-1, packed.shape[1])
+    pats = np.unpackbits(uniq, axis=1, count=member.shape[1]).astype(bool)  # (U, M)
+    some = pats.any(1)
+    remap = np.zeros(len(pats), np.int64)
+    remap[some] = 1 + np.arange(some.sum())
+    pats = np.vstack([np.zeros((1, member.shape[1]), bool), pats[some]])  # code 0: none
+    ptr = np.concatenate([[0], np.cumsum(pats.sum(0))]).astype(np.int64)
+    net_pat = np.concatenate([np.flatnonzero(pats[:, m]) for m in range(pats.shape[1])]
+                             + [np.zeros(0, np.int64)]).astype(np.int64)
+    return remap[codes.reshape(-1)], ptr, net_pat, len(pats)
+
+
+def _jit():
+    """numba.njit releasing the GIL (the callers' threads run kernels at once), cached on disk
+    when a cache folder is writable."""
+    def wrap(function):
+        try:
+            return numba.njit(cache=True, nogil=True)(function)
+        except RuntimeError:  # no writable cache location
+            return numba.njit(nogil=True)(function)
+    return wrap
+
+
+@_jit()
+def _mark(ans, indptr, vox, need):  # pragma: no cover - compiled
+    for a in ans:
+        for e in range(indptr[a], indptr[a + 1]):
+            need[vox[e]] = True
+
+
+@_jit()
+def _labels(ijk, on_lattice, mats, volume, out, counts):  # pragma: no cover - compiled
+    """out[t, v] = the code of voxel v's source under move t (0 outside the grid); counts[t,
+    code] += 1 over the lattice voxels."""
+    nx, ny, nz = volume.shape
+    for t in range(mats.shape[0]):
+        m = mats[t]
+        m00, m01, m02, m03 = m[0, 0], m[0, 1], m[0, 2], m[0, 3] + 0.5 + _BIG  # + 0.5: nearest
+        m10, m11, m12, m13 = m[1, 0], m[1, 1], m[1, 2], m[1, 3] + 0.5 + _BIG
+        m20, m21, m22, m23 = m[2, 0], m[2, 1], m[2, 2], m[2, 3] + 0.5 + _BIG
+        row, cnt = out[t], counts[t]
+        for v in range(ijk.shape[0]):
+            i, j, k = ijk[v, 0], ijk[v, 1], ijk[v, 2]
+            a = np.int64(m00 * i + m01 * j + m02 * k + m03) - _BIG
+            b = np.int64(m10 * i + m11 * j + m12 * k + m13) - _BIG
+            c = np.int64(m20 * i + m21 * j + m22 * k + m23) - _BIG
+            code = 0
+            if a >= 0 and a < nx and b >= 0 and b < ny and c >= 0 and c < nz:
+                code = volume[a, b, c]
+            row[v] = code
+            if on_lattice[v]:
+                cnt[code] += 1
+
+
+@_jit()
+def _exceed(ans, indptr, vox, row_of, lab, n_pat, net_ptr, net_pat, m0, mt, valid, kobs, active,
+            b, seen, stop_at):  # pragma: no cover - compiled
+    """For each AN of ``ans`` and each move t of the chunk (``lab`` (rows, T) pattern codes,
+    voxel v on row row_of[v]): its BNs per pattern, summed into networks (network n: patterns
+    net_pat[net_ptr[n]:net_ptr[n + 1]]); for each active pair and usable move: seen += 1, and
+    b += 1 when the null density reaches the observed (count * m0 >= kobs * mt); a pair stops
+    (active False) once b reaches ``stop_at``."""
+    n_t, n_net = lab.shape[1], m0.shape[0]
+    for ii in range(ans.shape[0]):
+        a = ans[ii]
+        cnt = np.zeros((n_t, n_pat), np.int64)
+        for e in range(indptr[a], indptr[a + 1]):
+            row = lab[row_of[vox[e]]]
+            for t in range(n_t):
+                cnt[t, row[t]] += 1
+        for t in range(n_t):
+            for n in range(n_net):
+                if not active[a, n] or not valid[t, n]:
+                    continue
+                c = 0
+                for s in range(net_ptr[n], net_ptr[n + 1]):
+                    c += cnt[t, net_pat[s]]
+                seen[a, n] += 1
+                if c * m0[n] >= kobs[a, n] * mt[t, n]:
+                    b[a, n] += 1
+                    if b[a, n] >= stop_at:
+                        active[a, n] = False
+
+
+@_jit()
+def _log_pmf(j, total, good, draws):  # pragma: no cover - compiled
+    lg = math.lgamma
+    return (lg(good + 1) - lg(j + 1) - lg(good - j + 1) + lg(total - good + 1)
+            - lg(draws - j + 1) - lg(total - good - draws + j + 1)
+            - lg(total + 1) + lg(draws + 1) + lg(total - draws + 1))
+
+
+@_jit()
+def _hypergeom_sf(k, total, good, draws, out):  # pragma: no cover - compiled
+    for i in range(k.shape[0]):
+        kk, nn, gg, dd = k[i], total[i], good[i], draws[i]
+        lo, hi = max(0, dd - (nn - gg)), min(dd, gg)
+        if kk <= lo:
+            out[i] = 1.0
+            continue
+        if kk > hi:
+            out[i] = 0.0
+            continue
+        mode = ((dd + 1) * (gg + 1)) // (nn + 2)
+        if kk > mode:  # upper tail: terms fall from j = kk on
+            term = math.exp(_log_pmf(kk, nn, gg, dd))
+            total_ = term
+            j = kk
+            while j < hi and term > total_ * 1e-17:
+                term *= (gg - j) * (dd - j) / ((j + 1.0) * (nn - gg - dd + j + 1.0))
+                total_ += term
+                j += 1
+            out[i] = min(total_, 1.0)
+        else:  # 1 - lower tail: terms fall from j = kk - 1 down
+            j = kk - 1
+            term = math.exp(_log_pmf(j, nn, gg, dd))
+            total_ = term
+            while j > lo and term > total_ * 1e-17:
+                term *= j * (nn - gg - dd + j) / ((gg - j + 1.0) * (dd - j + 1.0))
+                total_ += term
+                j -= 1
+            out[i] = max(1.0 - total_, 0.0)
 
 
 def data_networks(spec: str, mask_img, space: str | None):

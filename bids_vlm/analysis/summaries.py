@@ -142,12 +142,16 @@ def modality_specificity(nets: pd.DataFrame, visual=("Visual",),
 
 
 def layer_table(table, nets=None) -> pd.DataFrame:
-    """Per stream and layer: ANs, ANs with BNs, mean BN+ / BN-, and in MNI space the share of
-    ANs driving each network and the mean modality specificity index."""
-    frame = table[["stream", "layer", "n_bn_pos", "n_bn_neg"]].copy()
+    """Per stream and layer: ANs, ANs with BNs, mean BN+ / BN-, the mean inter-AN |r| and the
+    mean share removed by --bn-definition unique (when the neurons table has them), and in MNI
+    space the share of ANs driving each network and the mean modality specificity index."""
+    extra = [c for c in ("mean_abs_r_layer", "removed_share") if c in table]
+    frame = table[["stream", "layer", "n_bn_pos", "n_bn_neg"] + extra].copy()
     frame["has_bn"] = (frame.n_bn_pos + frame.n_bn_neg) > 0
     agg = {"n_ans": ("has_bn", "size"), "n_ans_with_bn": ("has_bn", "sum"),
            "mean_bn_pos": ("n_bn_pos", "mean"), "mean_bn_neg": ("n_bn_neg", "mean")}
+    agg.update({{"mean_abs_r_layer": "mean_inter_an_abs_r",
+                 "removed_share": "mean_removed_share"}[c]: (c, "mean") for c in extra})
     if nets is not None:
         networks = [c[2:] for c in nets.columns if c.startswith("q_")]
         drives = nets["drives"].fillna("").astype(str).str.split(";")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from bids_vlm.analysis.atlases import space_description
-from bids_vlm.analysis.networks import data_networks
+from bids_vlm.analysis.networks import NULL_NOTE, STOP_AT, data_networks, enrichment
 from bids_vlm.derivatives.io import bids_name, desc_label, write_json, write_tsv
 
 LOGGER = logging.getLogger("bids_vlm")
@@ -20,7 +20,8 @@ HIERARCHY_COLUMNS = {
     "network": "network of the atlas",
     "n_layers": "layers of the stream (the depth's denominator is n_layers - 1)",
     "n_voxels": "in-mask voxels of the network",
-    "n_voxels_with_layer": "of those, voxels with a preferred layer (some layer's held-out r > 0)",
+    "n_voxels_with_layer": ("of those, voxels with a preferred layer (the best layer's held-out r "
+                            "significant: see PreferredLayerTest)"),
     "mean_preferred_layer": "mean preferred layer index over those voxels",
     "mean_preferred_depth": "mean relative depth layer / (n_layers - 1) of the preferred layer "
                             "(0: first layer, 1: last) over those voxels",
@@ -53,8 +54,35 @@ def unit_networks(mask, unit: dict, config):
         return None, dict(fields, Networks=problem)
     return masks, dict(fields, Networks=(
         f"atlases ({fields['Atlas']}) in {fields['AtlasSpace']}, data in {fields['DataSpace']}; "
-        f"resampled to the data grid (nearest neighbour); hypergeometric enrichment per AN, BH "
-        f"across ANs, drives at q <= {config.stats.fdr_q}"))
+        f"resampled to the data grid (nearest neighbour); {enrichment_description(config)}"))
+
+
+def enrichment_description(config) -> str:
+    """How the networks table's p, q and drives are computed (for the sidecars)."""
+    net = config.networks
+    if net.n_surrogates <= 0:
+        how = ("enrichment p per AN and network: hypergeometric (assumes independent voxels; "
+               "BN maps are spatially smooth, so this p is anti-conservative)")
+    else:
+        refine = (f"; pairs at the floor p 1/{net.n_surrogates + 1} that BH does not reject "
+                  f"get more surrogates, up to {net.max_surrogates}"
+                  if net.max_surrogates > net.n_surrogates else "")
+        how = (f"enrichment p per AN and network from a {NULL_NOTE} ({net.n_surrogates} "
+               f"surrogates, seed {net.seed}; a pair stops once {STOP_AT} null densities "
+               f"reached its own, p = {STOP_AT} / surrogates used{refine}); p_hypergeom: the "
+               f"hypergeometric p, which assumes independent voxels (not used for drives)")
+    return (f"{how}; BH across all ANs x networks of a layer, drives at q <= "
+            f"{config.stats.fdr_q}")
+
+
+def network_enrichment(an_index, voxel_index, r, n_an: int, masks, config, groups) -> dict:
+    """:func:`bids_vlm.analysis.networks.enrichment` with the configuration's FDR level and
+    spatial null; groups: (N,) the BH family (layer) of each AN."""
+    net = config.networks
+    return enrichment(np.asarray(an_index, np.int64), np.asarray(voxel_index, np.int64), r,
+                      n_an, masks, config.stats.fdr_q, groups=groups,
+                      n_surrogates=net.n_surrogates, max_surrogates=net.max_surrogates,
+                      seed=net.seed)
 
 
 def layer_count(model: str, stream: str, layers) -> tuple:
@@ -85,7 +113,8 @@ def write_hierarchy(folder, ents, model, bests: dict, masks, fields, side) -> li
     sidecar.update(side)
     sidecar.update(fields)
     sidecar["Description"] = ("hierarchy: per network, the mean relative depth of the voxels' "
-                              "preferred layers (highest held-out encoding r)")
+                              "preferred layers (the highest held-out encoding r, where significant: see "
+                              "PreferredLayerTest)")
     return [write_tsv(path, pd.concat(frames, ignore_index=True)),
             write_json(path.with_suffix(".json"), sidecar)]
 
@@ -98,7 +127,6 @@ def compute_lesion(regressors_file, cleaned_files, association_file, encoding_fi
     import nibabel as nib
 
     from bids_vlm.analysis.lesion import network_lesions
-    from bids_vlm.analysis.networks import enrichment
     from bids_vlm.models.base import resolve_device
 
     masks, atlases, problem = data_networks(config.networks.atlas, nib.load(mask_file),
@@ -117,7 +145,7 @@ def compute_lesion(regressors_file, cleaned_files, association_file, encoding_fi
                    for key, n in names.items()}
         n_ans = {key: len(assoc[f"{n}/n_pos"]) for key, n in names.items()}
         driven = _driven(entries, n_ans, {k: assoc[f"{n}/r"][()] for k, n in names.items()},
-                         masks, config.stats.fdr_q, enrichment)
+                         masks, config)
         scores = {key: enc[f"{n}/r"][()] for key, n in names.items()}
         features = {key: regs[f"delayed/{n}"] if f"delayed/{n}" in regs else regs[n]
                     for key, n in names.items()}
@@ -134,16 +162,17 @@ def compute_lesion(regressors_file, cleaned_files, association_file, encoding_fi
     return out
 
 
-def _driven(entries, n_ans, rs, masks, q, enrichment) -> dict:
+def _driven(entries, n_ans, rs, masks, config) -> dict:
     """{network: streams with at least one AN that drives it} (enrichment as in the networks
-    table: every AN of the model, BH across ANs)."""
+    table: every AN of the model, BH across the ANs x networks of each layer)."""
     keys = list(entries)
     offsets = np.cumsum([0] + [n_ans[k] for k in keys])
     an = np.concatenate([entries[k][0] + o for k, o in zip(keys, offsets)])
     vox = np.concatenate([entries[k][1] for k in keys])
     r = np.concatenate([rs[k] for k in keys])
     stream_of = np.repeat([k[0] for k in keys], [n_ans[k] for k in keys])
-    res = enrichment(an, vox, r, int(offsets[-1]), masks, q)
+    layer_of = np.repeat(np.arange(len(keys)), [n_ans[k] for k in keys])
+    res = network_enrichment(an, vox, r, int(offsets[-1]), masks, config, layer_of)
     return {net: set(stream_of[cols["drives"]]) for net, cols in res.items()}
 
 

@@ -17,6 +17,10 @@ LAYER_COLUMNS = {
     "n_ans": "ANs of the layer", "n_ans_with_bn": "ANs with at least one BN",
     "mean_bn_pos": "mean BN+ count per AN (the polarity curve P(layer))",
     "mean_bn_neg": "mean BN- count per AN (the polarity curve N(layer))",
+    "mean_inter_an_abs_r": "mean |r| between the layer's AN regressors (each AN with a seeded "
+                           "sample of up to 512 others): how redundant the layer's ANs are",
+    "mean_removed_share": "mean share of an AN regressor's variance removed by --bn-definition "
+                          "unique (stimulus presence and the layer's top principal components)",
     "mean_msi": "mean modality specificity index (v - l) / (v + l), v and l the shares of an "
                 "AN's BNs in the visual and language networks (ANs with BNs in either)",
     "image_text_overlap": "Jaccard overlap of the voxels that are BNs of any image-stream AN "

@@ -21,7 +21,7 @@ from bids_vlm.derivatives.io import (
     write_tsv,
 )
 from bids_vlm.encoding.noise_ceiling import fraction_of_ceiling
-from bids_vlm.encoding.ridge import preferred_layer
+from bids_vlm.encoding.ridge import preferred_description, preferred_layer
 
 AN_DEFINITIONS = {
     "ffn": "ffn: hidden units of each layer's feed-forward block after the nonlinearity",
@@ -40,6 +40,14 @@ NEURON_COLUMNS = {
     "peak_j": "voxel index (j) of peak_r in the map grid",
     "peak_k": "voxel index (k) of peak_r in the map grid",
     "z_threshold": "critical |z| of the AN's Benjamini-Hochberg procedure (n/a: no BN)",
+    "removed_share": "share of the AN regressor's variance that --bn-definition unique "
+                     "removed (stimulus presence and the layer's top principal components; "
+                     "n/a: marginal)",
+    "mean_abs_r_layer": "mean |r| of the AN's regressor with those of the other ANs of its "
+                        "layer (a seeded sample of up to 512)",
+    "p_selection": "Simes p of the AN across voxels, the AN-level p that --fdr-scope selective "
+                   "ranks with Benjamini-Hochberg across the layer's ANs (n/a: above q, or "
+                   "--fdr-scope all)",
     "drives": "networks the AN drives (see the _networks.tsv table; absent outside MNI space)",
 }
 
@@ -165,13 +173,19 @@ ENCODING_COLUMNS = {
     "p95_r": "95th percentile over voxels of the held-out r",
     "max_r": "largest held-out r",
     "median_r2": "median over voxels of the held-out R^2",
-    "n_voxels_preferred": "voxels whose best layer (highest held-out r > 0) is this one",
+    "n_voxels_preferred": "voxels whose preferred layer is this one: the layer with the "
+                          "highest held-out r, kept only where that r is significant (the "
+                          "test is PreferredLayerTest); voxels without a significant best "
+                          "layer count for no layer",
 }
+UNTESTED = ("the layer with the highest held-out r at the voxel, -1 where no layer has r > 0 "
+            "(no significance test: the encoding results have no z of the held-out r)")
 
 
 def write_encoding_outputs(enc_file, folder, ents, mask, unit, config, networks=(None, {})):
-    """Per layer: held-out r and R^2 maps; per stream: the preferred-layer map; a layer table;
-    with networks, the hierarchy table (mean preferred depth per network)."""
+    """Per layer: held-out r and R^2 maps; per stream: the preferred-layer map (only voxels
+    whose best layer's held-out r is significant get one); a layer table; with networks, the
+    hierarchy table (mean preferred depth per network, over those voxels)."""
     from bids_vlm.derivatives.networks import layer_count, write_hierarchy
 
     with h5py.File(enc_file, "r") as h5:
@@ -183,14 +197,17 @@ def write_encoding_outputs(enc_file, folder, ents, mask, unit, config, networks=
                 "HRFModel": config.stats.hrf_model, "EncodingMethod": str(h5.attrs["method"]),
                 "Model": model}
         written, rows, bests, counted = [], [], {}, {}
-        ceiling = None
+        ceiling, test = None, preferred_description(config.stats.fdr_q)
         if "noise_ceiling" in h5:
             ceiling = h5["noise_ceiling/r"][()]
             written += _ceiling_maps(h5["noise_ceiling"], folder, ents, mask, side)
         for stream in (s for s in h5 if s not in ("banded", "noise_ceiling")):
             layers = sorted(int(k) for k in h5[stream])
             scores = np.stack([h5[f"{stream}/{k:02d}/r"][()] for k in layers])
-            best = preferred_layer(scores, layers)
+            scored = all("z" in h5[f"{stream}/{k:02d}"] for k in layers)
+            z = np.stack([h5[f"{stream}/{k:02d}/z"][()] for k in layers]) if scored else None
+            best = preferred_layer(scores, layers, z, config.stats.fdr_q)
+            test = test if scored else UNTESTED
             n_layers, counted[stream] = layer_count(str(h5.attrs["model"]), stream, layers)
             bests[stream] = (best, n_layers)
             for k, r in zip(layers, scores):
@@ -205,16 +222,17 @@ def write_encoding_outputs(enc_file, folder, ents, mask, unit, config, networks=
                                            stat="preferredlayer"), "statmap", ".nii.gz")
             written.append(write_map(path, best, mask, dict(
                 side, Stream=stream, Units="layer index",
-                Description="layer whose held-out encoding r is highest at the voxel "
-                            "(-1 where no layer has r > 0)")))
+                Description="preferred layer: " + (preferred_description(config.stats.fdr_q)
+                                                   if scored else UNTESTED))))
         if "banded" in h5:
             written += _banded_outputs(h5["banded"], folder, ents, model, mask, side)
     if networks[0] is not None and bests:
         written += write_hierarchy(folder, ents, model, bests, networks[0], networks[1],
-                                   dict(side, LayerCount=counted))
+                                   dict(side, LayerCount=counted, PreferredLayerTest=test))
     table = folder / bids_name(dict(ents, desc=desc_label(model)), "encoding", ".tsv")
     sidecar = {c: {"Description": d} for c, d in ENCODING_COLUMNS.items()}
     sidecar.update(side)
+    sidecar["PreferredLayerTest"] = test
     return written + [write_tsv(table, pd.DataFrame(rows)),
                       write_json(table.with_suffix(".json"), sidecar)]
 
@@ -312,22 +330,31 @@ def _neuron_rows(model, stream, layer, grp, ijk, kind):
         "layer": layer, "unit": np.arange(n), "n_bn_pos": grp["n_pos"][()],
         "n_bn_neg": grp["n_neg"][()], "peak_r": grp["peak_r"][()],
         "peak_i": peak[:, 0], "peak_j": peak[:, 1], "peak_k": peak[:, 2],
-        "z_threshold": np.where(np.isfinite(thr), thr, np.nan)})
+        "z_threshold": np.where(np.isfinite(thr), thr, np.nan),
+        "p_selection": _column(grp, "p_an", n),
+        "removed_share": _column(grp, "removed_share", n),
+        "mean_abs_r_layer": _column(grp, "mean_abs_r", n)})
+
+
+def _column(grp, name, n):
+    """(n,) a per-AN array of the association's layer group, NaN when it was not computed."""
+    return grp[name][()] if name in grp else np.full(n, np.nan)
 
 
 def network_table(table, entries, masks, config):
     """Per-AN network table (None without network masks)."""
-    from bids_vlm.analysis.networks import enrichment
     from bids_vlm.analysis.summaries import modality_specificity
+    from bids_vlm.derivatives.networks import network_enrichment
 
     if masks is None:
         return None
     atlases = load_networks(config.networks.atlas)
-    res = enrichment(entries["an_index"].astype(np.int64), entries["voxel_index"].astype(np.int64),
-                     entries["r"], len(table), masks, config.stats.fdr_q)
+    layers = table["stream"].astype(str) + "/" + table["layer"].astype(str)  # BH families
+    res = network_enrichment(entries["an_index"], entries["voxel_index"], entries["r"],
+                             len(table), masks, config, layers)
     columns = {"an_id": table["an_id"], "stream": table["stream"], "layer": table["layer"]}
     for name, cols in res.items():
-        for key in ("n_pos", "n_neg", "frac", "p", "q"):
+        for key in ("n_pos", "n_neg", "frac", "p_hypergeom", "p", "q"):
             columns[f"{key}_{name}"] = cols[key]
     out = pd.DataFrame(columns)  # at once: parcellations have hundreds of networks
     out["drives"] = [";".join(n for n in res if res[n]["drives"][i]) or "n/a"
@@ -356,8 +383,16 @@ def _networks_table(folder, ents, model, nets, side):
 
 _NETWORK_COLUMN = {"n_pos": "BN+ of the AN in network ", "n_neg": "BN- of the AN in network ",
                    "frac": "share of the AN's BNs in network ",
-                   "p": "hypergeometric enrichment p of the AN's BNs in network ",
-                   "q": "Benjamini-Hochberg q (across ANs) of the enrichment in network "}
+                   # before "p": the first key that prefixes a column names it
+                   "p_hypergeom": "hypergeometric enrichment p, which assumes independent "
+                                  "voxels (anti-conservative for spatially smooth BN maps; not "
+                                  "used for drives), of the AN's BNs in network ",
+                   "p": "enrichment p from the spatial null (random rigid moves of the atlas, "
+                        "which keep the BN map's spatial autocorrelation; see Networks; the "
+                        "hypergeometric p when the spatial null is off) of the AN's BNs in "
+                        "network ",
+                   "q": "Benjamini-Hochberg q (across all ANs x networks of the AN's layer) of "
+                        "the enrichment p in network "}
 
 
 def _neuron_table(folder, ents, model, table, side):

@@ -27,18 +27,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bids_vlm.encoding.autocorr import (bartlett_weights, default_lags, demean_traces,
-                                        noise_factors, row_autocorrelations)
+from bids_vlm.encoding.autocorr import bartlett_weights, default_lags, row_autocorrelations
 from scipy import special
 
 from bids_vlm.encoding.blockscan import (CANDIDATE_FRACTION, CHUNK, BlockScanner, Voxels,
                                          pad_voxels, u_threshold)
 from bids_vlm.encoding.fdr import bh_sorted, bh_z_thresholds, p_from_z
+from bids_vlm.encoding.inference import method_description  # noqa: F401 (re-exported)
+from bids_vlm.encoding.inference import noise_model, selective
 from bids_vlm.encoding.kernels import prepare_rows
 from bids_vlm.progress import progress as progress_bar
 
 AUTOCORR_METHODS = ("exact", "bartlett", "none")
-FDR_SCOPES = ("an", "all")  # BH per AN over voxels, or over all AN x voxel pairs
+FDR_SCOPES = ("selective", "an", "all")  # two-stage over ANs then voxels; per AN; all pairs
 TILE = 2048  # voxels per tile on the CPU (a tile's statistics stay in cache)
 TILE_CUDA = 65536  # on a GPU, fewer and larger tiles
 PREP_CHUNK = 256  # voxels normalised (and their autocorrelations computed) at a time
@@ -53,30 +54,6 @@ _FRAME_BYTES = 12
 _WORKER_BYTES = 64 * 2**20
 
 
-def method_description(autocorr: str = "exact", n_lags: int | None = None,
-                       fdr_scope: str = "an") -> str:
-    """Human-readable description of the association test, for sidecars and reports."""
-    base = "Pearson r between each AN regressor and each voxel over all frames; "
-    lags = f"{n_lags} lags" if n_lags else "about 2 sqrt(run length) lags"
-    if autocorr == "exact":
-        test = ("z = atanh(r) sqrt(T_eff - 3), T_eff = 1 / Var(r) the exact null variance of r "
-                "for the cleaned regressor given the cleaning projection M and the voxel's "
-                "stationary noise autocorrelation estimated from its detrended, uncleaned "
-                f"series (within runs, Tukey taper, {lags}): Var(r) = (1 + 2 sum_k rho_x(k) "
-                "rho_S(k)) / (tr M + 2 sum_k rho_S(k) sum_t M[t, t+k]); ")
-    elif autocorr == "bartlett":
-        test = ("z = atanh(r) sqrt(T_eff - 3) with the effective number of frames from "
-                "Bartlett's stationary variance of r for two autocorrelated series "
-                "(autocorrelations "
-                f"within runs, Tukey taper, {lags}); ")
-    else:
-        test = ("z = atanh(r) sqrt(T - 3), frames treated as independent (not corrected for "
-                "temporal autocorrelation); ")
-    fdr = ("Benjamini-Hochberg FDR across in-mask voxels for each AN" if fdr_scope == "an" else
-           "one Benjamini-Hochberg FDR across all AN x in-mask voxel pairs of the layer")
-    return base + test + "two-sided; " + fdr
-
-
 @dataclass
 class AssociationResult:
     """Summaries of one (n_frames x N) regressor block against (n_frames x V) voxels.
@@ -85,6 +62,8 @@ class AssociationResult:
     peak_voxel (its voxel index), z_threshold (BH critical |z|, inf when nothing passes).
     Per voxel (V,): bn_count (ANs with the voxel as BN), best_r (signed r of largest |r| over ANs).
     Significant entries (E,): an_index, voxel_index, r, z (signed), p (two-sided, uncorrected).
+    p_an (N,): Simes p of the AN across voxels (NaN when > q; the selection p of the
+    ``selective`` scope).
     """
 
     n_pos: np.ndarray
@@ -100,6 +79,7 @@ class AssociationResult:
     z: np.ndarray
     p: np.ndarray
     n_frames: int
+    p_an: np.ndarray | None = None
 
 
 def normalize_columns(x, chunk: int = 65536) -> torch.Tensor:
@@ -126,7 +106,8 @@ def memory_bound(n_frames: int, n_an: int, n_vox: int, block_size: int,
                  workers: int | None = None, n_lags: int | None = None) -> int:
     """Upper bound (bytes) of the association's working memory, significant entries aside.
 
-    The float32 inputs, the normalised voxels and their autocorrelations, and for each of the
+    The float32 inputs, the normalised voxels and their autocorrelations (or noise factors, whose
+    float64 temporaries count too), and for each of the
     ``workers`` (default: :func:`default_workers` of the device ``tile`` is for) a block's
     screening statistic, tile temporaries, normalised regressors and candidates (at most
     ``candidate_fraction`` of the block's entries; more only when BH's bound stalls above it).
@@ -135,6 +116,7 @@ def memory_bound(n_frames: int, n_an: int, n_vox: int, block_size: int,
     n_pad = pad_voxels(n_vox)
     n_lags = n_lags or default_lags([n_frames])
     inputs = 4 * n_frames * (n_an + n_vox) + 4 * (n_frames + n_lags + 1) * n_pad
+    inputs += 4 * 8 * (n_lags + 1) * n_vox  # the exact method's noise factors, in float64
     per_an = (n_pad * _BLOCK_BYTES + min(tile, n_pad) * _TILE_BYTES + n_frames * _FRAME_BYTES
               + n_vox * candidate_fraction * _CANDIDATE_BYTES)
     prep = PREP_CHUNK if tile == TILE else PREP_CHUNK_CUDA
@@ -157,7 +139,7 @@ def block_size_for_memory(mem_bytes: int, n_frames: int, n_an: int, n_vox: int,
 
 def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress=False,
               desc="association", run_lengths=None, autocorr="exact",
-              n_lags=None, workers=None, fdr_scope="an", n_removed=0, noise_sums=None,
+              n_lags=None, workers=None, fdr_scope="selective", n_removed=0, noise_sums=None,
               lag_traces=None) -> AssociationResult:
     """Association of every column of ``regressors`` (T, N) with every column of ``voxels`` (T, V).
 
@@ -166,10 +148,12 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     n_removed). run_lengths: frames per run (sum T); default one run. Both inputs are normalised
     (centred, unit norm over all frames), so r is their inner product. workers: blocks scanned
     at once (default :func:`default_workers`); blocks are smaller than ``block_size`` when there
-    would be fewer blocks than workers. fdr_scope: ``"an"``, BH over voxels for each AN;
-    ``"all"``, one BH over all N x V pairs (two passes over the data; z_threshold is then the
-    same for every AN). n_removed: dimensions the cleaning projected out of both inputs
-    (:func:`bids_vlm.preproc.removed_dimensions`, summed over runs): the degrees of freedom are
+    would be fewer blocks than workers. fdr_scope: ``"selective"`` (default), BH per AN at q,
+    then the two-stage selective procedure over the layer's ANs (:data:`bids_vlm.encoding.inference.FDR_TEXT`); ``"an"``,
+    BH over voxels for each AN; ``"all"``, one BH over all N x V pairs (two passes over the
+    data; z_threshold is then the same for every AN, p_an NaN). n_removed: dimensions the
+    cleaning projected out of both inputs (:func:`bids_vlm.preproc.removed_dimensions`,
+    summed over runs): the degrees of freedom are
     those of T - n_removed frames (Bartlett: T_eff = (T - n_removed) / (1 + 2 sum rho_x rho_y)).
     noise_sums (>= K + 1, V), lag_traces (>= K + 1,): for ``"exact"``, each voxel's lag sums
     before cleaning and the cleaning projection's lag traces, pooled over runs
@@ -189,7 +173,7 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
         if isinstance(voxels, Voxels):
             vox = _check_prepared(voxels, run_lengths, n_lags, dev, n_dof, autocorr)
         else:
-            noise = _noise(voxels, autocorr, run_lengths, n_lags, n_removed, noise_sums,
+            noise = noise_model(voxels, autocorr, run_lengths, n_lags, n_removed, noise_sums,
                            lag_traces)
             vox = _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof, noise)
         zcrit = torch.from_numpy(bh_z_thresholds(vox.n_vox, q).astype(np.float32)).to(dev)
@@ -207,12 +191,16 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
             return progress_bar(imap(job, starts), progress, desc=desc, unit="block",
                                 total=len(starts))
 
-        if fdr_scope == "an":
+        if fdr_scope == "all":
+            _across_all(run, acc, q, n_an * vox.n_vox)
+        else:
             for start, res in run("scan"):
                 acc.add(start, res)
-        else:
-            _across_all(run, acc, q, n_an * vox.n_vox)
-    return acc.result(scanners, vox.n_vox, n_frames)
+    res = acc.result(scanners, vox.n_vox, n_frames)
+    if fdr_scope == "all":
+        res.p_an = np.full(n_an, np.nan)
+        return res
+    return selective(res, q, vox.n_vox, fdr_scope == "selective")
 
 
 def prepare_voxels(voxels, run_lengths=None, autocorr="exact", n_lags=None, device="cpu",
@@ -223,7 +211,7 @@ def prepare_voxels(voxels, run_lengths=None, autocorr="exact", n_lags=None, devi
     n_frames = voxels.shape[0]
     n_dof, run_lengths = _check(n_frames, voxels, run_lengths, autocorr, "an", n_removed)
     n_lags = (n_lags or default_lags(run_lengths)) if autocorr != "none" else None
-    noise = _noise(voxels, autocorr, run_lengths, n_lags, n_removed, noise_sums, lag_traces)
+    noise = noise_model(voxels, autocorr, run_lengths, n_lags, n_removed, noise_sums, lag_traces)
     dev = torch.device(device)
     with _pool(workers or default_workers(dev)) as imap:
         return _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof, noise)
@@ -236,7 +224,7 @@ def association_z(regressors, voxels, run_lengths=None, autocorr="exact", n_lags
     n_dof, run_lengths = _check(regressors.shape[0], voxels, run_lengths, autocorr, "an",
                                 n_removed)
     n_lags = (n_lags or default_lags(run_lengths)) if autocorr != "none" else None
-    noise = _noise(voxels, autocorr, run_lengths, n_lags, n_removed, noise_sums, lag_traces)
+    noise = noise_model(voxels, autocorr, run_lengths, n_lags, n_removed, noise_sums, lag_traces)
     vox = _prepare_voxels(voxels, run_lengths, n_lags, torch.device("cpu"), map, n_dof, noise)
     xb, acf_b = _prepare_block(regressors, run_lengths, n_lags, torch.device("cpu"), n_dof,
                                autocorr)
@@ -247,32 +235,6 @@ def association_z(regressors, voxels, run_lengths=None, autocorr="exact", n_lags
         var = (acf_b @ vox.acf[:vox.n_vox].T).double().clamp(1.0 / vox.n_dof, 0.25)
         s2 = 1.0 / var - 3.0
     return (torch.atanh(r) * s2.sqrt()).numpy()
-
-
-def _noise(voxels, autocorr, run_lengths, n_lags, n_removed, noise_sums, lag_traces):
-    """(V, K + 1) voxel factors of the exact null variance, or None for the other methods."""
-    if autocorr != "exact":
-        return None
-    if noise_sums is None:
-        noise_sums = _lag_sums(voxels, run_lengths, n_lags)
-    if lag_traces is None:
-        lag_traces = demean_traces(run_lengths, n_lags, n_removed)
-    if np.asarray(noise_sums).shape[1] != voxels.shape[1]:
-        raise ValueError(f"noise lag sums are for {np.asarray(noise_sums).shape[1]} voxels, "
-                         f"not {voxels.shape[1]}")
-    return noise_factors(noise_sums, lag_traces, n_lags)
-
-
-def _lag_sums(voxels, run_lengths, n_lags):
-    """(K + 1, V) lag sums of the voxels' series within runs (each run centred), pooled."""
-    out, start = 0.0, 0
-    for n in run_lengths:
-        part = np.asarray(voxels[start:start + n], np.float64)
-        part = part - part.mean(0)
-        out = out + np.stack([(part[:n - k] * part[k:]).sum(0) if k < n else
-                              np.zeros(part.shape[1]) for k in range(n_lags + 1)])
-        start += n
-    return out
 
 
 def _across_all(run, acc, q, n_tests):

@@ -1,4 +1,4 @@
-"""Benjamini-Hochberg FDR over voxels for each AN, on |z| without sorting.
+"""Benjamini-Hochberg FDR over voxels for each AN, on |z| without sorting; selective inference.
 
 p is decreasing in |z|, so BH's step-up rule ``p_(k) <= q k / V`` becomes
 ``|z|_(k) >= z_crit(k)`` with ``z_crit(k) = Phi^-1(1 - q k / (2 V))``, the same for all ANs.
@@ -66,3 +66,39 @@ def bh_sorted(vals, n_tests: int, q: float):
         return torch.zeros_like(vals, dtype=torch.bool), float("inf")
     thr = float(zcrit[int(passed.max())])
     return vals >= thr, thr
+
+
+def simes_and_selective(an, p, n_an: int, n_vox: int, q: float):
+    """Two-stage selective inference (Benjamini & Bogomolov 2014, JRSS-B 76:297) from each AN's
+    BH discoveries at level q.
+
+    an, p (E,): the AN and two-sided p of every entry that BH per AN at level q discovered.
+    Stage 1: a Simes p per AN across its V voxels, min_k V p_(k) / k (when it is <= q its
+    minimum is reached among those discoveries; NaN otherwise, meaning > q); BH across the
+    n_an ANs at level q selects R of them. Stage 2: BH within each selected AN at level
+    q R / n_an, a subset of its level-q discoveries. Returns (E,) bool "kept", (n_an,) Simes p
+    and (n_an,) the critical |z| of each AN's stage-2 BH (inf when not selected).
+    """
+    an, p = np.asarray(an, np.int64), np.asarray(p, np.float64)
+    order = np.lexsort((p, an))
+    a_s, p_s = an[order], p[order]
+    starts = np.flatnonzero(np.r_[True, a_s[1:] != a_s[:-1]]) if len(a_s) else np.zeros(0, int)
+    rank = np.arange(len(a_s)) - np.repeat(starts, np.diff(np.r_[starts, len(a_s)])) + 1
+    simes = np.full(n_an, np.nan)
+    if len(a_s):
+        simes[a_s[starts]] = np.minimum.reduceat(n_vox * p_s / rank, starts)
+    known = np.where(np.isfinite(simes), simes, np.inf)
+    ranked = np.sort(known)
+    passed = np.flatnonzero(ranked <= q * np.arange(1, n_an + 1) / n_an)
+    n_sel = int(passed.max()) + 1 if len(passed) else 0
+    level = q * n_sel / n_an
+    selected = known <= level
+    ok = selected[a_s] & (p_s <= level * rank / n_vox)
+    k_keep = np.zeros(n_an, np.int64)
+    if len(a_s):
+        k_keep[a_s[starts]] = np.maximum.reduceat(np.where(ok, rank, 0), starts)
+    keep = np.zeros(len(an), bool)
+    keep[order] = rank <= k_keep[a_s]
+    thr = np.where(k_keep > 0, -special.ndtri(np.maximum(level * k_keep / n_vox, 1e-300) / 2.0),
+                   np.inf)
+    return keep, simes, thr.astype(np.float32)

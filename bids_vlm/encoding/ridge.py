@@ -8,6 +8,38 @@ contiguous folds when there is a single training run). himalaya is the engine: `
 its ``torch`` / ``torch_cuda`` backends run on the CPU / GPU, with targets in batches.
 Scores: Pearson r and R^2 of the held-out predictions over all held-out frames (each run's
 frames z-scored), per voxel.
+
+Significance of a held-out r (:func:`heldout_z`). A held-out run's prediction comes from a
+model fitted on the other runs only, so under the null (the voxel's series unrelated to the
+features) it is a fixed series independent of that run's noise, and that run's r is the
+correlation of a fixed cleaned regressor with the cleaned voxel, whose null variance is the
+association's ``exact`` one (:mod:`bids_vlm.encoding.autocorr`). The held-out r pools the runs
+(each z-scored): r = sum_runs (n_run / T) r_run, so
+
+    Var_folds(r) = (1 + 2 sum_k rho_p(k) w_k rho_S(k)) / (m_0 + 2 sum_k w_k rho_S(k) m_k)
+
+with rho_p(k) = sum_runs (n_run / T) rho_p,run(k) the prediction's autocorrelation within each
+held-out run, weighted as the runs are in r (a run whose prediction is constant adds nothing
+to r, and n_run / T to neither term), rho_S the voxel's noise autocorrelation before cleaning
+(Tukey taper w_k) and m_k the lag traces of the cleaning projections (the denominator is
+apportioned to the runs by their length: exact for runs of equal length and cleaning).
+
+That would be Var(r) if the runs' r were independent; they are not. Run j's prediction is
+fitted on run i's data and run i's on run j's, so with a linear ridge fit both r_i and r_j
+contain the same product y_i' X_i A X_j' y_j of the two runs' noise (A the ridge inverse, the
+same for both folds when the penalty dominates, the usual fit of a null voxel): the null
+variance of the pooled r is Var_folds plus a cross-fold covariance that is at most Var_folds
+(Cauchy-Schwarz) and equal to it when the folds' ridge inverses agree. Var(r) =
+:data:`CROSS_FOLD` x Var_folds = 2 Var_folds, exact for strongly penalised fits, conservative
+otherwise (simulated null voxels, AR(1) 0.6 noise, confounds and DCT cleaning, 2-3 runs:
+with Var_folds alone z has SD 1.41 and a one-sided false-positive rate of 0.12 at 0.05; with
+2 Var_folds, SD 0.96-0.99 and 0.044-0.049 for 40-800 features, 0.040 for 10; a prediction
+fixed in advance, with Var_folds, 0.049; ``tests/test_ridge.py``).
+z = atanh(r) sqrt(1 / Var(r) - 3), one-sided (r > 0).
+
+Preferred layer (:func:`preferred_layer`): the layer with the highest held-out r, kept only
+where it is significant: its one-sided p, times the number of layers (Bonferroni for having
+picked the best of them), passes Benjamini-Hochberg across voxels at q; elsewhere -1.
 """
 from __future__ import annotations
 
@@ -15,8 +47,14 @@ import contextlib
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from scipy import special
+
+from bids_vlm.encoding.autocorr import (default_lags, demean_traces, noise_factors,
+                                        row_autocorrelations)
 
 ALPHAS = np.logspace(-1, 7, 9)
+CROSS_FOLD = 2.0  # null variance of the pooled held-out r / that of independent folds (bound)
 
 
 def method_description(alphas=ALPHAS) -> str:
@@ -26,15 +64,36 @@ def method_description(alphas=ALPHAS) -> str:
             "frames")
 
 
+def z_description() -> str:
+    """The null of a held-out r behind its z (:func:`heldout_z`), for sidecars and reports."""
+    return ("z = atanh(r) sqrt(1 / Var(r) - 3) of the held-out r, Var(r) twice the exact null "
+            "variance of a correlation between a fixed series and the voxel (the held-out "
+            "prediction's autocorrelation within runs; the voxel's noise autocorrelation from "
+            "its detrended uncleaned series, Tukey taper, and the cleaning projection's lag "
+            "traces), twice because the leave-one-run-out folds share each pair of runs' noise "
+            "(a bound, exact for strongly penalised fits)")
+
+
+def preferred_description(q: float) -> str:
+    """The test behind the preferred layer, for sidecars and reports."""
+    return ("the layer with the highest held-out r at the voxel, kept only where that r is "
+            f"significant: {z_description()}; one-sided p (r > 0) times the number of "
+            "analysed layers of the stream (Bonferroni for picking the best layer), "
+            f"Benjamini-Hochberg across in-mask voxels at q = {q:g}; -1 (no preferred layer) "
+            "where the best layer is not significant")
+
+
 @dataclass
 class EncodingResult:
     """Held-out scores of one layer. r, r2, alpha: (V,) (alpha: median over outer folds);
-    predictions: (T, V) held-out predictions when asked for, else None."""
+    predictions: (T, V) held-out predictions when asked for, else None; z: (V,) the held-out
+    r's z under its exact null (:func:`heldout_z`) when asked for, else None."""
 
     r: np.ndarray
     r2: np.ndarray
     alpha: np.ndarray
     predictions: np.ndarray | None = None
+    z: np.ndarray | None = None
 
 
 def run_splits(run_lengths):
@@ -84,13 +143,22 @@ def _model(n_features, n_train, splits, alphas, n_targets_batch):
 
 
 def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_batch=20000,
-                 max_inner_folds=5, keep_predictions=False) -> EncodingResult:
-    """Leave-one-run-out ridge from features x (T, F) to voxels y (T, V); needs >= 2 runs."""
+                 max_inner_folds=5, keep_predictions=False, with_z=False, noise_sums=None,
+                 lag_traces=None, n_lags=None) -> EncodingResult:
+    """Leave-one-run-out ridge from features x (T, F) to voxels y (T, V); needs >= 2 runs.
+
+    with_z: also the z of each held-out r (:func:`heldout_z`); x and y must then be cleaned
+    by the same projection (the prediction must be a cleaned series). noise_sums (>= K + 1, V),
+    lag_traces (>= K + 1,): the voxels' noise lag sums before cleaning and the cleaning's lag
+    traces, pooled over runs (as the association takes them; default the voxels' own lag sums
+    and each run's mean removal); n_lags: K (default :func:`default_lags`)."""
     runs = run_splits(run_lengths)
     if len(runs) < 2:
         raise ValueError("layer-wise encoding needs at least 2 runs (leave-one-run-out)")
     pred = np.zeros(y.shape, dtype=np.float32)
     chosen = []
+    n_lags = n_lags or default_lags(run_lengths)
+    terms = np.zeros((y.shape[1], n_lags + 1)) if with_z else None
     with himalaya_backend(backend) as bk:
         for k, test in enumerate(runs):
             train_runs = [r for i, r in enumerate(runs) if i != k]
@@ -100,8 +168,66 @@ def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_ba
             model.fit(bk.asarray(x[train], dtype="float32"), bk.asarray(y[train], dtype="float32"))
             pred[test] = bk.to_numpy(model.predict(bk.asarray(x[test], dtype="float32")))
             chosen.append(bk.to_numpy(model.best_alphas_))
-    return EncodingResult(*heldout_scores(pred, y, runs), alpha=np.median(chosen, axis=0),
-                          predictions=pred if keep_predictions else None)
+            if with_z:
+                terms += prediction_lag_terms(pred[test], n_lags) * (len(test) / len(y))
+    r, r2 = heldout_scores(pred, y, runs)
+    z = None
+    if with_z:
+        z = heldout_z(r, terms, *_noise_args(y, run_lengths, n_lags, noise_sums, lag_traces))
+    return EncodingResult(r, r2, alpha=np.median(chosen, axis=0),
+                          predictions=pred if keep_predictions else None, z=z)
+
+
+def prediction_lag_terms(pred_run, n_lags: int, chunk: int = 16384) -> np.ndarray:
+    """(V, K + 1) [rho(1..K), 1] of one held-out run's predictions (n_run, V): their
+    autocorrelations within the run, and 1; both 0 where the prediction is constant (it is
+    then all zeros once z-scored, as :func:`heldout_scores` does). The run's terms weighted by
+    n_run / T and summed over runs give the prediction's side of the null variance. Voxels in
+    chunks (a chunk's copy of the predictions at a time)."""
+    pred_run = np.asarray(pred_run)
+    out = np.zeros((pred_run.shape[1], n_lags + 1))
+    for start in range(0, pred_run.shape[1], chunk):
+        part = pred_run[:, start:start + chunk]
+        sd = part.std(0, dtype=np.float64)
+        varying = sd > 1e-12  # the same test as heldout_scores' z-scoring
+        rows = np.empty(part.shape[::-1], np.float32)
+        np.multiply(part.T, np.where(varying, 1.0 / np.where(varying, sd, 1.0), 0.0)[:, None],
+                    out=rows, casting="unsafe")  # unit SD: tiny predictions keep their rho
+        rho = row_autocorrelations(torch.from_numpy(rows), [len(part)], n_lags).double()
+        out[start:start + chunk, :-1] = rho.numpy() * varying[:, None]
+        out[start:start + chunk, -1] = varying
+    return out
+
+
+def heldout_z(r, terms, factors, n_dof, cross_fold: float = CROSS_FOLD) -> np.ndarray:
+    """(V,) z = atanh(r) sqrt(1 / Var(r) - 3) of held-out r under the null (module docstring).
+
+    terms (V, K + 1): sum over held-out runs of n_run / T :func:`prediction_lag_terms`;
+    factors (V, K + 1): :func:`bids_vlm.encoding.autocorr.noise_factors` of the voxels' noise
+    lag sums and the cleaning's lag traces; Var(r) = cross_fold x row-wise terms . factors,
+    bounded to [1 / n_dof, 1 / 4] as in the association (n_dof: frames left by the cleaning,
+    m_0). cross_fold: :data:`CROSS_FOLD` for leave-one-run-out predictions; 1 for predictions
+    fixed in advance (independent of every run's noise)."""
+    var = cross_fold * (np.asarray(terms, np.float64) * np.asarray(factors, np.float64)).sum(1)
+    var = np.clip(var, 1.0 / max(float(n_dof), 4.0), 0.25)
+    rc = np.clip(np.asarray(r, np.float64), -1 + 1e-7, 1 - 1e-7)
+    return (np.arctanh(rc) * np.sqrt(1.0 / var - 3.0)).astype(np.float32)
+
+
+def _noise_args(y, run_lengths, n_lags, noise_sums, lag_traces):
+    """(factors (V, K + 1), n_dof) of the null variance; defaults as in the association: the
+    voxels' own lag sums within runs and each run's mean removal."""
+    if noise_sums is None:
+        from bids_vlm.encoding.inference import lag_sums as _lag_sums
+
+        noise_sums = _lag_sums(y, list(run_lengths), n_lags)
+    if lag_traces is None:
+        lag_traces = demean_traces(run_lengths, n_lags)
+    if np.asarray(noise_sums).shape[1] != y.shape[1]:
+        raise ValueError(f"noise lag sums are for {np.asarray(noise_sums).shape[1]} voxels, "
+                         f"not {y.shape[1]}")
+    return (noise_factors(noise_sums, lag_traces, n_lags).numpy(),
+            float(np.asarray(lag_traces)[0]))
 
 
 def heldout_scores(pred, y, runs):
@@ -121,13 +247,45 @@ def heldout_scores(pred, y, runs):
     return r.astype(np.float32), r2.astype(np.float32)
 
 
-def preferred_layer(scores: np.ndarray, layers) -> np.ndarray:
-    """(V,) layer with the highest held-out r per voxel; -1 where no layer has r > 0.
+def best_layer_p(scores: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """(V,) selection-adjusted p of each voxel's best layer (highest held-out r):
+    min(1, n_layers x its one-sided p Phi(-z)). The best layer is picked after looking at the
+    r of all layers, so its own p is optimistic; n_layers x p_best >= n_layers x min p is a
+    Bonferroni p of "no layer predicts the voxel", valid whatever the dependence between
+    layers (conservative when layers are alike). NaN z -> 1."""
+    scores, z = np.asarray(scores), np.asarray(z, np.float64)
+    if scores.shape != z.shape:
+        raise ValueError(f"scores {scores.shape} and z {z.shape} differ")
+    zb = z[scores.argmax(0), np.arange(scores.shape[1])]
+    p = special.ndtr(-np.where(np.isnan(zb), -np.inf, zb))
+    return np.minimum(1.0, p * scores.shape[0])
 
-    scores: (n_layers, V) held-out r; layers: their indices.
+
+def bh_reject(p, q: float) -> np.ndarray:
+    """(n,) bool: Benjamini-Hochberg step-up discoveries among p (n,) at level q."""
+    p = np.asarray(p, np.float64)
+    if not p.size:
+        return np.zeros(0, bool)
+    ranked = np.sort(p)
+    passed = np.flatnonzero(ranked <= q * np.arange(1, p.size + 1) / p.size)
+    return p <= ranked[passed.max()] if passed.size else np.zeros(p.shape, bool)
+
+
+def preferred_layer(scores: np.ndarray, layers, z: np.ndarray | None = None,
+                    q: float = 0.05) -> np.ndarray:
+    """(V,) layer with the highest held-out r per voxel, where it is significant; else -1.
+
+    scores: (n_layers, V) held-out r; layers: their indices; z: (n_layers, V) their z
+    (:func:`heldout_z`): the best layer is kept where its :func:`best_layer_p` passes
+    Benjamini-Hochberg across the V voxels at q. Without z (unscored results), where the best
+    r > 0.
     """
+    scores = np.asarray(scores)
     best = np.asarray(layers)[scores.argmax(0)]
-    return np.where(scores.max(0) > 0, best, -1)
+    keep = scores.max(0) > 0
+    if z is not None:
+        keep &= bh_reject(best_layer_p(scores, z), q)
+    return np.where(keep, best, -1)
 
 
 @dataclass
