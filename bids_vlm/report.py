@@ -215,8 +215,8 @@ def _network_figure(path, stem, figdir, out, model, caption=None):
     fig_path = figdir / f"{stem}_networkprofile.png"
     _save(fig, fig_path)
     return _figure(fig_path, out, (caption or "Share of each layer's ANs whose BNs are enriched "
-                                              "in a network (spatial null of moved atlases, BH across the layer's ANs "
-                                              "x networks).")
+                                              "in a network (spatial null of moved atlases, BH "
+                                              "across the layer's ANs x networks).")
                    + note)
 
 

@@ -229,7 +229,8 @@ def spatial_enrichment(an_index, voxel_index, n_an: int, member: np.ndarray, gri
     (p at the floor 1 / (1 + moves)) and that BH (per group) does not reject at ``q`` now but
     would at the floor 1 / (1 + ``max_surrogates``) get 9x as many moves again, repeatedly, up
     to ``max_surrogates`` in all (valid whatever decides the extension: a p above the floor is
-    final, and a pair at the floor stays at it unless its extended p is smaller). The moves come from ``seed`` alone, drawn in order; the result
+    final, and a pair at the floor stays at it unless its extended p is smaller). The moves
+    come from ``seed`` alone, drawn in order; the result
     does not depend on ``workers`` (threads; default torch's thread count). patterns:
     :func:`_patterns` of ``member``, when known.
     """

@@ -113,7 +113,8 @@ def write_hierarchy(folder, ents, model, bests: dict, masks, fields, side) -> li
     sidecar.update(side)
     sidecar.update(fields)
     sidecar["Description"] = ("hierarchy: per network, the mean relative depth of the voxels' "
-                              "preferred layers (the highest held-out encoding r, where significant: see "
+                              "preferred layers (the highest held-out encoding r, where "
+                              "significant: see "
                               "PreferredLayerTest)")
     return [write_tsv(path, pd.concat(frames, ignore_index=True)),
             write_json(path.with_suffix(".json"), sidecar)]

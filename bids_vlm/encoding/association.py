@@ -149,7 +149,8 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     (centred, unit norm over all frames), so r is their inner product. workers: blocks scanned
     at once (default :func:`default_workers`); blocks are smaller than ``block_size`` when there
     would be fewer blocks than workers. fdr_scope: ``"selective"`` (default), BH per AN at q,
-    then the two-stage selective procedure over the layer's ANs (:data:`bids_vlm.encoding.inference.FDR_TEXT`); ``"an"``,
+    then the two-stage selective procedure over the layer's ANs
+    (:data:`bids_vlm.encoding.inference.FDR_TEXT`); ``"an"``,
     BH over voxels for each AN; ``"all"``, one BH over all N x V pairs (two passes over the
     data; z_threshold is then the same for every AN, p_an NaN). n_removed: dimensions the
     cleaning projected out of both inputs (:func:`bids_vlm.preproc.removed_dimensions`,

@@ -36,7 +36,8 @@ class Voxels:
     y: (Vp, T) one row per voxel, centred and scaled to unit norm, zero rows padding V to Vp, a
     multiple of CHUNK; acf: (Vp, K + 1) the voxel side of the null variance of r: for
     ``exact`` the factors of :func:`bids_vlm.encoding.autocorr.noise_factors`, for ``bartlett``
-    autocorrelations at lags 1..K and a last column of ones (None for ``none``); n_vox: V; n_dof: the frames' degrees of freedom,
+    autocorrelations at lags 1..K and a last column of ones (None for ``none``); n_vox: V;
+    n_dof: the frames' degrees of freedom,
     T minus the dimensions the cleaning projected out (0 for T); run_lengths: frames per run.
     """
 
