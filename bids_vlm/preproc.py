@@ -218,24 +218,19 @@ def lag_traces(projection: np.ndarray, n_lags: int) -> np.ndarray:
 
 
 def noise_lag_sums(data: np.ndarray, n_lags: int) -> np.ndarray:
-    """(n_lags + 1, V) lag sums sum_t y_t y_{t+k}, k = 0..n_lags, of each voxel's linearly
-    detrended (otherwise uncleaned) series of one run, data (n_scans, V): the voxel's noise
-    autocovariance before cleaning, pooled over runs by the association. Zero columns (excluded
-    voxels) give zeros."""
-    import torch
+    """(n_lags + 1, V) float32 lag sums sum_t y_t y_{t+k}, k = 0..n_lags, of each voxel's
+    linearly detrended (otherwise uncleaned) series of one run, data (n_scans, V): the voxel's
+    noise autocovariance before cleaning, pooled over runs by the association
+    (:func:`bids_vlm.encoding.inference.lag_sums` of the detrended run). Zero columns
+    (excluded voxels) give zeros."""
     from scipy.signal import detrend
 
-    from bids_vlm.encoding.autocorr import row_autocorrelations
+    from bids_vlm.encoding.inference import lag_sums
 
-    n_scans, n_vox = data.shape
-    out = np.zeros((n_lags + 1, n_vox), dtype=np.float32)
-    for start in range(0, n_vox, 16384):
+    out = np.zeros((n_lags + 1, data.shape[1]), dtype=np.float32)
+    for start in range(0, data.shape[1], 16384):  # the detrended copy in chunks too
         part = detrend(np.asarray(data[:, start:start + 16384], np.float64), axis=0)
-        rows = torch.from_numpy(np.ascontiguousarray(part.T, dtype=np.float32))
-        energy = (part ** 2).sum(0)
-        out[0, start:start + part.shape[1]] = energy
-        rho = row_autocorrelations(rows, [n_scans], n_lags).numpy()  # (w, K)
-        out[1:, start:start + part.shape[1]] = (rho * energy[:, None]).T
+        out[:, start:start + part.shape[1]] = lag_sums(part, [len(part)], n_lags)
     return out
 
 
