@@ -163,7 +163,7 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
     with h5py.File(activations_file, "r") as acts, h5py.File(path, "w") as out:
         index = {s: {k: i for i, k in enumerate(acts[f"items/{s}"].asstr()[()])}
                  for s in acts["items"]}
-        per_run, removed, traces = [], 0, 0.0
+        per_run, removed, traces = [], [], []
         n_lags = config.stats.n_lags or default_lags([r.n_scans for r in runs])
         for run in runs:
             tl = Timeline.from_dict(timelines[run.label])
@@ -172,8 +172,8 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
                                         config.stats.oversampling, config.stats.fir_delays)
             confounds = read_confounds(run.confounds, run.n_scans, config.bold)
             projection = cleaning_projection(run.n_scans, run.tr, confounds, config.bold)
-            removed += int(round(run.n_scans - np.trace(projection)))
-            traces = traces + lag_traces(projection, n_lags)
+            removed.append(int(round(run.n_scans - np.trace(projection))))
+            traces.append(lag_traces(projection, n_lags))
             per_run.append((tl, matrix, lambda x, r=run, c=confounds:
                             clean_signals(x, r.tr, c, config.bold)))
         for stream in (s for s in acts if s != "items"):
@@ -192,8 +192,10 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
         out.attrs["model"] = acts.attrs["model"]
         out.attrs["n_layers"] = acts.attrs.get("n_layers", "{}")
         out.attrs["run_lengths"] = [r.n_scans for r in runs]
-        out.attrs["n_removed"] = removed  # dimensions the cleaning projected out, all runs
-        out.attrs["lag_traces"] = traces  # sum_t M[t, t+k] of the cleaning projections
+        out.attrs["n_removed"] = sum(removed)  # dimensions the cleaning projected out
+        out.attrs["run_removed"] = removed  # the same per run, and the lag traces
+        out.attrs["lag_traces"] = np.sum(traces, 0)  # sum_t M[t, t+k] of the projections
+        out.attrs["run_lag_traces"] = np.array(traces)  # (n_runs, K + 1)
         out.attrs["run_signatures"] = [  # equal for runs showing the same stimulus sequence
             run_signature(timelines[r.label], r.n_scans, r.tr) for r in runs]
     return path

@@ -2,21 +2,26 @@
 encoding accuracy of a network falls as its top driving ANs are removed.
 
 For a network and one stream, the layer whose ridge model predicts the network best (highest
-mean held-out r over its voxels) is lesioned: its ANs are ranked by their BN count in the network
-(most first, ties by AN index), the top k are removed at each step and the leave-one-run-out
-ridge model (:func:`bids_vlm.encoding.ridge.encode_layer`) is refitted on the remaining ANs; the
-score is the mean held-out r over the network's voxels. The control removes k ANs drawn at random
-(one seeded permutation of the layer's ANs, its first k at each step). With FIR features every
-delayed copy of a removed AN goes.
+mean held-out r over its voxels) is lesioned. Each leave-one-run-out fold ranks the layer's ANs
+by their BN count in the network in an association of its training runs only
+(:func:`fold_counts`: the same statistics as the participant's association, over the network's
+voxels; most first, ties by AN index), so the held-out run never chooses what is removed. At
+each step the fold's top k ANs are removed, the fold's ridge model
+(:func:`bids_vlm.encoding.ridge.fold_predict`) is refitted on the remaining ANs and predicts its
+held-out run; the score is the mean held-out r over the network's voxels. The control removes k
+ANs drawn at random (one seeded permutation of the layer's ANs, its first k at each step, the
+same in every fold). With FIR features every delayed copy of a removed AN goes.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from bids_vlm.encoding.ridge import encode_layer
+from bids_vlm.encoding.ridge import fold_predict, heldout_scores, himalaya_backend, run_splits
+from bids_vlm.encoding.unique import N_PCS
 
 DEFAULT_STEPS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5)
 COLUMNS = ["network", "stream", "layer", "n_voxels", "n_ans", "n_ans_with_bn", "step",
@@ -34,13 +39,68 @@ def removal_counts(fractions, n_ans: int) -> list:
     return out
 
 
+@dataclass(frozen=True)
+class FoldAssociation:
+    """The association a fold ranks ANs with: the participant's settings (``--bn-definition``,
+    ``--nuisance-pcs``, ``--autocorrelation-correction``, ``--n-lags`` (None: default),
+    ``--fdr-q``, ``--fdr-scope``) and the device."""
+    definition: str = "unique"
+    n_pcs: int = N_PCS
+    autocorr: str = "exact"
+    n_lags: int | None = None
+    q: float = 0.05
+    fdr_scope: str = "selective"
+    device: str = "cpu"
+
+
 def rank_by_network(an_index, voxel_index, member, n_ans: int):
     """(counts (n_ans,) BNs of each AN in the network, order (n_ans,) AN indices by count, most
-    first, ties by index). an_index / voxel_index: the layer's significant entries; member:
-    (V,) bool of the network."""
+    first, ties by index). an_index / voxel_index: significant entries; member: (V,) bool of
+    the network."""
     counts = np.bincount(np.asarray(an_index)[member[np.asarray(voxel_index)]],
                          minlength=n_ans)
     return counts, np.argsort(-counts, kind="stable")
+
+
+def fold_counts(x, y, run_lengths, k: int, settings: FoldAssociation = FoldAssociation(),
+                presence=None, noise=None) -> np.ndarray:
+    """(n_ans,) BNs of each AN among the voxels y in the association of fold k's training runs
+    (every run but run k), with the participant's statistics restricted to these voxels.
+
+    x: (T, n_ans) the layer's cleaned AN regressors; y: (T, Vn) the network's cleaned voxels;
+    presence: (T,) or (T, p) the stream's cleaned presence regressor(s) (``unique``); noise:
+    for ``exact``, {"run_noise": per run (>= K + 1, Vn) noise lag sums, "run_traces":
+    (n_runs, K + 1) cleaning lag traces}, and "run_removed": (n_runs,) dimensions each run's
+    cleaning removed (default: the voxels' own lag sums, each run's mean removal)."""
+    from bids_vlm.encoding.association import prepare_voxels
+    from bids_vlm.encoding.autocorr import default_lags
+    from bids_vlm.encoding.unique import layer_association
+
+    noise = noise or {}
+    keep = [i for i in range(len(run_lengths)) if i != k]
+    train = np.concatenate([r for i, r in enumerate(run_splits(run_lengths)) if i != k])
+    lengths = [int(run_lengths[i]) for i in keep]
+    n_lags = settings.n_lags or default_lags(run_lengths)  # the participant's K
+    removed = noise.get("run_removed")
+    common = dict(run_lengths=lengths, autocorr=settings.autocorr, n_lags=n_lags,
+                  n_removed=0 if removed is None else int(np.sum(np.asarray(removed)[keep])))
+    sums = {}
+    if settings.autocorr == "exact" and noise.get("run_noise") is not None:
+        sums = dict(noise_sums=sum(np.asarray(noise["run_noise"][i][:n_lags + 1], np.float64)
+                                   for i in keep),
+                    lag_traces=np.asarray(noise["run_traces"])[keep].sum(0))
+    prepared = prepare_voxels(np.asarray(y)[train], device=settings.device, **common, **sums)
+    pres = None if presence is None else np.asarray(presence)[train]
+    res, _ = layer_association(np.asarray(x)[train], prepared, pres, settings.definition,
+                               settings.n_pcs, **sums, q=settings.q, device=settings.device,
+                               fdr_scope=settings.fdr_scope, **common)
+    return np.bincount(res.an_index, minlength=x.shape[1])
+
+
+def fold_orders(counts) -> np.ndarray:
+    """(n_folds, n_ans) each fold's AN indices by its BN count (n_folds, n_ans), most first,
+    ties by index."""
+    return np.argsort(-np.asarray(counts), axis=1, kind="stable")
 
 
 def kept_columns(removed, n_ans: int, n_features: int) -> np.ndarray:
@@ -53,26 +113,36 @@ def kept_columns(removed, n_ans: int, n_features: int) -> np.ndarray:
     return np.flatnonzero(np.tile(keep, n_features // n_ans))
 
 
-def lesion_curve(x, y, run_lengths, order, steps, seed=0, **ridge) -> pd.DataFrame:
+def lesion_curve(x, y, run_lengths, orders, steps, seed=0, **ridge) -> pd.DataFrame:
     """Mean held-out r over the voxels y as the ANs are removed.
 
-    x: (T, F) the layer's features (F a multiple of its n_ans = len(order) ANs); y: (T, Vn) the
-    network's voxels; order: (n_ans,) AN indices, the first removed first; steps: (fraction,
-    k) pairs; ridge: keyword arguments of ``encode_layer`` (alphas, backend, max_inner_folds).
-    Returns rows (step, n_removed, mean_r_targeted, mean_r_random)."""
-    n_ans = len(order)
-    x = np.asarray(x)
+    x: (T, F) the layer's features (F a multiple of its n_ans ANs); y: (T, Vn) the network's
+    voxels; orders: (n_folds, n_ans) per held-out run, the AN indices ranked on its training
+    runs (:func:`fold_orders`; one (n_ans,) order serves every fold), the first removed first;
+    steps: (fraction, k) pairs; ridge: ``alphas``, ``backend``, ``max_inner_folds`` of
+    :func:`bids_vlm.encoding.ridge.fold_predict`. Returns rows (step, n_removed,
+    mean_r_targeted, mean_r_random)."""
+    runs = run_splits(run_lengths)
+    orders = np.broadcast_to(np.asarray(orders), (len(runs), np.shape(orders)[-1]))
+    n_ans = orders.shape[1]
+    x, y = np.asarray(x), np.asarray(y)
     shuffled = np.random.default_rng(seed).permutation(n_ans)
+    backend = ridge.pop("backend", "numpy")
 
-    def score(removed):
-        cols = kept_columns(removed, n_ans, x.shape[1])
-        return float(encode_layer(x[:, cols], y, run_lengths, **ridge).r.mean())
+    def score(removed_of):  # removed_of(fold) -> the fold's removed ANs
+        pred = np.zeros(y.shape, np.float32)
+        for k, test in enumerate(runs):
+            cols = kept_columns(removed_of(k), n_ans, x.shape[1])
+            pred[test] = fold_predict(x[:, cols], y, runs, k, **ridge)[0]
+        return float(heldout_scores(pred, y, runs)[0].mean())
 
     rows = []
-    for frac, k in steps:
-        targeted = score(order[:k])
-        rows.append({"step": frac, "n_removed": k, "mean_r_targeted": targeted,
-                     "mean_r_random": targeted if k == 0 else score(shuffled[:k])})
+    with himalaya_backend(backend):
+        for frac, n in steps:
+            targeted = score(lambda k: orders[k, :n])
+            random = targeted if n == 0 else score(lambda k: shuffled[:n])
+            rows.append({"step": frac, "n_removed": n, "mean_r_targeted": targeted,
+                         "mean_r_random": random})
     return pd.DataFrame(rows, columns=["step", "n_removed", "mean_r_targeted",
                                        "mean_r_random"])
 
@@ -83,16 +153,19 @@ def best_layer(scores: dict, member) -> tuple:
     return max(scores, key=lambda key: float(np.mean(scores[key][member])))
 
 
-def network_lesions(features, entries, n_ans, scores, voxels, run_lengths, masks, fractions,
-                    driven=None, seed=0, **ridge) -> pd.DataFrame:
+def network_lesions(features, regressors, scores, voxels, run_lengths, masks, fractions,
+                    driven=None, seed=0, settings: FoldAssociation = FoldAssociation(),
+                    presence=None, noise=None, **ridge) -> pd.DataFrame:
     """The lesion curve of every network and stream.
 
     features: {(stream, layer): (T, F) array-like, read only for the chosen layer};
-    entries: {(stream, layer): (an_index, voxel_index)} the layer's significant entries;
-    n_ans: {(stream, layer): ANs}; scores: {(stream, layer): (V,) held-out r}; voxels: (T, V);
-    masks: {network: (V,) bool}; fractions: the steps; driven: {network: streams with an AN
-    that drives it} (None: every network), the others are skipped. Returns rows of COLUMNS.
-    """
+    regressors: {(stream, layer): (T, n_ans) array-like} the cleaned AN regressors the folds
+    rank with (:func:`fold_counts`); scores: {(stream, layer): (V,) held-out r}; voxels:
+    (T, V); masks: {network: (V,) bool}; fractions: the steps; driven: {network: streams with
+    an AN that drives it} (None: every network), the others are skipped, as are networks where
+    no fold finds a BN; presence: {stream: (T,) or (T, p)}; noise: as fold_counts takes it,
+    "run_noise" over all V voxels. Returns rows of COLUMNS; n_ans_with_bn is the mean over
+    folds."""
     frames = []
     for network, member in masks.items():
         if not member.any():
@@ -101,16 +174,27 @@ def network_lesions(features, entries, n_ans, scores, voxels, run_lengths, masks
             if driven is not None and stream not in driven.get(network, ()):
                 continue
             key = best_layer({k: v for k, v in scores.items() if k[0] == stream}, member)
-            counts, order = rank_by_network(*entries[key], member, n_ans[key])
+            y = voxels[:, member]
+            fold_noise = _restricted(noise, member)
+            x = np.asarray(regressors[key])
+            counts = np.array([fold_counts(x, y, run_lengths, k, settings,
+                                           (presence or {}).get(stream), fold_noise)
+                               for k in range(len(run_lengths))])
             if not counts.any():
                 continue
-            curve = lesion_curve(features[key], voxels[:, member], run_lengths, order,
-                                 removal_counts(fractions, n_ans[key]), seed, **ridge)
-            curve.insert(0, "network", network)
-            curve.insert(1, "stream", stream)
-            curve.insert(2, "layer", key[1])
-            curve.insert(3, "n_voxels", int(member.sum()))
-            curve.insert(4, "n_ans", n_ans[key])
-            curve.insert(5, "n_ans_with_bn", int((counts > 0).sum()))
+            curve = lesion_curve(features[key], y, run_lengths, fold_orders(counts),
+                                 removal_counts(fractions, x.shape[1]), seed, **ridge)
+            for i, (column, value) in enumerate([
+                    ("network", network), ("stream", stream), ("layer", key[1]),
+                    ("n_voxels", int(member.sum())), ("n_ans", x.shape[1]),
+                    ("n_ans_with_bn", float((counts > 0).sum(1).mean()))]):
+                curve.insert(i, column, value)
             frames.append(curve)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+
+
+def _restricted(noise, member):
+    """noise with each run's lag sums restricted to the network's voxels."""
+    if not noise or noise.get("run_noise") is None:
+        return noise
+    return dict(noise, run_noise=[sums[:, member] for sums in noise["run_noise"]])

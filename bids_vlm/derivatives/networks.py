@@ -34,11 +34,13 @@ LESION_COLUMNS = {
              "network's voxels",
     "n_voxels": "in-mask voxels of the network",
     "n_ans": "ANs of the layer",
-    "n_ans_with_bn": "ANs of the layer with at least one BN in the network",
+    "n_ans_with_bn": "ANs of the layer with at least one BN in the network in the association "
+                     "of a fold's training runs, mean over the leave-one-run-out folds",
     "step": "share of the layer's ANs removed at this step",
     "n_removed": "ANs removed: ceil(step x n_ans)",
     "mean_r_targeted": "mean held-out r over the network's voxels of the ridge model refitted "
-                       "without the n_removed ANs with the most BNs in the network",
+                       "without the n_removed ANs with the most BNs in the network (each "
+                       "fold's own ranking, from its training runs)",
     "mean_r_random": "the same without n_removed ANs drawn at random (seeded; control)",
 }
 
@@ -127,8 +129,9 @@ def compute_lesion(regressors_file, cleaned_files, association_file, encoding_fi
     import h5py
     import nibabel as nib
 
-    from bids_vlm.analysis.lesion import network_lesions
+    from bids_vlm.analysis.lesion import FoldAssociation, network_lesions
     from bids_vlm.models.base import resolve_device
+    from bids_vlm.preproc import noise_path
 
     masks, atlases, problem = data_networks(config.networks.atlas, nib.load(mask_file),
                                             unit.get("space"))
@@ -151,11 +154,23 @@ def compute_lesion(regressors_file, cleaned_files, association_file, encoding_fi
         features = {key: regs[f"delayed/{n}"] if f"delayed/{n}" in regs else regs[n]
                     for key, n in names.items()}
         voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
-        backend = "torch_cuda" if resolve_device(config.stats.device).type == "cuda" else "torch"
-        table = network_lesions(features, entries, n_ans, scores, voxels,
-                                [int(n) for n in regs.attrs["run_lengths"]], masks,
+        device = resolve_device(config.stats.device)
+        stats = config.stats
+        settings = FoldAssociation(stats.bn_definition, stats.nuisance_pcs, stats.autocorr,
+                                   stats.n_lags or None, stats.fdr_q, stats.fdr_scope,
+                                   str(device))
+        noise = {"run_removed": regs.attrs["run_removed"]}
+        if stats.autocorr == "exact":
+            noise.update(run_noise=[np.load(noise_path(f)) for f in cleaned_files],
+                         run_traces=regs.attrs["run_lag_traces"])
+        presence = {s: regs[f"nuisance/presence/{s}"][()] for s in {k[0] for k in names}
+                    if f"nuisance/presence/{s}" in regs and stats.bn_definition == "unique"}
+        table = network_lesions(features, {key: regs[n] for key, n in names.items()}, scores,
+                                voxels, [int(n) for n in regs.attrs["run_lengths"]], masks,
                                 config.networks.lesion_steps, driven, seed=config.model.seed,
-                                alphas=np.asarray(config.encoding.alphas), backend=backend,
+                                settings=settings, presence=presence, noise=noise,
+                                alphas=np.asarray(config.encoding.alphas),
+                                backend="torch_cuda" if device.type == "cuda" else "torch",
                                 max_inner_folds=config.encoding.max_inner_folds)
     out["rows"] = json.loads(table.to_json(orient="records"))
     if table.empty:
@@ -194,7 +209,9 @@ def write_lesion(lesion_file, folder, ents, config, side) -> list:
     sidecar.update({"Model": model, "Description": (
         "virtual lesion: held-out encoding accuracy of each network (driven by an AN of the "
         "stream) as the ANs with the most BNs in it are removed from its best layer's ridge "
-        "model (leave-one-run-out, refitted at each step)"),
+        "model (leave-one-run-out, refitted at each step; each fold ranks the ANs by an "
+        "association of its training runs over the network's voxels, so the held-out run "
+        "does not choose what is removed)"),
         "LesionSteps": list(config.networks.lesion_steps)})
     if data["note"]:
         sidecar["Note"] = data["note"]

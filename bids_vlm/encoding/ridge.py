@@ -142,6 +142,25 @@ def _model(n_features, n_train, splits, alphas, n_targets_batch):
     return RidgeCV(alphas=alphas, cv=splits, solver_params=params)
 
 
+def fold_predict(x, y, runs, k: int, alphas=ALPHAS, max_inner_folds=5,
+                 n_targets_batch=20000):
+    """Fold k of the leave-one-run-out ridge, under the active himalaya backend: fitted on
+    every run but ``runs[k]`` (alphas by the inner run-wise CV), it predicts ``runs[k]``.
+
+    x: (T, F) features; y: (T, V) voxels; runs: :func:`run_splits`. Returns the prediction
+    (len(runs[k]), V) float32 and the chosen alphas (V,)."""
+    from himalaya.backend import get_backend
+
+    bk = get_backend()
+    train_runs = [r for i, r in enumerate(runs) if i != k]
+    train = np.concatenate(train_runs)
+    splits = inner_splits(train_runs, max_inner_folds)
+    model = _model(x.shape[1], len(train), splits, alphas, n_targets_batch)
+    model.fit(bk.asarray(x[train], dtype="float32"), bk.asarray(y[train], dtype="float32"))
+    pred = bk.to_numpy(model.predict(bk.asarray(x[runs[k]], dtype="float32")))
+    return pred, bk.to_numpy(model.best_alphas_)
+
+
 def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_batch=20000,
                  max_inner_folds=5, keep_predictions=False, with_z=False, noise_sums=None,
                  lag_traces=None, n_lags=None) -> EncodingResult:
@@ -159,15 +178,11 @@ def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_ba
     chosen = []
     n_lags = n_lags or default_lags(run_lengths)
     terms = np.zeros((y.shape[1], n_lags + 1)) if with_z else None
-    with himalaya_backend(backend) as bk:
+    with himalaya_backend(backend):
         for k, test in enumerate(runs):
-            train_runs = [r for i, r in enumerate(runs) if i != k]
-            train = np.concatenate(train_runs)
-            splits = inner_splits(train_runs, max_inner_folds)
-            model = _model(x.shape[1], len(train), splits, alphas, n_targets_batch)
-            model.fit(bk.asarray(x[train], dtype="float32"), bk.asarray(y[train], dtype="float32"))
-            pred[test] = bk.to_numpy(model.predict(bk.asarray(x[test], dtype="float32")))
-            chosen.append(bk.to_numpy(model.best_alphas_))
+            pred[test], best = fold_predict(x, y, runs, k, alphas, max_inner_folds,
+                                            n_targets_batch)
+            chosen.append(best)
             if with_z:
                 terms += prediction_lag_terms(pred[test], n_lags) * (len(test) / len(y))
     r, r2 = heldout_scores(pred, y, runs)
