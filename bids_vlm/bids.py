@@ -17,16 +17,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from bids_vlm import fmriprep
 from bids_vlm.config import RunFilter
+from bids_vlm.datalad import check_present
 from bids_vlm.errors import DataError, NoInputError
+from bids_vlm.fmriprep import NO_SPACE, DerivativeIndex, derivs_root
 
 LOGGER = logging.getLogger("bids_vlm.bids")
-
-# Entities that identify a run; derivative files match a run when every one they carry agrees.
-RUN_ENTITIES = ("subject", "session", "task", "acquisition", "ceagent", "direction",
-                "reconstruction", "run", "echo")
-# Preferred template spaces, in order, when several preprocessed spaces are present.
-SPACE_PREFERENCE = ("MNI152NLin2009cAsym", "MNI152NLin6Asym", "MNI152NLin2009cSym", "T1w", "func")
 
 
 @dataclass(frozen=True)
@@ -78,34 +75,46 @@ def strip_prefix(label: str, prefix: str = "sub-") -> str:
     return label[len(prefix):] if label.startswith(prefix) else label
 
 
-def load_layout(bids_dir, derivatives=(), validate=False):
-    """A pybids layout of the raw dataset plus the given derivative datasets.
+@dataclass(frozen=True)
+class Inputs:
+    """The raw dataset (a pybids layout) and its indexed derivative datasets."""
 
-    ``derivatives`` are paths; when empty, datasets under ``bids_dir/derivatives/`` are used.
-    """
+    layout: object
+    derivatives: DerivativeIndex = DerivativeIndex()
+
+    @property
+    def root(self) -> str:
+        return str(self.layout.root)
+
+
+def load_layout(bids_dir, derivatives=(), validate=False) -> Inputs:
+    """The raw dataset's pybids layout plus its derivative datasets: the ``derivatives`` paths,
+    or by default the fMRIPrep-like folders below ``bids_dir/derivatives/``
+    (:func:`bids_vlm.fmriprep.find_derivatives`)."""
     from bids import BIDSLayout
 
     bids_dir = Path(bids_dir)
     if not (bids_dir / "dataset_description.json").is_file():
         raise DataError("not a BIDS dataset: dataset_description.json is missing", bids_dir)
-    derivs = [str(Path(d).resolve()) for d in derivatives]
-    if not derivs and (bids_dir / "derivatives").is_dir():
-        derivs = [str(p) for p in sorted((bids_dir / "derivatives").iterdir())
-                  if (p / "dataset_description.json").is_file()]
     try:
-        return BIDSLayout(str(bids_dir), validate=validate, derivatives=derivs or False)
+        layout = BIDSLayout(str(bids_dir), validate=validate, derivatives=False)
     except Exception as exc:  # pybids raises several types for malformed datasets
         raise DataError(f"pybids cannot read the dataset: {exc}", bids_dir) from exc
+    return Inputs(layout, fmriprep.find_derivatives(bids_dir, derivatives))
 
 
-def collect_runs(layout, filters: RunFilter = RunFilter(), space: str = "") -> list[RunSpec]:
-    """Every BOLD run that passes ``filters``, sorted by subject, session, task and run."""
+def collect_runs(inputs: Inputs, filters: RunFilter = RunFilter(), space: str = "") -> list[RunSpec]:
+    """Every BOLD run that passes ``filters``, sorted by subject, session, task and run.
+    space: the requested space of the preprocessed BOLD ('' for the preference order); one
+    that no derivative has is a NoInputError naming the spaces found."""
+    layout = inputs.layout
     query = _query(filters)
     _check_participants(layout, filters)
+    fmriprep.check_space(inputs.derivatives, space, layout.root)
     bolds = layout.get(scope="raw", suffix="bold", extension=[".nii", ".nii.gz"], **query)
     if not bolds:
         _explain_empty(layout, filters)
-    specs = [_run_spec(layout, bold, space) for bold in sorted(bolds, key=_run_order)]
+    specs = [_run_spec(inputs, bold, space) for bold in sorted(bolds, key=_run_order)]
     if not any(specs):
         raise NoInputError(f"none of the {len(bolds)} selected BOLD runs has an events.tsv; "
                            "bids_vlm needs events that describe the stimuli", layout.root)
@@ -152,7 +161,8 @@ def _describe(filters: RunFilter) -> str:
     return ", ".join(f"{k}={v}" for k, v in items.items()) or "none"
 
 
-def _run_spec(layout, bold, space: str) -> RunSpec | None:
+def _run_spec(inputs: Inputs, bold, space: str) -> RunSpec | None:
+    layout, derivs = inputs.layout, inputs.derivatives
     ents = bold.get_entities()
     # strict: the events must not name another run or task; all_=True because pybids stops at
     # the first folder with any candidate, even one that strict matching then rejects
@@ -162,24 +172,34 @@ def _run_spec(layout, bold, space: str) -> RunSpec | None:
     if events is None:
         LOGGER.warning("%s: no events.tsv, run skipped (events give the stimuli)", bold.path)
         return None
-    preproc = _match_derivative(layout, ents, suffix="bold", desc="preproc", space=space)
+    preproc = fmriprep.match(derivs, ents, "bold", space, want_space=space or None)
+    if preproc is None and space:
+        raise NoInputError(f"--space {space}: {fmriprep.why_not_preprocessed(derivs, ents, space)}"
+                           f" (spaces found: {', '.join(derivs.spaces()) or 'none'})", bold.path)
+    if preproc is None:
+        LOGGER.warning("%s: no preprocessed BOLD found in the derivatives (%s); analysing the "
+                       "raw BOLD (no motion correction or normalisation)", bold.path,
+                       fmriprep.why_not_preprocessed(derivs, ents, space))
     image = preproc.path if preproc else bold.path
+    for path, root in ((image, derivs_root(derivs, image) or layout.root), (events, layout.root)):
+        check_present(path, root)
     n_scans, header_tr = _n_scans(image)
     raw_meta = layout.get_metadata(bold.path)
     tr = repetition_time(raw_meta.get("RepetitionTime"), bold.path, header_tr, n_scans)
-    image_meta = layout.get_metadata(preproc.path) if preproc else raw_meta
+    image_meta = fmriprep.sidecar(preproc.path) if preproc else raw_meta
     slice_ref = slice_time_reference(
         image_meta, raw_meta, tr, image,
-        sidecar=lambda key: _sidecar_with(preproc if preproc is not None else bold, key),
+        sidecar=(lambda key: fmriprep.sidecar_path(preproc.path)) if preproc
+        else (lambda key: _sidecar_with(bold, key)),
         raw_sidecar=lambda key: _sidecar_with(bold, key))
-    chosen_space = preproc.get_entities().get("space") if preproc else None
+    chosen_space = preproc.ents.get("space") if preproc else None
     # raw BOLD: only a mask without a space entity (in the BOLD's own space) will do
-    mask = _match_derivative(layout, ents, suffix="mask", desc="brain", space=space,
-                             want_space=chosen_space if preproc else _NO_SPACE)
-    confounds = (_match_derivative(layout, ents, suffix="timeseries", desc="confounds",
-                                   extension=".tsv")
-                 or _match_derivative(layout, ents, suffix="regressors", desc="confounds",
-                                      extension=".tsv"))
+    mask = fmriprep.match(derivs, ents, "mask", space,
+                          want_space=chosen_space if preproc else NO_SPACE)
+    confounds = fmriprep.match(derivs, ents, "confounds")
+    for found in (mask, confounds):
+        if found is not None:
+            check_present(found.path, derivs_root(derivs, found.path))
     return RunSpec(
         subject=ents["subject"], session=ents.get("session"), task=ents["task"],
         run=int(ents["run"]) if "run" in ents else None, acquisition=ents.get("acquisition"),
@@ -306,41 +326,6 @@ def _fingerprint(*paths, timing=()) -> str:
     if timing:
         stats.append(("timing", *(float(t) for t in timing)))
     return hashlib.sha1(repr(stats).encode()).hexdigest()[:16]
-
-
-_NO_SPACE = object()
-
-
-def _match_derivative(layout, ents, suffix, desc, space="", want_space=None,
-                      extension=(".nii", ".nii.gz")):
-    """The derivative file whose run entities all agree with ``ents`` (most specific wins)."""
-    if not layout.derivatives:
-        return None
-    ext = [extension] if isinstance(extension, str) else list(extension)
-    query = {k: ents[k] for k in ("subject",) if k in ents}
-    candidates = layout.get(scope="derivatives", suffix=suffix, desc=desc, extension=ext, **query)
-    scored = []
-    for cand in candidates:
-        c_ents = cand.get_entities()
-        if any(k in c_ents and str(c_ents[k]) != str(ents.get(k)) for k in RUN_ENTITIES):
-            continue
-        if want_space is _NO_SPACE and "space" in c_ents:
-            continue
-        if want_space not in (None, _NO_SPACE) and c_ents.get("space") != want_space:
-            continue
-        score = sum(k in c_ents for k in RUN_ENTITIES)
-        scored.append((score, -_space_rank(c_ents.get("space"), space), cand.path, cand))
-    if not scored:
-        return None
-    return max(scored, key=lambda s: s[:3])[3]
-
-
-def _space_rank(found, wanted) -> int:
-    if wanted and found == wanted:
-        return -1
-    if found in SPACE_PREFERENCE:
-        return SPACE_PREFERENCE.index(found)
-    return len(SPACE_PREFERENCE)
 
 
 def _n_scans(path) -> tuple[int, float]:

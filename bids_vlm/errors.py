@@ -2,7 +2,7 @@
 
 Exit codes (README, "Exit codes"): 0 success, 1 a run failed, 2 usage error (argparse),
 64 invalid input data (also a checkpoint refused as unsafe), 65 nothing to analyse (no
-matching subject/run/events), 66 model weights or tokenizer missing, 69 not enough memory for
+matching subject/run/events), 66 model weights or tokenizer missing (also a DataLad file whose content was not fetched), 69 not enough memory for
 --mem, 73 output cannot be written, 75 the participant is being analysed by another process.
 Every error class lives here, so that an error raised inside a Nipype node (which reaches the
 CLI only as text in a crash file) is mapped back to its class by name (:func:`error_class`).
@@ -40,6 +40,13 @@ class NoInputError(BidsVlmError):
 
 class WeightsNotFoundError(BidsVlmError):
     """Model weights are not present locally and cannot be downloaded."""
+
+    exit_code = EXIT_WEIGHTS
+
+
+class ContentNotPresentError(BidsVlmError):
+    """An input file of a DataLad / git-annex dataset whose content was not fetched (a link
+    into the annex store whose object is absent)."""
 
     exit_code = EXIT_WEIGHTS
 

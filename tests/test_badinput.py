@@ -427,6 +427,10 @@ def _raw_two_volumes(ctx):
         ctx.edit_bold(lambda d: d[..., :2], ctx.func("bold.nii.gz", run))
 
 
+def _space_not_found(ctx):
+    ctx.args += ["--space", "fsLR"]
+
+
 def _singular_affine(ctx):
     img = nib.load(ctx.preproc)
     affine = img.affine.copy()
@@ -597,6 +601,9 @@ CASES = [
          "--participant-label conflicts with the 'subject' in the BIDS filter file"),
     Case("filters-select-nothing", "--run that the participant lacks", _filters_select_nothing,
          65, "{bids}: no BOLD runs match the filters"),
+    Case("space-not-found", "--space that no derivative has", _space_not_found, 65,
+         "--space fsLR: no preprocessed BOLD in that space (spaces found: "
+         "MNI152NLin2009cAsym; in {bids}/derivatives/fmriprep)"),
     Case("invalid-filter-file", "--bids-filter-file not JSON", _invalid_filter_file, 2,
          "filters.json is not valid JSON"),
     Case("output-inside-input", "output_dir inside the input, not under derivatives/",
