@@ -69,8 +69,11 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--derivatives", nargs="+", type=_existing_dir, default=[],
                    help="preprocessed derivatives (fMRIPrep); default: datasets under "
                         "bids_dir/derivatives/")
-    g.add_argument("--space", default="MNI152NLin2009cAsym",
-                   help="preferred space of the preprocessed BOLD when several exist")
+    g.add_argument("--space", default="",
+                   help="space of the preprocessed BOLD (e.g. MNI152NLin2009cAsym, T1w); an "
+                        "error names the spaces found when no derivative has it; default: "
+                        "MNI152NLin2009cAsym, MNI152NLin6Asym, MNI152NLin2009cSym, T1w, in that "
+                        "order, whichever a run has")
     g.add_argument("--skip-bids-validation", action="store_true",
                    help="do not validate file names with pybids' validator")
 

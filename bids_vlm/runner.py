@@ -157,10 +157,6 @@ def _run_participant_locked(held, bids_dir, output_dir, config, runs, fingerprin
     if not runs:  # nothing is written, not even the logs
         return [Path(output_dir) / f"sub-{s}.html" for s in skipped]
     check_stimuli(runs, bids_dir, config)
-    for run in runs:
-        if not run.preprocessed:
-            LOGGER.warning("%s: no preprocessed BOLD found in the derivatives; analysing the raw "
-                           "BOLD (no motion correction or normalisation)", run.bold)
     work = _work_dir(work_dir, output_dir)
     for subject in sorted({r.subject for r in runs}):
         _lock(held, locks.work_lock_path(work, f"sub-{subject}"), f"sub-{subject}")
