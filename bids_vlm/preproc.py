@@ -3,7 +3,10 @@
 Default confound strategy for fMRIPrep confounds (METHOD.md 5): the 6 motion parameters and
 their temporal derivatives, the first ``n_acompcor`` aCompCor components and fMRIPrep's cosine
 drift terms; plus linear detrending, a high-pass at ``high_pass`` Hz (discrete cosine basis)
-and a z-score per run. The AN regressors get the same cleaning (:func:`clean_signals`).
+and a z-score per run. fMRIPrep's ``non_steady_state_outlier_XX`` columns (one-hot spikes of
+the volumes acquired before the magnetisation reached steady state) are always regressed out:
+each censors its frame on both sides (its cleaned value is 0 in the BOLD and in every AN
+regressor) and costs one degree of freedom; the noise lag sums skip those frames. The AN regressors get the same cleaning (:func:`clean_signals`).
 Raw BOLD (no derivative) is masked and cleaned the same way without confounds; it is not
 motion-corrected or normalised, and the outputs say so.
 """
@@ -25,6 +28,7 @@ from bids_vlm.errors import DataError
 
 LOGGER = logging.getLogger("bids_vlm.preproc")
 MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+NON_STEADY = re.compile(r"non_steady_state_outlier_?\d+")
 
 
 def select_confounds(table: pd.DataFrame, config: BoldConfig) -> pd.DataFrame:
@@ -43,7 +47,23 @@ def select_confounds(table: pd.DataFrame, config: BoldConfig) -> pd.DataFrame:
         columns += comp[:config.n_acompcor]
     if "cosine" in config.confounds:
         columns += sorted(c for c in table if c.startswith("cosine"))
+    columns += sorted(c for c in table if NON_STEADY.fullmatch(c))  # always: censored frames
     return table[columns].fillna(0.0)
+
+
+def censored_frames(confounds_path, n_scans: int) -> np.ndarray | None:
+    """(n_scans,) bool: the frames a run's non-steady-state columns flag, or None when it has
+    none (or no confounds)."""
+    if not confounds_path:
+        return None
+    try:
+        table = pd.read_csv(confounds_path, sep="\t", na_values=["n/a"])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None  # read_confounds reports it
+    cols = [c for c in table if NON_STEADY.fullmatch(c)]
+    if not cols or len(table) != n_scans:
+        return None
+    return (table[cols].fillna(0.0).to_numpy(float) != 0).any(axis=1)
 
 
 def load_mask(bold_path, mask_path=None):
@@ -217,20 +237,25 @@ def lag_traces(projection: np.ndarray, n_lags: int) -> np.ndarray:
                      for k in range(n_lags + 1)])
 
 
-def noise_lag_sums(data: np.ndarray, n_lags: int) -> np.ndarray:
+def noise_lag_sums(data: np.ndarray, n_lags: int, censor=None) -> np.ndarray:
     """(n_lags + 1, V) float32 lag sums sum_t y_t y_{t+k}, k = 0..n_lags, of each voxel's
     linearly detrended (otherwise uncleaned) series of one run, data (n_scans, V): the voxel's
     noise autocovariance before cleaning, pooled over runs by the association
-    (:func:`bids_vlm.encoding.inference.lag_sums` of the detrended run). Zero columns
-    (excluded voxels) give zeros."""
-    from scipy.signal import detrend
-
+    (:func:`bids_vlm.encoding.inference.lag_sums` of the detrended run). censor: (n_scans,)
+    bool frames left out (:func:`censored_frames`): the trend is fitted without them and they
+    count as 0. Zero columns (excluded voxels) give zeros."""
     from bids_vlm.encoding.inference import lag_sums
 
+    n = data.shape[0]
+    kept = np.ones(n, bool) if censor is None else ~np.asarray(censor, bool)
+    trend = np.column_stack([np.ones(n), np.linspace(-1.0, 1.0, n)])
+    fit = np.linalg.pinv(trend[kept])  # (2, n_kept)
     out = np.zeros((n_lags + 1, data.shape[1]), dtype=np.float32)
     for start in range(0, data.shape[1], 16384):  # the detrended copy in chunks too
-        part = detrend(np.asarray(data[:, start:start + 16384], np.float64), axis=0)
-        out[:, start:start + part.shape[1]] = lag_sums(part, [len(part)], n_lags)
+        part = np.asarray(data[:, start:start + 16384], np.float64)
+        part = part - trend @ (fit @ part[kept])
+        part[~kept] = 0.0
+        out[:, start:start + part.shape[1]] = lag_sums(part, [n], n_lags)
     return out
 
 

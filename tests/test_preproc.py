@@ -194,3 +194,36 @@ def test_cleaned_regressor_and_noise_keep_the_null_distribution():
     r = noise.T @ x / (n - 1)
     expected = 1.0 / np.sqrt(n - removed_dimensions(n, tr, conf))
     assert abs(r.std() / expected - 1.0) < 0.08, (r.std(), expected)
+
+
+def test_non_steady_state_volumes_are_censored_on_both_sides(tmp_path):
+    """fMRIPrep's non_steady_state_outlier_XX columns are always regressed out: the flagged
+    frames are 0 after cleaning (BOLD and regressors alike), each costs a degree of freedom,
+    and the noise lag sums do not see them."""
+    from scipy.signal import detrend
+
+    from bids_vlm.encoding.inference import lag_sums
+    from bids_vlm.preproc import (censored_frames, clean_signals, noise_lag_sums, read_confounds,
+                                  removed_dimensions)
+
+    rng = np.random.default_rng(3)
+    n = 60
+    table = _confound_table(n, rng, n_cos=0)
+    for i in range(2):
+        table[f"non_steady_state_outlier_{i:02d}"] = (np.arange(n) == i).astype(float)
+    path = tmp_path / "confounds.tsv"
+    table.to_csv(path, sep="\t", index=False, na_rep="n/a")
+    assert list(select_confounds(table, BoldConfig(confounds=("motion",))).columns)[-2:] == [
+        "non_steady_state_outlier_00", "non_steady_state_outlier_01"]
+    conf = read_confounds(path, n, BoldConfig(confounds=("motion",)))
+    np.testing.assert_array_equal(censored_frames(path, n), np.arange(n) < 2)
+    assert removed_dimensions(n, TR, conf) == removed_dimensions(n, TR, conf[:, :6]) + 2
+    data = rng.normal(size=(n, 50))
+    data[:2] += 500.0  # the bright first volumes before steady state
+    cleaned = clean_signals(data, TR, conf)
+    np.testing.assert_allclose(cleaned[:2], 0.0, atol=1e-8)
+    sums = noise_lag_sums(data, 4, censored_frames(path, n))
+    kept = detrend(data[2:], axis=0)
+    np.testing.assert_allclose(sums, lag_sums(np.r_[np.zeros((2, 50)), kept], [n], 4),
+                               rtol=1e-4, atol=1e-3)
+    assert censored_frames(None, n) is None

@@ -66,15 +66,16 @@ def clean_node(run_json, mask_file, config_json):
 
     from bids_vlm.bids import run_from_dict
     from bids_vlm.config import from_json
-    from bids_vlm.preproc import (clean_signals, load_bold, noise_lag_sums, noise_path,
-                                  read_confounds, run_lags)
+    from bids_vlm.preproc import (censored_frames, clean_signals, load_bold, noise_lag_sums,
+                                  noise_path, read_confounds, run_lags)
 
     run = run_from_dict(json.loads(run_json))
     config = from_json(config_json)
     data = load_bold(run.bold, mask_file, config.bold)
     confounds = read_confounds(run.confounds, data.shape[0], config.bold)
     path = os.path.abspath(f"{run.label}_cleaned.npy")
-    np.save(noise_path(path), noise_lag_sums(data, run_lags(run.n_scans, config.stats.n_lags)))
+    np.save(noise_path(path), noise_lag_sums(data, run_lags(run.n_scans, config.stats.n_lags),
+                                             censored_frames(run.confounds, data.shape[0])))
     np.save(path, clean_signals(data, run.tr, confounds, config.bold))
     return path
 
