@@ -307,16 +307,29 @@ def _sidecar_with(bids_file, key: str) -> str | None:
     return None
 
 
-def _stimulus_files(events, root) -> list:
-    """The existing files an events.tsv names in ``stim_file`` (for the fingerprint)."""
-    import pandas as pd
+def _stimulus_files(events, root, stimuli=None) -> list:
+    """The image and video files an events.tsv names (for the fingerprint), found as the
+    timeline finds them (:func:`bids_vlm.stimulus_files.stimulus_files`): from the stimulus
+    column(s) of ``stimuli`` (a StimulusConfig; default: detected) in its ``stimuli_dir``, by
+    default ``root``/stimuli (``root``: the BIDS dataset)."""
+    from bids_vlm.config import StimulusConfig
+    from bids_vlm.stimulus_files import stimulus_files
 
-    try:
-        names = pd.read_csv(events, sep="\t", dtype=str, usecols=["stim_file"])["stim_file"]
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError):
-        return []
-    paths = {Path(root) / "stimuli" / n.strip() for n in names.dropna() if n.strip()}
-    return sorted(str(p) for p in paths if p.is_file())
+    stimuli = stimuli or StimulusConfig()
+    return stimulus_files(events, stimuli.stimuli_dir or Path(root) / "stimuli",
+                          stimuli.stim_columns)
+
+
+def with_stimulus_files(runs, root, stimuli) -> list:
+    """``runs`` (RunSpecs of the dataset ``root``) with fingerprints that also cover the
+    stimulus files their events name under the stimulus options ``stimuli`` (a
+    StimulusConfig: ``--stim-column``, ``--stimuli-dir``), so that a changed stimuli folder
+    or column, or a changed file in it, reruns a finished participant."""
+    import dataclasses
+
+    return [dataclasses.replace(run, fingerprint=hashlib.sha1(repr((
+        run.fingerprint, _fingerprint(*_stimulus_files(run.events, root, stimuli)))).encode())
+        .hexdigest()[:16]) for run in runs]
 
 
 def _fingerprint(*paths, timing=()) -> str:

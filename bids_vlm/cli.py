@@ -13,6 +13,7 @@ from pathlib import Path
 from bids_vlm import __version__
 from bids_vlm.cli_types import (  # noqa: F401 (_model_name: tests)
     _atlas,
+    _column_name,
     _existing_dir,
     _filter_file,
     _fraction,
@@ -62,6 +63,9 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
                    help="subjects to analyse (the sub- prefix is optional); default all")
     g.add_argument("--session-label", nargs="+", default=[], help="sessions to analyse")
+    g.add_argument("--sessions", choices=("pooled", "separate"), default="pooled",
+                   help="pooled (default): the runs of a task from all sessions form one unit "
+                        "(leave-one-run-out over all of them); separate: one unit per session")
     g.add_argument("--task", nargs="+", default=[], help="tasks to analyse")
     g.add_argument("--run", nargs="+", type=int, default=[], help="run numbers to analyse")
     g.add_argument("--bids-filter-file", type=_filter_file, default=None,
@@ -87,6 +91,19 @@ def _build_parser() -> argparse.ArgumentParser:
                         "onset is in the last N seconds; 0 = the text of the event on screen")
     g.add_argument("--text-template", default="",
                    help="text made from event columns, e.g. 'a photo of a {trial_type}'")
+    g.add_argument("--stim-column", nargs="+", type=_column_name, default=[],
+                   help="events column(s) naming the image or video files (the first non-empty "
+                        "value of a row wins); default: the first of stim_file, file_path, "
+                        "stimulus, stim, image, movie, video (and other usual names) that the "
+                        "events have, else a column of media file names")
+    g.add_argument("--stimuli-dir", type=_existing_dir, default=None,
+                   help="folder of the stimulus files (default bids_dir/stimuli); a value not "
+                        "found as a path relative to it is looked up by its file name in the "
+                        "folder's tree")
+    g.add_argument("--media-time-column", type=_column_name, default=None,
+                   help="events column giving the position in seconds within the video at "
+                        "each onset (e.g. videotime of a frame-by-frame log): each row shows "
+                        "the video from there, not from its start")
 
     g = parser.add_argument_group("Models and neurons")
     g.add_argument("--models", nargs="+", default=default_models(), type=_model_name,
@@ -276,7 +293,9 @@ def config_from_options(opts):
         filters=RunFilter(tuple(opts.participant_label), tuple(opts.session_label),
                           tuple(opts.task), tuple(opts.run), opts.bids_filter_file or "{}"),
         stimuli=StimulusConfig(opts.stim_rate, opts.text_column, opts.text_template,
-                               opts.text_window),
+                               opts.text_window, stim_columns=tuple(opts.stim_column),
+                               stimuli_dir=_stimuli_dir(opts),
+                               media_time_column=opts.media_time_column or ""),
         model=ModelConfig(models=tuple(opts.models), streams=tuple(opts.streams),
                           layers=tuple(opts.layers), pooling=opts.pooling,
                           an_kind=opts.neurons, precision=opts.precision,
@@ -297,7 +316,15 @@ def config_from_options(opts):
         networks=NetworkConfig(atlas=opts.atlas, n_surrogates=opts.n_surrogates,
                                max_surrogates=opts.max_surrogates, seed=opts.network_seed,
                                **({"lesion_steps": ()} if opts.no_lesion else {})),
-        derivatives=tuple(str(d) for d in opts.derivatives))
+        derivatives=tuple(str(d) for d in opts.derivatives), sessions=opts.sessions)
+
+
+def _stimuli_dir(opts) -> str:
+    """--stimuli-dir as an absolute path; "" for the default, bids_dir/stimuli (so that naming
+    the default does not change the analysis fingerprint)."""
+    if opts.stimuli_dir is None or opts.stimuli_dir == Path(opts.bids_dir) / "stimuli":
+        return ""
+    return str(opts.stimuli_dir)
 
 
 def main(argv=None) -> int:

@@ -99,6 +99,14 @@ def _json_object(value):
     return json.dumps(data)
 
 
+def _column_name(value):
+    """An events column name: not empty, no tab, newline or other control character."""
+    name = str(value).strip()
+    if not name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise argparse.ArgumentTypeError(f"not an events column name: {value!r}")
+    return name
+
+
 def _existing_dir(value):
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():

@@ -29,6 +29,11 @@ class StimulusConfig:
     text_column: str = ""  # column holding text; "" = first of text, caption, sentence, word
     text_template: str = ""  # e.g. "a photo of a {trial_type}"; used when no text column
     text_window: float = 0.0  # > 0: a sample's text is every word of the last N seconds
+    # columns naming the stimulus files (first non-empty value of a row wins); () = detect
+    # (bids_vlm.stimulus_files.STIM_COLUMNS)
+    stim_columns: tuple = ()
+    stimuli_dir: str = ""  # absolute folder of the stimulus files; "" = <bids_dir>/stimuli
+    media_time_column: str = ""  # seconds into the video at each onset (e.g. "videotime")
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,7 @@ class AnalysisConfig:
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
     networks: NetworkConfig = field(default_factory=NetworkConfig)
     derivatives: tuple = ()  # paths to preprocessed-derivative datasets (e.g. fMRIPrep)
+    sessions: str = "pooled"  # a task's runs of all sessions in one unit, or "separate"
     fingerprint: str = ""  # of the input files of an analysis unit (a change reruns its nodes)
 
 

@@ -50,12 +50,16 @@ def write_config_log(output_dir, config: AnalysisConfig, level, extra: dict) -> 
 
 def check_stimuli(runs, bids_dir, config: AnalysisConfig):
     """Build every run's timeline and read its confounds before the graph runs, so that bad
-    events, stimuli or confounds fail fast and clearly, before any output is written."""
+    events, stimuli or confounds fail fast and clearly, before any output is written; log
+    what the stimuli are (:mod:`bids_vlm.stimulus_checks`: once, here)."""
     from bids_vlm.preproc import read_confounds
     from bids_vlm.stimuli import build_timeline, read_events, sample_items
+    from bids_vlm.stimulus_checks import inspect_run, log_stimuli, no_stimulus_hint, unit_label
 
     streams = config.model.streams or ("image", "text")  # cross streams: either side
+    root = config.stimuli.stimuli_dir or Path(bids_dir) / "stimuli"
     any_stimulus = False
+    inspected = []
     for run in runs:
         events = read_events(run.events)
         duration = run.n_scans * run.tr
@@ -68,13 +72,17 @@ def check_stimuli(runs, bids_dir, config: AnalysisConfig):
             LOGGER.warning("%s: %d event(s) start after the run ends (%.1f s) and are ignored",
                            run.events, int(late.sum()), duration)
         _check_length(run, read_confounds(run.confounds, run.n_scans, config.bold), config)
-        timeline = build_timeline(events, duration, config.stimuli,
-                                  Path(bids_dir) / "stimuli", source=run.events)
+        timeline = build_timeline(events, duration, config.stimuli, root, source=run.events)
+        inspected.append((unit_label(run, config.sessions), run.events,
+                          inspect_run(events, config.stimuli, root)))
         any_stimulus |= any(x is not None for s in streams for x in sample_items(timeline, s))
+    log_stimuli(inspected, config.stimuli, root)
     if not any_stimulus:
         raise NoInputError(f"no stimulus of the selected stream(s) ({', '.join(streams)}) in "
-                           "any selected run's events: give a stim_file column (images or "
-                           "videos under stimuli/), a text column (--text-column), or "
+                           "any selected run's events"
+                           f"{no_stimulus_hint([i for _, _, i in inspected], config.stimuli)}: "
+                           "give a stimulus column (--stim-column: images or videos under "
+                           "stimuli/ or --stimuli-dir), a text column (--text-column), or "
                            "--text-template, e.g. 'a photo of a {trial_type}'", runs[0].events)
 
 
@@ -128,11 +136,12 @@ def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
     directory for those analysed; another run holding one stops this one with
     :class:`~bids_vlm.errors.BusyError` (exit 75) before anything is written.
     """
-    from bids_vlm.bids import collect_runs, load_layout
+    from bids_vlm.bids import collect_runs, load_layout, with_stimulus_files
 
     config = with_atlas_digest(config)
     layout = load_layout(bids_dir, config.derivatives, validate=validate)
-    runs = collect_runs(layout, config.filters, space)
+    runs = with_stimulus_files(collect_runs(layout, config.filters, space), bids_dir,
+                               config.stimuli)  # their files under the options
     fingerprints = _fingerprints(runs, config)
     with contextlib.ExitStack() as held:
         for subject in fingerprints:  # sorted: every run takes them in the same order
@@ -165,7 +174,7 @@ def _run_participant_locked(held, bids_dir, output_dir, config, runs, fingerprin
                      {"bids_dir": str(bids_dir), "output_dir": str(output_dir),
                       "work_dir": str(work), "runs": [r.bold for r in runs],
                       "skipped_finished": skipped})
-    units = analysis_units(runs)
+    units = analysis_units(runs, config.sessions)
     wf = init_participant_wf(units, bids_dir, output_dir, work, config)
     _run(wf, output_dir, execution)
     subjects = sorted({u["subject"] for u in units})

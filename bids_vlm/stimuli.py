@@ -3,8 +3,10 @@
 Sample ``k`` of a run covers ``[k/rate, (k+1)/rate)`` seconds. Its stimulus is the event that
 covers the largest part of that interval (so events shorter than a sample are never missed);
 for a video, the frame on screen at the sample's midpoint (decoded at the stimulus rate);
-a sample that no event overlaps is *blank* and later gets zero activation. Images come from
-``stim_file`` (relative to the dataset's ``stimuli/`` folder); text from a text column or from a
+a sample that no event overlaps is *blank* and later gets zero activation. Images and videos
+come from the stimulus column (``stim_file``, another usual name or ``--stim-column``), found in
+the stimuli folder (:mod:`bids_vlm.stimulus_files`); with a media time column, a video is shown
+from the time it gives at each onset. Text comes from a text column or from a
 prompt template filled with the row's columns, e.g. ``"a photo of a {trial_type}"``. With a
 ``text_window`` (seconds), a sample's text is instead every text (e.g. the words of a
 word-level transcript) whose onset lies in the window that ends with the sample.
@@ -14,22 +16,25 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import string
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bids_vlm.config import StimulusConfig
 from bids_vlm.errors import DataError
-from bids_vlm.video import VIDEO_EXTENSIONS, frame_item
+from bids_vlm.stimulus_files import (
+    media_kind,
+    resolve_stimulus,
+    row_values,
+    stimulus_columns,
+)
+from bids_vlm.video import frame_item
 
 LOGGER = logging.getLogger("bids_vlm.stimuli")
 TEXT_COLUMNS = ("text", "caption", "sentence", "word")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -113,21 +118,32 @@ _CONTROL = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
 def build_timeline(events: pd.DataFrame, run_duration: float, config: StimulusConfig,
                    stimuli_dir=None, source="events.tsv") -> Timeline:
     """Sample the events of one run (``run_duration`` seconds) at ``config.stim_rate``; events
-    that start after the run's end are left out (the runner warns about them once)."""
+    that start after the run's end are left out (the runner warns about them once).
+
+    Stimulus files are looked up in ``config.stimuli_dir`` when set (``--stimuli-dir``), else
+    in ``stimuli_dir`` (the dataset's ``stimuli/``): :mod:`bids_vlm.stimulus_files`. A video
+    sample shows the frame at ``media time of its event + (sample midpoint - onset)``
+    (:func:`media_times`)."""
     dt = 1.0 / config.stim_rate
     n_samples = int(math.ceil(run_duration / dt - 1e-9))
     times = np.arange(n_samples) * dt
-    owner = _owner_event(events["onset"].to_numpy(float), events["duration"].to_numpy(float),
-                         n_samples, dt)
-    images = _event_images(events, stimuli_dir, source)
+    images = _event_images(events, config, config.stimuli_dir or stimuli_dir, source)
+    starts = media_times(events, config, images, source)
     texts = _event_texts(events, config, source)
+    # a row showing only an (ignored) audio file, e.g. a story's .wav spanning the run beside
+    # its word events, takes no sample from them
+    audio_only = [t is None and media_kind(v or "") == "audio" for t, (v, _) in zip(
+        texts, row_values(events, stimulus_columns(events, config.stim_columns).columns))]
+    owner = _owner_event(events["onset"].to_numpy(float), events["duration"].to_numpy(float),
+                         n_samples, dt, skip=audio_only)
     onsets = events["onset"].to_numpy(float)
     if config.text_window > 0:
         sample_texts = _windowed_texts(texts, onsets, times + dt, config.text_window)
     else:
         sample_texts = tuple(texts[i] if i >= 0 else None for i in owner)
     return Timeline(times=times, dt=dt,
-                    images=tuple(_sample_image(images, i, times[k] + dt / 2 - onsets[i])
+                    images=tuple(_sample_image(images, i, starts[i] + times[k] + dt / 2
+                                               - onsets[i])
                                  if i >= 0 else None for k, i in enumerate(owner)),
                     texts=sample_texts)
 
@@ -147,20 +163,23 @@ def _windowed_texts(texts, onsets, ends, window):
 
 def _sample_image(images, event, offset):
     """The image of a sample: the event's image, or for a video the frame on screen at the
-    sample's midpoint (``offset`` seconds after the event's onset)."""
+    sample's midpoint (``offset`` seconds into the video)."""
     if images[event] is None:
         return None
     path = images[event]
-    if Path(path).suffix.lower() in VIDEO_EXTENSIONS:
+    if media_kind(path) == "video":
         return frame_item(path, max(offset, 0.0))
     return path
 
 
-def _owner_event(onsets, durations, n_samples, dt):
-    """(n_samples,) index of the event covering most of each sample, -1 where none does."""
+def _owner_event(onsets, durations, n_samples, dt, skip=None):
+    """(n_samples,) index of the event covering most of each sample, -1 where none does;
+    events where ``skip`` (n_events booleans) is true own none."""
     best = np.zeros(n_samples)
     owner = np.full(n_samples, -1)
     for i, (on, dur) in enumerate(zip(onsets, durations)):
+        if skip is not None and skip[i]:
+            continue
         off = on + max(dur, 0.0)
         first = int(math.floor(on / dt + 1e-9))  # 0.3 / 0.1 is 2.999...: not sample 2
         last = min(int(math.ceil(off / dt - 1e-9)), n_samples)
@@ -173,64 +192,45 @@ def _owner_event(onsets, durations, n_samples, dt):
     return owner
 
 
-def _event_images(events, stimuli_dir, source):
-    if "stim_file" not in events.columns:
-        return [None] * len(events)
+def _event_images(events, config: StimulusConfig, root, source) -> list:
+    """Per row, the absolute path of its image or video (None: no value, or an audio file,
+    which no stream reads; :mod:`bids_vlm.stimulus_checks` warns about those once)."""
+    found = stimulus_columns(events, config.stim_columns)
+    resolved = {}
     out = []
-    for row, value in enumerate(events["stim_file"]):
-        if not isinstance(value, str) or not value.strip():
+    for row, (value, column) in enumerate(row_values(events, found.columns)):
+        if value is None or media_kind(value) == "audio":
             out.append(None)
             continue
-        out.append(resolve_stimulus(value.strip(), stimuli_dir, f"line {row + 2}", source))
+        if value not in resolved:  # a frame-by-frame log names one film on every row
+            resolved[value] = resolve_stimulus(value, root, f"line {row + 2}", source, column)
+        out.append(resolved[value])
     return out
 
 
-def resolve_stimulus(value: str, root, where: str, source) -> str:
-    """The absolute path of the stimulus file ``value`` names under the stimuli folder
-    ``root``; DataError naming ``source`` and ``where`` (its line) when the value is absolute,
-    leads out of ``root`` (``..``, or a symbolic link to a file elsewhere), is not an image or
-    video, is missing, or is not a regular file (a directory, a FIFO).
-
-    A symbolic link is followed when its target stays inside ``root`` or in the git-annex
-    object store of a dataset that holds ``root`` (DataLad / OpenNeuro copies store every
-    file there), so the returned path is the link's own, keeping its file extension."""
-    root = Path(os.path.abspath(root or "."))
-    name = f"stim_file '{value}' on {where}"
-    if Path(value).is_absolute() or os.path.normpath(value).split(os.sep)[0] == "..":
-        raise DataError(f"{name} is outside the stimuli folder {root}: stimuli are named "
-                        "relative to it, and nothing outside it is read", source)
-    path = root / os.path.normpath(value)
-    if path.suffix.lower() not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
-        raise DataError(f"stim_file '{value}' is neither an image "
-                        f"({', '.join(IMAGE_EXTENSIONS)}) nor a video "
-                        f"({', '.join(VIDEO_EXTENSIONS)})", source)
-    if not path.exists():
-        raise DataError(f"stim_file '{value}' not found under {root}", source)
-    target = path.resolve()
-    if not _inside(target, root.resolve()) and not _in_annex(target, root):
-        raise DataError(f"{name} is a symbolic link to {target}, outside the stimuli folder "
-                        f"{root}; nothing outside it is read (copy the file into it)", source)
-    if target.is_dir():
-        raise DataError(f"{name} is a directory, not an image or video file", source)
-    if not target.is_file():
-        raise DataError(f"{name} is not a regular file (a FIFO, socket or device?)", source)
-    return str(path)
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
-def _in_annex(target: Path, root: Path) -> bool:
-    """Whether ``target`` is in the git-annex object store of the repository that holds
-    ``root`` (the nearest folder with a ``.git``, and only it), reached without a symbolic
-    link (a store that is itself a link could point anywhere)."""
-    repo = next((d for d in (root, *root.parents) if (d / ".git").exists()), None)
-    if repo is None:
-        return False
-    store = repo.resolve() / ".git" / "annex" / "objects"
-    return (repo / ".git" / "annex" / "objects").resolve() == store and store.is_dir() \
-        and _inside(target, store)
+def media_times(events, config: StimulusConfig, images, source) -> np.ndarray:
+    """(n_events,) seconds into its video at each event's onset: the ``media_time_column``
+    (e.g. studyforrest's ``videotime``; n/a -> 0), or 0 without one. DataError naming the
+    file when the column is missing while the run shows a video, or a value is not a
+    finite number of seconds >= 0."""
+    column = config.media_time_column
+    starts = np.zeros(len(events))
+    if not column:
+        return starts
+    has_video = any(p is not None and media_kind(p) == "video" for p in images)
+    if column not in events.columns:
+        if has_video:
+            raise DataError(f"media time column '{column}' (--media-time-column) is not in the "
+                            f"events file (columns: {', '.join(events.columns)})", source)
+        return starts
+    values = pd.to_numeric(events[column], errors="coerce").to_numpy(float)
+    bad = (np.isnan(values) & events[column].notna().to_numpy()) | np.isinf(values) \
+        | (values < 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"media time column '{column}' must hold seconds >= 0; line {row + 2} "
+                        f"is '{events[column].iloc[row]}'", source)
+    return np.nan_to_num(values, nan=0.0)
 
 
 def _event_texts(events, config: StimulusConfig, source):

@@ -196,3 +196,71 @@ def _write_run(root, fmriprep, sub, run, events, data, shape, rng, affine=AFFINE
     conf = pd.DataFrame(rng.normal(0, 0.1, (data.shape[0], 6)),
                         columns=["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"])
     conf.to_csv(dfunc / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False)
+
+
+# ------------------------------------------------------------------ layouts of real datasets
+
+def write_colour_video(path, colours, fps=25, seconds_per_colour=1.0, size=(32, 24)):
+    """A video (MPEG-4) showing each RGB colour of ``colours`` for ``seconds_per_colour``
+    seconds in turn; returns its path."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for colour in colours:
+            frame = np.zeros((size[1], size[0], 3), np.uint8) + np.array(colour, np.uint8)
+            for _ in range(int(round(fps * seconds_per_colour))):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_image(path, seed, size=32):
+    """A random RGB image (a coloured gradient with noise) at ``path`` (any PIL format by its
+    extension; ``.JPEG`` too)."""
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    yy = np.mgrid[0:size, 0:size][0][..., None] / size
+    img = rng.uniform(0, 255, 3) * (0.3 + 0.7 * yy) + rng.normal(0, 20, (size, size, 3))
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+        path, format="JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else None)
+    return path
+
+
+def write_layout_dataset(root, runs, tr, n_scans, shape=(8, 8, 8), seed=0, name="layout"):
+    """A raw BIDS dataset (no derivatives) with the given events: runs is {BIDS stem, e.g.
+    ``sub-01/ses-1/func/sub-01_ses-1_task-x_run-01``: events.tsv path or DataFrame}; each run
+    gets white-noise BOLD of ``n_scans`` volumes on a ``shape`` grid with TR ``tr`` (also in a
+    top-level ``task-<task>_bold.json``): a bright ball in a dark field, so that nilearn's EPI
+    mask finds a brain. Returns the root."""
+    import shutil
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    _write_json(root / "dataset_description.json",
+                {"Name": name, "BIDSVersion": "1.8.0", "DatasetType": "raw"})
+    for stem, events in runs.items():
+        out = root / f"{stem}_events.tsv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(events, pd.DataFrame):
+            events.to_csv(out, sep="\t", index=False, na_rep="n/a")
+        else:
+            shutil.copy(events, out)
+        task = next(p for p in Path(stem).name.split("_") if p.startswith("task-"))
+        _write_json(root / f"{task}_bold.json", {"RepetitionTime": tr, "TaskName": task[5:]})
+        ijk = np.indices(shape).transpose(1, 2, 3, 0)
+        head = np.linalg.norm(ijk - (np.array(shape) - 1) / 2, axis=-1) < min(shape) * 0.4
+        data = (np.where(head, 1000.0, 5.0)[..., None]
+                + rng.standard_normal((*shape, n_scans))).astype(np.float32)
+        img = nib.Nifti1Image(data, AFFINE)
+        img.header.set_zooms(img.header.get_zooms()[:3] + (tr,))
+        img.header.set_xyzt_units("mm", "sec")
+        nib.save(img, root / f"{stem}_bold.nii.gz")
+    return root

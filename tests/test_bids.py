@@ -567,3 +567,45 @@ def test_embedded_demo_dataset():
         assert Path(r.bold) == (DEMO_DATASET / "sub-1" / "func" /
                                 f"sub-1_task-objectviewing_acq-25mm_run-{r.run:02d}_bold.nii.gz")
         assert Path(r.events) == Path(r.bold.replace("_bold.nii.gz", "_events.tsv"))
+
+
+# --------------------------------------------------------------------------- stimulus files
+
+def test_stimulus_files_found_by_name_are_in_the_fingerprint(root):
+    """Bare stim_file names of images in a subfolder (as BOLD5000's) are found by file name,
+    and a change of one of those files changes the fingerprint of the runs that show it."""
+    from bids_vlm.bids import _stimulus_files
+
+    stim = root / "stimuli"
+    (stim / "ImageNet").mkdir()
+    for image in stim.glob("*.png"):
+        image.rename(stim / "ImageNet" / image.name)
+    events = _raw(root, "01", 1, "events.tsv")
+    files = _stimulus_files(events, root)
+    names = set(pd.read_csv(events, sep="\t")["stim_file"])
+    assert files == sorted(str(stim / "ImageNet" / n) for n in names)
+    before = {r.label: r.fingerprint for r in _collect(root)}
+    image = stim / "ImageNet" / sorted(names)[0]
+    mtime = os.stat(image).st_mtime_ns + 5_000_000_000
+    os.utime(image, ns=(mtime, mtime))
+    after = {r.label: r.fingerprint for r in _collect(root)}
+    showing = {r.label for r in _collect(root)
+               if image.name in set(pd.read_csv(r.events, sep="\t")["stim_file"])}
+    assert "sub-01_task-view_run-1" in showing
+    assert {k for k in before if before[k] != after[k]} == showing
+
+
+def test_stimuli_dir_and_column_options_change_the_fingerprint(root, tmp_path):
+    from bids_vlm.bids import with_stimulus_files
+    from bids_vlm.config import StimulusConfig
+
+    runs = _collect(root)
+    other = tmp_path / "other_stimuli"
+    shutil.copytree(root / "stimuli", other)
+    base = [r.fingerprint for r in with_stimulus_files(runs, root, StimulusConfig())]
+    assert base == [r.fingerprint for r in with_stimulus_files(runs, root, StimulusConfig())]
+    moved = with_stimulus_files(runs, root, StimulusConfig(stimuli_dir=str(other)))
+    column = with_stimulus_files(runs, root, StimulusConfig(stim_columns=("caption",)))
+    for changed in (moved, column):
+        assert all(a != b.fingerprint for a, b in zip(base, changed))
+        assert [r.label for r in changed] == [r.label for r in runs]

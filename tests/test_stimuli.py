@@ -302,3 +302,207 @@ def test_a_git_annex_store_that_is_a_link_or_another_repositorys_is_not_trusted(
         ev = _events([(0, 1)], stim_file=[name])
         with pytest.raises(DataError, match="is a symbolic link to .*outside the stimuli"):
             build_timeline(ev, 1, StimulusConfig(), stimuli_dir=stim, source="r_events.tsv")
+
+
+# stimulus column, stimuli folder, media time, audio (issue 14) ---------------------------------
+
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+@pytest.mark.parametrize("column", ["file_path", "Stim_File", "stimulus", "image", "movie",
+                                    "video", "stim"])
+def test_usual_stimulus_columns_are_detected(tmp_path, column):
+    from bids_vlm.stimulus_files import stimulus_columns
+
+    _touch(tmp_path / "dog" / "dog_12s.jpg")
+    ev = _events([(0, 1), (1, 1)], trial_type=["exp", "exp"],
+                 **{column: ["dog/dog_12s.jpg", np.nan]})
+    assert stimulus_columns(ev).columns == (column,)
+    tl = build_timeline(ev, 2, StimulusConfig(), stimuli_dir=tmp_path)
+    assert tl.images == (str(tmp_path / "dog" / "dog_12s.jpg"), None)
+
+
+def test_a_column_of_labels_is_not_a_stimulus_column_but_one_of_file_names_is(tmp_path):
+    """'stimulus' holding condition labels is not taken for file names (a dataset that
+    analysed its trial types as text keeps working); an unusual column whose every value is a
+    media file name is (NOD names its COCO images in 'condition')."""
+    from bids_vlm.stimulus_files import stimulus_columns
+
+    _touch(tmp_path / "COCO_val2014_000000000042.jpg")
+    labels = _events([(0, 1)], stimulus=["face"], trial_type=["face"])
+    assert stimulus_columns(labels).columns == ()
+    tl = build_timeline(labels, 1, StimulusConfig(text_template="a {trial_type}"),
+                        stimuli_dir=tmp_path)
+    assert tl.images == (None,) and tl.texts == ("a face",)
+    files = _events([(0, 1), (1, 1)], condition=["COCO_val2014_000000000042.jpg", np.nan])
+    found = stimulus_columns(files)
+    assert (found.columns, found.how) == (("condition",), "content")
+    assert "detected: its values are media file names" in found.describe()
+
+
+def test_stim_columns_first_non_empty_value_wins(tmp_path):
+    from bids_vlm.stimulus_files import stimulus_columns
+
+    for name in ("a.png", "b.png", "c.png"):
+        _touch(tmp_path / name)
+    ev = _events([(0, 1), (1, 1), (2, 1)], extra=["a.png", np.nan, "c.png"],
+                 stim_file=["b.png", "b.png", np.nan])
+    config = StimulusConfig(stim_columns=("extra", "absent", "stim_file"))
+    assert stimulus_columns(ev, config.stim_columns).missing == ("absent",)
+    tl = build_timeline(ev, 4, config, stimuli_dir=tmp_path)
+    assert [None if p is None else Path(p).name for p in tl.images] == ["a.png", "b.png",
+                                                                         "c.png", None]
+    none = build_timeline(ev, 1, StimulusConfig(stim_columns=("absent",)), stimuli_dir=tmp_path)
+    assert none.images == (None,)  # the runner says that the column is missing
+
+
+def test_bold5000_bare_names_resolve_in_subfolders_with_one_index(tmp_path, monkeypatch):
+    """BOLD5000 names its images bare; the distributed files sit in COCO/, ImageNet/ and
+    Scene/: each is found by its file name through one index of the tree."""
+    from bids_vlm import stimulus_files
+
+    stim = tmp_path / "BOLD5000_Stimuli"
+    names = {"ImageNet": ["n01930112_19568.JPEG", "n03733281_29214.JPEG"],
+             "COCO": ["COCO_train2014_000000420713.jpg"], "Scene": ["pasture9.jpg"]}
+    for folder, files in names.items():
+        for name in files:
+            _touch(stim / folder / name)
+    builds = []
+    real = stimulus_files._build_index
+    monkeypatch.setattr(stimulus_files, "_build_index",
+                        lambda root: builds.append(root) or real(root))
+    flat = [n for files in names.values() for n in files]
+    ev = _events([(2 * i, 1) for i in range(8)], stim_file=(flat * 2))
+    tl = build_timeline(ev, 16, StimulusConfig(stimuli_dir=str(stim)), stimuli_dir=tmp_path)
+    expected = {n: str(stim / f / n) for f, files in names.items() for n in files}
+    assert tl.images[0::2] == tuple(expected[n] for n in flat * 2)
+    build_timeline(ev, 16, StimulusConfig(stimuli_dir=str(stim)))
+    assert len(builds) == 1  # once per process, not per event or per run
+
+
+def test_a_path_not_found_is_looked_up_by_name_preferring_the_same_ending(tmp_path):
+    _touch(tmp_path / "object_images" / "dog" / "dog_12s.jpg")
+    _touch(tmp_path / "other" / "dog_12s.jpg")
+    ev = _events([(0, 1)], file_path=["dog/dog_12s.jpg"])
+    tl = build_timeline(ev, 1, StimulusConfig(), stimuli_dir=tmp_path)
+    assert tl.images == (str(tmp_path / "object_images" / "dog" / "dog_12s.jpg"),)
+
+
+def test_an_ambiguous_file_name_is_an_error_naming_both_paths(tmp_path):
+    first = _touch(tmp_path / "COCO" / "x.jpg")
+    second = _touch(tmp_path / "Scene" / "x.jpg")
+    ev = _events([(0, 1)], stim_file=["x.jpg"])
+    with pytest.raises(DataError) as err:
+        build_timeline(ev, 1, StimulusConfig(), stimuli_dir=tmp_path, source="r_events.tsv")
+    msg = str(err.value)
+    assert msg.startswith("r_events.tsv: stim_file 'x.jpg' on line 2 ")
+    assert str(first) in msg and str(second) in msg and "ambiguous" in msg
+
+
+def test_lookup_by_name_keeps_the_stimuli_folder_rule(tmp_path):
+    """'..' and absolute values are refused before any lookup by name; a file found by name
+    that is a link out of the folder is refused; a linked folder is not walked."""
+    stim = tmp_path / "stimuli"
+    outside = tmp_path / "outside"
+    _touch(outside / "secret.png")
+    _touch(stim / "sub" / "secret.png")  # a file of that name inside does not make '..' valid
+    (stim / "deep").mkdir()
+    (stim / "deep" / "leak.png").symlink_to(outside / "secret.png")
+    (stim / "linked").symlink_to(outside, target_is_directory=True)
+    _touch(outside / "only_outside.png")
+    cases = [("../outside/secret.png", "is outside the stimuli folder"),
+             (str(outside / "secret.png"), "is outside the stimuli folder"),
+             ("leak.png", "is a symbolic link to"),
+             ("only_outside.png", "not found under")]
+    for value, problem in cases:
+        ev = _events([(0, 1)], stim_file=[value])
+        with pytest.raises(DataError, match=problem):
+            build_timeline(ev, 1, StimulusConfig(), stimuli_dir=stim, source="r_events.tsv")
+
+
+def test_stimuli_dir_of_the_config_wins(tmp_path):
+    _touch(tmp_path / "elsewhere" / "a.png")
+    ev = _events([(0, 1)], stim_file=["a.png"])
+    tl = build_timeline(ev, 1, StimulusConfig(stimuli_dir=str(tmp_path / "elsewhere")),
+                        stimuli_dir=tmp_path / "stimuli")
+    assert tl.images == (str(tmp_path / "elsewhere" / "a.png"),)
+
+
+def test_audio_stimuli_are_ignored_other_extensions_are_errors(tmp_path):
+    _touch(tmp_path / "story.wav")
+    ev = _events([(0, 2), (0.5, 0.3), (1.2, 0.3)], stim_file=["story.wav", np.nan, np.nan],
+                 word=[np.nan, "once", "upon"])
+    tl = build_timeline(ev, 2, StimulusConfig(), stimuli_dir=tmp_path)
+    assert tl.images == (None, None) and tl.texts == ("once", "upon")  # audio owns no sample
+    words = build_timeline(ev, 2, StimulusConfig(text_window=1.0), stimuli_dir=tmp_path)
+    assert words.texts == ("once", "upon")
+    bad = _events([(0, 1)], stim_file=["story.psd"])
+    with pytest.raises(DataError, match="neither an image .* audio files .* are ignored"):
+        build_timeline(bad, 1, StimulusConfig(), stimuli_dir=tmp_path)
+
+
+def _frame_log(n_rows=100, frame=0.04, start=0.12, lag=0.08):
+    """A studyforrest-like log: one row per video frame, ``videotime`` = onset - ``lag``."""
+    onsets = start + frame * np.arange(n_rows)
+    return pd.DataFrame({"onset": onsets, "duration": frame, "frameidx": np.arange(1, n_rows + 1),
+                         "videotime": np.round(onsets - lag, 3), "stim_file": "film.mp4"})
+
+
+def test_media_time_column_shows_the_video_from_the_logged_position(tmp_path):
+    from bids_vlm.video import split_frame_item
+
+    _touch(tmp_path / "film.mp4")
+    ev = _frame_log()
+    plain = build_timeline(ev, 4, StimulusConfig(), stimuli_dir=tmp_path)
+    replay = [split_frame_item(i)[1] for i in plain.images]
+    assert max(replay) < 0.6  # every sample shows the first half second of the film again
+    tl = build_timeline(ev, 4, StimulusConfig(media_time_column="videotime"),
+                        stimuli_dir=tmp_path)
+    times = [split_frame_item(i)[1] for i in tl.images]
+    # sample k's owner is its first frame row; its midpoint k + 0.5 is 0.08 s later in the film
+    assert times == pytest.approx([0.42, 1.42, 2.42, 3.42], abs=0.05)
+
+
+def test_media_time_column_errors(tmp_path):
+    _touch(tmp_path / "film.mp4")
+    ev = _frame_log(10)
+    with pytest.raises(DataError, match="media time column 'movietime' .*columns: onset"):
+        build_timeline(ev, 1, StimulusConfig(media_time_column="movietime"),
+                       stimuli_dir=tmp_path, source="r_events.tsv")
+    ev["videotime"] = ev["videotime"].astype(str)
+    ev.loc[3, "videotime"] = "0:04"
+    with pytest.raises(DataError, match="must hold seconds >= 0; line 5 is '0:04'"):
+        build_timeline(ev, 1, StimulusConfig(media_time_column="videotime"),
+                       stimuli_dir=tmp_path)
+    images = _events([(0, 1)], stim_file=["a.png"])
+    _touch(tmp_path / "a.png")  # no video: the column is not needed
+    assert build_timeline(images, 1, StimulusConfig(media_time_column="videotime"),
+                          stimuli_dir=tmp_path).images == (str(tmp_path / "a.png"),)
+
+
+def test_rows_that_replay_a_video_are_detected():
+    from bids_vlm.stimulus_checks import replayed_rows
+
+    ev = _frame_log(50)
+    assert replayed_rows(ev, list(ev["stim_file"])) == (49, "film.mp4")
+    trials = _events([(0, 3), (10, 3), (20, 3)], stim_file=["a.mp4", "a.mp4", "b.mp4"])
+    assert replayed_rows(trials, list(trials["stim_file"])) == (0, "")  # separate showings
+    images = _events([(0, 1), (1, 1)], stim_file=["a.png", "a.png"])
+    assert replayed_rows(images, list(images["stim_file"])) == (0, "")
+
+
+def test_stimulus_files_for_the_fingerprint(tmp_path):
+    from bids_vlm.stimulus_files import stimulus_files
+
+    _touch(tmp_path / "stim" / "ImageNet" / "n1.JPEG")
+    _touch(tmp_path / "stim" / "a.png")
+    _touch(tmp_path / "stim" / "story.wav")
+    events = _write(tmp_path / "e.tsv", "onset\tduration\tfile_path\n0\t1\tn1.JPEG\n"
+                    "1\t1\ta.png\n2\t1\tstory.wav\n3\t1\tmissing.png\n4\t1\ta.png\n")
+    assert stimulus_files(events, tmp_path / "stim") == [
+        str(tmp_path / "stim" / "ImageNet" / "n1.JPEG"), str(tmp_path / "stim" / "a.png")]
+    assert stimulus_files(events, tmp_path / "stim", ("other",)) == []
+    assert stimulus_files(tmp_path / "nothing.tsv", tmp_path) == []

@@ -34,7 +34,7 @@ def test_analysis_units_group_in_first_seen_order():
     runs = [_run("02", 1), _run("01", 1), _run("02", 2), _run("01", 1, task="rest"),
             _run("01", 2), _run("01", 3, session="b"), _run("01", 4, acq="hi"),
             _run("01", 5, space="T1w", preprocessed=False), _run("01", 6, preprocessed=False)]
-    units = analysis_units(runs)
+    units = analysis_units(runs, "separate")
     keys = [(u["subject"], u["session"], u["task"], u["acquisition"], u["space"]) for u in units]
     assert keys == [("02", None, "view", None, SPACE), ("01", None, "view", None, SPACE),
                     ("01", None, "rest", None, SPACE), ("01", "b", "view", None, SPACE),
@@ -50,6 +50,24 @@ def test_analysis_units_group_in_first_seen_order():
                           "sources", "runs"}
     json.dumps(units)  # the units travel to the nodes as JSON
     assert analysis_units([]) == []
+
+
+def test_sessions_pooled_or_separate(caplog):
+    """THINGS-like: 3 sessions of 1 and 2 runs. Pooled (default): one unit of 5 runs, no
+    session entity; a subject with one session keeps it. Separate: one unit per session, and
+    the one-run session is named in a warning."""
+    runs = [_run("01", 1, session="1"), _run("01", 2, session="1"), _run("01", 1, session="2"),
+            _run("01", 1, session="3"), _run("01", 2, session="3"), _run("02", 1, session="1"),
+            _run("02", 2, session="1")]
+    pooled = analysis_units(runs)
+    assert [(u["subject"], u["session"], len(u["runs"])) for u in pooled] == [
+        ("01", None, 5), ("02", "1", 2)]
+    assert [r["session"] for r in pooled[0]["runs"]] == ["1", "1", "2", "3", "3"]
+    with caplog.at_level("WARNING", logger="bids_vlm"):
+        separate = analysis_units(runs, "separate")
+    assert [(u["subject"], u["session"], len(u["runs"])) for u in separate] == [
+        ("01", "1", 2), ("01", "2", 1), ("01", "3", 2), ("02", "1", 2)]
+    assert "sub-01 ses-2 task-view: 1 run" in caplog.text and "--sessions pooled" in caplog.text
 
 
 @pytest.fixture

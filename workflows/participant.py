@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 from collections import OrderedDict
@@ -21,21 +22,35 @@ from nipype.pipeline import engine as pe
 
 from bids_vlm.config import AnalysisConfig, RunFilter, to_json
 from bids_vlm.derivatives.io import READABLE_MAX, is_plain_model, model_hash, model_words
+
+LOGGER = logging.getLogger("bids_vlm")
 from workflows import nodes
 
 
-def analysis_units(runs) -> list[dict]:
-    """Group RunSpecs into units (subject, session, task, acquisition, space), in order."""
+def analysis_units(runs, sessions: str = "pooled") -> list[dict]:
+    """Group RunSpecs into units (subject, session, task, acquisition, space), in order.
+
+    sessions: "separate", one unit per session; "pooled", the runs of all sessions in one unit
+    (its session is None unless all its runs share one). Each unit warns when it has fewer
+    than 2 runs (no leave-one-run-out encoding), naming its session."""
     units = OrderedDict()
     for run in runs:
-        key = (run.subject, run.session, run.task, run.acquisition, run.space)
-        units.setdefault(key, []).append(run)
+        session = run.session if sessions == "separate" else None
+        units.setdefault((run.subject, session, run.task, run.acquisition, run.space),
+                         []).append(run)
     out = []
     for (subject, session, task, acq, space), members in units.items():
+        found = {r.session for r in members}
+        session = session if session or len(found) != 1 else found.pop()
         out.append({"subject": subject, "session": session, "task": task, "acquisition": acq,
                     "space": space, "preprocessed": all(r.preprocessed for r in members),
                     "sources": [r.bold for r in members],
                     "runs": [r.to_dict() for r in members]})
+        if len(members) < 2:
+            LOGGER.warning("sub-%s%s task-%s: %d run; layer-wise encoding (leave-one-run-out) "
+                           "needs 2%s", subject, f" ses-{session}" if session else "", task,
+                           len(members), " (--sessions pooled joins the sessions' runs)"
+                           if sessions == "separate" else "")
     return out
 
 
