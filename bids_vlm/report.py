@@ -26,6 +26,7 @@ from bids_vlm.derivatives.io import label  # noqa: E402
 from bids_vlm.models import random_weights_warning  # noqa: E402
 from bids_vlm.report_architecture import architecture_sections, overlap_tables  # noqa: E402
 from bids_vlm.report_hierarchy import hierarchy_sections  # noqa: E402
+from bids_vlm.report_inputs import skipped_units, timeline_table  # noqa: E402
 
 TEMPLATE_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym", "MNI152NLin2009cSym", "MNI")
 CITATIONS = [
@@ -61,8 +62,9 @@ def methods_text(config, sidecar: dict) -> str:
         "BN- for negative r).")
 
 
-def participant_report(output_dir, subject: str, config) -> Path:
-    """Write ``sub-<subject>.html`` and its figures; returns the HTML path."""
+def participant_report(output_dir, subject: str, config, skipped=None) -> Path:
+    """Write ``sub-<subject>.html`` and its figures; returns the HTML path. skipped: {analysis
+    unit: why it was left out}."""
     out = Path(output_dir)
     sub_dir = out / f"sub-{subject}"
     figdir = sub_dir / "figures"
@@ -77,7 +79,7 @@ def participant_report(output_dir, subject: str, config) -> Path:
         sections.append("<p>No results were found for this participant.</p>")
     title = f"bids_vlm report: sub-{subject}"
     body = (_random_banner(config.model.models) + _summary(subject, config) +
-            "".join(sections) + _methods(config, sidecar))
+            skipped_units(skipped) + "".join(sections) + _methods(config, sidecar))
     return _write_html(out / f"sub-{subject}.html", title, body)
 
 
@@ -112,7 +114,8 @@ def _unit_section(table_path, sidecar, figdir, out):
              f"<p>Model <b>{html.escape(model)}</b>; space: {html.escape(space or 'native')}; "
              f"{len(table)} ANs, {int(((table.n_bn_pos + table.n_bn_neg) > 0).sum())} with at "
              "least one BN.</p>",
-             f"<p class='note'>{html.escape(sidecar.get('BOLDInput', ''))}</p>"]
+             f"<p class='note'>{html.escape(sidecar.get('BOLDInput', ''))}</p>",
+             timeline_table(sidecar.get("StimulusTimeline", {}))]
     profile = figdir / f"{stem}_layerprofile.png"
     _layer_profile(table, profile, model)
     parts.append(_figure(profile, out, "BN+ and BN- counts per layer, summed over ANs."))

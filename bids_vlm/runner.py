@@ -51,15 +51,21 @@ def write_config_log(output_dir, config: AnalysisConfig, level, extra: dict) -> 
 def check_stimuli(runs, bids_dir, config: AnalysisConfig):
     """Build every run's timeline and read its confounds before the graph runs, so that bad
     events, stimuli or confounds fail fast and clearly, before any output is written; log
-    what the stimuli are (:mod:`bids_vlm.stimulus_checks`: once, here)."""
+    what the stimuli are (:mod:`bids_vlm.stimulus_checks`, :mod:`bids_vlm.timeline_summary`:
+    once, here).
+
+    Returns (the runs of the analysis units that have a stimulus of the selected streams,
+    {run label: timeline summary}, {unit: why it is skipped}): a unit without one is skipped
+    with a warning, so that one task without usable stimuli does not lose the participant's
+    others; NoInputError (65) when no unit has one."""
     from bids_vlm.preproc import read_confounds
     from bids_vlm.stimuli import build_timeline, read_events, sample_items
     from bids_vlm.stimulus_checks import inspect_run, log_stimuli, no_stimulus_hint, unit_label
+    from bids_vlm.timeline_summary import log_summary, summarise
 
     streams = config.model.streams or ("image", "text")  # cross streams: either side
     root = config.stimuli.stimuli_dir or Path(bids_dir) / "stimuli"
-    any_stimulus = False
-    inspected = []
+    inspected, summaries, has_stimulus = [], {}, {}
     for run in runs:
         events = read_events(run.events)
         duration = run.n_scans * run.tr
@@ -73,17 +79,28 @@ def check_stimuli(runs, bids_dir, config: AnalysisConfig):
                            run.events, int(late.sum()), duration)
         _check_length(run, read_confounds(run.confounds, run.n_scans, config.bold), config)
         timeline = build_timeline(events, duration, config.stimuli, root, source=run.events)
-        inspected.append((unit_label(run, config.sessions), run.events,
-                          inspect_run(events, config.stimuli, root)))
-        any_stimulus |= any(x is not None for s in streams for x in sample_items(timeline, s))
+        unit = unit_label(run, config.sessions)
+        inspected.append((unit, run.events, inspect_run(events, config.stimuli, root)))
+        summaries[run.label] = summarise(timeline)
+        log_summary(run.label, run.events, summaries[run.label])
+        has_stimulus[unit] = has_stimulus.get(unit, False) or any(
+            x is not None for s in streams for x in sample_items(timeline, s))
     log_stimuli(inspected, config.stimuli, root)
-    if not any_stimulus:
+    hint = {u: no_stimulus_hint([i for v, _, i in inspected if v == u], config.stimuli)
+            for u in has_stimulus}
+    if not any(has_stimulus.values()):
         raise NoInputError(f"no stimulus of the selected stream(s) ({', '.join(streams)}) in "
                            "any selected run's events"
                            f"{no_stimulus_hint([i for _, _, i in inspected], config.stimuli)}: "
                            "give a stimulus column (--stim-column: images or videos under "
                            "stimuli/ or --stimuli-dir), a text column (--text-column), or "
                            "--text-template, e.g. 'a photo of a {trial_type}'", runs[0].events)
+    skipped = {u: f"no stimulus of the selected stream(s) ({', '.join(streams)}){hint[u]}"
+               for u, found in has_stimulus.items() if not found}
+    for unit, why in skipped.items():
+        LOGGER.warning("%s: analysis unit skipped: %s", unit, why)
+    kept = [r for r in runs if unit_label(r, config.sessions) not in skipped]
+    return kept, summaries, skipped
 
 
 MIN_FREE_FRAMES = 10  # frames a run must keep after cleaning (the association needs T_eff > 3)
@@ -165,7 +182,7 @@ def _run_participant_locked(held, bids_dir, output_dir, config, runs, fingerprin
     runs = [r for r in runs if r.subject not in skipped]
     if not runs:  # nothing is written, not even the logs
         return [Path(output_dir) / f"sub-{s}.html" for s in skipped]
-    check_stimuli(runs, bids_dir, config)
+    runs, timelines, skipped_units = check_stimuli(runs, bids_dir, config)
     work = _work_dir(work_dir, output_dir)
     for subject in sorted({r.subject for r in runs}):
         _lock(held, locks.work_lock_path(work, f"sub-{subject}"), f"sub-{subject}")
@@ -173,9 +190,13 @@ def _run_participant_locked(held, bids_dir, output_dir, config, runs, fingerprin
     write_config_log(output_dir, config, "participant",
                      {"bids_dir": str(bids_dir), "output_dir": str(output_dir),
                       "work_dir": str(work), "runs": [r.bold for r in runs],
-                      "skipped_finished": skipped})
+                      "skipped_finished": skipped, "skipped_units": skipped_units})
     units = analysis_units(runs, config.sessions)
-    wf = init_participant_wf(units, bids_dir, output_dir, work, config)
+    labels = {r.bold: r.label for r in runs}
+    for unit in units:  # what each run shows: in the sidecars and the report
+        unit["timeline"] = {labels[b]: timelines[labels[b]] for b in unit["sources"]}
+    wf = init_participant_wf(units, bids_dir, output_dir, work, config,
+                             skipped_units=skipped_units)
     _run(wf, output_dir, execution)
     subjects = sorted({u["subject"] for u in units})
     for subject in subjects:

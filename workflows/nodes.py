@@ -439,9 +439,13 @@ def outputs_node(association_files, encoding_files, atom_files, mask_file, unit_
                                                lesion_files or [])]
 
 
-def report_node(written, output_dir, subject, config_json):
-    """The participant's HTML report (``sub-<label>.html``) from its derivatives."""
+def report_node(written, output_dir, subject, config_json, skipped_json="{}"):
+    """The participant's HTML report (``sub-<label>.html``) from its derivatives; skipped_json:
+    {unit: why} of its analysis units left out."""
+    import json
+
     from bids_vlm.config import from_json
     from bids_vlm.report import participant_report
 
-    return str(participant_report(output_dir, subject, from_json(config_json)))
+    return str(participant_report(output_dir, subject, from_json(config_json),
+                                  json.loads(skipped_json)))

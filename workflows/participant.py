@@ -106,8 +106,9 @@ def model_tags(models) -> dict:
 
 
 def init_participant_wf(units, bids_dir, output_dir, work_dir, config: AnalysisConfig,
-                        name="bids_vlm_participant"):
-    """The graph for all units of the selected participants."""
+                        name="bids_vlm_participant", skipped_units=None):
+    """The graph for all units of the selected participants. skipped_units: {unit label: why}
+    of the units left out before the graph (their participant's report lists them)."""
     wf = pe.Workflow(name=name, base_dir=str(work_dir))
     cfg = node_config(config)
     per_subject = OrderedDict()
@@ -124,7 +125,10 @@ def init_participant_wf(units, bids_dir, output_dir, work_dir, config: AnalysisC
             wf.connect(node, "out", merge, f"in{i}")
         report = _function_node(nodes.report_node, f"report_sub_{subject}",
                                 {"written": None, "output_dir": str(output_dir),
-                                 "subject": subject, "config_json": cfg})
+                                 "subject": subject, "config_json": cfg,
+                                 "skipped_json": json.dumps(
+                                     {u: why for u, why in (skipped_units or {}).items()
+                                      if u.startswith(f"sub-{subject}_")})})
         report.overwrite = True
         wf.connect(merge, "out", report, "written")
     return wf

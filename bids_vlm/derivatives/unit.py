@@ -74,7 +74,8 @@ def common_sidecar(unit: dict, attrs: dict, config) -> dict:
     preproc = ("preprocessed BOLD from the derivatives (desc-preproc)" if unit["preprocessed"]
                else "none: raw BOLD (no motion correction, slice timing or normalisation by "
                     "bids_vlm); masked, detrended, high-pass filtered and z-scored per run")
-    return {"Sources": unit["sources"], "BOLDInput": preproc,
+    extra = {"StimulusTimeline": unit["timeline"]} if unit.get("timeline") else {}
+    return {"Sources": unit["sources"], "BOLDInput": preproc, **extra,
             "AssociationMethod": attrs["method"], "FDRLevel": float(attrs["fdr_q"]),
             "HRFModel": config.stats.hrf_model, "StimulusRate": config.stimuli.stim_rate,
             "Pooling": config.model.pooling, "ANDefinition": AN_DEFINITIONS[config.model.an_kind]}
