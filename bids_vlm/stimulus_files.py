@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bids_vlm.datalad import annex_target, check_present
 from bids_vlm.errors import DataError
 from bids_vlm.video import VIDEO_EXTENSIONS
 
@@ -188,6 +189,9 @@ def resolve_stimulus(value: str, root, where: str, source, column: str = "stim_f
     path = root / os.path.normpath(value)
     if not os.path.lexists(path):
         path = _by_name(value, root, name, source) or path
+    if not path.exists() and annex_target(path):  # a DataLad file not fetched: exit 66
+        repo = next((d for d in (root, *root.parents) if (d / ".git").exists()), root)
+        check_present(path, repo)
     if not path.exists():
         raise DataError(f"{column} '{value}' not found under {root} (neither as a path "
                         "relative to it nor by its file name in its tree; --stimuli-dir names "

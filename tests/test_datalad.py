@@ -80,3 +80,18 @@ def test_cli_exits_66_before_any_computation(root, tmp_path):
     assert proc.returncode == EXIT_WEIGHTS
     assert "datalad get -d" in proc.stderr and "Traceback" not in proc.stderr
     assert not (out / "sub-01").exists() and not (tmp_path / "work").exists()
+
+
+def test_unfetched_stimulus_names_the_datalad_get(root, tmp_path):
+    """A stimulus that is a git-annex link whose content was not fetched (OpenNeuro's
+    stimuli/ in a DataLad clone): exit 66 with the datalad get, before any computation."""
+    (root / ".git" / "annex" / "objects").mkdir(parents=True)
+    image = root / "stimuli" / "img03.png"
+    image.unlink()
+    image.symlink_to(os.path.relpath(root / ".git" / "annex" / "objects" / "Ab" / "Cd" / KEY,
+                                     image.parent))
+    out = tmp_path / "out"
+    proc = run_cli(root, out, "participant", "-w", tmp_path / "work", check=False)
+    assert proc.returncode == EXIT_WEIGHTS, proc.stderr
+    assert f"datalad get -d {root} {image}" in proc.stderr
+    assert not (out / "sub-01").exists()
