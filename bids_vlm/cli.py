@@ -84,6 +84,9 @@ def _build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("Stimuli")
     g.add_argument("--stim-rate", type=_positive_float, default=1.0,
                    help="stimulus sampling rate in Hz")
+    g.add_argument("--exclude-trial-types", nargs="+", default=[], metavar="TYPE",
+                   help="leave out the events of these trial_type values (e.g. catch oddball) "
+                        "before the timeline")
     g.add_argument("--text-column", default="",
                    help="events column with text (default: text, caption, sentence or word)")
     g.add_argument("--text-window", type=_non_negative_float, default=0.0,
@@ -295,7 +298,8 @@ def config_from_options(opts):
         stimuli=StimulusConfig(opts.stim_rate, opts.text_column, opts.text_template,
                                opts.text_window, stim_columns=tuple(opts.stim_column),
                                stimuli_dir=_stimuli_dir(opts),
-                               media_time_column=opts.media_time_column or ""),
+                               media_time_column=opts.media_time_column or "",
+                               exclude_trial_types=tuple(opts.exclude_trial_types)),
         model=ModelConfig(models=tuple(opts.models), streams=tuple(opts.streams),
                           layers=tuple(opts.layers), pooling=opts.pooling,
                           an_kind=opts.neurons, precision=opts.precision,

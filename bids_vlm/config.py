@@ -34,6 +34,7 @@ class StimulusConfig:
     stim_columns: tuple = ()
     stimuli_dir: str = ""  # absolute folder of the stimulus files; "" = <bids_dir>/stimuli
     media_time_column: str = ""  # seconds into the video at each onset (e.g. "videotime")
+    exclude_trial_types: tuple = ()  # events of these trial types are left out (e.g. catch)
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,18 @@ def read_events(path) -> pd.DataFrame:
     return events
 
 
+def exclude_events(events: pd.DataFrame, config: StimulusConfig, path) -> pd.DataFrame:
+    """The events without the rows whose ``trial_type`` is one of
+    ``config.exclude_trial_types`` (``--exclude-trial-types``, e.g. catch trials), in order;
+    DataError naming the file when it has no trial_type column."""
+    if not config.exclude_trial_types:
+        return events
+    if "trial_type" not in events.columns:
+        raise DataError("--exclude-trial-types needs a trial_type column (columns: "
+                        f"{', '.join(events.columns)})", path)
+    return events[~events["trial_type"].isin(config.exclude_trial_types)].reset_index(drop=True)
+
+
 def _check_text_cells(events: pd.DataFrame, path):
     """DataError naming the line and column of a cell holding a NUL or another control
     character (not tab or newline): no stimulus text has one, and tokenizers, JSON node
@@ -123,7 +135,9 @@ def build_timeline(events: pd.DataFrame, run_duration: float, config: StimulusCo
     Stimulus files are looked up in ``config.stimuli_dir`` when set (``--stimuli-dir``), else
     in ``stimuli_dir`` (the dataset's ``stimuli/``): :mod:`bids_vlm.stimulus_files`. A video
     sample shows the frame at ``media time of its event + (sample midpoint - onset)``
-    (:func:`media_times`)."""
+    (:func:`media_times`). Rows of ``config.exclude_trial_types`` are left out first
+    (:func:`exclude_events`)."""
+    events = exclude_events(events, config, source)
     dt = 1.0 / config.stim_rate
     n_samples = int(math.ceil(run_duration / dt - 1e-9))
     times = np.arange(n_samples) * dt

@@ -339,3 +339,19 @@ def test_stimulus_options_reach_the_configuration(tmp_path):
     from_file = config_from_options(parser.parse_args(argv)).stimuli
     assert (from_file.stim_columns, from_file.stimuli_dir, from_file.media_time_column) == (
         ("condition",), str(elsewhere.resolve()), "videotime")
+
+
+def test_things_catch_trials_excluded(things, tmp_path):
+    """--exclude-trial-types catch: the catch images leave the timeline, the others stay."""
+    root, stimuli = things
+    work = tmp_path / "work"
+    run_cli(root, tmp_path / "out", "participant", "--stimuli-dir", stimuli,
+            "--exclude-trial-types", "catch", *FAST, "-w", work)
+    timelines = _timelines(work)
+    for run in THINGS_RUNS:
+        events = pd.read_csv(DATA / "ds004192" / f"{run}_events.tsv", sep="\t")
+        kept = events[events.trial_type != "catch"]
+        images = [i for i in timelines[re.sub(r"_run-0*(\d+)", r"_run-\1", run)]["images"] if i]
+        assert len(images) == _covered(kept, math.ceil(284 * 1.5))
+        assert {Path(i).name for i in images} == {Path(v).name for v in kept.file_path}
+        assert not any(Path(i).name.startswith("catch") for i in images)

@@ -506,3 +506,22 @@ def test_stimulus_files_for_the_fingerprint(tmp_path):
         str(tmp_path / "stim" / "ImageNet" / "n1.JPEG"), str(tmp_path / "stim" / "a.png")]
     assert stimulus_files(events, tmp_path / "stim", ("other",)) == []
     assert stimulus_files(tmp_path / "nothing.tsv", tmp_path) == []
+
+
+# --exclude-trial-types ------------------------------------------------------------------------
+
+def test_excluded_trial_types_are_left_out_before_the_timeline():
+    """THINGS-like: catch trials (and an oddball) leave no sample; the others keep theirs."""
+    ev = _events([(0, 1), (1, 1), (2, 1), (3, 1)], caption=["a", "b", "c", "d"],
+                 trial_type=["exp", "catch", "exp", "oddball"])
+    tl = build_timeline(ev, 4, StimulusConfig(exclude_trial_types=("catch", "oddball")))
+    assert tl.texts == ("a", None, "c", None)
+    assert build_timeline(ev, 4, StimulusConfig()).texts == ("a", "b", "c", "d")
+
+
+def test_excluding_trial_types_needs_the_column():
+    ev = _events([(0, 1)], caption=["a"])
+    with pytest.raises(DataError, match="--exclude-trial-types needs a trial_type column") as err:
+        build_timeline(ev, 2, StimulusConfig(exclude_trial_types=("catch",)),
+                       source="y_events.tsv")
+    assert "y_events.tsv" in str(err.value)
