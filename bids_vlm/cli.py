@@ -171,6 +171,10 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mem", type=_memory_gb, default=0.0,
                    help="memory for the association, e.g. 16 or 16GB; sets the block size "
                         "(overrides --block-size)")
+    g.add_argument("--keep-entries", type=int, default=100, metavar="K",
+                   help="exact r, z and p kept for each AN's K BNs with the largest |z| "
+                        "(default 100; 0: none; -1: every BN, large at scale); the BNs "
+                        "themselves and their sign are always kept")
 
     g.add_argument("--paper-mode", action="store_true",
                    help="also learn K sparse temporal atoms of each layer's AN time series, "
@@ -274,6 +278,8 @@ def _check_selection(parser, opts):
 
     if opts.precision != "fp32" and opts.device != "cuda":
         parser.error(f"--precision {opts.precision} needs --device cuda")
+    if opts.keep_entries < -1:
+        parser.error(f"--keep-entries {opts.keep_entries}: expected K >= 0, or -1 (every BN)")
     try:
         check_selection(opts.models, opts.streams, opts.layers)
     except ValueError as exc:
@@ -314,6 +320,7 @@ def config_from_options(opts):
                           bn_definition=opts.bn_definition, nuisance_pcs=opts.nuisance_pcs,
                           n_lags=opts.autocorrelation_lags or 0,
                           block_size=opts.block_size, mem_gb=opts.mem, device=opts.device,
+                          keep_entries=opts.keep_entries,
                           paper_mode=opts.paper_mode, n_atoms=opts.n_atoms,
                           atom_alpha=opts.atom_alpha),
         encoding=EncodingConfig(enabled=not opts.no_encoding),

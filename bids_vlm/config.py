@@ -83,6 +83,7 @@ class StatsConfig:
     nuisance_pcs: int = 3  # principal components of a layer's regressors removed ("unique")
     block_size: int = 256  # ANs per block of the streamed association
     mem_gb: float = 0.0  # memory for the association; > 0 sets the block size from it
+    keep_entries: int = 100  # ANs' top voxels (by |z|) with exact r, z, p; 0 none, -1 all
     paper_mode: bool = False  # also run the dictionary-learning (atoms) analysis
     n_atoms: int = 64
     atom_alpha: float = 0.2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from contextlib import ExitStack
 from pathlib import Path
 
 import h5py
@@ -22,6 +23,7 @@ import pandas as pd
 from scipy import sparse, stats
 
 from bids_vlm.derivatives import write_json, write_tsv
+from bids_vlm.derivatives.bnstore import layer_size, layers, read_layer, read_range
 from bids_vlm.errors import DataError
 from bids_vlm.group_architecture import combine_architecture
 from bids_vlm.group_hierarchy import combine_hierarchy
@@ -32,6 +34,7 @@ KEY_RE = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.
                     r"(?P<desc>[A-Za-z0-9]+)_stat-(?P<stat>[a-z0-9]+)_statmap\.nii\.gz$")
 NEURON_RE = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.*)_desc-"
                        r"(?P<desc>[A-Za-z0-9]+)_neurons\.tsv$")
+CONSISTENCY_ANS = 256  # ANs of a layer whose BN maps are compared at a time (bounds memory)
 
 
 def group_maps(stack: np.ndarray, stat: str) -> dict:
@@ -194,37 +197,83 @@ def combine_neuron_tables(output_dir) -> list[Path]:
     return written
 
 
-def _bn_matrix(path):
-    """(an_ids, sparse (N, grid voxels) BN membership) from a participant's association.h5."""
-    with h5py.File(path, "r") as h5:
-        ids = h5["an_id"].asstr()[()]
-        shape = tuple(int(s) for s in h5.attrs["grid_shape"])
-        ijk = h5["voxel_ijk"][()]
-        flat = np.ravel_multi_index(tuple(ijk.T), shape) if len(ijk) else np.zeros(0, int)
-        an, vox = h5["an_index"][()].astype(int), h5["voxel_index"][()].astype(int)
-    member = sparse.csr_matrix((np.ones(len(an)), (an, flat[vox])),
-                               shape=(len(ids), int(np.prod(shape))))
+def _grid_index(h5) -> np.ndarray:
+    """(V,) flat index in the grid of each voxel row of a participant's association.h5."""
+    shape = tuple(int(s) for s in h5.attrs["grid_shape"])
+    ijk = h5["voxel_ijk"][()]
+    return np.ravel_multi_index(tuple(ijk.T), shape) if len(ijk) else np.zeros(0, int)
+
+
+def _bn_blocks(h5) -> dict:
+    """{layer key: (an_offset, n_ans)} of a participant's association.h5: its layer groups
+    ("" for the whole file in the older flat layout)."""
+    if "an_index" in h5:
+        return {"": (0, len(h5["an_id"]))}
+    return {group.name: (offset, layer_size(group)) for _, _, group, offset in layers(h5)}
+
+
+def _bn_matrix(h5, key, flat, rows) -> sparse.csr_matrix:
+    """(k, grid voxels) BN membership of the ANs at positions ``rows`` (k,) of the layer
+    ``key`` (:func:`_bn_blocks`) of a participant's association.h5; flat: :func:`_grid_index`.
+    Consecutive rows are read as one slice of the layer (only their BNs)."""
+    rows = np.asarray(rows, np.int64)
+    if key == "":  # older flat layout: every entry at once
+        an, vox = h5["an_index"][()].astype(np.int64), h5["voxel_index"][()].astype(np.int64)
+    elif len(rows) and np.array_equal(rows, rows[0] + np.arange(len(rows))):
+        an, vox, _ = read_range(h5[key], int(rows[0]), int(rows[0]) + len(rows)).entries()
+        an = an + rows[0]
+    else:  # ANs in another order than the first participant's
+        an, vox = read_layer(h5[key]).rows(rows)
+    order = np.argsort(rows, kind="stable")
+    at = order[np.clip(np.searchsorted(rows[order], an), 0, max(len(rows) - 1, 0))]
+    keep = rows[at] == an if len(rows) else np.zeros(len(an), bool)
+    member = sparse.csr_matrix((np.ones(int(keep.sum())), (at[keep], flat[vox[keep]])),
+                               shape=(len(rows), int(np.prod(h5.attrs["grid_shape"]))))
     member.data[:] = 1.0  # one entry per AN x voxel
-    return list(ids), member
+    return member
 
 
-def an_consistency(paths) -> dict | None:
+def an_consistency(paths, chunk: int = CONSISTENCY_ANS) -> dict | None:
     """{an_id: mean pairwise Jaccard of its BN maps across participants} (ANs without BNs in
-    both participants of a pair count 0 for it), or None with fewer than 2 participants."""
+    both participants of a pair count 0 for it), or None with fewer than 2 participants.
+
+    Reads ``chunk`` ANs of one layer of every participant at a time (the layers of the first
+    participant; the others' ANs are matched by an_id within the layer), so memory holds the
+    BNs of participants x ``chunk`` ANs."""
     if len(paths) < 2:
         return None
-    mats = [_bn_matrix(p) for p in paths]
-    ids = mats[0][0]
-    aligned = []
-    for other_ids, mat in mats:
-        order = [other_ids.index(i) for i in ids] if other_ids != ids else None
-        aligned.append(mat if order is None else mat[order])
-    total, pairs = np.zeros(len(ids)), 0
-    for a in range(len(aligned)):
-        for b in range(a + 1, len(aligned)):
-            inter = np.asarray(aligned[a].multiply(aligned[b]).sum(1)).ravel()
-            union = (np.asarray(aligned[a].sum(1)).ravel() + np.asarray(aligned[b].sum(1)).ravel()
-                     - inter)
-            total += np.divide(inter, union, out=np.zeros(len(ids)), where=union > 0)
-            pairs += 1
-    return dict(zip(ids, total / pairs))
+    out = {}
+    with ExitStack() as stack:
+        files = [stack.enter_context(h5py.File(p, "r")) for p in paths]
+        flats = [_grid_index(h5) for h5 in files]
+        ids = [h5["an_id"].asstr()[()] for h5 in files]
+        blocks = [_bn_blocks(h5) for h5 in files]
+        for key, (offset, n) in blocks[0].items():
+            mine = list(ids[0][offset:offset + n])
+            where = []  # per participant: positions of the first one's ANs in its layer
+            for h5, other, block in zip(files, ids, blocks):
+                if key not in block:
+                    raise DataError(f"no {key or 'flat'} layer of BNs: participants' "
+                                    "association files differ (rerun the participant level "
+                                    "with one bids_vlm version and the same options)",
+                                    h5.filename)
+                start, count = block[key]
+                theirs = list(other[start:start + count])
+                index = {a: i for i, a in enumerate(theirs)} if theirs != mine else None
+                where.append(np.arange(n) if index is None else
+                             np.array([index[a] for a in mine], np.int64))
+            step = n if key == "" else max(1, chunk)
+            for lo in range(0, n, step):
+                hi = min(n, lo + step)
+                mats = [_bn_matrix(h5, key, flat, pos[lo:hi])
+                        for h5, flat, pos in zip(files, flats, where)]
+                total, pairs = np.zeros(hi - lo), 0
+                for a in range(len(mats)):
+                    for b in range(a + 1, len(mats)):
+                        inter = np.asarray(mats[a].multiply(mats[b]).sum(1)).ravel()
+                        union = (np.asarray(mats[a].sum(1)).ravel()
+                                 + np.asarray(mats[b].sum(1)).ravel() - inter)
+                        total += np.divide(inter, union, out=np.zeros(hi - lo), where=union > 0)
+                        pairs += 1
+                out.update(zip(mine[lo:hi], total / pairs))
+    return out

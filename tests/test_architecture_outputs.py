@@ -22,6 +22,7 @@ from datagen import SPACE, Plant, make_planted_dataset
 
 from bids_vlm.analysis.atlases import default_networks
 from bids_vlm.analysis.networks import network_masks
+from bids_vlm.derivatives.bnstore import flat_entries
 
 STEM = f"task-view_space-{SPACE}_desc-tinyclipVstinymeter"
 MODELS = {"tiny-clip": "tinyclip", "tiny-meter": "tinymeter"}
@@ -129,7 +130,8 @@ def _union(folder, sub, desc, stream, layer):
     prefix = f"sub-{sub}_{STEM.split('_desc-')[0]}_desc-{desc}"
     neurons = _read(folder / f"{prefix}_neurons.tsv")
     with h5py.File(folder / f"{prefix}_association.h5") as h5:
-        an, vox = h5["an_index"][()], h5["voxel_index"][()]
+        flat = flat_entries(h5)
+        an, vox = flat["an_index"], flat["voxel_index"]
     rows = np.flatnonzero((neurons.stream == stream) & (neurons.layer == layer))
     return set(vox[np.isin(an, rows)].tolist())
 

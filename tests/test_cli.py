@@ -15,6 +15,7 @@ from nilearn.masking import apply_mask
 
 from bids_vlm import __version__
 from bids_vlm.cli import _build_parser, main
+from bids_vlm.derivatives.bnstore import flat_entries, read_layer
 
 
 def test_help_and_version(capsys):
@@ -34,6 +35,8 @@ def test_help_and_version(capsys):
     ["{bids}", "{bids}/sub-01", "participant"],     # inside the input, not under derivatives/
     ["{bids}", "{out}", "participant", "--layers", "40"],        # no such layer in tiny-clip
     ["{bids}", "{out}", "participant", "--streams", "audio"],
+    ["{bids}", "{out}", "participant", "--keep-entries", "-2"],
+    ["{bids}", "{out}", "participant", "--keep-entries", "all"],
 ])
 def test_usage_errors_exit_2(args, planted, tmp_path, capsys):
     args = [a.format(bids=planted.root, out=tmp_path / "out") for a in args]
@@ -66,28 +69,74 @@ def test_parser_accepts_label_spellings(planted, tmp_path):
 
 
 def _entries(out, sub):
+    """(an_ids, an_index, voxel_index, sign of r) of a participant's BNs."""
     path = next((out / f"sub-{sub}" / "func").glob("*_desc-tinyclip_association.h5"))
     with h5py.File(path) as h5:
         ids = list(h5["an_id"].asstr()[()])
-        return ids, h5["an_index"][()], h5["voxel_index"][()], h5["r"][()]
+        flat = flat_entries(h5)
+        return ids, flat["an_index"], flat["voxel_index"], flat["sign"]
 
 
 def test_planted_voxels_are_bns_of_planted_ans(planted, planted_outputs):
     out = planted_outputs["out"]
     noise = np.array(planted.noise_voxels)
     for sub in planted.subjects:
-        ids, an, vox, r = _entries(out, sub)
+        ids, an, vox, sign = _entries(out, sub)
         for plant in planted.plants:
             mine = an == ids.index(plant.an_id)
             found = set(vox[mine])
             # sensitivity: every planted voxel is a BN with the planted sign
             assert set(plant.voxels) <= found
-            signs = np.sign(r[mine][np.isin(vox[mine], plant.voxels)])
+            signs = sign[mine][np.isin(vox[mine], plant.voxels)]
             assert (signs == np.sign(plant.beta)).all()
             # the planted AN's false positives among pure-noise voxels (measured <= 2/192)
             assert np.isin(list(found), noise).sum() / len(noise) <= 0.05
         # over all ANs, pure-noise voxels are rarely BNs (measured ~0.0015 of AN-voxel pairs)
         assert np.isin(vox, noise).sum() / (len(ids) * len(noise)) < 0.01
+
+
+def test_association_file_keeps_bns_and_top_entries(planted_whole, planted_outputs, tmp_path):
+    """The _association.h5 layout (per layer: BNs with their sign, r / z / p of each AN's top
+    voxels); --keep-entries -1 keeps r, z, p of every BN and changes no other output."""
+    func = planted_outputs["out"] / "sub-01" / "func"
+    out = tmp_path / "out"
+    run_cli(planted_whole.root, out, "participant", "--participant-label", "01", "-q", "-w",
+            tmp_path / "work", "--bn-definition", "marginal", "--no-encoding",
+            "--keep-entries", "-1")
+    default = next(func.glob("*_desc-tinyclip_association.h5"))
+    full = out / "sub-01" / "func" / default.name
+    with h5py.File(default) as h5, h5py.File(full) as every:
+        assert h5.attrs["keep_entries"] == 100 and every.attrs["keep_entries"] == -1
+        assert "bn_voxel" in h5.attrs["layout"] and "an_index" not in h5
+        groups = [k for k in h5 if k not in ("an_id", "voxel_ijk")]
+        assert groups and list(every) == list(h5)
+        n_entries = 0
+        for stream in groups:
+            for layer in h5[stream]:
+                mine, theirs = h5[f"{stream}/{layer}"], every[f"{stream}/{layer}"]
+                n = mine.attrs["n_ans"]
+                assert mine["bn_indptr"].shape == (n + 1,) and mine["bn_voxel"].dtype == np.int32
+                assert mine["bn_voxel"].compression == "gzip" and mine["bn_voxel"].shuffle
+                assert mine["top_voxel"].shape == (n, 100) and mine["top_p"].shape == (n, 100)
+                assert "top_voxel" not in theirs and "r" not in mine
+                e = len(theirs["bn_voxel"])
+                assert theirs["r"].shape == theirs["z"].shape == theirs["p"].shape == (e,)
+                assert not np.isnan(theirs["r"][()]).any()
+                np.testing.assert_array_equal(np.sign(theirs["r"][()]),
+                                              np.sign(theirs["bn_voxel"][()]))
+                a, b = read_layer(mine), read_layer(theirs)  # the same BNs
+                np.testing.assert_array_equal(a.indptr, b.indptr)
+                np.testing.assert_array_equal(a.codes, b.codes)
+                n_entries += e
+        assert n_entries > 0
+        top, all_r = flat_entries(h5), flat_entries(every)
+    kept = ~np.isnan(top["r"])
+    assert kept.any()
+    np.testing.assert_array_equal(top["r"][kept], all_r["r"][kept])
+    np.testing.assert_array_equal(top["p"][kept], all_r["p"][kept])
+    for name in ("neurons.tsv", "networks.tsv", "layers.tsv", "jaccard.tsv"):
+        mine = next(func.glob(f"*_desc-tinyclip_{name}"))
+        assert (out / "sub-01" / "func" / mine.name).read_bytes() == mine.read_bytes()
 
 
 def test_no_cleaned_bold_or_isc_map_without_save_cleaned(planted_outputs):

@@ -12,6 +12,7 @@ import pandas as pd
 
 from bids_vlm.analysis.networks import NetworkMasks, VoxelGrid
 from bids_vlm.config import AnalysisConfig, NetworkConfig
+from bids_vlm.derivatives.bnstore import LayerBNs, pack
 from bids_vlm.derivatives.networks import _driven, layer_count, unit_networks
 from conftest import run_cli
 from datagen import Plant, make_planted_dataset
@@ -53,11 +54,13 @@ def test_lesion_drivers_use_the_spatial_null_per_layer():
     image_vox = [rng.choice(np.flatnonzero(a), int(0.8 * a.sum()), replace=False)]
     image_vox += [rng.choice(len(ijk), 60, replace=False) for _ in range(3)]
     text_vox = [rng.choice(len(ijk), 60, replace=False) for _ in range(50)]
-    entries = {(s, 0): (np.repeat(np.arange(len(v)), [len(x) for x in v]), np.concatenate(v))
-               for s, v in (("image", image_vox), ("text", text_vox))}
-    n_ans = {("image", 0): 4, ("text", 0): 50}
-    rs = {key: np.full(len(e[0]), 0.5) for key, e in entries.items()}
-    assert _driven(entries, n_ans, rs, masks, AnalysisConfig()) == {"A": {"image"}, "B": set()}
+    layers = []
+    for stream, v in (("image", image_vox), ("text", text_vox)):
+        an, vox = np.repeat(np.arange(len(v)), [len(x) for x in v]), np.concatenate(v)
+        packed = pack(an, vox, np.full(len(an), 0.5), np.ones(len(an)), np.ones(len(an)),
+                      len(v), keep=0)
+        layers.append((stream, LayerBNs(packed["bn_indptr"], packed["bn_voxel"])))
+    assert _driven(iter(layers), masks, AnalysisConfig()) == {"A": {"image"}, "B": set()}
 
 
 def test_layer_count():

@@ -146,18 +146,27 @@ def test_an_consistency_by_hand(tmp_path):
 
     from bids_vlm.group import an_consistency
 
-    def write(path, ijk, an, vox):
+    from bids_vlm.derivatives.bnstore import pack, write_layer
+
+    def write(path, ijk, an, vox, flat=False, ids=("m/image/00/0", "m/image/00/1")):
         with h5py.File(path, "w") as h5:
-            h5["an_id"] = np.array(["m/image/00/0", "m/image/00/1"], dtype=h5py.string_dtype())
+            h5["an_id"] = np.array(ids, dtype=h5py.string_dtype())
             h5["voxel_ijk"] = np.array(ijk)
-            h5["an_index"], h5["voxel_index"] = np.array(an), np.array(vox)
             h5.attrs["grid_shape"] = [2, 2, 1]
+            if flat:  # the older layout: every entry
+                h5["an_index"], h5["voxel_index"] = np.array(an), np.array(vox)
+            else:
+                ones = np.ones(len(an))
+                write_layer(h5.create_group("image/00"), pack(an, vox, ones, ones, ones, 2))
         return path
 
     # participant 1: AN0 at grid voxels {(0,0),(0,1)}; participant 2 (another mask and voxel
-    # order): AN0 at {(0,1),(1,1)}, AN1 nowhere -> AN0: 1/3, AN1: 0
-    a = write(tmp_path / "a.h5", [[0, 0, 0], [0, 1, 0]], [0, 0], [0, 1])
-    b = write(tmp_path / "b.h5", [[1, 1, 0], [0, 1, 0]], [0, 0], [0, 1])
-    res = an_consistency([a, b])
-    assert res["m/image/00/0"] == pytest.approx(1 / 3) and res["m/image/00/1"] == 0.0
-    assert an_consistency([a]) is None
+    # order, its ANs in another order): AN0 at {(0,1),(1,1)}, AN1 nowhere -> AN0: 1/3, AN1: 0
+    for flat in (False, True):
+        a = write(tmp_path / "a.h5", [[0, 0, 0], [0, 1, 0]], [0, 0], [0, 1], flat)
+        b = write(tmp_path / "b.h5", [[1, 1, 0], [0, 1, 0]], [1, 1], [0, 1], flat,
+                  ids=("m/image/00/1", "m/image/00/0"))
+        for chunk in (1, 256):  # ANs compared at a time
+            res = an_consistency([a, b], chunk=chunk)
+            assert res["m/image/00/0"] == pytest.approx(1 / 3) and res["m/image/00/1"] == 0.0
+        assert an_consistency([a]) is None

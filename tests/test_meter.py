@@ -270,6 +270,8 @@ def test_cli_finds_planted_meter_ans_in_cross_and_image_streams(tmp_path):
     """A dataset whose BOLD carries tiny-meter's cross-text AN 1/5 (voxels 0-11, from the
     image-caption pairs) and image AN 0/9 (voxels 12-23, negative): the CLI finds both."""
     import h5py
+
+    from bids_vlm.derivatives.bnstore import flat_entries
     from datagen import Plant, make_planted_dataset
 
     plants = (Plant("cross-text", 1, 5, list(range(12)), 0.6, "tiny-meter"),
@@ -281,7 +283,8 @@ def test_cli_finds_planted_meter_ans_in_cross_and_image_streams(tmp_path):
     path = next((out / "sub-01" / "func").glob("*_desc-tinymeter_association.h5"))
     with h5py.File(path) as h5:
         ids = list(h5["an_id"].asstr()[()])
-        an, vox, r = h5["an_index"][()], h5["voxel_index"][()], h5["r"][()]
+        flat = flat_entries(h5)
+        an, vox, r = flat["an_index"], flat["voxel_index"], flat["sign"]
     assert len(ids) == 4 * 2 * 512  # 4 streams x 2 layers x 512 ANs
     noise = np.array(data.noise_voxels)
     for plant in plants:

@@ -23,11 +23,20 @@ def test_layer_jaccard_within_and_across():
                           "n_bn_pos": [3, 4, 3, 2], "n_bn_neg": [0, 0, 0, 0]})
     an = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3, 3])
     vox = np.array([0, 1, 2, 1, 2, 3, 4, 0, 1, 2, 8, 9])
-    res = layer_jaccard(table, an, vox, n_vox=10).set_index(["layer_a", "layer_b"])
+    res = layer_jaccard(table, (an, vox), n_vox=10).set_index(["layer_a", "layer_b"])
     assert res.loc[(0, 0), "mean_jaccard"] == pytest.approx(2 / 5)   # ANs 0 and 1
     assert res.loc[(1, 1), "mean_jaccard"] == pytest.approx(0.0)     # ANs 2 and 3
     # across: J(0,2)=1, J(0,3)=0, J(1,2)=2/5, J(1,3)=0 -> 1.4 / 4
     assert res.loc[(0, 1), "mean_jaccard"] == pytest.approx(0.35)
+    asked = []
+
+    def bns(ans):  # a reader of the sampled ANs' BNs only: the same overlaps
+        asked.append(sorted(ans.tolist()))
+        keep = np.isin(an, ans)
+        return an[keep], vox[keep]
+    again = layer_jaccard(table, bns, n_vox=10).set_index(["layer_a", "layer_b"])
+    pd.testing.assert_frame_equal(again, res)
+    assert asked == [[0, 1, 2, 3]]  # once per stream, with its sampled ANs
 
 
 def test_polarity_straight_mirrored_lines_have_r_but_no_p():
@@ -124,11 +133,15 @@ def test_image_text_overlap_by_hand():
 
     table = pd.DataFrame({"stream": ["image", "image", "text", "text"], "layer": [0, 1, 0, 1],
                           "n_bn_pos": [1, 1, 1, 1], "n_bn_neg": [0, 0, 0, 0]})
-    entries = {"an_index": np.array([0, 0, 2, 2, 1, 3]),
-               "voxel_index": np.array([0, 1, 1, 2, 5, 6])}
+    def union(voxels):
+        hit = np.zeros(8, bool)
+        hit[voxels] = True
+        return hit
+    maps = {("image", 0): union([0, 1]), ("text", 0): union([1, 2]), ("image", 1): union([5]),
+            ("text", 1): union([6])}
     layers = pd.DataFrame({"layer": [0, 1]})
     # layer 0: image {0,1}, text {1,2} -> 1/3; layer 1: image {5}, text {6} -> 0
-    assert stream_overlap(table, entries, 8, layers) == pytest.approx([1 / 3, 0.0])
+    assert stream_overlap(table, maps, layers) == pytest.approx([1 / 3, 0.0])
 
 
 def _planted_layer_table(pos, neg, n_ans=3, n_frames=300, seed=0):

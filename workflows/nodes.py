@@ -210,6 +210,7 @@ def associate_node(regressors_file, cleaned_files, config_json):
     import numpy as np
 
     from bids_vlm.config import from_json
+    from bids_vlm.derivatives.bnstore import ENTRY_FIELDS, pack, write_layer
     from bids_vlm.encoding import method_description, prepare_voxels
     from bids_vlm.encoding.association import TILE, TILE_CUDA, block_size_for_memory
     from bids_vlm.encoding.unique import layer_association, mean_abs_r
@@ -259,10 +260,15 @@ def associate_node(regressors_file, cleaned_files, config_json):
                     desc=f"association {key}", fdr_scope=stats.fdr_scope, **common)
                 if share is not None:
                     out[f"{key}/removed_share"] = share
-                for field, value in vars(res).items():
-                    if field != "n_frames":
+                for field, value in vars(res).items():  # per AN and per voxel
+                    if field != "n_frames" and field not in ENTRY_FIELDS:
                         out[f"{key}/{field}"] = value
+                # the entries in the compact form: BNs with the sign of r, and r, z, p of
+                # each AN's top --keep-entries voxels (bids_vlm.derivatives.bnstore)
+                write_layer(out[key], pack(*(getattr(res, f) for f in ENTRY_FIELDS),
+                                           len(res.n_pos), stats.keep_entries))
                 out[key].attrs["n_frames"] = res.n_frames
+                del res
     return path
 
 

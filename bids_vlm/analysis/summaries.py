@@ -91,22 +91,27 @@ def jaccard_matrix(an_index, voxel_index, ans: np.ndarray, n_vox: int) -> np.nda
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def layer_jaccard(table, an_index, voxel_index, n_vox, max_ans=200, seed=0) -> pd.DataFrame:
+def layer_jaccard(table, bns, n_vox, max_ans=200, seed=0) -> pd.DataFrame:
     """Mean Jaccard overlap of BN maps between the ANs of two layers (same stream), for ANs
-    that have at least one BN; at most ``max_ans`` of them per layer, drawn at random (seeded).
+    that have at least one BN; at most ``max_ans`` of them per layer, drawn at random (seeded:
+    :func:`jaccard_sample`).
 
-    Returns rows (stream, layer_a, layer_b, mean_jaccard, n_a, n_b); within a layer the pairs
-    are distinct ANs.
+    bns: (an_index (E,), voxel_index (E,)) the significant entries, or a function of (k,) AN
+    rows of ``table`` returning those of these ANs (called once per stream with its sampled
+    ANs, so that only they need be read). Returns rows (stream, layer_a, layer_b,
+    mean_jaccard, n_a, n_b); within a layer the pairs are distinct ANs.
     """
-    rng = np.random.default_rng(seed)
-    has_bn = (table.n_bn_pos + table.n_bn_neg).to_numpy() > 0
+    if not callable(bns):
+        an_all, vox_all = (np.asarray(x) for x in bns)
+
+        def bns(ans):
+            return an_all, vox_all
     rows = []
-    for stream, sub in table[has_bn].groupby("stream", sort=True):
-        chosen = {layer: _sample(group.index.to_numpy(), max_ans, rng)
-                  for layer, group in sub.groupby("layer")}
+    for stream, chosen in jaccard_sample(table, max_ans, seed).items():
         layers = sorted(chosen)
         every = np.concatenate([chosen[k] for k in layers])
-        jac = jaccard_matrix(an_index, voxel_index, every, n_vox)
+        an_index, voxel_index = bns(every)
+        jac = jaccard_matrix(np.asarray(an_index), np.asarray(voxel_index), every, n_vox)
         edges = np.cumsum([0] + [len(chosen[k]) for k in layers])
         for i, a in enumerate(layers):
             for j, b in enumerate(layers):
@@ -120,6 +125,17 @@ def layer_jaccard(table, an_index, voxel_index, n_vox, max_ans=200, seed=0) -> p
                              "mean_jaccard": value, "n_a": len(chosen[a]), "n_b": len(chosen[b])})
     return pd.DataFrame(rows, columns=["stream", "layer_a", "layer_b", "mean_jaccard", "n_a",
                                        "n_b"])
+
+
+def jaccard_sample(table, max_ans=200, seed=0) -> dict:
+    """{stream: {layer: (k,) rows of ``table``}}: the ANs with at least one BN of each layer,
+    at most ``max_ans`` of them drawn at random (one seeded generator over streams by name
+    and their layers in order)."""
+    rng = np.random.default_rng(seed)
+    has_bn = (table.n_bn_pos + table.n_bn_neg).to_numpy() > 0
+    return {stream: {layer: _sample(group.index.to_numpy(), max_ans, rng)
+                     for layer, group in sub.groupby("layer")}
+            for stream, sub in table[has_bn].groupby("stream", sort=True)}
 
 
 def _sample(index, k, rng):

@@ -21,6 +21,7 @@ from bids_vlm.analysis.architecture import (
     stream_overlap,
     union_bn_maps,
 )
+from bids_vlm.derivatives.bnstore import layers, read_layer
 from bids_vlm.derivatives.io import bids_name, desc_label, write_json, write_tsv
 
 MSI_COLUMNS = {
@@ -102,9 +103,22 @@ def _read(path) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
 
 
+def union_maps(h5, table) -> dict:
+    """{(stream, layer): (V,) bool} the union BN map of each layer of an ``_association.h5``,
+    read a layer at a time (:func:`~bids_vlm.analysis.architecture.union_bn_maps` of the
+    older flat files). table: the model's neuron table."""
+    n_vox = len(h5["voxel_ijk"])
+    if "an_index" in h5:
+        return union_bn_maps(table["stream"], table["layer"], h5["an_index"][()],
+                             h5["voxel_index"][()], n_vox)
+    return {(stream, layer): read_layer(group).union(n_vox)
+            for stream, layer, group, _ in layers(h5)}
+
+
 def write_architecture_outputs(folder, ents, written) -> list:
-    """``_msi.tsv`` (when every model has a network table with an index) and ``_streamoverlap.tsv`` of the
-    unit's models (+ sidecars); nothing with fewer than two models."""
+    """``_msi.tsv`` (when every model has a network table with an index) and
+    ``_streamoverlap.tsv`` of the unit's models (+ sidecars); nothing with fewer than two
+    models."""
     models = model_files(written)
     if len(models) < 2:
         return []
@@ -118,8 +132,7 @@ def write_architecture_outputs(folder, ents, written) -> list:
         table = _read(item["neurons"])
         layers = item["sidecar"]["LayersPerStream"]
         with h5py.File(item["association"], "r") as h5:
-            maps = union_bn_maps(table["stream"], table["layer"], h5["an_index"][()],
-                                 h5["voxel_index"][()], len(h5["voxel_ijk"]))
+            maps = union_maps(h5, table)
         overlaps.append(stream_overlap(maps, layers, item["model"]))
         nets = _read(item["networks"]) if item["networks"] is not None else None
         if nets is not None and "msi" in nets:

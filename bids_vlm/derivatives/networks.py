@@ -79,7 +79,8 @@ def enrichment_description(config) -> str:
 
 def network_enrichment(an_index, voxel_index, r, n_an: int, masks, config, groups) -> dict:
     """:func:`bids_vlm.analysis.networks.enrichment` with the configuration's FDR level and
-    spatial null; groups: (N,) the BH family (layer) of each AN."""
+    spatial null; r: (E,) r or only its sign; groups: (N,) the BH family (layer) of each AN,
+    None: one family (the ANs of one layer)."""
     net = config.networks
     return enrichment(np.asarray(an_index, np.int64), np.asarray(voxel_index, np.int64), r,
                       n_an, masks, config.stats.fdr_q, groups=groups,
@@ -130,6 +131,7 @@ def compute_lesion(regressors_file, cleaned_files, association_file, encoding_fi
     import nibabel as nib
 
     from bids_vlm.analysis.lesion import FoldAssociation, network_lesions
+    from bids_vlm.derivatives.bnstore import read_layer
     from bids_vlm.models.base import resolve_device
     from bids_vlm.preproc import noise_path
 
@@ -144,12 +146,8 @@ def compute_lesion(regressors_file, cleaned_files, association_file, encoding_fi
             out["skipped"] = problem or str(enc.attrs.get("skipped", "no lesion steps"))
             return out
         names = {(s, int(k)): f"{s}/{k}" for s in assoc for k in assoc[s]}
-        entries = {key: (assoc[f"{n}/an_index"][()].astype(np.int64),
-                         assoc[f"{n}/voxel_index"][()].astype(np.int64))
-                   for key, n in names.items()}
-        n_ans = {key: len(assoc[f"{n}/n_pos"]) for key, n in names.items()}
-        driven = _driven(entries, n_ans, {k: assoc[f"{n}/r"][()] for k, n in names.items()},
-                         masks, config)
+        driven = _driven(((key[0], read_layer(assoc[n])) for key, n in names.items()),
+                         masks, config)  # a layer at a time
         scores = {key: enc[f"{n}/r"][()] for key, n in names.items()}
         features = {key: regs[f"delayed/{n}"] if f"delayed/{n}" in regs else regs[n]
                     for key, n in names.items()}
@@ -178,18 +176,20 @@ def compute_lesion(regressors_file, cleaned_files, association_file, encoding_fi
     return out
 
 
-def _driven(entries, n_ans, rs, masks, config) -> dict:
+def _driven(layers, masks, config) -> dict:
     """{network: streams with at least one AN that drives it} (enrichment as in the networks
-    table: every AN of the model, BH across the ANs x networks of each layer)."""
-    keys = list(entries)
-    offsets = np.cumsum([0] + [n_ans[k] for k in keys])
-    an = np.concatenate([entries[k][0] + o for k, o in zip(keys, offsets)])
-    vox = np.concatenate([entries[k][1] for k in keys])
-    r = np.concatenate([rs[k] for k in keys])
-    stream_of = np.repeat([k[0] for k in keys], [n_ans[k] for k in keys])
-    layer_of = np.repeat(np.arange(len(keys)), [n_ans[k] for k in keys])
-    res = network_enrichment(an, vox, r, int(offsets[-1]), masks, config, layer_of)
-    return {net: set(stream_of[cols["drives"]]) for net, cols in res.items()}
+    table: every AN of the model, BH across the ANs x networks of each layer).
+
+    layers: iterable of (stream, :class:`~bids_vlm.derivatives.bnstore.LayerBNs`), one per
+    layer (read lazily: one layer's BNs at a time)."""
+    out = {name: set() for name in masks}
+    for stream, bns in layers:
+        an, vox, sign = bns.entries()
+        res = network_enrichment(an, vox, sign, bns.n_ans, masks, config, None)
+        for net, cols in res.items():
+            if cols["drives"].any():
+                out[net].add(stream)
+    return out
 
 
 def write_lesion(lesion_file, folder, ents, config, side) -> list:

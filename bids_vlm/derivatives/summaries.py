@@ -41,17 +41,16 @@ POLARITY_TEXT = (
     "nothing varies after prewhitening (e.g. straight lines: a shared smooth trend is not testable)")
 
 
-def stream_overlap(table, entries, n_vox, layers):
+def stream_overlap(table, maps: dict, layers):
     """(rows of ``layers``,) Jaccard overlap between the voxels that are BNs of any image-stream
-    AN of a layer and those of any text-stream AN of the same layer index (n/a otherwise)."""
-    an_layer = table["layer"].to_numpy()[entries["an_index"].astype(int)]
-    an_stream = table["stream"].to_numpy()[entries["an_index"].astype(int)]
-    vox = entries["voxel_index"].astype(int)
+    AN of a layer and those of any text-stream AN of the same layer index (n/a otherwise).
+
+    maps: {(stream, layer): (V,) bool} the union BN map of each analysed layer (a layer
+    without one counts as empty)."""
+    n_vox = len(next(iter(maps.values()))) if maps else 0
 
     def bn_map(stream, layer):
-        hit = np.zeros(n_vox, bool)
-        hit[vox[(an_stream == stream) & (an_layer == layer)]] = True
-        return hit
+        return maps.get((stream, int(layer)), np.zeros(n_vox, bool))
 
     out = []
     for layer in layers["layer"]:
@@ -87,14 +86,18 @@ def write_redundancy_maps(folder, ents, model, counts: dict, mask, side) -> list
     return written
 
 
-def write_layer_summaries(folder, ents, model, table, entries, nets, counts, side, seed) -> list:
+def write_layer_summaries(folder, ents, model, table, maps, bn_rows, nets, counts, side,
+                          seed) -> list:
     """``_layers.tsv`` (+ polarity statistics) and ``_jaccard.tsv`` of one model.
 
-    counts: {stream: (V,) ANs of all layers per voxel}; its length gives the voxel count.
+    maps: {(stream, layer): (V,) bool} union BN maps; bn_rows: a function of (k,) AN rows of
+    ``table`` giving (an_index (e,), voxel_index (e,)) of their BNs (the Jaccard overlaps read
+    only the sampled ANs' BNs, a stream at a time); counts: {stream: (V,) ANs of all layers per
+    voxel}; its length gives the voxel count.
     """
     n_vox = len(next(iter(counts.values()))) if counts else 0
     layers = layer_table(table, nets)
-    layers["image_text_overlap"] = stream_overlap(table, entries, n_vox, layers)
+    layers["image_text_overlap"] = stream_overlap(table, maps, layers)
     polarity = polarity_curves(table, n_surrogates=POLARITY_SURROGATES, seed=seed)
     path = folder / bids_name(dict(ents, desc=desc_label(model)), "layers", ".tsv")
     sidecar = {c: {"Description": d} for c, d in LAYER_COLUMNS.items()}
@@ -104,8 +107,7 @@ def write_layer_summaries(folder, ents, model, table, entries, nets, counts, sid
         **{stream: {k: None if np.isnan(res[k]) else res[k] for k in ("r", "r_prewhitened", "p")}
            for stream, res in polarity.items()}}
     sidecar.update(side)
-    jac = layer_jaccard(table, entries["an_index"].astype(int),
-                        entries["voxel_index"].astype(int), n_vox, JACCARD_MAX_ANS, seed)
+    jac = layer_jaccard(table, bn_rows, n_vox, JACCARD_MAX_ANS, seed)
     jac_path = folder / bids_name(dict(ents, desc=desc_label(model)), "jaccard", ".tsv")
     jac_side = {"mean_jaccard": {"Description": "mean Jaccard overlap of the BN maps of pairs "
                                                 "of ANs (distinct ANs within a layer)"},

@@ -1,5 +1,6 @@
 """The derivatives of one analysis unit (subject, session, task, acquisition): maps, neuron
-tables, sparse associations and layer-wise encoding maps."""
+tables, compact associations (:mod:`bids_vlm.derivatives.association`) and layer-wise encoding
+maps."""
 from __future__ import annotations
 
 import json
@@ -10,14 +11,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from bids_vlm.analysis.atlases import load_networks
 from bids_vlm.derivatives.io import (
     bids_name,
     desc_label,
     label,
     write_json,
     write_map,
-    write_sparse,
     write_tsv,
 )
 from bids_vlm.encoding.noise_ceiling import fraction_of_ceiling
@@ -83,8 +82,9 @@ def common_sidecar(unit: dict, attrs: dict, config) -> dict:
 
 def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict, output_dir,
                        bids_dir, config, atom_files=(), lesion_files=()) -> list:
-    """Maps, neuron tables, sparse associations, encoding maps and network tables of one
+    """Maps, neuron tables, compact associations, encoding maps and network tables of one
     analysis unit."""
+    from bids_vlm.derivatives.association import write_association_outputs
     from bids_vlm.derivatives.networks import unit_networks, write_lesion
 
     mask = nib.load(mask_file)
@@ -108,49 +108,6 @@ def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict,
     from bids_vlm.derivatives.architecture import write_architecture_outputs
 
     return written + write_architecture_outputs(folder, ents, written)
-
-
-def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config,
-                              networks=(None, {})) -> list:
-    """One model's per-layer maps, per-stream redundancy maps, neuron, network and layer
-    tables, and sparse significant entries."""
-    from bids_vlm.derivatives.summaries import (
-        write_layer_summaries,
-        write_redundancy_maps,
-    )
-
-    written, rows = [], []
-    entries = {"an_index": [], "voxel_index": [], "r": [], "z": [], "p": []}
-    counts = {}
-    with h5py.File(assoc_file, "r") as h5:
-        model = output_model_name(str(h5.attrs["model"]), config)
-        side = common_sidecar(unit, dict(h5.attrs), config)
-        depth = layers_per_stream(h5)
-        offset = 0
-        for stream in h5:
-            for layer in h5[stream]:
-                grp = h5[f"{stream}/{layer}"]
-                written += _layer_maps(folder, ents, model, stream, int(layer), grp, mask, side)
-                rows.append(_neuron_rows(str(h5.attrs["model"]), stream, int(layer), grp, ijk,
-                                         config.model.an_kind))
-                counts[stream] = counts.get(stream, 0) + grp["bn_count"][()]
-                for key in entries:
-                    value = grp[key][()]
-                    entries[key].append(value + offset if key == "an_index" else value)
-                offset += len(grp["n_pos"])
-    table = pd.concat(rows, ignore_index=True)
-    merged = {k: np.concatenate(v) if v else np.zeros(0) for k, v in entries.items()}
-    nets = network_table(table, merged, networks[0], config)
-    side["Networks"] = networks[1].get("Networks", "")
-    if nets is not None:
-        table["drives"] = nets["drives"]
-        written += _networks_table(folder, ents, model, nets, dict(side, **networks[1]))
-    written += write_redundancy_maps(folder, ents, model, counts, mask, side)
-    written += write_layer_summaries(folder, ents, model, table, merged, nets, counts, side,
-                                     config.model.seed)
-    written += _neuron_table(folder, ents, model, table, dict(side, LayersPerStream=depth))
-    written.append(_sparse(folder, ents, model, table, entries, ijk, mask, side))
-    return written
 
 
 def layers_per_stream(h5) -> dict:
@@ -303,114 +260,3 @@ def _encoding_maps(folder, ents, model, stream, layer, scores, mask, side, ceili
                   dict(meta, Units="R^2", Description="held-out R^2 of the layer's ridge "
                                                       "encoding model")),
     ]
-
-
-def _layer_maps(folder, ents, model, stream, layer, grp, mask, side):
-    desc = desc_label(model, stream, layer)
-    meta = dict(side, Model=model, Stream=stream, Layer=layer, NumberOfANs=len(grp["n_pos"]))
-    count = dict(meta, Description=f"number of ANs of {model} {stream} layer {layer} that have "
-                                   "the voxel as a BN (BN+ or BN-)", Units="count")
-    best = dict(meta, Description=f"signed Pearson r of the AN of {model} {stream} layer {layer} "
-                                  "with the largest |r| at the voxel", Units="r")
-    return [
-        write_map(folder / bids_name(dict(ents, desc=desc, stat="bncount"), "statmap", ".nii.gz"),
-                  grp["bn_count"][()], mask, count),
-        write_map(folder / bids_name(dict(ents, desc=desc, stat="r"), "statmap", ".nii.gz"),
-                  grp["best_r"][()], mask, best),
-    ]
-
-
-def _neuron_rows(model, stream, layer, grp, ijk, kind):
-    from bids_vlm.models.base import an_id
-
-    n = len(grp["n_pos"])
-    peak = ijk[grp["peak_voxel"][()]] if len(ijk) else np.zeros((n, 3), int)
-    thr = grp["z_threshold"][()].astype(float)
-    return pd.DataFrame({
-        "an_id": [an_id(model, stream, layer, u, kind) for u in range(n)], "stream": stream,
-        "layer": layer, "unit": np.arange(n), "n_bn_pos": grp["n_pos"][()],
-        "n_bn_neg": grp["n_neg"][()], "peak_r": grp["peak_r"][()],
-        "peak_i": peak[:, 0], "peak_j": peak[:, 1], "peak_k": peak[:, 2],
-        "z_threshold": np.where(np.isfinite(thr), thr, np.nan),
-        "p_selection": _column(grp, "p_an", n),
-        "removed_share": _column(grp, "removed_share", n),
-        "mean_abs_r_layer": _column(grp, "mean_abs_r", n)})
-
-
-def _column(grp, name, n):
-    """(n,) a per-AN array of the association's layer group, NaN when it was not computed."""
-    return grp[name][()] if name in grp else np.full(n, np.nan)
-
-
-def network_table(table, entries, masks, config):
-    """Per-AN network table (None without network masks)."""
-    from bids_vlm.analysis.summaries import modality_specificity
-    from bids_vlm.derivatives.networks import network_enrichment
-
-    if masks is None:
-        return None
-    atlases = load_networks(config.networks.atlas)
-    layers = table["stream"].astype(str) + "/" + table["layer"].astype(str)  # BH families
-    res = network_enrichment(entries["an_index"], entries["voxel_index"], entries["r"],
-                             len(table), masks, config, layers)
-    columns = {"an_id": table["an_id"], "stream": table["stream"], "layer": table["layer"]}
-    for name, cols in res.items():
-        for key in ("n_pos", "n_neg", "frac", "p_hypergeom", "p", "q"):
-            columns[f"{key}_{name}"] = cols[key]
-    out = pd.DataFrame(columns)  # at once: parcellations have hundreds of networks
-    out["drives"] = [";".join(n for n in res if res[n]["drives"][i]) or "n/a"
-                     for i in range(len(table))]
-    out["msi"] = modality_specificity(out, sum((a.visual for a in atlases), ()),
-                                      sum((a.language for a in atlases), ()))
-    return out
-
-
-def _networks_table(folder, ents, model, nets, side):
-    path = folder / bids_name(dict(ents, desc=desc_label(model)), "networks", ".tsv")
-    sidecar = {"an_id": {"Description": NEURON_COLUMNS["an_id"]},
-               "drives": {"Description": "networks the AN drives (enrichment q <= FDR level)"},
-               "msi": {"Description": "modality specificity index (v - l) / (v + l), v and l "
-                                      "the shares of the AN's BNs in the visual networks "
-                                      "(Visual; Yeo-17 VisCent and VisPeri; Schaefer *_Vis_*) "
-                                      "and the Language network (n/a: no BN in either, or "
-                                      "no such network in the atlas)"}}
-    for col in nets.columns:
-        key = next((k for k in _NETWORK_COLUMN if col.startswith(k + "_")), None)
-        if key:
-            sidecar[col] = {"Description": _NETWORK_COLUMN[key] + col[len(key) + 1:]}
-    sidecar.update(side)
-    return [write_tsv(path, nets), write_json(path.with_suffix(".json"), sidecar)]
-
-
-_NETWORK_COLUMN = {"n_pos": "BN+ of the AN in network ", "n_neg": "BN- of the AN in network ",
-                   "frac": "share of the AN's BNs in network ",
-                   # before "p": the first key that prefixes a column names it
-                   "p_hypergeom": "hypergeometric enrichment p, which assumes independent "
-                                  "voxels (anti-conservative for spatially smooth BN maps; not "
-                                  "used for drives), of the AN's BNs in network ",
-                   "p": "enrichment p from the spatial null (random rigid moves of the atlas, "
-                        "which keep the BN map's spatial autocorrelation; see Networks; the "
-                        "hypergeometric p when the spatial null is off) of the AN's BNs in "
-                        "network ",
-                   "q": "Benjamini-Hochberg q (across all ANs x networks of the AN's layer) of "
-                        "the enrichment p in network "}
-
-
-def _neuron_table(folder, ents, model, table, side):
-    path = folder / bids_name(dict(ents, desc=desc_label(model)), "neurons", ".tsv")
-    sidecar = {col: {"Description": text} for col, text in NEURON_COLUMNS.items()}
-    sidecar["Model"] = model
-    sidecar.update(side)
-    return [write_tsv(path, table), write_json(path.with_suffix(".json"), sidecar)]
-
-
-def _sparse(folder, ents, model, table, entries, ijk, mask, side):
-    path = folder / bids_name(dict(ents, desc=desc_label(model)), "association", ".h5")
-    data = {k: np.concatenate(v) if v else np.zeros(0) for k, v in entries.items()}
-    data["an_id"] = table["an_id"].to_numpy(str)
-    data["voxel_ijk"] = ijk
-    attrs = {"model": model, "method": side["AssociationMethod"], "fdr_q": side["FDRLevel"],
-             "grid_shape": list(mask.shape[:3]), "affine": np.asarray(mask.affine),
-             "layout": "significant entries: an_index (row of an_id), voxel_index (row of "
-                       "voxel_ijk), r, z (calibrated, signed), p (two-sided, uncorrected)"}
-    return write_sparse(path, data, attrs)
