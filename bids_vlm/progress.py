@@ -1,4 +1,5 @@
-"""Progress bars of the long stages (extraction, association), silenced by ``bids_vlm -q``.
+"""Progress bars of the long stages (extraction, association, encoding), silenced by
+``bids_vlm -q``.
 
 The CLI sets ``BIDS_VLM_QUIET=1`` for ``-q``; the Nipype nodes (in this process or in
 MultiProc workers) inherit it. It is read when a bar is made, not at import time, and it is not

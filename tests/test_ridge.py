@@ -1,11 +1,13 @@
 """Layer-wise ridge encoding: held-out r near the known ceiling, agreement with scikit-learn,
 the cross-validation splits, the preferred layer; the null of a held-out r (calibrated z on
 simulated null sessions: AR(1) 0.6 noise, random-walk confounds and DCT cleaning) and the
-significant preferred layer (calibrated under the null, the planted layer found)."""
+significant preferred layer (calibrated under the null, the planted layer found); the progress bar
+and the scores from voxel batches."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.linear_model import RidgeCV as SkRidgeCV
 
 from scipy import special
@@ -65,6 +67,51 @@ def test_matches_scikit_learn_ridgecv(planted):
                            scoring="r2").fit(x[train], y[train, voxel])
             np.testing.assert_allclose(ours.predictions[test, col], sk.predict(x[test]),
                                        rtol=1e-3, atol=1e-3)
+
+
+def test_progress_bar_per_layer_quiet_with_q(planted, capsys, monkeypatch):
+    """One bar per layer over its folds x voxel batches, titled by the layer; silent when the
+    run is quiet (``bids_vlm -q`` sets BIDS_VLM_QUIET=1) or progress is off."""
+    x, y, _ = planted
+    monkeypatch.delenv("BIDS_VLM_QUIET", raising=False)
+    encode_layer(x, y, RUNS, progress=True, desc="encoding image/layer03")
+    err = capsys.readouterr().err
+    assert "encoding image/layer03" in err and "4/4" in err  # 4 folds x 1 batch
+    encode_layer(x, y, RUNS, n_targets_batch=256)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("BIDS_VLM_QUIET", "1")
+    encode_layer(x, y, RUNS, progress=True, desc="encoding image/layer03")
+    assert capsys.readouterr().err == ""
+
+
+def _scores_float64(pred, y, runs):
+    """heldout_scores as it was written: each run z-scored in float64, r the mean product."""
+    def z(a):
+        a = a - a.mean(0)
+        sd = a.std(0)
+        return np.divide(a, sd, out=np.zeros_like(a), where=sd > 1e-12)
+
+    yz = np.concatenate([z(y[r].astype(np.float64)) for r in runs])
+    pz = np.concatenate([z(pred[r].astype(np.float64)) for r in runs])
+    y_c = np.concatenate([y[r] - y[r].mean(0) for r in runs])
+    err = np.concatenate([y[r] - pred[r] for r in runs])
+    return (yz * pz).mean(0), 1.0 - (err ** 2).sum(0) / (y_c ** 2).sum(0)
+
+
+def test_scores_in_batches_and_voxels_as_a_tensor(planted):
+    """r and R^2 from the batches' per-run sums equal the float64 z-scored ones; voxels given
+    as a torch tensor (as encode_node gives the GPU's copy) give the same result."""
+    x, y, _ = planted
+    runs = run_splits(RUNS)
+    res = encode_layer(x, y, RUNS, keep_predictions=True, with_z=True, n_targets_batch=64)
+    r, r2 = _scores_float64(res.predictions, y, runs)
+    np.testing.assert_allclose(res.r, r, atol=1e-5)
+    np.testing.assert_allclose(res.r2, r2, atol=1e-5)
+    np.testing.assert_allclose(heldout_scores(res.predictions, y, runs), (r, r2), atol=1e-5)
+    tensor = encode_layer(x, torch.from_numpy(y.astype(np.float32)), RUNS, with_z=True)
+    np.testing.assert_allclose(tensor.r, res.r, atol=1e-5)
+    np.testing.assert_allclose(tensor.z, res.z, atol=1e-4)
+    np.testing.assert_array_equal(tensor.alpha, res.alpha)
 
 
 def test_splits():

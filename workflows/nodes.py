@@ -281,6 +281,7 @@ def encode_node(regressors_file, cleaned_files, config_json):
 
     import h5py
     import numpy as np
+    import torch
 
     from bids_vlm.config import from_json
     from bids_vlm.encoding.ridge import encode_layer, method_description, z_description
@@ -299,7 +300,11 @@ def encode_node(regressors_file, cleaned_files, config_json):
                                                   out.attrs["skipped"])
             return path
         voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
-        backend = "torch_cuda" if resolve_device(config.stats.device).type == "cuda" else "torch"
+        device = resolve_device(config.stats.device)
+        backend = "torch_cuda" if device.type == "cuda" else "torch"
+        # on a GPU the BOLD is copied there once for all layers
+        targets = (torch.from_numpy(voxels.astype(np.float32, copy=False)).to(device)
+                   if device.type == "cuda" else voxels)
         out.attrs["method"] = method_description(config.encoding.alphas)
         out.attrs["z_method"] = z_description()
         null = dict(with_z=True, noise_sums=pooled_noise_sums(cleaned_files),  # as association
@@ -308,11 +313,13 @@ def encode_node(regressors_file, cleaned_files, config_json):
             for layer in regs[stream]:
                 key = f"{stream}/{layer}"
                 features = regs[f"delayed/{key}"] if f"delayed/{key}" in regs else regs[key]
-                res = encode_layer(features[()], voxels, run_lengths,
+                res = encode_layer(features[()], targets, run_lengths,
                                    alphas=np.asarray(config.encoding.alphas), backend=backend,
-                                   max_inner_folds=config.encoding.max_inner_folds, **null)
+                                   max_inner_folds=config.encoding.max_inner_folds,
+                                   progress=True, desc=f"encoding {key}", **null)
                 for field in ("r", "r2", "alpha", "z"):
                     out[f"{stream}/{layer}/{field}"] = getattr(res, field)
+        del targets  # the GPU's copy
         from bids_vlm.encoding import noise_ceiling as nc
 
         ceiling = nc.ceiling_from_signatures(list(regs.attrs["run_signatures"]), voxels,

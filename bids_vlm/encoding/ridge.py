@@ -3,11 +3,13 @@ voxel, scored on held-out runs.
 
 Outer cross-validation leaves one run out; inside the training runs, the ridge penalty of each
 voxel is chosen by cross-validation over whole runs (at most ``max_inner_folds`` groups of runs;
-contiguous folds when there is a single training run). himalaya is the engine: ``RidgeCV``, or
-``KernelRidgeCV`` with a linear kernel when the layer has more features than training frames;
-its ``torch`` / ``torch_cuda`` backends run on the CPU / GPU, with targets in batches.
-Scores: Pearson r and R^2 of the held-out predictions over all held-out frames (each run's
-frames z-scored), per voxel.
+contiguous folds when there is a single training run). The engine
+(:mod:`bids_vlm.encoding.ridge_solver`) makes the choices of himalaya's ``RidgeCV`` /
+``KernelRidgeCV`` (mean inner-fold squared error per alpha) from one eigendecomposition per
+(outer, inner) fold, so that every alpha and voxel costs only float32 products with the voxels;
+torch on the CPU or the GPU (backend ``torch_cuda``), voxels in batches, one progress bar per
+layer. Scores: Pearson r and R^2 of the held-out predictions over all held-out frames (each
+run's frames z-scored), per voxel.
 
 Significance of a held-out r (:func:`heldout_z`). A held-out run's prediction comes from a
 model fitted on the other runs only, so under the null (the voxel's series unrelated to the
@@ -52,16 +54,19 @@ from scipy import special
 
 from bids_vlm.encoding.autocorr import (default_lags, demean_traces, noise_factors,
                                         row_autocorrelations)
+from bids_vlm.encoding.ridge_solver import device_of, loro_blocks
+from bids_vlm.progress import progress as progress_bar
 
 ALPHAS = np.logspace(-1, 7, 9)
 CROSS_FOLD = 2.0  # null variance of the pooled held-out r / that of independent folds (bound)
 
 
 def method_description(alphas=ALPHAS) -> str:
-    return ("ridge regression (himalaya) from the layer's AN regressors to each voxel; "
+    return ("ridge regression from the layer's AN regressors to each voxel; "
             "leave-one-run-out; penalty per voxel by cross-validation over the training runs "
-            f"among {[float(a) for a in alphas]}; held-out Pearson r and R^2 over all held-out "
-            "frames")
+            f"among {[float(a) for a in alphas]} (the least mean squared error over the inner "
+            "folds, as himalaya's RidgeCV chooses it); held-out Pearson r and R^2 over all "
+            "held-out frames")
 
 
 def z_description() -> str:
@@ -131,66 +136,88 @@ def himalaya_backend(name):
         set_backend(previous)
 
 
-def _model(n_features, n_train, splits, alphas, n_targets_batch):
-    from himalaya.kernel_ridge import KernelRidgeCV
-    from himalaya.ridge import RidgeCV
-
-    params = {"n_targets_batch": n_targets_batch, "n_alphas_batch": len(alphas),
-              "n_targets_batch_refit": n_targets_batch}
-    if n_features > n_train:
-        return KernelRidgeCV(alphas=alphas, kernel="linear", cv=splits, solver_params=params)
-    return RidgeCV(alphas=alphas, cv=splits, solver_params=params)
-
-
 def fold_predict(x, y, runs, k: int, alphas=ALPHAS, max_inner_folds=5,
                  n_targets_batch=20000):
-    """Fold k of the leave-one-run-out ridge, under the active himalaya backend: fitted on
-    every run but ``runs[k]`` (alphas by the inner run-wise CV), it predicts ``runs[k]``.
+    """Fold k of the leave-one-run-out ridge, on the device of the active himalaya backend
+    (:func:`himalaya_backend`; 'torch_cuda' -> CUDA): fitted on every run but ``runs[k]``
+    (alphas by the inner run-wise CV), it predicts ``runs[k]``.
 
     x: (T, F) features; y: (T, V) voxels; runs: :func:`run_splits`. Returns the prediction
     (len(runs[k]), V) float32 and the chosen alphas (V,)."""
     from himalaya.backend import get_backend
 
-    bk = get_backend()
-    train_runs = [r for i, r in enumerate(runs) if i != k]
-    train = np.concatenate(train_runs)
-    splits = inner_splits(train_runs, max_inner_folds)
-    model = _model(x.shape[1], len(train), splits, alphas, n_targets_batch)
-    model.fit(bk.asarray(x[train], dtype="float32"), bk.asarray(y[train], dtype="float32"))
-    pred = bk.to_numpy(model.predict(bk.asarray(x[runs[k]], dtype="float32")))
-    return pred, bk.to_numpy(model.best_alphas_)
+    alphas = np.asarray(alphas, np.float64)
+    pred = np.empty((len(runs[k]), y.shape[1]), np.float32)
+    best = np.empty(y.shape[1], np.int64)
+    def finish(k, start, p, y_test, b):  # in the solver's worker threads
+        return start, p.cpu().numpy(), b.cpu().numpy()
+
+    for start, p, b in loro_blocks(x, y, runs, alphas, max_inner_folds,
+                                   device_of(get_backend().name), [k], n_targets_batch, finish):
+        pred[:, start:start + p.shape[1]], best[start:start + p.shape[1]] = p, b
+    return pred, alphas[best].astype(np.float32)
 
 
 def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_batch=20000,
                  max_inner_folds=5, keep_predictions=False, with_z=False, noise_sums=None,
-                 lag_traces=None, n_lags=None) -> EncodingResult:
+                 lag_traces=None, n_lags=None, progress=False, desc=None) -> EncodingResult:
     """Leave-one-run-out ridge from features x (T, F) to voxels y (T, V); needs >= 2 runs.
 
-    with_z: also the z of each held-out r (:func:`heldout_z`); x and y must then be cleaned
-    by the same projection (the prediction must be a cleaned series). noise_sums (>= K + 1, V),
-    lag_traces (>= K + 1,): the voxels' noise lag sums before cleaning and the cleaning's lag
-    traces, pooled over runs (as the association takes them; default the voxels' own lag sums
-    and each run's mean removal); n_lags: K (default :func:`default_lags`)."""
+    y: a NumPy array or a torch tensor (kept where it is: one already on the GPU is not
+    copied back). backend: 'numpy' / 'torch' (CPU) or 'torch_cuda'; voxels in batches of at
+    most n_targets_batch. with_z: also the z of each held-out r (:func:`heldout_z`); x and y
+    must then be cleaned by the same projection (the prediction must be a cleaned series).
+    noise_sums (>= K + 1, V), lag_traces (>= K + 1,): the voxels' noise lag sums before
+    cleaning and the cleaning's lag traces, pooled over runs (as the association takes them;
+    default the voxels' own lag sums and each run's mean removal); n_lags: K (default
+    :func:`default_lags`). progress: a progress bar over the folds x voxel batches, titled
+    ``desc`` (silenced by ``bids_vlm -q``)."""
     runs = run_splits(run_lengths)
     if len(runs) < 2:
         raise ValueError("layer-wise encoding needs at least 2 runs (leave-one-run-out)")
-    pred = np.zeros(y.shape, dtype=np.float32)
-    chosen = []
+    alphas = np.asarray(alphas, np.float64)
+    n_vox = y.shape[1]
+    pred = np.zeros(y.shape, dtype=np.float32) if keep_predictions else None
+    chosen = np.empty((len(runs), n_vox), np.int64)
+    sums = np.empty((len(runs), 4, n_vox))  # per held-out run: see _run_sums
     n_lags = n_lags or default_lags(run_lengths)
-    terms = np.zeros((y.shape[1], n_lags + 1)) if with_z else None
-    with himalaya_backend(backend):
-        for k, test in enumerate(runs):
-            pred[test], best = fold_predict(x, y, runs, k, alphas, max_inner_folds,
-                                            n_targets_batch)
-            chosen.append(best)
-            if with_z:
-                terms += prediction_lag_terms(pred[test], n_lags) * (len(test) / len(y))
-    r, r2 = heldout_scores(pred, y, runs)
+    terms = np.zeros((n_vox, n_lags + 1)) if with_z else None
+
+    def finish(k, start, p, y_test, best):  # per block, in the solver's worker threads
+        run_sums = _run_sums(p, y_test)
+        lag = _lag_terms(p, n_lags, run_sums[1]).cpu().numpy() if with_z else None
+        return (k, start, best.cpu().numpy(), run_sums.cpu().numpy(), lag,
+                p.cpu().numpy() if keep_predictions else None)
+
+    blocks = loro_blocks(x, y, runs, alphas, max_inner_folds, device_of(backend),
+                         batch=n_targets_batch, finish=finish)
+    for k, start, best, run_sums, lag, p in progress_bar(blocks, progress, desc=desc,
+                                                         unit="batch", total=len(blocks)):
+        cols = slice(start, start + len(best))
+        chosen[k, cols], sums[k, :, cols] = best, run_sums
+        if with_z:
+            terms[cols] += lag * (len(runs[k]) / len(y))
+        if keep_predictions:
+            pred[runs[k], cols] = p
+    r, r2 = _scores(sums, runs)
     z = None
     if with_z:
         z = heldout_z(r, terms, *_noise_args(y, run_lengths, n_lags, noise_sums, lag_traces))
-    return EncodingResult(r, r2, alpha=np.median(chosen, axis=0),
-                          predictions=pred if keep_predictions else None, z=z)
+    return EncodingResult(r, r2, alpha=np.median(alphas[chosen], axis=0).astype(np.float32),
+                          predictions=pred, z=z)
+
+
+def _lag_terms(pred_run: torch.Tensor, n_lags: int, spp=None) -> torch.Tensor:
+    """(nb, K + 1) float64 :func:`prediction_lag_terms` of one run's predictions (n_run, nb);
+    spp: (nb,) their centred sums of squares when known (:func:`_run_sums`)."""
+    n = len(pred_run)
+    sd = (pred_run.double().std(0, correction=0) if spp is None else
+          torch.sqrt(torch.as_tensor(spp, device=pred_run.device) / n))
+    varying = sd > 1e-12  # the same test as heldout_scores' z-scoring
+    scale = torch.where(varying, 1.0 / torch.where(varying, sd, 1.0), 0.0).float()
+    rows = (pred_run * scale).T  # unit SD: tiny predictions keep their rho
+    rho = row_autocorrelations(rows, [n], n_lags, chunk=4096).double()
+    return torch.cat([rho * varying[:, None], varying[:, None].double()], 1)
 
 
 def prediction_lag_terms(pred_run, n_lags: int, chunk: int = 16384) -> np.ndarray:
@@ -198,19 +225,11 @@ def prediction_lag_terms(pred_run, n_lags: int, chunk: int = 16384) -> np.ndarra
     autocorrelations within the run, and 1; both 0 where the prediction is constant (it is
     then all zeros once z-scored, as :func:`heldout_scores` does). The run's terms weighted by
     n_run / T and summed over runs give the prediction's side of the null variance. Voxels in
-    chunks (a chunk's copy of the predictions at a time)."""
-    pred_run = np.asarray(pred_run)
+    chunks."""
+    pred_run = torch.as_tensor(np.asarray(pred_run))
     out = np.zeros((pred_run.shape[1], n_lags + 1))
-    for start in range(0, pred_run.shape[1], chunk):
-        part = pred_run[:, start:start + chunk]
-        sd = part.std(0, dtype=np.float64)
-        varying = sd > 1e-12  # the same test as heldout_scores' z-scoring
-        rows = np.empty(part.shape[::-1], np.float32)
-        np.multiply(part.T, np.where(varying, 1.0 / np.where(varying, sd, 1.0), 0.0)[:, None],
-                    out=rows, casting="unsafe")  # unit SD: tiny predictions keep their rho
-        rho = row_autocorrelations(torch.from_numpy(rows), [len(part)], n_lags).double()
-        out[start:start + chunk, :-1] = rho.numpy() * varying[:, None]
-        out[start:start + chunk, -1] = varying
+    for s in range(0, pred_run.shape[1], chunk):
+        out[s:s + chunk] = _lag_terms(pred_run[:, s:s + chunk], n_lags).numpy()
     return out
 
 
@@ -235,7 +254,8 @@ def _noise_args(y, run_lengths, n_lags, noise_sums, lag_traces):
     if noise_sums is None:
         from bids_vlm.encoding.inference import lag_sums as _lag_sums
 
-        noise_sums = _lag_sums(y, list(run_lengths), n_lags)
+        noise_sums = _lag_sums(y.cpu().numpy() if isinstance(y, torch.Tensor) else y,
+                               list(run_lengths), n_lags)
     if lag_traces is None:
         lag_traces = demean_traces(run_lengths, n_lags)
     if np.asarray(noise_sums).shape[1] != y.shape[1]:
@@ -245,21 +265,45 @@ def _noise_args(y, run_lengths, n_lags, noise_sums, lag_traces):
             float(np.asarray(lag_traces)[0]))
 
 
-def heldout_scores(pred, y, runs):
-    """(V,) Pearson r and R^2 of predictions over all held-out frames, each run z-scored."""
-    def z(a):
-        a = a - a.mean(0)
-        sd = a.std(0)
-        return np.divide(a, sd, out=np.zeros_like(a), where=sd > 1e-12)
+def _run_sums(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(4, nb) float64 sums over one run's frames of predictions and voxels (n, nb): the
+    centred voxels' and predictions' sums of squares and cross-products, and the squared
+    errors: [S_yy, S_pp, S_yp, S_ee] (float32 products of centred values: a batch that stays
+    in cache)."""
+    p, v = pred.float(), y.float()
+    pc = p - p.mean(0, dtype=torch.float64).float()  # exact for a constant series
+    vc = v - v.mean(0, dtype=torch.float64).float()
+    return torch.stack([vc.square().sum(0), pc.square().sum(0), (vc * pc).sum(0),
+                        (v - p).square_().sum(0)]).double()
 
-    yz = np.concatenate([z(y[r].astype(np.float64)) for r in runs])
-    pz = np.concatenate([z(pred[r].astype(np.float64)) for r in runs])
-    raw = np.concatenate([pred[r].astype(np.float64) - y[r].mean(0) for r in runs])
-    y_c = np.concatenate([y[r].astype(np.float64) - y[r].mean(0) for r in runs])
-    r = (yz * pz).mean(0)
-    ss_tot = (y_c ** 2).sum(0)
-    r2 = 1.0 - ((y_c - raw) ** 2).sum(0) / np.where(ss_tot > 0, ss_tot, np.inf)
+
+def _scores(sums: np.ndarray, runs):
+    """(V,) r and R^2 from each run's :func:`_run_sums` (n_runs, 4, V): r = sum over runs of
+    n_run / T times the run's correlation (0 where either side is constant), as z-scoring
+    each run and averaging the products over all frames gives."""
+    n = np.array([len(r) for r in runs], np.float64)[:, None]
+    syy, spp, syp, see = (sums[:, i] for i in range(4))
+    ok = (np.sqrt(syy / n) > 1e-12) & (np.sqrt(spp / n) > 1e-12)
+    corr = np.divide(syp, np.sqrt(syy * spp), out=np.zeros_like(syp), where=ok)
+    r = (corr * n).sum(0) / n.sum()
+    ss_tot = syy.sum(0)
+    r2 = 1.0 - see.sum(0) / np.where(ss_tot > 0, ss_tot, np.inf)
     return r.astype(np.float32), r2.astype(np.float32)
+
+
+def heldout_scores(pred, y, runs, chunk: int = 2048):
+    """(V,) Pearson r and R^2 of predictions over all held-out frames, each run z-scored.
+
+    pred, y: (T, V) NumPy arrays or tensors; voxels in chunks."""
+    pred, y = (torch.as_tensor(np.asarray(a)) if not isinstance(a, torch.Tensor) else a
+               for a in (pred, y))
+    sums = np.empty((len(runs), 4, y.shape[1]))
+    for k, run in enumerate(runs):
+        idx = torch.as_tensor(run, device=y.device)
+        for s in range(0, y.shape[1], chunk):
+            sums[k, :, s:s + chunk] = _run_sums(pred[idx.to(pred.device), s:s + chunk],
+                                                y[idx, s:s + chunk]).cpu().numpy()
+    return _scores(sums, runs)
 
 
 def best_layer_p(scores: np.ndarray, z: np.ndarray) -> np.ndarray:
