@@ -31,11 +31,30 @@ MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 NON_STEADY = re.compile(r"non_steady_state_outlier_?\d+")
 
 
+def fmriprep_1x_names(table: pd.DataFrame) -> pd.DataFrame:
+    """An fMRIPrep 1.0-1.1 confounds table (``_bold_confounds.tsv``: X, Y, Z, RotX, RotY, RotZ,
+    aCompCor00, Cosine00, NonSteadyStateOutlier00, ...) with the names of fMRIPrep >= 1.2
+    (trans_x, ..., a_comp_cor_00, cosine00, non_steady_state_outlier00); other tables as they
+    are."""
+    if "trans_x" in table or not {"X", "RotX"} <= set(table.columns):
+        return table
+    names = dict(zip(("X", "Y", "Z", "RotX", "RotY", "RotZ"), MOTION))
+    for col in table.columns:
+        for old, new in (("aCompCor", "a_comp_cor_"), ("tCompCor", "t_comp_cor_"),
+                         ("Cosine", "cosine"),
+                         ("NonSteadyStateOutlier", "non_steady_state_outlier")):
+            if re.fullmatch(old + r"\d+", col):
+                names[col] = new + col[len(old):]
+    return table.rename(columns=names)
+
+
 def select_confounds(table: pd.DataFrame, config: BoldConfig) -> pd.DataFrame:
-    """Columns of an fMRIPrep confounds table chosen by ``config.confounds``.
+    """Columns of an fMRIPrep confounds table chosen by ``config.confounds`` (fMRIPrep 1.x
+    names are read as their >= 1.2 equivalents: :func:`fmriprep_1x_names`).
 
     Returns (n_scans, n_confounds); NaNs (first row of derivatives) become 0.
     """
+    table = fmriprep_1x_names(table)
     columns = []
     if "motion" in config.confounds:
         columns += [c for c in MOTION if c in table]
@@ -60,6 +79,7 @@ def censored_frames(confounds_path, n_scans: int) -> np.ndarray | None:
         table = pd.read_csv(confounds_path, sep="\t", na_values=["n/a"])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         return None  # read_confounds reports it
+    table = fmriprep_1x_names(table)
     cols = [c for c in table if NON_STEADY.fullmatch(c)]
     if not cols or len(table) != n_scans:
         return None

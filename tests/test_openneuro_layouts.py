@@ -355,3 +355,31 @@ def test_things_catch_trials_excluded(things, tmp_path):
         assert len(images) == _covered(kept, math.ceil(284 * 1.5))
         assert {Path(i).name for i in images} == {Path(v).name for v in kept.file_path}
         assert not any(Path(i).name.startswith("catch") for i in images)
+
+
+def test_bold5000_fmriprep_1x_derivatives_are_used(bold5000, tmp_path):
+    """BOLD5000's fMRIPrep 1.0 outputs (``_bold_space-T1w_preproc.nii.gz``,
+    ``_bold_space-T1w_brainmask.nii.gz`` and the real ``_bold_confounds.tsv`` with its 1.x column
+    names, X ... RotZ, aCompCor00, NonSteadyStateOutlier00) are found and used."""
+    import nibabel as nib
+
+    root, stimuli = bold5000
+    data = tmp_path / "ds001499"
+    shutil.copytree(root, data)
+    run = BOLD5000_RUNS[0]
+    func = data / "derivatives" / "fmriprep" / "sub-CSI1" / "ses-01" / "func"
+    func.mkdir(parents=True)
+    raw = nib.load(data / f"{_stem(run)}_bold.nii.gz")
+    nib.save(raw, func / f"{run}_bold_space-T1w_preproc.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones(raw.shape[:3], np.uint8), raw.affine),
+             func / f"{run}_bold_space-T1w_brainmask.nii.gz")
+    shutil.copy(DATA / "ds001499" / f"{run}_bold_confounds.tsv", func)
+    out = tmp_path / "out"
+    proc = run_cli(data, out, "participant", "--stimuli-dir", stimuli, "--run", "1", *FAST,
+                   "-w", tmp_path / "work")
+    assert "no preprocessed BOLD found" not in proc.stderr
+    assert "without dataset_description.json" in proc.stderr  # as the 1.0 outputs ship
+    side = json.loads(next((out / "sub-CSI1" / "ses-01" / "func").glob(
+        "*_space-T1w_desc-tinyclip_neurons.json")).read_text())
+    assert side["BOLDInput"].startswith("preprocessed")
+    assert side["Sources"][0].endswith(f"{run}_bold_space-T1w_preproc.nii.gz")

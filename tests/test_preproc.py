@@ -227,3 +227,21 @@ def test_non_steady_state_volumes_are_censored_on_both_sides(tmp_path):
     np.testing.assert_allclose(sums, lag_sums(np.r_[np.zeros((2, 50)), kept], [n], 4),
                                rtol=1e-4, atol=1e-3)
     assert censored_frames(None, n) is None
+
+
+def test_fmriprep_1x_confound_names_are_read():
+    """fMRIPrep 1.0-1.1 confounds (X, Y, Z, RotX, RotY, RotZ, aCompCorNN, CosineNN,
+    NonSteadyStateOutlierNN) are selected as their >= 1.2 names (BOLD5000's derivatives)."""
+    from bids_vlm.preproc import fmriprep_1x_names
+
+    rng = np.random.default_rng(4)
+    n = 12
+    old = pd.DataFrame({c: rng.normal(size=n) for c in
+                        ["CSF", "X", "Y", "Z", "RotX", "RotY", "RotZ", "aCompCor00",
+                         "aCompCor01", "Cosine00", "NonSteadyStateOutlier00"]})
+    out = select_confounds(old, BoldConfig(n_acompcor=2))
+    assert list(out.columns) == list(MOTION) + ["a_comp_cor_00", "a_comp_cor_01", "cosine00",
+                                                "non_steady_state_outlier00"]
+    np.testing.assert_array_equal(out["rot_y"], old["RotY"])
+    new = _confound_table(n, rng)
+    assert fmriprep_1x_names(new) is new
