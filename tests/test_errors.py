@@ -8,7 +8,8 @@ from bids_vlm import errors
 from bids_vlm.runner import _node_error
 
 CODES = {"BidsVlmError": 1, "DataError": 64, "UnsafeCheckpointError": 64, "NoInputError": 65,
-         "WeightsNotFoundError": 66, "ResourceError": 69, "OutputError": 73, "BusyError": 75}
+         "WeightsNotFoundError": 66, "ContentNotPresentError": 66, "ResourceError": 69,
+         "OutputError": 73, "BusyError": 75}
 
 
 def test_every_error_class_has_its_documented_code():

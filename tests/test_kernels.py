@@ -174,3 +174,32 @@ def test_entries_above_reads_back_exactly_and_never_overflows():
     small = tuple(a[:total - 1] for a in out)
     with pytest.raises(RuntimeError, match="room for"):
         entries_above(tiles, crit, np.zeros(3, np.int64), small)
+
+
+def test_scan_fused_equals_torch_on_a_dense_block():
+    """Many discoveries per AN and the exact null variance: the compiled read-back, exact z and
+    BH (counts in bins) give the torch path's discoveries, in the same order (u, from the
+    compiled tile pass, may differ from torch's in its last bit, and r and z with it)."""
+    from bids_vlm.encoding.autocorr import demean_traces, noise_factors
+    from bids_vlm.encoding.inference import lag_sums
+
+    rng = np.random.default_rng(8)
+    t = sum(RUNS)
+    latent = np.cumsum(rng.standard_normal((t, 4)), 0)
+    x = (latent @ rng.standard_normal((4, 12)) + 3 * rng.standard_normal((t, 12))).astype(
+        np.float32)
+    y = rng.standard_normal((t, 700)).astype(np.float32)
+    y[:, :300] += (0.3 * latent @ rng.standard_normal((4, 300))).astype(np.float32)
+    noise = noise_factors(lag_sums(y, RUNS, 12), demean_traces(RUNS, 12), 12)
+    vox = _prepare_voxels(y, RUNS, 12, torch.device("cpu"), map, t, noise)
+    zcrit = torch.from_numpy(bh_z_thresholds(vox.n_vox, 0.05).astype(np.float32))
+    xb, acf_b = _prepare_block(x, RUNS, 12, torch.device("cpu"), t, "exact")
+    fused, plain = (BlockScanner(vox, 16, 128, zcrit, fused=f).scan(xb, acf_b)
+                    for f in (True, False))
+    for name in ("n_pos", "n_neg", "z_threshold", "rows", "cols"):
+        assert torch.equal(getattr(fused, name), getattr(plain, name)), name
+    torch.testing.assert_close(fused.r, plain.r, rtol=1e-6, atol=0)
+    torch.testing.assert_close(fused.z, plain.z, rtol=1e-5, atol=0)
+    np.testing.assert_allclose(fused.p, plain.p, rtol=1e-4)
+    np.testing.assert_array_equal(np.isnan(fused.p_an), np.isnan(plain.p_an))
+    assert len(fused.rows) > 0.1 * 12 * 700

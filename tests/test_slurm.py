@@ -165,14 +165,23 @@ def assert_same_outputs(a, b):
             np.testing.assert_array_equal(ia.get_fdata(), ib.get_fdata(), err_msg=name)
         elif name.endswith(".h5"):
             with h5py.File(fa) as ha, h5py.File(fb) as hb:
-                assert sorted(ha) == sorted(hb), name
-                for key in ha:
-                    np.testing.assert_array_equal(ha[key][()], hb[key][()], err_msg=f"{name}:{key}")
-                assert sorted(ha.attrs) == sorted(hb.attrs), name
-                for key in ha.attrs:
-                    np.testing.assert_array_equal(ha.attrs[key], hb.attrs[key], err_msg=name)
+                _same_h5(ha, hb, name)
         elif name.endswith((".tsv", ".json")):
             assert fa.read_bytes() == fb.read_bytes(), name
+
+
+def _same_h5(ha, hb, name):
+    """Two HDF5 groups hold the same datasets, subgroups (the association's layers) and
+    attributes."""
+    assert sorted(ha) == sorted(hb), name
+    for key in ha:
+        if isinstance(ha[key], h5py.Group):
+            _same_h5(ha[key], hb[key], f"{name}:{key}")
+        else:
+            np.testing.assert_array_equal(ha[key][()], hb[key][()], err_msg=f"{name}:{key}")
+    assert sorted(ha.attrs) == sorted(hb.attrs), name
+    for key in ha.attrs:
+        np.testing.assert_array_equal(ha.attrs[key], hb.attrs[key], err_msg=name)
 
 
 @pytest.fixture(scope="module")

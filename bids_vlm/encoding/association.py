@@ -30,11 +30,11 @@ import torch
 from bids_vlm.encoding.autocorr import bartlett_weights, default_lags, row_autocorrelations
 from scipy import special
 
-from bids_vlm.encoding.blockscan import (CANDIDATE_FRACTION, CHUNK, BlockScanner, Voxels,
-                                         pad_voxels, u_threshold)
-from bids_vlm.encoding.fdr import bh_sorted, bh_z_thresholds, p_from_z
+from bids_vlm.encoding.blockscan import (CANDIDATE_FRACTION, CHUNK, Accumulator, BlockScanner,
+                                         Voxels, pad_voxels, u_threshold)
+from bids_vlm.encoding.fdr import bh_sorted, bh_z_thresholds
 from bids_vlm.encoding.inference import method_description  # noqa: F401 (re-exported)
-from bids_vlm.encoding.inference import noise_model, selective
+from bids_vlm.encoding.inference import noise_model
 from bids_vlm.encoding.kernels import prepare_rows
 from bids_vlm.progress import progress as progress_bar
 
@@ -169,7 +169,7 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     block = max(1, min(block_size, -(-n_an // workers)))
     n_lags = (n_lags or default_lags(run_lengths)) if autocorr != "none" else None
     starts = range(0, n_an, block)
-    acc = _Accumulator(n_an)
+    acc = Accumulator(n_an)
     with _pool(min(workers, max(len(starts), 1))) as imap:
         if isinstance(voxels, Voxels):
             vox = _check_prepared(voxels, run_lengths, n_lags, dev, n_dof, autocorr)
@@ -197,11 +197,8 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
         else:
             for start, res in run("scan"):
                 acc.add(start, res)
-    res = acc.result(scanners, vox.n_vox, n_frames)
-    if fdr_scope == "all":
-        res.p_an = np.full(n_an, np.nan)
-        return res
-    return selective(res, q, vox.n_vox, fdr_scope == "selective")
+        return AssociationResult(**acc.result(scanners, vox.n_vox, q, fdr_scope, imap),
+                                 n_frames=n_frames)
 
 
 def prepare_voxels(voxels, run_lengths=None, autocorr="exact", n_lags=None, device="cpu",
@@ -375,47 +372,3 @@ def _prepare_block(x, run_lengths, n_lags, dev, n_dof=0, autocorr="exact"):
     weighted = acf * bartlett_weights(n_lags).to(dev)
     ones = torch.ones(rows.shape[0], 1, device=dev)
     return rows, torch.cat([weighted, ones], 1) / (n_dof or rows.shape[1])
-
-
-class _Accumulator:
-    """Per-AN summaries and significant entries of the blocks, in block order."""
-
-    def __init__(self, n_an):
-        self.per_an = {k: np.zeros(n_an, dtype) for k, dtype in
-                       (("n_pos", np.int64), ("n_neg", np.int64), ("z_threshold", np.float32),
-                        ("peak_r", np.float32), ("peak_voxel", np.int64))}
-        self.entries = []
-
-    def add(self, start, res):
-        """One block's :class:`BlockResult` (BH per AN)."""
-        sl = slice(start, start + res.peak_r.shape[0])
-        for name, values in self.per_an.items():
-            values[sl] = getattr(res, name).cpu().numpy()
-        self.entries.append(((res.rows + start).cpu().numpy(), res.cols.cpu().numpy(),
-                             res.r.cpu().numpy(), res.z.cpu().numpy()))
-
-    def set_peaks(self, start, peak_r, peak_voxel):
-        self.per_an["peak_r"][start:start + len(peak_r)] = peak_r.cpu().numpy()
-        self.per_an["peak_voxel"][start:start + len(peak_r)] = peak_voxel.cpu().numpy()
-
-    def add_all(self, an, vox, sign, r_abs, z_abs, thr):
-        """The discoveries of BH across all pairs (E,) and its critical |z|."""
-        an, positive = an.long().cpu().numpy(), (sign > 0).cpu().numpy()
-        n_an = len(self.per_an["n_pos"])
-        self.per_an["n_pos"][:] = np.bincount(an[positive], minlength=n_an)
-        self.per_an["n_neg"][:] = np.bincount(an[~positive], minlength=n_an)
-        self.per_an["z_threshold"][:] = thr
-        order = np.lexsort((vox.cpu().numpy(), an))
-        self.entries.append((an[order], vox.long().cpu().numpy()[order],
-                             (sign * r_abs).cpu().numpy()[order],
-                             (sign * z_abs).cpu().numpy()[order]))
-
-    def result(self, scanners, n_vox, n_frames) -> AssociationResult:
-        best = torch.stack([s.best_r[:n_vox] for s in scanners])
-        best_r = best.gather(0, best.abs().argmax(0, keepdim=True))[0]
-        an, vox, rr, zz = (np.concatenate(parts) for parts in zip(*self.entries))
-        return AssociationResult(
-            **self.per_an, bn_count=np.bincount(vox.astype(np.int64), minlength=n_vox),
-            best_r=best_r.cpu().numpy(), an_index=an.astype(np.int64),
-            voxel_index=vox.astype(np.int64), r=rr.astype(np.float32), z=zz.astype(np.float32),
-            p=p_from_z(zz), n_frames=n_frames)

@@ -11,8 +11,18 @@ sign of r, stored for the whole block (4 bytes per AN x voxel, plus the maximum 
 autocorrelations (:mod:`bids_vlm.encoding.autocorr`). Each AN's count of u >= zcrit[-1]^2
 bounds its number of BH discoveries n, so no discovery has |z| < zcrit[n - 1]: after the last
 tile only the chunks whose maximum reaches zcrit[n - 1]^2 are read again, their entries with
-u above it get their exact z, and BH (:func:`bids_vlm.encoding.fdr.bh_select`) runs on those
-candidates. No transcendental function is evaluated for the other entries.
+u above it get their exact z, and BH runs on those candidates. No transcendental function is
+evaluated for the other entries.
+
+On the CPU (compiled, :mod:`bids_vlm.encoding.kernels`) each AN's entries are read back in one
+pass, n is tightened to BH's count on u (the largest k with #{u >= zcrit[k - 1]^2} >= k, from
+counts in bins) and exactly those n candidates are kept; their exact z come from the same
+float32 operations as on CUDA, and BH per AN counts the |z| in bins
+(:func:`bids_vlm.encoding.kernels.bh_count`), with p and the Simes p in the same pass
+(:func:`bids_vlm.encoding.fdr.select_rows`): nothing is sorted whole. On CUDA the bound is
+tightened by counting passes and BH iterates (:func:`bids_vlm.encoding.fdr.bh_select`). Either
+way a block's discoveries come by AN, then voxel. :class:`Accumulator` collects the blocks'
+results and applies the FDR scope across ANs.
 """
 from __future__ import annotations
 
@@ -21,11 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bids_vlm.encoding.fdr import bh_select
-from bids_vlm.encoding import kernels
-from bids_vlm.encoding.kernels import CHUNK, NO_FACTORS, tile_stats
+from bids_vlm.encoding import fdr, kernels
+from bids_vlm.encoding.fdr import bh_select, p_from_z
+from bids_vlm.encoding.kernels import CHUNK, NO_FACTORS, F32_SHIFT, rank_bins, tile_stats
 
 SLACK = 1e-5  # relative margin of the screening comparisons (float rounding of u and z)
+GROUP = 32768  # candidates (by their first bound) read back and resolved at once on the CPU
 CANDIDATE_FRACTION = 0.05  # candidates kept at once, as a fraction of a block's entries
 
 
@@ -51,8 +62,9 @@ class Voxels:
 
 @dataclass
 class BlockResult:
-    """Per AN of a block (b,): peak_r, peak_voxel, n_pos, n_neg, z_threshold.
-    Discoveries (E,): rows (AN within the block), cols (voxel), r, z (signed)."""
+    """Per AN of a block (b,): peak_r, peak_voxel, n_pos, n_neg, z_threshold; p_an (numpy),
+    the Simes p of its discoveries (NaN without). Discoveries (E,), by AN then voxel: rows (AN
+    within the block), cols (voxel), r, z (signed); p (numpy float64, two-sided)."""
 
     peak_r: torch.Tensor
     peak_voxel: torch.Tensor
@@ -63,6 +75,8 @@ class BlockResult:
     cols: torch.Tensor
     r: torch.Tensor
     z: torch.Tensor
+    p: np.ndarray | None = None
+    p_an: np.ndarray | None = None
 
 
 class BlockScanner:
@@ -82,7 +96,11 @@ class BlockScanner:
         self.u = torch.empty(max_block * n_pad, device=dev)
         self.u_max = torch.empty(max_block * n_pad // CHUNK, device=dev)
         self.best_r = torch.zeros(n_pad, device=dev)
-        self._maps = {}
+        self._maps, self._scratch = {}, {}
+        if self.fused:  # BH's critical values as bits, and their bins
+            self._u_crit, self._z_crit = self.u_crit[:-1].numpy(), zcrit.numpy()
+            self._u_bins, self._z_bins = (rank_bins(v.view(np.int32).astype(np.int64), F32_SHIFT)
+                                          for v in (self._u_crit, self._z_crit))
 
     def _tiles(self, b):
         """(start, stop, u view (b, w), u_max view (b, w / CHUNK)) of every voxel tile."""
@@ -98,14 +116,86 @@ class BlockScanner:
         without the Bartlett correction)."""
         b = xb.shape[0]
         peak_r, peak_voxel, n_screen = self._pass(xb, acf_b)
+        if self.fused:
+            return self._scan_fused(b, acf_b, peak_r, peak_voxel,
+                                    n_screen.numpy().astype(np.int64))
         rows, cols, u = self._candidates(b, n_screen.long())
         r_abs, z_abs = self._exact(rows, cols, u.abs(), acf_b)
         keep, thr = bh_select(rows, z_abs, b, self.zcrit)
         rows, cols, sign = rows[keep], cols[keep], torch.sign(u[keep])
-        n_pos = torch.bincount(rows[sign > 0], minlength=b)
-        return BlockResult(peak_r=peak_r, peak_voxel=peak_voxel, n_pos=n_pos,
-                           n_neg=torch.bincount(rows, minlength=b) - n_pos, z_threshold=thr,
-                           rows=rows, cols=cols, r=sign * r_abs[keep], z=sign * z_abs[keep])
+        order = torch.argsort(rows * self.vox.y.shape[0] + cols)  # by AN, then voxel
+        rows, cols, sign, r_abs, z_abs = (a[order] for a in (rows, cols, sign, r_abs[keep],
+                                                              z_abs[keep]))
+        n_pos, z = torch.bincount(rows[sign > 0], minlength=b), sign * z_abs
+        n_neg, p = torch.bincount(rows, minlength=b) - n_pos, p_from_z(z.cpu().numpy())
+        return BlockResult(peak_r=peak_r, peak_voxel=peak_voxel, n_pos=n_pos, n_neg=n_neg,
+                           z_threshold=thr, rows=rows, cols=cols, r=sign * r_abs, z=z, p=p,
+                           p_an=fdr.simes_rows(p, (n_pos + n_neg).cpu().numpy(),
+                                               self.vox.n_vox))
+
+    def _scan_fused(self, b, acf_b, peak_r, peak_voxel, n_screen):
+        """BH per AN, compiled, for groups of ANs whose candidates stay in cache: BH's count on
+        u bounds each AN's discoveries (k), its entries with u >= u_crit[k - 1] get their exact
+        z, BH's count on them selects. n_screen (b,): each AN's count of u >= zcrit[-1]^2, a
+        first bound."""
+        start = np.where(n_screen > 0, self._u_crit[np.maximum(n_screen, 1) - 1], np.inf)
+        ends = np.cumsum(n_screen)
+        out = tuple(np.empty(int(ends[-1]), dtype) for dtype in
+                    (np.int32, np.int32, np.float32, np.float32, np.float64))
+        per_an = (np.full(b, np.inf, np.float32), np.zeros(b, np.int64), np.zeros(b, np.int64),
+                  np.full(b, np.nan))
+        n, first = 0, 0
+        while first < b:  # rows first..stop - 1: up to GROUP candidates, at least one row
+            done = int(ends[first - 1]) if first else 0
+            stop = max(first + 1, int(np.searchsorted(ends, done + GROUP, "right")))
+            cand = self._gather(b, start, acf_b, int(ends[stop - 1]) - done, (first, stop))
+            n += fdr.select_rows(cand, len(cand[0]), self._z_crit, self._z_bins,
+                                 self.vox.n_vox, per_an, out, n)
+            first = stop
+        if n < len(out[0]) // 2:  # keep at most twice the room the discoveries take
+            out = tuple(a[:n].copy() for a in out)
+        rows, cols, r, z = (torch.from_numpy(a[:n]) for a in out[:4])
+        thr, n_pos, n_neg = (torch.from_numpy(a) for a in per_an[:3])
+        return BlockResult(peak_r=peak_r, peak_voxel=peak_voxel, n_pos=n_pos, n_neg=n_neg,
+                           z_threshold=thr, rows=rows, cols=cols, r=r, z=z, p=out[4][:n],
+                           p_an=per_an[3])
+
+    def _gather(self, b, start, acf_b, room, rows=None):
+        """(rows, cols, u, |r|, |z|) of the block's entries with |u| >= start[row] (b,) (at
+        most ``room``), by row then voxel; with ``rows`` (first, stop), of those rows and only
+        those within BH's count on u, in buffers this scanner reuses. Read back and their
+        factors multiplied by compiled loops, the rest by the IEEE operations of
+        :meth:`_exact` and the same torch sum and atanh (so the same values; with several
+        torch threads, sums of under 32768 elements, which torch does not split)."""
+        rows_c, cols_c, u = (self._buffer(i, -(-room // 64) * 64 + 1, d) for i, d in
+                             enumerate((np.int32, np.int32, np.float32)))
+        n = kernels.read_back(self.u[:b * self.vox.y.shape[0]].numpy(), self.u_max.numpy(), b,
+                              self.tile, start, (rows_c, cols_c, u), np.zeros(b, np.int64),
+                              *((self._u_crit, self._u_bins, rows) if rows else ()))
+        padded = -(-n // 64) * 64  # torch's vector path for every entry (not its tail's)
+        f, s2, r, z = (self._buffer(i, padded, np.float32) for i in range(3, 7))
+        u[n:padded + 1], f[n:] = 1.0, 0.25
+        if acf_b is not None:  # (1 + Bartlett factor) / D, summed by torch as in _exact
+            chunk = 4096 if torch.get_num_threads() == 1 else max(1, 32767 // acf_b.shape[1])
+            part, f_t = self._buffer(7, chunk * acf_b.shape[1], np.float32), torch.from_numpy(f)
+            a, acf_t = acf_b.numpy(), self.vox.acf.numpy()
+            for s in range(0, n, chunk):
+                m = min(chunk, n - s)
+                products = part[:m * a.shape[1]].reshape(m, a.shape[1])
+                kernels.products(a, acf_t, rows_c[s:s + m], cols_c[s:s + m], products)
+                torch.sum(torch.from_numpy(products), 1, out=f_t[s:s + m])
+        kernels.abs_r(u[:padded], None if acf_b is None else f, self.n_frames, s2, r)
+        z_t, s2_t = torch.from_numpy(z), torch.from_numpy(s2)
+        torch.clamp(torch.from_numpy(r), max=1 - 1e-6, out=z_t)
+        torch.mul(z_t.atanh_(), s2_t.sqrt_(), out=z_t)
+        return rows_c[:n], cols_c[:n], u[:n], r[:n], z[:n]
+
+    def _buffer(self, key, size, dtype):
+        """The first ``size`` elements of a scratch array this scanner keeps (grown if needed)."""
+        have = self._scratch.get(key)
+        if have is None or len(have) < size:
+            have = self._scratch[key] = np.empty(max(size, 1024), dtype)
+        return have[:size]
 
     def count(self, xb, acf_b):
         """First pass of BH across all ANs and voxels: peaks, and per AN (b,) the count of
@@ -117,6 +207,11 @@ class BlockScanner:
         b = xb.shape[0]
         self._pass(xb, acf_b, peaks=False)
         crit = torch.full((b,), u_threshold, device=xb.device)
+        if self.fused:
+            room = int(self.counts_above(b, crit).sum())
+            rows, cols, u, r, z = (torch.from_numpy(a.copy()) for a in
+                                   self._gather(b, crit.numpy(), acf_b, room))
+            return rows, cols, torch.sign(u), r, z
         rows, cols, u = (torch.cat(parts) for parts in zip(*self.entries_above(b, crit)))
         return (rows, cols, torch.sign(u), *self._exact(rows, cols, u.abs(), acf_b))
 
@@ -175,7 +270,7 @@ class BlockScanner:
         best.copy_(torch.where(tile_best.abs() > best.abs(), tile_best, best))
 
     def _candidates(self, b, n_screen):
-        """Entries whose u reaches the lowest threshold any discovery of its AN can have:
+        """(CUDA) Entries whose u reaches the lowest threshold any discovery of its AN can have:
         (rows, cols, signed u). BH's bound is tightened first by counting passes
         (k <- #{u >= zcrit[k-1]^2}, never larger, never below the discoveries) while a pass
         at least halves the candidates, and until they fit in :data:`CANDIDATE_FRACTION` of
@@ -189,7 +284,7 @@ class BlockScanner:
                 break
             total = fewer
         # k = 0 -> inf; at most sum(k) entries reach u_crit[k - 1] (k only ever decreased)
-        found = list(self.entries_above(b, self.u_crit[k - 1], bound=int(k.sum())))
+        found = list(self.entries_above(b, self.u_crit[k - 1]))
         return tuple(torch.cat(parts) for parts in zip(*found))
 
     def counts_above(self, b, crit):
@@ -200,20 +295,10 @@ class BlockScanner:
             return torch.from_numpy(counts)
         return sum(torch.bincount(rows, minlength=b) for rows, _, _ in self.entries_above(b, crit))
 
-    def entries_above(self, b, crit, bound=None):
-        """(rows, cols, signed u) of the block's entries with |u| >= crit[row] (b,), in pieces:
-        only the chunks whose maximum reaches the threshold are read (on CUDA a tile's worth of
-        chunks at a time). bound: at least their number, when known (saves a counting pass)."""
-        if self.fused:
-            counts = np.zeros(b, np.int64)
-            if bound is None:
-                kernels.entries_above(self._numpy_tiles(b), crit.numpy(), counts)
-                bound = int(counts.sum())
-            out = (np.empty(bound, np.int64), np.empty(bound, np.int64),
-                   np.empty(bound, np.float32))
-            n = kernels.entries_above(self._numpy_tiles(b), crit.numpy(), counts, out)
-            yield tuple(torch.from_numpy(a[:n]) for a in out)
-            return
+    def entries_above(self, b, crit):
+        """(rows, cols, signed u) of the block's entries with |u| >= crit[row] (b,) by torch
+        operations (CUDA; compiled: :meth:`_gather`), in pieces: only the chunks whose maximum
+        reaches the threshold are read, a tile's worth of chunks at a time."""
         chunk_row, chunk_col = self._chunk_map(b)
         crit_chunk = crit[chunk_row]
         chunks = torch.nonzero(self.u_max[:chunk_row.shape[0]] >= crit_chunk)[:, 0]
@@ -264,3 +349,57 @@ def pad_voxels(n_vox: int) -> int:
     """Vp: the voxel count padded to a multiple of :data:`CHUNK`."""
     return -(-n_vox // CHUNK) * CHUNK
 
+
+
+class Accumulator:
+    """Per-AN summaries and significant entries of the blocks, and the FDR scope across ANs
+    applied to them at the end (:meth:`result`)."""
+
+    def __init__(self, n_an):
+        self.per_an = {k: np.zeros(n_an, dtype) for k, dtype in
+                       (("n_pos", np.int64), ("n_neg", np.int64), ("z_threshold", np.float32),
+                        ("peak_r", np.float32), ("peak_voxel", np.int64))}
+        self.p_an, self.blocks, self.fields = np.full(n_an, np.nan), [], {}
+
+    def add(self, start, res: BlockResult):
+        """One block's :class:`BlockResult` (BH per AN)."""
+        sl = slice(start, start + res.peak_r.shape[0])
+        for name, values in self.per_an.items():
+            values[sl] = getattr(res, name).cpu().numpy()
+        self.p_an[sl] = res.p_an
+        self.blocks.append((sl, tuple(t.cpu().numpy() for t in (res.rows, res.cols, res.r, res.z))
+                            + (res.p,)))
+
+    def set_peaks(self, start, peak_r, peak_voxel):
+        self.per_an["peak_r"][start:start + len(peak_r)] = peak_r.cpu().numpy()
+        self.per_an["peak_voxel"][start:start + len(peak_r)] = peak_voxel.cpu().numpy()
+
+    def add_all(self, an, vox, sign, r_abs, z_abs, thr):
+        """The discoveries of BH across all pairs (E,) and its critical |z|."""
+        an, vox, positive = (t.cpu().numpy() for t in (an.long(), vox.long(), sign > 0))
+        n_an, order = len(self.p_an), np.lexsort((vox, an))
+        self.per_an.update(n_pos=np.bincount(an[positive], minlength=n_an),
+                           n_neg=np.bincount(an[~positive], minlength=n_an),
+                           z_threshold=np.full(n_an, thr, np.float32))
+        z = (sign * z_abs).cpu().numpy()[order].astype(np.float32)
+        self.fields = dict(an_index=an[order], voxel_index=vox[order], z=z, p=p_from_z(z),
+                           r=(sign * r_abs).cpu().numpy()[order].astype(np.float32))
+
+    def result(self, scanners, n_vox, q, scope="an", imap=map) -> dict:
+        """The fields of an :class:`~bids_vlm.encoding.association.AssociationResult` (all
+        but n_frames) for the FDR ``scope`` ("selective", "an" or "all"): the entries each AN
+        keeps (:func:`bids_vlm.encoding.fdr.kept_entries`; imap: a map over the blocks)."""
+        best = torch.stack([s.best_r[:n_vox] for s in scanners])
+        best_r = best.gather(0, best.abs().argmax(0, keepdim=True))[0].cpu().numpy()
+        fields = dict(self.fields, p_an=self.p_an)
+        if scope == "all":
+            fields.update(bn_count=np.bincount(fields["voxel_index"], minlength=n_vox),
+                          p_an=np.full(len(self.p_an), np.nan))
+        else:
+            counts = self.per_an["n_pos"] + self.per_an["n_neg"]
+            kept, per_an = fdr.kept_entries(self.blocks, counts, self.p_an, n_vox, q,
+                                            scope == "selective", imap)
+            self.blocks = []
+            fields.update(kept)
+            self.per_an.update(per_an)
+        return dict(**self.per_an, **fields, best_r=best_r)

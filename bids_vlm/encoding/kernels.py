@@ -1,4 +1,4 @@
-"""Compiled CPU kernels of the association (numba): a tile's statistics, and rows prepared.
+"""Compiled CPU kernels of the association (numba): a tile's statistics, rows prepared, BH.
 
 :func:`tile_stats`: the per-tile statistics of :mod:`bids_vlm.encoding.blockscan` in one pass.
 After a tile's matrix products (r and, with the Bartlett correction, the factors f), torch would
@@ -11,6 +11,13 @@ run it at once. The same statistics on CUDA come from torch operations
 :func:`prepare_rows`: columns of frames -> centred unit-norm rows and their autocorrelations
 within runs, in one pass per column chunk (on CUDA: torch and the FFT of
 :func:`bids_vlm.encoding.autocorr.row_autocorrelations`).
+
+:func:`bh_count`: Benjamini-Hochberg's number of discoveries without sorting: the values are
+counted in bins of their bits (64 to 256 per octave), the bin that holds the boundary is found
+from the counts, and only that bin's values are sorted. :func:`read_back` reads a block's
+candidates back row by row, in one pass over the chunks of u, for BH per AN
+(:func:`bids_vlm.encoding.fdr.select_rows`); :func:`products` and :func:`abs_r` give their
+exact z the float32 operations of the torch code they replace.
 """
 from __future__ import annotations
 
@@ -23,9 +30,9 @@ _ABS = np.int32(0x7FFFFFFF)  # the bits of |x| of a float32 x
 _ONE = np.int32(np.float32(1.0).view(np.int32))
 
 
-def _jit(function):
+def _jit(function, fastmath=_FLAGS, **extra):
     """numba.njit, cached on disk when a cache folder is writable (compiled anew otherwise)."""
-    options = dict(nogil=True, error_model="numpy", fastmath=_FLAGS)
+    options = dict(nogil=True, error_model="numpy", fastmath=fastmath, **extra)
     try:
         return numba.njit(cache=True, **options)(function)
     except RuntimeError:  # no writable cache location (read-only install and home)
@@ -190,3 +197,163 @@ def prepare_rows(cols, run_lengths, rows, acf=None):
     starts = np.concatenate([[0], np.cumsum(run_lengths)]).astype(np.int64)
     _prepare(np.asarray(cols, dtype=np.float32), starts, rows,
              NO_FACTORS[:rows.shape[0]] if acf is None else acf)
+
+
+def _jit_exact(function, **extra):
+    """:func:`_jit` with IEEE semantics: operations in the written order, no fused multiply-add
+    (for values that must equal those of the torch operations they replace)."""
+    return _jit(function, fastmath=False, **extra)
+
+
+F32_SHIFT = 15  # float32 bits >> 15: 256 bins per octave
+F64_SHIFT = 46  # float64 bits >> 46: 64 bins per octave
+
+
+@_jit
+def _bin(key, shift, base, n_bins):  # pragma: no cover - compiled
+    j = (key >> shift) - base
+    return 0 if j < 0 else (n_bins - 1 if j >= n_bins else j)
+
+
+@_jit
+def _rank_bins(thr, shift, base, n_bins):  # pragma: no cover - compiled
+    first, count = np.zeros(n_bins, np.int64), np.zeros(n_bins, np.int64)
+    for k in range(len(thr), 0, -1):
+        j = _bin(thr[k - 1], shift, base, n_bins)
+        first[j] = k
+        count[j] += 1
+    return first, count
+
+
+def rank_bins(thr, shift):
+    """Bins of BH's critical values: thr (M,) int64 keys, non-increasing in the rank (rank k
+    passes for a key >= thr[k - 1]); keys are binned as ``(key >> shift) - base``. Returns the
+    layout (first (n_bins,), count (n_bins,): the ranks whose critical value falls in each bin
+    are first .. first + count - 1; shift; base) that :func:`bh_count` takes."""
+    thr = np.ascontiguousarray(thr, np.int64)
+    base = int(thr[-1]) >> shift
+    n_bins = (int(thr[0]) >> shift) - base + 1
+    return (*_rank_bins(thr, shift, base, n_bins), shift, base)
+
+
+@_jit
+def bh_count(keys, thr, first, count, shift, base, hist, buf):  # pragma: no cover - compiled
+    """The largest k with #{keys >= thr[k - 1]} >= k (0 if none): BH's number of discoveries.
+    keys (n,) int64 (larger: more significant, e.g. the bits of |z|); thr (M,) and the layout
+    from :func:`rank_bins`; hist (n_bins,) and buf (>= n,) int64 scratch. Bins are scanned
+    from the least significant; only a bin that may hold the boundary is sorted."""
+    n_bins, low = hist.shape[0], thr[len(thr) - 1]
+    hist[:] = 0
+    above = 0  # keys in bins >= j (keys below every critical value never count)
+    for e in range(keys.shape[0]):
+        if keys[e] >= low:
+            hist[_bin(keys[e], shift, base, n_bins)] += 1
+            above += 1
+    for j in range(n_bins):
+        if count[j] > 0 and above >= first[j]:
+            hi = min(first[j] + count[j] - 1, above)
+            rest = above - hist[j]  # keys in higher bins pass every rank of bin j
+            if rest >= hi:
+                return hi
+            m = 0
+            for e in range(keys.shape[0]):
+                if keys[e] >= low and _bin(keys[e], shift, base, n_bins) == j:
+                    buf[m] = keys[e]
+                    m += 1
+            part = buf[:m]
+            part.sort()
+            below = 0  # keys of the bin under thr[k - 1]
+            for k in range(hi, first[j] - 1, -1):
+                while below < m and part[below] < thr[k - 1]:
+                    below += 1
+                if rest + m - below >= k:
+                    return k
+        above -= hist[j]
+    return 0
+
+
+@_jit
+def _read_back(u, u_max, b, tile, start, thr, first, count, shift, base, rows, cols, u_out,
+               k_out, row0, row1):  # pragma: no cover - compiled
+    n_pad = u.shape[0] // b
+    bits, out_bits = u.view(np.int32), u_out.view(np.int32)
+    last, n = rows.shape[0] - 1, 0  # the last slot takes the writes of entries not kept
+    keys, buf = np.empty(n_pad, np.int64), np.empty(n_pad, np.int64)
+    hist = np.empty(first.shape[0], np.int64)
+    for i in range(row0, row1):
+        level, low, n0 = start[i, 0], start[i].view(np.int32)[0], n
+        for s in range(0, n_pad, tile):
+            w = min(tile, n_pad - s)
+            off, moff = b * s + i * w, (b * s) // CHUNK + i * (w // CHUNK)
+            for c in range(w // CHUNK):
+                if u_max[moff + c] >= level:
+                    for j in range(off + c * CHUNK, off + (c + 1) * CHUNK):
+                        at = min(n, last)  # branch-free, never past the arrays
+                        rows[at], cols[at], u_out[at] = i, s + j - off, u[j]
+                        n += 1 if (bits[j] & _ABS) >= low else 0
+        k_out[i] = n - n0
+        if thr.shape[0] == 0 or n == n0 or n > last:
+            continue
+        for e in range(n0, n):
+            keys[e - n0] = out_bits[e] & _ABS
+        k = bh_count(keys[:n - n0], thr, first, count, shift, base, hist, buf)
+        level_k, kept = thr[k - 1] if k > 0 else np.int64(1 << 40), n0
+        for e in range(n0, n):  # exactly k entries reach thr[k - 1]; branch-free
+            rows[kept], cols[kept], u_out[kept] = rows[e], cols[e], u_out[e]
+            kept += 1 if keys[e - n0] >= level_k else 0
+        k_out[i], n = k, kept
+    return n
+
+
+def read_back(u, u_max, b, tile, start, out, k_out, u_crit=None, layout=None, rows=None):
+    """A block's entries with |u| >= start[row] (b,) float32, row by row, voxels in order
+    (rows: (first, stop) to read only those rows; default all).
+
+    u (b Vp,) and u_max (b Vp / CHUNK,): the block's statistic tile by tile (tiles of ``tile``
+    voxels, each (b, w) row-major). out = (rows, cols (E + 1,) int32 or int64, u (E + 1,)
+    float32): room for them all and one slot more. With u_crit (V,) float32 non-increasing
+    and its :func:`rank_bins` layout, only those with |u| >= u_crit[k - 1] are kept, k the
+    largest with #{|u| >= u_crit[k - 1]} >= k (BH's count on u: a bound of the row's
+    discoveries, as z^2 <= u; ``start`` must not exceed u_crit[k - 1]). Writes each row's
+    count (k) into k_out (b,) int64 and returns the total."""
+    thr, first, count, shift, base = (np.zeros(0, np.int64),) * 3 + (0, 0)
+    if u_crit is not None:
+        thr = u_crit.view(np.int32).astype(np.int64)
+        first, count, shift, base = layout
+    start = np.asarray(start, np.float32).reshape(-1, 1)
+    n = _read_back(u, u_max, b, tile, start, thr, first, count, shift, base, *out, k_out,
+                   *(rows or (0, b)))
+    if n > len(out[0]) - 1:
+        raise RuntimeError(f"{n} entries reach the threshold, room for {len(out[0]) - 1}")
+    return n
+
+
+@_jit_exact
+def products(a, b, rows, cols, out):  # pragma: no cover - compiled
+    """out (m, K) float32 = a[rows] * b[cols] (a (b, K), b (Vp, K); rows, cols (m,)): the
+    factors of each candidate's null variance multiplied, rounded as torch rounds them."""
+    for e in range(rows.shape[0]):
+        x, y, o = rows[e], cols[e], out[e]
+        for t in range(a.shape[1]):
+            o[t] = a[x, t] * b[y, t]
+
+
+@_jit_exact
+def _abs_r(u, f, f_lo, s2_const, s2, r):  # pragma: no cover - compiled
+    one, quarter = np.float32(1.0), np.float32(0.25)
+    for e in range(u.shape[0]):
+        v = s2_const
+        if f.shape[0]:  # clamped as torch clamps (NaN stays NaN)
+            c = f_lo if f[e] < f_lo else f[e]
+            v = one / (quarter if c > quarter else c) - np.float32(3.0)
+        s2[e] = v
+        r[e] = one / np.sqrt(one + v / abs(u[e]))
+
+
+def abs_r(u, f, n_dof, s2, r):
+    """|r| of candidates from their |u| (E,) and null variance factors f (E,) (None: T_eff =
+    n_dof): s2 = T_eff - 3 = 1 / clip(f, 1 / n_dof, 1/4) - 3 and |r| = (1 + s2 / |u|)^-1/2,
+    written into s2 and r (E,) float32: the IEEE float32 operations of
+    :meth:`bids_vlm.encoding.blockscan.BlockScanner._exact`, so the same values."""
+    _abs_r(u, NO_FACTORS.reshape(0) if f is None else f, np.float32(1.0 / n_dof),
+           np.float32(n_dof - 3.0), s2, r)
