@@ -3,12 +3,12 @@ the floor of its arithmetic measured in the same run.
 
 The case (issue 13): an fMRIPrep-style MNI152NLin2009cAsym 2 mm whole brain (nilearn's MNI152
 brain mask at 2 mm; ``--voxels N`` keeps its first N voxels), a movie of ``--minutes`` (default
-10) in ``--runs`` runs (default 2; one film part per run, as studyforrest's segments) at TR ``--tr`` (default 1 s) with word-level text events
-(2.5 words a second from a 2,000-word vocabulary), and CLIP ViT-B/32 (``clip-vit-b-32``) with
+10) in ``--runs`` runs (default 2; one film part per run, as studyforrest's segments) at TR
+``--tr`` (default 1 s) with word-level text events (2.5 words a second from a 2,000-word vocabulary), and CLIP ViT-B/32 (``clip-vit-b-32``) with
 random weights in a ``--model-dir``: all 61,440 ANs of its 24 layers, default options otherwise.
-The data look like real data: the film's frames are coloured fields driven by 8 slow latent
-signals, a third of the voxels carry the HRF-convolved latents (random loadings, so many AN x
-voxel pairs are significant, as with a visually driven cortex), every voxel has AR(1) noise
+The data look like real data: the film (H.264, 25 fps, 640 x 360: ``film.py``) shows coloured
+fields driven by 8 slow latent signals, a third of the voxels carry the HRF-convolved latents
+(random loadings, so many AN x voxel pairs are significant, as with a visually driven cortex), every voxel has AR(1) noise
 (phi 0.4) plus six random-walk motion confounds (regressed out by the cleaning).
 
 It prints each stage's wall time (the Nipype nodes' own durations, summed by stage), the peak
@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from film import write_film  # noqa: E402
 
 SPACE = "MNI152NLin2009cAsym"
 N_LATENT = 8
@@ -63,32 +66,6 @@ def latents(n: int, rng) -> np.ndarray:
     return walk / np.maximum(walk.max(0), 1e-9)
 
 
-def write_movie(path: Path, lat: np.ndarray, rng, fps: int = 2, size=(96, 72)):
-    """An MPEG-4 film, one second per row of ``lat``: 8 coloured fields whose brightness and
-    hue follow the latents, with a little noise."""
-    import av
-
-    weights = rng.uniform(0, 1, (N_LATENT, 3))
-    yy, xx = np.mgrid[0:size[1], 0:size[0]]
-    fields = [((xx // (size[0] // 4)) + 4 * (yy // (size[1] // 2))) == k for k in range(8)]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for row in lat:
-            frame = np.zeros((size[1], size[0], 3))
-            for k, field in enumerate(fields):
-                frame[field] = 255 * row[k] * weights[k]
-            for _ in range(fps):
-                noisy = frame + rng.normal(0, 8, frame.shape)
-                video = av.VideoFrame.from_ndarray(np.clip(noisy, 0, 255).astype(np.uint8),
-                                                   format="rgb24")
-                for packet in stream.encode(video):
-                    container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
 def write_dataset(root: Path, args, rng) -> int:
     """The BIDS dataset with fMRIPrep-style derivatives; returns the number of voxels."""
     import nibabel as nib
@@ -117,7 +94,7 @@ def write_dataset(root: Path, args, rng) -> int:
     hrf = spm_hrf(args.tr, oversampling=1)
     for run in range(args.runs):
         t0 = run * per_run
-        write_movie(root / "stimuli" / f"movie_part{run + 1}.mp4", lat[t0:t0 + per_run], rng)
+        write_film(root / "stimuli" / f"movie_part{run + 1}.mp4", lat[t0:t0 + per_run], rng)
         times = np.arange(n_scans) * args.tr
         drive = lat[np.minimum((t0 + times).astype(int), seconds - 1)]
         drive = np.stack([np.convolve(d - d.mean(), hrf)[:n_scans] for d in drive.T], 1)

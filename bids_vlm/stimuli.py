@@ -31,7 +31,7 @@ from bids_vlm.stimulus_files import (
     row_values,
     stimulus_columns,
 )
-from bids_vlm.video import frame_item
+from bids_vlm.video import canonical_items, frame_item
 
 LOGGER = logging.getLogger("bids_vlm.stimuli")
 TEXT_COLUMNS = ("text", "caption", "sentence", "word")
@@ -155,10 +155,12 @@ def build_timeline(events: pd.DataFrame, run_duration: float, config: StimulusCo
         sample_texts = _windowed_texts(texts, onsets, times + dt, config.text_window)
     else:
         sample_texts = tuple(texts[i] if i >= 0 else None for i in owner)
+    # a video frame shown at several samples (a film slower than the stimulus rate) becomes
+    # one item, decoded and run through the models once
     return Timeline(times=times, dt=dt,
-                    images=tuple(_sample_image(images, i, starts[i] + times[k] + dt / 2
-                                               - onsets[i])
-                                 if i >= 0 else None for k, i in enumerate(owner)),
+                    images=tuple(canonical_items(
+                        _sample_image(images, i, starts[i] + times[k] + dt / 2 - onsets[i])
+                        if i >= 0 else None for k, i in enumerate(owner))),
                     texts=sample_texts)
 
 

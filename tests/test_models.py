@@ -12,7 +12,7 @@ from datagen import make_images
 from test_checkpoint import live_payloads  # noqa: F401  (the payloads are shown to be live)
 
 from bids_vlm.config import ModelConfig
-from bids_vlm.errors import WeightsNotFoundError
+from bids_vlm.errors import DataError, WeightsNotFoundError
 from bids_vlm.models import REGISTRY, an_ids, extract, load_model, select_layers
 from bids_vlm.models.base import hooks_attached, pool_tokens
 from bids_vlm.models.openclip import find_weights, load_openai_clip
@@ -349,3 +349,19 @@ def test_open_clip_refuses_a_checkpoint_that_runs_code(tmp_path, monkeypatch, li
     assert str(info.value).startswith(f"{path}: ") and info.value.exit_code == 64
     assert ("TorchScript archive" if payload != "pickle" else "builtins.exec") in str(info.value)
     assert not marker.exists() and list(site_dir.iterdir()) == []
+
+
+def test_batches_prepared_ahead_keep_order_and_errors(tiny, images, tmp_path):
+    """The next batch is decoded in a background thread: rows stay in item order across
+    batches, and a bad file in a later batch is still the DataError naming it."""
+    one_by_one = extract(tiny, {"image": images}, ModelConfig(layers=(1,), batch_size=1),
+                         progress=False)["image/01"]
+    together = extract(tiny, {"image": images}, ModelConfig(layers=(1,)),
+                       progress=False)["image/01"]
+    assert np.allclose(one_by_one, together, atol=1e-5)
+    assert not np.allclose(one_by_one[0], one_by_one[1], atol=1e-3)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="broken.png"):
+        extract(tiny, {"image": images + [str(bad)]}, ModelConfig(batch_size=2), progress=False)
+    assert hooks_attached(tiny.module) == 0

@@ -5,6 +5,7 @@ and returns the pooled activation of every AN of every selected layer.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -165,10 +166,10 @@ def extract(model, items_by_stream: dict, config: ModelConfig, progress=True) ->
         items = items_by_stream[streams[0]]
         layers = {s: select_layers(model.streams[s].n_layers, config.layers) for s in streams}
         chunks = {(s, layer): [] for s in streams for layer in layers[s]}
-        for start in progress_bar(range(0, len(items), config.batch_size), progress,
-                                  desc=f"{model.name} {'+'.join(streams)}", unit="batch"):
-            batch = items[start:start + config.batch_size]
-            for stream, acts in _run_batch(model, streams, batch, layers, config,
+        batches = _prepared_batches(model, streams, items, config.batch_size, device)
+        for prepared in progress_bar(batches, progress, total=-(-len(items) // config.batch_size),
+                                     desc=f"{model.name} {'+'.join(streams)}", unit="batch"):
+            for stream, acts in _run_batch(model, streams, prepared, layers, config,
                                            device).items():
                 for layer, values in acts.items():
                     chunks[(stream, layer)].append(values)
@@ -218,14 +219,34 @@ def extract_cached(model, items_by_stream: dict, config: ModelConfig, cache_root
     return out, sum(len(v) for v in missing.values())
 
 
-def _run_batch(model, streams, batch, layers, config, device) -> dict:
-    """{stream: {layer: (B, units)}} of one batch, all ``streams`` in one forward pass."""
+def _prepared_batches(model, streams, items, batch_size, device):
+    """Yields ``{stream: model.prepare(stream, batch, device)}`` for each batch of ``items``,
+    preparing (decoding, loading, resizing, tokenizing) the next batch in a background thread
+    while the caller runs the current one through the model."""
+    starts = range(0, len(items), batch_size)
+
+    def prepare(start):
+        batch = items[start:start + batch_size]
+        return {stream: model.prepare(stream, batch, device) for stream in streams}
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
+        future = pool.submit(prepare, starts[0]) if len(starts) else None
+        for k in range(len(starts)):
+            prepared = future.result()
+            if k + 1 < len(starts):
+                future = pool.submit(prepare, starts[k + 1])
+            yield prepared
+
+
+def _run_batch(model, streams, prepared, layers, config, device) -> dict:
+    """{stream: {layer: (B, units)}} of one batch (``prepared`` by :func:`_prepared_batches`),
+    all ``streams`` in one forward pass."""
     transform = query_key_product if config.an_kind == "attn" else None
     pooled, inputs = {}, None
     with contextlib.ExitStack() as stack, torch.inference_mode(), \
             _autocast(device, config.precision):
         for stream in streams:
-            stream_inputs, valid, cls_index = model.prepare(stream, batch, device)
+            stream_inputs, valid, cls_index = prepared[stream]
             inputs = stream_inputs if inputs is None else inputs
             modules = {i: m for i, m in model.layer_modules(stream, config.an_kind).items()
                        if i in layers[stream]}

@@ -63,8 +63,8 @@ def pool_tokens(hidden, valid, pooling, cls_index):
     """
     hidden = hidden.float()
     if pooling == "mean":
-        weights = valid.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        weights = valid.to(hidden.dtype).unsqueeze(1)  # (B, 1, L): one product, no (B, L, U)
+        return torch.bmm(weights, hidden).squeeze(1) / weights.sum(2).clamp(min=1.0)
     if pooling == "max":
         return hidden.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(1)
     if pooling == "cls":
