@@ -11,24 +11,25 @@ fields driven by 8 slow latent signals, a third of the voxels carry the HRF-conv
 (random loadings, so many AN x voxel pairs are significant, as with a visually driven cortex), every voxel has AR(1) noise
 (phi 0.4) plus six random-walk motion confounds (regressed out by the cleaning).
 
-It prints each stage's wall time (the Nipype nodes' own durations, summed by stage), the peak
-resident memory of the run (the largest process), the sizes of the outputs and the work
-directory, and the floor: the bare float32 products of the association (N x T times T x V, one
-per layer) and of the encoding (X_train' Y_train of each outer fold of each layer), timed here
-with torch on the same shapes. Ends with ``RESULT participant_vs_floor=<wall / floor> (target <=
-3)``. The full default case needs more than the 24 GB of the development machines (issue 13);
-``--voxels 20000 --minutes 2`` runs in a few minutes.
+It prints each stage's wall time (the Nipype nodes' own durations, summed by stage) and the peak
+resident memory of bids_vlm and all its worker processes together (sampled every 0.5 s from
+/proc; per stage, while its nodes ran), the sizes of the outputs and the work directory, and
+the floor: the bare float32 products of the association (N x T times T x V, one per layer) and
+of the encoding (X_train' Y_train of each outer fold of each layer), timed here with torch on
+the same shapes. Ends with ``RESULT participant_vs_floor=<wall / floor> (target <= 3)``. The
+default case takes about 6 minutes of bids_vlm on 2 cores (plus 3 minutes writing the film and
+the BOLD); ``--voxels 20000 --minutes 2`` about one.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -147,8 +148,11 @@ def write_model(model_dir: Path):
               str(folder / "open_clip_model.safetensors"))
 
 
-def stage_times(work: Path) -> dict:
-    """{stage: seconds} summed over the Nipype nodes of each stage (their result files)."""
+def stage_runs(work: Path) -> dict:
+    """{stage: [(start, end) epoch seconds of each of its Nipype nodes]} from their result
+    files."""
+    from datetime import datetime
+
     from nipype.utils.filemanip import loadpkl
 
     out = {}
@@ -156,11 +160,62 @@ def stage_times(work: Path) -> dict:
         name = path.parent.name
         stage = next((s for s in STAGES if name.startswith(s) or f"_{s}" in name), "other")
         try:
-            duration = float(loadpkl(str(path)).runtime.duration)
+            runtime = loadpkl(str(path)).runtime
+            span = (datetime.fromisoformat(runtime.startTime).timestamp(),
+                    datetime.fromisoformat(runtime.endTime).timestamp())
         except Exception:  # a MapNode's parent result, or a node without runtime
             continue
-        out[stage] = out.get(stage, 0.0) + duration
+        out.setdefault(stage, []).append(span)
     return out
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of process ``root`` and all its descendants (Linux /proc)."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parent[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        kids = [p for p, pp in parent.items() if pp == pid and p not in tree]
+        tree.update(kids)
+        frontier.extend(kids)
+    total = 0
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/statm") as handle:
+                total += int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            continue
+    return total
+
+
+class MemorySampler(threading.Thread):
+    """Samples :func:`tree_rss` of a process every ``every`` seconds until stopped."""
+
+    def __init__(self, pid: int, every: float = 0.5):
+        super().__init__(daemon=True)
+        self.pid, self.every, self.samples = pid, every, []
+        self._stop_event = threading.Event()
+
+    def run(self):
+        while not self._stop_event.is_set():
+            self.samples.append((time.time(), tree_rss(self.pid)))
+            self._stop_event.wait(self.every)
+
+    def stop(self):
+        self._stop_event.set()
+        self.join()
+
+    def peak(self, spans=None) -> int:
+        """The largest sample (within any of ``spans`` when given)."""
+        return max((rss for t, rss in self.samples
+                    if spans is None or any(a <= t <= b for a, b in spans)), default=0)
 
 
 def size_of(path: Path) -> int:
@@ -219,22 +274,31 @@ def main(argv=None):
               f"clip-vit-b-32 (random weights, 61,440 ANs), device {args.device}", flush=True)
         cmd = [sys.executable, "-m", "bids_vlm", str(base / "bids"), str(base / "out"),
                "participant", "--models", "clip-vit-b-32", "--model-dir", str(base / "models"),
-               "--text-column", "word",
+               "--text-column", "word", "--text-window", f"{args.tr:g}",  # the words of each TR
                "--device", args.device, "-w", str(base / "work"), "-q", *args.extra]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              env=dict(os.environ, NIPYPE_NO_ET="1"))
+        with open(base / "stderr.txt", "w") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
+                                    env=dict(os.environ, NIPYPE_NO_ET="1"))
+            sampler = MemorySampler(proc.pid)
+            sampler.start()
+            proc.wait()
+            sampler.stop()
         wall = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+        peak = sampler.peak() / 2**30
         if proc.returncode:
-            print(proc.stderr[-4000:], file=sys.stderr)
+            print((base / "stderr.txt").read_text()[-4000:], file=sys.stderr)
             print(f"bids_vlm exited {proc.returncode} after {wall:.0f} s (peak {peak:.1f} GB)")
             return proc.returncode
-        for stage, seconds in sorted(stage_times(base / "work").items(), key=lambda s: -s[1]):
-            print(f"  {stage:<11} {seconds:8.1f} s")
+        print("  stage        seconds  peak GB (all processes while its nodes ran)")
+        runs = stage_runs(base / "work")
+        for stage, spans in sorted(runs.items(), key=lambda s: -sum(b - a for a, b in s[1])):
+            print(f"  {stage:<11} {sum(b - a for a, b in spans):8.1f} "
+                  f"{sampler.peak(spans) / 2**30:8.2f}")
         floor = floor_seconds(n_vox, n_frames, args.runs, args.device)
         total_floor = sum(floor.values())
-        print(f"wall {wall:.1f} s; peak resident memory {peak:.2f} GB; outputs "
+        print(f"wall {wall:.1f} s; peak resident memory {peak:.2f} GB (bids_vlm and its workers,"
+              f" sampled every 0.5 s); outputs "
               f"{size_of(base / 'out') / 2**20:.0f} MB; work {size_of(base / 'work') / 2**20:.0f}"
               f" MB; floor {total_floor:.1f} s (association products {floor['association']:.1f}"
               f" s, encoding products {floor['encoding']:.1f} s)")

@@ -13,6 +13,7 @@ from pathlib import Path
 from bids_vlm import __version__
 from bids_vlm.cli_types import (  # noqa: F401 (_model_name: tests)
     _atlas,
+    _banded_layer,
     _column_name,
     _existing_dir,
     _filter_file,
@@ -184,6 +185,11 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="L1 penalty of the atom loadings (AN time series scaled to unit norm)")
     g.add_argument("--no-encoding", action="store_true",
                    help="skip the layer-wise ridge encoding (held-out r and R^2 per layer)")
+    g.add_argument("--banded-layers", nargs="+", type=_banded_layer, default=["last"],
+                   metavar="{all,last,none,N}",
+                   help="layer indices the streams share at which a banded ridge model splits "
+                        "the held-out R^2 between the streams: last (default), all, none, or "
+                        "indices (each costs about 20 plain layers' encoding)")
 
     g = parser.add_argument_group("Networks")
     g.add_argument("--atlas", type=_atlas, default="yeo7",
@@ -280,6 +286,9 @@ def _check_selection(parser, opts):
         parser.error(f"--precision {opts.precision} needs --device cuda")
     if opts.keep_entries < -1:
         parser.error(f"--keep-entries {opts.keep_entries}: expected K >= 0, or -1 (every BN)")
+    words = [v for v in opts.banded_layers if v in ("all", "none")]
+    if words and len(opts.banded_layers) > 1:
+        parser.error(f"--banded-layers {' '.join(opts.banded_layers)}: {words[0]} stands alone")
     try:
         check_selection(opts.models, opts.streams, opts.layers)
     except ValueError as exc:
@@ -323,7 +332,8 @@ def config_from_options(opts):
                           keep_entries=opts.keep_entries,
                           paper_mode=opts.paper_mode, n_atoms=opts.n_atoms,
                           atom_alpha=opts.atom_alpha),
-        encoding=EncodingConfig(enabled=not opts.no_encoding),
+        encoding=EncodingConfig(enabled=not opts.no_encoding,
+                                banded_layers=tuple(opts.banded_layers)),
         networks=NetworkConfig(atlas=opts.atlas, n_surrogates=opts.n_surrogates,
                                max_surrogates=opts.max_surrogates, seed=opts.network_seed,
                                **({"lesion_steps": ()} if opts.no_lesion else {})),

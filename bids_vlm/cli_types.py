@@ -15,6 +15,23 @@ def _positive_int(value):
     return number
 
 
+BANDED_WORDS = ("all", "last", "none")
+
+
+def _banded_layer(value):
+    """A --banded-layers value: all, last, none, or a layer index (0 or more)."""
+    if value in BANDED_WORDS:
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected all, last, none or a layer index (0 or "
+                                         f"more), not {value}")
+    return str(number)
+
+
 def _fraction(value):
     number = float(value)
     if not 0.0 < number < 1.0:

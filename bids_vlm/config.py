@@ -97,7 +97,9 @@ class EncodingConfig:
     enabled: bool = True
     alphas: tuple = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7)
     max_inner_folds: int = 5
-    banded: bool = True  # banded ridge across streams at each layer index (>= 2 streams)
+    # layer indices the streams share that get a banded ridge model (>= 2 streams): "last",
+    # "all", "none" or indices as strings (--banded-layers)
+    banded_layers: tuple = ("last",)
     banded_iterations: int = 20  # random-search iterations over band weights
 
 

@@ -58,7 +58,7 @@ def planted_outputs(planted_whole, tmp_path_factory):
     base = tmp_path_factory.mktemp("planted_out")
     out, work = base / "out", base / "work"
     part = run_cli(planted_whole.root, out, "participant", "-q", "-w", work,
-                   "--bn-definition", "marginal")
+                   "--bn-definition", "marginal", "--banded-layers", "2", "last")
     group = run_cli(planted_whole.root, out, "group", "-q", "-w", work,
                     "--bn-definition", "marginal")
     return {"out": out, "work": work, "participant": part, "group": group}

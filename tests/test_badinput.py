@@ -689,6 +689,12 @@ CASES = [
     Case("negative-text-window", "--text-window -5", lambda ctx: ctx.args.extend(
         ["--text-window", "-5"]), 2,
          "argument --text-window: must be 0 or a positive number, not -5"),
+    Case("banded-layers-word", "--banded-layers deep", lambda ctx: ctx.args.extend(
+        ["--banded-layers", "deep"]), 2,
+         "argument --banded-layers: expected all, last, none or a layer index (0 or more), "
+         "not deep"),
+    Case("banded-layers-all-and-index", "--banded-layers all 3", lambda ctx: ctx.args.extend(
+        ["--banded-layers", "all", "3"]), 2, "--banded-layers all 3: all stands alone"),
     Case("stimulus-directory", "stim_file naming a directory", _stimulus_directory, 64,
          "is a directory, not an image or video file"),
     Case("stimulus-fifo", "stim_file naming a FIFO", _stimulus_fifo, 64,

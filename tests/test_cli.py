@@ -429,7 +429,8 @@ def test_banded_encoding_outputs(planted, planted_outputs):
     assert image[:12].mean() > 0.05 and image[:12].mean() > 3 * abs(text[:12].mean())
     assert text[12:24].mean() > 0.05 and text[12:24].mean() > 3 * abs(image[12:24].mean())
     table = pd.read_csv(next(func.glob("*_desc-tinyclip_bandedencoding.tsv")), sep="\t")
-    assert list(table.layer) == [0, 1, 2, 3]
+    assert list(table.layer) == [2, 3]  # --banded-layers 2 last
+    assert not list(func.glob("*desc-tinyclipBanded01_*"))
 
 
 def test_changed_stimulus_file_reruns_with_the_new_content(planted, tmp_path):

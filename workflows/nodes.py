@@ -327,7 +327,7 @@ def encode_node(regressors_file, cleaned_files, config_json):
         if ceiling is not None:  # runs repeating the same stimuli
             out["noise_ceiling/r"], out["noise_ceiling/ncsnr"] = ceiling.r, ceiling.ncsnr
             out["noise_ceiling"].attrs["method"] = nc.method_description(ceiling)
-        if config.encoding.banded:
+        if config.encoding.banded_layers != ("none",):
             from workflows.nodes import _banded  # Function nodes run this function's source
 
             _banded(regs, voxels, run_lengths, config, backend, out)
@@ -335,16 +335,17 @@ def encode_node(regressors_file, cleaned_files, config_json):
 
 
 def _banded(regs, voxels, run_lengths, config, backend, out):
-    """Banded ridge across the streams at every layer index they share -> ``banded/<layer>``."""
+    """Banded ridge across the streams at the layer indices they share that
+    ``--banded-layers`` selects -> ``banded/<layer>``."""
     import numpy as np
 
-    from bids_vlm.encoding.ridge import encode_banded
+    from bids_vlm.encoding.ridge import banded_layer_keys, encode_banded
 
     streams = [s for s in regs if s not in ("delayed", "nuisance")]
     shared = sorted(set.intersection(*(set(regs[s]) for s in streams))) if streams else []
     if len(streams) < 2:
         return
-    for layer in shared:
+    for layer in banded_layer_keys(shared, config.encoding.banded_layers):
         bands = {s: regs[f"delayed/{s}/{layer}" if "delayed" in regs else f"{s}/{layer}"][()]
                  for s in streams}
         res = encode_banded(bands, voxels, run_lengths, alphas=np.asarray(config.encoding.alphas),
