@@ -188,8 +188,8 @@ def test_banded_kernel_form_is_the_primal_model():
         np.testing.assert_allclose(kernel.split_r2[band][close], primal.split_r2[band][close],
                                    atol=2e-3)
     chunked = encode_banded({"image": a, "text": b}, y, runs, n_iter=8, form="kernel", chunk=7)
-    np.testing.assert_allclose(chunked.r, kernel.r, atol=1e-6)  # voxels are fitted apart
-    np.testing.assert_allclose(chunked.split_r2["text"], kernel.split_r2["text"], atol=1e-6)
+    np.testing.assert_allclose(chunked.r, kernel.r, atol=1e-5)  # voxels are fitted apart
+    np.testing.assert_allclose(chunked.split_r2["text"], kernel.split_r2["text"], atol=1e-5)
     with pytest.raises(ValueError, match="form must be"):
         encode_banded({"image": a, "text": b}, y, runs, form="dual")
 
