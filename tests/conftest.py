@@ -49,6 +49,10 @@ def planted_whole(tmp_path_factory):
                                 unique=False)
 
 
+# the options of ``planted_outputs``: a rerun into its work directory must give the same ones
+PLANTED_OPTIONS = ("--bn-definition", "marginal", "--banded-layers", "2", "last")
+
+
 @pytest.fixture(scope="session")
 def planted_outputs(planted_whole, tmp_path_factory):
     """The participant and group levels of the CLI run on the planted dataset with the ANs'
@@ -57,8 +61,7 @@ def planted_outputs(planted_whole, tmp_path_factory):
     ``planted`` fixture cover the default unique BNs)."""
     base = tmp_path_factory.mktemp("planted_out")
     out, work = base / "out", base / "work"
-    part = run_cli(planted_whole.root, out, "participant", "-q", "-w", work,
-                   "--bn-definition", "marginal", "--banded-layers", "2", "last")
+    part = run_cli(planted_whole.root, out, "participant", "-q", "-w", work, *PLANTED_OPTIONS)
     group = run_cli(planted_whole.root, out, "group", "-q", "-w", work,
                     "--bn-definition", "marginal")
     return {"out": out, "work": work, "participant": part, "group": group}

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import PLANTED_OPTIONS, run_cli
 from datagen import make_planted_dataset
 from nilearn.masking import apply_mask
 
@@ -202,14 +202,14 @@ def test_group_level_finds_planted_voxels(planted, planted_outputs):
 def test_multiproc_gives_same_outputs_as_linear(planted_whole, planted_outputs, tmp_path):
     out = tmp_path / "mp"
     run_cli(planted_whole.root, out, "participant", "--participant-label", "01", "--nprocs", "2",
-            "--bn-definition", "marginal", "-q", "-w", tmp_path / "work")
+            *PLANTED_OPTIONS, "-q", "-w", tmp_path / "work")
     name = "sub-01/func/sub-01_task-view_space-MNI152NLin2009cAsym_desc-tinyclip_neurons.tsv"
     assert (out / name).read_bytes() == (planted_outputs["out"] / name).read_bytes()
 
 
 def test_rerun_uses_the_cache(planted_whole, planted_outputs):
     proc = run_cli(planted_whole.root, planted_outputs["out"], "participant",
-                   "--participant-label", "01", "--force", "--bn-definition", "marginal", "-w",
+                   "--participant-label", "01", "--force", *PLANTED_OPTIONS, "-w",
                    planted_outputs["work"])
     assert "finished earlier" not in proc.stderr  # --force: not skipped
     assert "tiny-clip image" not in proc.stderr  # no extraction progress: cached
@@ -274,7 +274,7 @@ def test_deleted_outputs_are_rewritten_from_the_cache(planted_whole, planted_out
     shutil.copytree(planted_outputs["out"], out)
     shutil.rmtree(out / "sub-01")
     run_cli(planted_whole.root, out, "participant", "--participant-label", "01", "-q",
-            "--bn-definition", "marginal", "-w", planted_outputs["work"])
+            *PLANTED_OPTIONS, "-w", planted_outputs["work"])
     name = "sub-01/func/sub-01_task-view_space-MNI152NLin2009cAsym_desc-tinyclip_neurons.tsv"
     assert (out / name).read_bytes() == (planted_outputs["out"] / name).read_bytes()
 
