@@ -62,13 +62,20 @@ def brain_models_of(img, path) -> axes.BrainModelAxis:
     return bm
 
 
+def _first_axis(img, kind, what: str, needed: str, path):
+    """The image's first axis when it is a ``kind``; else DataError naming ``what`` it should
+    be and the file ``needed``."""
+    axis = img.header.get_axis(0)
+    if not isinstance(axis, kind):
+        raise DataError(f"the first axis is a {type(axis).__name__}, not {what} "
+                        f"(a {needed} is needed)", path)
+    return axis
+
+
 def read_dtseries(path) -> Grayordinates:
     """A ``.dtseries.nii``: (T, G) float32 data, its brain models and its series step."""
     img = _load(path, "time series")
-    series = img.header.get_axis(0)
-    if not isinstance(series, axes.SeriesAxis):
-        raise DataError(f"the first axis is a {type(series).__name__}, not a time series "
-                        "(a .dtseries.nii is needed)", path)
+    series = _first_axis(img, axes.SeriesAxis, "a time series", ".dtseries.nii", path)
     bm = brain_models_of(img, path)
     data = np.asarray(img.dataobj, dtype=np.float32)
     step = float(series.step) if series.unit == "SECOND" else None
@@ -116,10 +123,7 @@ def read_dlabel(path, map_index: int = 0) -> tuple[np.ndarray, dict, axes.BrainM
     """A user atlas ``.dlabel.nii``: ((G,) int labels of map ``map_index``, {label: name}
     without the unlabelled key 0, its brain models)."""
     img = _load(path, "label file")
-    labels = img.header.get_axis(0)
-    if not isinstance(labels, axes.LabelAxis):
-        raise DataError(f"the first axis is a {type(labels).__name__}, not labels "
-                        "(a .dlabel.nii is needed)", path)
+    labels = _first_axis(img, axes.LabelAxis, "labels", ".dlabel.nii", path)
     bm = brain_models_of(img, path)
     values = np.asarray(img.dataobj)[map_index]
     if not np.allclose(values, np.round(values)):
