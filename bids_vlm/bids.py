@@ -43,6 +43,7 @@ class RunSpec:
     mask: str | None = None
     confounds: str | None = None
     space: str | None = None
+    density: str | None = None  # of a CIFTI time series (``den-91k``)
     preprocessed: bool = False
     # seconds from a volume's onset to the time its data represent (:func:`slice_time_reference`);
     # the frame times are ``arange(n_scans) * tr + slice_time_ref``. 0.0 (the volume onset) for
@@ -173,7 +174,14 @@ def _run_spec(inputs: Inputs, bold, space: str) -> RunSpec | None:
     if events is None:
         LOGGER.warning("%s: no events.tsv, run skipped (events give the stimuli)", bold.path)
         return None
-    preproc = fmriprep.match(derivs, ents, "bold", space, want_space=space or None)
+    if fmriprep.wants_cifti(derivs, space):
+        preproc = fmriprep.match_cifti(derivs, ents, space)
+        if preproc is None:
+            raise NoInputError(f"--space {space}: no CIFTI time series of this run in that space "
+                               f"(CIFTI found: {', '.join(fmriprep.cifti_spaces(derivs))})",
+                               bold.path)
+    else:
+        preproc = fmriprep.match(derivs, ents, "bold", space, want_space=space or None)
     if preproc is None and space:
         raise NoInputError(f"--space {space}: {fmriprep.why_not_preprocessed(derivs, ents, space)}"
                            f" (spaces found: {', '.join(derivs.spaces()) or 'none'})", bold.path)
@@ -186,7 +194,8 @@ def _run_spec(inputs: Inputs, bold, space: str) -> RunSpec | None:
         check_present(path, root)
     n_scans, header_tr = _n_scans(image)
     raw_meta = layout.get_metadata(bold.path)
-    tr = repetition_time(raw_meta.get("RepetitionTime"), bold.path, header_tr, n_scans)
+    tr = repetition_time(raw_meta.get("RepetitionTime"), bold.path, header_tr, n_scans,
+                         header=_HEADER_STEP[image.endswith(".dtseries.nii")])
     image_meta = fmriprep.sidecar(preproc.path) if preproc else raw_meta
     slice_ref = slice_time_reference(
         image_meta, raw_meta, tr, image,
@@ -194,9 +203,10 @@ def _run_spec(inputs: Inputs, bold, space: str) -> RunSpec | None:
         else (lambda key: _sidecar_with(bold, key)),
         raw_sidecar=lambda key: _sidecar_with(bold, key))
     chosen_space = preproc.ents.get("space") if preproc else None
-    # raw BOLD: only a mask without a space entity (in the BOLD's own space) will do
-    mask = fmriprep.match(derivs, ents, "mask", space,
-                          want_space=chosen_space if preproc else NO_SPACE)
+    # raw BOLD: only a mask without a space entity (in the BOLD's own space) will do; CIFTI
+    # needs none (its brain models are the grayordinates)
+    mask = None if image.endswith(".dtseries.nii") else fmriprep.match(
+        derivs, ents, "mask", space, want_space=chosen_space if preproc else NO_SPACE)
     confounds = fmriprep.match(derivs, ents, "confounds")
     for found in (mask, confounds):
         if found is not None:
@@ -206,7 +216,8 @@ def _run_spec(inputs: Inputs, bold, space: str) -> RunSpec | None:
         run=int(ents["run"]) if "run" in ents else None, acquisition=ents.get("acquisition"),
         bold=image, events=events, tr=tr, n_scans=n_scans,
         mask=mask.path if mask else None, confounds=confounds.path if confounds else None,
-        space=chosen_space, preprocessed=preproc is not None, slice_time_ref=slice_ref,
+        space=chosen_space, density=preproc.ents.get("den") if preproc else None,
+        preprocessed=preproc is not None, slice_time_ref=slice_ref,
         fingerprint=_fingerprint(image, events, mask and mask.path,
                                  confounds and confounds.path,
                                  *_stimulus_files(events, layout.root),
@@ -264,7 +275,10 @@ def _fingerprint(*paths, timing=()) -> str:
 
 def _n_scans(path) -> tuple[int, float]:
     """(volumes, TR in seconds from the header's pixdim[4], 0 when it gives none) of a BOLD
-    image; DataError naming it when it is unreadable, truncated, not 4D or mislocated."""
+    image; DataError naming it when it is unreadable, truncated, not 4D or mislocated. A CIFTI
+    time series: (its frames, its series axis step in seconds)."""
+    if str(path).endswith(".dtseries.nii"):
+        return _cifti_frames(path)
     try:
         img = nib.load(path)
         shape = img.shape
@@ -280,6 +294,24 @@ def _n_scans(path) -> tuple[int, float]:
         raise DataError(f"BOLD must be a 4D image with at least 2 volumes, shape is {shape}", path)
     check_affine(img.affine, path)
     return int(shape[3]), _header_tr(img.header)
+
+
+def _cifti_frames(path) -> tuple[int, float]:
+    from bids_vlm import cifti
+
+    img = cifti._load(path, "time series")
+    series = cifti._first_axis(img, cifti.axes.SeriesAxis, "a time series", ".dtseries.nii",
+                               path)
+    cifti.brain_models_of(img, path)
+    expected = int(img.dataobj.offset) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+    if os.path.getsize(path) < expected:
+        raise DataError(f"the CIFTI file is truncated: {os.path.getsize(path)} bytes, its "
+                        f"header needs {expected}", path)
+    if series.size < 2:
+        raise DataError(f"a CIFTI time series needs at least 2 frames, it has {series.size}",
+                        path)
+    step = float(series.step) if series.unit == "SECOND" and series.step > 0 else 0.0
+    return int(series.size), step
 
 
 def check_affine(affine, path):
@@ -303,7 +335,11 @@ def _header_tr(header) -> float:
 MAX_TR = 100.0  # seconds; a longer RepetitionTime is taken for milliseconds
 
 
-def repetition_time(value, path, header_tr: float = 0.0, n_scans: int = 0) -> float:
+_HEADER_STEP = {False: "the NIfTI header (pixdim[4])", True: "the CIFTI series axis step"}
+
+
+def repetition_time(value, path, header_tr: float = 0.0, n_scans: int = 0,
+                    header: str = _HEADER_STEP[False]) -> float:
     """The sidecar's RepetitionTime in seconds, checked: a finite positive JSON number, not
     milliseconds (BIDS wants seconds), and compared with the NIfTI header's time step (a
     mismatch is a warning: the sidecar wins, as in BIDS)."""
@@ -316,14 +352,14 @@ def repetition_time(value, path, header_tr: float = 0.0, n_scans: int = 0) -> fl
     tr = float(value)
     if not np.isfinite(tr) or tr <= 0:
         raise DataError(f"RepetitionTime is missing or not positive {where} ({value})", path)
-    header = f"; the NIfTI header says {header_tr:g} s" if header_tr else ""
+    said = f"; {header.split(' (')[0]} says {header_tr:g} s" if header_tr else ""
     if tr > MAX_TR:
         raise DataError(f"RepetitionTime {tr:g} {where} is not plausible in seconds "
-                        f"({n_scans} volumes would last {n_scans * tr / 3600:.1f} h{header}); "
+                        f"({n_scans} volumes would last {n_scans * tr / 3600:.1f} h{said}); "
                         "milliseconds? BIDS wants seconds", path)
     if header_tr and abs(header_tr - tr) > 0.01 * tr:
-        LOGGER.warning("%s: RepetitionTime %g s in the JSON sidecar but %g s in the NIfTI "
-                       "header (pixdim[4]); using the sidecar's", path, tr, header_tr)
+        LOGGER.warning("%s: RepetitionTime %g s in the JSON sidecar but %g s in %s; using the "
+                       "sidecar's", path, tr, header_tr, header)
     return tr
 
 

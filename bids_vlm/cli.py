@@ -78,7 +78,10 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="space of the preprocessed BOLD (e.g. MNI152NLin2009cAsym, T1w); an "
                         "error names the spaces found when no derivative has it; default: "
                         "MNI152NLin2009cAsym, MNI152NLin6Asym, MNI152NLin2009cSym, T1w, in that "
-                        "order, whichever a run has")
+                        "order, whichever a run has; fsLR (or fsLR:den-91k) analyses the CIFTI "
+                        "grayordinates of *_space-fsLR_den-91k_bold.dtseries.nii")
+    g.add_argument("--cifti-density", choices=["91k", "170k"], default="",
+                   help="density of the CIFTI time series (with --space fsLR, its default)")
     g.add_argument("--skip-bids-validation", action="store_true",
                    help="do not validate file names with pybids' validator")
 
@@ -282,6 +285,7 @@ def _check_selection(parser, opts):
     except argparse.ArgumentTypeError as exc:
         parser.error(f"--models (default from ${DEFAULT_MODELS_ENV}): {exc}")
 
+    opts.space = _space_spec(parser, opts.space, opts.cifti_density)
     if opts.precision != "fp32" and opts.device != "cuda":
         parser.error(f"--precision {opts.precision} needs --device cuda")
     if opts.keep_entries < -1:
@@ -293,6 +297,16 @@ def _check_selection(parser, opts):
         check_selection(opts.models, opts.streams, opts.layers)
     except ValueError as exc:
         parser.error(str(exc))
+
+
+def _space_spec(parser, space: str, density: str) -> str:
+    """--space with --cifti-density as one spec (``fsLR:den-91k``, fMRIPrep's form)."""
+    if not density:
+        return space
+    name, _, given = (space or "fsLR").partition(":")
+    if given and given != f"den-{density}":
+        parser.error(f"--space {space} and --cifti-density {density} disagree")
+    return f"{name}:den-{density}"
 
 
 def config_from_options(opts):

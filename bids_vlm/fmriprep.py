@@ -10,7 +10,12 @@ which refuses a derivative without a description. Names of fMRIPrep >= 1.2
 ``_desc-confounds_timeseries.tsv`` or ``_regressors.tsv``) and of fMRIPrep 1.0-1.1
 (``_bold_space-X_preproc.nii.gz``, ``_bold_space-X_brainmask.nii.gz``, ``_bold_confounds.tsv``)
 are read. Run entities are compared as numbers where both are numbers (``run-1`` is
-``run-01``). CIFTI outputs (``.dtseries.nii``) are indexed only to name their space.
+``run-01``). CIFTI outputs (``_space-fsLR_den-91k_bold.dtseries.nii``, fMRIPrep's
+``--cifti-output``, HCP-style and ciftify derivatives) are used when ``--space`` names their
+space (``fsLR``, optionally with a density: ``fsLR:den-91k``, as fMRIPrep's ``--output-spaces``
+writes it, or ``--cifti-density 91k``). Their sidecar is ``X_bold.json``, or the
+``X_bold.dtseries.json`` of fMRIPrep <= 20.x (whose keys pybids rejects when it indexes
+metadata; read here as plain JSON).
 """
 from __future__ import annotations
 
@@ -107,7 +112,8 @@ def index_files(root: Path) -> list:
             ents = parse_file_entities(path)
             kind = file_kind(name, ents)
             if kind:
-                keep = {k: str(v) for k, v in ents.items() if k in RUN_ENTITIES + ("space",)}
+                keep = {k: str(v) for k, v in ents.items()
+                        if k in RUN_ENTITIES + ("space", "den")}
                 out.append(DerivativeFile(path, kind, tuple(sorted(keep.items()))))
     return out
 
@@ -115,7 +121,7 @@ def index_files(root: Path) -> list:
 def file_kind(name: str, ents: dict) -> str | None:
     """What a derivative file is (:data:`KINDS`), by its name and parsed entities, or None."""
     suffix, desc, ext = ents.get("suffix"), ents.get("desc"), ents.get("extension", "")
-    if ext == ".dtseries.nii":
+    if ext == ".dtseries.nii" and suffix == "bold":
         return "cifti"
     if ext in (".nii", ".nii.gz"):
         if (suffix, desc) == ("bold", "preproc") or (suffix == "preproc" and "_bold_" in name):
@@ -155,6 +161,40 @@ def match(index: DerivativeIndex, ents: dict, kind: str, space: str = "",
     return max(scored, key=lambda s: s[:3])[3] if scored else None
 
 
+def split_space(spec: str) -> tuple[str, str]:
+    """(space, density) of a ``--space`` value: ``fsLR:den-91k`` -> ('fsLR', '91k');
+    ``MNI152NLin2009cAsym`` -> ('MNI152NLin2009cAsym', '')."""
+    space, _, rest = str(spec or "").partition(":")
+    return space, rest[len("den-"):] if rest.startswith("den-") else rest
+
+
+def cifti_spaces(index: DerivativeIndex) -> list:
+    """The spaces (with densities) of the CIFTI time series indexed, e.g. ['fsLR:den-91k']."""
+    return sorted({_spec(f) for f in index.files if f.kind == "cifti"})
+
+
+def _spec(f: DerivativeFile) -> str:
+    ents = f.ents
+    return ents.get("space", "") + (f":den-{ents['den']}" if "den" in ents else "")
+
+
+def wants_cifti(index: DerivativeIndex, spec: str) -> bool:
+    """``--space`` asks for CIFTI time series: it names a density, or no preprocessed volume
+    has its space."""
+    space, density = split_space(spec)
+    return bool(space) and (bool(density) or not any(
+        f.kind == "bold" and f.ents.get("space") == space for f in index.files))
+
+
+def match_cifti(index: DerivativeIndex, ents: dict, spec: str) -> DerivativeFile | None:
+    """The CIFTI time series (``*_bold.dtseries.nii``) of the run ``ents`` in the space of
+    ``spec`` (and its density, when the spec names one)."""
+    space, density = split_space(spec)
+    found = [f for f in index.files if f.kind == "cifti" and f.ents.get("space") == space
+             and (not density or f.ents.get("den") == density)]
+    return match(DerivativeIndex(index.roots, tuple(found)), ents, "cifti")
+
+
 def space_rank(found, wanted) -> int:
     """Position of a space in the preference (the requested one first)."""
     if wanted and found == wanted:
@@ -167,12 +207,15 @@ def space_rank(found, wanted) -> int:
 def check_space(index: DerivativeIndex, space: str, root) -> None:
     """NoInputError (exit 65) naming the spaces found when ``space`` was asked for and no
     preprocessed BOLD has it."""
-    if not space or any(f.kind == "bold" and f.ents.get("space") == space for f in index.files):
+    name, density = split_space(space)
+    if not space or not wants_cifti(index, space):
         return
-    found = index.spaces()
-    cifti = sorted({f.ents.get("space", "") for f in index.files if f.kind == "cifti"})
-    note = (f"; CIFTI outputs ({', '.join(cifti)}: .dtseries.nii) are not supported yet"
-            if cifti else "")
+    if any(_spec(f) == space or (not density and f.ents.get("space") == name)
+           for f in index.files if f.kind == "cifti"):
+        return
+    found = sorted({f.ents.get("space", "") for f in index.files if f.kind == "bold"})
+    cifti = cifti_spaces(index)
+    note = f"; CIFTI time series (.dtseries.nii): {', '.join(cifti)}" if cifti else ""
     where = ", ".join(index.roots) or f"no derivative dataset under {Path(root) / 'derivatives'}"
     raise NoInputError(f"--space {space}: no preprocessed BOLD in that space (spaces found: "
                        f"{', '.join(s or 'none' for s in found) or 'none'}; in {where}){note}",
@@ -203,26 +246,29 @@ def why_not_preprocessed(index: DerivativeIndex, ents: dict, space: str = "") ->
     return f"the closest preprocessed BOLD, {best.path}, differs in {diffs}"
 
 
+SIDECAR_EXTENSIONS = (".dtseries.nii", ".nii.gz", ".nii", ".tsv")
+
+
 def sidecar(path) -> dict:
-    """The JSON sidecar beside a derivative file (same name, ``.json``), or {}."""
-    name = str(path)
-    for ext in (".nii.gz", ".nii", ".tsv"):
-        if name.endswith(ext):
-            name = name[:-len(ext)]
-            break
+    """The JSON sidecar beside a derivative file (:func:`sidecar_path`), or {}."""
+    found = sidecar_path(path)
     try:
-        return json.loads(Path(name + ".json").read_text())
+        return json.loads(Path(found).read_text()) if found else {}
     except (OSError, ValueError):
         return {}
 
 
 def sidecar_path(path) -> str | None:
-    """The path of that sidecar, when it exists."""
+    """The path of the sidecar of a derivative file, when it exists: the same name with
+    ``.json``; for a CIFTI ``X_bold.dtseries.nii``, ``X_bold.json`` or else the
+    ``X_bold.dtseries.json`` that fMRIPrep <= 20.x wrote."""
     name = str(path)
-    for ext in (".nii.gz", ".nii", ".tsv"):
+    for ext in SIDECAR_EXTENSIONS:
         if name.endswith(ext):
-            candidate = Path(name[:-len(ext)] + ".json")
-            return str(candidate) if candidate.is_file() else None
+            stem = name[:-len(ext)]
+            names = [stem + ".json"] + ([stem + ".dtseries.json"] if ext == ".dtseries.nii"
+                                        else [])
+            return next((n for n in names if Path(n).is_file()), None)
     return None
 
 

@@ -23,6 +23,7 @@ import pandas as pd
 from scipy import sparse, stats
 
 from bids_vlm.derivatives import write_json, write_tsv
+from bids_vlm.derivatives.io import save_image
 from bids_vlm.derivatives.bnstore import layer_size, layers, read_layer, read_range
 from bids_vlm.errors import DataError
 from bids_vlm.group_architecture import combine_architecture
@@ -31,7 +32,8 @@ from bids_vlm.group_isc import combine_isc
 from bids_vlm.group_summaries import combine_summaries
 
 KEY_RE = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.*)_desc-"
-                    r"(?P<desc>[A-Za-z0-9]+)_stat-(?P<stat>[a-z0-9]+)_statmap\.nii\.gz$")
+                    r"(?P<desc>[A-Za-z0-9]+)_stat-(?P<stat>[a-z0-9]+)_statmap(?P<ext>\.nii\.gz|\.dscalar"
+                    r"\.nii)$")
 NEURON_RE = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.*)_desc-"
                        r"(?P<desc>[A-Za-z0-9]+)_neurons\.tsv$")
 CONSISTENCY_ANS = 256  # ANs of a layer whose BN maps are compared at a time (bounds memory)
@@ -78,18 +80,20 @@ def one_sample(z: np.ndarray) -> dict:
 
 
 def collect_maps(output_dir) -> dict:
-    """{(rest-of-name, desc, stat): {subject: [paths, one per session]}} of the statmaps."""
+    """{(rest-of-name, desc, stat, extension): {subject: [paths, one per session]}} of the
+    statmaps (``.nii.gz`` volumes, ``.dscalar.nii`` grayordinates)."""
     found = defaultdict(lambda: defaultdict(list))
-    for path in sorted(Path(output_dir).glob("sub-*/**/func/*_statmap.nii.gz")):
+    for path in sorted(p for ext in (".nii.gz", ".dscalar.nii")
+                       for p in Path(output_dir).glob(f"sub-*/**/func/*_statmap{ext}")):
         match = KEY_RE.search(path.name)
         if match:
-            key = (match["rest"], match["desc"], match["stat"])
+            key = (match["rest"], match["desc"], match["stat"], match["ext"])
             found[key][match["sub"]].append(path)
     return {k: dict(v) for k, v in found.items()}
 
 
 def _sidecar(path) -> dict:
-    side = Path(str(path).replace(".nii.gz", ".json"))
+    side = Path(re.sub(r"(\.nii\.gz|\.dscalar\.nii)$", ".json", str(path)))
     if not side.is_file():
         raise DataError("the JSON sidecar of this map is missing", side)
     return json.loads(side.read_text())
@@ -99,27 +103,19 @@ def combine_participants(output_dir) -> list[Path]:
     """Write the group maps and tables under ``<output_dir>/group/``; returns the paths."""
     out = Path(output_dir) / "group"
     written = []
-    for (rest, desc, stat), by_subject in collect_maps(output_dir).items():
+    for (rest, desc, stat, ext), by_subject in collect_maps(output_dir).items():
         paths = [p for ps in by_subject.values() for p in ps]
-        imgs = [nib.load(p) for p in paths]
-        _check_grid(imgs, paths)
-        # a participant's sessions are averaged first: one map per participant
-        stack = np.stack([np.mean([np.asarray(nib.load(p).dataobj, dtype=np.float32)
-                                   for p in ps], axis=0) for ps in by_subject.values()])
+        read = _read_dense if ext == ".dscalar.nii" else _read_volumes
+        stack, template = read(by_subject, paths)
         sidecar = _sidecar(paths[0])
         for name, data in group_maps(stack, stat).items():
-            path = out / f"group_{rest}_desc-{desc}_stat-{name}_statmap.nii.gz"
+            path = out / f"group_{rest}_desc-{desc}_stat-{name}_statmap{ext}"
             side = {k: sidecar[k] for k in ("Model", "Stream", "Layer", "AssociationMethod",
                                             "FDRLevel", "HRFModel", "BOLDInput") if k in sidecar}
             side.update(Participants=sorted(by_subject), Statistic=name,
                         Description=_DESCRIPTIONS[name])
-            staged = _tmp(path)
-            try:
-                nib.save(nib.Nifti1Image(data.astype(np.float32), imgs[0].affine), staged)
-                Path(staged).replace(path)
-            finally:
-                Path(staged).unlink(missing_ok=True)
-            write_json(str(path).replace(".nii.gz", ".json"), side)
+            save_image(path, _like(template, data, name))
+            write_json(str(path)[:-len(ext)] + ".json", side)
             written.append(path)
     written += combine_neuron_tables(output_dir)
     written += combine_summaries(output_dir)
@@ -141,10 +137,52 @@ _DESCRIPTIONS = {
 }
 
 
-def _tmp(path) -> str:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return str(path.parent / f".{path.name[:-7]}.tmp.nii.gz")
+def _read_volumes(by_subject: dict, paths: list):
+    """(participants' maps (S, ...), the first image): a participant's sessions averaged
+    first; DataError when the maps are on different grids."""
+    imgs = {p: nib.load(p) for p in paths}
+    _check_grid(list(imgs.values()), paths)
+    stack = np.stack([np.mean([np.asarray(imgs[p].dataobj, dtype=np.float32) for p in ps],
+                              axis=0) for ps in by_subject.values()])
+    return stack, imgs[paths[0]]
+
+
+_BRAIN_MODELS: dict = {}  # CIFTI XML -> its brain models, parsed once per group run
+
+
+def _read_dense(by_subject: dict, paths: list):
+    """:func:`_read_volumes` for grayordinate maps (S, K, G), their brain models; the maps
+    must have the same brain models (compared as XML; parsed only when it differs)."""
+    from bids_vlm.cifti import read_brain_models, read_dense
+
+    maps = {p: read_dense(p) for p in paths}
+    first = _models_xml(maps[paths[0]][1])
+    if first not in _BRAIN_MODELS:
+        _BRAIN_MODELS.clear()
+        _BRAIN_MODELS[first] = read_brain_models(paths[0])
+    for path in paths[1:]:
+        if _models_xml(maps[path][1]) != first and \
+                read_brain_models(path) != _BRAIN_MODELS[first]:
+            raise DataError("participants' maps are on different grayordinates (CIFTI brain "
+                            "models); group analysis needs one density", path)
+    stack = np.stack([np.mean([maps[p][0] for p in ps], axis=0) for ps in by_subject.values()])
+    return stack, _BRAIN_MODELS[first]
+
+
+def _models_xml(xml: bytes) -> bytes:
+    """The CIFTI XML without its scalar map names (the brain models' part, for comparing)."""
+    return re.sub(rb"<NamedMap>.*?</NamedMap>", b"", xml, flags=re.S)
+
+
+def _like(template, data, name: str):
+    """A group map's image on the grid of ``template`` (a NIfTI) or on its brain models."""
+    if not isinstance(template, nib.Nifti1Image):
+        from bids_vlm.cifti import dscalar_image
+
+        data = np.asarray(data, np.float32).reshape(-1, len(template))
+        names = [name] if len(data) == 1 else [f"{name}_{k}" for k in range(len(data))]
+        return dscalar_image(data, names, template)
+    return nib.Nifti1Image(np.asarray(data, np.float32), template.affine)
 
 
 def _check_grid(imgs, paths):
@@ -198,7 +236,10 @@ def combine_neuron_tables(output_dir) -> list[Path]:
 
 
 def _grid_index(h5) -> np.ndarray:
-    """(V,) flat index in the grid of each voxel row of a participant's association.h5."""
+    """(V,) flat index in the grid of each voxel row of a participant's association.h5 (the
+    grayordinate keys of :func:`bids_vlm.brainmask.row_keys` on CIFTI)."""
+    if "grayordinate_key" in h5:
+        return h5["grayordinate_key"][()]
     shape = tuple(int(s) for s in h5.attrs["grid_shape"])
     ijk = h5["voxel_ijk"][()]
     return np.ravel_multi_index(tuple(ijk.T), shape) if len(ijk) else np.zeros(0, int)
@@ -212,7 +253,7 @@ def _bn_blocks(h5) -> dict:
     return {group.name: (offset, layer_size(group)) for _, _, group, offset in layers(h5)}
 
 
-def _bn_matrix(h5, key, flat, rows) -> sparse.csr_matrix:
+def _bn_matrix(h5, key, flat, rows, n_columns: int) -> sparse.csr_matrix:
     """(k, grid voxels) BN membership of the ANs at positions ``rows`` (k,) of the layer
     ``key`` (:func:`_bn_blocks`) of a participant's association.h5; flat: :func:`_grid_index`.
     Consecutive rows are read as one slice of the layer (only their BNs)."""
@@ -228,7 +269,7 @@ def _bn_matrix(h5, key, flat, rows) -> sparse.csr_matrix:
     at = order[np.clip(np.searchsorted(rows[order], an), 0, max(len(rows) - 1, 0))]
     keep = rows[at] == an if len(rows) else np.zeros(len(an), bool)
     member = sparse.csr_matrix((np.ones(int(keep.sum())), (at[keep], flat[vox[keep]])),
-                               shape=(len(rows), int(np.prod(h5.attrs["grid_shape"]))))
+                               shape=(len(rows), n_columns))
     member.data[:] = 1.0  # one entry per AN x voxel
     return member
 
@@ -246,6 +287,8 @@ def an_consistency(paths, chunk: int = CONSISTENCY_ANS) -> dict | None:
     with ExitStack() as stack:
         files = [stack.enter_context(h5py.File(p, "r")) for p in paths]
         flats = [_grid_index(h5) for h5 in files]
+        places = np.unique(np.concatenate(flats))  # every participant's voxels, as columns
+        flats = [np.searchsorted(places, f) for f in flats]
         ids = [h5["an_id"].asstr()[()] for h5 in files]
         blocks = [_bn_blocks(h5) for h5 in files]
         for key, (offset, n) in blocks[0].items():
@@ -265,7 +308,7 @@ def an_consistency(paths, chunk: int = CONSISTENCY_ANS) -> dict | None:
             step = n if key == "" else max(1, chunk)
             for lo in range(0, n, step):
                 hi = min(n, lo + step)
-                mats = [_bn_matrix(h5, key, flat, pos[lo:hi])
+                mats = [_bn_matrix(h5, key, flat, pos[lo:hi], len(places))
                         for h5, flat, pos in zip(files, flats, where)]
                 total, pairs = np.zeros(hi - lo), 0
                 for a in range(len(mats)):

@@ -135,6 +135,8 @@ def load_bold(bold_path, mask_img, config: BoldConfig = BoldConfig()) -> np.ndar
     voxel excluded from every run has statistics 0 (never significant).
     """
     smoothing = config.smoothing_fwhm or None
+    if str(bold_path).endswith(".dtseries.nii"):
+        return _load_grayordinates(bold_path, mask_img, smoothing)
     try:
         bold = nib.load(bold_path)
         data = masking.apply_mask(bold, mask_img, ensure_finite=False).astype(np.float64)
@@ -145,6 +147,23 @@ def load_bold(bold_path, mask_img, config: BoldConfig = BoldConfig()) -> np.ndar
     except (EOFError, OSError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
         raise DataError(f"cannot read the BOLD data (truncated or corrupted?): {exc}",
                         bold_path) from exc
+    return _exclude_bad(data, nonfinite, bold_path)
+
+
+def _load_grayordinates(bold_path, mask, smoothing) -> np.ndarray:
+    from bids_vlm.brainmask import load, load_grayordinates
+
+    if smoothing:
+        raise DataError("--smoothing-fwhm is not applied to CIFTI grayordinates (smoothing "
+                        "on the surface is a preprocessing step, e.g. wb_command "
+                        "-cifti-smoothing); leave it at 0", bold_path)
+    mask = mask if isinstance(mask, nib.Cifti2Image) else load(mask)
+    data = load_grayordinates(bold_path, mask)
+    return _exclude_bad(data, ~np.isfinite(data).all(axis=0), bold_path)
+
+
+def _exclude_bad(data, nonfinite, bold_path) -> np.ndarray:
+    """Zero the voxels with NaN / inf values or constant over the run (warning each)."""
     if nonfinite.any():  # the whole voxel: zeros in some frames would fake a signal
         LOGGER.warning("%s: %d in-mask voxel(s) with NaN or inf values; excluded from this "
                        "run (set to 0)", bold_path, int(nonfinite.sum()))

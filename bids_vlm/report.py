@@ -240,8 +240,8 @@ def _encoding_section(enc_table, stem, figdir, out, background, space, model):
                                         "(leave-one-run-out), 95th percentile and median over "
                                         "voxels."))
     prefix = stem.replace(_desc(stem), "")
-    for path in sorted(enc_table.parent.glob(f"{prefix}_desc-*_stat-preferredlayer_statmap.nii.gz")):
-        side = json.loads(Path(str(path).replace(".nii.gz", ".json")).read_text())
+    for path in _maps(enc_table.parent, f"{prefix}_desc-*_stat-preferredlayer_statmap"):
+        side = _map_sidecar(path)
         if side.get("Model") != model:
             continue
         fig = figdir / f"{stem}_stream-{label(side['Stream'])}_preferredlayer.png"
@@ -265,24 +265,43 @@ def _space(name):
 def _count_maps(folder, prefix, model, stat="bncount") -> dict:
     """{stream: [map paths]} of one unit's ``stat`` maps of ``model`` (from their sidecars)."""
     maps = defaultdict(list)
-    for path in sorted(folder.glob(f"{prefix}_desc-*_stat-{stat}_statmap.nii.gz")):
-        side = json.loads(Path(str(path).replace(".nii.gz", ".json")).read_text())
+    for path in _maps(folder, f"{prefix}_desc-*_stat-{stat}_statmap"):
+        side = _map_sidecar(path)
         if side.get("Model") == model and "Layer" in side:  # per-layer maps only
             maps[side["Stream"]].append(path)
     return dict(maps)
 
 
+MAP_EXTENSIONS = (".nii.gz", ".dscalar.nii")  # volume maps, grayordinate maps
+
+
+def _maps(folder, pattern) -> list:
+    """The maps matching ``pattern`` + a map extension in ``folder``, sorted."""
+    return sorted(p for ext in MAP_EXTENSIONS for p in Path(folder).glob(pattern + ext))
+
+
+def _map_sidecar(path) -> dict:
+    name = str(path)
+    stem = next(name[:-len(e)] for e in MAP_EXTENSIONS if name.endswith(e))
+    return json.loads(Path(stem + ".json").read_text())
+
+
 def _background(sources, space):
     if space and space.startswith(TEMPLATE_SPACES):
         return None  # nilearn's MNI template
-    if sources and Path(sources[0]).exists():
+    if sources and Path(sources[0]).exists() and not sources[0].endswith(".dtseries.nii"):
         return image.mean_img(sources[0], copy_header=True)
     return None
 
 
 def _brain_figure(paths, fig_path, title, background, space, threshold=0.5, cmap="hot",
                   total=True):
-    """Sum of the maps (or the single map) over a background; glass brain in template space."""
+    """Sum of the maps (or the single map) over a background; glass brain in template space;
+    grayordinate maps on the inflated fs_LR surface (:mod:`bids_vlm.report_surface`)."""
+    if str(paths[0]).endswith(".dscalar.nii"):
+        from bids_vlm.report_surface import surface_figure
+
+        return surface_figure(paths, fig_path, title, _save, cmap=cmap, total=total)
     img = (image.math_img("np.sum(imgs, axis=-1)", imgs=image.concat_imgs(paths)) if total
            else image.load_img(paths[0]))
     data = img.get_fdata()
@@ -379,7 +398,7 @@ def group_report(output_dir, config) -> Path:
         maps = _count_maps(out / "group", stem.replace(_desc(stem), ""), side.get("Model"),
                            "meanbncount")
         for stream, paths in maps.items():
-            map_side = json.loads(Path(str(paths[0]).replace(".nii.gz", ".json")).read_text())
+            map_side = _map_sidecar(paths[0])
             fig = figdir / f"{stem}_stream-{label(stream)}_meanbncount.png"
             _brain_figure(paths, fig, f"group {stream}: mean ANs per voxel (all layers)", None,
                           _space(stem))

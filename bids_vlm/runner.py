@@ -142,6 +142,39 @@ class Execution:
         return plugin, args
 
 
+def check_smoothing(runs, fwhm: float) -> None:
+    """DataError (before anything runs) for --smoothing-fwhm on CIFTI grayordinates."""
+    from bids_vlm.errors import DataError
+
+    cifti = [r.bold for r in runs if r.bold.endswith(".dtseries.nii")]
+    if fwhm and cifti:
+        raise DataError(f"--smoothing-fwhm {fwhm:g} is not applied to CIFTI grayordinates "
+                        "(smoothing on the surface is a preprocessing step, e.g. wb_command "
+                        "-cifti-smoothing); leave it at 0", cifti[0])
+
+
+def check_surface_atlas(runs, networks) -> None:
+    """DataError (before anything runs) when the runs are CIFTI and ``--atlas`` has no
+    grayordinate form, or their density is not 91k and the shipped (91k) atlases or the spin
+    null (fs_LR 32k spheres) would be needed."""
+    from bids_vlm.analysis.surface_atlases import SURFACE_SHIPPED, load_surface_networks
+    from bids_vlm.errors import DataError
+
+    cifti = [r for r in runs if r.bold.endswith(".dtseries.nii")]
+    if not cifti:
+        return
+    load_surface_networks(networks.atlas)
+    other = [r for r in cifti if r.density not in (None, "91k")]
+    if other and networks.atlas in SURFACE_SHIPPED:
+        raise DataError(f"den-{other[0].density}: the shipped grayordinate atlases are 91k; "
+                        "give --atlas PATH.dlabel.nii of the data's density", other[0].bold)
+    if other and networks.n_surrogates > 0:
+        raise DataError(f"den-{other[0].density}: the spin null of the network enrichment "
+                        "needs the fs_LR 32k spheres (91k grayordinates); use --n-surrogates 0 "
+                        "(the hypergeometric p, which assumes independent grayordinates) or "
+                        "91k data", other[0].bold)
+
+
 def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
                     execution: Execution = Execution(), space="",
                     validate=False, force=False) -> list[Path]:
@@ -159,6 +192,8 @@ def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
     layout = load_layout(bids_dir, config.derivatives, validate=validate)
     runs = with_stimulus_files(collect_runs(layout, config.filters, space), bids_dir,
                                config.stimuli)  # their files under the options
+    check_smoothing(runs, config.bold.smoothing_fwhm)
+    check_surface_atlas(runs, config.networks)
     fingerprints = _fingerprints(runs, config)
     with contextlib.ExitStack() as held:
         for subject in fingerprints:  # sorted: every run takes them in the same order

@@ -133,14 +133,18 @@ def planted_signal(root, events_by_run, n_scans, tr, plants, seed=0, unique=True
 def make_planted_dataset(root, n_subjects=2, n_runs=2, n_scans=100, tr=2.0, shape=(6, 6, 6),
                          plants=DEFAULT_PLANTS, noise=1.0, seed=0, baseline=None,
                          with_derivatives=True, affine=AFFINE, repeated=False,
-                         same_events=False, unique=True) -> PlantedDataset:
+                         same_events=False, unique=True, grayordinates=None,
+                         legacy_sidecar=False) -> PlantedDataset:
     """BIDS dataset + fMRIPrep-like derivatives with planted AN signal (see module doc).
 
     baseline: (n_voxels,) mean intensity per voxel (default 100 everywhere); repeated: every
     run of a subject shows the same stimulus sequence (fresh noise in each); same_events:
     every subject sees the first subject's runs (e.g. the same movie; fresh noise in each);
     unique: plant each AN's own part (default), else its whole regressor
-    (:func:`planted_signal`).
+    (:func:`planted_signal`). grayordinates: CIFTI brain models; the derivatives are then
+    ``*_space-fsLR_den-91k_bold.dtseries.nii`` on them (the plants' voxels are their rows; the
+    raw BOLD a small volume of as many frames), with fMRIPrep <= 20.x's
+    ``*_bold.dtseries.json`` sidecar when ``legacy_sidecar``.
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -153,7 +157,7 @@ def make_planted_dataset(root, n_subjects=2, n_runs=2, n_scans=100, tr=2.0, shap
         _write_json(fmriprep / "dataset_description.json",
                     {"Name": "fMRIPrep (simulated)", "BIDSVersion": "1.9.0",
                      "DatasetType": "derivative", "GeneratedBy": [{"Name": "fMRIPrep"}]})
-    n_vox = int(np.prod(shape))
+    n_vox = int(np.prod(shape)) if grayordinates is None else len(grayordinates)
     subjects = [f"{i + 1:02d}" for i in range(n_subjects)]
     shared = None
     for sub in subjects:
@@ -170,11 +174,38 @@ def make_planted_dataset(root, n_subjects=2, n_runs=2, n_scans=100, tr=2.0, shap
             data = base + noise * rng.standard_normal((n_scans, n_vox))
             for j, plant in enumerate(plants):
                 data[:, plant.voxels] += plant.beta * sig[:, [j]]
+            if grayordinates is not None:
+                _write_cifti_run(root, fmriprep, sub, run, ev, data, grayordinates, rng, tr,
+                                 legacy_sidecar)
+                continue
             _write_run(root, fmriprep if with_derivatives else None, sub, run, ev, data, shape,
                        rng, affine, tr)
     planted = sorted({v for p in plants for v in p.voxels})
     return PlantedDataset(root, subjects, tuple(plants), n_vox,
                           [v for v in range(n_vox) if v not in planted])
+
+
+def _write_cifti_run(root, fmriprep, sub, run, events, data, bm, rng, tr, legacy):
+    """A raw run (a 2 x 2 x 2 volume of as many frames) and its fMRIPrep CIFTI time series."""
+    from nibabel.cifti2 import cifti2_axes as axes
+
+    _write_run(root, None, sub, run, events, rng.standard_normal((len(data), 8)) + 100,
+               (2, 2, 2), rng, AFFINE, tr)
+    stem = f"sub-{sub}_task-view_run-{run}"
+    dfunc = fmriprep / f"sub-{sub}" / "func"
+    dfunc.mkdir(parents=True, exist_ok=True)
+    img = nib.Cifti2Image(data.astype(np.float32), header=(axes.SeriesAxis(
+        start=0.0, step=tr, size=len(data), unit="SECOND"), bm))
+    img.nifti_header.set_intent("ConnDenseSeries")
+    name = dfunc / f"{stem}_space-fsLR_den-91k_bold"
+    nib.save(img, f"{name}.dtseries.nii")
+    side = ({"grayordinates": "91k", "space": "HCP grayordinates",
+             "surface": "fsLR", "surface_density": "32k", "volume": "MNI152NLin6Asym"}
+            if legacy else {"RepetitionTime": tr, "TaskName": "view"})
+    _write_json(Path(f"{name}.dtseries.json" if legacy else f"{name}.json"), side)
+    conf = pd.DataFrame(rng.normal(0, 0.1, (data.shape[0], 6)),
+                        columns=["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"])
+    conf.to_csv(dfunc / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False)
 
 
 def _write_run(root, fmriprep, sub, run, events, data, shape, rng, affine=AFFINE, tr=2.0):

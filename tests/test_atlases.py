@@ -171,3 +171,42 @@ def test_space_check(tmp_path):
     assert fields["AtlasSpace"] == "MNI152NLin6Asym"
     assert fields["DataSpace"] == "MNI152NLin2009cAsym" and "Yeo" in fields["Atlas"]
     assert space_description(user, None)["AtlasSpace"].startswith("not stated")
+
+
+def test_grayordinate_atlases_shipped_and_user_dlabel(tmp_path):
+    """On grayordinates: Yeo-7 (+ language) from the fsLR 91k archive; a user .dlabel.nii
+    matched to data by structure and vertex / voxel (another row order, a subset); volume
+    atlases refused there; a .dlabel.nii on volume data is a space problem, not a crash."""
+    from bids_vlm import cifti
+    from bids_vlm.analysis.surface_atlases import load_surface_networks, surface_network_masks
+
+    std = cifti.standard_91k()
+    shipped = load_networks("yeo7", grayordinates=True)
+    assert [a.space for a in shipped] == ["fsLR", "fsLR"]
+    masks = surface_network_masks(shipped, std)
+    assert masks["Visual"].sum() == (cifti.shipped_labels("yeo7") == 1).sum()
+    assert masks["Language"].sum() > 1000 and set(masks) >= {"Default", "Language"}
+    rows = np.r_[0:50, 91200:91282]
+    labels = np.zeros(len(std), np.int32)
+    labels[rows[:25]], labels[rows[25:50]], labels[91200:91282] = 1, 2, 3
+    path = tmp_path / "ca_networks.dlabel.nii"
+    nib.save(cifti.dlabel_image(labels, {1: "Visual1", 2: "Language", 3: "Subcortex net"}, std),
+             path)
+    user = load_networks(str(path))
+    assert user[0].networks == {"Visual1": (1,), "Language": (2,), "Subcortex_net": (3,)}
+    assert user[0].visual == ("Visual1",) and user[0].language == ("Language",)
+    order = rows[::-1]  # data covering these grayordinates only, in another order
+    data_masks = surface_network_masks(user, std[order])
+    assert np.array_equal(data_masks["Visual1"], np.isin(order, rows[:25]))
+    assert np.array_equal(data_masks["Subcortex_net"], order >= 91200)
+    assert len(atlas_digest(str(path))) == 40
+    for spec in ("schaefer200", str(tmp_path / "x.nii.gz")):
+        with pytest.raises(DataError, match="not available on CIFTI grayordinates"):
+            load_surface_networks(spec)
+    empty = tmp_path / "empty.dlabel.nii"
+    nib.save(cifti.dlabel_image(np.zeros(len(std)), {5: "Nothing"}, std), empty)
+    with pytest.raises(DataError, match="names no label that its map uses"):
+        load_networks(str(empty))
+    volume_mask = nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4))
+    masks, _, problem = data_networks(str(path), volume_mask, "MNI152NLin2009cAsym")
+    assert masks is None and "CIFTI label file" not in problem and "fsLR" in problem

@@ -431,6 +431,41 @@ def _space_not_found(ctx):
     ctx.args += ["--space", "fsLR"]
 
 
+def _write_dtseries(ctx, run, density="91k"):
+    """A CIFTI time series (60 of the 91k grayordinates) for ``run``, as fMRIPrep names it."""
+    from nibabel.cifti2 import cifti2_axes as axes
+
+    from bids_vlm import cifti
+
+    n_scans = nib.load(ctx.preproc).shape[3]
+    bm = cifti.standard_91k()[np.r_[0:40, 91262:91282]]
+    img = nib.Cifti2Image(np.random.default_rng(0).standard_normal((n_scans, len(bm)))
+                          .astype(np.float32),
+                          header=(axes.SeriesAxis(0.0, 2.0, n_scans, "SECOND"), bm))
+    path = ctx.deriv(f"space-fsLR_den-{density}_bold.dtseries.nii", run)
+    nib.save(img, path)
+    return path
+
+
+def _cifti_170k(ctx):
+    for run in (RUN1, RUN2):
+        _write_dtseries(ctx, run, "170k")
+    ctx.args += ["--space", "fsLR"]
+
+
+def _cifti_smoothing(ctx):
+    for run in (RUN1, RUN2):
+        _write_dtseries(ctx, run)
+    ctx.args += ["--space", "fsLR", "--smoothing-fwhm", "4"]
+
+
+def _cifti_truncated(ctx):
+    path = _write_dtseries(ctx, RUN1)
+    _write_dtseries(ctx, RUN2)
+    path.write_bytes(path.read_bytes()[:-300])
+    ctx.args += ["--space", "fsLR"]
+
+
 def _singular_affine(ctx):
     img = nib.load(ctx.preproc)
     affine = img.affine.copy()
@@ -604,6 +639,23 @@ CASES = [
     Case("space-not-found", "--space that no derivative has", _space_not_found, 65,
          "--space fsLR: no preprocessed BOLD in that space (spaces found: "
          "MNI152NLin2009cAsym; in {bids}/derivatives/fmriprep)"),
+    Case("cifti-smoothing", "--smoothing-fwhm on CIFTI grayordinates (--space fsLR)",
+         _cifti_smoothing, 64, "sub-01_task-view_run-1_space-fsLR_den-91k_bold.dtseries.nii: "
+         "--smoothing-fwhm 4 is not applied to CIFTI grayordinates"),
+    Case("cifti-truncated", "truncated CIFTI time series (--space fsLR)", _cifti_truncated, 64,
+         "sub-01_task-view_run-1_space-fsLR_den-91k_bold.dtseries.nii: the CIFTI file is "
+         "truncated"),
+    Case("cifti-volume-atlas", "--atlas schaefer200 (a volume atlas) on CIFTI grayordinates",
+         lambda ctx: (_cifti_smoothing(ctx), ctx.args.extend(
+             ["--smoothing-fwhm", "0", "--atlas", "schaefer200"])), 64,
+         "--atlas schaefer200: not available on CIFTI grayordinates (shipped there: yeo7, "
+         "yeo17; or a label file PATH.dlabel.nii)"),
+    Case("cifti-170k-shipped-atlas", "den-170k CIFTI with the shipped (91k) atlas",
+         _cifti_170k, 64, "sub-01_task-view_run-1_space-fsLR_den-170k_bold.dtseries.nii: "
+         "den-170k: the shipped grayordinate atlases are 91k"),
+    Case("cifti-density-disagrees", "--space fsLR:den-170k with --cifti-density 91k",
+         lambda ctx: ctx.args.extend(["--space", "fsLR:den-170k", "--cifti-density", "91k"]),
+         2, "--space fsLR:den-170k and --cifti-density 91k disagree"),
     Case("invalid-filter-file", "--bids-filter-file not JSON", _invalid_filter_file, 2,
          "filters.json is not valid JSON"),
     Case("output-inside-input", "output_dir inside the input, not under derivatives/",

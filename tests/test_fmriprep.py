@@ -1,7 +1,8 @@
 """Finding fMRIPrep outputs as users have them: nested below derivatives/, without a
 dataset_description.json, run numbers padded differently from the raw data, fMRIPrep 1.x
 names; a --space nobody has is an error naming the spaces found; when the raw BOLD is used
-although derivatives exist, the log says which entity did not match."""
+although derivatives exist, the log says which entity did not match; CIFTI time series
+(``--space fsLR``), with fMRIPrep <= 20.x's legacy sidecars."""
 from __future__ import annotations
 
 import json
@@ -95,12 +96,69 @@ def test_unknown_space_is_an_error_naming_the_spaces_found(root):
         _collect(root, space="fsLR")
     assert exc.value.exit_code == EXIT_NO_INPUT
     assert f"spaces found: {SPACE}" in str(exc.value) and "--space fsLR" in str(exc.value)
-    cifti = _deriv(root) / "sub-01" / "func" / \
-        "sub-01_task-view_run-1_space-fsLR_den-91k_bold.dtseries.nii"
-    cifti.write_bytes(b"")
-    with pytest.raises(NoInputError, match="CIFTI outputs .fsLR"):
+    _dtseries(root, 1)
+    with pytest.raises(NoInputError, match=r"run-2_bold.*--space fsLR: no CIFTI time series of "
+                                           r"this run in that space \(CIFTI found: fsLR:den-91k"):
         _collect(root, space="fsLR")
+    with pytest.raises(NoInputError, match=r"--space fsLR:den-170k: .*spaces found: "
+                                           rf"{SPACE}; .*CIFTI time series .*: fsLR:den-91k"):
+        _collect(root, space="fsLR:den-170k")
     assert {r.space for r in _collect(root, space=SPACE)} == {SPACE}
+    assert {r.space for r in _collect(root)} == {SPACE}  # CIFTI only when asked for
+
+
+def _dtseries(root, run, step=2.0, legacy=False, frames=N_SCANS):
+    """A small CIFTI time series (60 grayordinates of the 91k) of run ``run``."""
+    import nibabel as nib
+    import numpy as np
+    from nibabel.cifti2 import cifti2_axes as axes
+
+    from bids_vlm import cifti
+
+    bm = cifti.standard_91k()[np.r_[0:40, 91262:91282]]
+    img = nib.Cifti2Image(np.random.default_rng(run).standard_normal((frames, len(bm)))
+                          .astype(np.float32),
+                          header=(axes.SeriesAxis(0.0, step, frames, "SECOND"), bm))
+    stem = _deriv(root) / "sub-01" / "func" / f"sub-01_task-view_run-{run}_space-fsLR_den-91k_bold"
+    nib.save(img, f"{stem}.dtseries.nii")
+    side = ({"space": "HCP grayordinates", "grayordinates": "91k", "surface": "fsLR"}
+            if legacy else {"RepetitionTime": 2.0})
+    Path(f"{stem}.dtseries.json" if legacy else f"{stem}.json").write_text(json.dumps(side))
+    return Path(f"{stem}.dtseries.nii")
+
+
+@pytest.mark.parametrize("spec", ["fsLR", "fsLR:den-91k"])
+def test_cifti_time_series_are_the_runs_of_space_fslr(root, spec, caplog):
+    paths = [_dtseries(root, 1), _dtseries(root, 2, step=2.5, legacy=True)]
+    with caplog.at_level(logging.WARNING):
+        runs = _collect(root, space=spec)
+    assert [r.bold for r in runs] == [str(p) for p in paths]
+    assert {(r.space, r.density, r.mask, r.n_scans, r.tr) for r in runs} == {
+        ("fsLR", "91k", None, N_SCANS, 2.0)}  # TR from the raw sidecar
+    assert [r.confounds is not None for r in runs] == [True, True]
+    # the series step of run-2 disagrees with the sidecar's TR: a warning, the sidecar wins
+    assert "RepetitionTime 2 s in the JSON sidecar but 2.5 s in the CIFTI series axis " \
+           "step" in caplog.text
+    # fMRIPrep <= 20.x's X_bold.dtseries.json is the sidecar of X_bold.dtseries.nii
+    assert fmriprep.sidecar_path(paths[1]).endswith("_bold.dtseries.json")
+    assert fmriprep.sidecar(paths[0]) == {"RepetitionTime": 2.0}
+
+
+def test_truncated_cifti_is_a_data_error_naming_it(root):
+    from bids_vlm.errors import DataError
+
+    path = _dtseries(root, 1)
+    _dtseries(root, 2)
+    path.write_bytes(path.read_bytes()[:-400])
+    with pytest.raises(DataError, match="CIFTI file is truncated") as exc:
+        _collect(root, space="fsLR")
+    assert str(path) in str(exc.value)
+
+
+def test_space_spec_and_density():
+    assert fmriprep.split_space("fsLR:den-91k") == ("fsLR", "91k")
+    assert fmriprep.split_space("MNI152NLin2009cAsym") == ("MNI152NLin2009cAsym", "")
+    assert fmriprep.split_space("") == ("", "")
 
 
 def test_space_missing_for_one_run_is_an_error(root):

@@ -165,3 +165,50 @@ def test_cli_without_cleaned_bold_no_isc_map(isc_outputs, tmp_path):
     assert not list((copy / "group").glob("*desc-isc*"))
     assert list((copy / "group").glob("*stat-meanencodingr_statmap.nii.gz"))
     assert "across-subjects noise ceiling not computed" in proc.stderr
+
+
+def _cleaned_cifti(out, sub, run, data, signature, bm):
+    """Write (T, G) ``data`` as a participant's cleaned CIFTI run with its signature."""
+    from nibabel.cifti2 import cifti2_axes as axes
+
+    func = out / f"sub-{sub}" / "func"
+    func.mkdir(parents=True, exist_ok=True)
+    name = f"sub-{sub}_task-movie_run-{run}_space-fsLR_den-91k_desc-cleaned_bold"
+    img = nib.Cifti2Image(data.astype(np.float32),
+                          header=(axes.SeriesAxis(0.0, 1.0, len(data), "SECOND"), bm))
+    nib.save(img, func / f"{name}.dtseries.nii")
+    (func / f"{name}.json").write_text(json.dumps({"RunSignature": signature}))
+
+
+def test_isc_on_grayordinates(tmp_path):
+    """The same simulation on 64 grayordinates; the first 4 are zero in one participant's
+    runs (outside its data): the ceiling covers the other 60."""
+    from bids_vlm import cifti
+
+    bm = cifti.standard_91k()[np.r_[0:32, 91250:91282]]
+    rng = np.random.default_rng(0)
+    signal = {s: rng.standard_normal((120, 64)) * np.r_[np.full(16, 1.5), np.zeros(48)]
+              for s in "ab"}
+    for i in range(4):
+        for run, sig in enumerate("ab", start=1):
+            data = signal[sig] + rng.standard_normal((120, 64)) + 50
+            data[:, :4] = 0.0 if i == 2 else data[:, :4]
+            _cleaned_cifti(tmp_path, f"{i + 1:02d}", run, data, sig, bm)
+    group = tmp_path / "group"
+    group.mkdir()
+    name = "group_task-movie_space-fsLR_den-91k_desc-tinyclipImage00_stat-meanencodingr"
+    nib.save(cifti.dscalar_image(np.full((1, 64), 0.4), ["meanencodingr"], bm),
+             group / f"{name}_statmap.dscalar.nii")
+    (group / f"{name}_statmap.json").write_text("{}")
+    written = sorted(p.name for p in combine_isc(tmp_path))
+    stem = "task-movie_space-fsLR_den-91k"
+    assert written == [f"group_{stem}_desc-isc_stat-ncsnr_statmap.dscalar.nii",
+                       f"group_{stem}_desc-isc_stat-rceiling_statmap.dscalar.nii",
+                       f"group_{stem}_desc-tinyclipImage00_stat-meanencodingrfrac_statmap"
+                       ".dscalar.nii"]
+    img = nib.load(tmp_path / "group" / written[1])
+    assert img.header.get_axis(1) == bm[4:]
+    r = np.asarray(img.dataobj)[0]
+    assert np.abs(r[:12] - 1.5 / np.sqrt(1.5 ** 2 + 1)).max() < 0.1 and np.median(r[12:]) < 0.15
+    frac = np.asarray(nib.load(tmp_path / "group" / written[2]).dataobj)[0]
+    assert np.allclose(frac[:12], 0.4 / r[:12], rtol=1e-5)

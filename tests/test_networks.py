@@ -211,11 +211,11 @@ def test_rigid_moves_keep_distances_in_mm_and_identity_labels():
     codes = np.random.default_rng(1).integers(1, 5, inside.sum()).astype(np.uint8)
     volume = np.zeros(inside.shape, np.uint8)
     volume[inside] = codes
-    identity = np.zeros((1, 3, 4))
-    identity[0, :, :3] = np.eye(3)
+    identity = np.zeros((1, 1, 3, 4))
+    identity[0, 0, :, :3] = np.eye(3)
     out, counts = np.empty((1, len(codes)), np.uint8), np.zeros((1, 5), np.int64)
-    nw._labels(np.ascontiguousarray(grid.ijk, np.int64), np.ones(len(codes), bool), identity,
-               volume, out, counts)
+    nw._labels(grid.points, grid.part, np.ones(len(codes), bool), identity, volume, out, counts)
+    assert (grid.lookup(codes, np.uint8) == volume).all()
     assert (out[0] == codes).all() and (counts[0] == np.bincount(codes, minlength=5)).all()
 
 

@@ -46,8 +46,8 @@ def test_analysis_units_group_in_first_seen_order():
     assert first["runs"][0] == runs[1].to_dict()
     assert first["preprocessed"] is False  # one of its runs is raw
     assert units[0]["preprocessed"] is True
-    assert set(first) == {"subject", "session", "task", "acquisition", "space", "preprocessed",
-                          "sources", "runs"}
+    assert set(first) == {"subject", "session", "task", "acquisition", "space", "density",
+                          "preprocessed", "sources", "runs"}
     json.dumps(units)  # the units travel to the nodes as JSON
     assert analysis_units([]) == []
 

@@ -31,7 +31,8 @@ def timelines_node(runs_json, bids_dir, config_json):
 
 
 def mask_node(runs_json):
-    """The analysis mask: the intersection of the runs' brain masks -> ``mask.nii.gz``."""
+    """The analysis mask: the intersection of the runs' brain masks -> ``mask.nii.gz``; for
+    CIFTI runs their grayordinates -> ``mask.dscalar.nii``."""
     import json
     import os
 
@@ -39,10 +40,16 @@ def mask_node(runs_json):
     from nilearn.masking import intersect_masks
 
     from bids_vlm.bids import run_from_dict
+    from bids_vlm.brainmask import grayordinate_mask
+    from bids_vlm.cifti import is_cifti
     from bids_vlm.errors import DataError
     from bids_vlm.preproc import load_mask
 
     runs = [run_from_dict(d) for d in json.loads(runs_json)]
+    if any(is_cifti(r.bold) for r in runs):
+        path = os.path.abspath("mask.dscalar.nii")
+        nib.save(grayordinate_mask(runs), path)
+        return path
     masks = [load_mask(r.bold, r.mask) for r in runs]
     ref = masks[0]
     for run, mask in zip(runs, masks):

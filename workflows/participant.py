@@ -36,14 +36,14 @@ def analysis_units(runs, sessions: str = "pooled") -> list[dict]:
     units = OrderedDict()
     for run in runs:
         session = run.session if sessions == "separate" else None
-        units.setdefault((run.subject, session, run.task, run.acquisition, run.space),
-                         []).append(run)
+        units.setdefault((run.subject, session, run.task, run.acquisition, run.space,
+                          run.density), []).append(run)
     out = []
-    for (subject, session, task, acq, space), members in units.items():
+    for (subject, session, task, acq, space, density), members in units.items():
         found = {r.session for r in members}
         session = session if session or len(found) != 1 else found.pop()
         out.append({"subject": subject, "session": session, "task": task, "acquisition": acq,
-                    "space": space, "preprocessed": all(r.preprocessed for r in members),
+                    "space": space, "density": density, "preprocessed": all(r.preprocessed for r in members),
                     "sources": [r.bold for r in members],
                     "runs": [r.to_dict() for r in members]})
         if len(members) < 2:
@@ -75,7 +75,7 @@ def _function_node(func, name, inputs, mapnode_field=None):
 
 def _unit_name(unit) -> str:
     parts = [f"sub_{unit['subject']}"]
-    for key in ("session", "task", "acquisition", "space"):
+    for key in ("session", "task", "acquisition", "space", "density"):
         if unit.get(key):
             parts.append(f"{key[:3]}_{unit[key]}")
     return re.sub(r"[^A-Za-z0-9_]", "_", "_".join(parts))

@@ -33,6 +33,7 @@ MNI_SPACES = ("MNI152NLin6Asym", "MNI152NLin6Sym", "MNI152NLin2009cAsym", "MNI15
               "MNI152NLin2009aAsym", "MNI152NLin2009bAsym", "MNI152Lin", "MNIInfant", "MNI305",
               "MNIColin27", "MNI")
 SHIPPED = ("yeo7", "yeo17", "schaefer200", "schaefer400")
+SURFACE_SPACE = "fsLR"  # the space of CIFTI grayordinates (and of the .dlabel.nii atlases)
 _YEO7_NAMES = {"1_Visual_Area": "Visual", "2_Somatomotor_Area": "Somatomotor",
                "3_Dorsal_Area": "DorsalAttention", "4_Ventral_Area": "VentralAttention",
                "5_Lymbic_Area": "Limbic", "6_Frontoparietal_Area": "Frontoparietal",
@@ -162,9 +163,14 @@ def user_atlas(path) -> NetworkAtlas:
                         language=tuple(n for n in networks if n == "Language"))
 
 
-def load_networks(spec: str = "yeo7") -> list[NetworkAtlas]:
+def load_networks(spec: str = "yeo7", grayordinates: bool = False) -> list[NetworkAtlas]:
     """The atlases of ``--atlas``: a shipped name (plus the language network) or a user
-    atlas path."""
+    atlas path; ``grayordinates``: for CIFTI data (the shipped fsLR 91k atlases,
+    :mod:`bids_vlm.analysis.surface_atlases`)."""
+    if str(spec).endswith(".dlabel.nii") or grayordinates:
+        from bids_vlm.analysis.surface_atlases import load_surface_networks
+
+        return load_surface_networks(spec)
     if spec in SHIPPED:
         return [shipped_atlas(spec), language_network()]
     return [user_atlas(spec)]
@@ -182,7 +188,7 @@ def atlas_digest(spec: str) -> str:
         return ""
     load_networks(spec)
     digest = hashlib.sha1()
-    for path in (Path(spec), labels_path(spec)):
+    for path in (Path(spec),) + (() if spec.endswith(".dlabel.nii") else (labels_path(spec),)):
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -199,7 +205,9 @@ def space_problem(atlases, data_space: str | None) -> str | None:
                 is_mni(atlas.space) and is_mni(data_space)):
             continue
         hint = ("give MNI-space fMRIPrep outputs, or --atlas PATH.nii.gz (with its labels TSV) "
-                "in the data's space")
+                "in the data's space" if data_space != SURFACE_SPACE else
+                "on grayordinates the atlas must be a CIFTI label file (--atlas PATH.dlabel.nii, "
+                "or yeo7, yeo17)")
         return (f"network analyses skipped: the data are in {shown} space and the atlas "
                 f"({atlas.source}) in {atlas.space}; {hint}")
     return None

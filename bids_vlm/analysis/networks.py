@@ -54,11 +54,43 @@ NULL_NOTE = ("spatial null: random rigid moves of the atlas (uniform 3-D rotatio
 
 
 class VoxelGrid(NamedTuple):
-    """The in-mask voxels of the BOLD grid: ijk (V, 3) in the masking order, affine, shape."""
+    """The in-mask voxels of the BOLD grid: ijk (V, 3) in the masking order, affine, shape.
+
+    The geometry of the spatial null (as :class:`bids_vlm.analysis.spin.SurfaceGrid` on
+    grayordinates): ``points``, ``part`` (one part), :meth:`lookup`, :meth:`lattice`,
+    :meth:`moves`."""
 
     ijk: np.ndarray
     affine: np.ndarray
     shape: tuple
+
+    n_parts = 1
+
+    @property
+    def points(self) -> np.ndarray:
+        return np.asarray(self.ijk, np.float64)
+
+    @property
+    def part(self) -> np.ndarray:
+        return np.zeros(len(self.ijk), np.int64)
+
+    def lookup(self, codes: np.ndarray, dtype) -> np.ndarray:
+        """The grid volume of the voxels' ``codes`` (0 outside the mask)."""
+        volume = np.zeros(self.shape, dtype)
+        volume[tuple(np.asarray(self.ijk, np.int64).T)] = codes
+        return volume
+
+    def lattice(self, limit: int) -> np.ndarray:
+        """(V,) bool: every s-th voxel along each axis, s the smallest with at most about
+        ``limit`` voxels."""
+        step = 1
+        while len(self.ijk) / step ** 3 > limit:
+            step += 1
+        return (np.asarray(self.ijk) % step == 0).all(1)
+
+    def moves(self, n: int, rng) -> np.ndarray:
+        """(n, 1, 3, 4): :func:`rigid_transforms`."""
+        return rigid_transforms(n, self, rng)[:, None]
 
 
 class NetworkMasks(dict):
@@ -70,7 +102,19 @@ class NetworkMasks(dict):
 
 def network_masks(atlases, mask_img) -> NetworkMasks:
     """{network: (V,) bool over the in-mask voxels of ``mask_img``} (atlases resampled to its
-    grid with nearest-neighbour interpolation), with ``.grid`` the in-mask voxels."""
+    grid with nearest-neighbour interpolation), with ``.grid`` the in-mask voxels. On CIFTI
+    grayordinates (a dscalar ``mask_img``) the atlases are matched by structure and vertex /
+    voxel, and ``.grid`` is the :class:`~bids_vlm.analysis.spin.SurfaceGrid` of the spin null."""
+    import nibabel as nib
+
+    if isinstance(mask_img, nib.Cifti2Image):
+        from bids_vlm.analysis.spin import SurfaceGrid
+        from bids_vlm.analysis.surface_atlases import surface_network_masks
+
+        bm = mask_img.header.get_axis(1)
+        out = NetworkMasks(surface_network_masks(atlases, bm))
+        out.grid = SurfaceGrid.of(bm)
+        return out
     inside = np.asarray(mask_img.dataobj) > 0
     out = NetworkMasks()
     for atlas in atlases:
@@ -188,6 +232,16 @@ def hypergeom_sf(k, total, good, draws) -> np.ndarray:
 # the spatial null
 
 
+def random_rotations(n: int, rng) -> np.ndarray:
+    """(n, 3, 3) rotations uniform on SO(3) (normalised Gaussian quaternions)."""
+    quat = rng.standard_normal((n, 4))
+    w, x, y, z = (quat / np.linalg.norm(quat, axis=1, keepdims=True)).T
+    return np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+                     2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+                     2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+                    axis=1).reshape(n, 3, 3)
+
+
 def rigid_transforms(n: int, grid: VoxelGrid, rng) -> np.ndarray:
     """(n, 3, 4): for each random rigid move of the atlas, the map from a voxel's ijk to the
     ijk of the atlas point that lands there (the inverse move), in the grid's index space.
@@ -199,12 +253,7 @@ def rigid_transforms(n: int, grid: VoxelGrid, rng) -> np.ndarray:
     xyz = np.asarray(grid.ijk, float) @ lin.T + off
     centre = xyz.mean(0) if len(xyz) else np.zeros(3)
     radius = SHIFT * np.sqrt(((xyz - centre) ** 2).sum(1).mean()) if len(xyz) else 0.0
-    quat = rng.standard_normal((n, 4))
-    w, x, y, z = (quat / np.linalg.norm(quat, axis=1, keepdims=True)).T
-    rot = np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-                    2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-                    2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-                   axis=1).reshape(n, 3, 3)
+    rot = random_rotations(n, rng)
     direction = rng.standard_normal((n, 3))
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
     shift = direction * (radius * rng.random(n) ** (1 / 3))[:, None]
@@ -242,13 +291,10 @@ def spatial_enrichment(an_index, voxel_index, n_an: int, member: np.ndarray, gri
     n_vox, n_net = member.shape
     codes, net_ptr, net_pat, n_pat = _patterns(member) if patterns is None else patterns
     dtype = np.uint8 if n_pat <= 256 else np.uint16 if n_pat <= 65536 else np.uint32
-    ijk = np.ascontiguousarray(grid.ijk, np.int64)
-    volume = np.zeros(grid.shape, dtype)
-    volume[tuple(ijk.T)] = codes
-    step = 1
-    while n_vox / step ** 3 > LATTICE:
-        step += 1
-    lattice = (ijk % step == 0).all(1)
+    points = np.ascontiguousarray(grid.points, np.float64)
+    part_of = np.ascontiguousarray(grid.part, np.int64)
+    volume = grid.lookup(codes, dtype)
+    lattice = grid.lattice(LATTICE)
     m0 = member[lattice].sum(0).astype(np.int64)  # network sizes on the lattice
     if len(an_index) and np.any(an_index[1:] < an_index[:-1]):
         vox = voxel_index[np.argsort(an_index, kind="stable")].astype(np.int32)
@@ -265,7 +311,7 @@ def spatial_enrichment(an_index, voxel_index, n_an: int, member: np.ndarray, gri
     with _pool(workers) as imap:
         while True:
             more = n_surrogates if done == 0 else min(9 * done, max_surrogates - done)
-            mats = rigid_transforms(more, grid, rng)  # drawn at once: chunks do not change them
+            mats = grid.moves(more, rng)  # drawn at once: chunks do not change them
             for start in range(0, more, CHUNK):
                 ans = np.flatnonzero(active.any(1)).astype(np.int64)
                 if not len(ans):
@@ -278,9 +324,10 @@ def spatial_enrichment(an_index, voxel_index, n_an: int, member: np.ndarray, gri
                 part = np.ascontiguousarray(mats[start:start + CHUNK])
                 lab = np.empty((len(part), len(rows)), dtype)
                 counts = np.zeros((len(part), n_pat), np.int64)
-                sub_ijk, sub_lattice = ijk[rows], lattice[rows]
-                list(imap(lambda sl: _labels(sub_ijk, sub_lattice, part[sl], volume, lab[sl],
-                                             counts[sl]), _slices(len(part), workers)))
+                sub_points, sub_part, sub_lattice = points[rows], part_of[rows], lattice[rows]
+                list(imap(lambda sl: _labels(sub_points, sub_part, sub_lattice, part[sl],
+                                             volume, lab[sl], counts[sl]),
+                          _slices(len(part), workers)))
                 mt = counts @ net_of  # (T, M) moved network sizes on the lattice
                 valid = mt >= MIN_KEPT * m0[None, :]
                 lab = np.ascontiguousarray(lab.T)  # (rows, T): a voxel's codes together
@@ -357,21 +404,19 @@ def _mark(ans, indptr, vox, need):  # pragma: no cover - compiled
 
 
 @_jit()
-def _labels(ijk, on_lattice, mats, volume, out, counts):  # pragma: no cover - compiled
-    """out[t, v] = the code of voxel v's source under move t (0 outside the grid); counts[t,
-    code] += 1 over the lattice voxels."""
+def _labels(points, part, on_lattice, mats, volume, out, counts):  # pragma: no cover
+    """out[t, v] = the code of row v's source under move t (0 outside the lookup volume):
+    row v at ``points[v]`` moves by mats[t, part[v]] (3 x 4); counts[t, code] += 1 over the
+    lattice rows."""
     nx, ny, nz = volume.shape
     for t in range(mats.shape[0]):
-        m = mats[t]
-        m00, m01, m02, m03 = m[0, 0], m[0, 1], m[0, 2], m[0, 3] + 0.5 + _BIG  # + 0.5: nearest
-        m10, m11, m12, m13 = m[1, 0], m[1, 1], m[1, 2], m[1, 3] + 0.5 + _BIG
-        m20, m21, m22, m23 = m[2, 0], m[2, 1], m[2, 2], m[2, 3] + 0.5 + _BIG
         row, cnt = out[t], counts[t]
-        for v in range(ijk.shape[0]):
-            i, j, k = ijk[v, 0], ijk[v, 1], ijk[v, 2]
-            a = np.int64(m00 * i + m01 * j + m02 * k + m03) - _BIG
-            b = np.int64(m10 * i + m11 * j + m12 * k + m13) - _BIG
-            c = np.int64(m20 * i + m21 * j + m22 * k + m23) - _BIG
+        for v in range(points.shape[0]):
+            m = mats[t, part[v]]
+            i, j, k = points[v, 0], points[v, 1], points[v, 2]
+            a = np.int64(m[0, 0] * i + m[0, 1] * j + m[0, 2] * k + (m[0, 3] + 0.5 + _BIG)) - _BIG
+            b = np.int64(m[1, 0] * i + m[1, 1] * j + m[1, 2] * k + (m[1, 3] + 0.5 + _BIG)) - _BIG
+            c = np.int64(m[2, 0] * i + m[2, 1] * j + m[2, 2] * k + (m[2, 3] + 0.5 + _BIG)) - _BIG
             code = 0
             if a >= 0 and a < nx and b >= 0 and b < ny and c >= 0 and c < nz:
                 code = volume[a, b, c]
@@ -453,8 +498,10 @@ def _hypergeom_sf(k, total, good, draws, out):  # pragma: no cover - compiled
 def data_networks(spec: str, mask_img, space: str | None):
     """(network masks over the in-mask voxels or None, the atlases, why they do not fit the
     data's ``space`` or None) for ``--atlas`` ``spec``."""
+    import nibabel as nib
+
     from bids_vlm.analysis.atlases import load_networks, space_problem
 
-    atlases = load_networks(spec)
+    atlases = load_networks(spec, grayordinates=isinstance(mask_img, nib.Cifti2Image))
     problem = space_problem(atlases, space)
     return (None if problem else network_masks(atlases, mask_img)), atlases, problem

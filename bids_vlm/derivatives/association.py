@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bids_vlm.analysis.atlases import load_networks
+from bids_vlm.brainmask import brain_models, is_grayordinates, peak_columns, row_keys
 from bids_vlm.derivatives import bnstore
 from bids_vlm.derivatives.io import (
     atomic_path,
@@ -47,7 +48,7 @@ def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config,
         depth = layers_per_stream(h5)
         for stream, layer, grp, _ in bnstore.layers(h5):
             written += _layer_maps(folder, ents, model, stream, layer, grp, mask, side)
-            rows.append(_neuron_rows(str(h5.attrs["model"]), stream, layer, grp, ijk,
+            rows.append(_neuron_rows(str(h5.attrs["model"]), stream, layer, grp, mask,
                                      config.model.an_kind))
             count = grp["bn_count"][()]
             counts[stream] = counts.get(stream, 0) + count
@@ -116,17 +117,16 @@ def _layer_maps(folder, ents, model, stream, layer, grp, mask, side):
     ]
 
 
-def _neuron_rows(model, stream, layer, grp, ijk, kind):
+def _neuron_rows(model, stream, layer, grp, mask, kind):
     from bids_vlm.models.base import an_id
 
     n = len(grp["n_pos"])
-    peak = ijk[grp["peak_voxel"][()]] if len(ijk) else np.zeros((n, 3), int)
     thr = grp["z_threshold"][()].astype(float)
     return pd.DataFrame({
         "an_id": [an_id(model, stream, layer, u, kind) for u in range(n)], "stream": stream,
         "layer": layer, "unit": np.arange(n), "n_bn_pos": grp["n_pos"][()],
         "n_bn_neg": grp["n_neg"][()], "peak_r": grp["peak_r"][()],
-        "peak_i": peak[:, 0], "peak_j": peak[:, 1], "peak_k": peak[:, 2],
+        **peak_columns(mask, grp["peak_voxel"][()]),
         "z_threshold": np.where(np.isfinite(thr), thr, np.nan),
         "p_selection": _column(grp, "p_an", n),
         "removed_share": _column(grp, "removed_share", n),
@@ -190,12 +190,26 @@ _NETWORK_COLUMN = {"n_pos": "BN+ of the AN in network ", "n_neg": "BN- of the AN
                         "the enrichment p in network "}
 
 
+GRAYORDINATE_COLUMNS = ("peak_grayordinate", "peak_structure", "peak_vertex")
+
+
 def _neuron_table(folder, ents, model, table, side):
     path = folder / bids_name(dict(ents, desc=desc_label(model)), "neurons", ".tsv")
-    sidecar = {col: {"Description": text} for col, text in NEURON_COLUMNS.items()}
+    sidecar = {col: {"Description": text} for col, text in NEURON_COLUMNS.items()
+               if col in table or col not in GRAYORDINATE_COLUMNS}
     sidecar["Model"] = model
     sidecar.update(side)
     return [write_tsv(path, table), write_json(path.with_suffix(".json"), sidecar)]
+
+
+def _grid_attrs(mask) -> dict:
+    """grid_shape and affine of the voxels (of the subcortical volume on grayordinates)."""
+    if not is_grayordinates(mask):
+        return {"grid_shape": list(mask.shape[:3]), "affine": np.asarray(mask.affine)}
+    bm = brain_models(mask)
+    if bm.volume_shape is None:
+        return {"grid_shape": [0, 0, 0], "affine": np.eye(4)}
+    return {"grid_shape": list(bm.volume_shape), "affine": np.asarray(bm.affine)}
 
 
 def _association_file(folder, ents, model, table, h5, ijk, mask, side, config):
@@ -209,6 +223,8 @@ def _association_file(folder, ents, model, table, h5, ijk, mask, side, config):
             out.create_dataset("an_id", data=ids, compression="gzip" if len(ids) else None)
             out.create_dataset("voxel_ijk", data=np.asarray(ijk),
                                compression="gzip" if len(ijk) else None)
+            if is_grayordinates(mask):
+                out.create_dataset("grayordinate_key", data=row_keys(mask), compression="gzip")
             for stream, _, group, offset in bnstore.layers(h5):
                 dest = out.create_group(f"{stream}/{group.name.rsplit('/', 1)[1]}")
                 bnstore.copy_layer(group, dest)
@@ -217,7 +233,7 @@ def _association_file(folder, ents, model, table, h5, ijk, mask, side, config):
                 keep = int(dest.attrs["keep_entries"])
             out.attrs.update({
                 "model": model, "method": side["AssociationMethod"], "fdr_q": side["FDRLevel"],
-                "grid_shape": list(mask.shape[:3]), "affine": np.asarray(mask.affine),
+                **_grid_attrs(mask),
                 "keep_entries": keep,
                 "layout": "an_id (N,): the model's ANs (rows of the neuron table); voxel_ijk "
                           "(V, 3): the in-mask voxels; " + bnstore.LAYOUT})

@@ -23,9 +23,12 @@ from nilearn import masking
 from bids_vlm import __version__
 from bids_vlm.errors import OutputError
 
-ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "desc",
+ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "den", "desc",
                 "stat")
-BIDSIGNORE = ("*_statmap.nii.gz\n*_statmap.json\n*_neurons.tsv\n*_neurons.json\n"
+# CIFTI time series: the BIDS schema has no rule for them yet (the validator flags fMRIPrep's
+# own *_space-fsLR_den-91k_bold.dtseries.nii alike)
+BIDSIGNORE = ("*_statmap.nii.gz\n*_statmap.dscalar.nii\n*_statmap.json\n"
+              "*_bold.dtseries.nii\n*den-*bold.json\n*_neurons.tsv\n*_neurons.json\n"
               "*_encoding.tsv\n*_encoding.json\n*_networks.tsv\n*_networks.json\n"
               "*_layers.tsv\n*_layers.json\n*_jaccard.tsv\n*_jaccard.json\n"
               "*_atoms.tsv\n*_atoms.json\n*_atoms.h5\n"
@@ -201,10 +204,15 @@ def write_tsv(path, table: pd.DataFrame) -> Path:
     return Path(path)
 
 
+IMAGE_EXTENSIONS = (".dtseries.nii", ".dscalar.nii", ".dlabel.nii", ".nii.gz", ".nii")
+
+
 def save_image(path, img) -> Path:
-    """Save a nibabel image at ``path`` (a ``.nii.gz`` name) through a temporary name."""
+    """Save a nibabel image at ``path`` (a ``.nii.gz`` name, or a CIFTI ``.dtseries.nii`` /
+    ``.dscalar.nii``) through a temporary name."""
+    ext = next((e for e in IMAGE_EXTENSIONS if str(path).endswith(e)), ".nii.gz")
     with atomic_path(path) as tmp:
-        staged = str(tmp) + ".nii.gz"  # nibabel picks the format from the extension
+        staged = str(tmp) + ext  # nibabel picks the format from the extension
         try:
             nib.save(img, staged)
             os.replace(staged, tmp)
@@ -215,8 +223,23 @@ def save_image(path, img) -> Path:
 
 
 def write_map(path, values: np.ndarray, mask_img, sidecar: dict) -> Path:
-    """Write (V,) in-mask ``values`` as a 3D NIfTI, or (K, V) as a 4D one (+ JSON sidecar)."""
-    save_image(path, masking.unmask(np.asarray(values, dtype=np.float32), mask_img))
+    """Write (V,) in-mask ``values`` as a 3D NIfTI, or (K, V) as a 4D one (+ JSON sidecar).
+    On grayordinates (a CIFTI ``mask_img``) the map is ``<path without .nii.gz>.dscalar.nii``
+    with the mask's brain models, its maps named after the ``stat`` entity (``_<k>`` for K > 1);
+    returns the path written."""
+    values = np.asarray(values, dtype=np.float32)
+    if isinstance(mask_img, nib.Cifti2Image):
+        from bids_vlm.brainmask import brain_models, map_name
+        from bids_vlm.cifti import write_dscalar
+
+        path = Path(map_name(path, mask_img))
+        stat = re.search(r"_stat-([^_]+)_", path.name)
+        stem = stat.group(1) if stat else path.name.split("_")[-1].split(".")[0]
+        names = [stem] if values.ndim == 1 else [f"{stem}_{k}" for k in range(len(values))]
+        write_dscalar(path, values, names, brain_models(mask_img))
+        write_json(str(path)[:-len(".dscalar.nii")] + ".json", sidecar)
+        return path
+    save_image(path, masking.unmask(values, mask_img))
     write_json(str(path).replace(".nii.gz", ".json"), sidecar)
     return Path(path)
 

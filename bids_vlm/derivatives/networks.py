@@ -11,6 +11,7 @@ import pandas as pd
 
 from bids_vlm.analysis.atlases import space_description
 from bids_vlm.analysis.networks import NULL_NOTE, STOP_AT, data_networks, enrichment
+from bids_vlm.analysis.spin import NOTE as SPIN_NOTE
 from bids_vlm.derivatives.io import bids_name, desc_label, write_json, write_tsv
 
 LOGGER = logging.getLogger("bids_vlm")
@@ -48,7 +49,10 @@ LESION_COLUMNS = {
 def unit_networks(mask, unit: dict, config):
     """(network masks over the in-mask voxels or None, sidecar fields naming the atlas and both
     spaces). Logs a warning when the atlas does not fit the data's space."""
+    from bids_vlm.brainmask import is_grayordinates
+
     space = unit.get("space")
+    surface = is_grayordinates(mask)
     masks, atlases, problem = data_networks(config.networks.atlas, mask, space)
     fields = space_description(atlases, space)
     if problem:
@@ -56,10 +60,12 @@ def unit_networks(mask, unit: dict, config):
         return None, dict(fields, Networks=problem)
     return masks, dict(fields, Networks=(
         f"atlases ({fields['Atlas']}) in {fields['AtlasSpace']}, data in {fields['DataSpace']}; "
-        f"resampled to the data grid (nearest neighbour); {enrichment_description(config)}"))
+        + ("matched to the grayordinates by structure and vertex / voxel" if surface else
+           "resampled to the data grid (nearest neighbour)")
+        + f"; {enrichment_description(config, surface)}"))
 
 
-def enrichment_description(config) -> str:
+def enrichment_description(config, surface: bool = False) -> str:
     """How the networks table's p, q and drives are computed (for the sidecars)."""
     net = config.networks
     if net.n_surrogates <= 0:
@@ -69,7 +75,8 @@ def enrichment_description(config) -> str:
         refine = (f"; pairs at the floor p 1/{net.n_surrogates + 1} that BH does not reject "
                   f"get more surrogates, up to {net.max_surrogates}"
                   if net.max_surrogates > net.n_surrogates else "")
-        how = (f"enrichment p per AN and network from a {NULL_NOTE} ({net.n_surrogates} "
+        how = (f"enrichment p per AN and network from a {SPIN_NOTE if surface else NULL_NOTE} "
+               f"({net.n_surrogates} "
                f"surrogates, seed {net.seed}; a pair stops once {STOP_AT} null densities "
                f"reached its own, p = {STOP_AT} / surrogates used{refine}); p_hypergeom: the "
                f"hypergeometric p, which assumes independent voxels (not used for drives)")
@@ -128,14 +135,14 @@ def compute_lesion(regressors_file, cleaned_files, association_file, encoding_fi
     """The virtual lesion of one model: {"model", "rows" (records of the lesion table),
     "skipped" (why it did not run, or ""), "note", "fields" (atlas and spaces)}."""
     import h5py
-    import nibabel as nib
 
+    from bids_vlm import brainmask
     from bids_vlm.analysis.lesion import FoldAssociation, network_lesions
     from bids_vlm.derivatives.bnstore import read_layer
     from bids_vlm.models.base import resolve_device
     from bids_vlm.preproc import noise_path
 
-    masks, atlases, problem = data_networks(config.networks.atlas, nib.load(mask_file),
+    masks, atlases, problem = data_networks(config.networks.atlas, brainmask.load(mask_file),
                                             unit.get("space"))
     fields = space_description(atlases, unit.get("space"))
     with h5py.File(association_file, "r") as assoc, h5py.File(encoding_file, "r") as enc, \

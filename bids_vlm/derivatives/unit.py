@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import h5py
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from bids_vlm import brainmask
 from bids_vlm.derivatives.io import (
     bids_name,
     desc_label,
@@ -38,6 +38,10 @@ NEURON_COLUMNS = {
     "peak_i": "voxel index (i) of peak_r in the map grid",
     "peak_j": "voxel index (j) of peak_r in the map grid",
     "peak_k": "voxel index (k) of peak_r in the map grid",
+    "peak_grayordinate": "grayordinate (row of the CIFTI brain models) of peak_r",
+    "peak_structure": "CIFTI brain structure of peak_r (e.g. CORTEX_LEFT, THALAMUS_RIGHT)",
+    "peak_vertex": "surface vertex of peak_r on its structure's mesh (-1: a subcortical voxel, "
+                   "placed by peak_i, peak_j, peak_k; those are -1 for a vertex)",
     "z_threshold": "critical |z| of the AN's Benjamini-Hochberg procedure (n/a: no BN)",
     "removed_share": "share of the AN regressor's variance that --bn-definition unique "
                      "removed (stimulus presence and the layer's top principal components; "
@@ -59,7 +63,8 @@ def output_model_name(model: str, config) -> str:
 
 def unit_entities(unit: dict) -> dict:
     return {"sub": unit["subject"], "ses": unit.get("session"), "task": unit["task"],
-            "acq": unit.get("acquisition"), "space": unit.get("space")}
+            "acq": unit.get("acquisition"), "space": unit.get("space"),
+            "den": unit.get("density")}
 
 
 def func_dir(output_dir, unit: dict) -> Path:
@@ -87,8 +92,8 @@ def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict,
     from bids_vlm.derivatives.association import write_association_outputs
     from bids_vlm.derivatives.networks import unit_networks, write_lesion
 
-    mask = nib.load(mask_file)
-    ijk = np.argwhere(np.asarray(mask.dataobj) > 0)  # (V, 3), the order of masking.apply_mask
+    mask = brainmask.load(mask_file)
+    ijk = brainmask.rows_ijk(mask)  # (V, 3), the order of masking.apply_mask / the rows
     ents = unit_entities(unit)
     folder = func_dir(output_dir, unit)
     networks = unit_networks(mask, unit, config)  # (masks or None, sidecar fields)
