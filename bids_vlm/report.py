@@ -9,16 +9,13 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from nilearn import image, plotting  # noqa: E402
 
 from bids_vlm import __version__  # noqa: E402
 from bids_vlm.derivatives import atomic_path  # noqa: E402
@@ -27,8 +24,16 @@ from bids_vlm.models import random_weights_warning  # noqa: E402
 from bids_vlm.report_architecture import architecture_sections, overlap_tables  # noqa: E402
 from bids_vlm.report_hierarchy import hierarchy_sections  # noqa: E402
 from bids_vlm.report_inputs import skipped_units, timeline_table  # noqa: E402
+from bids_vlm.report_maps import (  # noqa: E402
+    ENCODING_R_SHOWN,
+    background as _background,
+    brain_figure as _brain_figure,
+    count_maps as _count_maps,
+    map_sidecar as _map_sidecar,
+    maps as _maps,
+    save_figure as _save,
+)
 
-TEMPLATE_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym", "MNI152NLin2009cSym", "MNI")
 CITATIONS = [
     "Ren et al. (2025). Uncovering brain-like hierarchical patterns in vision-language models "
     "through fMRI-based neural encoding. arXiv:2510.16870.",
@@ -42,7 +47,6 @@ CITATIONS = [
     "Benjamini & Bogomolov (2014). Selective inference on multiple families of hypotheses. "
     "JRSS B 76:297-318.",
 ]
-MAP_RE = re.compile(r"desc-(?P<desc>[A-Za-z0-9]+)_stat-(?P<stat>[a-z]+)_statmap\.nii\.gz$")
 
 
 def methods_text(config, sidecar: dict) -> str:
@@ -246,9 +250,15 @@ def _encoding_section(enc_table, stem, figdir, out, background, space, model):
             continue
         fig = figdir / f"{stem}_stream-{label(side['Stream'])}_preferredlayer.png"
         _brain_figure([path], fig, f"{model} {side['Stream']}: preferred layer", background,
-                      space, threshold=-0.5, cmap="viridis", total=False)
+                      space, threshold=0.5, cmap="viridis", reduce="first")
         parts.append(_figure(fig, out, f"Layer of the {side['Stream']} stream whose encoding "
                                        "model predicts each voxel best (held-out r)."))
+    for stream, paths in _count_maps(enc_table.parent, prefix, model, "encodingr").items():
+        fig = figdir / f"{stem}_stream-{label(stream)}_encodingr.png"
+        _brain_figure(paths, fig, f"{model} {stream}: best held-out r over layers", background,
+                      space, threshold=ENCODING_R_SHOWN, cmap="hot", reduce="max")
+        parts.append(_figure(fig, out, f"Highest held-out r over the {stream} stream's layers "
+                                       f"at each voxel (shown from r = {ENCODING_R_SHOWN:g})."))
     return parts
 
 
@@ -262,65 +272,6 @@ def _space(name):
     return match.group(1) if match else None
 
 
-def _count_maps(folder, prefix, model, stat="bncount") -> dict:
-    """{stream: [map paths]} of one unit's ``stat`` maps of ``model`` (from their sidecars)."""
-    maps = defaultdict(list)
-    for path in _maps(folder, f"{prefix}_desc-*_stat-{stat}_statmap"):
-        side = _map_sidecar(path)
-        if side.get("Model") == model and "Layer" in side:  # per-layer maps only
-            maps[side["Stream"]].append(path)
-    return dict(maps)
-
-
-MAP_EXTENSIONS = (".nii.gz", ".dscalar.nii")  # volume maps, grayordinate maps
-
-
-def _maps(folder, pattern) -> list:
-    """The maps matching ``pattern`` + a map extension in ``folder``, sorted."""
-    return sorted(p for ext in MAP_EXTENSIONS for p in Path(folder).glob(pattern + ext))
-
-
-def _map_sidecar(path) -> dict:
-    name = str(path)
-    stem = next(name[:-len(e)] for e in MAP_EXTENSIONS if name.endswith(e))
-    return json.loads(Path(stem + ".json").read_text())
-
-
-def _background(sources, space):
-    if space and space.startswith(TEMPLATE_SPACES):
-        return None  # nilearn's MNI template
-    if sources and Path(sources[0]).exists() and not sources[0].endswith(".dtseries.nii"):
-        return image.mean_img(sources[0], copy_header=True)
-    return None
-
-
-def _brain_figure(paths, fig_path, title, background, space, threshold=0.5, cmap="hot",
-                  total=True):
-    """Sum of the maps (or the single map) over a background; glass brain in template space;
-    grayordinate maps on the inflated fs_LR surface (:mod:`bids_vlm.report_surface`)."""
-    if str(paths[0]).endswith(".dscalar.nii"):
-        from bids_vlm.report_surface import surface_figure
-
-        return surface_figure(paths, fig_path, title, _save, cmap=cmap, total=total)
-    img = (image.math_img("np.sum(imgs, axis=-1)", imgs=image.concat_imgs(paths)) if total
-           else image.load_img(paths[0]))
-    data = img.get_fdata()
-    vmax = max(float(np.abs(data).max()), 1.0)
-    kwargs = {"display_mode": "z", "cut_coords": 5, "title": title, "colorbar": True,
-              "vmax": vmax, "cmap": cmap, "draw_cross": False}
-    if not total:  # a label-like map (layer index, -1 = none): show layers >= 0 only
-        img = image.new_img_like(img, np.where(data >= 0, data + 1, 0))
-        kwargs["vmax"] = vmax + 1
-    if background is None and space and space.startswith(TEMPLATE_SPACES):
-        display = plotting.plot_glass_brain(img, display_mode="lyrz", title=title, threshold=0.5,
-                                            colorbar=True, vmax=kwargs["vmax"], cmap=cmap)
-    elif background is None:
-        display = plotting.plot_img(img, **kwargs)
-    else:
-        display = plotting.plot_stat_map(img, bg_img=background, threshold=0.5, **kwargs)
-    _save(display, fig_path)
-
-
 def _layer_profile(table, fig_path, model):
     fig, axes = plt.subplots(1, max(1, table.stream.nunique()), figsize=(4.5 * max(
         1, table.stream.nunique()), 3.2), squeeze=False)
@@ -332,17 +283,6 @@ def _layer_profile(table, fig_path, model):
         ax.legend(frameon=False)
     fig.tight_layout()
     _save(fig, fig_path)
-
-
-def _save(figure, path):
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        target = str(tmp) + ".png"
-        figure.savefig(target, dpi=90)
-        Path(target).replace(tmp)
-    if hasattr(figure, "close"):
-        figure.close()
-    plt.close("all")
 
 
 def _figure(path, out, caption):
@@ -403,6 +343,13 @@ def group_report(output_dir, config) -> Path:
             _brain_figure(paths, fig, f"group {stream}: mean ANs per voxel (all layers)", None,
                           _space(stem))
             parts.append(_figure(fig, out, f"Mean number of {stream}-stream ANs per voxel."))
+        for stream, paths in _count_maps(out / "group", stem.replace(_desc(stem), ""),
+                                         side.get("Model"), "meanencodingr").items():
+            fig = figdir / f"{stem}_stream-{label(stream)}_meanencodingr.png"
+            _brain_figure(paths, fig, f"group {stream}: best mean held-out r over layers", None,
+                          _space(stem), threshold=ENCODING_R_SHOWN, reduce="max")
+            parts.append(_figure(fig, out, f"Highest mean held-out r (over participants) among "
+                                           f"the {stream} stream's layers at each voxel."))
         parts += _group_summaries(table_path, stem, figdir, out, side.get("Model", ""))
         sections.append("".join(parts))
     sections += architecture_sections(overlap_tables(out / "group", recursive=False), figdir,

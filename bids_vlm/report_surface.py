@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 
 import matplotlib.pyplot as plt
-import nibabel as nib
 import numpy as np
 from nilearn import plotting
 
@@ -26,15 +25,16 @@ def inflated() -> dict:
                 for h, _ in HEMISPHERES}
 
 
-def map_values(paths, total: bool = True):
-    """(G,) the sum of the maps of ``paths`` (dscalar files on the same brain models; every map
-    of each), or the first map of the first; and the brain models."""
-    imgs = [nib.load(str(p)) for p in paths]
-    bm = imgs[0].header.get_axis(1)
-    if total:
-        values = sum(np.asarray(img.dataobj, np.float64).sum(0) for img in imgs)
-    else:
-        values = np.asarray(imgs[0].dataobj, np.float64)[0]
+def map_values(paths, reduce: str = "sum"):
+    """(G,) the sum or maximum (``reduce``) of the maps of ``paths`` (dscalar files on the
+    same brain models; every map of each), or the first map of the first ("first"); and the
+    brain models."""
+    from bids_vlm.cifti import read_brain_models, read_dense
+
+    bm = read_brain_models(paths[0])
+    maps = np.concatenate([read_dense(p)[0] for p in (paths[:1] if reduce == "first"
+                                                       else paths)]).astype(np.float64)
+    values = maps[0] if reduce == "first" else getattr(np, reduce)(maps, axis=0)
     return values, bm
 
 
@@ -47,11 +47,11 @@ def per_vertex(values, bm, structure: str, n_vertices: int) -> np.ndarray:
 
 
 def surface_figure(paths, fig_path, title, save, threshold=0.5, cmap="hot",
-                   total: bool = True) -> None:
-    """Save the 4-view figure of the maps (summed, or a label-like first map with -1 = none
-    shown blank when not ``total``) at ``fig_path`` through ``save(figure, path)``."""
-    values, bm = map_values(paths, total)
-    if not total:  # a layer index, -1 = none: show layers >= 0 only, as layer + 1
+                   reduce: str = "sum") -> None:
+    """Save the 4-view figure of the maps (:func:`map_values`; "first": a label-like layer
+    index, -1 = none shown blank) at ``fig_path`` through ``save(figure, path)``."""
+    values, bm = map_values(paths, reduce)
+    if reduce == "first":  # a layer index, -1 = none: show layers >= 0 only, as layer + 1
         values = np.where(values >= 0, values + 1, 0)
     vmax = max(float(np.nanmax(np.abs(values))) if len(values) else 1.0, 1.0)
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.4), subplot_kw={"projection": "3d"})

@@ -83,8 +83,9 @@ def test_maps_are_dscalar_on_the_input_grayordinates(cifti_run):
                               ".dtseries.nii")
     assert cleaned.header.get_axis(1) == bm and cleaned.header.get_axis(0).step == 2.0
     html = (cifti_run["out"] / "sub-01.html").read_text()
-    figure = f"sub-01_{PREFIX}_desc-tinyclip_stream-image_bncount.png"
-    assert figure in html and (cifti_run["out"] / "sub-01" / "figures" / figure).stat().st_size
+    for kind in ("bncount", "preferredlayer", "encodingr"):
+        figure = f"sub-01_{PREFIX}_desc-tinyclip_stream-image_{kind}.png"
+        assert figure in html and (cifti_run["out"] / "sub-01" / "figures" / figure).stat().st_size
 
 
 def test_group_maps_on_grayordinates(cifti_run):
@@ -96,6 +97,10 @@ def test_group_maps_on_grayordinates(cifti_run):
     table = pd.read_csv(group / f"group_{PREFIX}_desc-tinyclip_neurons.tsv", sep="\t")
     planted = table.set_index("an_id").loc["tiny-clip/image/02/7"]
     assert planted.n_participants_with_bn == 2 and planted.consistency > 0.8
+    html = (cifti_run["out"] / "group.html").read_text()
+    for kind in ("meanbncount", "meanencodingr"):
+        figure = f"group_{PREFIX}_desc-tinyclip_stream-text_{kind}.png"
+        assert figure in html and (group / "figures" / figure).stat().st_size
 
 
 def test_outputs_pass_the_bids_validator(cifti_run):

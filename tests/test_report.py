@@ -70,6 +70,7 @@ def test_participant_report_figures_methods_citations(planted_outputs, sub):
         [f"{stem}_layerprofile.png", f"{stem}_stream-image_bncount.png",
          f"{stem}_stream-text_bncount.png", f"{stem}_encodingprofile.png",
          f"{stem}_stream-image_preferredlayer.png", f"{stem}_stream-text_preferredlayer.png",
+         f"{stem}_stream-image_encodingr.png", f"{stem}_stream-text_encodingr.png",
          f"{stem}_networkprofile.png", f"{stem}_polarity.png", f"{stem}_jaccard.png"])
     table = next((out / f"sub-{sub}" / "func").glob("*_desc-tinyclip_neurons.tsv"))
     sidecar = json.loads(table.with_suffix(".json").read_text())
@@ -90,6 +91,7 @@ def test_group_report_figures_methods_citations(planted_outputs):
     assert sorted(Path(s).name for s in sources) == sorted(
         [f"{stem}_layerprofile.png", f"{stem}_stream-image_meanbncount.png",
          f"{stem}_stream-text_meanbncount.png", f"{stem}_polarity.png", f"{stem}_jaccard.png",
+         f"{stem}_stream-image_meanencodingr.png", f"{stem}_stream-text_meanencodingr.png",
          f"{stem}_networkprofile.png"])
     assert "2 participant(s): 01, 02." in page
     assert "<h3>Polarity</h3>" in page and "<h3>Networks</h3>" in page
