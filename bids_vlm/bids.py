@@ -197,6 +197,11 @@ def _run_spec(inputs: Inputs, bold, space: str) -> RunSpec | None:
     tr = repetition_time(raw_meta.get("RepetitionTime"), bold.path, header_tr, n_scans,
                          header=_HEADER_STEP[image.endswith(".dtseries.nii")])
     image_meta = fmriprep.sidecar(preproc.path) if preproc else raw_meta
+    if preproc and (fmriprep.sidecar_path(preproc.path) or "").endswith(".dtseries.json"):
+        LOGGER.warning("%s: fMRIPrep <= 20.x CIFTI sidecar (%s); its keys (space: HCP "
+                       "grayordinates, grayordinates, surface, ...) are read as plain JSON "
+                       "(pybids would reject them as an entity conflict)", preproc.path,
+                       Path(fmriprep.sidecar_path(preproc.path)).name)
     slice_ref = slice_time_reference(
         image_meta, raw_meta, tr, image,
         sidecar=(lambda key: fmriprep.sidecar_path(preproc.path)) if preproc

@@ -141,6 +141,8 @@ def test_cifti_time_series_are_the_runs_of_space_fslr(root, spec, caplog):
            "step" in caplog.text
     # fMRIPrep <= 20.x's X_bold.dtseries.json is the sidecar of X_bold.dtseries.nii
     assert fmriprep.sidecar_path(paths[1]).endswith("_bold.dtseries.json")
+    assert caplog.text.count("fMRIPrep <= 20.x CIFTI sidecar") == 1
+    assert "run-2_space-fsLR_den-91k_bold.dtseries.json); its keys" in caplog.text
     assert fmriprep.sidecar(paths[0]) == {"RepetitionTime": 2.0}
 
 
