@@ -1,9 +1,10 @@
 """CIFTI grayordinates end to end: fMRIPrep-style ``*_space-fsLR_den-91k_bold.dtseries.nii``
+(the 91k cortex and both thalami)
 (one participant with fMRIPrep <= 20.x's legacy ``.dtseries.json`` sidecar) with a planted
 image AN in the Yeo-7 Visual grayordinates and a planted text AN (negative) in the Default
 ones; ``bids_vlm --space fsLR`` must find both, say which networks they drive (spin null),
-write dscalar maps on the input's brain models, a cleaned dtseries, surface figures and the
-group's dscalar maps."""
+write dscalar maps on the input's brain models (a noise ceiling too: the runs repeat the
+stimulus sequence), a cleaned dtseries, surface figures and the group's dscalar maps."""
 from __future__ import annotations
 
 import json
@@ -23,13 +24,17 @@ PREFIX = "task-view_space-fsLR_den-91k"
 
 @pytest.fixture(scope="module")
 def cifti_run(tmp_path_factory):
-    bm = cifti.standard_91k()
-    yeo = cifti.shipped_labels("yeo7")
+    # the whole cortex (the spin null rotates it) and two subcortical structures
+    std = cifti.standard_91k()
+    keep = np.isin(std.name, ["CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGHT",
+                              "CIFTI_STRUCTURE_THALAMUS_LEFT", "CIFTI_STRUCTURE_THALAMUS_RIGHT"])
+    bm = std[np.flatnonzero(keep)]
+    yeo = cifti.shipped_labels("yeo7")[keep]
     plants = (Plant("image", 2, 7, np.flatnonzero(yeo == 1).tolist(), 0.6),
               Plant("text", 1, 3, np.flatnonzero(yeo == 7).tolist(), -0.6))
     base = tmp_path_factory.mktemp("cifti")
     data = make_planted_dataset(base / "bids", n_subjects=2, plants=plants, grayordinates=bm,
-                                unique=False, same_events=True)
+                                unique=False, same_events=True, repeated=True)
     func = data.root / "derivatives" / "fmriprep" / "sub-02" / "func"
     for side in func.glob("*_bold.json"):  # fMRIPrep <= 20.x: X_bold.dtseries.json, its keys
         side.unlink()
@@ -39,7 +44,8 @@ def cifti_run(tmp_path_factory):
                         "volume": "MNI152NLin6Asym"}))
     out, work = base / "out", base / "work"
     run_cli(data.root, out, "participant", "-q", "-w", work, "--space", "fsLR",
-            "--bn-definition", "marginal", "--save-cleaned", timeout=1800)
+            "--bn-definition", "marginal", "--save-cleaned", "--layers", "1", "2",
+            timeout=1800)
     run_cli(data.root, out, "group", "-q", "-w", work, "--bn-definition", "marginal")
     return {"data": data, "out": out, "bm": bm, "yeo": yeo}
 
@@ -79,6 +85,11 @@ def test_maps_are_dscalar_on_the_input_grayordinates(cifti_run):
     side = json.loads((func / f"sub-01_{PREFIX}_desc-tinyclipImage02_stat-bncount_statmap.json")
                       .read_text())
     assert side["Units"] == "count"
+    # both runs show the same sequence: a noise ceiling, high where the plants are
+    ceiling = nib.load(func / f"sub-01_{PREFIX}_desc-noiseceiling_stat-rceiling_statmap.dscalar.nii")
+    r = np.asarray(ceiling.dataobj)[0]
+    visual = cifti_run["yeo"] == 1
+    assert np.median(r[visual]) > 0.3 and np.median(r[cifti_run["yeo"] == 0]) < 0.1
     cleaned = nib.load(func / "sub-01_task-view_run-1_space-fsLR_den-91k_desc-cleaned_bold"
                               ".dtseries.nii")
     assert cleaned.header.get_axis(1) == bm and cleaned.header.get_axis(0).step == 2.0
