@@ -198,9 +198,11 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--atlas", type=_atlas, default="yeo7",
                    help="yeo7, yeo17, schaefer200 or schaefer400 (MNI; each plus the language "
                         "network), or a label image PATH.nii.gz with its labels PATH.tsv "
-                        "(columns index, name) in the data's space")
+                        "(columns index, name) in the data's space; on CIFTI grayordinates "
+                        "(--space fsLR) yeo7, yeo17 or a label file PATH.dlabel.nii")
     g.add_argument("--n-surrogates", type=_non_negative_int, default=1000,
-                   help="spatial null of the network enrichment: random rigid moves of the "
+                   help="spatial null of the network enrichment (a spin test on grayordinates): "
+                        "random rigid moves of the "
                         "atlas within the brain (they keep the BN maps' spatial "
                         "autocorrelation); 0: the hypergeometric p, which assumes independent "
                         "voxels, decides 'drives'")
