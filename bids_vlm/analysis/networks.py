@@ -22,6 +22,10 @@ the network than chance would put there):
   the observed position; a move that keeps less than MIN_KEPT of a network is not used for it.
   p = (1 + #{null density >= observed}) / (1 + moves used).
 
+On CIFTI grayordinates the atlases are matched to the data by structure and vertex / voxel
+(:mod:`bids_vlm.analysis.surface_atlases`) and the moves are a spin test on the fs_LR spheres
+(:mod:`bids_vlm.analysis.spin`); the same kernels count the surrogates.
+
 FDR: Benjamini-Hochberg across all ANs x networks of a layer (``groups``); an AN *drives* a
 network when that q <= ``q`` (and it has a BN there). With ``n_surrogates`` 0, ``p`` is the
 hypergeometric p.
