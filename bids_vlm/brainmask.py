@@ -42,11 +42,6 @@ def n_rows(mask) -> int:
     return int((np.asarray(mask.dataobj) > 0).sum())
 
 
-def map_extension(mask) -> str:
-    """The extension of a map on ``mask``: ``.dscalar.nii`` for grayordinates."""
-    return CIFTI_MAP if is_grayordinates(mask) else VOLUME_MAP
-
-
 def map_name(path, mask) -> str:
     """``path`` (a ``.nii.gz`` map name) with the extension of maps on ``mask``."""
     path = str(path)
@@ -112,7 +107,8 @@ def row_keys(mask) -> np.ndarray:
         ijk = rows_ijk(mask)
         return np.ravel_multi_index(tuple(ijk.T), mask.shape[:3]).astype(np.int64)
     bm = brain_models(mask)
-    names = sorted(set(str(n) for n in bm.name))
+    # one fixed list of every CIFTI structure: the same code whatever structures a file has
+    names = sorted(nib.cifti2.cifti2.CIFTI_BRAIN_STRUCTURES.value_set("ciftiname"))
     code = np.searchsorted(names, bm.name.astype(str)).astype(np.int64)
     place = bm.vertex.astype(np.int64)
     if bm.volume_mask.any():

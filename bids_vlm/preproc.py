@@ -150,13 +150,15 @@ def load_bold(bold_path, mask_img, config: BoldConfig = BoldConfig()) -> np.ndar
     return _exclude_bad(data, nonfinite, bold_path)
 
 
+SMOOTHING_REFUSED = ("is not applied to CIFTI grayordinates (smoothing on the surface is a "
+                     "preprocessing step, e.g. wb_command -cifti-smoothing); leave it at 0")
+
+
 def _load_grayordinates(bold_path, mask, smoothing) -> np.ndarray:
     from bids_vlm.brainmask import load, load_grayordinates
 
     if smoothing:
-        raise DataError("--smoothing-fwhm is not applied to CIFTI grayordinates (smoothing "
-                        "on the surface is a preprocessing step, e.g. wb_command "
-                        "-cifti-smoothing); leave it at 0", bold_path)
+        raise DataError(f"--smoothing-fwhm {smoothing:g} {SMOOTHING_REFUSED}", bold_path)
     mask = mask if isinstance(mask, nib.Cifti2Image) else load(mask)
     data = load_grayordinates(bold_path, mask)
     return _exclude_bad(data, ~np.isfinite(data).all(axis=0), bold_path)

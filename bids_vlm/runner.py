@@ -145,12 +145,11 @@ class Execution:
 def check_smoothing(runs, fwhm: float) -> None:
     """DataError (before anything runs) for --smoothing-fwhm on CIFTI grayordinates."""
     from bids_vlm.errors import DataError
+    from bids_vlm.preproc import SMOOTHING_REFUSED
 
     cifti = [r.bold for r in runs if r.bold.endswith(".dtseries.nii")]
     if fwhm and cifti:
-        raise DataError(f"--smoothing-fwhm {fwhm:g} is not applied to CIFTI grayordinates "
-                        "(smoothing on the surface is a preprocessing step, e.g. wb_command "
-                        "-cifti-smoothing); leave it at 0", cifti[0])
+        raise DataError(f"--smoothing-fwhm {fwhm:g} {SMOOTHING_REFUSED}", cifti[0])
 
 
 def check_surface_atlas(runs, networks) -> None:

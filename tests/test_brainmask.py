@@ -92,3 +92,6 @@ def test_peaks_and_keys_place_rows_by_structure(bm):
     order = np.random.default_rng(1).permutation(len(bm))
     other = cifti.dscalar_image(np.ones((1, len(bm))), ["mask"], bm[order])
     assert np.array_equal(brainmask.row_keys(other), keys[order])
+    # a participant whose file lacks the cortex keeps the subcortical voxels' keys
+    subcortex = cifti.dscalar_image(np.ones((1, 30)), ["mask"], bm[50:])
+    assert np.array_equal(brainmask.row_keys(subcortex), keys[50:])
