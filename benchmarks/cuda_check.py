@@ -203,7 +203,8 @@ def check_association(dev, opts):
 
 
 def check_ridge(dev):
-    from bids_vlm.encoding.ridge import encode_banded, encode_layer
+    from bids_vlm.encoding.banded import encode_banded
+    from bids_vlm.encoding.ridge import encode_layer
 
     backend = "torch_cuda" if dev.startswith("cuda") else "torch"
     rng = np.random.default_rng(3)

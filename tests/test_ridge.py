@@ -138,62 +138,6 @@ def test_heldout_scores_and_preferred_layer():
     assert preferred_layer(scores, [4, 7]).tolist() == [7, -1, 4]
 
 
-def test_banded_ridge_splits_variance_between_streams():
-    from bids_vlm.encoding.ridge import encode_banded
-
-    rng = np.random.default_rng(0)
-    runs = [150, 150, 150]
-    a, b = rng.standard_normal((450, 30)), rng.standard_normal((450, 20))
-    y = rng.standard_normal((450, 60))
-    y[:, :20] += a @ rng.standard_normal((30, 20)) / np.sqrt(30)  # driven by band "image"
-    y[:, 20:40] += b @ rng.standard_normal((20, 20)) / np.sqrt(20)  # driven by band "text"
-    res = encode_banded({"image": a, "text": b}, y, runs, n_iter=10)
-    img, txt = res.split_r2["image"], res.split_r2["text"]
-    assert img[:20].mean() > 0.3 and abs(txt[:20].mean()) < 0.05  # measured 0.45 / 0.00
-    assert txt[20:40].mean() > 0.3 and abs(img[20:40].mean()) < 0.05
-    assert abs(img[40:].mean()) < 0.05 and abs(txt[40:].mean()) < 0.05
-    np.testing.assert_allclose(img + txt, res.r2, atol=0.05)
-
-
-def test_banded_layer_selection():
-    from bids_vlm.encoding.ridge import banded_layer_keys
-
-    shared = ["00", "01", "02", "10", "11"]
-    assert banded_layer_keys(shared, ("last",)) == ["11"]
-    assert banded_layer_keys(shared, ("all",)) == shared
-    assert banded_layer_keys(shared, ("none",)) == []
-    assert banded_layer_keys(shared, ("2", "last", "7")) == ["02", "11"]  # 7 is not shared
-    assert banded_layer_keys([], ("last",)) == []
-
-
-def test_banded_kernel_form_is_the_primal_model():
-    """Fewer training frames than features (a film's layers): the kernel form (linear band
-    kernels) chooses the band weights of the primal GroupRidgeCV and predicts the same."""
-    from bids_vlm.encoding.ridge import encode_banded
-
-    rng = np.random.default_rng(1)
-    runs = [60, 60, 60]
-    latent = rng.standard_normal((180, 4))
-    a = latent @ rng.standard_normal((4, 150)) + rng.standard_normal((180, 150))
-    b = latent @ rng.standard_normal((4, 100)) + rng.standard_normal((180, 100))
-    y = rng.standard_normal((180, 40))
-    y[:, :20] += (a @ rng.standard_normal((150, 20))) / 12
-    y[:, 20:] += (b @ rng.standard_normal((100, 20))) / 10
-    kernel = encode_banded({"image": a, "text": b}, y, runs, n_iter=8, form="kernel")
-    primal = encode_banded({"image": a, "text": b}, y, runs, n_iter=8, form="primal")
-    assert kernel.r[:20].mean() > 0.3 and kernel.r[20:].mean() > 0.3
-    close = np.abs(kernel.r - primal.r) < 1e-3
-    assert close.mean() > 0.9  # the rest: near-ties of the inner CV in float32
-    for band in ("image", "text"):
-        np.testing.assert_allclose(kernel.split_r2[band][close], primal.split_r2[band][close],
-                                   atol=2e-3)
-    chunked = encode_banded({"image": a, "text": b}, y, runs, n_iter=8, form="kernel", chunk=7)
-    np.testing.assert_allclose(chunked.r, kernel.r, atol=1e-5)  # voxels are fitted apart
-    np.testing.assert_allclose(chunked.split_r2["text"], kernel.split_r2["text"], atol=1e-5)
-    with pytest.raises(ValueError, match="form must be"):
-        encode_banded({"image": a, "text": b}, y, runs, form="dual")
-
-
 # ---- the null of a held-out r and the significant preferred layer --------------------------
 
 N_LAYERS, N_FEATURES = 4, 40  # layers of HRF-smoothed random regressors

@@ -346,7 +346,7 @@ def _banded(regs, voxels, run_lengths, config, backend, out):
     ``--banded-layers`` selects -> ``banded/<layer>``."""
     import numpy as np
 
-    from bids_vlm.encoding.ridge import banded_layer_keys, encode_banded
+    from bids_vlm.encoding.banded import banded_layer_keys, encode_banded
 
     streams = [s for s in regs if s not in ("delayed", "nuisance")]
     shared = sorted(set.intersection(*(set(regs[s]) for s in streams))) if streams else []

@@ -225,11 +225,11 @@ def _banded_outputs(group, folder, ents, model, mask, side):
     table = folder / bids_name(dict(ents, desc=desc_label(model)), "bandedencoding", ".tsv")
     return written + [write_tsv(table, pd.DataFrame(rows)),
                       write_json(table.with_suffix(".json"), dict(side, Description=(
-                          "banded ridge across streams (himalaya's random search over band "
-                          "weights: MultipleKernelRidgeCV on the streams' linear kernels, or "
-                          "GroupRidgeCV when a fold has more training frames than features) at "
-                          "the layer indices --banded-layers selects: median held-out R^2 and "
-                          "each stream's median share")))]
+                          "banded ridge across streams (himalaya's MultipleKernelRidgeCV "
+                          "model: a random search over band weights on the streams' linear "
+                          "kernels, solved by bids_vlm.encoding.banded) at the layer indices "
+                          "--banded-layers selects: median held-out R^2 and each stream's "
+                          "median share")))]
 
 
 def _ceiling_maps(group, folder, ents, mask, side):
