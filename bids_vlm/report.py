@@ -49,13 +49,19 @@ CITATIONS = [
 ]
 
 
+AN_KINDS = {"ffn": "the post-nonlinearity units of every feed-forward block",
+            "attn": "the query x key products of every attention head dimension"}
+FDR_SCOPES = {"selective": "ANs selected across the layer, then voxels within each",
+              "an": "per AN, over voxels", "all": "over all AN x voxel pairs of a layer"}
+
+
 def methods_text(config, sidecar: dict) -> str:
     """Methods boilerplate from the resolved configuration and a map sidecar."""
     return (
         f"Results were generated with bids_vlm {__version__}. Events were sampled at "
         f"{config.stimuli.stim_rate:g} Hz into a stimulus timeline; each stimulus was passed "
-        f"through {', '.join(config.model.models)} and the post-nonlinearity units of every "
-        f"feed-forward block (artificial neurons, ANs) were {config.model.pooling}-pooled over "
+        f"through {', '.join(config.model.models)} and {AN_KINDS[config.model.an_kind]} "
+        f"(artificial neurons, ANs) were {config.model.pooling}-pooled over "
         f"tokens. AN activations were convolved with the {config.stats.hrf_model.upper()} "
         "haemodynamic response (nilearn compute_regressor), sampled at the BOLD frame times and "
         f"z-scored within runs. BOLD input: {sidecar.get('BOLDInput', 'n/a')}; it was detrended, "
@@ -96,7 +102,8 @@ def _random_banner(models) -> str:
 
 def _summary(subject, config):
     items = {"Participant": f"sub-{subject}", "Models": ", ".join(config.model.models),
-             "HRF model": config.stats.hrf_model, "FDR level (per AN)": config.stats.fdr_q,
+             "HRF model": config.stats.hrf_model,
+             f"FDR level ({FDR_SCOPES[config.stats.fdr_scope]})": config.stats.fdr_q,
              "Stimulus rate (Hz)": config.stimuli.stim_rate, "bids_vlm version": __version__}
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                    for k, v in items.items())

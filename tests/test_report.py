@@ -152,6 +152,21 @@ def test_methods_text_follows_the_configuration():
     assert "BOLD input: n/a;" in text
 
 
+def test_report_names_the_neurons_and_fdr_scope_it_ran_with(tmp_path):
+    """--neurons attn and --fdr-scope all are what the methods and the summary say."""
+    from bids_vlm.config import ModelConfig
+
+    default = participant_report(tmp_path / "a", "01", AnalysisConfig()).read_text("utf-8")
+    assert "post-nonlinearity units of every feed-forward block" in default
+    assert "FDR level (ANs selected across the layer, then voxels within each)" in default
+    config = AnalysisConfig(model=ModelConfig(an_kind="attn"),
+                            stats=StatsConfig(fdr_scope="all"))
+    page = participant_report(tmp_path / "b", "01", config).read_text("utf-8")
+    assert "query x key products of every attention head dimension" in page
+    assert "feed-forward" not in page and "per AN" not in page
+    assert "FDR level (over all AN x voxel pairs of a layer)" in page
+
+
 def test_report_escapes_html(tmp_path):
     config = AnalysisConfig(stats=StatsConfig(hrf_model="<script>"))
     page = participant_report(tmp_path, "01", config).read_text(encoding="utf-8")
