@@ -23,7 +23,7 @@ class RunFilter:
 
 @dataclass(frozen=True)
 class StimulusConfig:
-    """How events become a stimulus timeline (METHOD.md section 2)."""
+    """How events become a stimulus timeline (docs/METHOD.md section 2)."""
 
     stim_rate: float = 1.0  # samples per second
     text_column: str = ""  # column holding text; "" = first of text, caption, sentence, word
@@ -39,7 +39,7 @@ class StimulusConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which models and neurons to record (METHOD.md section 3)."""
+    """Which models and neurons to record (docs/METHOD.md section 3)."""
 
     models: tuple = ("tiny-clip",)
     streams: tuple = ()  # streams to record; () = every stream of each model
@@ -56,7 +56,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class BoldConfig:
-    """BOLD cleaning (METHOD.md section 5)."""
+    """BOLD cleaning (docs/METHOD.md section 5)."""
 
     high_pass: float = 1.0 / 128  # Hz
     smoothing_fwhm: float = 0.0  # mm; 0 = none
@@ -67,7 +67,7 @@ class BoldConfig:
 
 @dataclass(frozen=True)
 class StatsConfig:
-    """Regressors and AN-to-BN association (METHOD.md sections 4 and 6)."""
+    """Regressors and AN-to-BN association (docs/METHOD.md sections 4 and 6)."""
 
     hrf_model: str = "spm"
     fir_delays: tuple = ()  # frames, for hrf_model "fir"
@@ -92,7 +92,7 @@ class StatsConfig:
 
 @dataclass(frozen=True)
 class EncodingConfig:
-    """Layer-wise ridge encoding (METHOD.md section 7)."""
+    """Layer-wise ridge encoding (docs/METHOD.md section 7)."""
 
     enabled: bool = True
     alphas: tuple = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7)
@@ -105,7 +105,7 @@ class EncodingConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """Network atlases and the virtual lesion (METHOD.md section 8)."""
+    """Network atlases and the virtual lesion (docs/METHOD.md section 8)."""
 
     atlas: str = "yeo7"  # yeo7, yeo17, schaefer200, schaefer400 (+ language), or a NIfTI path
     atlas_digest: str = ""  # hash of a user atlas's files (a changed atlas reruns the nodes)

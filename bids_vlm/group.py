@@ -1,4 +1,5 @@
-"""Group level (METHOD.md 9, first version): participants' per-layer maps and AN tables combined.
+"""Group level (docs/METHOD.md 9, first version): participants' per-layer maps and AN tables
+combined.
 
 For every (task, acquisition, space, model, stream, layer) map of the participants, the group
 maps are: the mean number of ANs per voxel (``stat-meanbncount``), the

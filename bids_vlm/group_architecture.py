@@ -1,4 +1,4 @@
-"""Group level of the architecture comparison (METHOD.md 8-9), for the participants' units run
+"""Group level of the architecture comparison (docs/METHOD.md 8-9), for the participants' units run
 with the same models (the same ``desc-<model>Vs<model>`` and task, acquisition and space):
 
 - ``group_..._streamoverlap.tsv``: the participants' BN-map overlaps of paired streams at each

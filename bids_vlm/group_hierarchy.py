@@ -1,4 +1,4 @@
-"""Group level of the hierarchy and the virtual lesion (METHOD.md 8-9).
+"""Group level of the hierarchy and the virtual lesion (docs/METHOD.md 8-9).
 
 The participants' ``_hierarchy.tsv`` and ``_lesion.tsv`` of one (task, acquisition, space,
 model) are averaged, a participant's sessions first:

@@ -1,4 +1,4 @@
-"""Group level of the neuron-level summaries (METHOD.md 9): networks, polarity and redundancy.
+"""Group level of the neuron-level summaries (docs/METHOD.md 9): networks, polarity and redundancy.
 
 The participants' per-AN network tables (``_networks.tsv``), neuron tables and Jaccard tables
 of one (task, acquisition, space, model) are combined, and the participant-level functions of

@@ -1,6 +1,6 @@
 """Stage 5: BOLD -> cleaned in-mask voxel time series (nilearn masking and signal cleaning).
 
-Default confound strategy for fMRIPrep confounds (METHOD.md 5): the 6 motion parameters and
+Default confound strategy for fMRIPrep confounds (docs/METHOD.md 5): the 6 motion parameters and
 their temporal derivatives, the first ``n_acompcor`` aCompCor components and fMRIPrep's cosine
 drift terms; plus linear detrending, a high-pass at ``high_pass`` Hz (discrete cosine basis)
 and a z-score per run. fMRIPrep's ``non_steady_state_outlier_XX`` columns (one-hot spikes of

@@ -1,4 +1,4 @@
-"""The report's architecture section (METHOD.md 8): for a run with two or more models, the
+"""The report's architecture section (docs/METHOD.md 8): for a run with two or more models, the
 modality specificity index per model, stream and layer (box plots drawn from the quartiles of
 the ``_msi.tsv`` table) and the overlap of paired streams' BN maps against relative depth
 (``_streamoverlap.tsv``). Used by :mod:`bids_vlm.report` for participant and group reports;

@@ -1,4 +1,4 @@
-"""The group report's hierarchy and virtual-lesion sections (METHOD.md 8-9): bars of each
+"""The group report's hierarchy and virtual-lesion sections (docs/METHOD.md 8-9): bars of each
 network's mean preferred depth (``_hierarchy.tsv``) and the lesion curves, targeted against
 random removal (``_lesion.tsv``). Used by :mod:`bids_vlm.report`; figures are written to the
 report's figures folder."""

@@ -1,4 +1,4 @@
-"""Stage 2: from events.tsv to a stimulus timeline sampled at the stimulus rate (METHOD.md 2).
+"""Stage 2: from events.tsv to a stimulus timeline sampled at the stimulus rate (docs/METHOD.md 2).
 
 Sample ``k`` of a run covers ``[k/rate, (k+1)/rate)`` seconds. Its stimulus is the event that
 covers the largest part of that interval (so events shorter than a sample are never missed);

@@ -1,5 +1,5 @@
 """METER architecture: the full-size model has the released checkpoint's key set and shapes
-(METER.md section 2), and the position embedding is resized as METER does."""
+(docs/METER.md section 2), and the position embedding is resized as METER does."""
 from __future__ import annotations
 
 import pytest
@@ -32,7 +32,7 @@ def _linear(prefix, n_out, n_in, bias=True):
 
 
 def expected_pretrain_keys() -> dict:
-    """The pretrain checkpoint's parameter keys and shapes, written out from METER.md 2."""
+    """The pretrain checkpoint's parameter keys and shapes, written out from docs/METER.md 2."""
     v = "vit_model.visual"
     keys = {f"{v}.conv1.weight": (768, 3, 16, 16), f"{v}.class_embedding": (768,),
             f"{v}.positional_embedding": (325, 768),

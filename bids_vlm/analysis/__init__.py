@@ -1,1 +1,1 @@
-"""Stage 7: neuron-level analyses of the association results (METHOD.md section 8)."""
+"""Stage 7: neuron-level analyses of the association results (docs/METHOD.md section 8)."""

@@ -1,4 +1,4 @@
-"""Architecture comparison (METHOD.md 8): the modality specificity index (MSI) of ANs across
+"""Architecture comparison (docs/METHOD.md 8): the modality specificity index (MSI) of ANs across
 models, streams and layers, and the overlap of the BN maps of paired streams (image vs text,
 cross-image vs cross-text) at each relative depth.
 

@@ -1,4 +1,4 @@
-"""Network atlases (METHOD.md 8): the shipped ones, a user's, and whether they fit the data.
+"""Network atlases (docs/METHOD.md 8): the shipped ones, a user's, and whether they fit the data.
 
 Shipped atlases (``bids_vlm/data/atlases``, MNI152NLin6Asym, 2 mm, see PROVENANCE.md there):
 ``yeo7`` (default), ``yeo17``, ``schaefer200`` and ``schaefer400`` (parcels named with their
@@ -177,7 +177,7 @@ def load_networks(spec: str = "yeo7", grayordinates: bool = False) -> list[Netwo
 
 
 def default_networks() -> list[NetworkAtlas]:
-    """Yeo-7 plus the language network (METHOD.md 8)."""
+    """Yeo-7 plus the language network (docs/METHOD.md 8)."""
     return load_networks("yeo7")
 
 

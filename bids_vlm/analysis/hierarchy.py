@@ -1,4 +1,4 @@
-"""Hierarchy (METHOD.md 8): the mean preferred depth of each network.
+"""Hierarchy (docs/METHOD.md 8): the mean preferred depth of each network.
 
 A voxel's preferred layer is the layer whose held-out encoding r is highest there, kept only
 where that r is significant (its one-sided p under the held-out r's null, times the number of

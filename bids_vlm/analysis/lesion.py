@@ -1,4 +1,4 @@
-"""Virtual lesion (METHOD.md 8, functional redundancy; beyond the paper): how the held-out
+"""Virtual lesion (docs/METHOD.md 8, functional redundancy; beyond the paper): how the held-out
 encoding accuracy of a network falls as its top driving ANs are removed.
 
 For a network and one stream, the layer whose ridge model predicts the network best (highest

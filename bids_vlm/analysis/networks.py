@@ -1,4 +1,5 @@
-"""Networks (METHOD.md 8): which functional networks each AN's BNs fall in, and which it drives.
+"""Networks (docs/METHOD.md 8): which functional networks each AN's BNs fall in, and which it
+drives.
 
 Networks are (possibly overlapping) sets of voxels of the atlases of
 :mod:`bids_vlm.analysis.atlases` (by default the 7 Yeo networks plus the language network),

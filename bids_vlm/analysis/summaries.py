@@ -1,4 +1,4 @@
-"""Per-layer summaries of the AN -> BN results (METHOD.md 8): polarity, redundancy (Jaccard
+"""Per-layer summaries of the AN -> BN results (docs/METHOD.md 8): polarity, redundancy (Jaccard
 overlap of BN maps), network drive per layer and modality specificity.
 
 All functions are pure, over the neurons table (one row per AN: stream, layer, n_bn_pos,

@@ -1,5 +1,5 @@
-"""Derivatives of the architecture comparison (METHOD.md 8) of one analysis unit run with two or
-more models: the modality specificity index per model, stream and layer (``_msi.tsv``, in MNI
+"""Derivatives of the architecture comparison (docs/METHOD.md 8) of one analysis unit run with
+two or more models: the modality specificity index per model, stream and layer (``_msi.tsv``, in MNI
 space only) and the overlap of paired streams' BN maps per relative depth
 (``_streamoverlap.tsv``), named ``desc-<model>Vs<model>...``.
 

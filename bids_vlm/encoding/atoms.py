@@ -1,4 +1,4 @@
-"""Paper mode (METHOD.md 4 and 6, inferred): sparse dictionary learning of the AN time series.
+"""Paper mode (docs/METHOD.md 4 and 6, inferred): sparse dictionary learning of the AN time series.
 
 The activations of a layer's ANs on the stimulus grid (each AN centred, unit norm),
 X (n_samples, N), are factored

@@ -1,4 +1,4 @@
-"""Layer-wise encoding (METHOD.md 7): ridge regression from one layer's AN regressors to every
+"""Layer-wise encoding (docs/METHOD.md 7): ridge regression from one layer's AN regressors to every
 voxel, scored on held-out runs.
 
 Outer cross-validation leaves one run out; inside the training runs, the ridge penalty of each

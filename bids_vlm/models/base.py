@@ -1,7 +1,7 @@
 """Recording artificial neurons (ANs): forward hooks that pool each layer's FFN units.
 
 An AN is one hidden unit of a layer's feed-forward block, taken after the nonlinearity
-(METHOD.md 3). Its activation for one stimulus is pooled over the tokens of that stimulus:
+(docs/METHOD.md 3). Its activation for one stimulus is pooled over the tokens of that stimulus:
 ``mean`` over valid tokens (default), ``cls`` (the token the model pools: CLS for images,
 EOT for CLIP text) or ``max`` over valid tokens. Its id is ``model/stream/layer/unit``.
 """

@@ -1,4 +1,4 @@
-"""Reading PyTorch checkpoints without running code from them (METER.md section 1, Security).
+"""Reading PyTorch checkpoints without running code from them (docs/METER.md section 1, Security).
 
 Two ways a checkpoint can run code when ``torch.load`` reads it, and what stops each:
 

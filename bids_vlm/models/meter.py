@@ -1,6 +1,6 @@
 """METER (CLIP-ViT-B/16 + RoBERTa-base + 6 co-attention layers): streams, loading, tiny model.
 
-Streams (METHOD.md 3, METER.md 4): ``image`` (the ViT blocks, 11 x 3072 ANs), ``text``
+Streams (docs/METHOD.md 3, docs/METER.md 4): ``image`` (the ViT blocks, 11 x 3072 ANs), ``text``
 (RoBERTa, 12 x 3072), ``cross-image`` and ``cross-text`` (the co-attention layers, 6 x 3072
 each). ``image`` and ``text`` are unimodal: an image or a text is encoded alone. The cross
 streams take a *pair* item (see :func:`bids_vlm.stimuli.pair_item`): the image and the text
@@ -38,7 +38,7 @@ TINY_ARCH = MeterArch(vit_width=128, vit_layers=2, vit_heads=2, vit_ffn=512, pat
                       text_layers=2, text_heads=2, text_ffn=512, hidden=128, cross_layers=2,
                       cross_heads=2, cross_ffn=512, clip_text_leftovers=(16, 64))
 TINY_TOKENIZER = Path(__file__).resolve().parent.parent / "data" / "tiny_roberta"
-# state-dict entries METER saves but the model does not use (METER.md 1)
+# state-dict entries METER saves but the model does not use (docs/METER.md 1)
 DROPPED = ("text_transformer.embeddings.position_ids",)
 
 
@@ -157,7 +157,7 @@ def load_tokenizer(folder):
 
 
 def arch_from_state(state: dict, config: dict | None = None) -> MeterArch:
-    """METER sizes from the state dict's tensors (METER.md 2); head counts by METER's rules:
+    """METER sizes from the state dict's tensors (docs/METER.md 2); head counts by METER's rules:
     ViT and RoBERTa heads = width // 64, co-attention heads = the config's ``num_heads`` (else
     hidden // 64)."""
     def count(prefix):
