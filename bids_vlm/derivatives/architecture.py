@@ -1,6 +1,6 @@
 """Derivatives of the architecture comparison (docs/METHOD.md 8) of one analysis unit run with
-two or more models: the modality specificity index per model, stream and layer (``_msi.tsv``, in MNI
-space only) and the overlap of paired streams' BN maps per relative depth
+two or more models: the modality specificity index per model, stream and layer
+(``_msi.tsv``, in MNI space only) and the overlap of paired streams' BN maps per relative depth
 (``_streamoverlap.tsv``), named ``desc-<model>Vs<model>...``.
 
 They are computed from the per-model tables the unit has just written (``_neurons.tsv`` with
