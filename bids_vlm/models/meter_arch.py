@@ -3,7 +3,8 @@
 A clean re-implementation of the forward pass described in docs/METER.md section 3, with module
 attribute names equal to the released checkpoints' state-dict keys (docs/METER.md section 2),
 so that ``load_state_dict`` takes their ``state_dict`` as it is. Sizes come from
-:class:`MeterArch`, which :func:`bids_vlm.models.meter.arch_from_state` reads from the checkpoint's tensors.
+:class:`MeterArch`, which :func:`bids_vlm.models.meter.arch_from_state` reads from the
+checkpoint's tensors.
 
 Every activation whose output is an AN is a parameter-free submodule (``mlp.gelu`` in the ViT
 blocks, ``intermediate`` in the RoBERTa and co-attention layers), so forward hooks see exactly
