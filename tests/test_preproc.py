@@ -245,3 +245,38 @@ def test_fmriprep_1x_confound_names_are_read():
     np.testing.assert_array_equal(out["rot_y"], old["RotY"])
     new = _confound_table(n, rng)
     assert fmriprep_1x_names(new) is new
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16-scaled", "float64", "c-order"])
+def test_masked_series_is_nilearns_apply_mask(tmp_path, dtype):
+    """The in-mask series equal nilearn's apply_mask (values and voxel order) for the data
+    types of real BOLD files, read back from disk (Fortran order) or held in C order."""
+    from nilearn import masking
+
+    from bids_vlm.preproc import masked_series
+
+    rng = np.random.default_rng(0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    mask = nib.Nifti1Image((rng.random((9, 11, 7)) > 0.4).astype(np.uint8), affine)
+    data = rng.standard_normal((9, 11, 7, 12)) * 100
+    kind = {"int16-scaled": np.int16, "float64": np.float64}.get(dtype, np.float32)
+    img = nib.Nifti1Image(data.astype(kind), affine)
+    if dtype == "int16-scaled":
+        img.header.set_slope_inter(0.5, 3.0)
+    if dtype == "c-order":
+        img = nib.Nifti1Image(np.ascontiguousarray(data.astype(np.float32)), affine)
+    else:
+        nib.save(img, tmp_path / "bold.nii.gz")
+        img = nib.load(tmp_path / "bold.nii.gz")
+    ours = masked_series(img, mask)
+    assert ours.dtype == np.float64 and ours.shape == (12, int(mask.get_fdata().sum()))
+    np.testing.assert_array_equal(ours, masking.apply_mask(img, mask, ensure_finite=False))
+
+
+def test_masked_series_other_grid_is_nilearns_error():
+    from bids_vlm.preproc import masked_series
+
+    mask = nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4))
+    bold = nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match="affine"):
+        masked_series(bold, mask)
