@@ -591,3 +591,4 @@ def test_marginal_and_unique_bns_of_a_whole_regressor(planted_whole, tmp_path):
     layers = pd.read_csv(next(func.glob("*_layers.tsv")), sep="\t")
     assert layers.mean_inter_an_abs_r.between(0.05, 1).all()
     assert layers.mean_removed_share.between(0.1, 1).all()
+

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
+import h5py
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -13,7 +14,8 @@ import pandas as pd
 from bids_vlm.analysis.networks import NetworkMasks, VoxelGrid
 from bids_vlm.config import AnalysisConfig, NetworkConfig
 from bids_vlm.derivatives.bnstore import LayerBNs, pack
-from bids_vlm.derivatives.networks import _driven, layer_count, unit_networks
+from bids_vlm.derivatives.networks import (_driven, layer_count, network_enrichment,
+                                           read_enrichment, store_enrichment, unit_networks)
 from conftest import run_cli
 from datagen import Plant, make_planted_dataset
 
@@ -41,7 +43,7 @@ def test_native_space_without_user_atlas_warns_and_skips(caplog, tmp_path):
     assert "hypergeometric" in text and "spatial null" not in text
 
 
-def test_lesion_drivers_use_the_spatial_null_per_layer():
+def test_lesion_drivers_use_the_spatial_null_per_layer(tmp_path):
     """A planted image AN fills 80% of network A (a patch at the surface of a ball 'brain';
     p about 1/1000: a few moves of the atlas put A back where it was); the other ANs have BNs
     at random. Only the planted AN drives a network (BH per layer: stream, layer)."""
@@ -54,13 +56,21 @@ def test_lesion_drivers_use_the_spatial_null_per_layer():
     image_vox = [rng.choice(np.flatnonzero(a), int(0.8 * a.sum()), replace=False)]
     image_vox += [rng.choice(len(ijk), 60, replace=False) for _ in range(3)]
     text_vox = [rng.choice(len(ijk), 60, replace=False) for _ in range(50)]
-    layers = []
-    for stream, v in (("image", image_vox), ("text", text_vox)):
-        an, vox = np.repeat(np.arange(len(v)), [len(x) for x in v]), np.concatenate(v)
-        packed = pack(an, vox, np.full(len(an), 0.5), np.ones(len(an)), np.ones(len(an)),
-                      len(v), keep=0)
-        layers.append((stream, LayerBNs(packed["bn_indptr"], packed["bn_voxel"])))
-    assert _driven(iter(layers), masks, AnalysisConfig()) == {"A": {"image"}, "B": set()}
+    with h5py.File(tmp_path / "enrichment.h5", "w") as h5:  # as write_enrichment stores it
+        h5.attrs["networks"] = json.dumps(list(masks))
+        for stream, v in (("image", image_vox), ("text", text_vox)):
+            an, vox = np.repeat(np.arange(len(v)), [len(x) for x in v]), np.concatenate(v)
+            packed = pack(an, vox, np.full(len(an), 0.5), np.ones(len(an)), np.ones(len(an)),
+                          len(v), keep=0)
+            an, vox, sign = LayerBNs(packed["bn_indptr"], packed["bn_voxel"]).entries()
+            result = network_enrichment(an, vox, sign, len(v), masks, AnalysisConfig(), None)
+            store_enrichment(h5, f"{stream}/03", result)
+        assert _driven(h5, masks) == {"A": {"image"}, "B": set()}
+        image, text = read_enrichment(h5, "image", "03"), read_enrichment(h5, "text", "03")
+    assert image["A"]["drives"].tolist() == [True, False, False, False]
+    for net in ("A", "B"):  # read back as computed
+        for field, value in result[net].items():
+            np.testing.assert_array_equal(text[net][field], value)
 
 
 def test_layer_count():
@@ -144,3 +154,30 @@ def test_bad_atlas_exits_64_naming_the_file(tmp_path):
     assert proc.returncode == 64 and "none.nii.gz: cannot read the atlas image" in proc.stderr
     assert "yeo17" in proc.stderr  # the shipped names are offered
     assert not (tmp_path / "out").exists()
+
+
+def test_enrichment_is_computed_once_and_read_by_outputs(occipital, tmp_path):
+    """The enrich node's file is what the networks table shows (and the lesion reads): the
+    outputs written from it equal those written by computing the enrichment again."""
+    import json
+
+    from nipype.utils.filemanip import loadpkl
+
+    from bids_vlm.config import from_json
+    from bids_vlm.derivatives import write_unit_outputs
+
+    work = occipital.parent / "work" / "bids_vlm_participant"
+    assert len(list(work.glob("enrich_sub_01_*/enrichment.h5"))) == 1
+    inputs = loadpkl(next(work.glob("outputs_sub_01_*/_inputs.pklz")))
+    assert inputs["enrichment_files"] and len(inputs["enrichment_files"]) == len(
+        inputs["association_files"])
+    tables = []
+    for name, stored in (("stored", inputs["enrichment_files"]), ("again", [])):
+        written = write_unit_outputs(inputs["association_files"], [], inputs["mask_file"],
+                                     json.loads(inputs["unit_json"]), tmp_path / name,
+                                     inputs["bids_dir"], from_json(inputs["config_json"]),
+                                     enrichment_files=stored)
+        tables.append(next(p for p in written if str(p).endswith("_networks.tsv")))
+    stored, again = (pd.read_csv(t, sep="\t") for t in tables)
+    assert stored["drives"].str.contains("Visual").any()  # the planted image AN
+    pd.testing.assert_frame_equal(stored, again)

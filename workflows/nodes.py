@@ -364,8 +364,21 @@ def _banded(regs, voxels, run_lengths, config, backend, out):
             out[f"banded/{layer}/split_{name}"] = value
 
 
+def enrich_node(association_file, mask_file, unit_json, config_json):
+    """Network enrichment (with its spatial null) of every layer of one model's association ->
+    ``enrichment.h5``, read by the lesion and the networks table."""
+    import json
+    import os
+
+    from bids_vlm.config import from_json
+    from bids_vlm.derivatives.networks import write_enrichment
+
+    return write_enrichment(association_file, mask_file, json.loads(unit_json),
+                            from_json(config_json), os.path.abspath("enrichment.h5"))
+
+
 def lesion_node(regressors_file, cleaned_files, association_file, encoding_file, mask_file,
-                unit_json, config_json):
+                unit_json, config_json, enrichment_file):
     """Virtual lesion of every network driven by the model's ANs -> ``lesion.json``."""
     import json
     import os
@@ -375,7 +388,8 @@ def lesion_node(regressors_file, cleaned_files, association_file, encoding_file,
     from bids_vlm.derivatives.networks import compute_lesion
 
     result = compute_lesion(regressors_file, cleaned_files, association_file, encoding_file,
-                            mask_file, json.loads(unit_json), from_json(config_json))
+                            mask_file, json.loads(unit_json), from_json(config_json),
+                            enrichment_file)
     path = os.path.abspath("lesion.json")
     Path(path).write_text(json.dumps(result))
     return path
@@ -446,7 +460,7 @@ def atoms_node(timelines_file, activations_file, runs_json, cleaned_files, confi
 
 
 def outputs_node(association_files, encoding_files, atom_files, mask_file, unit_json, output_dir,
-                 bids_dir, config_json, lesion_files=None):
+                 bids_dir, config_json, lesion_files=None, enrichment_files=None):
     """Write the participant's derivatives for one analysis unit; returns the written paths."""
     import json
 
@@ -457,7 +471,7 @@ def outputs_node(association_files, encoding_files, atom_files, mask_file, unit_
     return [str(p) for p in write_unit_outputs(association_files, encoding_files, mask_file,
                                                unit, output_dir, bids_dir,
                                                from_json(config_json), atom_files or [],
-                                               lesion_files or [])]
+                                               lesion_files or [], enrichment_files or [])]
 
 
 def report_node(written, output_dir, subject, config_json, skipped_json="{}"):

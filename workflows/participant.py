@@ -3,10 +3,13 @@
 For each analysis unit (one subject, session, task and acquisition: the runs whose voxels are
 concatenated) the graph is::
 
-    timelines ─┬─ extract[model] ── regressors[model] ─┬─ associate[model] ─┬───────────┐
-               │                                        └─ encode[model] ────┴─ lesion ──┤
-    mask ── clean[run] ──── (into associate, encode and lesion) ─────────────── outputs ── report
+    timelines ─┬─ extract[model] ── regressors[model] ─┬─ associate[model] ── enrich[model] ─┐
+               │                                        └─ encode[model] ───────── lesion ───┤
+    mask ── clean[run] ──── (into associate, encode, enrich, lesion) ────────── outputs ── report
                       └─ save_cleaned (with --save-cleaned: the cleaned runs as derivatives)
+
+enrich computes the network enrichment of every layer once (its spatial null is costly); the
+lesion reads which networks are driven from it, outputs the networks table.
 """
 from __future__ import annotations
 
@@ -137,12 +140,14 @@ def init_participant_wf(units, bids_dir, output_dir, work_dir, config: AnalysisC
 def _lesion_node(wf, mtag, unit_json, cfg, sources, target):
     """The virtual-lesion node of one model, fed by its regressors, the cleaned runs, its
     association and encoding, and the mask; its result goes to ``target`` (node, input)."""
-    regs, clean, assoc, encode, mask = sources
+    regs, clean, assoc, encode, mask, enrich = sources
     node = _function_node(nodes.lesion_node, f"lesion_{mtag}",
                           {"regressors_file": None, "cleaned_files": None,
                            "association_file": None, "encoding_file": None, "mask_file": None,
-                           "unit_json": unit_json, "config_json": cfg})
-    wf.connect([(regs, node, [("out", "regressors_file")]),
+                           "unit_json": unit_json, "config_json": cfg,
+                           "enrichment_file": None})
+    wf.connect([(enrich, node, [("out", "enrichment_file")]),
+                (regs, node, [("out", "regressors_file")]),
                 (clean, node, [("out", "cleaned_files")]),
                 (assoc, node, [("out", "association_file")]),
                 (encode, node, [("out", "encoding_file")]),
@@ -167,6 +172,7 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
     models = list(tags)
     merge = pe.Node(Merge(len(models)), name=f"associations_{tag}")
     merge_enc = pe.Node(Merge(len(models)), name=f"encodings_{tag}")
+    merge_enrich = pe.Node(Merge(len(models)), name=f"enrichments_{tag}")
     paper = json.loads(cfg)["stats"]["paper_mode"]
     merge_atoms = pe.Node(Merge(len(models)), name=f"atoms_{tag}") if paper else None
     unit_json = json.dumps({k: v for k, v in unit.items() if k != "runs"})
@@ -191,8 +197,14 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
         wf.connect([(regs, encode, [("out", "regressors_file")]),
                     (clean, encode, [("out", "cleaned_files")]),
                     (encode, merge_enc, [("out", f"in{i}")])])
+        enrich = _function_node(nodes.enrich_node, f"enrich_{mtag}",
+                                {"association_file": None, "mask_file": None,
+                                 "unit_json": unit_json, "config_json": cfg})
+        wf.connect([(assoc, enrich, [("out", "association_file")]),
+                    (mask, enrich, [("out", "mask_file")]),
+                    (enrich, merge_enrich, [("out", f"in{i}")])])
         if lesion:
-            _lesion_node(wf, mtag, unit_json, cfg, (regs, clean, assoc, encode, mask),
+            _lesion_node(wf, mtag, unit_json, cfg, (regs, clean, assoc, encode, mask, enrich),
                          (merge_lesion, f"in{i}"))
         if paper:
             atoms = _function_node(nodes.atoms_node, f"atoms_{mtag}",
@@ -226,6 +238,7 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
                     (timelines, saved, [("out", "timelines_file")]),
                     (mask, saved, [("out", "mask_file")])])
     wf.connect([(merge, outputs, [("out", "association_files")]),
+                (merge_enrich, outputs, [("out", "enrichment_files")]),
                 (merge_enc, outputs, [("out", "encoding_files")]),
                 *([(merge_atoms, outputs, [("out", "atom_files")])] if paper else []),
                 *([(merge_lesion, outputs, [("out", "lesion_files")])] if lesion else []),

@@ -7,6 +7,8 @@ The work file ``association.h5`` is read one layer at a time: a layer's BNs are 
 layer's entries at most (plus per-AN and per-voxel arrays of all layers)."""
 from __future__ import annotations
 
+import contextlib
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -31,10 +33,13 @@ from bids_vlm.derivatives.unit import (
 
 
 def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config,
-                              networks=(None, {})) -> list:
+                              networks=(None, {}), enrichment_file=None) -> list:
     """One model's per-layer maps, per-stream redundancy maps, neuron, network and layer
     tables, and compact BN file. ijk: (V, 3) the in-mask voxels; networks: (masks or None,
-    sidecar fields) of :func:`bids_vlm.derivatives.networks.unit_networks`."""
+    sidecar fields) of :func:`bids_vlm.derivatives.networks.unit_networks`; enrichment_file:
+    the layers' network enrichment (:func:`bids_vlm.derivatives.networks.write_enrichment`,
+    computed once for the lesion and this table), None: computed here."""
+    from bids_vlm.derivatives.networks import read_enrichment
     from bids_vlm.derivatives.summaries import (
         write_layer_summaries,
         write_redundancy_maps,
@@ -42,7 +47,9 @@ def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config,
 
     written, rows, counts, maps, enriched = [], [], {}, {}, []
     masks = networks[0]
-    with h5py.File(assoc_file, "r") as h5:
+    stored = enrichment_file is not None and masks is not None
+    with h5py.File(assoc_file, "r") as h5, \
+            (h5py.File(enrichment_file, "r") if stored else contextlib.nullcontext()) as known:
         model = output_model_name(str(h5.attrs["model"]), config)
         side = common_sidecar(unit, dict(h5.attrs), config)
         depth = layers_per_stream(h5)
@@ -54,7 +61,9 @@ def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config,
             counts[stream] = counts.get(stream, 0) + count
             bns = bnstore.read_layer(grp)  # this layer's BNs only
             maps[(stream, layer)] = bns.union(len(count))
-            if masks is not None:  # BH across the layer's ANs x networks: one layer at a time
+            if stored:
+                enriched.append(read_enrichment(known, stream, layer))
+            elif masks is not None:  # BH across the layer's ANs x networks: a layer at a time
                 enriched.append(_enrichment(bns, masks, config))
             del bns
         table = pd.concat(rows, ignore_index=True)

@@ -65,6 +65,51 @@ def unit_networks(mask, unit: dict, config):
         + f"; {enrichment_description(config, surface)}"))
 
 
+ENRICHMENT_FIELDS = ("n_pos", "n_neg", "frac", "p_hypergeom", "p", "n_null", "q", "drives")
+
+
+def write_enrichment(association_file, mask_file, unit: dict, config, path) -> str:
+    """The network enrichment of every layer of one model's association (its spatial null is
+    the costly part), computed once for the lesion and the tables -> ``path`` (HDF5): attribute
+    ``networks`` (JSON list), per layer ``<stream>/<layer>/<field>`` (N_layer, M) arrays of
+    :func:`bids_vlm.analysis.networks.enrichment`'s fields (:data:`ENRICHMENT_FIELDS`), or
+    attribute ``skipped`` (why: no atlas fits the data)."""
+    import h5py
+
+    from bids_vlm import brainmask
+    from bids_vlm.derivatives.bnstore import layers, read_layer
+
+    masks, _, problem = data_networks(config.networks.atlas, brainmask.load(mask_file),
+                                      unit.get("space"))
+    with h5py.File(association_file, "r") as assoc, h5py.File(path, "w") as out:
+        if problem:
+            out.attrs["skipped"] = problem
+            return str(path)
+        out.attrs["networks"] = json.dumps(list(masks))
+        for stream, layer, group, _ in layers(assoc):  # one layer's BNs at a time
+            bns = read_layer(group)
+            an, vox, sign = bns.entries()
+            store_enrichment(out, f"{stream}/{layer}",
+                             network_enrichment(an, vox, sign, bns.n_ans, masks, config, None))
+    return str(path)
+
+
+def store_enrichment(h5, key: str, result: dict) -> None:
+    """One layer's :func:`network_enrichment` result under ``key`` of an open
+    :func:`write_enrichment` file (networks in the order of its ``networks`` attribute)."""
+    names = json.loads(h5.attrs["networks"])
+    for field in ENRICHMENT_FIELDS:
+        h5[f"{key}/{field}"] = np.stack([result[n][field] for n in names], axis=1)
+
+
+def read_enrichment(h5, stream: str, layer: str) -> dict:
+    """{network: {field: (N,)}} of one layer from an open :func:`write_enrichment` file."""
+    names = json.loads(h5.attrs["networks"])
+    arrays = {f: h5[f"{stream}/{layer}/{f}"][()] for f in ENRICHMENT_FIELDS}
+    return {name: {f: arrays[f][:, m] for f in ENRICHMENT_FIELDS}
+            for m, name in enumerate(names)}
+
+
 def enrichment_description(config, surface: bool = False) -> str:
     """How the networks table's p, q and drives are computed (for the sidecars)."""
     net = config.networks
@@ -131,14 +176,15 @@ def write_hierarchy(folder, ents, model, bests: dict, masks, fields, side) -> li
 
 
 def compute_lesion(regressors_file, cleaned_files, association_file, encoding_file, mask_file,
-                   unit: dict, config) -> dict:
+                   unit: dict, config, enrichment_file) -> dict:
     """The virtual lesion of one model: {"model", "rows" (records of the lesion table),
-    "skipped" (why it did not run, or ""), "note", "fields" (atlas and spaces)}."""
+    "skipped" (why it did not run, or ""), "note", "fields" (atlas and spaces)};
+    enrichment_file: :func:`write_enrichment`'s of the association (which networks are
+    driven)."""
     import h5py
 
     from bids_vlm import brainmask
     from bids_vlm.analysis.lesion import FoldAssociation, network_lesions
-    from bids_vlm.derivatives.bnstore import read_layer
     from bids_vlm.models.base import resolve_device
     from bids_vlm.preproc import noise_path
 
@@ -153,8 +199,8 @@ def compute_lesion(regressors_file, cleaned_files, association_file, encoding_fi
             out["skipped"] = problem or str(enc.attrs.get("skipped", "no lesion steps"))
             return out
         names = {(s, int(k)): f"{s}/{k}" for s in assoc for k in assoc[s]}
-        driven = _driven(((key[0], read_layer(assoc[n])) for key, n in names.items()),
-                         masks, config)  # a layer at a time
+        with h5py.File(enrichment_file, "r") as enriched:
+            driven = _driven(enriched, masks)
         scores = {key: enc[f"{n}/r"][()] for key, n in names.items()}
         features = {key: regs[f"delayed/{n}"] if f"delayed/{n}" in regs else regs[n]
                     for key, n in names.items()}
@@ -183,19 +229,17 @@ def compute_lesion(regressors_file, cleaned_files, association_file, encoding_fi
     return out
 
 
-def _driven(layers, masks, config) -> dict:
+def _driven(enriched, masks) -> dict:
     """{network: streams with at least one AN that drives it} (enrichment as in the networks
-    table: every AN of the model, BH across the ANs x networks of each layer).
-
-    layers: iterable of (stream, :class:`~bids_vlm.derivatives.bnstore.LayerBNs`), one per
-    layer (read lazily: one layer's BNs at a time)."""
+    table: every AN of the model, BH across the ANs x networks of each layer), from an open
+    :func:`write_enrichment` file."""
     out = {name: set() for name in masks}
-    for stream, bns in layers:
-        an, vox, sign = bns.entries()
-        res = network_enrichment(an, vox, sign, bns.n_ans, masks, config, None)
-        for net, cols in res.items():
-            if cols["drives"].any():
-                out[net].add(stream)
+    for stream in enriched:
+        for layer in enriched[stream]:
+            drives = enriched[f"{stream}/{layer}/drives"][()]  # (N, M)
+            for m, name in enumerate(json.loads(enriched.attrs["networks"])):
+                if drives[:, m].any():
+                    out[name].add(stream)
     return out
 
 

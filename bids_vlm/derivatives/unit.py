@@ -86,9 +86,11 @@ def common_sidecar(unit: dict, attrs: dict, config) -> dict:
 
 
 def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict, output_dir,
-                       bids_dir, config, atom_files=(), lesion_files=()) -> list:
+                       bids_dir, config, atom_files=(), lesion_files=(),
+                       enrichment_files=()) -> list:
     """Maps, neuron tables, compact associations, encoding maps and network tables of one
-    analysis unit."""
+    analysis unit; enrichment_files: each association's network enrichment
+    (:func:`bids_vlm.derivatives.networks.write_enrichment`; () computes them here)."""
     from bids_vlm.derivatives.association import write_association_outputs
     from bids_vlm.derivatives.networks import unit_networks, write_lesion
 
@@ -98,9 +100,10 @@ def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict,
     folder = func_dir(output_dir, unit)
     networks = unit_networks(mask, unit, config)  # (masks or None, sidecar fields)
     written = []
-    for assoc_file in association_files:
+    enrichment_files = list(enrichment_files) or [None] * len(association_files)
+    for assoc_file, enrichment_file in zip(association_files, enrichment_files, strict=True):
         written += write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config,
-                                             networks)
+                                             networks, enrichment_file)
     for enc_file in encoding_files:
         written += write_encoding_outputs(enc_file, folder, ents, mask, unit, config, networks)
     for lesion_file in lesion_files:
