@@ -82,7 +82,7 @@ def participant_wf(tmp_path):
 FUNCTION_OF = {"timelines": "timelines_node", "mask": "mask_node", "clean": "clean_node",
                "extract": "extract_node", "regressors": "regressors_node",
                "associate": "associate_node", "encode": "encode_node", "outputs": "outputs_node",
-               "report": "report_node", "lesion": "lesion_node"}
+               "report": "report_node", "lesion": "lesion_node", "enrich": "enrich_node"}
 
 
 def test_participant_wf_node_names(participant_wf):
@@ -96,7 +96,8 @@ def test_participant_wf_node_names(participant_wf):
         expected |= {f"timelines_{tag}", f"mask_{tag}", f"clean_{tag}", f"associations_{tag}",
                      f"extract_{tag}_tiny_clip", f"regressors_{tag}_tiny_clip",
                      f"associate_{tag}_tiny_clip", f"outputs_{tag}", f"encodings_{tag}",
-                     f"encode_{tag}_tiny_clip", f"lesion_{tag}_tiny_clip", f"lesions_{tag}"}
+                     f"encode_{tag}_tiny_clip", f"lesion_{tag}_tiny_clip", f"lesions_{tag}",
+                     f"enrich_{tag}_tiny_clip", f"enrichments_{tag}"}
     expected |= {"written_sub_01", "written_sub_02", "report_sub_01", "report_sub_02"}
     assert set(wf.list_node_names()) == expected
 
@@ -107,7 +108,7 @@ def test_participant_wf_functions_come_from_nodes_module(participant_wf):
     for name in wf.list_node_names():
         node = wf.get_node(name)
         prefix = name.split("_")[0]
-        if prefix in ("associations", "encodings", "written", "lesions"):
+        if prefix in ("associations", "encodings", "written", "lesions", "enrichments"):
             assert isinstance(node.interface, Merge)
             continue
         iface = node.interface
