@@ -226,7 +226,8 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
                               "atom_files": [] if not paper else None, "mask_file": None,
                               "unit_json": unit_json, "output_dir": str(output_dir),
                               "bids_dir": str(bids_dir), "config_json": cfg,
-                              "lesion_files": [] if not lesion else None})
+                              "lesion_files": [] if not lesion else None,
+                              "enrichment_files": None})
     outputs.overwrite = True  # it writes outside the work dir: never trust a cached result
     if conf["bold"].get("save_cleaned"):
         saved = _function_node(nodes.save_cleaned_node, f"save_cleaned_{tag}",
