@@ -82,6 +82,7 @@ def test_kernel_solver_is_himalayas_random_search():
     and alphas): float32 products against float32 himalaya, so up to rounding."""
     from himalaya.backend import set_backend
     from himalaya.kernel_ridge import MultipleKernelRidgeCV
+    from himalaya.scoring import r2_score_split
 
     bands, y, runs = _film_bands(n_vox=300)
     res = encode_banded(bands, y, runs, n_iter=8)
@@ -96,9 +97,17 @@ def test_kernel_solver_is_himalayas_random_search():
             solver_params={"n_iter": 8, "alphas": ALPHAS, "progress_bar": False})
         model.fit(np.stack([x[train] @ x[train].T for x in xs]), y[train].astype(np.float32))
         split[:, test] = model.predict(np.stack([x[test] @ x[train].T for x in xs]), split=True)
-    r, _ = heldout_scores(split.sum(0), y.astype(np.float32), run_splits(runs))
+    r, r2 = heldout_scores(split.sum(0), y.astype(np.float32), run_splits(runs))
     assert res.r[:150].mean() > 0.3 and res.r[150:].mean() > 0.3
     np.testing.assert_allclose(res.r, r, atol=1e-4)  # measured 4e-6
+    np.testing.assert_allclose(res.r2, r2, atol=1e-4)
+    # the split R^2, accumulated run by run, is himalaya's r2_score_split of the whole series
+    y_c = np.concatenate([y[t] - y[t].mean(0) for t in run_splits(runs)]).astype(np.float32)
+    p_c = np.concatenate([split[:, t] - split[:, t].mean(1, keepdims=True)
+                          for t in run_splits(runs)], axis=1)
+    parts = r2_score_split(y_c, p_c)
+    for i, band in enumerate(bands):
+        np.testing.assert_allclose(res.split_r2[band], parts[i], atol=1e-4)
 
 
 def test_voxel_batches_are_fitted_apart():

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bids_vlm.encoding.ridge import (ALPHAS, heldout_scores, himalaya_backend, inner_splits,
-                                     run_splits)
+from bids_vlm.encoding.ridge import (ALPHAS, himalaya_backend, inner_splits, run_splits,
+                                     run_sums, scores_from_sums)
 from bids_vlm.encoding.ridge_solver import (_pool, _Stack, batch_size, device_of,
                                             voxel_batch)
 
@@ -89,20 +89,22 @@ def encode_banded(bands: dict, y, run_lengths, alphas=ALPHAS, backend="numpy", n
         raise ValueError(f"form must be auto, kernel or primal, not '{form}'")
     names, runs = list(bands), run_splits(run_lengths)
     y = np.asarray(y, dtype=np.float32)
+    scores = _Scores(len(names), runs, y.shape[1])
     if form == "primal":
-        split = np.concatenate([_primal_split(bands, y[:, s:s + chunk], runs, alphas, backend,
-                                              n_iter, max_inner_folds, n_targets_batch, seed)
-                                for s in range(0, y.shape[1], chunk)], axis=2)
+        for s in range(0, y.shape[1], chunk):
+            split = _primal_split(bands, y[:, s:s + chunk], runs, alphas, backend, n_iter,
+                                  max_inner_folds, n_targets_batch, seed)
+            for k, test in enumerate(runs):
+                scores.add(k, s, split[:, test], y[test, s:s + chunk])
     else:
-        split = np.zeros((len(names), *y.shape), dtype=np.float32)
         device = device_of(backend)
         kernels = torch.stack([_linear_kernel(bands[n], device) for n in names])
         g = band_weights(n_iter, len(names), seed)
         for k, test in enumerate(runs):
             for start, pred in banded_fold(kernels, y, runs, k, g, alphas, max_inner_folds,
                                            device, n_targets_batch):
-                split[:, test, start:start + pred.shape[2]] = pred.cpu().numpy()
-    return _scores(names, split, y, runs, backend)
+                scores.add(k, start, pred, y[test, start:start + pred.shape[2]])
+    return scores.result(names)
 
 
 def _linear_kernel(x, device) -> torch.Tensor:
@@ -221,16 +223,34 @@ def _primal_split(bands, y, runs, alphas, backend, n_iter, max_inner_folds, n_ta
     return split
 
 
-def _scores(names, split, y, runs, backend) -> BandedResult:
-    """Held-out r, R^2 of the summed prediction and R^2 split among the bands (himalaya's
-    ``r2_score_split`` of the run-centred series)."""
-    from himalaya.scoring import r2_score_split
+class _Scores:
+    """Held-out scores accumulated fold by fold (each fold's test frames are one run), so that
+    no (n_bands, T, V) prediction is kept: per run the sums of :func:`heldout_scores` (r and
+    R^2 of the summed prediction), and himalaya's ``r2_score_split`` of the run-centred series
+    (R^2 split among the bands: sum_t (2 y p_b - p_b sum_b' p_b') / sum_t y^2), summed."""
 
-    y_c = np.concatenate([y[r] - y[r].mean(0) for r in runs]).astype(np.float32)
-    pred_c = np.concatenate([split[:, r] - split[:, r].mean(1, keepdims=True) for r in runs],
-                            axis=1)
-    with himalaya_backend(backend) as bk:
-        parts = bk.to_numpy(r2_score_split(bk.asarray(y_c), bk.asarray(pred_c)))
-    r, r2 = heldout_scores(split.sum(0), y, runs)
-    return BandedResult(r=r, r2=r2, split_r2={n: parts[i].astype(np.float32)
-                                              for i, n in enumerate(names)})
+    def __init__(self, n_bands: int, runs, n_vox: int):
+        self.runs = runs
+        self.sums = np.zeros((len(runs), 4, n_vox))
+        self.inter, self.asst = np.zeros((n_bands, n_vox)), np.zeros((n_bands, n_vox))
+        self.sst = np.zeros(n_vox)
+
+    def add(self, k: int, start: int, pred, y_test) -> None:
+        """Fold k's held-out split prediction pred (n_bands, n_k, nb) and voxels y_test
+        (n_k, nb) of the voxels start:start + nb."""
+        p = torch.as_tensor(pred).float().cpu()
+        v = torch.as_tensor(np.asarray(y_test)).float()
+        cols = slice(start, start + v.shape[1])
+        self.sums[k, :, cols] = run_sums(p.sum(0), v).numpy()
+        vc = v - v.mean(0)
+        pc = p - p.mean(1, keepdim=True)
+        self.sst[cols] += vc.square().sum(0).double().numpy()
+        self.inter[:, cols] += (pc * vc[None]).sum(1).double().numpy()
+        self.asst[:, cols] += (pc * pc.sum(0)[None]).sum(1).double().numpy()
+
+    def result(self, names) -> BandedResult:
+        r, r2 = scores_from_sums(self.sums, self.runs)
+        with np.errstate(divide="ignore", invalid="ignore"):  # constant voxels: NaN, as himalaya
+            split = (2.0 * self.inter - self.asst) / self.sst
+        return BandedResult(r=r, r2=r2, split_r2={n: split[i].astype(np.float32)
+                                                  for i, n in enumerate(names)})

@@ -179,27 +179,27 @@ def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_ba
     n_vox = y.shape[1]
     pred = np.zeros(y.shape, dtype=np.float32) if keep_predictions else None
     chosen = np.empty((len(runs), n_vox), np.int64)
-    sums = np.empty((len(runs), 4, n_vox))  # per held-out run: see _run_sums
+    sums = np.empty((len(runs), 4, n_vox))  # per held-out run: see run_sums
     n_lags = n_lags or default_lags(run_lengths)
     terms = np.zeros((n_vox, n_lags + 1)) if with_z else None
 
     def finish(k, start, p, y_test, best):  # per block, in the solver's worker threads
-        run_sums = _run_sums(p, y_test)
-        lag = _lag_terms(p, n_lags, run_sums[1]).cpu().numpy() if with_z else None
-        return (k, start, best.cpu().numpy(), run_sums.cpu().numpy(), lag,
+        sums_k = run_sums(p, y_test)
+        lag = _lag_terms(p, n_lags, sums_k[1]).cpu().numpy() if with_z else None
+        return (k, start, best.cpu().numpy(), sums_k.cpu().numpy(), lag,
                 p.cpu().numpy() if keep_predictions else None)
 
     blocks = loro_blocks(x, y, runs, alphas, max_inner_folds, device_of(backend),
                          batch=n_targets_batch, finish=finish)
-    for k, start, best, run_sums, lag, p in progress_bar(blocks, progress, desc=desc,
+    for k, start, best, sums_k, lag, p in progress_bar(blocks, progress, desc=desc,
                                                          unit="batch", total=len(blocks)):
         cols = slice(start, start + len(best))
-        chosen[k, cols], sums[k, :, cols] = best, run_sums
+        chosen[k, cols], sums[k, :, cols] = best, sums_k
         if with_z:
             terms[cols] += lag * (len(runs[k]) / len(y))
         if keep_predictions:
             pred[runs[k], cols] = p
-    r, r2 = _scores(sums, runs)
+    r, r2 = scores_from_sums(sums, runs)
     z = None
     if with_z:
         z = heldout_z(r, terms, *_noise_args(y, run_lengths, n_lags, noise_sums, lag_traces))
@@ -209,7 +209,7 @@ def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_ba
 
 def _lag_terms(pred_run: torch.Tensor, n_lags: int, spp=None) -> torch.Tensor:
     """(nb, K + 1) float64 :func:`prediction_lag_terms` of one run's predictions (n_run, nb);
-    spp: (nb,) their centred sums of squares when known (:func:`_run_sums`)."""
+    spp: (nb,) their centred sums of squares when known (:func:`run_sums`)."""
     n = len(pred_run)
     sd = (pred_run.double().std(0, correction=0) if spp is None else
           torch.sqrt(torch.as_tensor(spp, device=pred_run.device) / n))
@@ -265,7 +265,7 @@ def _noise_args(y, run_lengths, n_lags, noise_sums, lag_traces):
             float(np.asarray(lag_traces)[0]))
 
 
-def _run_sums(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def run_sums(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(4, nb) float64 sums over one run's frames of predictions and voxels (n, nb): the
     centred voxels' and predictions' sums of squares and cross-products, and the squared
     errors: [S_yy, S_pp, S_yp, S_ee] (float32 products of centred values: a batch that stays
@@ -277,8 +277,8 @@ def _run_sums(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                         (v - p).square_().sum(0)]).double()
 
 
-def _scores(sums: np.ndarray, runs):
-    """(V,) r and R^2 from each run's :func:`_run_sums` (n_runs, 4, V): r = sum over runs of
+def scores_from_sums(sums: np.ndarray, runs):
+    """(V,) r and R^2 from each run's :func:`run_sums` (n_runs, 4, V): r = sum over runs of
     n_run / T times the run's correlation (0 where either side is constant), as z-scoring
     each run and averaging the products over all frames gives."""
     n = np.array([len(r) for r in runs], np.float64)[:, None]
@@ -301,9 +301,9 @@ def heldout_scores(pred, y, runs, chunk: int = 2048):
     for k, run in enumerate(runs):
         idx = torch.as_tensor(run, device=y.device)
         for s in range(0, y.shape[1], chunk):
-            sums[k, :, s:s + chunk] = _run_sums(pred[idx.to(pred.device), s:s + chunk],
+            sums[k, :, s:s + chunk] = run_sums(pred[idx.to(pred.device), s:s + chunk],
                                                 y[idx, s:s + chunk]).cpu().numpy()
-    return _scores(sums, runs)
+    return scores_from_sums(sums, runs)
 
 
 def best_layer_p(scores: np.ndarray, z: np.ndarray) -> np.ndarray:
