@@ -40,7 +40,8 @@ from film import write_film  # noqa: E402
 
 SPACE = "MNI152NLin2009cAsym"
 N_LATENT = 8
-STAGES = ("timelines", "mask", "clean", "extract", "regressors", "associate", "encode", "lesion",
+STAGES = ("timelines", "mask", "clean", "extract", "regressors", "associate", "encode", "enrich",
+          "lesion",
           "atoms", "outputs", "report")
 
 
