@@ -215,6 +215,15 @@ def test_rerun_uses_the_cache(planted_whole, planted_outputs):
     assert "tiny-clip image" not in proc.stderr  # no extraction progress: cached
 
 
+def test_execution_options_do_not_rerun_a_finished_participant(planted_whole, planted_outputs):
+    """Only how the run executes changes (--block-size, --batch-size, --device): the finished
+    participant is skipped."""
+    proc = run_cli(planted_whole.root, planted_outputs["out"], "participant",
+                   "--participant-label", "01", *PLANTED_OPTIONS, "--block-size", "37",
+                   "--batch-size", "3", "--device", "cpu", "-w", planted_outputs["work"])
+    assert "finished earlier" in proc.stderr
+
+
 def test_raw_bold_without_derivatives(tmp_path):
     """Raw BOLD: an EPI mask is computed, no space entity, and the sidecars say it is raw."""
     from datagen import Plant, make_planted_dataset

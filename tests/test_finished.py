@@ -42,6 +42,19 @@ def test_fingerprint_changes_with_options_and_inputs_not_with_run_order():
     assert participant_fingerprint(cfg, RUNS[:1]) != base  # another run selection
 
 
+def test_execution_settings_do_not_change_the_fingerprint():
+    """--device, --batch-size, --block-size and --mem say how the run executes: a finished
+    participant is not rerun when only they change."""
+    from bids_vlm.config import ModelConfig
+
+    base = participant_fingerprint(to_json(AnalysisConfig()), RUNS)
+    run_only = AnalysisConfig(model=ModelConfig(batch_size=3, device="cpu"),
+                              stats=StatsConfig(block_size=37, mem_gb=2.0, device="cuda"))
+    assert participant_fingerprint(to_json(run_only), RUNS) == base
+    science = AnalysisConfig(model=ModelConfig(pooling="max"))
+    assert participant_fingerprint(to_json(science), RUNS) != base
+
+
 def test_marker_records_outputs_and_fingerprint(tmp_path):
     _outputs(tmp_path)
     assert not is_finished(tmp_path, "01", "abc")  # no marker yet
