@@ -36,33 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_encoding import _sync, layer_data  # noqa: E402
 
 
-def himalaya_reference(bands, y, runs, cfg, backend):
-    """Held-out split predictions (n_bands, T, V) of himalaya's MultipleKernelRidgeCV per
-    fold, with the inner splits, alphas, band-weight draws and seed bids_vlm uses."""
-    from himalaya.kernel_ridge import MultipleKernelRidgeCV
-
-    from bids_vlm.encoding.ridge import himalaya_backend, inner_splits, run_splits
-
-    splits = run_splits(runs)
-    out = np.zeros((len(bands), *y.shape), np.float32)
-    with himalaya_backend(backend) as bk:
-        for k, test in enumerate(splits):
-            train_runs = [r for i, r in enumerate(splits) if i != k]
-            train = np.concatenate(train_runs)
-            xs = [bk.asarray(b, dtype="float32") for b in bands.values()]
-            model = MultipleKernelRidgeCV(
-                kernels="precomputed", cv=inner_splits(train_runs, cfg.max_inner_folds),
-                random_state=0, solver_params={"n_iter": cfg.banded_iterations,
-                                               "alphas": np.asarray(cfg.alphas),
-                                               "n_targets_batch": 20000,
-                                               "progress_bar": False})
-            model.fit(bk.stack([x[train] @ x[train].T for x in xs]),
-                      bk.asarray(y[train], dtype="float32"))
-            pred = model.predict(bk.stack([x[test] @ x[train].T for x in xs]), split=True)
-            out[:, test] = bk.to_numpy(pred)
-    return out
-
-
 def timed(function, device):
     _sync(device)
     start = time.perf_counter()
@@ -73,7 +46,7 @@ def timed(function, device):
 
 def main(argv=None):
     from bids_vlm.config import EncodingConfig
-    from bids_vlm.encoding.banded import encode_banded
+    from bids_vlm.encoding.banded import encode_banded, reference_split
     from bids_vlm.encoding.ridge import encode_layer, heldout_scores, run_splits
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -107,7 +80,9 @@ def main(argv=None):
           f"others {res.r[k:].mean():.3f}")
     if opts.no_reference:
         return
-    t_ref, split = timed(lambda: himalaya_reference(bands, y, runs, cfg, backend), opts.device)
+    t_ref, split = timed(lambda: reference_split(bands, y, runs, np.asarray(cfg.alphas),
+                                                 cfg.banded_iterations, cfg.max_inner_folds,
+                                                 backend=backend), opts.device)
     r_ref = heldout_scores(split.sum(0), y, run_splits(runs))[0]
     diff = np.abs(res.r - r_ref)
     print(f"  himalaya MultipleKernelRidgeCV {t_ref:.1f} s; max |r - r_ref| {diff.max():.1e}, "

@@ -56,17 +56,12 @@ def banded_layer_keys(shared, spec) -> list:
 def band_weights(n_iter: int, n_bands: int, seed: int) -> np.ndarray:
     """(n_iter, n_bands) float64 band weights g of the random search, rows summing to 1:
     himalaya's draws for ``random_state=seed`` with the first row uniform."""
-    from himalaya.backend import get_backend, set_backend
     from himalaya.kernel_ridge import generate_dirichlet_samples
 
-    previous = get_backend()
-    set_backend("numpy", on_error="raise")
-    try:
+    with himalaya_backend("numpy"):
         g = np.asarray(generate_dirichlet_samples(n_samples=n_iter, n_kernels=n_bands,
                                                   concentration=[0.1, 1.0],
                                                   random_state=seed), np.float64)
-    finally:
-        set_backend(previous, on_error="raise")
     g[0] = 1.0 / n_bands
     return g
 
@@ -254,3 +249,28 @@ class _Scores:
             split = (2.0 * self.inter - self.asst) / self.sst
         return BandedResult(r=r, r2=r2, split_r2={n: split[i].astype(np.float32)
                                                   for i, n in enumerate(names)})
+
+
+def reference_split(bands: dict, y, run_lengths, alphas=ALPHAS, n_iter=20, max_inner_folds=5,
+                    seed=0, backend="numpy") -> np.ndarray:
+    """(n_bands, T, V) held-out split predictions of himalaya's MultipleKernelRidgeCV per fold
+    (precomputed float32 linear kernels, the same inner splits, alphas, band-weight draws and
+    seed): the fit :func:`encode_banded` reproduces (tests, ``benchmarks/bench_banded.py``)."""
+    from himalaya.kernel_ridge import MultipleKernelRidgeCV
+
+    runs = run_splits(run_lengths)
+    out = np.zeros((len(bands), *np.shape(y)), np.float32)
+    with himalaya_backend(backend) as bk:
+        xs = [bk.asarray(b, dtype="float32") for b in bands.values()]
+        for k, test in enumerate(runs):
+            train_runs = [r for i, r in enumerate(runs) if i != k]
+            train = np.concatenate(train_runs)
+            model = MultipleKernelRidgeCV(
+                kernels="precomputed", cv=inner_splits(train_runs, max_inner_folds),
+                random_state=seed, solver_params={"n_iter": n_iter, "alphas": np.asarray(alphas),
+                                                  "progress_bar": False})
+            model.fit(bk.stack([x[train] @ x[train].T for x in xs]),
+                      bk.asarray(np.asarray(y)[train], dtype="float32"))
+            out[:, test] = bk.to_numpy(model.predict(bk.stack([x[test] @ x[train].T
+                                                               for x in xs]), split=True))
+    return out
