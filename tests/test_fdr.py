@@ -178,21 +178,27 @@ def test_read_back_keeps_exactly_bhs_count_on_u():
 
 @pytest.mark.parametrize("n_factors", [0, 5, 13, 33, 70])
 def test_exact_z_equals_the_torch_operations(n_factors):
-    """|r| of candidates from the compiled products and abs_r with torch's sum: bit for bit
-    the torch expression of BlockScanner._exact (0 factors: T_eff = D)."""
+    """Each candidate's factor (compiled dot product) equals torch's sum of the products up to
+    float32 rounding; |r| from it by abs_r is bit for bit the torch expression of
+    BlockScanner._exact for the same factor (0 factors: T_eff = D)."""
     rng = np.random.default_rng(n_factors)
     a = (rng.standard_normal((7, max(n_factors, 1))) * 0.05).astype(np.float32)
     acf_t = (rng.standard_normal((300, max(n_factors, 1))) * 0.05).astype(np.float32)
     a[:, -1], acf_t[:, -1] = 1.0 / 200, 1.0
+    a[0], acf_t[0] = 0.1, 1.0  # AN 0 x voxel 0: a factor above 1/4 (T_eff below 4)
     rows, cols = rng.integers(0, 7, 5000), rng.integers(0, 300, 5000)
+    rows[0] = cols[0] = 0
     u_abs = (rng.uniform(0.5, 80, 5000)).astype(np.float32)
     n = 200
     if n_factors:
-        prod = np.empty((5000, n_factors), np.float32)
-        kernels.products(a, acf_t, rows, cols, prod)
-        f = torch.from_numpy(prod).sum(1).numpy()
-        s2_t = 1.0 / (torch.from_numpy(a)[rows] * torch.from_numpy(acf_t)[cols]).sum(1).clamp(
-            1.0 / n, 0.25) - 3.0
+        f = np.empty(5000, np.float32)
+        kernels.factors(a, acf_t, rows, cols, f)
+        torch_f = (torch.from_numpy(a)[rows] * torch.from_numpy(acf_t)[cols]).sum(1)
+        exact = (a[rows].astype(np.float64) * acf_t[cols]).sum(1)
+        np.testing.assert_allclose(f, exact, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(f, torch_f.numpy(), rtol=1e-6, atol=1e-7)
+        s2_t = 1.0 / torch.from_numpy(f).clamp(1.0 / n, 0.25) - 3.0
+        assert s2_t[0] == 1.0 and (s2_t == n - 3.0).any()  # both clamps reached
     else:
         f, s2_t = None, torch.full((5000,), n - 3.0)
     s2, r = np.empty(5000, np.float32), np.empty(5000, np.float32)

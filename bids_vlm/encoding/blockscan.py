@@ -164,9 +164,9 @@ class BlockScanner:
         """(rows, cols, u, |r|, |z|) of the block's entries with |u| >= start[row] (b,) (at
         most ``room``), by row then voxel; with ``rows`` (first, stop), of those rows and only
         those within BH's count on u, in buffers this scanner reuses. Read back and their
-        factors multiplied by compiled loops, the rest by the IEEE operations of
-        :meth:`_exact` and the same torch sum and atanh (so the same values; with several
-        torch threads, sums of under 32768 elements, which torch does not split)."""
+        factors summed by compiled loops, the rest by the IEEE operations of :meth:`_exact`
+        and the same torch atanh (so the same values, up to the rounding of the factors'
+        sums)."""
         rows_c, cols_c, u = (self._buffer(i, -(-room // 64) * 64 + 1, d) for i, d in
                              enumerate((np.int32, np.int32, np.float32)))
         n = kernels.read_back(self.u[:b * self.vox.y.shape[0]].numpy(), self.u_max.numpy(), b,
@@ -175,15 +175,8 @@ class BlockScanner:
         padded = -(-n // 64) * 64  # torch's vector path for every entry (not its tail's)
         f, s2, r, z = (self._buffer(i, padded, np.float32) for i in range(3, 7))
         u[n:padded + 1], f[n:] = 1.0, 0.25
-        if acf_b is not None:  # (1 + Bartlett factor) / D, summed by torch as in _exact
-            chunk = 4096 if torch.get_num_threads() == 1 else max(1, 32767 // acf_b.shape[1])
-            part, f_t = self._buffer(7, chunk * acf_b.shape[1], np.float32), torch.from_numpy(f)
-            a, acf_t = acf_b.numpy(), self.vox.acf.numpy()
-            for s in range(0, n, chunk):
-                m = min(chunk, n - s)
-                products = part[:m * a.shape[1]].reshape(m, a.shape[1])
-                kernels.products(a, acf_t, rows_c[s:s + m], cols_c[s:s + m], products)
-                torch.sum(torch.from_numpy(products), 1, out=f_t[s:s + m])
+        if acf_b is not None:  # (1 + Bartlett factor) / D, as in _exact (up to rounding)
+            kernels.factors(acf_b.numpy(), self.vox.acf.numpy(), rows_c[:n], cols_c[:n], f[:n])
         kernels.abs_r(u[:padded], None if acf_b is None else f, self.n_frames, s2, r)
         z_t, s2_t = torch.from_numpy(z), torch.from_numpy(s2)
         torch.clamp(torch.from_numpy(r), max=1 - 1e-6, out=z_t)

@@ -16,8 +16,8 @@ within runs, in one pass per column chunk (on CUDA: torch and the FFT of
 counted in bins of their bits (64 to 256 per octave), the bin that holds the boundary is found
 from the counts, and only that bin's values are sorted. :func:`read_back` reads a block's
 candidates back row by row, in one pass over the chunks of u, for BH per AN
-(:func:`bids_vlm.encoding.fdr.select_rows`); :func:`products` and :func:`abs_r` give their
-exact z the float32 operations of the torch code they replace.
+(:func:`bids_vlm.encoding.fdr.select_rows`); :func:`factors` and :func:`abs_r` give their
+exact z (the float32 operations of the torch code they replace, up to the order of a sum).
 """
 from __future__ import annotations
 
@@ -328,14 +328,17 @@ def read_back(u, u_max, b, tile, start, out, k_out, u_crit=None, layout=None, ro
     return n
 
 
-@_jit_exact
-def products(a, b, rows, cols, out):  # pragma: no cover - compiled
-    """out (m, K) float32 = a[rows] * b[cols] (a (b, K), b (Vp, K); rows, cols (m,)): the
-    factors of each candidate's null variance multiplied, rounded as torch rounds them."""
+@_jit
+def factors(a, b, rows, cols, out):  # pragma: no cover - compiled
+    """out (m,) float32 = sum_t a[rows, t] b[cols, t] (a (b, K), b (Vp, K); rows, cols (m,)):
+    each candidate's null variance factor, the dot product of its AN's and its voxel's lag
+    factors (summed in float32 in a vectorised order: equal to torch's sum up to rounding)."""
     for e in range(rows.shape[0]):
-        x, y, o = rows[e], cols[e], out[e]
-        for t in range(a.shape[1]):
-            o[t] = a[x, t] * b[y, t]
+        x, y = a[rows[e]], b[cols[e]]
+        total = np.float32(0.0)
+        for t in range(x.shape[0]):
+            total += x[t] * y[t]
+        out[e] = total
 
 
 @_jit_exact
@@ -354,6 +357,6 @@ def abs_r(u, f, n_dof, s2, r):
     """|r| of candidates from their |u| (E,) and null variance factors f (E,) (None: T_eff =
     n_dof): s2 = T_eff - 3 = 1 / clip(f, 1 / n_dof, 1/4) - 3 and |r| = (1 + s2 / |u|)^-1/2,
     written into s2 and r (E,) float32: the IEEE float32 operations of
-    :meth:`bids_vlm.encoding.blockscan.BlockScanner._exact`, so the same values."""
+    :meth:`bids_vlm.encoding.blockscan.BlockScanner._exact`, so the same values for the same f."""
     _abs_r(u, NO_FACTORS.reshape(0) if f is None else f, np.float32(1.0 / n_dof),
            np.float32(n_dof - 3.0), s2, r)
