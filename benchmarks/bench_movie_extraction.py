@@ -107,10 +107,10 @@ def main(argv=None):
         items = {"image": images, "text": texts}
         bare = bare_seconds(model, items, args.batch_size, device)
         model.frames.close()  # the extraction decodes the film afresh
-        config = ModelConfig(models=("clip-vit-b-32",), batch_size=args.batch_size,
-                             device=args.device)
+        config = ModelConfig(models=("clip-vit-b-32",))
         start = time.perf_counter()
-        acts = extract(model, items, config, progress=False)
+        acts = extract(model, items, config, progress=False, device=args.device,
+                       batch_size=args.batch_size)
         _sync(device)
         seconds = time.perf_counter() - start
     n_ans = sum(a.shape[1] for a in acts.values())

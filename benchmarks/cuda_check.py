@@ -68,8 +68,8 @@ def check_extraction(dev):
     for name, items in (("tiny-clip", clip_items), ("tiny-meter", meter_items)):
         model = load_model(name, ModelConfig())
         # batches of 2: several batches, with padding that differs between them
-        cpu = extract(model, items, ModelConfig(batch_size=2, device="cpu"), progress=False)
-        gpu = extract(model, items, ModelConfig(batch_size=2, device=dev), progress=False)
+        cpu = extract(model, items, ModelConfig(), progress=False, device="cpu", batch_size=2)
+        gpu = extract(model, items, ModelConfig(), progress=False, device=dev, batch_size=2)
         assert sorted(cpu) == sorted(gpu) and len(cpu) > 3
         diff = max(float(np.abs(cpu[k] - gpu[k]).max()) for k in cpu)
         scale = max(float(np.abs(cpu[k]).max()) for k in cpu)
@@ -79,7 +79,7 @@ def check_extraction(dev):
         result(f"extraction_{name.replace('-', '_')}_max_rel_diff", diff / scale, "<=", 1e-2,
                ".1e")
         if dev.startswith("cuda"):
-            half = extract(model, items, ModelConfig(batch_size=2, device=dev, precision="bf16"),
+            half = extract(model, items, ModelConfig(precision="bf16"), device=dev, batch_size=2,
                            progress=False)
             corr = min(np.corrcoef(gpu[k].ravel(), half[k].ravel())[0, 1] for k in gpu)
             result(f"extraction_{name.replace('-', '_')}_bf16_min_corr", corr, ">=", 0.99, ".4f")

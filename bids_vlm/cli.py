@@ -334,7 +334,6 @@ def config_from_options(opts):
         model=ModelConfig(models=tuple(opts.models), streams=tuple(opts.streams),
                           layers=tuple(opts.layers), pooling=opts.pooling,
                           an_kind=opts.neurons, precision=opts.precision,
-                          batch_size=opts.batch_size, device=opts.device,
                           model_dir=opts.model_dir, seed=opts.seed,
                           image_size=opts.image_size or 0),
         bold=BoldConfig(high_pass=opts.high_pass, smoothing_fwhm=opts.smoothing_fwhm,
@@ -344,7 +343,6 @@ def config_from_options(opts):
                           autocorr=opts.autocorrelation_correction,
                           bn_definition=opts.bn_definition, nuisance_pcs=opts.nuisance_pcs,
                           n_lags=opts.autocorrelation_lags or 0,
-                          block_size=opts.block_size, mem_gb=opts.mem, device=opts.device,
                           keep_entries=opts.keep_entries,
                           paper_mode=opts.paper_mode, n_atoms=opts.n_atoms,
                           atom_alpha=opts.atom_alpha),
@@ -354,6 +352,16 @@ def config_from_options(opts):
                                max_surrogates=opts.max_surrogates, seed=opts.network_seed,
                                **({"lesion_steps": ()} if opts.no_lesion else {})),
         derivatives=tuple(str(d) for d in opts.derivatives), sessions=opts.sessions)
+
+
+def execution_from_options(opts):
+    """The :class:`bids_vlm.config.Execution` of the options: how the run executes."""
+    from bids_vlm.config import Execution
+
+    return Execution(device=opts.device, batch_size=opts.batch_size, block_size=opts.block_size,
+                     mem_gb=opts.mem, nprocs=opts.nprocs, plugin=opts.plugin or "",
+                     plugin_args=opts.plugin_args or "{}", omp_nthreads=opts.omp_nthreads or 0,
+                     stop_on_first_crash=not opts.keep_going)
 
 
 def _stimuli_dir(opts) -> str:
@@ -382,13 +390,9 @@ def main(argv=None) -> int:
 
         os.environ[QUIET_ENV] = "1"  # see bids_vlm.progress
     try:
-        from bids_vlm.runner import Execution, run_group, run_participant
+        from bids_vlm.runner import run_group, run_participant
 
-        config = config_from_options(opts)
-        execution = Execution(nprocs=opts.nprocs, plugin=opts.plugin or "",
-                              plugin_args=opts.plugin_args or "{}",
-                              omp_nthreads=opts.omp_nthreads or 0,
-                              stop_on_first_crash=not opts.keep_going)
+        config, execution = config_from_options(opts), execution_from_options(opts)
         if opts.analysis_level == "participant":
             reports = run_participant(opts.bids_dir, opts.output_dir, config, opts.work_dir,
                                       execution, opts.space, not opts.skip_bids_validation,

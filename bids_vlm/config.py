@@ -1,13 +1,20 @@
 """Configuration as small frozen dataclasses, passed explicitly to every stage.
 
-The CLI resolves the options into an :class:`AnalysisConfig`; the workflows hand it to the
-nodes as JSON (:func:`to_json` / :func:`from_json`), and ``logs/`` keeps it as TOML.
+The CLI resolves the options into an :class:`AnalysisConfig` (what changes the results) and an
+:class:`Execution` (how the run executes: device, memory, block and batch sizes, processes).
+The workflows hand the first to the nodes as JSON (:func:`to_json` / :func:`from_json`): it
+enters the node caches and the finished participants' fingerprints, and ``logs/`` keeps it as
+TOML. The second reaches the nodes that need it through a file whose path does not change
+(:func:`write_execution` / :func:`read_execution`), so changing only how a run executes reuses
+the cached results and leaves a finished participant finished.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -47,8 +54,6 @@ class ModelConfig:
     pooling: str = "mean"
     an_kind: str = "ffn"  # "ffn" (feed-forward hidden units) or "attn" (q * k per head dim)
     precision: str = "fp32"  # fp32, or fp16 / bf16 autocast on CUDA
-    batch_size: int = 16
-    device: str = "auto"
     model_dir: str = ""
     seed: int = 0
     image_size: int = 0  # METER: run at this resolution (resized position embedding); 0 = native
@@ -81,13 +86,10 @@ class StatsConfig:
     bn_definition: str = "unique"  # "unique": presence and the layer's top PCs removed from
     # both sides (partial r); "marginal": the paper's plain correlation
     nuisance_pcs: int = 3  # principal components of a layer's regressors removed ("unique")
-    block_size: int = 256  # ANs per block of the streamed association
-    mem_gb: float = 0.0  # memory for the association; > 0 sets the block size from it
     keep_entries: int = 100  # ANs' top voxels (by |z|) with exact r, z, p; 0 none, -1 all
     paper_mode: bool = False  # also run the dictionary-learning (atoms) analysis
     n_atoms: int = 64
     atom_alpha: float = 0.2
-    device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -171,3 +173,57 @@ def from_json(text: str) -> AnalysisConfig:
 
 def _tuple(value):
     return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a run executes, never what it computes: not in the node caches nor fingerprints.
+
+    device: "auto", "cpu" or "cuda" for the model, the association, the encoding and the
+    lesion; batch_size: stimuli per forward pass; block_size: ANs per block of the streamed
+    association; mem_gb: memory for the association (> 0 sets the block size from it);
+    nprocs, plugin, plugin_args (JSON), omp_nthreads (0: the libraries' default),
+    stop_on_first_crash: how Nipype runs the graph.
+    """
+
+    device: str = "auto"
+    batch_size: int = 16
+    block_size: int = 256
+    mem_gb: float = 0.0
+    nprocs: int = 1
+    plugin: str = ""  # "" = Linear for 1 process, MultiProc for more
+    plugin_args: str = "{}"  # JSON, passed to the Nipype plugin
+    omp_nthreads: int = 0  # threads per process for torch / BLAS; 0 = library default
+    stop_on_first_crash: bool = True
+
+    def plugin_and_args(self) -> tuple[str, dict]:
+        args = json.loads(self.plugin_args or "{}")
+        plugin = self.plugin or ("MultiProc" if self.nprocs > 1 else "Linear")
+        if plugin == "MultiProc":
+            args.setdefault("n_procs", self.nprocs)
+        return plugin, args
+
+
+EXECUTION_FILE = "execution.json"
+
+
+def write_execution(folder, execution: Execution) -> Path:
+    """Write ``execution`` as JSON to ``folder``/:data:`EXECUTION_FILE` (folders made; a
+    temporary file renamed, so that a node never reads half of it).
+
+    The nodes are given the folder, not the file: Nipype hashes an input naming an existing
+    file by the file's time stamp, so a file rewritten by every run would rerun every node."""
+    path = Path(folder) / EXECUTION_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(execution), indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_execution(folder) -> Execution:
+    """The :class:`Execution` :func:`write_execution` wrote to ``folder`` ("": the defaults)."""
+    if not folder:
+        return Execution()
+    with open(Path(folder) / EXECUTION_FILE) as handle:
+        return Execution(**json.load(handle))

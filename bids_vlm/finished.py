@@ -15,23 +15,15 @@ from pathlib import Path
 from bids_vlm import __version__
 
 
-# configuration fields that say how a run executes, not what it computes (--device,
-# --batch-size, --block-size, --mem): a finished participant stays finished when only they change
-EXECUTION_FIELDS = {"model": ("batch_size", "device"),
-                    "stats": ("block_size", "mem_gb", "device")}
-
-
 def participant_fingerprint(node_config_json: str, runs) -> str:
-    """Hash of the results' configuration (JSON text, without :data:`EXECUTION_FIELDS`), the
-    version and the runs' inputs.
+    """Hash of the results' configuration (JSON text of the
+    :class:`~bids_vlm.config.AnalysisConfig`: how the run executes, its
+    :class:`~bids_vlm.config.Execution`, is not part of it), the version and the runs' inputs.
 
     runs: the participant's :class:`bids_vlm.bids.RunSpec` (their ``fingerprint`` changes with
     any input file).
     """
     config = json.loads(node_config_json)
-    for section, fields in EXECUTION_FIELDS.items():
-        for field in fields:
-            config.get(section, {}).pop(field, None)
     inputs = sorted((r.bold, r.events, r.fingerprint) for r in runs)
     text = json.dumps([__version__, config, inputs], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]

@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import getpass
 import hashlib
-import json
 import logging
 import os
 import re
@@ -16,14 +15,13 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import tomli_w
 import torch
 
 from bids_vlm import __version__, errors, locks
-from bids_vlm.config import AnalysisConfig, to_dict
+from bids_vlm.config import AnalysisConfig, Execution, to_dict, write_execution
 from bids_vlm.errors import BidsVlmError, NoInputError
 
 LOGGER = logging.getLogger("bids_vlm")
@@ -35,14 +33,18 @@ def default_work_dir(output_dir) -> Path:
     return Path(tempfile.gettempdir()) / f"bids_vlm_work_{digest}"
 
 
-def write_config_log(output_dir, config: AnalysisConfig, level, extra: dict) -> Path:
-    """The resolved configuration as TOML in ``logs/``."""
+def write_config_log(output_dir, config: AnalysisConfig, level, extra: dict,
+                     execution: Execution | None = None) -> Path:
+    """The resolved configuration as TOML in ``logs/`` (and how the run executed, in its
+    ``[execution]`` table)."""
     from bids_vlm.derivatives import atomic_path
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path(output_dir) / "logs" / f"config_{level}_{stamp}.toml"
     data = {"bids_vlm": {"version": __version__, "level": level,
                          "command": " ".join(sys.argv), **extra}, **to_dict(config)}
+    if execution is not None:
+        data["execution"] = dataclasses.asdict(execution)
     with atomic_path(path) as tmp:
         tmp.write_text(tomli_w.dumps(data))
     return path
@@ -122,24 +124,6 @@ def _check_length(run, confounds, config: AnalysisConfig):
             f"(detrending, high-pass, {0 if confounds is None else confounds.shape[1]} "
             f"confounds) removes {removed}; at least {removed + MIN_FREE_FRAMES} are needed",
             run.bold)
-
-
-@dataclass(frozen=True)
-class Execution:
-    """How the Nipype graph runs (not part of the results' configuration)."""
-
-    nprocs: int = 1
-    plugin: str = ""  # "" = Linear for 1 process, MultiProc for more
-    plugin_args: str = "{}"  # JSON, passed to the Nipype plugin
-    omp_nthreads: int = 0  # threads per process for torch / BLAS; 0 = library default
-    stop_on_first_crash: bool = True
-
-    def plugin_and_args(self) -> tuple[str, dict]:
-        args = json.loads(self.plugin_args or "{}")
-        plugin = self.plugin or ("MultiProc" if self.nprocs > 1 else "Linear")
-        if plugin == "MultiProc":
-            args.setdefault("n_procs", self.nprocs)
-        return plugin, args
 
 
 def check_smoothing(runs, fwhm: float) -> None:
@@ -224,13 +208,17 @@ def _run_participant_locked(held, bids_dir, output_dir, config, runs, fingerprin
     write_config_log(output_dir, config, "participant",
                      {"bids_dir": str(bids_dir), "output_dir": str(output_dir),
                       "work_dir": str(work), "runs": [r.bold for r in runs],
-                      "skipped_finished": skipped, "skipped_units": skipped_units})
+                      "skipped_finished": skipped, "skipped_units": skipped_units},
+                     execution)
     units = analysis_units(runs, config.sessions)
     labels = {r.bold: r.label for r in runs}
     for unit in units:  # what each run shows: in the sidecars and the report
         unit["timeline"] = {labels[b]: timelines[labels[b]] for b in unit["sources"]}
+    execution_dir = work / "execution"  # read by the nodes; not in their caches
+    for subject in sorted({u["subject"] for u in units}):
+        write_execution(execution_dir / f"sub-{subject}", execution)
     wf = init_participant_wf(units, bids_dir, output_dir, work, config,
-                             skipped_units=skipped_units)
+                             skipped_units=skipped_units, execution_dir=execution_dir)
     _run(wf, output_dir, execution)
     subjects = sorted({u["subject"] for u in units})
     for subject in subjects:
@@ -305,7 +293,7 @@ def run_group(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
         _lock(held, locks.work_lock_path(work, "group"), "group")
         _remove_stale_temporaries(output_dir, "group")
         write_config_log(output_dir, config, "group",
-                         {"bids_dir": str(bids_dir), "output_dir": str(output_dir)})
+                         {"bids_dir": str(bids_dir), "output_dir": str(output_dir)}, execution)
         wf = init_group_wf(output_dir, work, config)
         _run(wf, output_dir, execution)
     return [output_dir / "group.html"]

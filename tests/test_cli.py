@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import h5py
 import nibabel as nib
@@ -216,12 +217,20 @@ def test_rerun_uses_the_cache(planted_whole, planted_outputs):
 
 
 def test_execution_options_do_not_rerun_a_finished_participant(planted_whole, planted_outputs):
-    """Only how the run executes changes (--block-size, --batch-size, --device): the finished
-    participant is skipped."""
+    """Only how the run executes changes (--block-size, --batch-size, --device, --mem): the
+    finished participant is skipped; forced, its nodes' cached results are used, not
+    recomputed."""
+    changed = ("--block-size", "37", "--batch-size", "3", "--device", "cpu", "--mem", "4GB")
     proc = run_cli(planted_whole.root, planted_outputs["out"], "participant",
-                   "--participant-label", "01", *PLANTED_OPTIONS, "--block-size", "37",
-                   "--batch-size", "3", "--device", "cpu", "-w", planted_outputs["work"])
+                   "--participant-label", "01", *PLANTED_OPTIONS, *changed,
+                   "-w", planted_outputs["work"])
     assert "finished earlier" in proc.stderr
+    graph = Path(planted_outputs["work"]) / "bids_vlm_participant"
+    cached = {p: p.stat().st_mtime_ns for p in graph.glob("*sub_01*/*.h5")}
+    assert any("associate_" in str(p) for p in cached) and any("encode_" in str(p) for p in cached)
+    run_cli(planted_whole.root, planted_outputs["out"], "participant", "--participant-label", "01",
+            *PLANTED_OPTIONS, *changed, "--force", "-q", "-w", planted_outputs["work"])
+    assert {p: p.stat().st_mtime_ns for p in cached} == cached  # none recomputed
 
 
 def test_raw_bold_without_derivatives(tmp_path):
@@ -491,9 +500,11 @@ def test_no_stimulus_of_the_selected_stream(planted, tmp_path):
 def test_execution_options_reach_nipype(planted, tmp_path, monkeypatch):
     from nipype.pipeline.engine import Workflow
 
-    from bids_vlm.runner import Execution
+    import tomllib
 
     import torch
+
+    from bids_vlm.config import Execution, read_execution
 
     threads = torch.get_num_threads()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -504,10 +515,21 @@ def test_execution_options_reach_nipype(planted, tmp_path, monkeypatch):
                                       ["stop_on_first_crash"])))
     code = main([str(planted.root), str(tmp_path / "out"), "participant", "--plugin", "SLURM",
                  "--plugin-args", '{"sbatch_args": "-p short"}', "--keep-going",
-                 "--omp-nthreads", "1", "-q", "-w", str(tmp_path / "work")])
+                 "--omp-nthreads", "1", "--device", "cpu", "--block-size", "37",
+                 "--batch-size", "3", "--mem", "2GB", "-q", "-w", str(tmp_path / "work")])
     assert code == 0 and calls == [("SLURM", {"sbatch_args": "-p short"}, False)]
     assert os.environ["OMP_NUM_THREADS"] == "1" and torch.get_num_threads() == 1
     torch.set_num_threads(threads)
+    # the nodes read the execution settings from a file per participant (not their caches)
+    files = sorted((tmp_path / "work" / "execution").glob("sub-*"))
+    assert [f.name for f in files] == ["sub-01", "sub-02"]
+    execution = read_execution(files[0])
+    assert (execution.device, execution.block_size, execution.batch_size) == ("cpu", 37, 3)
+    assert execution.mem_gb == 2.0 and execution.plugin == "SLURM" and execution.omp_nthreads == 1
+    log = next((tmp_path / "out" / "logs").glob("config_participant_*.toml"))
+    logged = tomllib.loads(log.read_text())
+    assert logged["execution"]["block_size"] == 37 and "block_size" not in logged["stats"]
+    assert "device" not in logged["model"] and "batch_size" not in logged["model"]
     assert Execution(nprocs=3).plugin_and_args() == ("MultiProc", {"n_procs": 3})
     assert Execution().plugin_and_args() == ("Linear", {})
 

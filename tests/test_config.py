@@ -26,7 +26,7 @@ def _custom():
                           seed=7),
         bold=BoldConfig(high_pass=1 / 100, smoothing_fwhm=6.0, confounds=("motion",),
                         n_acompcor=3),
-        stats=StatsConfig(hrf_model="glover", fdr_q=0.01, block_size=64),
+        stats=StatsConfig(hrf_model="glover", fdr_q=0.01, keep_entries=20),
         derivatives=("/data/derivatives/fmriprep",))
 
 

@@ -42,15 +42,15 @@ def test_fingerprint_changes_with_options_and_inputs_not_with_run_order():
     assert participant_fingerprint(cfg, RUNS[:1]) != base  # another run selection
 
 
-def test_execution_settings_do_not_change_the_fingerprint():
-    """--device, --batch-size, --block-size and --mem say how the run executes: a finished
-    participant is not rerun when only they change."""
-    from bids_vlm.config import ModelConfig
+def test_execution_settings_are_not_in_the_fingerprint():
+    """--device, --batch-size, --block-size and --mem say how the run executes: they live in
+    Execution, not in the configuration the fingerprint hashes; a result setting does."""
+    from bids_vlm.config import Execution, ModelConfig
 
     base = participant_fingerprint(to_json(AnalysisConfig()), RUNS)
-    run_only = AnalysisConfig(model=ModelConfig(batch_size=3, device="cpu"),
-                              stats=StatsConfig(block_size=37, mem_gb=2.0, device="cuda"))
-    assert participant_fingerprint(to_json(run_only), RUNS) == base
+    names = {f.name for section in (ModelConfig, StatsConfig) for f in dataclasses.fields(section)}
+    assert not names & {"device", "batch_size", "block_size", "mem_gb"}
+    assert {"device", "batch_size", "block_size", "mem_gb"} <= set(Execution.__dataclass_fields__)
     science = AnalysisConfig(model=ModelConfig(pooling="max"))
     assert participant_fingerprint(to_json(science), RUNS) != base
 

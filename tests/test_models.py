@@ -308,8 +308,8 @@ def test_half_precision_needs_cuda(tiny):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        extract(tiny, {"text": TEXTS}, ModelConfig(precision="bf16", device="cpu"),
-                progress=False)
+        extract(tiny, {"text": TEXTS}, ModelConfig(precision="bf16"), progress=False,
+                device="cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -354,8 +354,8 @@ def test_open_clip_refuses_a_checkpoint_that_runs_code(tmp_path, monkeypatch, li
 def test_batches_prepared_ahead_keep_order_and_errors(tiny, images, tmp_path):
     """The next batch is decoded in a background thread: rows stay in item order across
     batches, and a bad file in a later batch is still the DataError naming it."""
-    one_by_one = extract(tiny, {"image": images}, ModelConfig(layers=(1,), batch_size=1),
-                         progress=False)["image/01"]
+    one_by_one = extract(tiny, {"image": images}, ModelConfig(layers=(1,)), progress=False,
+                         batch_size=1)["image/01"]
     together = extract(tiny, {"image": images}, ModelConfig(layers=(1,)),
                        progress=False)["image/01"]
     assert np.allclose(one_by_one, together, atol=1e-5)
@@ -363,5 +363,5 @@ def test_batches_prepared_ahead_keep_order_and_errors(tiny, images, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
     with pytest.raises(DataError, match="broken.png"):
-        extract(tiny, {"image": images + [str(bad)]}, ModelConfig(batch_size=2), progress=False)
+        extract(tiny, {"image": images + [str(bad)]}, ModelConfig(), progress=False, batch_size=2)
     assert hooks_attached(tiny.module) == 0

@@ -103,9 +103,10 @@ def save_cleaned_node(cleaned_files, timelines_file, mask_file, runs_json, unit_
                                           json.loads(unit_json), output_dir)]
 
 
-def extract_node(timelines_file, model_name, config_json, cache_dir):
+def extract_node(timelines_file, model_name, config_json, cache_dir, execution_dir=""):
     """AN activations of every unique stimulus -> ``activations.h5``, through the activation
-    cache in ``cache_dir`` (stimuli already there are not run through the model again).
+    cache in ``cache_dir`` (stimuli already there are not run through the model again), on
+    the device and in the batches of ``execution_dir`` (:func:`bids_vlm.config.read_execution`).
 
     Datasets ``<stream>/<layer>`` (n_items, units) and ``items/<stream>`` (n_items,) strings.
     """
@@ -114,16 +115,17 @@ def extract_node(timelines_file, model_name, config_json, cache_dir):
 
     import h5py
 
-    from bids_vlm.config import from_json
+    from bids_vlm.config import from_json, read_execution
     from bids_vlm.models import extract_cached, load_model
     from bids_vlm.stimuli import Timeline, unique_items
 
-    config = from_json(config_json)
+    config, execution = from_json(config_json), read_execution(execution_dir)
     timelines = [Timeline.from_dict(t) for t in json.loads(open(timelines_file).read()).values()]
     model = load_model(model_name, config.model)
     items = {s: unique_items(timelines, s) for s in model.streams
              if not config.model.streams or s in config.model.streams}
-    acts, computed = extract_cached(model, items, config.model, cache_dir)
+    acts, computed = extract_cached(model, items, config.model, cache_dir,
+                                    device=execution.device, batch_size=execution.batch_size)
     path = os.path.abspath("activations.h5")
     with h5py.File(path, "w") as h5:
         for key, value in acts.items():
@@ -209,14 +211,15 @@ def regressors_node(timelines_file, activations_file, runs_json, config_json):
     return path
 
 
-def associate_node(regressors_file, cleaned_files, config_json):
-    """AN x voxel association of every layer -> ``association.h5`` (one group per layer)."""
+def associate_node(regressors_file, cleaned_files, config_json, execution_dir=""):
+    """AN x voxel association of every layer -> ``association.h5`` (one group per layer), with
+    the device, block size and memory of ``execution_dir``."""
     import os
 
     import h5py
     import numpy as np
 
-    from bids_vlm.config import from_json
+    from bids_vlm.config import from_json, read_execution
     from bids_vlm.derivatives.bnstore import ENTRY_FIELDS, pack, write_layer
     from bids_vlm.encoding import method_description, prepare_voxels
     from bids_vlm.encoding.association import TILE, TILE_CUDA, block_size_for_memory
@@ -225,9 +228,9 @@ def associate_node(regressors_file, cleaned_files, config_json):
     from bids_vlm.models.base import resolve_device
     from bids_vlm.preproc import pooled_noise_sums
 
-    config = from_json(config_json)
+    config, execution = from_json(config_json), read_execution(execution_dir)
     voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
-    device = resolve_device(config.stats.device)
+    device = resolve_device(execution.device)
     path = os.path.abspath("association.h5")
     with h5py.File(regressors_file, "r") as regs, h5py.File(path, "w") as out:
         out.attrs["model"] = regs.attrs["model"]
@@ -251,12 +254,12 @@ def associate_node(regressors_file, cleaned_files, config_json):
                 key = f"{stream}/{layer}"
                 x = regs[key][()]
                 out[f"{key}/mean_abs_r"] = mean_abs_r(x, seed=config.model.seed)
-                block = stats.block_size
-                if stats.mem_gb:
+                block = execution.block_size
+                if execution.mem_gb:
                     try:
                         spare = prepared.y.numel() * 4 if stats.bn_definition == "unique" else 0
                         block = block_size_for_memory(  # (unique: a residualised voxel copy)
-                            int(stats.mem_gb * 2**30) - spare, x.shape[0], x.shape[1],
+                            int(execution.mem_gb * 2**30) - spare, x.shape[0], x.shape[1],
                             prepared.n_vox,
                             tile=TILE if device.type == "cpu" else TILE_CUDA)
                     except MemoryError as exc:
@@ -279,7 +282,7 @@ def associate_node(regressors_file, cleaned_files, config_json):
     return path
 
 
-def encode_node(regressors_file, cleaned_files, config_json):
+def encode_node(regressors_file, cleaned_files, config_json, execution_dir=""):
     """Leave-one-run-out ridge encoding of every layer -> ``encoding.h5`` (a group per layer
     with held-out r, R^2, alpha and the held-out r's z per voxel; attribute ``skipped`` when it
     cannot run)."""
@@ -290,7 +293,7 @@ def encode_node(regressors_file, cleaned_files, config_json):
     import numpy as np
     import torch
 
-    from bids_vlm.config import from_json
+    from bids_vlm.config import from_json, read_execution
     from bids_vlm.encoding.ridge import encode_layer, method_description, z_description
     from bids_vlm.models.base import resolve_device
     from bids_vlm.preproc import pooled_noise_sums
@@ -307,7 +310,7 @@ def encode_node(regressors_file, cleaned_files, config_json):
                                                   out.attrs["skipped"])
             return path
         voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
-        device = resolve_device(config.stats.device)
+        device = resolve_device(read_execution(execution_dir).device)
         backend = "torch_cuda" if device.type == "cuda" else "torch"
         # on a GPU the BOLD is copied there once for all layers
         targets = (torch.from_numpy(voxels.astype(np.float32, copy=False)).to(device)
@@ -378,18 +381,19 @@ def enrich_node(association_file, mask_file, unit_json, config_json):
 
 
 def lesion_node(regressors_file, cleaned_files, association_file, encoding_file, mask_file,
-                unit_json, config_json, enrichment_file):
-    """Virtual lesion of every network driven by the model's ANs -> ``lesion.json``."""
+                unit_json, config_json, enrichment_file, execution_dir=""):
+    """Virtual lesion of every network driven by the model's ANs -> ``lesion.json`` (on the
+    device of ``execution_dir``)."""
     import json
     import os
     from pathlib import Path
 
-    from bids_vlm.config import from_json
+    from bids_vlm.config import from_json, read_execution
     from bids_vlm.derivatives.networks import compute_lesion
 
     result = compute_lesion(regressors_file, cleaned_files, association_file, encoding_file,
                             mask_file, json.loads(unit_json), from_json(config_json),
-                            enrichment_file)
+                            enrichment_file, device=read_execution(execution_dir).device)
     path = os.path.abspath("lesion.json")
     Path(path).write_text(json.dumps(result))
     return path

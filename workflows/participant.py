@@ -109,9 +109,13 @@ def model_tags(models) -> dict:
 
 
 def init_participant_wf(units, bids_dir, output_dir, work_dir, config: AnalysisConfig,
-                        name="bids_vlm_participant", skipped_units=None):
+                        name="bids_vlm_participant", skipped_units=None, execution_dir=None):
     """The graph for all units of the selected participants. skipped_units: {unit label: why}
-    of the units left out before the graph (their participant's report lists them)."""
+    of the units left out before the graph (their participant's report lists them).
+    execution_dir: the folder of each participant's ``sub-<label>`` folder
+    (:func:`bids_vlm.config.write_execution`), read by the nodes that need the device, batch,
+    block or memory settings when they run; its path, not its content, enters the node
+    caches (None: the defaults of :class:`bids_vlm.config.Execution`)."""
     wf = pe.Workflow(name=name, base_dir=str(work_dir))
     cfg = node_config(config)
     per_subject = OrderedDict()
@@ -120,8 +124,11 @@ def init_participant_wf(units, bids_dir, output_dir, work_dir, config: AnalysisC
         # that a changed BOLD, events, mask, confounds or stimulus file reruns them all
         unit_cfg = json.loads(cfg)
         unit_cfg["fingerprint"] = "-".join(r["fingerprint"] for r in unit["runs"])
+        unit_execution = (str(Path(execution_dir) / f"sub-{unit['subject']}")
+                          if execution_dir else "")
         per_subject.setdefault(unit["subject"], []).append(
-            _unit_graph(wf, unit, bids_dir, output_dir, json.dumps(unit_cfg, sort_keys=True)))
+            _unit_graph(wf, unit, bids_dir, output_dir, json.dumps(unit_cfg, sort_keys=True),
+                        unit_execution))
     for subject, outputs in per_subject.items():
         merge = pe.Node(Merge(len(outputs)), name=f"written_sub_{subject}")
         for i, node in enumerate(outputs, start=1):
@@ -137,7 +144,7 @@ def init_participant_wf(units, bids_dir, output_dir, work_dir, config: AnalysisC
     return wf
 
 
-def _lesion_node(wf, mtag, unit_json, cfg, sources, target):
+def _lesion_node(wf, mtag, unit_json, cfg, execution_dir, sources, target):
     """The virtual-lesion node of one model, fed by its regressors, the cleaned runs, its
     association and encoding, and the mask; its result goes to ``target`` (node, input)."""
     regs, clean, assoc, encode, mask, enrich = sources
@@ -145,7 +152,7 @@ def _lesion_node(wf, mtag, unit_json, cfg, sources, target):
                           {"regressors_file": None, "cleaned_files": None,
                            "association_file": None, "encoding_file": None, "mask_file": None,
                            "unit_json": unit_json, "config_json": cfg,
-                           "enrichment_file": None})
+                           "enrichment_file": None, "execution_dir": execution_dir})
     wf.connect([(enrich, node, [("out", "enrichment_file")]),
                 (regs, node, [("out", "regressors_file")]),
                 (clean, node, [("out", "cleaned_files")]),
@@ -155,7 +162,7 @@ def _lesion_node(wf, mtag, unit_json, cfg, sources, target):
                 (node, target[0], [("out", target[1])])])
 
 
-def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
+def _unit_graph(wf, unit, bids_dir, output_dir, cfg, execution_dir=""):
     """Add one unit's nodes to ``wf``; returns its outputs node."""
     tag = _unit_name(unit)
     runs_json = json.dumps(unit["runs"])
@@ -184,16 +191,17 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
         extract = _function_node(nodes.extract_node, f"extract_{mtag}",
                                  {"timelines_file": None, "model_name": model,
                                   "config_json": cfg,
-                                  "cache_dir": str(Path(wf.base_dir) / "activation_cache")})
+                                  "cache_dir": str(Path(wf.base_dir) / "activation_cache"),
+                                  "execution_dir": execution_dir})
         regs = _function_node(nodes.regressors_node, f"regressors_{mtag}",
                               {"timelines_file": None, "activations_file": None,
                                "runs_json": runs_json, "config_json": cfg})
         assoc = _function_node(nodes.associate_node, f"associate_{mtag}",
                                {"regressors_file": None, "cleaned_files": None,
-                                "config_json": cfg})
+                                "config_json": cfg, "execution_dir": execution_dir})
         encode = _function_node(nodes.encode_node, f"encode_{mtag}",
                                 {"regressors_file": None, "cleaned_files": None,
-                                 "config_json": cfg})
+                                 "config_json": cfg, "execution_dir": execution_dir})
         wf.connect([(regs, encode, [("out", "regressors_file")]),
                     (clean, encode, [("out", "cleaned_files")]),
                     (encode, merge_enc, [("out", f"in{i}")])])
@@ -204,7 +212,8 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg):
                     (mask, enrich, [("out", "mask_file")]),
                     (enrich, merge_enrich, [("out", f"in{i}")])])
         if lesion:
-            _lesion_node(wf, mtag, unit_json, cfg, (regs, clean, assoc, encode, mask, enrich),
+            _lesion_node(wf, mtag, unit_json, cfg, execution_dir,
+                         (regs, clean, assoc, encode, mask, enrich),
                          (merge_lesion, f"in{i}"))
         if paper:
             atoms = _function_node(nodes.atoms_node, f"atoms_{mtag}",

@@ -176,11 +176,11 @@ def write_hierarchy(folder, ents, model, bests: dict, masks, fields, side) -> li
 
 
 def compute_lesion(regressors_file, cleaned_files, association_file, encoding_file, mask_file,
-                   unit: dict, config, enrichment_file) -> dict:
+                   unit: dict, config, enrichment_file, device="auto") -> dict:
     """The virtual lesion of one model: {"model", "rows" (records of the lesion table),
     "skipped" (why it did not run, or ""), "note", "fields" (atlas and spaces)};
     enrichment_file: :func:`write_enrichment`'s of the association (which networks are
-    driven)."""
+    driven); device: where its refits run ("auto", "cpu", "cuda")."""
     import h5py
 
     from bids_vlm import brainmask
@@ -205,7 +205,7 @@ def compute_lesion(regressors_file, cleaned_files, association_file, encoding_fi
         features = {key: regs[f"delayed/{n}"] if f"delayed/{n}" in regs else regs[n]
                     for key, n in names.items()}
         voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
-        device = resolve_device(config.stats.device)
+        device = resolve_device(device)
         stats = config.stats
         settings = FoldAssociation(stats.bn_definition, stats.nuisance_pcs, stats.autocorr,
                                    stats.n_lags or None, stats.fdr_q, stats.fdr_scope,

@@ -151,23 +151,25 @@ def select_layers(n_layers: int, layers: tuple) -> list[int]:
     return list(range(n_layers)) if not layers else [i for i in layers if 0 <= i < n_layers]
 
 
-def extract(model, items_by_stream: dict, config: ModelConfig, progress=True) -> dict:
-    """Pooled AN activations for every stimulus.
+def extract(model, items_by_stream: dict, config: ModelConfig, progress=True, device="auto",
+            batch_size=16) -> dict:
+    """Pooled AN activations for every stimulus, ``batch_size`` at a time on ``device``
+    ("auto": CUDA when present).
 
     items_by_stream: {stream: list of n_items stimuli (image paths, texts or pair items)}.
     Streams a model computes in one forward pass (METER's two cross streams, on the same items)
     are recorded together. Returns {"<stream>/<layer:02d>": (n_items, units) float32}; streams
     with no items are left out.
     """
-    device = resolve_device(config.device)
+    device = resolve_device(device)
     model.module.to(device)
     out = {}
     for streams in _forward_groups(model, items_by_stream):
         items = items_by_stream[streams[0]]
         layers = {s: select_layers(model.streams[s].n_layers, config.layers) for s in streams}
         chunks = {(s, layer): [] for s in streams for layer in layers[s]}
-        batches = _prepared_batches(model, streams, items, config.batch_size, device)
-        for prepared in progress_bar(batches, progress, total=-(-len(items) // config.batch_size),
+        batches = _prepared_batches(model, streams, items, batch_size, device)
+        for prepared in progress_bar(batches, progress, total=-(-len(items) // batch_size),
                                      desc=f"{model.name} {'+'.join(streams)}", unit="batch"):
             for stream, acts in _run_batch(model, streams, prepared, layers, config,
                                            device).items():
@@ -191,8 +193,9 @@ def _forward_groups(model, items_by_stream) -> list[list[str]]:
 
 
 def extract_cached(model, items_by_stream: dict, config: ModelConfig, cache_root,
-                   progress=True) -> tuple[dict, int]:
-    """:func:`extract` through the on-disk :class:`~bids_vlm.models.cache.ActivationCache`.
+                   progress=True, device="auto", batch_size=16) -> tuple[dict, int]:
+    """:func:`extract` through the on-disk :class:`~bids_vlm.models.cache.ActivationCache`
+    (device and batch_size: how the missing stimuli are run, as there).
 
     Returns (activations as :func:`extract` gives them, number of (stream, stimulus) pairs
     computed now).
@@ -204,7 +207,8 @@ def extract_cached(model, items_by_stream: dict, config: ModelConfig, cache_root
     streams = [s for s, items in items_by_stream.items() if items]
     loaded = {s: cache.load(s, items_by_stream[s]) for s in streams}
     missing = {s: loaded[s][1] for s in streams if loaded[s][1]}
-    fresh = extract(model, missing, config, progress=progress) if missing else {}
+    fresh = extract(model, missing, config, progress=progress, device=device,
+                    batch_size=batch_size) if missing else {}
     out = {}
     for stream in streams:
         found = loaded[stream][0]
