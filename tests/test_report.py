@@ -28,6 +28,7 @@ def _config_of(out: Path, level: str) -> AnalysisConfig:
     assert logs, f"no {level} configuration in {out / 'logs'}"
     data = tomllib.loads(logs[-1].read_text())
     data.pop("bids_vlm")
+    data.pop("execution")  # how the run executed: not part of the analysis configuration
     return from_dict(data)
 
 
