@@ -2,7 +2,7 @@
 #     docker build -t bids_vlm .
 # CUDA image (PyTorch's CUDA wheels carry the CUDA libraries; run with --gpus all):
 #     docker build -t bids_vlm:cuda --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
-# Weights baked in at build time (python -m bids_vlm.bake; running never downloads); the image's
+# Weights baked in at build time (python -m bids_vlm.cli.bake; running never downloads); the image's
 # default --models is what it baked:
 #     docker build -t bids_vlm --build-arg MODELS="clip-vit-b-32 clip-vit-b-16" .
 # Checkpoints you have (no hub access): put them in weights/<model>/ (see weights/README.md).
@@ -37,7 +37,7 @@ ARG MODELS
 ENV HF_HOME=/opt/bids_vlm/hf
 # local checkpoints, used instead of the hub for the models that have a folder there
 COPY weights /tmp/weights
-RUN python -m bids_vlm.bake --models ${MODELS} --dest /opt/bids_vlm/models --from-dir /tmp/weights \
+RUN python -m bids_vlm.cli.bake --models ${MODELS} --dest /opt/bids_vlm/models --from-dir /tmp/weights \
     && mkdir -p /opt/bids_vlm/hf /opt/bids_vlm/templateflow && chmod -R a+rX /opt/bids_vlm
 
 # ---- runtime: the environment, the weights, a non-root user; nothing is downloaded ----

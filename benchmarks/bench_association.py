@@ -71,9 +71,9 @@ def throughput(opts, x, y):
     """Best of ``opts.repeats`` timings of the association of x (T, N) with y (T, V) and of the
     bare matrix product, taken in turns (so that a busy moment of the machine slows both
     alike), after one untimed run of each. Returns both and the share of significant pairs."""
-    from bids_vlm.encoding import associate, normalize_columns
-    from bids_vlm.encoding.inference import lag_sums as _lag_sums
-    from bids_vlm.encoding.autocorr import default_lags, demean_traces
+    from bids_vlm.stats import associate, normalize_columns
+    from bids_vlm.stats.autocorr import lag_sums as _lag_sums
+    from bids_vlm.stats.autocorr import default_lags, demean_traces
 
     runs = [opts.frames // 4] * 3 + [opts.frames - 3 * (opts.frames // 4)]
     xn = normalize_columns(x).to(opts.device)
@@ -119,7 +119,7 @@ def scipy_loop(opts, t_assoc):
 
 
 def _memory_child(args, queue):
-    from bids_vlm.encoding import associate
+    from bids_vlm.stats import associate
 
     n_frames, n_an, n_vox, block, device = args
     x, y = _data(n_frames, n_an, n_vox)
@@ -133,7 +133,7 @@ def _memory_child(args, queue):
 
 
 def memory(opts):
-    from bids_vlm.encoding.association import memory_bound
+    from bids_vlm.stats.association import memory_bound
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()

@@ -27,7 +27,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bids_vlm.encoding import prepare_voxels  # noqa: E402
-from bids_vlm.encoding.unique import layer_association  # noqa: E402
+from bids_vlm.stats.unique import layer_association  # noqa: E402
 from bids_vlm.simulate import Design, activations, event_design, session  # noqa: E402
 
 # the previous defaults, and today's (CLI: --autocorrelation-correction, --fdr-scope,
@@ -227,7 +227,7 @@ def high_pass(args):
     (a confound correlates > 0.9 with a cosine) vs bids_vlm's cleaning (cosines always in)."""
     from nilearn import signal
 
-    from bids_vlm.preproc import clean_signals, drift_basis
+    from bids_vlm.design.cleaning import clean_signals, drift_basis
 
     n_runs, dropped_nilearn, dropped_ours = 200, 0, 0
     rng = np.random.default_rng(3)

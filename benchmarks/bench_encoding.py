@@ -99,8 +99,8 @@ def floor_time(x, y, runs, device):
 
 def main(argv=None):
     from bids_vlm.config import EncodingConfig
-    from bids_vlm.encoding.autocorr import default_lags, demean_traces
-    from bids_vlm.encoding.inference import lag_sums
+    from bids_vlm.stats.autocorr import default_lags, demean_traces
+    from bids_vlm.stats.autocorr import lag_sums
     from bids_vlm.encoding.ridge import encode_layer
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -43,7 +43,7 @@ def build_model():
 def timeline_items(folder: Path, minutes: float, rate: float, rng) -> tuple[list, list]:
     """(unique frame items, unique texts) of the film's timeline as the pipeline builds it."""
     from bids_vlm.config import StimulusConfig
-    from bids_vlm.stimuli import build_timeline, unique_items
+    from bids_vlm.inputs.stimuli import build_timeline, unique_items
 
     seconds = int(round(minutes * 60))
     write_film(folder / "film.mp4", rng.random((seconds, 8)) ** 2, rng)

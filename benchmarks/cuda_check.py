@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from bids_vlm.config import ModelConfig
-from bids_vlm.encoding import associate, normalize_columns
+from bids_vlm.stats import associate, normalize_columns
 from bids_vlm.models import extract, load_model
-from bids_vlm.stimuli import pair_item
+from bids_vlm.inputs.stimuli import pair_item
 
 TEXTS = ["a photo of a face", "a photo of a house", "a cat on a chair", "scissors", ""]
 FAILED = []

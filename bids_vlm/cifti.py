@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.cifti2 import cifti2_axes as axes
 
+from bids_vlm.atomic import atomic_path
 from bids_vlm.errors import DataError
 
 FSLR_DIR = Path(__file__).resolve().parent / "data" / "atlases" / "fsLR"
@@ -259,7 +260,6 @@ def _mapping(bm: axes.BrainModelAxis):
 
 def write_dscalar(path, maps, names, bm: axes.BrainModelAxis) -> Path:
     """Write ``maps`` (K, G) as ``path`` (``*.dscalar.nii``) through a temporary name."""
-    from bids_vlm.derivatives.io import atomic_path  # torch-heavy module: only when writing
 
     if not str(path).endswith(".dscalar.nii"):
         raise ValueError(f"a dense scalar file name ends in .dscalar.nii, not {path}")

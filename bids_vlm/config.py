@@ -37,7 +37,7 @@ class StimulusConfig:
     text_template: str = ""  # e.g. "a photo of a {trial_type}"; used when no text column
     text_window: float = 0.0  # > 0: a sample's text is every word of the last N seconds
     # columns naming the stimulus files (first non-empty value of a row wins); () = detect
-    # (bids_vlm.stimulus_files.STIM_COLUMNS)
+    # (bids_vlm.inputs.stimulus_files.STIM_COLUMNS)
     stim_columns: tuple = ()
     stimuli_dir: str = ""  # absolute folder of the stimulus files; "" = <bids_dir>/stimuli
     media_time_column: str = ""  # seconds into the video at each onset (e.g. "videotime")

@@ -20,7 +20,7 @@ def participant_fingerprint(node_config_json: str, runs) -> str:
     :class:`~bids_vlm.config.AnalysisConfig`: how the run executes, its
     :class:`~bids_vlm.config.Execution`, is not part of it), the version and the runs' inputs.
 
-    runs: the participant's :class:`bids_vlm.bids.RunSpec` (their ``fingerprint`` changes with
+    runs: the participant's :class:`bids_vlm.inputs.bids.RunSpec` (their ``fingerprint`` changes with
     any input file).
     """
     config = json.loads(node_config_json)

@@ -53,17 +53,17 @@ def write_config_log(output_dir, config: AnalysisConfig, level, extra: dict,
 def check_stimuli(runs, bids_dir, config: AnalysisConfig):
     """Build every run's timeline and read its confounds before the graph runs, so that bad
     events, stimuli or confounds fail fast and clearly, before any output is written; log
-    what the stimuli are (:mod:`bids_vlm.stimulus_checks`, :mod:`bids_vlm.timeline_summary`:
+    what the stimuli are (:mod:`bids_vlm.inputs.stimulus_checks`, :mod:`bids_vlm.inputs.timeline_summary`:
     once, here).
 
     Returns (the runs of the analysis units that have a stimulus of the selected streams,
     {run label: timeline summary}, {unit: why it is skipped}): a unit without one is skipped
     with a warning, so that one task without usable stimuli does not lose the participant's
     others; NoInputError (65) when no unit has one."""
-    from bids_vlm.preproc import read_confounds
-    from bids_vlm.stimuli import build_timeline, read_events, sample_items
-    from bids_vlm.stimulus_checks import inspect_run, log_stimuli, no_stimulus_hint, unit_label
-    from bids_vlm.timeline_summary import log_summary, summarise
+    from bids_vlm.design.cleaning import read_confounds
+    from bids_vlm.inputs.stimuli import build_timeline, read_events, sample_items
+    from bids_vlm.inputs.stimulus_checks import inspect_run, log_stimuli, no_stimulus_hint, unit_label
+    from bids_vlm.inputs.timeline_summary import log_summary, summarise
 
     streams = config.model.streams or ("image", "text")  # cross streams: either side
     root = config.stimuli.stimuli_dir or Path(bids_dir) / "stimuli"
@@ -111,7 +111,7 @@ MIN_FREE_FRAMES = 10  # frames a run must keep after cleaning (the association n
 def _check_length(run, confounds, config: AnalysisConfig):
     """DataError when cleaning (mean, trend, the high-pass's cosines, confounds) leaves the run
     fewer than MIN_FREE_FRAMES dimensions; runs of 300+ volumes always keep enough."""
-    from bids_vlm.preproc import removed_dimensions
+    from bids_vlm.design.cleaning import removed_dimensions
 
     if run.n_scans >= 300:
         return
@@ -129,7 +129,7 @@ def _check_length(run, confounds, config: AnalysisConfig):
 def check_smoothing(runs, fwhm: float) -> None:
     """DataError (before anything runs) for --smoothing-fwhm on CIFTI grayordinates."""
     from bids_vlm.errors import DataError
-    from bids_vlm.preproc import SMOOTHING_REFUSED
+    from bids_vlm.design.cleaning import SMOOTHING_REFUSED
 
     cifti = [r.bold for r in runs if r.bold.endswith(".dtseries.nii")]
     if fwhm and cifti:
@@ -140,7 +140,7 @@ def check_surface_atlas(runs, networks) -> None:
     """DataError (before anything runs) when the runs are CIFTI and ``--atlas`` has no
     grayordinate form, or their density is not 91k and the shipped (91k) atlases or the spin
     null (fs_LR 32k spheres) would be needed."""
-    from bids_vlm.analysis.surface_atlases import SURFACE_SHIPPED, load_surface_networks
+    from bids_vlm.analysis.atlases import SURFACE_SHIPPED, load_surface_networks
     from bids_vlm.errors import DataError
 
     cifti = [r for r in runs if r.bold.endswith(".dtseries.nii")]
@@ -169,7 +169,7 @@ def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
     directory for those analysed; another run holding one stops this one with
     :class:`~bids_vlm.errors.BusyError` (exit 75) before anything is written.
     """
-    from bids_vlm.bids import collect_runs, load_layout, with_stimulus_files
+    from bids_vlm.inputs.bids import collect_runs, load_layout, with_stimulus_files
 
     config = with_atlas_digest(config)
     layout = load_layout(bids_dir, config.derivatives, validate=validate)

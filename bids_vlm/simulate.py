@@ -3,7 +3,7 @@
 Null voxels are autocorrelated noise (white, AR(1) or 1/f) plus slow drift; each run has
 random-walk motion-like confounds; AN regressors are HRF-convolved activations on a 1 s grid
 (dense, like a movie's features; optionally correlated across ANs through shared factors).
-Both sides are cleaned exactly as the pipeline cleans them (:mod:`bids_vlm.preproc`), and the
+Both sides are cleaned exactly as the pipeline cleans them (:mod:`bids_vlm.design.cleaning`), and the
 noise lag sums and cleaning traces the association's ``exact`` null variance needs are
 computed as the pipeline computes them. Used by ``benchmarks/bench_calibration.py`` and the
 calibration tests.
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from bids_vlm.config import BoldConfig
-from bids_vlm.encoding.autocorr import default_lags
-from bids_vlm.preproc import (clean_signals, cleaning_projection, lag_traces, noise_lag_sums)
-from bids_vlm.regressors import convolution_matrix, frame_times
+from bids_vlm.stats.autocorr import default_lags
+from bids_vlm.design.cleaning import (clean_signals, cleaning_projection, lag_traces, noise_lag_sums)
+from bids_vlm.design.regressors import convolution_matrix, frame_times
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def noise(rng, n_frames: int, n_vox: int, kind: str = "ar1:0.6") -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _hrf_matrix(n_frames: int, tr: float) -> np.ndarray:
-    """(n_frames, n_samples) responses to 1 s samples (:mod:`bids_vlm.regressors`)."""
+    """(n_frames, n_samples) responses to 1 s samples (:mod:`bids_vlm.design.regressors`)."""
     times = np.arange(0.0, n_frames * tr, 1.0)
     return convolution_matrix(times, 1.0, frame_times(n_frames, tr), "spm", 4)
 

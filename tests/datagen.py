@@ -91,15 +91,15 @@ def planted_signal(root, events_by_run, n_scans, tr, plants, seed=0, unique=True
     unique``, the default, tests); else the whole regressor."""
     from bids_vlm.config import ModelConfig, StimulusConfig
     from bids_vlm.models import extract, load_model
-    from bids_vlm.regressors import (
+    from bids_vlm.design.regressors import (
         convolution_matrix,
         frame_times,
         make_regressors,
         sample_activations,
         zscore,
     )
-    from bids_vlm.encoding.unique import N_PCS, nuisance_basis, residualise
-    from bids_vlm.stimuli import build_timeline, sample_items, unique_items
+    from bids_vlm.stats.unique import N_PCS, nuisance_basis, residualise
+    from bids_vlm.inputs.stimuli import build_timeline, sample_items, unique_items
 
     tls = [build_timeline(ev, n_scans * tr, StimulusConfig(), Path(root) / "stimuli")
            for ev in events_by_run]

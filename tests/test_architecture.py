@@ -1,6 +1,6 @@
 """Architecture comparison (bids_vlm/analysis/architecture.py): MSI distribution, union BN maps,
 layer pairing by relative depth and BN-map overlaps, on hand-made cases; and the group mean of
-the overlaps (bids_vlm/group_architecture.py)."""
+the overlaps (bids_vlm/derivatives/group/architecture.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +16,7 @@ from bids_vlm.analysis.architecture import (
     union_bn_maps,
 )
 from bids_vlm.analysis.hierarchy import relative_depth
-from bids_vlm.group_architecture import group_overlap
+from bids_vlm.derivatives.group.architecture import group_overlap
 
 
 def _map(n, voxels):

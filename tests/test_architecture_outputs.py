@@ -1,5 +1,5 @@
-"""The architecture comparison end to end (bids_vlm/derivatives/architecture.py,
-bids_vlm/group_architecture.py, bids_vlm/report_architecture.py): the CLI run with tiny-clip and
+"""The architecture comparison end to end (bids_vlm/derivatives/participant/architecture.py,
+bids_vlm/derivatives/group/architecture.py, bids_vlm/reports/architecture.py): the CLI run with tiny-clip and
 tiny-meter on planted data whose voxels lie in the Visual and Language networks, its MSI and
 stream-overlap tables checked against hand computations from the per-model tables, and the
 report figures (files next to the HTML, loaded by a headless Chromium when there is one)."""
@@ -214,8 +214,7 @@ def test_outputs_with_two_models_pass_the_bids_validator(arch):
 def test_report_section_without_msi_table(tmp_path):
     """Native space: only the overlap table; the section draws its figure and says why the
     index is missing."""
-    from bids_vlm.report import _table_section
-    from bids_vlm.report_architecture import architecture_sections
+    from bids_vlm.reports.architecture import architecture_sections
 
     table = pd.DataFrame({"model": "m", "stream_a": "image", "stream_b": "text",
                           "layer_a": [0, 1], "layer_b": [0, 1], "relative_depth": [0.0, 1.0],
@@ -226,7 +225,7 @@ def test_report_section_without_msi_table(tmp_path):
     path.with_suffix(".json").write_text(json.dumps({"Models": ["m", "n"]}))
     figdir = tmp_path / "figures"
     figdir.mkdir()
-    page = "".join(architecture_sections([path], figdir, tmp_path, _table_section))
+    page = "".join(architecture_sections([path], figdir, tmp_path))
     assert "Architecture: m vs n" in page and "Modality specificity not computed" in page
     assert [p.name for p in figdir.iterdir()] == ["sub-01_task-x_desc-mVsn_streamoverlap.png"]
     assert "src='figures/sub-01_task-x_desc-mVsn_streamoverlap.png'" in page

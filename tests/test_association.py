@@ -7,10 +7,10 @@ import pytest
 import torch
 from scipy import special, stats
 
-from bids_vlm.encoding import associate, bh_z_thresholds
-from bids_vlm.encoding.autocorr import autocorrelations, default_lags, tukey_taper
-from bids_vlm.encoding.fdr import bh_select, p_from_z
-from bids_vlm.regressors import convolution_matrix, frame_times, zscore
+from bids_vlm.stats import associate, bh_z_thresholds
+from bids_vlm.stats.autocorr import autocorrelations, default_lags, tukey_taper
+from bids_vlm.stats.fdr import bh_select, p_from_z
+from bids_vlm.design.regressors import convolution_matrix, frame_times, zscore
 
 RUNS = [150, 150]
 
@@ -61,7 +61,7 @@ CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available
 def test_exact_streamed_equals_dense_reference(problem, block, device):
     """The exact null variance: the streamed association's z and discoveries equal the dense
     z of :func:`association_z` (its factors) and BH per AN over them."""
-    from bids_vlm.encoding.association import association_z
+    from bids_vlm.stats.association import association_z
 
     x, y = problem
     rng = np.random.default_rng(5)
@@ -80,7 +80,7 @@ def test_exact_streamed_equals_dense_reference(problem, block, device):
 def test_exact_variance_matches_its_formula():
     """Var(r) = (1 + 2 sum_k rho_x(k) w_k rho_S(k)) / (m_0 + 2 sum_k w_k rho_S(k) m_k), from
     the lag sums of the voxel's uncleaned series and the cleaning's traces (numpy reference)."""
-    from bids_vlm.encoding.association import association_z
+    from bids_vlm.stats.association import association_z
 
     rng = np.random.default_rng(2)
     x, y = rng.standard_normal((100, 3)), rng.standard_normal((100, 4))
@@ -122,7 +122,7 @@ def test_streamed_equals_dense(problem, block, autocorr, device):
 def test_candidate_cap_tightens_the_bound_first(problem, monkeypatch):
     """With room for almost no candidates, counting passes tighten BH's bound before the
     entries are read back: same discoveries."""
-    from bids_vlm.encoding import blockscan
+    from bids_vlm.stats import blockscan
 
     x, y = problem
     expected = associate(x, y, block_size=7, run_lengths=RUNS, n_lags=12, autocorr="bartlett")
@@ -238,7 +238,7 @@ def test_null_is_calibrated_after_cleaning_with_many_confounds(simulated):
     still a little liberal when a fifth of the dimensions are removed.)"""
     import warnings
 
-    from bids_vlm.preproc import clean_signals, removed_dimensions
+    from bids_vlm.design.cleaning import clean_signals, removed_dimensions
 
     rng, x, noise = simulated
     cleaned_x, cleaned_y, removed = [], [], 0
@@ -332,7 +332,7 @@ def test_cuda_equals_cpu(problem, autocorr):
 
 
 def test_memory_bound_and_block_size():
-    from bids_vlm.encoding import block_size_for_memory, memory_bound
+    from bids_vlm.stats import block_size_for_memory, memory_bound
 
     bound = memory_bound(1000, 60000, 200000, 256)
     assert bound > 8 * 1000 * 260000  # at least the inputs and their normalised copies
@@ -345,7 +345,7 @@ def test_memory_bound_and_block_size():
 
 def test_voxels_prepared_once_give_the_same_result(problem):
     """prepare_voxels once for several layers: the same association as from the array."""
-    from bids_vlm.encoding import prepare_voxels
+    from bids_vlm.stats import prepare_voxels
 
     x, y = problem
     prepared = prepare_voxels(y, run_lengths=RUNS, n_lags=12, n_removed=4)
@@ -443,7 +443,7 @@ def _selective_reference(p, q):
 def test_selective_equals_dense_reference(problem, block):
     """--fdr-scope selective (default): Simes p per AN, BH across ANs, BH within the selected
     ANs at q R / N; the same entries and Simes p as a dense numpy reference."""
-    from bids_vlm.encoding.association import association_z
+    from bids_vlm.stats.association import association_z
 
     x, y = problem
     y = y.copy()
@@ -481,7 +481,7 @@ def test_selective_controls_layers_with_any_bn_under_the_complete_null():
 def test_selective_drops_an_an_that_bh_per_an_keeps():
     """4 ANs x 100 voxels: AN 0 strong, AN 1 one voxel at p 4e-4 (BH per AN at 0.05 keeps it:
     <= 0.05 / 100; its Simes p 0.04 is not <= 0.05 * 2 / 4 across ANs), ANs 2-3 null."""
-    from bids_vlm.encoding.fdr import simes_and_selective
+    from bids_vlm.stats.fdr import simes_and_selective
 
     an = np.array([0] * 10 + [1])
     p = np.r_[np.full(10, 1e-6), 4e-4]

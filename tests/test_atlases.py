@@ -178,7 +178,7 @@ def test_grayordinate_atlases_shipped_and_user_dlabel(tmp_path):
     matched to data by structure and vertex / voxel (another row order, a subset); volume
     atlases refused there; a .dlabel.nii on volume data is a space problem, not a crash."""
     from bids_vlm import cifti
-    from bids_vlm.analysis.surface_atlases import load_surface_networks, surface_network_masks
+    from bids_vlm.analysis.atlases import load_surface_networks, surface_network_masks
 
     std = cifti.standard_91k()
     shipped = load_networks("yeo7", grayordinates=True)

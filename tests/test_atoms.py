@@ -167,7 +167,7 @@ def test_atom_glm_autocorrelated_equals_dense_formula(cleaned):
     (without cleaning M = I, the intercept then stays in the residual-forming matrix)."""
     from scipy.linalg import block_diag, toeplitz
 
-    from bids_vlm.encoding.autocorr import tukey_taper
+    from bids_vlm.stats.autocorr import tukey_taper
 
     sim = _simulate(5, 0.6, n_vox=40, n_planted=5, r_planted=0.4)
     rng = np.random.default_rng(5)

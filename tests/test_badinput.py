@@ -2,7 +2,7 @@
 naming the file and the problem, the input is never written, and no half-written output stays.
 
 Each case copies the planted dataset (tests/datagen.py), breaks one thing and runs the CLI
-in-process (``bids_vlm.cli.main``). The README's "Bad inputs" table is made from ``CASES``
+in-process (``bids_vlm.cli.run.main``). The README's "Bad inputs" table is made from ``CASES``
 (:func:`readme_rows`), and a test checks that they agree.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, SHARED
 
-from bids_vlm.cli import main
+from bids_vlm.cli.run import main
 
 EXAMPLES = SHARED / "data" / "bids-examples"
 SPACE = "space-MNI152NLin2009cAsym"
@@ -533,11 +533,11 @@ def _nothing_ran(ctx):
 
 def _internal_error(ctx):
     """A defect (not bad input) inside a node: exit 1, the crash file named."""
-    import bids_vlm.regressors
+    import bids_vlm.design.regressors
 
     def broken(*args, **kwargs):
         raise ValueError("simulated defect")
-    ctx.monkeypatch.setattr(bids_vlm.regressors, "make_regressors", broken)
+    ctx.monkeypatch.setattr(bids_vlm.design.regressors, "make_regressors", broken)
 
 
 def _example(name, *args):
@@ -886,7 +886,7 @@ def test_each_warning_once_and_no_third_party_info(planted, tmp_path, caplog):
     info = [r for r in caplog.records if r.levelno < logging.WARNING]
     assert not [r for r in info if not r.name.startswith("bids_vlm")], \
         [(r.name, r.getMessage()) for r in info if not r.name.startswith("bids_vlm")][:5]
-    assert logging.getLogger("bids_vlm.stimuli").isEnabledFor(logging.INFO)
+    assert logging.getLogger("bids_vlm.inputs.stimuli").isEnabledFor(logging.INFO)
     for name in ("open_clip", "transformers", "root"):  # open_clip logs via the root logger
         assert not logging.getLogger(None if name == "root" else name).isEnabledFor(logging.INFO)
     assert main([str(ctx.bids), str(tmp_path / "out_v"), "participant", *ARGS, "-v",

@@ -11,13 +11,13 @@ from conftest import REPO
 from safetensors.torch import save_file
 from test_checkpoint import live_payloads  # noqa: F401  (the payloads are shown to be live)
 
-from bids_vlm import bake
+from bids_vlm.cli import bake
 from bids_vlm.errors import EXIT_DATA, EXIT_WEIGHTS
 from bids_vlm.models.openclip import find_weights
 
 
 def run_bake(*args):
-    return subprocess.run([sys.executable, "-m", "bids_vlm.bake", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "bids_vlm.cli.bake", *map(str, args)],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
 
 
@@ -143,7 +143,7 @@ def test_from_file_refuses_code_with_exit_64(tmp_path, live_payloads, model, nam
     write_payload(evil, payload, site_dir, marker)
     proc = run_bake("--models", model, "--dest", tmp_path / "m", "--from-file", evil)
     assert proc.returncode == EXIT_DATA, proc.stderr
-    assert f"bids_vlm.bake: error: {model}: {evil}: " in proc.stderr
+    assert f"bids_vlm.cli.bake: error: {model}: {evil}: " in proc.stderr
     assert ("TorchScript archive" if payload != "pickle" else "builtins.exec") in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not marker.exists() and list(site_dir.iterdir()) == []
@@ -196,5 +196,5 @@ def test_an_environment_without_open_clip_exits_66_without_a_traceback(tmp_path,
     monkeypatch.setitem(sys.modules, "open_clip", None)  # import open_clip raises ImportError
     assert bake.main(["--models", "clip-vit-b-32", "--dest", str(tmp_path)]) == EXIT_WEIGHTS
     err = capsys.readouterr().err
-    assert err.startswith("bids_vlm.bake: error: cannot import what baking needs (")
+    assert err.startswith("bids_vlm.cli.bake: error: cannot import what baking needs (")
     assert "environment is incomplete or broken" in err and "Traceback" not in err

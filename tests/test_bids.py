@@ -1,4 +1,4 @@
-"""Stage 1: finding the runs of a BIDS dataset and their derivatives (bids_vlm/bids.py)."""
+"""Stage 1: finding the runs of a BIDS dataset and their derivatives (bids_vlm/inputs/bids.py)."""
 from __future__ import annotations
 
 import json
@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 from datagen import SPACE, make_planted_dataset
 
-from bids_vlm import bids as bids_mod
-from bids_vlm.bids import RunSpec, collect_runs, load_layout, run_from_dict
+from bids_vlm.inputs import bids as bids_mod
+from bids_vlm.inputs.bids import RunSpec, collect_runs, load_layout, run_from_dict
 from bids_vlm.config import RunFilter
-from bids_vlm.demo import DEMO_DATASET
+from bids_vlm.cli.demo import DEMO_DATASET
 from bids_vlm.errors import EXIT_DATA, EXIT_NO_INPUT, DataError, NoInputError
-from bids_vlm.regressors import frame_times
+from bids_vlm.design.regressors import frame_times
 
 EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bids-examples"
 N_SCANS = 20
@@ -187,7 +187,7 @@ def test_runs_without_events_are_skipped(root, caplog):
     """A subject without any events.tsv loses its runs; the others are kept."""
     for run in (1, 2):
         _raw(root, "01", run, "events.tsv").unlink()
-    with caplog.at_level(logging.WARNING, logger="bids_vlm.bids"):
+    with caplog.at_level(logging.WARNING, logger="bids_vlm.inputs.bids"):
         runs = _collect(root)
     assert [(r.subject, r.run) for r in runs] == [("02", 1), ("02", 2)]
     skipped = [rec.getMessage() for rec in caplog.records if "no events.tsv" in rec.getMessage()]
@@ -313,7 +313,7 @@ def test_corrected_without_start_time_uses_the_middle_of_slice_timing(root, capl
     _sidecar(root / "task-view_bold.json", SliceTiming=[0, 1, 0.2, 1.5])
     for sub, run in (("01", 1), ("01", 2), ("02", 1), ("02", 2)):
         _sidecar(_fmriprep(root, sub, run, PREPROC), SliceTimingCorrected=True)
-    with caplog.at_level(logging.WARNING, logger="bids_vlm.bids"):
+    with caplog.at_level(logging.WARNING, logger="bids_vlm.inputs.bids"):
         runs = _collect(root, RunFilter(participant_label=("01",), run=(1,)))
     assert runs[0].slice_time_ref == 0.75
     assert any("StartTime" in rec.getMessage() and "is missing" in rec.getMessage()
@@ -321,7 +321,7 @@ def test_corrected_without_start_time_uses_the_middle_of_slice_timing(root, capl
 
 
 def test_no_slice_timing_information_means_the_volume_onset(root, caplog):
-    with caplog.at_level(logging.INFO, logger="bids_vlm.bids"):
+    with caplog.at_level(logging.INFO, logger="bids_vlm.inputs.bids"):
         runs = _collect(root)
     assert all(r.slice_time_ref == 0.0 for r in runs)
     np.testing.assert_allclose(frame_times(N_SCANS, 2.0, runs[0].slice_time_ref)[:3],
@@ -574,7 +574,7 @@ def test_embedded_demo_dataset():
 def test_stimulus_files_found_by_name_are_in_the_fingerprint(root):
     """Bare stim_file names of images in a subfolder (as BOLD5000's) are found by file name,
     and a change of one of those files changes the fingerprint of the runs that show it."""
-    from bids_vlm.bids import _stimulus_files
+    from bids_vlm.inputs.bids import _stimulus_files
 
     stim = root / "stimuli"
     (stim / "ImageNet").mkdir()
@@ -596,7 +596,7 @@ def test_stimulus_files_found_by_name_are_in_the_fingerprint(root):
 
 
 def test_stimuli_dir_and_column_options_change_the_fingerprint(root, tmp_path):
-    from bids_vlm.bids import with_stimulus_files
+    from bids_vlm.inputs.bids import with_stimulus_files
     from bids_vlm.config import StimulusConfig
 
     runs = _collect(root)

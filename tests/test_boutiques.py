@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bids_vlm.boutiques import SKIP, descriptor
-from bids_vlm.cli import _build_parser
+from bids_vlm.cli.boutiques import SKIP, descriptor
+from bids_vlm.cli.parser import build_parser
 from conftest import REPO
 
 BOSH = str(Path(sys.executable).parent / "bosh")
@@ -17,12 +17,12 @@ BOSH = str(Path(sys.executable).parent / "bosh")
 
 def test_committed_descriptor_is_the_generated_one():
     committed = json.loads((REPO / "boutiques.json").read_text())
-    assert committed == json.loads(json.dumps(descriptor(_build_parser()))), \
-        "regenerate: python -m bids_vlm.boutiques > boutiques.json"
+    assert committed == json.loads(json.dumps(descriptor(build_parser()))), \
+        "regenerate: python -m bids_vlm.cli.boutiques > boutiques.json"
 
 
 def test_every_option_is_described_and_nothing_else():
-    parser = _build_parser()
+    parser = build_parser()
     dests = {a.dest for a in parser._actions} - SKIP
     ids = {i["id"] for i in descriptor(parser)["inputs"]}
     assert dests == ids
@@ -45,6 +45,6 @@ def test_bosh_validate_and_simulate(planted, tmp_path):
                            str(invocation)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     command = next(line for line in proc.stdout.splitlines() if line.startswith("bids_vlm "))
-    opts = _build_parser().parse_args(shlex.split(command)[1:])
+    opts = build_parser().parse_args(shlex.split(command)[1:])
     assert opts.participant_label == ["01"] and opts.layers == [1, 2] and opts.fdr_q == 0.01
     assert opts.quiet and opts.analysis_level == "participant"

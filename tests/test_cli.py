@@ -15,7 +15,8 @@ from datagen import make_planted_dataset
 from nilearn.masking import apply_mask
 
 from bids_vlm import __version__
-from bids_vlm.cli import _build_parser, main
+from bids_vlm.cli.parser import build_parser
+from bids_vlm.cli.run import main
 from bids_vlm.derivatives.bnstore import flat_entries, read_layer
 
 
@@ -62,7 +63,7 @@ def test_unknown_participant(planted, tmp_path):
 
 
 def test_parser_accepts_label_spellings(planted, tmp_path):
-    parser = _build_parser()
+    parser = build_parser()
     for flag in ("--participant-label", "--participant_label"):
         opts = parser.parse_args([str(planted.root), str(tmp_path), "participant", flag,
                                   "sub-01", "02"])
@@ -535,15 +536,15 @@ def test_execution_options_reach_nipype(planted, tmp_path, monkeypatch):
 
 
 def test_config_file_values_and_command_line_overrides(planted, tmp_path):
-    parser = _build_parser()
+    parser = build_parser()
     toml = tmp_path / "cfg.toml"
     toml.write_text('fdr_q = 0.01\nmodels = ["tiny-clip"]\nlayers = [1, 2]\nno_encoding = true\n'
                     'hrf_model = "glover"\n')
-    from bids_vlm.cli import _apply_config_file
+    from bids_vlm.cli.parser import apply_config_file
 
     argv = [str(planted.root), str(tmp_path / "o"), "participant", "--config-file", str(toml),
             "--fdr-q", "0.2"]
-    _apply_config_file(parser, argv)
+    apply_config_file(parser, argv)
     opts = parser.parse_args(argv)
     assert opts.fdr_q == 0.2 and opts.layers == [1, 2] and opts.no_encoding
     assert opts.hrf_model == "glover"
@@ -557,12 +558,12 @@ def test_default_models_come_from_the_image_and_random_ones_say_so(planted, plan
                                                                    monkeypatch, capsys):
     """The image sets BIDS_VLM_DEFAULT_MODELS to what it baked (the default --models), and a
     run with a random-weight test model says so in the log and at the top of the reports."""
-    from bids_vlm.cli import _build_parser
+    from bids_vlm.cli.parser import build_parser
     from bids_vlm.models import random_weights_warning
 
-    assert _build_parser().get_default("models") == ["tiny-clip"]
+    assert build_parser().get_default("models") == ["tiny-clip"]
     monkeypatch.setenv("BIDS_VLM_DEFAULT_MODELS", "clip-vit-b-32 clip-vit-b-16")
-    assert _build_parser().get_default("models") == ["clip-vit-b-32", "clip-vit-b-16"]
+    assert build_parser().get_default("models") == ["clip-vit-b-32", "clip-vit-b-16"]
     monkeypatch.setenv("BIDS_VLM_DEFAULT_MODELS", "clip-vit-b-99")
     with pytest.raises(SystemExit) as exc:
         main([str(planted.root), str(planted.root.parent / "o"), "participant"])

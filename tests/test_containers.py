@@ -19,8 +19,8 @@ import yaml
 from conftest import REPO
 from dockerfile_parse import DockerfileParser
 
-from bids_vlm.cli import _build_parser, _check_selection
-from bids_vlm.demo import DEMO_ARGS, DEMO_DATASET
+from bids_vlm.cli.parser import build_parser, check_selection
+from bids_vlm.cli.demo import DEMO_ARGS, DEMO_DATASET
 
 DOCKERFILE = REPO / "Dockerfile"
 CIRCLECI = REPO / ".circleci" / "config.yml"
@@ -168,7 +168,7 @@ def test_runtime_runs_bids_vlm_as_a_user_that_is_not_root():
     assert json.loads(values(runtime, "ENTRYPOINT")[-1]) == ["bids_vlm"]
     setup = configparser.ConfigParser()
     setup.read(REPO / "setup.cfg")
-    assert "bids_vlm = bids_vlm.cli:main" in setup["options.entry_points"]["console_scripts"]
+    assert "bids_vlm = bids_vlm.cli.run:main" in setup["options.entry_points"]["console_scripts"]
     # files readable by any user (Singularity runs as the calling user), their modes set in
     # the layer that writes them: a chmod -R in a later layer copied the whole venv (12.7 GB)
     chmods = [argv for _, argv in run_commands() if argv[0] == "chmod"]
@@ -184,7 +184,7 @@ def test_runtime_runs_bids_vlm_as_a_user_that_is_not_root():
 def test_runtime_is_offline_with_the_caches_in_the_image():
     env = DockerfileParser(str(DOCKERFILE)).envs  # the last stage's
     assert env["HF_HUB_OFFLINE"] == env["TRANSFORMERS_OFFLINE"] == "1"
-    bake = next(argv for _, argv in run_commands() if argv[:3] == ["python", "-m", "bids_vlm.bake"])
+    bake = next(argv for _, argv in run_commands() if argv[:3] == ["python", "-m", "bids_vlm.cli.bake"])
     assert env["BIDS_VLM_MODEL_DIR"] == bake[bake.index("--dest") + 1]
     weights_env = dict(v.split("=", 1) for v in values(stages()["weights"], "ENV"))
     assert env["HF_HOME"] == weights_env["HF_HOME"]  # hf-clip snapshots go where they are read
@@ -269,7 +269,7 @@ def _has_build_backend():
 
 
 def test_bake_step_runs_with_the_default_build_args():
-    bake = next(argv for _, argv in run_commands() if argv[:3] == ["python", "-m", "bids_vlm.bake"])
+    bake = next(argv for _, argv in run_commands() if argv[:3] == ["python", "-m", "bids_vlm.cli.bake"])
     models = stages()[""]["args"]["MODELS"].split()
     assert "MODELS" in stages()["weights"]["args"] and "MODELS" in stages()["runtime"]["args"]
     assert bake[bake.index("--models") + 1:bake.index("--dest")] == models
@@ -351,9 +351,9 @@ def check_docker_run(options, image, args, tmp_path):
         mounts[inside] = host if host.startswith(str(REPO)) else str(tmp_path / "out")
     assert mounts["/data"] == str(DEMO_DATASET) and "-u" in options
     local = [mounts.get(a, a) for a in args]
-    parser = _build_parser()
+    parser = build_parser()
     opts = parser.parse_args(local)
-    _check_selection(parser, opts)
+    check_selection(parser, opts)
     assert opts.analysis_level in {"participant", "group"}
     work = local.index("-w")
     assert local[work + 1].startswith("/tmp/")  # on the tmpfs

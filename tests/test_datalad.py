@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bids_vlm.bids import collect_runs, load_layout
+from bids_vlm.inputs.bids import collect_runs, load_layout
 from bids_vlm.config import RunFilter
-from bids_vlm.datalad import annex_target, check_present
+from bids_vlm.inputs.datalad import annex_target, check_present
 from bids_vlm.errors import EXIT_DATA, EXIT_WEIGHTS, ContentNotPresentError, DataError
 from conftest import run_cli
 from datagen import SPACE, make_planted_dataset

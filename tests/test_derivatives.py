@@ -147,7 +147,7 @@ def test_init_output(tmp_path):
     ("hf-clip:/some/dir", "{}", {"image": 4, "cross-text": 6}),  # unknown: last layer + 1
 ])
 def test_layers_per_stream_from_the_association_file(tmp_path, model, stored, expected):
-    from bids_vlm.derivatives.unit import layers_per_stream
+    from bids_vlm.derivatives.participant.common import layers_per_stream
 
     with h5py.File(tmp_path / "a.h5", "w") as h5:
         h5.attrs["model"], h5.attrs["n_layers"] = model, stored

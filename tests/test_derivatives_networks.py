@@ -11,10 +11,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from bids_vlm.analysis.networks import NetworkMasks, VoxelGrid
+from bids_vlm.analysis.grids import VoxelGrid
+from bids_vlm.analysis.networks import NetworkMasks
 from bids_vlm.config import AnalysisConfig, NetworkConfig
 from bids_vlm.derivatives.bnstore import LayerBNs, pack
-from bids_vlm.derivatives.networks import (_driven, layer_count, network_enrichment,
+from bids_vlm.derivatives.participant.networks import (_driven, layer_count, network_enrichment,
                                            read_enrichment, store_enrichment, unit_networks)
 from conftest import run_cli
 from datagen import Plant, make_planted_dataset
@@ -164,7 +165,7 @@ def test_enrichment_is_computed_once_and_read_by_outputs(occipital, tmp_path):
     from nipype.utils.filemanip import loadpkl
 
     from bids_vlm.config import from_json
-    from bids_vlm.derivatives import write_unit_outputs
+    from bids_vlm.derivatives.participant import write_unit_outputs
 
     work = occipital.parent / "work" / "bids_vlm_participant"
     assert len(list(work.glob("enrich_sub_01_*/enrichment.h5"))) == 1

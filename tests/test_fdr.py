@@ -1,4 +1,4 @@
-"""BH without sorting: the binned counts (:func:`bids_vlm.encoding.kernels.bh_count`), the Simes p
+"""BH without sorting: the binned counts (:func:`bids_vlm.stats.kernels.bh_count`), the Simes p
 and the selective procedure row by row, the compiled p, and the association's compiled read-back
 and exact z all give what the sort-based and torch computations they replace give, exactly."""
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy import special
 
-from bids_vlm.encoding import fdr, kernels
-from bids_vlm.encoding.fdr import (bh_count_values, bh_sorted, bh_z_thresholds, p_from_z,
+from bids_vlm.stats import fdr, kernels
+from bids_vlm.stats.fdr import (bh_count_values, bh_sorted, bh_z_thresholds, p_from_z,
                                    p_values, simes_and_selective, simes_rows, stage_two_rows)
 
 
@@ -260,8 +260,8 @@ def test_dense_layer_equals_the_dense_reference(scope):
     """A dense planted layer (a large share of pairs significant) through the streamed
     association: exactly the pairs of BH per AN (or of the selective procedure) on the dense
     float64 z of :func:`association_z`, and the same |z|."""
-    from bids_vlm.encoding import associate
-    from bids_vlm.encoding.association import association_z
+    from bids_vlm.stats import associate
+    from bids_vlm.stats.association import association_z
 
     x, y = _layer()
     runs = [150, 150]

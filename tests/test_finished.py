@@ -6,7 +6,7 @@ import json
 import os
 import time
 
-from bids_vlm.bids import RunSpec
+from bids_vlm.inputs.bids import RunSpec
 from bids_vlm.config import AnalysisConfig, StatsConfig, to_json
 from bids_vlm.derivatives.io import (
     SHARED_TEMPORARY_AGE_S,

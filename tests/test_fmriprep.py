@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bids_vlm import fmriprep
-from bids_vlm.bids import collect_runs, load_layout
+from bids_vlm.inputs import fmriprep
+from bids_vlm.inputs.bids import collect_runs, load_layout
 from bids_vlm.config import RunFilter
 from bids_vlm.errors import EXIT_NO_INPUT, NoInputError
 from datagen import SPACE, make_planted_dataset

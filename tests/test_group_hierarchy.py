@@ -1,11 +1,11 @@
-"""Group level of the hierarchy and virtual-lesion tables (bids_vlm/group_hierarchy.py)."""
+"""Group level of the hierarchy and virtual-lesion tables (bids_vlm/derivatives/group/hierarchy.py)."""
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from bids_vlm.group_hierarchy import (HIERARCHY_COLUMNS, LESION_COLUMNS, combine_hierarchy,
+from bids_vlm.derivatives.group.hierarchy import (HIERARCHY_COLUMNS, LESION_COLUMNS, combine_hierarchy,
                                       group_hierarchy, group_lesion)
 
 SPACE = "MNI152NLin2009cAsym"

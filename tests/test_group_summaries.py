@@ -1,4 +1,4 @@
-"""Group-level network, polarity and redundancy summaries (bids_vlm/group_summaries.py)."""
+"""Group-level network, polarity and redundancy summaries (bids_vlm/derivatives/group/summaries.py)."""
 import json
 
 import numpy as np
@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bids_vlm.group import combine_participants
-from bids_vlm.group_summaries import group_networks, group_polarity, network_drivers
+from bids_vlm.derivatives.group.combine import combine_participants
+from bids_vlm.derivatives.group.summaries import group_networks, group_polarity, network_drivers
 
 SPACE = "MNI152NLin2009cAsym"
 IDS = [f"m/image/00/{u}" for u in range(3)]

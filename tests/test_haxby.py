@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-from bids_vlm.demo import DEMO_ARGS, DEMO_DATASET
+from bids_vlm.cli.demo import DEMO_ARGS, DEMO_DATASET
 
 pytestmark = pytest.mark.slow
 VT_MASK = DEMO_DATASET / "derivatives" / "masks" / "sub-1" / "sub-1_acq-25mm_desc-vt_mask.nii.gz"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bids_vlm.encoding.association import _prepare_block, _prepare_voxels
-from bids_vlm.encoding.blockscan import BlockScanner
-from bids_vlm.encoding.fdr import bh_z_thresholds
-from bids_vlm.encoding.kernels import CHUNK, NO_FACTORS, tile_stats
+from bids_vlm.stats.association import _prepare_block, _prepare_voxels
+from bids_vlm.stats.blockscan import BlockScanner
+from bids_vlm.stats.fdr import bh_z_thresholds
+from bids_vlm.stats.kernels import CHUNK, NO_FACTORS, tile_stats
 
 RUNS = [120, 80]
 
@@ -112,7 +112,7 @@ def test_kernel_compiles_without_a_writable_cache(monkeypatch):
     in memory instead of failing at import."""
     import numba
 
-    from bids_vlm.encoding import kernels
+    from bids_vlm.stats import kernels
 
     njit = numba.njit
 
@@ -130,9 +130,9 @@ def test_prepare_rows_equals_torch_and_fft():
     """Rows and within-run autocorrelations from the compiled pass equal the torch
     normalisation and the FFT of row_autocorrelations: unequal runs, a run shorter than the
     lags, a constant column, float64 and strided input."""
-    from bids_vlm.encoding.association import _rows
-    from bids_vlm.encoding.autocorr import row_autocorrelations
-    from bids_vlm.encoding.kernels import prepare_rows
+    from bids_vlm.stats.association import _rows
+    from bids_vlm.stats.autocorr import row_autocorrelations
+    from bids_vlm.stats.kernels import prepare_rows
 
     rng = np.random.default_rng(7)
     runs, n_lags = [90, 6, 64], 8
@@ -154,7 +154,7 @@ def test_prepare_rows_equals_torch_and_fft():
 
 
 def test_entries_above_reads_back_exactly_and_never_overflows():
-    from bids_vlm.encoding.kernels import entries_above
+    from bids_vlm.stats.kernels import entries_above
 
     rng = np.random.default_rng(2)
     u = rng.standard_normal((3, 2 * CHUNK)).astype(np.float32) * 3
@@ -180,8 +180,8 @@ def test_scan_fused_equals_torch_on_a_dense_block():
     """Many discoveries per AN and the exact null variance: the compiled read-back, exact z and
     BH (counts in bins) give the torch path's discoveries, in the same order (u, from the
     compiled tile pass, may differ from torch's in its last bit, and r and z with it)."""
-    from bids_vlm.encoding.autocorr import demean_traces, noise_factors
-    from bids_vlm.encoding.inference import lag_sums
+    from bids_vlm.stats.autocorr import demean_traces, noise_factors
+    from bids_vlm.stats.autocorr import lag_sums
 
     rng = np.random.default_rng(8)
     t = sum(RUNS)

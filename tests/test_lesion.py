@@ -84,8 +84,8 @@ def test_fold_counts_unique_and_exact_noise():
     component that mixes AN 4 with others would lend them its voxels) with the exact null
     variance from per-run noise sums and cleaning traces find the planted AN; the
     presence-only voxels give no BN."""
-    from bids_vlm.encoding.inference import lag_sums
-    from bids_vlm.encoding.autocorr import default_lags, demean_traces
+    from bids_vlm.stats.autocorr import lag_sums
+    from bids_vlm.stats.autocorr import default_lags, demean_traces
 
     rng = np.random.default_rng(2)
     x = rng.standard_normal((sum(RUNS), 20)).astype(np.float32)

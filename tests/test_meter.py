@@ -24,7 +24,7 @@ from bids_vlm.models.meter import (
     module_from_checkpoint,
 )
 from bids_vlm.models.meter_arch import additive_mask
-from bids_vlm.stimuli import pair_item
+from bids_vlm.inputs.stimuli import pair_item
 
 TEXTS = ["a photo of a face", "a house", "a small red chair on the grass"]
 

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bids_vlm.bids import RunSpec
-from bids_vlm.cli import main
+from bids_vlm.inputs.bids import RunSpec
+from bids_vlm.cli.run import main
 from bids_vlm.config import AnalysisConfig, ModelConfig
 from bids_vlm.derivatives.io import desc_label, model_label
 from bids_vlm.progress import QUIET_ENV
@@ -177,7 +177,7 @@ def test_cli_hf_clip_directory_participant_and_group(planted, hf_dir, tmp_path):
 def test_cli_relative_spec_paths_are_made_absolute(planted, hf_dir, tmp_path, monkeypatch):
     """The nodes run in their own folders: a relative folder or file in a spec is resolved
     when the command line is read, so the run finds it and ``dir`` and ``./dir/`` agree."""
-    from bids_vlm.cli import _model_name
+    from bids_vlm.cli.types import _model_name
 
     monkeypatch.chdir(hf_dir.parent)
     assert _model_name("hf-clip:./tiny_hf/") == _model_name("hf-clip:tiny_hf") == \

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage, stats
 
+from bids_vlm.analysis import grids
 from bids_vlm.analysis import networks as nw
 from bids_vlm.analysis.atlases import default_networks, is_mni, language_labels
 from bids_vlm.analysis.networks import enrichment, network_masks
@@ -122,7 +123,7 @@ def synthetic():
     masks = nw.NetworkMasks({f"N{i}": (shell & (label == i))[inside] for i in range(6)})
     ijk = np.argwhere(inside)
     masks["Lang"] = (np.linalg.norm(ijk - [6, 8, 14], axis=1) < 5) & shell[inside]
-    masks.grid = nw.VoxelGrid(ijk, np.diag([3.0, 3.0, 3.0, 1.0]), inside.shape)
+    masks.grid = grids.VoxelGrid(ijk, np.diag([3.0, 3.0, 3.0, 1.0]), inside.shape)
     an, vox, r = [], [], []
     for a in range(N_NULL):
         field = ndimage.gaussian_filter(rng.standard_normal(inside.shape),
@@ -201,8 +202,8 @@ def test_spatial_null_is_seeded(synthetic):
 def test_rigid_moves_keep_distances_in_mm_and_identity_labels():
     affine = np.array([[2.0, 0, 0, -40], [0, 3.0, 0, -50], [0, 0, 4.0, -30], [0, 0, 0, 1]])
     inside = _brain((20, 16, 12), (9, 7, 5))
-    grid = nw.VoxelGrid(np.argwhere(inside), affine, inside.shape)
-    mats = nw.rigid_transforms(5, grid, np.random.default_rng(0))
+    grid = grids.VoxelGrid(np.argwhere(inside), affine, inside.shape)
+    mats = grids.rigid_transforms(5, grid, np.random.default_rng(0))
     u, v = grid.ijk[[3, 40, 200]], grid.ijk[[100, 7, 5]]
     for m in mats:  # anisotropic voxels: the move is rigid in mm, not in voxels
         mu, mv = u @ m[:, :3].T + m[:, 3], v @ m[:, :3].T + m[:, 3]

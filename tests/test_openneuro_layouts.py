@@ -24,7 +24,7 @@ import pytest
 from conftest import run_cli
 from datagen import write_colour_video, write_image, write_layout_dataset
 
-from bids_vlm.cli import main
+from bids_vlm.cli.run import main
 
 DATA = Path(__file__).parent / "data" / "openneuro"
 FAST = ["--streams", "image", "--layers", "2", "--no-encoding", "--n-surrogates", "0"]
@@ -248,7 +248,7 @@ def test_frame_by_frame_log_with_media_time_column(forrest, tmp_path, monkeypatc
     """With --media-time-column videotime each 1-s sample shows the film where the log says
     it was (about the sample's midpoint), not its first half second; without it, a warning
     names the option, once for the run, like the events after the run's end."""
-    from bids_vlm.video import split_frame_item
+    from bids_vlm.inputs.video import split_frame_item
 
     root, events = forrest
     out, work = tmp_path / "out", tmp_path / "work"
@@ -311,31 +311,31 @@ def test_audio_stim_file_beside_word_events_is_ignored_with_one_warning(tmp_path
 def test_stimulus_options_reach_the_configuration(tmp_path):
     """Flags and --config-file keys become the StimulusConfig (part of the fingerprint);
     naming the default stimuli folder is the default."""
-    from bids_vlm.cli import _apply_config_file, _build_parser, config_from_options
+    from bids_vlm.cli.parser import apply_config_file, build_parser, config_from_options
 
     root = tmp_path / "ds"
     (root / "stimuli").mkdir(parents=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     base = [str(root), str(tmp_path / "out"), "participant"]
-    opts = _build_parser().parse_args(base + [
+    opts = build_parser().parse_args(base + [
         "--stim-column", "file_path", "stim_file", "--stimuli-dir", str(elsewhere),
         "--media-time-column", "videotime"])
     stimuli = config_from_options(opts).stimuli
     assert stimuli.stim_columns == ("file_path", "stim_file")
     assert stimuli.stimuli_dir == str(elsewhere.resolve())
     assert stimuli.media_time_column == "videotime"
-    default = config_from_options(_build_parser().parse_args(base)).stimuli
-    named = config_from_options(_build_parser().parse_args(
+    default = config_from_options(build_parser().parse_args(base)).stimuli
+    named = config_from_options(build_parser().parse_args(
         base + ["--stimuli-dir", str(root / "stimuli")])).stimuli
     assert default == named and (default.stim_columns, default.stimuli_dir,
                                  default.media_time_column) == ((), "", "")
     toml = tmp_path / "cfg.toml"
     toml.write_text(f'stim_column = ["condition"]\nstimuli_dir = "{elsewhere}"\n'
                     'media_time_column = "videotime"\n')
-    parser = _build_parser()
+    parser = build_parser()
     argv = base + ["--config-file", str(toml)]
-    _apply_config_file(parser, argv)
+    apply_config_file(parser, argv)
     from_file = config_from_options(parser.parse_args(argv)).stimuli
     assert (from_file.stim_columns, from_file.stimuli_dir, from_file.media_time_column) == (
         ("condition",), str(elsewhere.resolve()), "videotime")

@@ -1,4 +1,4 @@
-"""Stage 5: BOLD masking and cleaning (bids_vlm/preproc.py)."""
+"""Stage 5: BOLD masking and cleaning (bids_vlm/design/cleaning.py)."""
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -6,7 +6,7 @@ import pytest
 
 from bids_vlm.config import BoldConfig
 from bids_vlm.errors import DataError
-from bids_vlm.preproc import MOTION, clean_bold, load_mask, select_confounds
+from bids_vlm.design.cleaning import MOTION, clean_bold, load_mask, select_confounds
 
 AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])
 N_SCANS, TR = 80, 2.0
@@ -149,7 +149,7 @@ def test_non_numeric_confounds_are_a_data_error(tmp_path):
     import pytest
 
     from bids_vlm.errors import DataError
-    from bids_vlm.preproc import clean_bold
+    from bids_vlm.design.cleaning import clean_bold
 
     data = np.random.default_rng(0).standard_normal((3, 3, 3, 20)) + 100
     bold = tmp_path / "bold.nii.gz"
@@ -162,7 +162,7 @@ def test_non_numeric_confounds_are_a_data_error(tmp_path):
 
 
 def test_removed_dimensions_follow_the_cleaning():
-    from bids_vlm.preproc import removed_dimensions
+    from bids_vlm.design.cleaning import removed_dimensions
 
     rng = np.random.default_rng(0)
     # mean + linear trend + 3 cosines below 1/128 Hz for 100 scans of 2 s
@@ -179,7 +179,7 @@ def test_cleaned_regressor_and_noise_keep_the_null_distribution():
     high-pass that the cosine basis replaced gave 1.7 x that spread on such data)."""
     from nilearn.glm.first_level import compute_regressor
 
-    from bids_vlm.preproc import clean_signals, removed_dimensions
+    from bids_vlm.design.cleaning import clean_signals, removed_dimensions
 
     rng = np.random.default_rng(1)
     n, tr = 100, 2.0
@@ -202,8 +202,8 @@ def test_non_steady_state_volumes_are_censored_on_both_sides(tmp_path):
     and the noise lag sums do not see them."""
     from scipy.signal import detrend
 
-    from bids_vlm.encoding.inference import lag_sums
-    from bids_vlm.preproc import (censored_frames, clean_signals, noise_lag_sums, read_confounds,
+    from bids_vlm.stats.autocorr import lag_sums
+    from bids_vlm.design.cleaning import (censored_frames, clean_signals, noise_lag_sums, read_confounds,
                                   removed_dimensions)
 
     rng = np.random.default_rng(3)
@@ -232,7 +232,7 @@ def test_non_steady_state_volumes_are_censored_on_both_sides(tmp_path):
 def test_fmriprep_1x_confound_names_are_read():
     """fMRIPrep 1.0-1.1 confounds (X, Y, Z, RotX, RotY, RotZ, aCompCorNN, CosineNN,
     NonSteadyStateOutlierNN) are selected as their >= 1.2 names (BOLD5000's derivatives)."""
-    from bids_vlm.preproc import fmriprep_1x_names
+    from bids_vlm.design.cleaning import fmriprep_1x_names
 
     rng = np.random.default_rng(4)
     n = 12
@@ -253,7 +253,7 @@ def test_masked_series_is_nilearns_apply_mask(tmp_path, dtype):
     types of real BOLD files, read back from disk (Fortran order) or held in C order."""
     from nilearn import masking
 
-    from bids_vlm.preproc import masked_series
+    from bids_vlm.design.cleaning import masked_series
 
     rng = np.random.default_rng(0)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -274,7 +274,7 @@ def test_masked_series_is_nilearns_apply_mask(tmp_path, dtype):
 
 
 def test_masked_series_other_grid_is_nilearns_error():
-    from bids_vlm.preproc import masked_series
+    from bids_vlm.design.cleaning import masked_series
 
     mask = nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4))
     bold = nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))

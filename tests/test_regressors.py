@@ -1,9 +1,9 @@
-"""Stage 4: activations -> HRF regressors (bids_vlm/regressors.py), checked against nilearn."""
+"""Stage 4: activations -> HRF regressors (bids_vlm/design/regressors.py), checked against nilearn."""
 import numpy as np
 import pytest
 from nilearn.glm.first_level import compute_regressor
 
-from bids_vlm.regressors import (
+from bids_vlm.design.regressors import (
     convolution_matrix,
     frame_times,
     make_regressors,
@@ -113,7 +113,7 @@ def test_empty_timeline_gives_empty_matrix():
 def test_fir_matrices_match_nilearn_and_feed_association_and_encoding():
     from nilearn.glm.first_level import compute_regressor
 
-    from bids_vlm.regressors import make_delayed_regressors
+    from bids_vlm.design.regressors import make_delayed_regressors
 
     frames = frame_times(60, 2.0)
     times = np.arange(120) * 1.0

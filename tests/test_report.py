@@ -1,4 +1,4 @@
-"""Stage 9: the participant and group HTML reports (bids_vlm/report.py)."""
+"""Stage 9: the participant and group HTML reports (bids_vlm/reports/)."""
 from __future__ import annotations
 
 import html
@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bids_vlm import __version__, report
+from bids_vlm import __version__
 from bids_vlm.config import AnalysisConfig, StatsConfig, StimulusConfig, from_dict
-from bids_vlm.report import CITATIONS, group_report, methods_text, participant_report
+from bids_vlm.reports.group import group_report
+from bids_vlm.reports import participant
+from bids_vlm.reports.participant import participant_report
+from bids_vlm.reports.sections import CITATIONS, methods_text
 
 SRC_RE = re.compile(r"""src=(?:'([^']*)'|"([^"]*)")""")
 
@@ -196,7 +199,7 @@ def test_each_model_section_draws_only_its_own_maps(planted_outputs, tmp_path, m
         drawn[Path(fig_path).name] = [Path(p).name for p in paths]
         Image.new("RGB", (60, 60)).save(fig_path, format="PNG")
 
-    monkeypatch.setattr(report, "_brain_figure", fake_brain_figure)
+    monkeypatch.setattr(participant, "_brain_figure", fake_brain_figure)
     participant_report(out, "01", AnalysisConfig())
     drawn = {k: v for k, v in drawn.items() if k.endswith("_bncount.png")}
     assert len(drawn) == 4  # 2 models x 2 streams

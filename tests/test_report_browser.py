@@ -1,4 +1,4 @@
-"""The HTML reports (bids_vlm/report.py) opened in a real headless Chromium: every figure loads,
+"""The HTML reports (bids_vlm/reports/) opened in a real headless Chromium: every figure loads,
 the page logs no console error, and a screenshot of the first screen is kept as an artefact
 (in ``$BIDS_VLM_ARTEFACTS``, else ``test-artifacts/`` at the repository root)."""
 from __future__ import annotations

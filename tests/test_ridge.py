@@ -12,10 +12,11 @@ from sklearn.linear_model import RidgeCV as SkRidgeCV
 
 from scipy import special
 
-from bids_vlm.encoding.autocorr import default_lags, noise_factors
+from bids_vlm.stats.autocorr import default_lags, noise_factors
+from bids_vlm.encoding.folds import inner_splits, run_splits
 from bids_vlm.encoding.ridge import (CROSS_FOLD, best_layer_p, bh_reject, encode_layer,
-                                     heldout_scores, heldout_z, inner_splits,
-                                     prediction_lag_terms, preferred_layer, run_splits)
+                                     heldout_scores, heldout_z, prediction_lag_terms,
+                                     preferred_layer)
 from bids_vlm.simulate import Design, session
 
 RUNS = [150, 150, 150, 150]

@@ -52,7 +52,7 @@ def test_folds_equal_himalaya(run_lengths, n_features):
 
 def _cv_scores(x, y, runs, k):
     """(n_alphas, V) float64 mean inner-fold -SSE / n_test of fold k."""
-    from bids_vlm.encoding.ridge import inner_splits
+    from bids_vlm.encoding.folds import inner_splits
 
     train_runs = [r for i, r in enumerate(runs) if i != k]
     train = np.concatenate(train_runs)

@@ -9,9 +9,10 @@ import pytest
 from scipy.spatial import cKDTree
 
 from bids_vlm import cifti
+from bids_vlm.analysis import grids
 from bids_vlm.analysis import networks as nw
 from bids_vlm.analysis.spin import SurfaceGrid, _spheres
-from bids_vlm.analysis.surface_atlases import load_surface_networks, surface_network_masks
+from bids_vlm.analysis.atlases import load_surface_networks, surface_network_masks
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_right_hemisphere_turns_as_the_mirror_image_of_the_left(grid):
 def _spun(pattern, bm, rng):
     """(G,) bool: ``pattern`` moved by one uniformly random rotation of the spheres (the
     right by its mirror image), nearest vertex; subcortex empty."""
-    rot = nw.random_rotations(1, rng)[0]
+    rot = grids.random_rotations(1, rng)[0]
     flip = np.diag([-1.0, 1.0, 1.0])
     out = np.zeros(len(bm), bool)
     for r, (name, sphere) in zip((rot, flip @ rot @ flip), _spheres().items()):

@@ -1,4 +1,4 @@
-"""Stage 2: events.tsv -> stimulus timeline (bids_vlm/stimuli.py)."""
+"""Stage 2: events.tsv -> stimulus timeline (bids_vlm/inputs/stimuli.py)."""
 import logging
 import os
 from pathlib import Path
@@ -9,7 +9,7 @@ import pytest
 
 from bids_vlm.config import StimulusConfig
 from bids_vlm.errors import DataError
-from bids_vlm.stimuli import Timeline, build_timeline, read_events, unique_stimuli
+from bids_vlm.inputs.stimuli import Timeline, build_timeline, read_events, unique_stimuli
 
 
 def _write(path, text, encoding="utf-8"):
@@ -270,7 +270,7 @@ def test_text_window_collects_transcript_words(tmp_path):
 
 
 def test_sampling_is_safe_from_floating_point_error():
-    from bids_vlm.stimuli import _owner_event
+    from bids_vlm.inputs.stimuli import _owner_event
 
     # 0.3 / 0.1 is 2.9999...: the event must not reach back into sample [0.2, 0.3)
     assert _owner_event(np.array([0.3]), np.array([0.2]), 6, 0.1).tolist() == [-1, -1, -1, 0,
@@ -315,7 +315,7 @@ def _touch(path):
 @pytest.mark.parametrize("column", ["file_path", "Stim_File", "stimulus", "image", "movie",
                                     "video", "stim"])
 def test_usual_stimulus_columns_are_detected(tmp_path, column):
-    from bids_vlm.stimulus_files import stimulus_columns
+    from bids_vlm.inputs.stimulus_files import stimulus_columns
 
     _touch(tmp_path / "dog" / "dog_12s.jpg")
     ev = _events([(0, 1), (1, 1)], trial_type=["exp", "exp"],
@@ -329,7 +329,7 @@ def test_a_column_of_labels_is_not_a_stimulus_column_but_one_of_file_names_is(tm
     """'stimulus' holding condition labels is not taken for file names (a dataset that
     analysed its trial types as text keeps working); an unusual column whose every value is a
     media file name is (NOD names its COCO images in 'condition')."""
-    from bids_vlm.stimulus_files import stimulus_columns
+    from bids_vlm.inputs.stimulus_files import stimulus_columns
 
     _touch(tmp_path / "COCO_val2014_000000000042.jpg")
     labels = _events([(0, 1)], stimulus=["face"], trial_type=["face"])
@@ -344,7 +344,7 @@ def test_a_column_of_labels_is_not_a_stimulus_column_but_one_of_file_names_is(tm
 
 
 def test_stim_columns_first_non_empty_value_wins(tmp_path):
-    from bids_vlm.stimulus_files import stimulus_columns
+    from bids_vlm.inputs.stimulus_files import stimulus_columns
 
     for name in ("a.png", "b.png", "c.png"):
         _touch(tmp_path / name)
@@ -362,7 +362,7 @@ def test_stim_columns_first_non_empty_value_wins(tmp_path):
 def test_bold5000_bare_names_resolve_in_subfolders_with_one_index(tmp_path, monkeypatch):
     """BOLD5000 names its images bare; the distributed files sit in COCO/, ImageNet/ and
     Scene/: each is found by its file name through one index of the tree."""
-    from bids_vlm import stimulus_files
+    from bids_vlm.inputs import stimulus_files
 
     stim = tmp_path / "BOLD5000_Stimuli"
     names = {"ImageNet": ["n01930112_19568.JPEG", "n03733281_29214.JPEG"],
@@ -452,7 +452,7 @@ def _frame_log(n_rows=100, frame=0.04, start=0.12, lag=0.08):
 
 
 def test_media_time_column_shows_the_video_from_the_logged_position(tmp_path):
-    from bids_vlm.video import split_frame_item
+    from bids_vlm.inputs.video import split_frame_item
 
     _touch(tmp_path / "film.mp4")
     ev = _frame_log()
@@ -484,7 +484,7 @@ def test_media_time_column_errors(tmp_path):
 
 
 def test_rows_that_replay_a_video_are_detected():
-    from bids_vlm.stimulus_checks import replayed_rows
+    from bids_vlm.inputs.stimulus_checks import replayed_rows
 
     ev = _frame_log(50)
     assert replayed_rows(ev, list(ev["stim_file"])) == (49, "film.mp4")
@@ -495,7 +495,7 @@ def test_rows_that_replay_a_video_are_detected():
 
 
 def test_stimulus_files_for_the_fingerprint(tmp_path):
-    from bids_vlm.stimulus_files import stimulus_files
+    from bids_vlm.inputs.stimulus_files import stimulus_files
 
     _touch(tmp_path / "stim" / "ImageNet" / "n1.JPEG")
     _touch(tmp_path / "stim" / "a.png")

@@ -129,7 +129,7 @@ def test_modality_specificity_and_layer_table():
 
 
 def test_image_text_overlap_by_hand():
-    from bids_vlm.derivatives.summaries import stream_overlap
+    from bids_vlm.derivatives.participant.summaries import stream_overlap
 
     table = pd.DataFrame({"stream": ["image", "image", "text", "text"], "layer": [0, 1, 0, 1],
                           "n_bn_pos": [1, 1, 1, 1], "n_bn_neg": [0, 0, 0, 0]})
@@ -152,7 +152,7 @@ def _planted_layer_table(pos, neg, n_ans=3, n_frames=300, seed=0):
     noise), and 60 voxels are noise only. The BN+ / BN- counts are those of
     :func:`bids_vlm.encoding.associate` (Bartlett-corrected z, BH per AN), layer by layer as the
     pipeline runs it."""
-    from bids_vlm.encoding import associate
+    from bids_vlm.stats import associate
 
     rng = np.random.default_rng(seed)
     kernel = np.exp(-np.arange(6) / 2.0)

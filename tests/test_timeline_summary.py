@@ -1,4 +1,4 @@
-"""What each run's timeline shows (bids_vlm/timeline_summary.py), and a participant is never
+"""What each run's timeline shows (bids_vlm/inputs/timeline_summary.py), and a participant is never
 lost to one analysis unit without stimuli: that unit is skipped with a warning, the others'
 outputs are written, the report and the sidecars say so."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bids_vlm.stimuli import Timeline
-from bids_vlm.timeline_summary import describe, log_summary, summarise
-from bids_vlm.video import frame_item
+from bids_vlm.inputs.stimuli import Timeline
+from bids_vlm.inputs.timeline_summary import describe, log_summary, summarise
+from bids_vlm.inputs.video import frame_item
 from conftest import run_cli
 from datagen import make_planted_dataset
 

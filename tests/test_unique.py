@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bids_vlm.encoding import associate, prepare_voxels
-from bids_vlm.encoding.unique import (layer_association, mean_abs_r, nuisance_basis,
+from bids_vlm.stats import associate, prepare_voxels
+from bids_vlm.stats.unique import (layer_association, mean_abs_r, nuisance_basis,
                                       project_voxels, removed_share, residualise)
 from bids_vlm.simulate import Design, activations, event_design, session
 
@@ -47,8 +47,8 @@ def test_projected_voxels_equal_voxels_residualised_then_prepared():
                                s.lag_traces)
     res = associate(residualise(s.regressors, basis), projected, q=1 - 1e-9,
                     fdr_scope="an", **dict(args, n_removed=s.n_removed + 2))
-    from bids_vlm.encoding.association import association_z
-    from bids_vlm.encoding.unique import lag_traces_of
+    from bids_vlm.stats.association import association_z
+    from bids_vlm.stats.unique import lag_traces_of
 
     z = association_z(residualise(s.regressors, basis), residualise(s.voxels, basis),
                       run_lengths=s.run_lengths, n_removed=s.n_removed + 2,

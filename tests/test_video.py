@@ -12,8 +12,8 @@ from bids_vlm.config import ModelConfig, StimulusConfig
 from bids_vlm.errors import DataError
 from bids_vlm.models import extract, load_model
 from bids_vlm.models.cache import stimulus_key
-from bids_vlm.stimuli import build_timeline
-from bids_vlm.video import (FrameReader, canonical_items, duration, frame_item, frame_times,
+from bids_vlm.inputs.stimuli import build_timeline
+from bids_vlm.inputs.video import (FrameReader, canonical_items, duration, frame_item, frame_times,
                             split_frame_item)
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]  # 1 s each

@@ -1,4 +1,5 @@
-"""The Nipype graphs (workflows/participant.py, workflows/group.py) and the import direction."""
+"""The Nipype graphs (workflows/participant.py, workflows/group.py); the import direction is
+tests/test_layers.py's."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,7 @@ import pytest
 from nipype.interfaces.utility import Function, Merge
 from nipype.pipeline import engine as pe
 
-from bids_vlm.bids import RunSpec
+from bids_vlm.inputs.bids import RunSpec
 from bids_vlm.config import (AnalysisConfig, EncodingConfig, ModelConfig, NetworkConfig,
                              from_json, to_json)
 from workflows import nodes
@@ -247,21 +248,3 @@ def test_group_wf(tmp_path):
     assert report.inputs.config_json == to_json(config)
     assert maps.overwrite and report.overwrite
     assert _edges(wf) == {("group_maps", "out", "group_report", "written")}
-
-
-def _imports_workflows(text: str) -> bool:
-    return re.search(r"^\s*(from\s+workflows(\.|\s)|import\s+workflows\b)", text,
-                     re.MULTILINE) is not None
-
-
-def test_stages_do_not_import_workflows():
-    allowed = {"bids_vlm/runner.py", "bids_vlm/cli.py", "bids_vlm/demo.py"}
-    sources = sorted((REPO / "bids_vlm").rglob("*.py"))
-    assert len(sources) > 10
-    offenders = [p.relative_to(REPO).as_posix() for p in sources
-                 if p.relative_to(REPO).as_posix() not in allowed
-                 and _imports_workflows(p.read_text())]
-    assert offenders == []
-    assert _imports_workflows((REPO / "bids_vlm" / "runner.py").read_text())  # sanity check
-    assert _imports_workflows("    from workflows.participant import x\n")
-    assert not _imports_workflows("# the workflows hand it to the nodes\n")

@@ -9,14 +9,14 @@ from bids_vlm.config import AnalysisConfig, to_json
 
 def group_maps_node(output_dir):
     """Group maps and tables from the participants' derivatives; returns the written paths."""
-    from bids_vlm.group import combine_participants
+    from bids_vlm.derivatives.group.combine import combine_participants
 
     return [str(p) for p in combine_participants(output_dir)]
 
 
 def group_report_node(written, output_dir, config_json):
     from bids_vlm.config import from_json
-    from bids_vlm.report import group_report
+    from bids_vlm.reports.group import group_report
 
     return str(group_report(output_dir, from_json(config_json)))
 

@@ -14,9 +14,9 @@ def timelines_node(runs_json, bids_dir, config_json):
     import os
     from pathlib import Path
 
-    from bids_vlm.bids import run_from_dict
+    from bids_vlm.inputs.bids import run_from_dict
     from bids_vlm.config import from_json
-    from bids_vlm.stimuli import build_timeline, read_events
+    from bids_vlm.inputs.stimuli import build_timeline, read_events
 
     config = from_json(config_json)
     out = {}
@@ -39,11 +39,11 @@ def mask_node(runs_json):
     import nibabel as nib
     from nilearn.masking import intersect_masks
 
-    from bids_vlm.bids import run_from_dict
+    from bids_vlm.inputs.bids import run_from_dict
     from bids_vlm.brainmask import grayordinate_mask
     from bids_vlm.cifti import is_cifti
     from bids_vlm.errors import DataError
-    from bids_vlm.preproc import load_mask
+    from bids_vlm.design.cleaning import load_mask
 
     runs = [run_from_dict(d) for d in json.loads(runs_json)]
     if any(is_cifti(r.bold) for r in runs):
@@ -71,9 +71,9 @@ def clean_node(run_json, mask_file, config_json):
 
     import numpy as np
 
-    from bids_vlm.bids import run_from_dict
+    from bids_vlm.inputs.bids import run_from_dict
     from bids_vlm.config import from_json
-    from bids_vlm.preproc import (censored_frames, clean_signals, load_bold, noise_lag_sums,
+    from bids_vlm.design.cleaning import (censored_frames, clean_signals, load_bold, noise_lag_sums,
                                   noise_path, read_confounds, run_lags)
 
     run = run_from_dict(json.loads(run_json))
@@ -94,8 +94,8 @@ def save_cleaned_node(cleaned_files, timelines_file, mask_file, runs_json, unit_
     group level's across-subjects noise ceiling; returns the written paths."""
     import json
 
-    from bids_vlm.bids import run_from_dict
-    from bids_vlm.derivatives.cleaned import write_cleaned
+    from bids_vlm.inputs.bids import run_from_dict
+    from bids_vlm.derivatives.participant.cleaned import write_cleaned
 
     runs = [run_from_dict(d) for d in json.loads(runs_json)]
     timelines = json.loads(open(timelines_file).read())
@@ -117,7 +117,7 @@ def extract_node(timelines_file, model_name, config_json, cache_dir, execution_d
 
     from bids_vlm.config import from_json, read_execution
     from bids_vlm.models import extract_cached, load_model
-    from bids_vlm.stimuli import Timeline, unique_items
+    from bids_vlm.inputs.stimuli import Timeline, unique_items
 
     config, execution = from_json(config_json), read_execution(execution_dir)
     timelines = [Timeline.from_dict(t) for t in json.loads(open(timelines_file).read()).values()]
@@ -142,26 +142,26 @@ def extract_node(timelines_file, model_name, config_json, cache_dir, execution_d
 def regressors_node(timelines_file, activations_file, runs_json, config_json):
     """HRF regressors of every AN, runs concatenated -> ``regressors.h5``
     (``<stream>/<layer>``: (n_frames_total, units)), each run's cleaned like its BOLD
-    (confounds, detrend, high-pass; :func:`bids_vlm.preproc.clean_signals`) and z-scored."""
+    (confounds, detrend, high-pass; :func:`bids_vlm.design.cleaning.clean_signals`) and z-scored."""
     import json
     import os
 
     import h5py
     import numpy as np
 
-    from bids_vlm.bids import run_from_dict
+    from bids_vlm.inputs.bids import run_from_dict
     from bids_vlm.config import from_json
-    from bids_vlm.encoding.autocorr import default_lags
+    from bids_vlm.stats.autocorr import default_lags
     from bids_vlm.encoding.noise_ceiling import run_signature
-    from bids_vlm.preproc import cleaning_projection, clean_signals, lag_traces, read_confounds
-    from bids_vlm.regressors import (
+    from bids_vlm.design.cleaning import cleaning_projection, clean_signals, lag_traces, read_confounds
+    from bids_vlm.design.regressors import (
         convolution_matrix,
         frame_times,
         make_delayed_regressors,
         make_regressors,
         sample_activations,
     )
-    from bids_vlm.stimuli import Timeline, sample_items
+    from bids_vlm.inputs.stimuli import Timeline, sample_items
 
     def presence(tl, stream):  # (n_samples, 1): 1 where the stream shows a stimulus
         return np.array([[x is not None] for x in sample_items(tl, stream)], np.float32)
@@ -221,12 +221,12 @@ def associate_node(regressors_file, cleaned_files, config_json, execution_dir=""
 
     from bids_vlm.config import from_json, read_execution
     from bids_vlm.derivatives.bnstore import ENTRY_FIELDS, pack, write_layer
-    from bids_vlm.encoding import method_description, prepare_voxels
-    from bids_vlm.encoding.association import TILE, TILE_CUDA, block_size_for_memory
-    from bids_vlm.encoding.unique import layer_association, mean_abs_r
+    from bids_vlm.stats import method_description, prepare_voxels
+    from bids_vlm.stats.association import TILE, TILE_CUDA, block_size_for_memory
+    from bids_vlm.stats.unique import layer_association, mean_abs_r
     from bids_vlm.errors import ResourceError
     from bids_vlm.models.base import resolve_device
-    from bids_vlm.preproc import pooled_noise_sums
+    from bids_vlm.design.cleaning import pooled_noise_sums
 
     config, execution = from_json(config_json), read_execution(execution_dir)
     voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
@@ -296,7 +296,7 @@ def encode_node(regressors_file, cleaned_files, config_json, execution_dir=""):
     from bids_vlm.config import from_json, read_execution
     from bids_vlm.encoding.ridge import encode_layer, method_description, z_description
     from bids_vlm.models.base import resolve_device
-    from bids_vlm.preproc import pooled_noise_sums
+    from bids_vlm.design.cleaning import pooled_noise_sums
 
     config = from_json(config_json)
     path = os.path.abspath("encoding.h5")
@@ -374,7 +374,7 @@ def enrich_node(association_file, mask_file, unit_json, config_json):
     import os
 
     from bids_vlm.config import from_json
-    from bids_vlm.derivatives.networks import write_enrichment
+    from bids_vlm.derivatives.participant.networks import write_enrichment
 
     return write_enrichment(association_file, mask_file, json.loads(unit_json),
                             from_json(config_json), os.path.abspath("enrichment.h5"))
@@ -389,7 +389,7 @@ def lesion_node(regressors_file, cleaned_files, association_file, encoding_file,
     from pathlib import Path
 
     from bids_vlm.config import from_json, read_execution
-    from bids_vlm.derivatives.networks import compute_lesion
+    from bids_vlm.derivatives.participant.networks import compute_lesion
 
     result = compute_lesion(regressors_file, cleaned_files, association_file, encoding_file,
                             mask_file, json.loads(unit_json), from_json(config_json),
@@ -408,15 +408,15 @@ def atoms_node(timelines_file, activations_file, runs_json, cleaned_files, confi
     import h5py
     import numpy as np
 
-    from bids_vlm.bids import run_from_dict
+    from bids_vlm.inputs.bids import run_from_dict
     from bids_vlm.config import from_json
     from bids_vlm.encoding.atoms import atom_glm, learn_atoms
-    from bids_vlm.encoding.autocorr import default_lags
-    from bids_vlm.preproc import (cleaning_projection, clean_signals, lag_traces,
+    from bids_vlm.stats.autocorr import default_lags
+    from bids_vlm.design.cleaning import (cleaning_projection, clean_signals, lag_traces,
                                   pooled_noise_sums, read_confounds)
-    from bids_vlm.regressors import (convolution_matrix, frame_times, make_regressors,
+    from bids_vlm.design.regressors import (convolution_matrix, frame_times, make_regressors,
                                      sample_activations)
-    from bids_vlm.stimuli import Timeline, sample_items
+    from bids_vlm.inputs.stimuli import Timeline, sample_items
 
     config = from_json(config_json)
     timelines = json.loads(open(timelines_file).read())
@@ -469,7 +469,7 @@ def outputs_node(association_files, encoding_files, atom_files, mask_file, unit_
     import json
 
     from bids_vlm.config import from_json
-    from bids_vlm.derivatives import write_unit_outputs
+    from bids_vlm.derivatives.participant import write_unit_outputs
 
     unit = json.loads(unit_json)
     return [str(p) for p in write_unit_outputs(association_files, encoding_files, mask_file,
@@ -484,7 +484,7 @@ def report_node(written, output_dir, subject, config_json, skipped_json="{}"):
     import json
 
     from bids_vlm.config import from_json
-    from bids_vlm.report import participant_report
+    from bids_vlm.reports.participant import participant_report
 
     return str(participant_report(output_dir, subject, from_json(config_json),
                                   json.loads(skipped_json)))

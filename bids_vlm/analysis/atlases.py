@@ -11,6 +11,14 @@ Its space is the ``space-`` entity of its file name, when it has one.
 Shipped atlases fit MNI-family data only; native-space data (T1w, func or no space entity) get
 network analyses only with a user atlas (assumed to be in the data's space unless its name says
 otherwise).
+
+On CIFTI grayordinates: the shipped fsLR 91k Yeo-7 and Yeo-17 (plus the Fedorenko-lab
+language parcels), or a user's ``--atlas PATH.dlabel.nii`` (networks: the label names of its
+first map; labels that share a name form one network; those whose names start with "vis" /
+"lang", in any case, count as visual / language for the modality index). Such an atlas is a
+:class:`NetworkAtlas` whose ``img`` is a :class:`GrayordinateLabels`; it is placed on the data
+by brain structure and vertex / voxel (:func:`bids_vlm.cifti.labels_on`), never by row
+position.
 """
 from __future__ import annotations
 
@@ -19,11 +27,13 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from bids_vlm import cifti
 from bids_vlm.errors import DataError
 
 ATLAS_DIR = Path(__file__).resolve().parents[1] / "data" / "atlases"
@@ -166,10 +176,8 @@ def user_atlas(path) -> NetworkAtlas:
 def load_networks(spec: str = "yeo7", grayordinates: bool = False) -> list[NetworkAtlas]:
     """The atlases of ``--atlas``: a shipped name (plus the language network) or a user
     atlas path; ``grayordinates``: for CIFTI data (the shipped fsLR 91k atlases,
-    :mod:`bids_vlm.analysis.surface_atlases`)."""
+    :func:`load_surface_networks`)."""
     if str(spec).endswith(".dlabel.nii") or grayordinates:
-        from bids_vlm.analysis.surface_atlases import load_surface_networks
-
         return load_surface_networks(spec)
     if spec in SHIPPED:
         return [shipped_atlas(spec), language_network()]
@@ -219,3 +227,74 @@ def space_description(atlases, data_space: str | None) -> dict:
             "AtlasSpace": "; ".join(dict.fromkeys(a.space or "not stated (assumed the data's)"
                                              for a in atlases)),
             "DataSpace": data_space or "native (no space entity)"}
+
+
+# --- on CIFTI grayordinates ---
+
+YEO7 = ("Visual", "Somatomotor", "DorsalAttention", "VentralAttention", "Limbic",
+        "Frontoparietal", "Default")
+SURFACE_SHIPPED = ("yeo7", "yeo17")
+_SURFACE_SOURCES = {"yeo7": "Yeo et al. 2011, 7 networks (HCP S1200 RSN-networks, fsLR 91k)",
+            "yeo17": "Yeo et al. 2011, 17 networks (HCP S1200 RSN-networks, fsLR 91k; names "
+                     "from Yeo-17_labels.tsv)"}
+
+
+class GrayordinateLabels(NamedTuple):
+    """(G,) integer labels on CIFTI brain models (G rows)."""
+
+    labels: np.ndarray
+    brain_models: object
+
+
+def load_surface_networks(spec: str) -> list[NetworkAtlas]:
+    """The grayordinate atlases of ``--atlas`` ``spec`` (module doc); DataError for a shipped
+    atlas that has no grayordinate version or a volume atlas."""
+    if spec in SURFACE_SHIPPED:
+        return [shipped_surface_atlas(spec), surface_language_network()]
+    if str(spec).endswith(".dlabel.nii"):
+        return [user_dlabel(spec)]
+    raise DataError(f"--atlas {spec}: not available on CIFTI grayordinates (shipped there: "
+                    f"{', '.join(SURFACE_SHIPPED)}; or a label file PATH.dlabel.nii)", spec)
+
+
+def shipped_surface_atlas(name: str) -> NetworkAtlas:
+    if name == "yeo7":
+        labels, visual = dict(enumerate(YEO7, start=1)), ("Visual",)
+    else:
+        labels, visual = _tsv_labels(ATLAS_DIR / "Yeo-17_labels.tsv"), ("VisCent", "VisPeri")
+    return NetworkAtlas(GrayordinateLabels(cifti.shipped_labels(name), cifti.standard_91k()),
+                        _grouped(labels), _SURFACE_SOURCES[name], SURFACE_SPACE, visual=visual)
+
+
+def surface_language_network() -> NetworkAtlas:
+    values = np.unique(cifti.shipped_labels("language"))
+    return NetworkAtlas(GrayordinateLabels(cifti.shipped_labels("language"),
+                                           cifti.standard_91k()),
+                        {"Language": tuple(int(v) for v in values if v > 0)},
+                        "Fedorenko-lab language parcels (Wolna, Wright & Fedorenko 2025), "
+                        "sampled at the fsLR 91k grayordinates", SURFACE_SPACE,
+                        language=("Language",))
+
+
+def user_dlabel(path) -> NetworkAtlas:
+    """A user's ``.dlabel.nii`` (first map); DataError naming it when it cannot be read or
+    labels nothing."""
+    labels, names, bm = cifti.read_dlabel(path)
+    names = {k: _safe_name(v) for k, v in names.items() if _safe_name(v)}
+    if not names or not set(np.unique(labels)) & set(names):
+        raise DataError("the label file names no label that its map uses", path)
+    networks = _grouped(names)
+    return NetworkAtlas(GrayordinateLabels(labels, bm), networks, f"user atlas {path}",
+                        SURFACE_SPACE,
+                        visual=tuple(n for n in networks if re.match(r"vis", n, re.I)),
+                        language=tuple(n for n in networks if re.match(r"lang", n, re.I)))
+
+
+def surface_network_masks(atlases, data_bm) -> dict:
+    """{network: (G,) bool over the data's grayordinates}."""
+    out = {}
+    for atlas in atlases:
+        values = cifti.labels_on(data_bm, atlas.img.brain_models, atlas.img.labels)
+        for name, members in atlas.networks.items():
+            out[name] = np.isin(values, members)
+    return out

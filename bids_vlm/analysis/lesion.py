@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bids_vlm.encoding.ridge import fold_predict, heldout_scores, himalaya_backend, run_splits
-from bids_vlm.encoding.unique import N_PCS
+from bids_vlm.stats.unique import N_PCS
 
 DEFAULT_STEPS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5)
 COLUMNS = ["network", "stream", "layer", "n_voxels", "n_ans", "n_ans_with_bn", "step",
@@ -72,9 +72,9 @@ def fold_counts(x, y, run_lengths, k: int, settings: FoldAssociation = FoldAssoc
     for ``exact``, {"run_noise": per run (>= K + 1, Vn) noise lag sums, "run_traces":
     (n_runs, K + 1) cleaning lag traces}, and "run_removed": (n_runs,) dimensions each run's
     cleaning removed (default: the voxels' own lag sums, each run's mean removal)."""
-    from bids_vlm.encoding.association import prepare_voxels
-    from bids_vlm.encoding.autocorr import default_lags
-    from bids_vlm.encoding.unique import layer_association
+    from bids_vlm.stats.association import prepare_voxels
+    from bids_vlm.stats.autocorr import default_lags
+    from bids_vlm.stats.unique import layer_association
 
     noise = noise or {}
     keep = [i for i in range(len(run_lengths)) if i != k]
@@ -105,7 +105,7 @@ def fold_orders(counts) -> np.ndarray:
 
 def kept_columns(removed, n_ans: int, n_features: int) -> np.ndarray:
     """Feature columns left when the ANs ``removed`` go; features are n_ans columns per delay
-    (delay-major, as :func:`bids_vlm.regressors.make_delayed_regressors` stacks them)."""
+    (delay-major, as :func:`bids_vlm.design.regressors.make_delayed_regressors` stacks them)."""
     if n_features % n_ans:
         raise ValueError(f"{n_features} features are not a multiple of {n_ans} ANs")
     keep = np.ones(n_ans, bool)

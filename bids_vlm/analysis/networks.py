@@ -24,7 +24,7 @@ the network than chance would put there):
   p = (1 + #{null density >= observed}) / (1 + moves used).
 
 On CIFTI grayordinates the atlases are matched to the data by structure and vertex / voxel
-(:mod:`bids_vlm.analysis.surface_atlases`) and the moves are a spin test on the fs_LR spheres
+(:mod:`bids_vlm.analysis.atlases`) and the moves are a spin test on the fs_LR spheres
 (:mod:`bids_vlm.analysis.spin`); the same kernels count the surrogates.
 
 FDR: Benjamini-Hochberg across all ANs x networks of a layer (``groups``); an AN *drives* a
@@ -36,17 +36,19 @@ from __future__ import annotations
 import contextlib
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
 
 import numba
 import numpy as np
 from nilearn import image
 from scipy import stats
 
+from bids_vlm.analysis.atlases import load_networks, space_problem, surface_network_masks
+from bids_vlm.analysis.grids import SHIFT, VoxelGrid
+from bids_vlm.analysis.spin import SurfaceGrid
+
 CHUNK = 64  # moves per pass over the BN entries (uint8 labels: one cache line per voxel)
 STOP_AT = 20  # Besag-Clifford: a pair stops once this many null densities reached its own
 MIN_KEPT = 0.5  # a move counts for a network when it keeps this share of the network
-SHIFT = 0.25  # translations uniform in a ball of this many RMS radii (mm) of the mask
 LATTICE = 30000  # network sizes are counted on at most about this many in-mask voxels
 _BIG = 4096  # int() truncates: int(x + _BIG) - _BIG is floor(x) for x > -_BIG
 NULL_NOTE = ("spatial null: random rigid moves of the atlas (uniform 3-D rotation about the "
@@ -56,46 +58,6 @@ NULL_NOTE = ("spatial null: random rigid moves of the atlas (uniform 3-D rotatio
              "the atlas); statistic: the AN's BN density in the network (moves keeping less "
              f"than {MIN_KEPT:g} of a network not used for it); p = (1 + null densities >= "
              "observed) / (1 + moves used)")
-
-
-class VoxelGrid(NamedTuple):
-    """The in-mask voxels of the BOLD grid: ijk (V, 3) in the masking order, affine, shape.
-
-    The geometry of the spatial null (as :class:`bids_vlm.analysis.spin.SurfaceGrid` on
-    grayordinates): ``points``, ``part`` (one part), :meth:`lookup`, :meth:`lattice`,
-    :meth:`moves`."""
-
-    ijk: np.ndarray
-    affine: np.ndarray
-    shape: tuple
-
-    n_parts = 1
-
-    @property
-    def points(self) -> np.ndarray:
-        return np.asarray(self.ijk, np.float64)
-
-    @property
-    def part(self) -> np.ndarray:
-        return np.zeros(len(self.ijk), np.int64)
-
-    def lookup(self, codes: np.ndarray, dtype) -> np.ndarray:
-        """The grid volume of the voxels' ``codes`` (0 outside the mask)."""
-        volume = np.zeros(self.shape, dtype)
-        volume[tuple(np.asarray(self.ijk, np.int64).T)] = codes
-        return volume
-
-    def lattice(self, limit: int) -> np.ndarray:
-        """(V,) bool: every s-th voxel along each axis, s the smallest with at most about
-        ``limit`` voxels."""
-        step = 1
-        while len(self.ijk) / step ** 3 > limit:
-            step += 1
-        return (np.asarray(self.ijk) % step == 0).all(1)
-
-    def moves(self, n: int, rng) -> np.ndarray:
-        """(n, 1, 3, 4): :func:`rigid_transforms`."""
-        return rigid_transforms(n, self, rng)[:, None]
 
 
 class NetworkMasks(dict):
@@ -113,8 +75,6 @@ def network_masks(atlases, mask_img) -> NetworkMasks:
     import nibabel as nib
 
     if isinstance(mask_img, nib.Cifti2Image):
-        from bids_vlm.analysis.spin import SurfaceGrid
-        from bids_vlm.analysis.surface_atlases import surface_network_masks
 
         bm = mask_img.header.get_axis(1)
         out = NetworkMasks(surface_network_masks(atlases, bm))
@@ -235,39 +195,6 @@ def hypergeom_sf(k, total, good, draws) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # the spatial null
-
-
-def random_rotations(n: int, rng) -> np.ndarray:
-    """(n, 3, 3) rotations uniform on SO(3) (normalised Gaussian quaternions)."""
-    quat = rng.standard_normal((n, 4))
-    w, x, y, z = (quat / np.linalg.norm(quat, axis=1, keepdims=True)).T
-    return np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-                     2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-                     2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-                    axis=1).reshape(n, 3, 3)
-
-
-def rigid_transforms(n: int, grid: VoxelGrid, rng) -> np.ndarray:
-    """(n, 3, 4): for each random rigid move of the atlas, the map from a voxel's ijk to the
-    ijk of the atlas point that lands there (the inverse move), in the grid's index space.
-
-    Move: y -> R (y - c) + c + d in mm, R uniform on SO(3) (normalised Gaussian quaternions), c
-    the mask's centre of mass, d uniform in a ball of radius SHIFT x the mask's RMS radius."""
-    affine = np.asarray(grid.affine, float)
-    lin, off = affine[:3, :3], affine[:3, 3]
-    xyz = np.asarray(grid.ijk, float) @ lin.T + off
-    centre = xyz.mean(0) if len(xyz) else np.zeros(3)
-    radius = SHIFT * np.sqrt(((xyz - centre) ** 2).sum(1).mean()) if len(xyz) else 0.0
-    rot = random_rotations(n, rng)
-    direction = rng.standard_normal((n, 3))
-    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    shift = direction * (radius * rng.random(n) ** (1 / 3))[:, None]
-    inv, back = np.linalg.inv(lin), rot.transpose(0, 2, 1)  # back: the inverse rotation
-    mats = np.empty((n, 3, 4))
-    mats[:, :, :3] = inv @ back @ lin
-    # source mm = back (x - c - d) + c with x = lin ijk + off; source ijk = inv (mm - off)
-    mats[:, :, 3] = (np.einsum("nij,nj->ni", back, off - centre - shift) + centre - off) @ inv.T
-    return mats
 
 
 def spatial_enrichment(an_index, voxel_index, n_an: int, member: np.ndarray, grid: VoxelGrid,
@@ -505,7 +432,6 @@ def data_networks(spec: str, mask_img, space: str | None):
     data's ``space`` or None) for ``--atlas`` ``spec``."""
     import nibabel as nib
 
-    from bids_vlm.analysis.atlases import load_networks, space_problem
 
     atlases = load_networks(spec, grayordinates=isinstance(mask_img, nib.Cifti2Image))
     problem = space_problem(atlases, space)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bids_vlm import cifti
+from bids_vlm.analysis.grids import VoxelGrid, random_rotations, rigid_transforms
 
 SHELL = 1.5  # mm either side of the sphere filled in the lookup volume (rounding moves < 0.87)
 NOTE = ("spatial null: spin test (the atlas rotated on the fs_LR sphere, uniformly random "
@@ -56,7 +57,7 @@ class SurfaceGrid:
     int64: 0 left sphere, 1 right sphere, 2 subcortical voxels; rows (shape) int32: the row
     each lookup voxel takes its network from (-1 none); centre (3,): the spheres' centre in
     their region; offsets: x offset of each part's region; voxels: the subcortical
-    :class:`~bids_vlm.analysis.networks.VoxelGrid` (None without voxels)."""
+    :class:`~bids_vlm.analysis.grids.VoxelGrid` (None without voxels)."""
 
     points: np.ndarray
     part: np.ndarray
@@ -73,7 +74,6 @@ class SurfaceGrid:
         cortex (the spheres shipped)."""
         from scipy.spatial import cKDTree
 
-        from bids_vlm.analysis.networks import VoxelGrid
 
         spheres = _spheres()
         radius = max(np.linalg.norm(s, axis=1).max() for s in spheres.values())
@@ -125,7 +125,6 @@ class SurfaceGrid:
     def moves(self, n: int, rng) -> np.ndarray:
         """(n, 3, 3, 4): per move and part, the map from a row's lookup position to its
         source's (the inverse move)."""
-        from bids_vlm.analysis.networks import random_rotations, rigid_transforms
 
         rot = random_rotations(n, rng)
         flip = np.diag([-1.0, 1.0, 1.0])

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pandas as pd
 from nilearn import masking
 
 from bids_vlm import __version__
+from bids_vlm.atomic import atomic_path
 from bids_vlm.errors import OutputError
 
 ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "den", "desc",
@@ -119,31 +119,6 @@ def desc_label(model: str, stream: str = "", layer: int | None = None) -> str:
     return label + (f"{layer:02d}" if layer is not None else "")
 
 
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds.
-
-    An OSError in the block (e.g. no space left on device) becomes an :class:`OutputError`
-    naming ``path``; the temporary file is removed, ``path`` is left as it was.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise OutputError(f"cannot write here: {exc}", path.parent) from exc
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared files
-        os.replace(tmp, path)
-    except OSError as exc:  # disk full, quota, read-only file system: nothing is left behind
-        raise OutputError(f"cannot write the file: {exc.strerror or exc}", path) from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 TEMPORARY_RE = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9.]+)?$")
 SHARED_TEMPORARY_AGE_S = 600  # a shared file's temporary this old is no run's current write
 
@@ -184,12 +159,6 @@ def remove_stale_temporaries(output_dir, key: str) -> list[Path]:
             raise OutputError(f"cannot remove a temporary file of an interrupted run: "
                               f"{exc.strerror or exc}", path) from exc
     return removed
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def write_json(path, data) -> Path:

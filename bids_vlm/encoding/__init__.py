@@ -1,16 +1,2 @@
-"""Stage 6: AN x voxel association (and, later, layer-wise encoding)."""
-from bids_vlm.encoding.association import (
-                                           AUTOCORR_METHODS,
-                                           AssociationResult,
-                                           associate,
-                                           block_size_for_memory,
-                                           memory_bound,
-                                           method_description,
-                                           normalize_columns,
-                                           prepare_voxels,
-)
-from bids_vlm.encoding.fdr import bh_z_thresholds
-
-__all__ = ["AUTOCORR_METHODS", "AssociationResult", "associate", "bh_z_thresholds",
-           "block_size_for_memory", "memory_bound", "method_description", "normalize_columns",
-           "prepare_voxels"]
+"""Stage 6b: layer-wise encoding: leave-one-run-out ridge (and banded ridge across streams),
+noise ceiling, and the paper mode's atoms (docs/METHOD.md section 7)."""

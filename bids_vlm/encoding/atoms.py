@@ -4,7 +4,7 @@ The activations of a layer's ANs on the stimulus grid (each AN centred, unit nor
 X (n_samples, N), are factored
 as X^T ~ A D with D (K, n_samples) temporal *atoms* and sparse loadings A (N, K) (L1 penalty
 ``alpha``; scikit-learn's MiniBatchDictionaryLearning). Each atom is HRF-convolved like an AN
-(:mod:`bids_vlm.regressors`), the K atom regressors are fitted together to every voxel by
+(:mod:`bids_vlm.design.regressors`), the K atom regressors are fitted together to every voxel by
 ordinary least squares (with an intercept), and each atom's t-map gets Benjamini-Hochberg FDR
 across voxels. The coefficients' variances are the exact GLM ones for each voxel's stationary
 noise autocorrelation (estimated before the cleaning, Tukey-tapered, as the association's
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from bids_vlm.encoding.autocorr import tukey_taper
+from bids_vlm.stats.autocorr import tukey_taper
 
 
 @dataclass
@@ -71,8 +71,8 @@ def atom_glm(regressors: np.ndarray, voxels: np.ndarray, q: float = 0.05, n_remo
     With ``noise_rho`` (n_lags, V): each voxel's noise autocorrelation rho(1..n_lags) *before*
     the cleaning, estimated within runs from its detrended but otherwise uncleaned series,
     **untapered** (e.g. ``noise_lag_sums[1:] / noise_lag_sums[0]`` of
-    :func:`bids_vlm.preproc.noise_lag_sums`); the Tukey taper w_k
-    (:func:`bids_vlm.encoding.autocorr.tukey_taper`) is applied here, rho_k <- w_k rho_k, as
+    :func:`bids_vlm.design.cleaning.noise_lag_sums`); the Tukey taper w_k
+    (:func:`bids_vlm.stats.autocorr.tukey_taper`) is applied here, rho_k <- w_k rho_k, as
     the association's ``exact`` method does. NaNs count as 0. The noise is taken as stationary
     within runs, autocovariance gamma_0 rho_k (0 beyond n_lags and across runs), and the
     variance of each coefficient is the exact GLM one under that model:
@@ -92,7 +92,7 @@ def atom_glm(regressors: np.ndarray, voxels: np.ndarray, q: float = 0.05, n_remo
     degenerate rho) get t = 0.
 
     lag_traces: (>= n_lags + 1,) sum over runs of sum_t M[t, t+k], k = 0..n_lags
-    (:func:`bids_vlm.preproc.lag_traces` of each run's projection, summed); M must be the
+    (:func:`bids_vlm.design.cleaning.lag_traces` of each run's projection, summed); M must be the
     projection the regressors and voxels were both cleaned with and must remove each run's mean
     (every cleaning of this package does), so the intercept lies in its null space. None: no
     cleaning (M = I; then n_removed must be 0), as does lag_traces[0] == T.

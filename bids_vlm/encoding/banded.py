@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bids_vlm.encoding.ridge import (ALPHAS, himalaya_backend, inner_splits, run_splits,
-                                     run_sums, scores_from_sums)
+from bids_vlm.encoding.folds import inner_splits, run_splits
+from bids_vlm.encoding.ridge import ALPHAS, himalaya_backend, run_sums, scores_from_sums
 from bids_vlm.encoding.ridge_solver import (_pool, _Stack, batch_size, device_of,
                                             voxel_batch)
 

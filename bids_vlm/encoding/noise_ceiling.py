@@ -70,7 +70,7 @@ def run_signature(timeline: dict, n_scans: int, tr: float) -> str:
     """Signature of a run's stimulus sequence: equal for runs (of any subject) that showed the
     same stimuli at the same times with the same number of scans and TR.
 
-    timeline: the run's :meth:`bids_vlm.stimuli.Timeline.to_dict`.
+    timeline: the run's :meth:`bids_vlm.inputs.stimuli.Timeline.to_dict`.
     """
     return hashlib.sha1(json.dumps([timeline, n_scans, tr]).encode()).hexdigest()
 

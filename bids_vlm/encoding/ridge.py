@@ -15,7 +15,7 @@ Significance of a held-out r (:func:`heldout_z`). A held-out run's prediction co
 model fitted on the other runs only, so under the null (the voxel's series unrelated to the
 features) it is a fixed series independent of that run's noise, and that run's r is the
 correlation of a fixed cleaned regressor with the cleaned voxel, whose null variance is the
-association's ``exact`` one (:mod:`bids_vlm.encoding.autocorr`). The held-out r pools the runs
+association's ``exact`` one (:mod:`bids_vlm.stats.autocorr`). The held-out r pools the runs
 (each z-scored): r = sum_runs (n_run / T) r_run, so
 
     Var_folds(r) = (1 + 2 sum_k rho_p(k) w_k rho_S(k)) / (m_0 + 2 sum_k w_k rho_S(k) m_k)
@@ -52,8 +52,9 @@ import numpy as np
 import torch
 from scipy import special
 
-from bids_vlm.encoding.autocorr import (default_lags, demean_traces, noise_factors,
+from bids_vlm.stats.autocorr import (default_lags, demean_traces, noise_factors,
                                         row_autocorrelations)
+from bids_vlm.encoding.folds import run_splits
 from bids_vlm.encoding.ridge_solver import device_of, loro_blocks
 from bids_vlm.progress import progress as progress_bar
 
@@ -99,28 +100,6 @@ class EncodingResult:
     alpha: np.ndarray
     predictions: np.ndarray | None = None
     z: np.ndarray | None = None
-
-
-def run_splits(run_lengths):
-    """Frame indices of each run: list of (n_run,) int arrays."""
-    edges = np.cumsum([0, *run_lengths])
-    return [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:])]
-
-
-def inner_splits(train_runs, max_folds=5, n_contiguous=5):
-    """(train, test) index pairs inside the training frames (positions in their concatenation):
-    whole runs (grouped into at most ``max_folds`` folds), or contiguous folds of one run."""
-    lengths = [len(r) for r in train_runs]
-    positions = run_splits(lengths)
-    if len(train_runs) == 1:
-        positions = np.array_split(positions[0], n_contiguous)
-    groups = np.array_split(np.arange(len(positions)), min(max_folds, len(positions)))
-    n = sum(lengths)
-    splits = []
-    for group in groups:
-        test = np.concatenate([positions[g] for g in group])
-        splits.append((np.setdiff1d(np.arange(n), test), test))
-    return splits
 
 
 @contextlib.contextmanager
@@ -237,7 +216,7 @@ def heldout_z(r, terms, factors, n_dof, cross_fold: float = CROSS_FOLD) -> np.nd
     """(V,) z = atanh(r) sqrt(1 / Var(r) - 3) of held-out r under the null (module docstring).
 
     terms (V, K + 1): sum over held-out runs of n_run / T :func:`prediction_lag_terms`;
-    factors (V, K + 1): :func:`bids_vlm.encoding.autocorr.noise_factors` of the voxels' noise
+    factors (V, K + 1): :func:`bids_vlm.stats.autocorr.noise_factors` of the voxels' noise
     lag sums and the cleaning's lag traces; Var(r) = cross_fold x row-wise terms . factors,
     bounded to [1 / n_dof, 1 / 4] as in the association (n_dof: frames left by the cleaning,
     m_0). cross_fold: :data:`CROSS_FOLD` for leave-one-run-out predictions; 1 for predictions
@@ -252,7 +231,7 @@ def _noise_args(y, run_lengths, n_lags, noise_sums, lag_traces):
     """(factors (V, K + 1), n_dof) of the null variance; defaults as in the association: the
     voxels' own lag sums within runs and each run's mean removal."""
     if noise_sums is None:
-        from bids_vlm.encoding.inference import lag_sums as _lag_sums
+        from bids_vlm.stats.autocorr import lag_sums as _lag_sums
 
         noise_sums = _lag_sums(y.cpu().numpy() if isinstance(y, torch.Tensor) else y,
                                list(run_lengths), n_lags)

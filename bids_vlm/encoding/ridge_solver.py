@@ -31,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from bids_vlm.encoding.folds import inner_splits
+
 # float32 entries of a batch's stacked inner predictions: a few MiB stay in a CPU's cache
 _BUDGET = {"cpu": 1 << 20, "cuda": 1 << 26}
 
@@ -114,13 +116,12 @@ class Fold:
     """Outer fold k of the leave-one-run-out ridge from features x (T, F): its decompositions
     (one per inner fold, one for the held-out run), ready for batches of voxels.
 
-    runs: :func:`bids_vlm.encoding.ridge.run_splits`; alphas (n_alpha,); max_inner_folds as
-    :func:`bids_vlm.encoding.ridge.inner_splits`; device: where the products run; kernel:
+    runs: :func:`bids_vlm.encoding.folds.run_splits`; alphas (n_alpha,); max_inner_folds as
+    :func:`bids_vlm.encoding.folds.inner_splits`; device: where the products run; kernel:
     x x' (T, T) when known; imap: the ``map`` that runs the decompositions."""
 
     def __init__(self, x, runs, k: int, alphas, max_inner_folds: int, device, kernel=None,
                  imap=map):
-        from bids_vlm.encoding.ridge import inner_splits
 
         self.device = torch.device(device)
         train_runs = [r for i, r in enumerate(runs) if i != k]
@@ -160,7 +161,6 @@ def batch_size(runs, folds, n_alphas: int, max_inner_folds: int, limit: int, dev
     """Voxels per batch: at most ``limit``, and the stacked inner predictions of the largest
     inner test set (n_alphas x its frames x voxels) within the device's budget (a few MiB on
     the CPU, where the batch then stays in cache for the scores that follow each product)."""
-    from bids_vlm.encoding.ridge import inner_splits
 
     rows = max(len(te) for k in folds for _, te in inner_splits(
         [r for i, r in enumerate(runs) if i != k], max_inner_folds))
@@ -250,7 +250,6 @@ def reference_fold_predict(x, y, runs, k: int, alphas, max_inner_folds=5,
     from himalaya.kernel_ridge import KernelRidgeCV
     from himalaya.ridge import RidgeCV
 
-    from bids_vlm.encoding.ridge import inner_splits
 
     bk = get_backend()
     train_runs = [r for i, r in enumerate(runs) if i != k]

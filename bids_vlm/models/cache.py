@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bids_vlm.stimuli import PAIR_PREFIX, split_pair_item
-from bids_vlm.video import file_digest, is_frame_item, split_frame_item
+from bids_vlm.inputs.stimuli import PAIR_PREFIX, split_pair_item
+from bids_vlm.inputs.video import file_digest, is_frame_item, split_frame_item
 
 LOGGER = logging.getLogger("bids_vlm.cache")
 

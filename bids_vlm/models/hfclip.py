@@ -19,7 +19,7 @@ import torch
 from bids_vlm.errors import DataError, UnsafeCheckpointError, WeightsNotFoundError
 from bids_vlm.models.base import StreamSpec, load_image
 from bids_vlm.models.checkpoint import vet_checkpoint
-from bids_vlm.video import FrameSource, is_frame_item
+from bids_vlm.inputs.video import FrameSource, is_frame_item
 
 PREFIX = "hf-clip:"
 

@@ -3,7 +3,7 @@
 Streams (docs/METHOD.md 3, docs/METER.md 4): ``image`` (the ViT blocks, 11 x 3072 ANs), ``text``
 (RoBERTa, 12 x 3072), ``cross-image`` and ``cross-text`` (the co-attention layers, 6 x 3072
 each). ``image`` and ``text`` are unimodal: an image or a text is encoded alone. The cross
-streams take a *pair* item (see :func:`bids_vlm.stimuli.pair_item`): the image and the text
+streams take a *pair* item (see :func:`bids_vlm.inputs.stimuli.pair_item`): the image and the text
 shown in the same sample. When one side is missing, METER gets a neutral partner: an empty text
 (``<s></s>`` only) for an image without text, and an image of the normalisation mean colour
 (all zeros after normalisation) for a text without image.
@@ -26,7 +26,7 @@ from bids_vlm.errors import DataError, WeightsNotFoundError
 from bids_vlm.models.base import StreamSpec, load_image
 from bids_vlm.models.checkpoint import safe_torch_load
 from bids_vlm.models.meter_arch import Meter, MeterArch, resize_position_embedding
-from bids_vlm.video import FrameSource, is_frame_item
+from bids_vlm.inputs.video import FrameSource, is_frame_item
 
 NAME = "meter-clip16-roberta"
 STREAMS = ("image", "text", "cross-image", "cross-text")
@@ -104,7 +104,7 @@ class MeterModel:
 
     def prepare(self, stream, items, device):
         """Inputs, (B, L) valid tokens of ``stream`` and (B,) pooled-token index (CLS / <s>)."""
-        from bids_vlm.stimuli import split_pair_item
+        from bids_vlm.inputs.stimuli import split_pair_item
 
         first = torch.zeros(len(items), dtype=torch.long, device=device)
         n_image = self.module.arch.vit_tokens

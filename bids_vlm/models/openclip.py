@@ -15,7 +15,7 @@ import torch
 from bids_vlm.errors import DataError, WeightsNotFoundError
 from bids_vlm.models.base import StreamSpec, load_image
 from bids_vlm.models.checkpoint import TORCH_FORMATS, checkpoint_format, vet_checkpoint
-from bids_vlm.video import FrameSource, is_frame_item
+from bids_vlm.inputs.video import FrameSource, is_frame_item
 
 TINY_CONFIG = {
     "embed_dim": 32,

@@ -113,7 +113,7 @@ docker_run /data /out group "${ARGS[@]}" > "$WORK/group.log" 2>&1 ||
     { tail -30 "$WORK/group.log"; fail "the group level failed in the container"; }
 # the image's default model is the one it baked (here tiny-clip), and it says it is random
 "$ENGINE" run --rm --network none "${RUN_OPTS[@]}" --entrypoint python "$TAG" -c \
-    "from bids_vlm.cli import _build_parser as p; import sys; d = p().get_default('models'); sys.exit(d != ['tiny-clip'])" ||
+    "from bids_vlm.cli.parser import build_parser as p; import sys; d = p().get_default('models'); sys.exit(d != ['tiny-clip'])" ||
     fail "the image's default --models is not the model it baked"
 grep -q "random weights" "$WORK/participant.log" ||
     fail "a run with a random-weight model does not say so in the log"

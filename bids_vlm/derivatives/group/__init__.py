@@ -1,0 +1,1 @@
+"""The group level's BIDS-Derivatives: maps and tables over participants."""

@@ -1,0 +1,192 @@
+"""Group level: the across-subjects (inter-subject) noise ceiling of the encoding.
+
+It needs the participants' cleaned BOLD (``--save-cleaned`` at the participant level,
+:mod:`bids_vlm.derivatives.participant.cleaned`). For each task, acquisition and space, the participants
+whose runs have the same stimulus-sequence signatures, in the same order, are the repeats of
+NSD's ncsnr (:func:`bids_vlm.encoding.noise_ceiling.intersubject_ceiling`); with at least
+:data:`MIN_SUBJECTS` of them, on one grid, the group level writes
+``group_<task...>_desc-isc_stat-{rceiling,ncsnr}_statmap.nii.gz`` over the voxels inside every
+used participant's mask, and, for each layer's ``stat-meanencodingr`` map of the same task and
+space, that mean held-out r as a fraction of the ceiling (``stat-meanencodingrfrac``).
+Otherwise it logs (INFO) why and writes nothing for it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nilearn import masking
+
+from bids_vlm.derivatives.io import write_map
+from bids_vlm.encoding import noise_ceiling as nc
+from bids_vlm.errors import DataError
+
+LOGGER = logging.getLogger("bids_vlm")
+MIN_SUBJECTS = 3
+CEILING_MIN = 0.1  # as the participant level: no fraction where the ceiling on r is below this
+CLEANED_RE = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-(?P<ses>[A-Za-z0-9]+)_)?"
+                        r"(?P<task>task-[A-Za-z0-9]+)(?:_(?P<acq>acq-[A-Za-z0-9]+))?"
+                        r"(?:_run-(?P<run>\d+))?(?:_(?P<space>space-[A-Za-z0-9]+))?"
+                        r"(?:_(?P<den>den-[A-Za-z0-9]+))?_desc-cleaned_bold(?:\.nii\.gz|\.dtseries\.nii)$")
+
+
+def collect_cleaned(output_dir) -> dict:
+    """{name stem without sub/ses/run (e.g. ``task-movie_space-MNI152NLin2009cAsym``):
+    {subject: [(signature, path), ...] in session and run order}}."""
+    found = defaultdict(lambda: defaultdict(list))
+    for path in sorted(p for ext in (".nii.gz", ".dtseries.nii") for p in
+                       Path(output_dir).glob(f"sub-*/**/func/*_desc-cleaned_bold{ext}")):
+        match = CLEANED_RE.search(path.name)
+        if not match:
+            continue
+        side = Path(re.sub(r"(\.nii\.gz|\.dtseries\.nii)$", ".json", str(path)))
+        try:
+            signature = json.loads(side.read_text())["RunSignature"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(f"the sidecar of this cleaned BOLD has no RunSignature ({exc})",
+                            side) from exc
+        stem = "_".join(match[k] for k in ("task", "acq", "space", "den") if match[k])
+        order = (match["ses"] or "", int(match["run"] or 0))
+        found[stem][match["sub"]].append((order, signature, path))
+    return {stem: {sub: [(sig, p) for _, sig, p in sorted(runs)] for sub, runs in subs.items()}
+            for stem, subs in found.items()}
+
+
+def matching_participants(by_subject: dict) -> list:
+    """The largest set of participants whose runs have identical signatures (same order);
+    ties go to the first sequence in participant order."""
+    groups = defaultdict(list)
+    for sub in sorted(by_subject):
+        groups[tuple(sig for sig, _ in by_subject[sub])].append(sub)
+    return max(groups.values(), key=len) if groups else []
+
+
+def combine_isc(output_dir) -> list[Path]:
+    """The across-subjects ceiling maps (and fractions) under ``<output_dir>/group/``."""
+    cleaned = collect_cleaned(output_dir)
+    if not cleaned:
+        LOGGER.info("across-subjects noise ceiling not computed: no participant's cleaned BOLD "
+                    "in %s (run the participant level with --save-cleaned)", output_dir)
+        return []
+    written = []
+    for stem, by_subject in cleaned.items():
+        subjects = matching_participants(by_subject)
+        if len(subjects) < MIN_SUBJECTS:
+            LOGGER.info("across-subjects noise ceiling not computed for %s: %d participant(s) "
+                        "with cleaned BOLD of the same stimulus sequence, it needs >= %d",
+                        stem, len(subjects), MIN_SUBJECTS)
+            continue
+        written += _write_isc(Path(output_dir) / "group", stem,
+                              {s: [p for _, p in by_subject[s]] for s in subjects})
+    return written
+
+
+def _write_isc(out, stem, paths: dict) -> list[Path]:
+    """paths: {subject: [cleaned run paths, in order]} of the matching participants."""
+    load = _grayordinate_series if str(paths[next(iter(paths))][0]).endswith(
+        ".dtseries.nii") else _volume_series
+    found = load(paths)
+    if found is None:
+        LOGGER.info("across-subjects noise ceiling not computed for %s: the participants' "
+                    "masks do not overlap", stem)
+        return []
+    series, mask, run_lengths = found
+    ceiling = nc.intersubject_ceiling(series, run_lengths, MIN_SUBJECTS)
+    side = {"NoiseCeilingMethod": nc.isc_method_description(len(series), sum(run_lengths)),
+            "Participants": sorted(paths), "Frames": int(sum(run_lengths)),
+            "RunLengths": run_lengths,
+            "Sources": [str(p) for ps in paths.values() for p in ps]}
+    written = [write_map(out / f"group_{stem}_desc-isc_stat-{stat}_statmap.nii.gz", values, mask,
+                         dict(side, Statistic=stat, Units=units, Description=text))
+               for stat, values, units, text in [
+                   ("rceiling", ceiling.r, "r", "across-subjects noise ceiling of the held-out "
+                    "Pearson r on one participant's run"),
+                   ("ncsnr", ceiling.ncsnr, "ratio", "noise-ceiling signal-to-noise ratio "
+                    "with the participants as the repeats")]]
+    return written + _fractions(out, stem, ceiling.r, mask)
+
+
+def _on_mask(img, mask):
+    """(V,) a group map's values on the ceiling's voxels / grayordinates, or None when it is
+    on another grid."""
+    if isinstance(mask, nib.Cifti2Image):
+        from bids_vlm import cifti
+
+        rows = cifti.match_rows(mask.header.get_axis(1), img.header.get_axis(1))
+        return None if (rows < 0).any() else np.asarray(img.dataobj, np.float64)[0, rows]
+    if img.shape[:3] != mask.shape[:3] or not np.allclose(img.affine, mask.affine, atol=1e-3):
+        return None
+    return masking.apply_mask(img, mask)
+
+
+def _volume_series(paths: dict):
+    """((T, V) per subject over the voxels inside every participant's mask, that mask, the
+    run lengths), or None when the masks do not overlap."""
+    first = [nib.load(p) for p in paths[next(iter(paths))]]
+    run_lengths = [img.shape[3] if img.ndim == 4 else 1 for img in first]
+    imgs = {s: [nib.load(p) for p in ps] for s, ps in paths.items()}
+    for sub, runs in imgs.items():
+        for img, path in zip(runs, paths[sub]):
+            if img.shape[:3] != first[0].shape[:3] or not np.allclose(
+                    img.affine, first[0].affine, atol=1e-3):
+                raise DataError("participants' cleaned BOLD are on different grids; an "
+                                "across-subjects ceiling needs one template space", path)
+    # the voxels inside every participant's analysis mask (cleaned BOLD is 0 outside it)
+    inside = np.ones(first[0].shape[:3], bool)
+    for runs in imgs.values():
+        for img in runs:
+            inside &= np.asarray(img.dataobj, dtype=np.float32).any(axis=3)
+    if not inside.any():
+        return None
+    mask = nib.Nifti1Image(inside.astype(np.uint8), first[0].affine)
+    return ([np.concatenate([masking.apply_mask(img, mask) for img in runs])
+             for runs in imgs.values()], mask, run_lengths)
+
+
+def _grayordinate_series(paths: dict):
+    """:func:`_volume_series` for cleaned CIFTI time series: the grayordinates that are not
+    all zero in any run (the participants' brain models must be the same)."""
+    from bids_vlm import cifti
+
+    data = {s: [cifti.read_dtseries(p) for p in ps] for s, ps in paths.items()}
+    ref = data[next(iter(data))][0].brain_models
+    inside = np.ones(len(ref), bool)
+    for sub, runs in data.items():
+        for run, path in zip(runs, paths[sub]):
+            if run.brain_models != ref:
+                raise DataError("participants' cleaned BOLD are on different grayordinates; "
+                                "an across-subjects ceiling needs one density", path)
+            inside &= run.data.any(axis=0)
+    if not inside.any():
+        return None
+    mask = cifti.dscalar_image(np.ones((1, int(inside.sum())), np.float32), ["mask"],
+                               ref[np.flatnonzero(inside)])
+    run_lengths = [len(run.data) for run in data[next(iter(data))]]
+    return ([np.concatenate([run.data[:, inside] for run in runs]) for runs in data.values()],
+            mask, run_lengths)
+
+
+def _fractions(out, stem, ceiling, mask) -> list[Path]:
+    """Each layer's mean held-out encoding r (same task and space) / the ceiling."""
+    written = []
+    ext = ".dscalar.nii" if isinstance(mask, nib.Cifti2Image) else ".nii.gz"
+    for path in sorted(out.glob(f"group_{stem}_desc-*_stat-meanencodingr_statmap{ext}")):
+        r = _on_mask(nib.load(path), mask)
+        if r is None:
+            continue
+        side = json.loads(Path(str(path)[:-len(ext)] + ".json").read_text())
+        side.update(Statistic="meanencodingrfrac", Units="fraction", Description=(
+            "mean over participants of the layer's held-out encoding r (stat-meanencodingr) "
+            f"divided by the across-subjects noise ceiling (desc-isc_stat-rceiling); NaN "
+            f"where the ceiling is <= {CEILING_MIN}; 0 outside the voxels in every participant's "
+            "mask"))
+        target = Path(str(path).replace("stat-meanencodingr_", "stat-meanencodingrfrac_")
+                      .replace(".dscalar.nii", ".nii.gz"))  # write_map names it
+        written.append(write_map(target, nc.fraction_of_ceiling(r, ceiling, CEILING_MIN), mask,
+                                 side))
+    return written

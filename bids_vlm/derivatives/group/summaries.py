@@ -1,0 +1,288 @@
+"""Group level of the neuron-level summaries (docs/METHOD.md 9): networks, polarity and redundancy.
+
+The participants' per-AN network tables (``_networks.tsv``), neuron tables and Jaccard tables
+of one (task, acquisition, space, model) are combined, and the participant-level functions of
+:mod:`bids_vlm.analysis.summaries` are applied to the combined tables:
+
+- ``group_..._networks.tsv``: per AN, the mean over participants of its BN counts and share of
+  BNs in each network, the participants' enrichment p combined with Fisher's method (each
+  participant's session is an independent test) with BH across ANs, and the networks it drives at
+  group level (combined q <= the participants' FDR level);
+- ``group_..._drivers.tsv``: per network and stream, how many ANs drive it (at group level, in
+  each participant on average, in any participant) and the mean share of BNs in it;
+- ``group_..._layers.tsv``: the layer table of the group (P(layer), N(layer), share of ANs
+  driving each network, modality specificity) with the mirrored-trend correlation of the group
+  curves, per stream and per network, in its sidecar (and each participant's r);
+- ``group_..._jaccard.tsv``: the participants' Jaccard overlaps within and across layers,
+  averaged.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from bids_vlm.analysis.summaries import layer_table, modality_specificity, polarity_curves
+from bids_vlm.derivatives import write_json, write_tsv
+from bids_vlm.derivatives.participant.summaries import driving_columns
+
+UNIT_RE = r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.*)_desc-" \
+          r"(?P<desc>[A-Za-z0-9]+)_{suffix}\.tsv$"
+
+
+def networks_of(table: pd.DataFrame) -> list[str]:
+    """Network names of a per-AN network table (its ``q_<network>`` columns)."""
+    return [c[2:] for c in table.columns if c.startswith("q_")]
+
+
+def _drives(table: pd.DataFrame, net: str) -> np.ndarray:
+    return table["drives"].fillna("").astype(str).str.split(";").apply(
+        lambda d: net in d).to_numpy(bool)
+
+
+def _layer_bh(out: pd.DataFrame, nets) -> None:
+    """q_<net>: Benjamini-Hochberg across all ANs x networks of each stream and layer (the
+    participant level's family), from the combined p_<net>; written into ``out``."""
+    p = out[[f"p_{net}" for net in nets]].to_numpy(float)
+    qv = np.full_like(p, np.nan)
+    for _, rows in out.groupby(["stream", "layer"], sort=False).indices.items():
+        block = p[rows]
+        ok = np.isfinite(block)
+        if ok.any():
+            filled = np.full(block.shape, np.nan)
+            filled[ok] = stats.false_discovery_control(block[ok])
+            qv[rows] = filled
+    for i, net in enumerate(nets):
+        out[f"q_{net}"] = qv[:, i]
+
+
+def group_networks(tables: list[tuple[str, pd.DataFrame]], q: float) -> pd.DataFrame:
+    """Per-AN network table of the group from the participants' tables.
+
+    tables: [(participant label, per-AN network table with an_id, stream, layer and per network
+    n_pos_, n_neg_, frac_, p_, q_ columns and drives)], one item per participant and session.
+    Returns one row per AN (the ANs' order of the first table): n_pos_/n_neg_/frac_<net> the mean
+    over participants (sessions averaged first), p_<net> Fisher's combination of the participants'
+    p, q_<net> BH across ANs, n_participants_driving_<net>, drives (';'-joined networks with
+    q <= ``q`` and at least one BN in them, 'n/a' for none) and msi.
+    """
+    nets = networks_of(tables[0][1])
+    frames = []
+    for sub, table in tables:
+        frame = table[["an_id", "stream", "layer"]].copy()
+        frame["participant"] = sub
+        for net in nets:
+            for key in ("n_pos", "n_neg", "frac", "p"):
+                frame[f"{key}_{net}"] = table[f"{key}_{net}"].to_numpy(float)
+            frame[f"drives_{net}"] = _drives(table, net)
+        frames.append(frame)
+    every = pd.concat(frames, ignore_index=True)
+    every["unit"] = every.groupby("an_id", sort=False).cumcount()  # participant x session
+    order = pd.Index(tables[0][1]["an_id"])
+    first = every.groupby("an_id", sort=False)[["stream", "layer"]].first().reindex(order)
+    per_sub = every.groupby(["an_id", "participant"], sort=False)
+    out = first.reset_index()
+    for net in nets:
+        means = per_sub[[f"n_pos_{net}", f"n_neg_{net}", f"frac_{net}"]].mean()
+        means = means.groupby(level="an_id").mean().reindex(order)
+        for col in means.columns:
+            out[col] = means[col].to_numpy()
+        p = every.pivot(index="an_id", columns="unit", values=f"p_{net}").reindex(order)
+        out[f"p_{net}"] = stats.combine_pvalues(p.to_numpy(float), method="fisher", axis=1,
+                                                nan_policy="omit").pvalue if len(out) else []
+        out[f"q_{net}"] = np.nan  # (here, for the column order) BH below, per layer
+        driving = per_sub[f"drives_{net}"].any().groupby(level="an_id").sum().reindex(order)
+        out[f"n_participants_driving_{net}"] = driving.to_numpy(int)
+    _layer_bh(out, nets)
+    hits = {net: (out[f"q_{net}"] <= q) & (out[f"n_pos_{net}"] + out[f"n_neg_{net}"] > 0)
+            for net in nets}
+    out["drives"] = [";".join(n for n in nets if hits[n].iloc[i]) or "n/a"
+                     for i in range(len(out))]
+    if {"frac_Visual", "frac_Language"} <= set(out.columns):
+        out["msi"] = modality_specificity(out)
+    return out
+
+
+def network_drivers(nets: pd.DataFrame, participant_nets: list[tuple[str, pd.DataFrame]],
+                    has_bn: np.ndarray) -> pd.DataFrame:
+    """Per network and stream: the number of ANs driving it at group level (``nets``, from
+    :func:`group_networks`), the mean over participants of the number driving it in the
+    participant, the number driving it in at least one participant, and the mean share of BNs in
+    the network of the ANs with a BN (``has_bn``, (N,) bool) and of the group-level drivers."""
+    rows = []
+    subs = sorted({s for s, _ in participant_nets})
+    for net in networks_of(nets):
+        group_drive = _drives(nets, net)
+        for stream in sorted(nets.stream.unique()):
+            here = (nets.stream == stream).to_numpy()
+            ids = set(nets.an_id[here])
+            per_sub = defaultdict(set)
+            for sub, table in participant_nets:
+                mine = table[table.an_id.isin(ids)]
+                per_sub[sub] |= set(mine.an_id[_drives(mine, net)])
+            frac = nets[f"frac_{net}"].to_numpy(float)
+            rows.append({
+                "network": net, "stream": stream, "n_ans": int(here.sum()),
+                "n_ans_driving": int((group_drive & here).sum()),
+                "mean_n_ans_driving_per_participant": float(np.mean(
+                    [len(per_sub[s]) for s in subs])),
+                "n_ans_driving_any_participant": len(set().union(*per_sub.values())),
+                "mean_frac": _mean(frac[here & has_bn]),
+                "mean_frac_drivers": _mean(frac[here & group_drive])})
+    return pd.DataFrame(rows)
+
+
+def _mean(values):
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def group_polarity(neurons: pd.DataFrame, nets: pd.DataFrame | None) -> dict:
+    """:func:`polarity_curves` of the group neuron table (mean_bn_pos / mean_bn_neg per AN),
+    and with ``nets`` of each network's BN+ / BN- counts: {stream: {..., "networks": {net:
+    {"layers", "P", "N", "r", "p"}}}}."""
+    table = neurons.rename(columns={"mean_bn_pos": "n_bn_pos", "mean_bn_neg": "n_bn_neg"})
+    out = polarity_curves(table)
+    for net in networks_of(nets) if nets is not None else []:
+        per_net = nets[["stream", "layer"]].assign(n_bn_pos=nets[f"n_pos_{net}"],
+                                                   n_bn_neg=nets[f"n_neg_{net}"])
+        for stream, res in polarity_curves(per_net).items():
+            out[stream].setdefault("networks", {})[net] = res
+    return out
+
+
+def _units(output_dir, suffix) -> dict:
+    """{(rest-of-name, desc): [(participant, path)]} of the participants' ``_<suffix>.tsv``."""
+    pattern = re.compile(UNIT_RE.format(suffix=suffix))
+    found = defaultdict(list)
+    for path in sorted(Path(output_dir).glob(f"sub-*/**/func/*_{suffix}.tsv")):
+        match = pattern.search(path.name)
+        if match:
+            found[(match["rest"], match["desc"])].append((match["sub"], path))
+    return found
+
+
+def _read(path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
+
+
+def _sidecar(path) -> dict:
+    side = Path(path).with_suffix(".json")
+    return json.loads(side.read_text()) if side.is_file() else {}
+
+
+GROUP_LAYER_COLUMNS = {
+    "n_ans": "ANs of the layer",
+    "n_ans_with_bn": "ANs with at least one BN in at least one participant",
+    "mean_bn_pos": "group P(layer): mean over the layer's ANs of their mean BN+ count over "
+                   "participants",
+    "mean_bn_neg": "group N(layer): mean over the layer's ANs of their mean BN- count over "
+                   "participants",
+    "mean_msi": "mean modality specificity index of the group network table (ANs with BNs in "
+                "the visual or language network)",
+}
+DRIVER_COLUMNS = {
+    "network": "network", "stream": "stream of the ANs", "n_ans": "ANs of the stream",
+    "n_ans_driving": "ANs that drive the network at group level (see _networks.tsv)",
+    "mean_n_ans_driving_per_participant": "mean over participants of the number of ANs that "
+                                          "drive the network in the participant",
+    "n_ans_driving_any_participant": "ANs that drive the network in at least one participant",
+    "mean_frac": "mean over the ANs with at least one BN of their (participant-mean) share of "
+                 "BNs in the network",
+    "mean_frac_drivers": "the same over the ANs that drive the network at group level",
+}
+
+
+def combine_summaries(output_dir) -> list[Path]:
+    """Write the group network, driver, layer and Jaccard tables (module doc) under
+    ``<output_dir>/group/``; needs the group neuron tables (bids_vlm.derivatives.group.combine) written first."""
+    group = Path(output_dir) / "group"
+    networks, jaccards, layers = (_units(output_dir, s) for s in ("networks", "jaccard",
+                                                                  "layers"))
+    written = []
+    for (rest, desc), items in _units(output_dir, "neurons").items():
+        stem = f"group_{rest}_desc-{desc}"
+        neurons = _read(group / f"{stem}_neurons.tsv")
+        first = _sidecar(items[0][1])
+        meta = {"Model": first.get("Model", ""), "Participants": sorted({s for s, _ in items})}
+        nets = None
+        if (rest, desc) in networks:
+            tables = [(s, _read(p)) for s, p in networks[(rest, desc)]]
+            q = float(_sidecar(networks[(rest, desc)][0][1]).get("FDRLevel", 0.05))
+            nets = group_networks(tables, q).set_index("an_id").loc[neurons.an_id].reset_index()
+            written += _write_networks(group / f"{stem}_networks.tsv", nets, q, meta)
+            has_bn = (neurons.n_participants_with_bn > 0).to_numpy()
+            path = group / f"{stem}_drivers.tsv"
+            written += [write_tsv(path, network_drivers(nets, tables, has_bn)),
+                        write_json(path.with_suffix(".json"), dict(
+                            {c: {"Description": d} for c, d in DRIVER_COLUMNS.items()},
+                            **meta))]
+        written += _write_layers(group / f"{stem}_layers.tsv", neurons, nets,
+                                 layers.get((rest, desc), []), meta)
+        if (rest, desc) in jaccards:
+            jac = pd.concat([_read(p) for _, p in jaccards[(rest, desc)]])
+            jac = jac.groupby(["stream", "layer_a", "layer_b"], sort=True)[
+                ["mean_jaccard", "n_a", "n_b"]].mean().reset_index()
+            path = group / f"{stem}_jaccard.tsv"
+            written += [write_tsv(path, jac), write_json(path.with_suffix(".json"), dict(
+                mean_jaccard={"Description": "mean over participants of the mean Jaccard "
+                                             "overlap of the BN maps of pairs of ANs of "
+                                             "layer_a and layer_b (distinct ANs within a layer)"},
+                n_a={"Description": "mean over participants of the ANs of layer_a used"},
+                n_b={"Description": "same for layer_b"}, **meta))]
+    return written
+
+
+def _write_networks(path, nets, q, meta):
+    side = {"drives": {"Description": f"networks the AN drives at group level (combined "
+                                      f"enrichment q <= {q:g}; n/a: none)"},
+            "msi": {"Description": "modality specificity index (v - l) / (v + l) of the "
+                                   "participant-mean shares v, l of BNs in the Visual and "
+                                   "Language networks"}}
+    text = {"n_pos": "mean over participants of the AN's BN+ in network ",
+            "n_neg": "mean over participants of the AN's BN- in network ",
+            "frac": "mean over participants of the share of the AN's BNs in network ",
+            "p": "Fisher's combination of the participants' enrichment p (spatial null, or "
+                 "hypergeometric with --n-surrogates 0) "
+                 "(sessions as separate tests) for network ",
+            "q": "Benjamini-Hochberg q (across all ANs x networks of the AN's stream and layer, "
+                 "as at the participant level) of the combined p for network ",
+            "n_participants_driving": "participants in which the AN drives network "}
+    for net in networks_of(nets):
+        side.update({f"{k}_{net}": {"Description": t + net} for k, t in text.items()})
+    return [write_tsv(path, nets), write_json(path.with_suffix(".json"), dict(side, **meta))]
+
+
+def _write_layers(path, neurons, nets, participant_layers, meta):
+    table = neurons.rename(columns={"mean_bn_pos": "n_bn_pos", "mean_bn_neg": "n_bn_neg"})
+    layers = layer_table(table, nets)
+    polarity = group_polarity(neurons, nets)
+    for sub, p in participant_layers:
+        for stream, res in _sidecar(p).get("Polarity", {}).items():
+            if isinstance(res, dict) and stream in polarity:
+                polarity[stream].setdefault("ParticipantR", {})[sub] = res.get("r")
+    side = {c: {"Description": d} for c, d in GROUP_LAYER_COLUMNS.items()}
+    side.update(driving_columns(layers.columns, " at group level"))
+    side["Polarity"] = {
+        "Description": "Pearson r across layers between the group curves P(layer) and N(layer) "
+                       "(negative: mirrored trends), descriptive; r_prewhitened and p test whether "
+                       "they move together from layer to layer beyond each curve's own "
+                       "autocorrelation (each prewhitened by its AR(1), surrogate p = (1 + "
+                       "as extreme) / (1 + surrogates)), "
+                       "per stream and per network (BN+ / BN- inside the network); "
+                       "ParticipantR: each participant's r",
+        **_no_nan(polarity)}
+    return [write_tsv(path, layers), write_json(path.with_suffix(".json"), dict(side, **meta))]
+
+
+def _no_nan(obj):
+    """``obj`` with NaN floats (undefined correlations) as None (JSON null)."""
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_no_nan(v) for v in obj]
+    return None if isinstance(obj, float) and np.isnan(obj) else obj

@@ -1,0 +1,1 @@
+"""Stage 9: the HTML reports (participant and group)."""
