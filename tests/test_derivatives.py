@@ -155,3 +155,27 @@ def test_layers_per_stream_from_the_association_file(tmp_path, model, stored, ex
             h5.create_group(key)
     with h5py.File(tmp_path / "a.h5", "r") as h5:
         assert layers_per_stream(h5) == expected
+
+
+def test_tables_and_sidecars_read_back(tmp_path):
+    """The one TSV reader and sidecar reader of the derivatives: ``n/a`` is missing and "NA"
+    a name; a map's or table's sidecar found by its extension; a missing required sidecar is
+    a DataError naming it, an optional one {}."""
+    import pandas as pd
+
+    from bids_vlm.derivatives.io import read_sidecar, read_tsv, sidecar_path, write_tsv
+    from bids_vlm.errors import DataError
+
+    path = write_tsv(tmp_path / "t_networks.tsv",
+                     pd.DataFrame({"network": ["NA", "Visual"], "p": [None, 0.5]}))
+    table = read_tsv(path)
+    assert table["network"].tolist() == ["NA", "Visual"]
+    assert table["p"].isna().tolist() == [True, False]
+    for name in ("m_statmap.nii.gz", "m_statmap.dscalar.nii", "m_statmap.nii", "t_networks.tsv"):
+        assert sidecar_path(tmp_path / name) == tmp_path / (name.split(".")[0] + ".json")
+    assert read_sidecar(path, required=False) == {}
+    with pytest.raises(DataError, match="sidecar") as info:
+        read_sidecar(tmp_path / "m_statmap.nii.gz")
+    assert "m_statmap.json" in str(info.value)
+    (tmp_path / "t_networks.json").write_text('{"FDRLevel": 0.05}')
+    assert read_sidecar(path) == {"FDRLevel": 0.05}

@@ -21,7 +21,7 @@ from nilearn import masking
 
 from bids_vlm import __version__
 from bids_vlm.atomic import atomic_path
-from bids_vlm.errors import OutputError
+from bids_vlm.errors import DataError, OutputError
 
 ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "den", "desc",
                 "stat")
@@ -168,9 +168,38 @@ def write_json(path, data) -> Path:
 
 
 def write_tsv(path, table: pd.DataFrame) -> Path:
+    """A table as BIDS TSV: tab-separated, missing values as ``n/a`` (read back by
+    :func:`read_tsv`)."""
     with atomic_path(path) as tmp:
         table.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
     return Path(path)
+
+
+def read_tsv(path) -> pd.DataFrame:
+    """A table :func:`write_tsv` wrote: ``n/a`` is missing and no other string is (a network
+    named "NA" or "null" stays a name)."""
+    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
+
+
+def sidecar_path(path) -> Path:
+    """The JSON sidecar of a derivative file (a map, ``.nii.gz`` / ``.nii`` / CIFTI, or a
+    table)."""
+    name = str(path)
+    for ext in (*IMAGE_EXTENSIONS, ".tsv"):
+        if name.endswith(ext):
+            return Path(name[:-len(ext)] + ".json")
+    return Path(path).with_suffix(".json")
+
+
+def read_sidecar(path, required: bool = True) -> dict:
+    """The JSON sidecar of the derivative file ``path``; when it is missing, a DataError
+    naming it (``required``) or {}."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        if required:
+            raise DataError("the JSON sidecar of this file is missing", side)
+        return {}
+    return json.loads(side.read_text())
 
 
 IMAGE_EXTENSIONS = (".dtseries.nii", ".dscalar.nii", ".dlabel.nii", ".nii.gz", ".nii")

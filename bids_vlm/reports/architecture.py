@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bids_vlm.analysis.architecture import MSI_THRESHOLD, stream_rank  # noqa: E402
+from bids_vlm.derivatives.io import read_tsv  # noqa: E402
 from bids_vlm.reports.html import table_section  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def architecture_sections(tables, figdir, out) -> list[str]:
                   f"<p>{html.escape(stem)}</p>"]
         msi_path = path.with_name(f"{stem}_msi.tsv")
         if msi_path.is_file():
-            msi = _read(msi_path)
+            msi = read_tsv(msi_path)
             parts += table_section(
                 "Modality specificity", msi, msi_figure, figdir / f"{stem}_msi.png", out,
                 "Modality specificity index (v - l) / (v + l) of the ANs with BNs in the "
@@ -48,7 +49,7 @@ def architecture_sections(tables, figdir, out) -> list[str]:
                          "network tables with the Visual and Language networks (MNI-space "
                          "data).</p>")
         parts += table_section(
-            "Image and text BN maps", _read(path), overlap_figure,
+            "Image and text BN maps", read_tsv(path), overlap_figure,
             figdir / f"{stem}_streamoverlap.png", out,
             "Overlap of the BN maps (voxels that are a BN of any AN of a layer) of each "
             "model's image and text streams, and of METER's cross-image and cross-text "
@@ -56,10 +57,6 @@ def architecture_sections(tables, figdir, out) -> list[str]:
             "overlap of maps of the same sizes placed at random.",
             "No layers of paired streams are at the same relative depth.")
     return parts
-
-
-def _read(path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
 
 
 def msi_figure(msi: pd.DataFrame):

@@ -13,11 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bids_vlm.derivatives.io import read_tsv  # noqa: E402
 from bids_vlm.reports.html import table_section  # noqa: E402
-
-
-def _read(path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
 
 
 def hierarchy_sections(neurons_path, stem, figdir, out, model) -> list[str]:
@@ -28,7 +25,7 @@ def hierarchy_sections(neurons_path, stem, figdir, out, model) -> list[str]:
     hier = Path(str(neurons_path).replace("_neurons.tsv", "_hierarchy.tsv"))
     if hier.is_file():
         parts += table_section(
-            "Hierarchy", _read(hier).dropna(subset=["mean_preferred_depth"]),
+            "Hierarchy", read_tsv(hier).dropna(subset=["mean_preferred_depth"]),
             lambda table: depth_figure(table, model), figdir / f"{stem}_hierarchy.png", out,
             "Mean relative depth (0: first layer, 1: last) of the preferred layer of each "
             "network's voxels, mean over participants; bars: SD across participants.",
@@ -36,7 +33,7 @@ def hierarchy_sections(neurons_path, stem, figdir, out, model) -> list[str]:
     lesion = Path(str(neurons_path).replace("_neurons.tsv", "_lesion.tsv"))
     if lesion.is_file():
         parts += table_section(
-            "Virtual lesion", _read(lesion), lambda table: lesion_figure(table, model),
+            "Virtual lesion", read_tsv(lesion), lambda table: lesion_figure(table, model),
             figdir / f"{stem}_lesion.png", out,
             "Held-out encoding r of each network as the ANs with the most BNs in it are "
             "removed (solid) or random ANs are removed (dashed), mean over participants.",

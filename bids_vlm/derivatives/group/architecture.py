@@ -18,7 +18,8 @@ import pandas as pd
 from bids_vlm.analysis.architecture import msi_summary
 from bids_vlm.derivatives import desc_label, write_json, write_tsv
 from bids_vlm.derivatives.participant.architecture import MSI_COLUMNS, MSI_DESCRIPTION, OVERLAP_COLUMNS
-from bids_vlm.derivatives.group.summaries import _read, _sidecar, _units
+from bids_vlm.derivatives.group.summaries import _optional_sidecar, _units
+from bids_vlm.derivatives.io import read_tsv
 
 PAIR_KEYS = ["model", "stream_a", "stream_b", "layer_a", "layer_b", "relative_depth_a",
              "relative_depth_b", "relative_depth"]
@@ -51,7 +52,7 @@ def combine_architecture(output_dir) -> list[Path]:
     msi_units = _units(output_dir, "msi")
     written = []
     for (rest, desc), items in _units(output_dir, "streamoverlap").items():
-        side = _sidecar(items[0][1])
+        side = _optional_sidecar(items[0][1])
         meta = {"Models": side.get("Models", []), "LayersPerStream": side.get("LayersPerStream"),
                 "Participants": sorted({s for s, _ in items})}
         path = group / f"group_{rest}_desc-{desc}_streamoverlap.tsv"
@@ -62,7 +63,7 @@ def combine_architecture(output_dir) -> list[Path]:
         columns["sd_jaccard"] = {"Description": "standard deviation of the Jaccard overlap "
                                                 "across participants"}
         columns["n_participants"] = {"Description": "participants averaged"}
-        written += [write_tsv(path, group_overlap([(s, _read(p)) for s, p in items])),
+        written += [write_tsv(path, group_overlap([(s, read_tsv(p)) for s, p in items])),
                     write_json(path.with_suffix(".json"), dict(
                         columns, Description=side.get("Description", ""), **meta))]
         per_an = _group_msi_inputs(group, rest, meta["Models"])
@@ -90,7 +91,7 @@ def _group_msi_inputs(group, rest, models) -> pd.DataFrame | None:
         nets, neurons = Path(f"{stem}_networks.tsv"), Path(f"{stem}_neurons.tsv")
         if not (nets.is_file() and neurons.is_file()):
             return None
-        table, nets = _read(neurons), _read(nets)
+        table, nets = read_tsv(neurons), read_tsv(nets)
         if "msi" not in nets:  # an atlas without Visual and Language networks
             return None
         msi = nets.set_index("an_id")["msi"].reindex(table.an_id)

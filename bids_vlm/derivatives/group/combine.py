@@ -11,7 +11,6 @@ an across-subjects noise ceiling (:mod:`bids_vlm.derivatives.group.isc`).
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from contextlib import ExitStack
@@ -24,7 +23,7 @@ import pandas as pd
 from scipy import sparse, stats
 
 from bids_vlm.derivatives import write_json, write_tsv
-from bids_vlm.derivatives.io import save_image
+from bids_vlm.derivatives.io import read_sidecar, save_image
 from bids_vlm.derivatives.bnstore import layer_size, layers, read_layer, read_range
 from bids_vlm.errors import DataError
 from bids_vlm.derivatives.group.architecture import combine_architecture
@@ -93,13 +92,6 @@ def collect_maps(output_dir) -> dict:
     return {k: dict(v) for k, v in found.items()}
 
 
-def _sidecar(path) -> dict:
-    side = Path(re.sub(r"(\.nii\.gz|\.dscalar\.nii)$", ".json", str(path)))
-    if not side.is_file():
-        raise DataError("the JSON sidecar of this map is missing", side)
-    return json.loads(side.read_text())
-
-
 def combine_participants(output_dir) -> list[Path]:
     """Write the group maps and tables under ``<output_dir>/group/``; returns the paths."""
     out = Path(output_dir) / "group"
@@ -108,7 +100,7 @@ def combine_participants(output_dir) -> list[Path]:
         paths = [p for ps in by_subject.values() for p in ps]
         read = _read_dense if ext == ".dscalar.nii" else _read_volumes
         stack, template = read(by_subject, paths)
-        sidecar = _sidecar(paths[0])
+        sidecar = read_sidecar(paths[0])
         for name, data in group_maps(stack, stat).items():
             path = out / f"group_{rest}_desc-{desc}_stat-{name}_statmap{ext}"
             side = {k: sidecar[k] for k in ("Model", "Stream", "Layer", "AssociationMethod",

@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from bids_vlm.derivatives import write_json, write_tsv
-from bids_vlm.derivatives.group.summaries import _read, _sidecar, _units
+from bids_vlm.derivatives.group.summaries import _optional_sidecar, _units
+from bids_vlm.derivatives.io import read_tsv
 
 HIERARCHY_COLUMNS = {
     "stream": "image, text, cross-image or cross-text",
@@ -116,12 +117,12 @@ def combine_hierarchy(output_dir) -> list[Path]:
              "are removed (targeted) or random ANs are removed (control), averaged over "
              "participants (sessions first)")):
         for (rest, desc), items in _units(output_dir, suffix).items():
-            first = _sidecar(items[0][1])
+            first = _optional_sidecar(items[0][1])
             meta = {k: first[k] for k in _CARRIED if k in first}
             meta.update(Model=first.get("Model", ""), Description=what,
                         Participants=sorted({s for s, _ in items}))
             path = group / f"group_{rest}_desc-{desc}_{suffix}.tsv"
-            table = combine([(s, _read(p)) for s, p in items])
+            table = combine([(s, read_tsv(p)) for s, p in items])
             written += [write_tsv(path, table), write_json(path.with_suffix(".json"), dict(
                 {c: {"Description": d} for c, d in columns.items()}, **meta))]
     return written

@@ -18,7 +18,6 @@ of one (task, acquisition, space, model) are combined, and the participant-level
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -28,7 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from bids_vlm.analysis.summaries import layer_table, modality_specificity, polarity_curves
-from bids_vlm.derivatives import write_json, write_tsv
+from bids_vlm.derivatives.io import read_sidecar, read_tsv, write_json, write_tsv
 from bids_vlm.derivatives.participant.summaries import driving_columns
 
 UNIT_RE = r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.*)_desc-" \
@@ -166,13 +165,8 @@ def _units(output_dir, suffix) -> dict:
     return found
 
 
-def _read(path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
-
-
-def _sidecar(path) -> dict:
-    side = Path(path).with_suffix(".json")
-    return json.loads(side.read_text()) if side.is_file() else {}
+def _optional_sidecar(path) -> dict:
+    return read_sidecar(path, required=False)
 
 
 GROUP_LAYER_COLUMNS = {
@@ -206,13 +200,13 @@ def combine_summaries(output_dir) -> list[Path]:
     written = []
     for (rest, desc), items in _units(output_dir, "neurons").items():
         stem = f"group_{rest}_desc-{desc}"
-        neurons = _read(group / f"{stem}_neurons.tsv")
-        first = _sidecar(items[0][1])
+        neurons = read_tsv(group / f"{stem}_neurons.tsv")
+        first = _optional_sidecar(items[0][1])
         meta = {"Model": first.get("Model", ""), "Participants": sorted({s for s, _ in items})}
         nets = None
         if (rest, desc) in networks:
-            tables = [(s, _read(p)) for s, p in networks[(rest, desc)]]
-            q = float(_sidecar(networks[(rest, desc)][0][1]).get("FDRLevel", 0.05))
+            tables = [(s, read_tsv(p)) for s, p in networks[(rest, desc)]]
+            q = float(_optional_sidecar(networks[(rest, desc)][0][1]).get("FDRLevel", 0.05))
             nets = group_networks(tables, q).set_index("an_id").loc[neurons.an_id].reset_index()
             written += _write_networks(group / f"{stem}_networks.tsv", nets, q, meta)
             has_bn = (neurons.n_participants_with_bn > 0).to_numpy()
@@ -224,7 +218,7 @@ def combine_summaries(output_dir) -> list[Path]:
         written += _write_layers(group / f"{stem}_layers.tsv", neurons, nets,
                                  layers.get((rest, desc), []), meta)
         if (rest, desc) in jaccards:
-            jac = pd.concat([_read(p) for _, p in jaccards[(rest, desc)]])
+            jac = pd.concat([read_tsv(p) for _, p in jaccards[(rest, desc)]])
             jac = jac.groupby(["stream", "layer_a", "layer_b"], sort=True)[
                 ["mean_jaccard", "n_a", "n_b"]].mean().reset_index()
             path = group / f"{stem}_jaccard.tsv"
@@ -262,7 +256,7 @@ def _write_layers(path, neurons, nets, participant_layers, meta):
     layers = layer_table(table, nets)
     polarity = group_polarity(neurons, nets)
     for sub, p in participant_layers:
-        for stream, res in _sidecar(p).get("Polarity", {}).items():
+        for stream, res in _optional_sidecar(p).get("Polarity", {}).items():
             if isinstance(res, dict) and stream in polarity:
                 polarity[stream].setdefault("ParticipantR", {})[sub] = res.get("r")
     side = {c: {"Description": d} for c, d in GROUP_LAYER_COLUMNS.items()}

@@ -22,7 +22,7 @@ from bids_vlm.analysis.architecture import (
     union_bn_maps,
 )
 from bids_vlm.derivatives.bnstore import layers, read_layer
-from bids_vlm.derivatives.io import bids_name, desc_label, write_json, write_tsv
+from bids_vlm.derivatives.io import bids_name, desc_label, read_tsv, write_json, write_tsv
 
 MSI_COLUMNS = {
     "model": "model (as in the per-model tables)",
@@ -99,10 +99,6 @@ def model_files(written) -> list[dict]:
     return out
 
 
-def _read(path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
-
-
 def union_maps(h5, table) -> dict:
     """{(stream, layer): (V,) bool} the union BN map of each layer of an ``_association.h5``,
     read a layer at a time (:func:`~bids_vlm.analysis.architecture.union_bn_maps` of the
@@ -129,12 +125,12 @@ def write_architecture_outputs(folder, ents, written) -> list:
     stem = dict(ents, desc=architecture_desc(names))
     overlaps, per_an = [], []
     for item in models:
-        table = _read(item["neurons"])
+        table = read_tsv(item["neurons"])
         layers = item["sidecar"]["LayersPerStream"]
         with h5py.File(item["association"], "r") as h5:
             maps = union_maps(h5, table)
         overlaps.append(stream_overlap(maps, layers, item["model"]))
-        nets = _read(item["networks"]) if item["networks"] is not None else None
+        nets = read_tsv(item["networks"]) if item["networks"] is not None else None
         if nets is not None and "msi" in nets:
             per_an.append(pd.DataFrame({
                 "model": item["model"], "stream": table["stream"], "layer": table["layer"],
