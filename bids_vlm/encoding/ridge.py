@@ -52,13 +52,14 @@ import numpy as np
 import torch
 from scipy import special
 
+from bids_vlm.config import EncodingConfig
 from bids_vlm.stats.autocorr import (default_lags, demean_traces, noise_factors,
                                         row_autocorrelations)
 from bids_vlm.encoding.folds import run_splits
 from bids_vlm.encoding.ridge_solver import device_of, loro_blocks
 from bids_vlm.progress import progress as progress_bar
 
-ALPHAS = np.logspace(-1, 7, 9)
+ALPHAS = np.array(EncodingConfig.alphas)  # the default penalties: the configuration's
 CROSS_FOLD = 2.0  # null variance of the pooled held-out r / that of independent folds (bound)
 
 
