@@ -1,4 +1,4 @@
-"""Size of the compact BN store (bids_vlm/derivatives/bnstore.py) against the entry list it
+"""Size of the compact BN store (bids_vlm/stats/bnstore.py) against the entry list it
 replaces, and its extrapolation to the paper's scale (issue 13).
 
 BN maps are made like real ones, spatially clustered: on a brain-shaped ellipsoid mask of a
@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import ndtr
 
-from bids_vlm.derivatives import bnstore
+from bids_vlm.stats import bnstore
 
 
 def brain_mask(n_vox: int) -> np.ndarray:

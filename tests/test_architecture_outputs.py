@@ -22,7 +22,7 @@ from datagen import SPACE, Plant, make_planted_dataset
 
 from bids_vlm.analysis.atlases import default_networks
 from bids_vlm.analysis.networks import network_masks
-from bids_vlm.derivatives.bnstore import flat_entries
+from bids_vlm.stats.bnstore import flat_entries
 
 STEM = f"task-view_space-{SPACE}_desc-tinyclipVstinymeter"
 MODELS = {"tiny-clip": "tinyclip", "tiny-meter": "tinymeter"}

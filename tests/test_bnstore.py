@@ -1,4 +1,4 @@
-"""The compact BN store (bids_vlm/derivatives/bnstore.py): pack / unpack round trips with signs
+"""The compact BN store (bids_vlm/stats/bnstore.py): pack / unpack round trips with signs
 and empty ANs, top-K selection with ties, --keep-entries 0 and -1, the HDF5 layout (compressed
 datasets, copies, older layouts), and the CLI's _association.h5 in that layout."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from bids_vlm.derivatives import bnstore
+from bids_vlm.stats import bnstore
 
 
 def _entries(seed=0, n_ans=7, n_vox=50):

@@ -17,7 +17,7 @@ from nilearn.masking import apply_mask
 from bids_vlm import __version__
 from bids_vlm.cli.parser import build_parser
 from bids_vlm.cli.run import main
-from bids_vlm.derivatives.bnstore import flat_entries, read_layer
+from bids_vlm.stats.bnstore import flat_entries, read_layer
 
 
 def test_help_and_version(capsys):

@@ -14,7 +14,7 @@ import pandas as pd
 from bids_vlm.analysis.grids import VoxelGrid
 from bids_vlm.analysis.networks import NetworkMasks
 from bids_vlm.config import AnalysisConfig, NetworkConfig
-from bids_vlm.derivatives.bnstore import LayerBNs, pack
+from bids_vlm.stats.bnstore import LayerBNs, pack
 from bids_vlm.derivatives.participant.networks import (_driven, layer_count, network_enrichment,
                                            read_enrichment, store_enrichment, unit_networks)
 from conftest import run_cli

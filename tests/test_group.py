@@ -146,7 +146,7 @@ def test_an_consistency_by_hand(tmp_path):
 
     from bids_vlm.derivatives.group.combine import an_consistency
 
-    from bids_vlm.derivatives.bnstore import pack, write_layer
+    from bids_vlm.stats.bnstore import pack, write_layer
 
     def write(path, ijk, an, vox, flat=False, ids=("m/image/00/0", "m/image/00/1")):
         with h5py.File(path, "w") as h5:

@@ -271,7 +271,7 @@ def test_cli_finds_planted_meter_ans_in_cross_and_image_streams(tmp_path):
     image-caption pairs) and image AN 0/9 (voxels 12-23, negative): the CLI finds both."""
     import h5py
 
-    from bids_vlm.derivatives.bnstore import flat_entries
+    from bids_vlm.stats.bnstore import flat_entries
     from datagen import Plant, make_planted_dataset
 
     plants = (Plant("cross-text", 1, 5, list(range(12)), 0.6, "tiny-meter"),

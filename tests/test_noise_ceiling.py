@@ -147,7 +147,7 @@ def test_intersubject_ceiling_needs_three_matching_subjects():
 
 
 def test_run_signature_is_the_hash_of_timeline_scans_and_tr():
-    from bids_vlm.encoding.noise_ceiling import run_signature
+    from bids_vlm.inputs.stimuli import run_signature
 
     timeline = {"times": [0.0, 1.0], "items": ["a.png", "b.png"]}
     assert run_signature(timeline, 100, 2.0) == run_signature(dict(timeline), 100, 2.0)

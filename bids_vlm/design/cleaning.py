@@ -22,9 +22,11 @@ import numpy as np
 import pandas as pd
 from nilearn import image, masking, signal
 
-from bids_vlm.inputs.bids import check_affine
+from bids_vlm.brainmask import grayordinate_mask
+from bids_vlm.cifti import is_cifti
 from bids_vlm.config import BoldConfig
 from bids_vlm.errors import DataError
+from bids_vlm.inputs.bids import check_affine
 
 LOGGER = logging.getLogger("bids_vlm.design.cleaning")
 MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
@@ -344,3 +346,25 @@ def pooled_noise_sums(cleaned_files) -> np.ndarray:
     parts = [np.load(noise_path(f)) for f in cleaned_files]
     lags = min(p.shape[0] for p in parts)
     return sum(p[:lags].astype(np.float64) for p in parts)
+
+
+def load_cleaned(cleaned_files) -> np.ndarray:
+    """(sum n_scans, V): the runs' cleaned BOLD (the clean stage's ``_cleaned.npy`` files),
+    concatenated in the order given."""
+    return np.concatenate([np.load(f) for f in cleaned_files], axis=0)
+
+
+def unit_mask(runs):
+    """The analysis mask of an analysis unit's runs (RunSpecs): the intersection of their brain
+    masks (:func:`load_mask`; DataError when the runs are not on one grid), or for CIFTI runs
+    their grayordinates (a dscalar image, :func:`bids_vlm.brainmask.grayordinate_mask`)."""
+    if any(is_cifti(r.bold) for r in runs):
+        return grayordinate_mask(runs)
+    masks = [load_mask(r.bold, r.mask) for r in runs]
+    ref = masks[0]
+    for run, mask in zip(runs, masks):
+        if mask.shape != ref.shape or abs(mask.affine - ref.affine).max() > 1e-3:
+            raise DataError(f"the runs of {runs[0].label.split('_run-')[0]} are not on one grid "
+                            f"(first run {ref.shape}, this run {mask.shape})", run.bold)
+    return masking.intersect_masks(masks, threshold=1.0, connected=False) if len(masks) > 1 \
+        else ref

@@ -15,10 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import h5py
 import numpy as np
 from scipy import stats
 
-from bids_vlm.stats.autocorr import tukey_taper
+from bids_vlm.design.cleaning import lag_traces, load_cleaned, pooled_noise_sums
+from bids_vlm.design.regressors import sample_activations
+from bids_vlm.design.runs import run_designs, unit_regressors
+from bids_vlm.inputs.stimuli import sample_items
+from bids_vlm.stats.autocorr import default_lags, tukey_taper
 
 
 @dataclass
@@ -201,3 +206,40 @@ def match_atoms(found: np.ndarray, true: np.ndarray) -> np.ndarray:
     """(K_true,) best |correlation| of each true atom (columns of ``true``) with a found one."""
     corr = np.corrcoef(found.T, true.T)[:found.shape[1], found.shape[1]:]
     return np.abs(corr).max(0)
+
+
+def write_atoms(timelines: dict, activations_file, runs, cleaned_files, config, path) -> str:
+    """Paper mode: atoms of every layer's AN time series, their HRF regressors (built and
+    cleaned as the association's, :mod:`bids_vlm.design.runs`) fitted to every voxel ->
+    ``path`` (HDF5; a group per layer: atoms, loadings, t, q; attribute df)."""
+    designs = run_designs(runs, timelines, config)
+    voxels = load_cleaned(cleaned_files)
+    edges = np.cumsum([0] + [len(d.timeline.times) for d in designs])
+    removed = sum(d.removed for d in designs)
+    noise = {}  # the association's noise model (exact GLM variance) unless --autocorr none
+    if config.stats.autocorr != "none":
+        n_lags = config.stats.n_lags or default_lags([r.n_scans for r in runs])
+        sums = pooled_noise_sums(cleaned_files)[:n_lags + 1]
+        rho = np.divide(sums[1:], sums[0], out=np.zeros_like(sums[1:]), where=sums[0] > 1e-12)
+        noise = dict(noise_rho=rho, lag_traces=sum(lag_traces(d.projection, n_lags)
+                                                    for d in designs),
+                     run_lengths=[r.n_scans for r in runs])
+    with h5py.File(activations_file, "r") as acts, h5py.File(path, "w") as out:
+        out.attrs["model"] = acts.attrs["model"]
+        for stream in (s for s in acts if s != "items"):
+            index = {k: i for i, k in enumerate(acts[f"items/{stream}"].asstr()[()])}
+            for layer in acts[stream]:
+                table = acts[f"{stream}/{layer}"][()]
+                samples = np.concatenate([sample_activations(sample_items(d.timeline, stream),
+                                                             table, index) for d in designs])
+                atoms, loadings = learn_atoms(samples, config.stats.n_atoms,
+                                              config.stats.atom_alpha, config.model.seed)
+                regs = unit_regressors(designs, [atoms[a:b] for a, b in zip(edges[:-1],
+                                                                            edges[1:])],
+                                       config.bold)
+                t, q, df = atom_glm(regs, voxels, n_removed=removed, **noise)
+                for name, value in (("atoms", atoms), ("loadings", loadings), ("t", t),
+                                    ("q", q)):
+                    out[f"{stream}/{layer}/{name}"] = value
+                out.attrs["df"] = df
+    return str(path)

@@ -24,8 +24,6 @@ the repeats of the same formula (each subject's run z-scored first).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 
@@ -64,15 +62,6 @@ def repeated_runs(regressors, run_lengths, atol: float = 1e-6) -> list[tuple[int
         else:
             match.append(i)
     return [tuple(g) for g in groups if len(g) >= 2]
-
-
-def run_signature(timeline: dict, n_scans: int, tr: float) -> str:
-    """Signature of a run's stimulus sequence: equal for runs (of any subject) that showed the
-    same stimuli at the same times with the same number of scans and TR.
-
-    timeline: the run's :meth:`bids_vlm.inputs.stimuli.Timeline.to_dict`.
-    """
-    return hashlib.sha1(json.dumps([timeline, n_scans, tr]).encode()).hexdigest()
 
 
 def repeated_signatures(signatures) -> list[tuple[int, ...]]:

@@ -13,6 +13,7 @@ word-level transcript) whose onset lies in the window that ends with the sample.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -309,3 +310,12 @@ def sample_items(timeline: Timeline, stream: str) -> tuple:
 def unique_items(timelines, stream: str) -> list:
     """Sorted unique non-blank items of ``stream`` over several timelines."""
     return sorted({x for t in timelines for x in sample_items(t, stream) if x is not None})
+
+
+def run_signature(timeline: dict, n_scans: int, tr: float) -> str:
+    """Signature of a run's stimulus sequence: equal for runs (of any subject) that showed the
+    same stimuli at the same times with the same number of scans and TR.
+
+    timeline: the run's :meth:`bids_vlm.inputs.stimuli.Timeline.to_dict`.
+    """
+    return hashlib.sha1(json.dumps([timeline, n_scans, tr]).encode()).hexdigest()

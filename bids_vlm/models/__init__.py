@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import logging
 import os
 from dataclasses import dataclass
 from typing import Callable
 
+import h5py
 import numpy as np
 import torch
 
 from bids_vlm.config import ModelConfig
+from bids_vlm.inputs.stimuli import unique_items
 from bids_vlm.models import hfclip, meter, openclip
 from bids_vlm.models.base import (
     an_id,
@@ -281,3 +284,28 @@ def an_ids(model_name: str, key: str, units: int, kind: str = "ffn") -> list[str
     """AN ids of one ``stream/layer`` block of ``units`` units."""
     stream, layer = key.split("/")
     return [an_id(model_name, stream, int(layer), u, kind) for u in range(units)]
+
+
+def write_activations(timelines, model_name: str, config, cache_dir, path, device="auto",
+                      batch_size=16) -> str:
+    """AN activations of every unique stimulus of the ``timelines``
+    (:class:`~bids_vlm.inputs.stimuli.Timeline`) -> ``path`` (HDF5), through the activation
+    cache in ``cache_dir`` (stimuli already there are not run through the model again).
+    Datasets ``<stream>/<layer>`` (n_items, units) and ``items/<stream>`` (n_items,) strings;
+    attributes: the model, how many stimuli were computed now, units and layers per stream.
+    config: the AnalysisConfig; device and batch_size: how the model runs."""
+    model = load_model(model_name, config.model)
+    items = {s: unique_items(timelines, s) for s in model.streams
+             if not config.model.streams or s in config.model.streams}
+    acts, computed = extract_cached(model, items, config.model, cache_dir, device=device,
+                                    batch_size=batch_size)
+    with h5py.File(path, "w") as h5:
+        for key, value in acts.items():
+            h5[key] = value
+        for stream, values in items.items():
+            h5.create_dataset(f"items/{stream}", data=values, dtype=h5py.string_dtype())
+        h5.attrs["model"] = model_name
+        h5.attrs["computed"] = computed
+        h5.attrs["units"] = json.dumps({s: v.units for s, v in model.streams.items()})
+        h5.attrs["n_layers"] = json.dumps({s: v.n_layers for s, v in model.streams.items()})
+    return str(path)

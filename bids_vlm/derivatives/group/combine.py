@@ -24,7 +24,7 @@ from scipy import sparse, stats
 
 from bids_vlm.derivatives import write_json, write_tsv
 from bids_vlm.derivatives.io import read_sidecar, save_image
-from bids_vlm.derivatives.bnstore import layer_size, layers, read_layer, read_range
+from bids_vlm.stats.bnstore import layer_size, layers, read_layer, read_range
 from bids_vlm.errors import DataError
 from bids_vlm.derivatives.group.architecture import combine_architecture
 from bids_vlm.derivatives.group.hierarchy import combine_hierarchy

@@ -21,7 +21,7 @@ from bids_vlm.analysis.architecture import (
     stream_overlap,
     union_bn_maps,
 )
-from bids_vlm.derivatives.bnstore import layers, read_layer
+from bids_vlm.stats.bnstore import layers, read_layer
 from bids_vlm.derivatives.io import bids_name, desc_label, read_tsv, write_json, write_tsv
 
 MSI_COLUMNS = {

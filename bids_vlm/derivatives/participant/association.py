@@ -1,6 +1,6 @@
 """The derivatives of one model's association: per-layer maps, per-stream redundancy maps, the
 neuron, network and layer tables, and the compact ``_association.h5`` (each AN's BNs with their
-sign, exact r, z, p of its top voxels: :mod:`bids_vlm.derivatives.bnstore`).
+sign, exact r, z, p of its top voxels: :mod:`bids_vlm.stats.bnstore`).
 
 The work file ``association.h5`` is read one layer at a time: a layer's BNs are read, used
 (union map, network enrichment) and dropped before the next layer is read, so memory holds one
@@ -15,7 +15,7 @@ import pandas as pd
 
 from bids_vlm.analysis.atlases import load_networks
 from bids_vlm.brainmask import brain_models, is_grayordinates, peak_columns, row_keys
-from bids_vlm.derivatives import bnstore
+from bids_vlm.stats import bnstore
 from bids_vlm.derivatives.io import (
     atomic_path,
     bids_name,

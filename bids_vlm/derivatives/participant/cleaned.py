@@ -5,7 +5,7 @@ One 4D float32 NIfTI per run, ``sub-<label>[_ses-]_task-<task>[_acq-]_run-<n>[_s
 _desc-cleaned_bold.nii.gz`` in the participant's func/ folder (zero outside the analysis mask;
 a ``.dtseries.nii`` on the input's grayordinates for CIFTI),
 with a sidecar holding ``RunSignature``: a hash of the run's stimulus timeline, number of scans
-and TR (:func:`bids_vlm.encoding.noise_ceiling.run_signature`), equal for the runs of any
+and TR (:func:`bids_vlm.inputs.stimuli.run_signature`), equal for the runs of any
 participants that showed the same stimuli at the same times.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from bids_vlm import brainmask
 from bids_vlm.derivatives.io import bids_name, save_image, write_json
 from bids_vlm.derivatives.participant.common import func_dir, unit_entities
-from bids_vlm.encoding.noise_ceiling import run_signature
+from bids_vlm.inputs.stimuli import run_signature
 
 CLEANED = "desc-cleaned_bold"
 SERIES_EXTENSION = {False: ".nii.gz", True: ".dtseries.nii"}

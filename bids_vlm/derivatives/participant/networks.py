@@ -77,7 +77,7 @@ def write_enrichment(association_file, mask_file, unit: dict, config, path) -> s
     import h5py
 
     from bids_vlm import brainmask
-    from bids_vlm.derivatives.bnstore import layers, read_layer
+    from bids_vlm.stats.bnstore import layers, read_layer
 
     masks, _, problem = data_networks(config.networks.atlas, brainmask.load(mask_file),
                                       unit.get("space"))
@@ -186,7 +186,7 @@ def compute_lesion(regressors_file, cleaned_files, association_file, encoding_fi
     from bids_vlm import brainmask
     from bids_vlm.analysis.lesion import FoldAssociation, network_lesions
     from bids_vlm.models.base import resolve_device
-    from bids_vlm.design.cleaning import noise_path
+    from bids_vlm.design.cleaning import load_cleaned, noise_path
 
     masks, atlases, problem = data_networks(config.networks.atlas, brainmask.load(mask_file),
                                             unit.get("space"))
@@ -204,7 +204,7 @@ def compute_lesion(regressors_file, cleaned_files, association_file, encoding_fi
         scores = {key: enc[f"{n}/r"][()] for key, n in names.items()}
         features = {key: regs[f"delayed/{n}"] if f"delayed/{n}" in regs else regs[n]
                     for key, n in names.items()}
-        voxels = np.concatenate([np.load(f) for f in cleaned_files], axis=0)
+        voxels = load_cleaned(cleaned_files)
         device = resolve_device(device)
         stats = config.stats
         settings = FoldAssociation(stats.bn_definition, stats.nuisance_pcs, stats.autocorr,
