@@ -533,11 +533,11 @@ def _nothing_ran(ctx):
 
 def _internal_error(ctx):
     """A defect (not bad input) inside a node: exit 1, the crash file named."""
-    import bids_vlm.design.regressors
+    import bids_vlm.design.runs
 
     def broken(*args, **kwargs):
         raise ValueError("simulated defect")
-    ctx.monkeypatch.setattr(bids_vlm.design.regressors, "make_regressors", broken)
+    ctx.monkeypatch.setattr(bids_vlm.design.runs, "unit_regressors", broken)
 
 
 def _example(name, *args):
