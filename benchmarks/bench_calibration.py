@@ -26,7 +26,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bids_vlm.encoding import prepare_voxels  # noqa: E402
+from bids_vlm.stats import prepare_voxels  # noqa: E402
 from bids_vlm.stats.unique import layer_association  # noqa: E402
 from bids_vlm.simulate import Design, activations, event_design, session  # noqa: E402
 
