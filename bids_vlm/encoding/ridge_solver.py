@@ -25,13 +25,12 @@ batches one after the other. In the kernel form all blocks come from one x x' pe
 """
 from __future__ import annotations
 
-import contextlib
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from bids_vlm.encoding.folds import inner_splits
+from bids_vlm.threads import thread_map
 
 # float32 entries of a batch's stacked inner predictions: a few MiB stay in a CPU's cache
 _BUDGET = {"cpu": 1 << 20, "cuda": 1 << 26}
@@ -220,25 +219,10 @@ class _Blocks:
                 yield from imap(job, range(0, self.y.shape[1], self.nb))
 
 
-@contextlib.contextmanager
 def _pool(device):
-    """``map`` over one thread per torch thread on the CPU, torch single-threaded meanwhile
-    (plain ``map`` on a GPU or with one thread)."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads <= 1:
-        yield map
-        return
-    torch.set_num_threads(1)
-    # each worker thread single-threaded from its start: torch sets a thread's OpenMP and MKL
-    # threads on its first parallel operation, and until then MKL's products in it can run
-    # on every core, against the other workers (measured: 0.63 instead of 0.8 x SGEMM)
-    executor = ThreadPoolExecutor(threads, thread_name_prefix="encoding",
-                                  initializer=torch.set_num_threads, initargs=(1,))
-    try:
-        yield executor.map
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(threads)
+    """:func:`bids_vlm.threads.thread_map` with one thread per torch thread on the CPU (plain
+    ``map`` on a GPU)."""
+    return thread_map(torch.get_num_threads() if device.type == "cpu" else 1, "encoding")
 
 
 def reference_fold_predict(x, y, runs, k: int, alphas, max_inner_folds=5,

@@ -19,9 +19,7 @@ Significance (``autocorr``), z = atanh(r) sqrt(T_eff - 3) with T_eff = 1 / Var(r
 """
 from __future__ import annotations
 
-import contextlib
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +34,7 @@ from bids_vlm.stats.fdr import bh_sorted, bh_z_thresholds
 from bids_vlm.stats.inference import method_description  # noqa: F401 (re-exported)
 from bids_vlm.stats.inference import noise_model
 from bids_vlm.stats.kernels import prepare_rows
+from bids_vlm.threads import thread_map
 from bids_vlm.progress import progress as progress_bar
 
 AUTOCORR_METHODS = ("exact", "bartlett", "none")
@@ -286,24 +285,9 @@ def _check_prepared(vox, run_lengths, n_lags, dev, n_dof, autocorr) -> Voxels:
     return vox
 
 
-@contextlib.contextmanager
 def _pool(workers):
-    """``map`` over ``workers`` threads, torch single-threaded meanwhile (plain map for 1)."""
-    if workers <= 1:
-        yield map
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    # each worker thread single-threaded from its start: torch sets a thread's OpenMP and MKL
-    # threads on its first parallel operation, and until then MKL's products in it can run
-    # on every core, against the other workers (measured: 0.63 instead of 0.8 x SGEMM)
-    executor = ThreadPoolExecutor(workers, thread_name_prefix="association",
-                                  initializer=torch.set_num_threads, initargs=(1,))
-    try:
-        yield executor.map
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(threads)
+    """:func:`bids_vlm.threads.thread_map` of the association's blocks."""
+    return thread_map(workers, "association")
 
 
 def _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof=0, noise=None) -> Voxels:
