@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bids_vlm.atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -208,16 +209,14 @@ EXECUTION_FILE = "execution.json"
 
 
 def write_execution(folder, execution: Execution) -> Path:
-    """Write ``execution`` as JSON to ``folder``/:data:`EXECUTION_FILE` (folders made; a
-    temporary file renamed, so that a node never reads half of it).
+    """Write ``execution`` as JSON to ``folder``/:data:`EXECUTION_FILE` (atomically, with
+    :func:`bids_vlm.atomic.atomic_path`: a node never reads half of it).
 
     The nodes are given the folder, not the file: Nipype hashes an input naming an existing
     file by the file's time stamp, so a file rewritten by every run would rerun every node."""
     path = Path(folder) / EXECUTION_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(execution), indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(dataclasses.asdict(execution), indent=2) + "\n")
     return path
 
 
