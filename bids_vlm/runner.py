@@ -62,7 +62,8 @@ def check_stimuli(runs, bids_dir, config: AnalysisConfig):
     others; NoInputError (65) when no unit has one."""
     from bids_vlm.design.cleaning import read_confounds
     from bids_vlm.inputs.stimuli import build_timeline, read_events, sample_items
-    from bids_vlm.inputs.stimulus_checks import inspect_run, log_stimuli, no_stimulus_hint, unit_label
+    from bids_vlm.inputs.stimulus_checks import inspect_run, log_stimuli, no_stimulus_hint
+    from bids_vlm.inputs.units import unit_label
     from bids_vlm.inputs.timeline_summary import log_summary, summarise
 
     streams = config.model.streams or ("image", "text")  # cross streams: either side
@@ -192,7 +193,8 @@ def _run_participant_locked(held, bids_dir, output_dir, config, runs, fingerprin
     ExitStack that releases them, which takes the work directory's locks too)."""
     from bids_vlm.derivatives import init_output
     from bids_vlm.finished import mark_finished
-    from workflows.participant import analysis_units, init_participant_wf
+    from bids_vlm.inputs.units import analysis_units
+    from workflows.participant import init_participant_wf
 
     for subject in fingerprints:
         _remove_stale_temporaries(output_dir, f"sub-{subject}")
@@ -210,17 +212,15 @@ def _run_participant_locked(held, bids_dir, output_dir, config, runs, fingerprin
                       "work_dir": str(work), "runs": [r.bold for r in runs],
                       "skipped_finished": skipped, "skipped_units": skipped_units},
                      execution)
-    units = analysis_units(runs, config.sessions)
-    labels = {r.bold: r.label for r in runs}
-    for unit in units:  # what each run shows: in the sidecars and the report
-        unit["timeline"] = {labels[b]: timelines[labels[b]] for b in unit["sources"]}
+    # with what each run shows: in the sidecars and the report
+    units = [u.with_timeline(timelines) for u in analysis_units(runs, config.sessions)]
     execution_dir = work / "execution"  # read by the nodes; not in their caches
-    for subject in sorted({u["subject"] for u in units}):
+    for subject in sorted({u.subject for u in units}):
         write_execution(execution_dir / f"sub-{subject}", execution)
     wf = init_participant_wf(units, bids_dir, output_dir, work, config,
                              skipped_units=skipped_units, execution_dir=execution_dir)
     _run(wf, output_dir, execution)
-    subjects = sorted({u["subject"] for u in units})
+    subjects = sorted({u.subject for u in units})
     for subject in subjects:
         mark_finished(output_dir, subject, fingerprints[subject])
     return [Path(output_dir) / f"sub-{s}.html" for s in sorted(subjects + skipped)]

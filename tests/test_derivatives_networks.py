@@ -3,6 +3,7 @@ families (layers), a user atlas on native-space data through the CLI (networks, 
 lesion tables with both spaces stated), bad atlases exit 64."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -14,6 +15,8 @@ import pandas as pd
 from bids_vlm.analysis.grids import VoxelGrid
 from bids_vlm.analysis.networks import NetworkMasks
 from bids_vlm.config import AnalysisConfig, NetworkConfig
+from bids_vlm.inputs.bids import RunSpec
+from bids_vlm.inputs.units import AnalysisUnit, unit_from_json
 from bids_vlm.stats.bnstore import LayerBNs, pack
 from bids_vlm.derivatives.participant.networks import (_driven, layer_count, network_enrichment,
                                            read_enrichment, store_enrichment, unit_networks)
@@ -26,21 +29,23 @@ def _mask():
 
 
 def test_native_space_without_user_atlas_warns_and_skips(caplog, tmp_path):
-    unit = {"space": None, "sources": ["sub-01_task-x_run-1_bold.nii.gz"]}
+    run = RunSpec(subject="01", session=None, task="x", run=1, acquisition=None,
+                  bold="sub-01_task-x_run-1_bold.nii.gz", events="e.tsv", tr=2.0, n_scans=10)
+    unit = AnalysisUnit("01", None, "x", None, None, None, (run,))
     with caplog.at_level(logging.WARNING, logger="bids_vlm"):
         masks, fields = unit_networks(_mask(), unit, AnalysisConfig())
     assert masks is None and "network analyses skipped" in caplog.text
     assert "--atlas" in caplog.text and "sub-01_task-x_run-1_bold.nii.gz" in caplog.text
     assert fields["DataSpace"] == "native (no space entity)"
     assert fields["AtlasSpace"] == "MNI152NLin6Asym" and "skipped" in fields["Networks"]
-    masks, fields = unit_networks(_mask(), dict(unit, space="MNI152NLin2009cAsym"),
+    masks, fields = unit_networks(_mask(), dataclasses.replace(unit, space="MNI152NLin2009cAsym"),
                                   AnalysisConfig(networks=NetworkConfig(atlas="yeo17")))
     assert len(masks) == 18 and "MNI152NLin2009cAsym" in fields["Networks"]
     assert masks.grid.ijk.shape == (64, 3) and masks.grid.shape == (4, 4, 4)
     assert "spatial null" in fields["Networks"] and "1000 surrogates" in fields["Networks"]
     assert "p_hypergeom" in fields["Networks"] and "networks of a layer" in fields["Networks"]
     off = AnalysisConfig(networks=NetworkConfig(n_surrogates=0))
-    text = unit_networks(_mask(), dict(unit, space="MNI152NLin2009cAsym"), off)[1]["Networks"]
+    text = unit_networks(_mask(), dataclasses.replace(unit, space="MNI152NLin2009cAsym"), off)[1]["Networks"]
     assert "hypergeometric" in text and "spatial null" not in text
 
 
@@ -160,8 +165,6 @@ def test_bad_atlas_exits_64_naming_the_file(tmp_path):
 def test_enrichment_is_computed_once_and_read_by_outputs(occipital, tmp_path):
     """The enrich node's file is what the networks table shows (and the lesion reads): the
     outputs written from it equal those written by computing the enrichment again."""
-    import json
-
     from nipype.utils.filemanip import loadpkl
 
     from bids_vlm.config import from_json
@@ -175,7 +178,7 @@ def test_enrichment_is_computed_once_and_read_by_outputs(occipital, tmp_path):
     tables = []
     for name, stored in (("stored", inputs["enrichment_files"]), ("again", [])):
         written = write_unit_outputs(inputs["association_files"], [], inputs["mask_file"],
-                                     json.loads(inputs["unit_json"]), tmp_path / name,
+                                     unit_from_json(inputs["unit_json"]), tmp_path / name,
                                      inputs["bids_dir"], from_json(inputs["config_json"]),
                                      enrichment_files=stored)
         tables.append(next(p for p in written if str(p).endswith("_networks.tsv")))

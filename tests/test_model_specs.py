@@ -19,7 +19,8 @@ from bids_vlm.cli.run import main
 from bids_vlm.config import AnalysisConfig, ModelConfig
 from bids_vlm.derivatives.io import desc_label, model_label
 from bids_vlm.progress import QUIET_ENV
-from workflows.participant import analysis_units, init_participant_wf, model_tag, model_tags
+from bids_vlm.inputs.units import analysis_units
+from workflows.participant import init_participant_wf, model_tag, model_tags
 
 DESC = re.compile(r"[a-z0-9]+")
 NODE = re.compile(r"[A-Za-z0-9_]+")

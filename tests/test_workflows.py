@@ -17,7 +17,8 @@ from bids_vlm.config import (AnalysisConfig, EncodingConfig, ModelConfig, Networ
                              from_json, to_json)
 from workflows import nodes
 from workflows.group import group_maps_node, group_report_node, init_group_wf
-from workflows.participant import analysis_units, init_participant_wf
+from bids_vlm.inputs.units import AnalysisUnit, analysis_units, unit_from_json
+from workflows.participant import init_participant_wf
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = "MNI152NLin2009cAsym"
@@ -36,21 +37,36 @@ def test_analysis_units_group_in_first_seen_order():
             _run("01", 2), _run("01", 3, session="b"), _run("01", 4, acq="hi"),
             _run("01", 5, space="T1w", preprocessed=False), _run("01", 6, preprocessed=False)]
     units = analysis_units(runs, "separate")
-    keys = [(u["subject"], u["session"], u["task"], u["acquisition"], u["space"]) for u in units]
+    keys = [(u.subject, u.session, u.task, u.acquisition, u.space) for u in units]
     assert keys == [("02", None, "view", None, SPACE), ("01", None, "view", None, SPACE),
                     ("01", None, "rest", None, SPACE), ("01", "b", "view", None, SPACE),
                     ("01", None, "view", "hi", SPACE), ("01", None, "view", None, "T1w")]
-    assert [[r["run"] for r in u["runs"]] for u in units] == [[1, 2], [1, 2, 6], [1], [3], [4],
-                                                              [5]]
+    assert [[r.run for r in u.runs] for u in units] == [[1, 2], [1, 2, 6], [1], [3], [4], [5]]
     first = units[1]
-    assert first["sources"] == [runs[1].bold, runs[4].bold, runs[8].bold]
-    assert first["runs"][0] == runs[1].to_dict()
-    assert first["preprocessed"] is False  # one of its runs is raw
-    assert units[0]["preprocessed"] is True
-    assert set(first) == {"subject", "session", "task", "acquisition", "space", "density",
-                          "preprocessed", "sources", "runs"}
-    json.dumps(units)  # the units travel to the nodes as JSON
+    assert first.sources == [runs[1].bold, runs[4].bold, runs[8].bold]
+    assert first.runs[0] == runs[1]
+    assert first.preprocessed is False  # one of its runs is raw
+    assert units[0].preprocessed is True
+    assert first.entities == {"sub": "01", "ses": None, "task": "view", "acq": None,
+                              "space": SPACE, "den": None}
     assert analysis_units([]) == []
+
+
+def test_analysis_unit_travels_as_json_with_its_timeline():
+    """The nodes get the unit as JSON: it comes back equal, runs and timeline included, the
+    timeline's runs in the unit's order (run-10 after run-2, not sorted as text)."""
+    units = analysis_units([_run("01", 2), _run("01", 10)])
+    timelines = {"sub-01_task-view_run-10": {}, "sub-01_task-view_run-2": {"images": 3},
+                 "sub-02_task-view_run-1": {"images": 9}}
+    unit = units[0].with_timeline(timelines)
+    assert list(unit.timeline.items()) == [("sub-01_task-view_run-2", {"images": 3}),
+                                           ("sub-01_task-view_run-10", {})]
+    back = unit_from_json(unit.to_json())
+    assert back == unit and isinstance(back.runs, tuple) and isinstance(back, AnalysisUnit)
+    assert list(back.timeline) == list(unit.timeline)
+    assert units[0].timeline is None  # frozen: with_timeline returns a copy
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        unit.subject = "02"
 
 
 def test_sessions_pooled_or_separate(caplog):
@@ -61,12 +77,12 @@ def test_sessions_pooled_or_separate(caplog):
             _run("01", 1, session="3"), _run("01", 2, session="3"), _run("02", 1, session="1"),
             _run("02", 2, session="1")]
     pooled = analysis_units(runs)
-    assert [(u["subject"], u["session"], len(u["runs"])) for u in pooled] == [
+    assert [(u.subject, u.session, len(u.runs)) for u in pooled] == [
         ("01", None, 5), ("02", "1", 2)]
-    assert [r["session"] for r in pooled[0]["runs"]] == ["1", "1", "2", "3", "3"]
+    assert [r.session for r in pooled[0].runs] == ["1", "1", "2", "3", "3"]
     with caplog.at_level("WARNING", logger="bids_vlm"):
         separate = analysis_units(runs, "separate")
-    assert [(u["subject"], u["session"], len(u["runs"])) for u in separate] == [
+    assert [(u.subject, u.session, len(u.runs)) for u in separate] == [
         ("01", "1", 2), ("01", "2", 1), ("01", "3", 2), ("02", "1", 2)]
     assert "sub-01 ses-2 task-view: 1 run" in caplog.text and "--sessions pooled" in caplog.text
 
@@ -131,19 +147,18 @@ def test_participant_wf_clean_is_a_mapnode_over_runs(participant_wf):
         clean = wf.get_node(f"clean_{tag}")
         assert isinstance(clean, pe.MapNode)
         assert clean.iterfield == ["run_json"]
-        assert [json.loads(r) for r in clean.inputs.run_json] == unit["runs"]
+        assert [json.loads(r) for r in clean.inputs.run_json] == [r.to_dict() for r in unit.runs]
         node_config = from_json(clean.inputs.config_json)
         # the unit's input fingerprint travels in the nodes' configuration (cache invalidation)
-        assert node_config.fingerprint == "-".join(r["fingerprint"] for r in unit["runs"])
+        assert node_config.fingerprint == "-".join(r.fingerprint for r in unit.runs)
         assert dataclasses.replace(node_config, fingerprint="") == config
         for name in ("timelines", "mask", "outputs"):
             assert not isinstance(wf.get_node(f"{name}_{tag}"), pe.MapNode)
         timelines = wf.get_node(f"timelines_{tag}")
-        assert json.loads(timelines.inputs.runs_json) == unit["runs"]
+        assert json.loads(timelines.inputs.runs_json) == [r.to_dict() for r in unit.runs]
         assert timelines.inputs.bids_dir == str(tmp / "bids")
         outputs = wf.get_node(f"outputs_{tag}")
-        assert json.loads(outputs.inputs.unit_json) == {k: v for k, v in unit.items()
-                                                        if k != "runs"}
+        assert unit_from_json(outputs.inputs.unit_json) == unit
         assert outputs.inputs.output_dir == str(tmp / "out")
         assert wf.get_node(f"extract_{tag}_tiny_clip").inputs.model_name == "tiny-clip"
 
@@ -233,7 +248,7 @@ def test_save_cleaned_node_only_with_the_option(tmp_path):
     assert sources == {(f"clean_{tag}", node.name, "cleaned_files"),
                        (f"timelines_{tag}", node.name, "timelines_file"),
                        (f"mask_{tag}", node.name, "mask_file")}
-    assert json.loads(node.inputs.runs_json) == units[0]["runs"]
+    assert unit_from_json(node.inputs.unit_json) == units[0]
 
 
 def test_group_wf(tmp_path):

@@ -73,20 +73,19 @@ def clean_node(run_json, mask_file, config_json):
     return path
 
 
-def save_cleaned_node(cleaned_files, timelines_file, mask_file, runs_json, unit_json,
-                      output_dir):
+def save_cleaned_node(cleaned_files, timelines_file, mask_file, unit_json, output_dir):
     """With ``--save-cleaned``: every run's cleaned BOLD as a derivative
     (``desc-cleaned_bold.nii.gz``, its stimulus-sequence signature in the sidecar), for the
     group level's across-subjects noise ceiling; returns the written paths."""
     import json
 
-    from bids_vlm.inputs.bids import run_from_dict
     from bids_vlm.derivatives.participant.cleaned import write_cleaned
+    from bids_vlm.inputs.units import unit_from_json
 
-    runs = [run_from_dict(d) for d in json.loads(runs_json)]
+    unit = unit_from_json(unit_json)
     timelines = json.loads(open(timelines_file).read())
-    return [str(p) for p in write_cleaned(cleaned_files, runs, timelines, mask_file,
-                                          json.loads(unit_json), output_dir)]
+    return [str(p) for p in write_cleaned(cleaned_files, timelines, mask_file, unit,
+                                          output_dir)]
 
 
 def extract_node(timelines_file, model_name, config_json, cache_dir, execution_dir=""):
@@ -151,13 +150,13 @@ def encode_node(regressors_file, cleaned_files, config_json, execution_dir=""):
 def enrich_node(association_file, mask_file, unit_json, config_json):
     """Network enrichment (with its spatial null) of every layer of one model's association ->
     ``enrichment.h5``, read by the lesion and the networks table."""
-    import json
     import os
 
     from bids_vlm.config import from_json
     from bids_vlm.derivatives.participant.networks import write_enrichment
+    from bids_vlm.inputs.units import unit_from_json
 
-    return write_enrichment(association_file, mask_file, json.loads(unit_json),
+    return write_enrichment(association_file, mask_file, unit_from_json(unit_json),
                             from_json(config_json), os.path.abspath("enrichment.h5"))
 
 
@@ -171,9 +170,10 @@ def lesion_node(regressors_file, cleaned_files, association_file, encoding_file,
 
     from bids_vlm.config import from_json, read_execution
     from bids_vlm.derivatives.participant.networks import compute_lesion
+    from bids_vlm.inputs.units import unit_from_json
 
     result = compute_lesion(regressors_file, cleaned_files, association_file, encoding_file,
-                            mask_file, json.loads(unit_json), from_json(config_json),
+                            mask_file, unit_from_json(unit_json), from_json(config_json),
                             enrichment_file, device=read_execution(execution_dir).device)
     path = os.path.abspath("lesion.json")
     Path(path).write_text(json.dumps(result))
@@ -199,12 +199,11 @@ def atoms_node(timelines_file, activations_file, runs_json, cleaned_files, confi
 def outputs_node(association_files, encoding_files, atom_files, mask_file, unit_json, output_dir,
                  bids_dir, config_json, lesion_files=None, enrichment_files=None):
     """Write the participant's derivatives for one analysis unit; returns the written paths."""
-    import json
-
     from bids_vlm.config import from_json
     from bids_vlm.derivatives.participant import write_unit_outputs
+    from bids_vlm.inputs.units import unit_from_json
 
-    unit = json.loads(unit_json)
+    unit = unit_from_json(unit_json)
     return [str(p) for p in write_unit_outputs(association_files, encoding_files, mask_file,
                                                unit, output_dir, bids_dir,
                                                from_json(config_json), atom_files or [],

@@ -15,46 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import re
-from pathlib import Path
 from collections import OrderedDict
+from pathlib import Path
 
 from nipype.interfaces.utility import Function, Merge
 from nipype.pipeline import engine as pe
 
-from bids_vlm.config import AnalysisConfig, RunFilter, to_json
+from bids_vlm.config import AnalysisConfig, RunFilter, from_json, to_json
 from bids_vlm.derivatives.io import READABLE_MAX, is_plain_model, model_hash, model_words
-
-LOGGER = logging.getLogger("bids_vlm")
+from bids_vlm.inputs.units import AnalysisUnit
 from workflows import nodes
-
-
-def analysis_units(runs, sessions: str = "pooled") -> list[dict]:
-    """Group RunSpecs into units (subject, session, task, acquisition, space), in order.
-
-    sessions: "separate", one unit per session; "pooled", the runs of all sessions in one unit
-    (its session is None unless all its runs share one). Each unit warns when it has fewer
-    than 2 runs (no leave-one-run-out encoding), naming its session."""
-    units = OrderedDict()
-    for run in runs:
-        session = run.session if sessions == "separate" else None
-        units.setdefault((run.subject, session, run.task, run.acquisition, run.space,
-                          run.density), []).append(run)
-    out = []
-    for (subject, session, task, acq, space, density), members in units.items():
-        found = {r.session for r in members}
-        session = session if session or len(found) != 1 else found.pop()
-        out.append({"subject": subject, "session": session, "task": task, "acquisition": acq,
-                    "space": space, "density": density, "preprocessed": all(r.preprocessed for r in members),
-                    "sources": [r.bold for r in members],
-                    "runs": [r.to_dict() for r in members]})
-        if len(members) < 2:
-            LOGGER.warning("sub-%s%s task-%s: %d run; layer-wise encoding (leave-one-run-out) "
-                           "needs 2%s", subject, f" ses-{session}" if session else "", task,
-                           len(members), " (--sessions pooled joins the sessions' runs)"
-                           if sessions == "separate" else "")
-    return out
 
 
 def node_config(config: AnalysisConfig) -> str:
@@ -76,11 +47,12 @@ def _function_node(func, name, inputs, mapnode_field=None):
     return node
 
 
-def _unit_name(unit) -> str:
-    parts = [f"sub_{unit['subject']}"]
+def _unit_name(unit: AnalysisUnit) -> str:
+    """The unit's part of node names: its entities' values, only [A-Za-z0-9_]."""
+    parts = [f"sub_{unit.subject}"]
     for key in ("session", "task", "acquisition", "space", "density"):
-        if unit.get(key):
-            parts.append(f"{key[:3]}_{unit[key]}")
+        if getattr(unit, key):
+            parts.append(f"{key[:3]}_{getattr(unit, key)}")
     return re.sub(r"[^A-Za-z0-9_]", "_", "_".join(parts))
 
 
@@ -123,10 +95,10 @@ def init_participant_wf(units, bids_dir, output_dir, work_dir, config: AnalysisC
         # every node of the unit gets the unit's input fingerprint in its configuration, so
         # that a changed BOLD, events, mask, confounds or stimulus file reruns them all
         unit_cfg = json.loads(cfg)
-        unit_cfg["fingerprint"] = "-".join(r["fingerprint"] for r in unit["runs"])
-        unit_execution = (str(Path(execution_dir) / f"sub-{unit['subject']}")
+        unit_cfg["fingerprint"] = "-".join(r.fingerprint for r in unit.runs)
+        unit_execution = (str(Path(execution_dir) / f"sub-{unit.subject}")
                           if execution_dir else "")
-        per_subject.setdefault(unit["subject"], []).append(
+        per_subject.setdefault(unit.subject, []).append(
             _unit_graph(wf, unit, bids_dir, output_dir, json.dumps(unit_cfg, sort_keys=True),
                         unit_execution))
     for subject, outputs in per_subject.items():
@@ -165,26 +137,26 @@ def _lesion_node(wf, mtag, unit_json, cfg, execution_dir, sources, target):
 def _unit_graph(wf, unit, bids_dir, output_dir, cfg, execution_dir=""):
     """Add one unit's nodes to ``wf``; returns its outputs node."""
     tag = _unit_name(unit)
-    runs_json = json.dumps(unit["runs"])
+    runs_json = json.dumps([r.to_dict() for r in unit.runs])
     timelines = _function_node(nodes.timelines_node, f"timelines_{tag}",
                                {"runs_json": runs_json, "bids_dir": str(bids_dir),
                                 "config_json": cfg})
     mask = _function_node(nodes.mask_node, f"mask_{tag}", {"runs_json": runs_json})
     clean = _function_node(nodes.clean_node, f"clean_{tag}",
-                           {"run_json": [json.dumps(r) for r in unit["runs"]],
+                           {"run_json": [json.dumps(r.to_dict()) for r in unit.runs],
                             "mask_file": None, "config_json": cfg}, mapnode_field="run_json")
     wf.connect(mask, "out", clean, "mask_file")
     # the same model named twice is recorded once (its nodes would have the same names)
-    tags = model_tags(json.loads(cfg)["model"]["models"])
+    conf = from_json(cfg)  # parsed once: which models, paper mode, lesion, saved cleaned runs
+    tags = model_tags(conf.model.models)
     models = list(tags)
     merge = pe.Node(Merge(len(models)), name=f"associations_{tag}")
     merge_enc = pe.Node(Merge(len(models)), name=f"encodings_{tag}")
     merge_enrich = pe.Node(Merge(len(models)), name=f"enrichments_{tag}")
-    paper = json.loads(cfg)["stats"]["paper_mode"]
+    paper = conf.stats.paper_mode
     merge_atoms = pe.Node(Merge(len(models)), name=f"atoms_{tag}") if paper else None
-    unit_json = json.dumps({k: v for k, v in unit.items() if k != "runs"})
-    conf = json.loads(cfg)
-    lesion = conf["encoding"]["enabled"] and bool(conf["networks"]["lesion_steps"])
+    unit_json = unit.to_json()
+    lesion = conf.encoding.enabled and bool(conf.networks.lesion_steps)
     merge_lesion = pe.Node(Merge(len(models)), name=f"lesions_{tag}") if lesion else None
     for i, model in enumerate(models, start=1):
         mtag = f"{tag}_{tags[model]}"
@@ -238,10 +210,10 @@ def _unit_graph(wf, unit, bids_dir, output_dir, cfg, execution_dir=""):
                               "lesion_files": [] if not lesion else None,
                               "enrichment_files": None})
     outputs.overwrite = True  # it writes outside the work dir: never trust a cached result
-    if conf["bold"].get("save_cleaned"):
+    if conf.bold.save_cleaned:
         saved = _function_node(nodes.save_cleaned_node, f"save_cleaned_{tag}",
                                {"cleaned_files": None, "timelines_file": None, "mask_file": None,
-                                "runs_json": runs_json, "unit_json": unit_json,
+                                "unit_json": unit_json,
                                 "output_dir": str(output_dir)})
         saved.overwrite = True
         wf.connect([(clean, saved, [("out", "cleaned_files")]),

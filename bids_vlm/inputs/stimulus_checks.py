@@ -88,18 +88,6 @@ def replayed_rows(events: pd.DataFrame, values) -> tuple[int, str]:
     return len(hits), (names[hits[0]] if hits else "")
 
 
-def unit_label(run, sessions: str = "pooled") -> str:
-    """The name of a run's analysis unit (a RunSpec's subject, task, acquisition and, with
-    ``sessions`` 'separate', session), as ``workflows.participant.analysis_units`` groups."""
-    parts = [f"sub-{run.subject}"]
-    if run.session and sessions == "separate":
-        parts.append(f"ses-{run.session}")
-    parts.append(f"task-{run.task}")
-    if run.acquisition:
-        parts.append(f"acq-{run.acquisition}")
-    return "_".join(parts)
-
-
 def log_stimuli(runs: list, config: StimulusConfig, root):
     """Log what :func:`inspect_run` found. runs: (unit label, events path, RunStimuli) of
     each run, in order."""

@@ -33,7 +33,7 @@ def write_atom_outputs(atom_file, folder, ents, mask, ijk, unit, config) -> list
     with h5py.File(atom_file, "r") as h5:
         raw_model = str(h5.attrs["model"])
         model = output_model_name(raw_model, config)
-        side = {"Sources": unit["sources"], "Model": model, "HRFModel": config.stats.hrf_model,
+        side = {"Sources": unit.sources, "Model": model, "HRFModel": config.stats.hrf_model,
                 "PaperMode": (f"sparse dictionary learning (scikit-learn "
                               f"MiniBatchDictionaryLearning), K = {config.stats.n_atoms}, "
                               f"alpha = {config.stats.atom_alpha}, AN time series centred and "

@@ -16,24 +16,23 @@ import numpy as np
 
 from bids_vlm import brainmask
 from bids_vlm.derivatives.io import bids_name, save_image, write_json
-from bids_vlm.derivatives.participant.common import func_dir, unit_entities
+from bids_vlm.derivatives.participant.common import func_dir
 from bids_vlm.inputs.stimuli import run_signature
 
 CLEANED = "desc-cleaned_bold"
 SERIES_EXTENSION = {False: ".nii.gz", True: ".dtseries.nii"}
 
 
-def write_cleaned(cleaned_files, runs, timelines: dict, mask_file, unit: dict,
-                  output_dir) -> list:
-    """Write each run's cleaned (n_scans, V) array (``cleaned_files``, in the order of ``runs``,
-    the unit's :class:`bids_vlm.inputs.bids.RunSpec`) as a 4D map; ``timelines``: {run label:
-    timeline dict}. Returns the written paths."""
+def write_cleaned(cleaned_files, timelines: dict, mask_file, unit, output_dir) -> list:
+    """Write each run's cleaned (n_scans, V) array (``cleaned_files``, in the order of the
+    runs of ``unit``, an :class:`bids_vlm.inputs.units.AnalysisUnit`) as a 4D map;
+    ``timelines``: {run label: timeline dict}. Returns the written paths."""
     mask = brainmask.load(mask_file)
     folder = func_dir(output_dir, unit)
     written = []
-    for path, run in zip(cleaned_files, runs):
+    for path, run in zip(cleaned_files, unit.runs, strict=True):
         data = np.load(path)  # (n_scans, V)
-        name = bids_name(dict(unit_entities(unit), run=run.run, desc="cleaned"), "bold",
+        name = bids_name(dict(unit.entities, run=run.run, desc="cleaned"), "bold",
                          SERIES_EXTENSION[brainmask.is_grayordinates(mask)])
         written.append(_write_bold(folder / name, data, mask, run.tr, {
             "Sources": [run.bold], "RepetitionTime": run.tr, "TaskName": run.task,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bids_vlm.inputs.units import AnalysisUnit
+
 
 AN_DEFINITIONS = {
     "ffn": "ffn: hidden units of each layer's feed-forward block after the nonlinearity",
@@ -47,23 +49,22 @@ def output_model_name(model: str, config) -> str:
     and attn results of one model can share an output folder."""
     return model if config.model.an_kind == "ffn" else f"{model}-qk"
 
-def unit_entities(unit: dict) -> dict:
-    return {"sub": unit["subject"], "ses": unit.get("session"), "task": unit["task"],
-            "acq": unit.get("acquisition"), "space": unit.get("space"),
-            "den": unit.get("density")}
-
-def func_dir(output_dir, unit: dict) -> Path:
-    path = Path(output_dir) / f"sub-{unit['subject']}"
-    if unit.get("session"):
-        path = path / f"ses-{unit['session']}"
+def func_dir(output_dir, unit: AnalysisUnit) -> Path:
+    """The unit's ``sub-<label>[/ses-<label>]/func`` folder below ``output_dir``."""
+    path = Path(output_dir) / f"sub-{unit.subject}"
+    if unit.session:
+        path = path / f"ses-{unit.session}"
     return path / "func"
 
-def common_sidecar(unit: dict, attrs: dict, config) -> dict:
-    preproc = ("preprocessed BOLD from the derivatives (desc-preproc)" if unit["preprocessed"]
+
+def common_sidecar(unit: AnalysisUnit, attrs: dict, config) -> dict:
+    """The sidecar fields every association map of ``unit`` has; attrs: the association's
+    HDF5 attributes (``method``, ``fdr_q``)."""
+    preproc = ("preprocessed BOLD from the derivatives (desc-preproc)" if unit.preprocessed
                else "none: raw BOLD (no motion correction, slice timing or normalisation by "
                     "bids_vlm); masked, detrended, high-pass filtered and z-scored per run")
-    extra = {"StimulusTimeline": unit["timeline"]} if unit.get("timeline") else {}
-    return {"Sources": unit["sources"], "BOLDInput": preproc, **extra,
+    extra = {"StimulusTimeline": unit.timeline} if unit.timeline else {}
+    return {"Sources": unit.sources, "BOLDInput": preproc, **extra,
             "AssociationMethod": attrs["method"], "FDRLevel": float(attrs["fdr_q"]),
             "HRFModel": config.stats.hrf_model, "StimulusRate": config.stimuli.stim_rate,
             "Pooling": config.model.pooling, "ANDefinition": AN_DEFINITIONS[config.model.an_kind]}

@@ -50,7 +50,7 @@ def write_encoding_outputs(enc_file, folder, ents, mask, unit, config, networks=
         if "skipped" in h5.attrs:
             return []
         model = output_model_name(str(h5.attrs["model"]), config)
-        side = {"Sources": unit["sources"], "BOLDInput": common_sidecar(
+        side = {"Sources": unit.sources, "BOLDInput": common_sidecar(
                     unit, {"method": "", "fdr_q": 0}, config)["BOLDInput"],
                 "HRFModel": config.stats.hrf_model, "EncodingMethod": str(h5.attrs["method"]),
                 "Model": model}

@@ -46,17 +46,17 @@ LESION_COLUMNS = {
 }
 
 
-def unit_networks(mask, unit: dict, config):
+def unit_networks(mask, unit, config):
     """(network masks over the in-mask voxels or None, sidecar fields naming the atlas and both
     spaces). Logs a warning when the atlas does not fit the data's space."""
     from bids_vlm.brainmask import is_grayordinates
 
-    space = unit.get("space")
+    space = unit.space
     surface = is_grayordinates(mask)
     masks, atlases, problem = data_networks(config.networks.atlas, mask, space)
     fields = space_description(atlases, space)
     if problem:
-        LOGGER.warning("%s: %s", unit["sources"][0] if unit.get("sources") else "", problem)
+        LOGGER.warning("%s: %s", unit.sources[0] if unit.sources else "", problem)
         return None, dict(fields, Networks=problem)
     return masks, dict(fields, Networks=(
         f"atlases ({fields['Atlas']}) in {fields['AtlasSpace']}, data in {fields['DataSpace']}; "
@@ -68,7 +68,7 @@ def unit_networks(mask, unit: dict, config):
 ENRICHMENT_FIELDS = ("n_pos", "n_neg", "frac", "p_hypergeom", "p", "n_null", "q", "drives")
 
 
-def write_enrichment(association_file, mask_file, unit: dict, config, path) -> str:
+def write_enrichment(association_file, mask_file, unit, config, path) -> str:
     """The network enrichment of every layer of one model's association (its spatial null is
     the costly part), computed once for the lesion and the tables -> ``path`` (HDF5): attribute
     ``networks`` (JSON list), per layer ``<stream>/<layer>/<field>`` (N_layer, M) arrays of
@@ -80,7 +80,7 @@ def write_enrichment(association_file, mask_file, unit: dict, config, path) -> s
     from bids_vlm.stats.bnstore import layers, read_layer
 
     masks, _, problem = data_networks(config.networks.atlas, brainmask.load(mask_file),
-                                      unit.get("space"))
+                                      unit.space)
     with h5py.File(association_file, "r") as assoc, h5py.File(path, "w") as out:
         if problem:
             out.attrs["skipped"] = problem
@@ -176,7 +176,7 @@ def write_hierarchy(folder, ents, model, bests: dict, masks, fields, side) -> li
 
 
 def compute_lesion(regressors_file, cleaned_files, association_file, encoding_file, mask_file,
-                   unit: dict, config, enrichment_file, device="auto") -> dict:
+                   unit, config, enrichment_file, device="auto") -> dict:
     """The virtual lesion of one model: {"model", "rows" (records of the lesion table),
     "skipped" (why it did not run, or ""), "note", "fields" (atlas and spaces)};
     enrichment_file: :func:`write_enrichment`'s of the association (which networks are
@@ -189,8 +189,8 @@ def compute_lesion(regressors_file, cleaned_files, association_file, encoding_fi
     from bids_vlm.design.cleaning import load_cleaned, noise_path
 
     masks, atlases, problem = data_networks(config.networks.atlas, brainmask.load(mask_file),
-                                            unit.get("space"))
-    fields = space_description(atlases, unit.get("space"))
+                                            unit.space)
+    fields = space_description(atlases, unit.space)
     with h5py.File(association_file, "r") as assoc, h5py.File(encoding_file, "r") as enc, \
             h5py.File(regressors_file, "r") as regs:
         out = {"model": str(assoc.attrs["model"]), "rows": [], "fields": fields, "note": "",

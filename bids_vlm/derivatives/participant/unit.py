@@ -8,12 +8,12 @@ from bids_vlm import brainmask
 from bids_vlm.derivatives.participant.architecture import write_architecture_outputs
 from bids_vlm.derivatives.participant.association import write_association_outputs
 from bids_vlm.derivatives.participant.atoms import write_atom_outputs
-from bids_vlm.derivatives.participant.common import func_dir, unit_entities
+from bids_vlm.derivatives.participant.common import func_dir
 from bids_vlm.derivatives.participant.encoding import write_encoding_outputs
 from bids_vlm.derivatives.participant.networks import unit_networks, write_lesion
 
 
-def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict, output_dir,
+def write_unit_outputs(association_files, encoding_files, mask_file, unit, output_dir,
                        bids_dir, config, atom_files=(), lesion_files=(),
                        enrichment_files=()) -> list:
     """Maps, neuron tables, compact associations, encoding maps and network tables of one
@@ -21,7 +21,7 @@ def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict,
     (:func:`bids_vlm.derivatives.participant.networks.write_enrichment`; () computes them here)."""
     mask = brainmask.load(mask_file)
     ijk = brainmask.rows_ijk(mask)  # (V, 3), the order of masking.apply_mask / the rows
-    ents = unit_entities(unit)
+    ents = unit.entities
     folder = func_dir(output_dir, unit)
     networks = unit_networks(mask, unit, config)  # (masks or None, sidecar fields)
     written = []
@@ -33,7 +33,7 @@ def write_unit_outputs(association_files, encoding_files, mask_file, unit: dict,
         written += write_encoding_outputs(enc_file, folder, ents, mask, unit, config, networks)
     for lesion_file in lesion_files:
         written += write_lesion(lesion_file, folder, ents, config,
-                                {"Sources": unit["sources"]})
+                                {"Sources": unit.sources})
     for atom_file in atom_files:
         written += write_atom_outputs(atom_file, folder, ents, mask, ijk, unit, config)
     return written + write_architecture_outputs(folder, ents, written)
