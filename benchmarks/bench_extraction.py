@@ -125,7 +125,7 @@ def main():
         total_extract += t_extract
         layers = sum(model.streams[s].n_layers for s in recorded)
         print(f"{stream}: bare forward {t_bare * 1000:.1f} ms, extraction of {layers} layers x "
-              f"{model.streams[forward_stream].units} ANs {t_extract * 1000:.1f} ms "
+              f"{model.streams[forward_stream].width} ANs {t_extract * 1000:.1f} ms "
               f"(batch {opts.batch}, {opts.device})")
     print(f"RESULT extraction_vs_bare_forward={total_bare / total_extract:.3f} (target >= 0.9)")
 

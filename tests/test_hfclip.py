@@ -65,7 +65,7 @@ def images(tmp_path_factory):
 
 def test_loads_from_a_directory_with_documented_shapes(hf_dir, images):
     model = load_model(f"hf-clip:{hf_dir}", ModelConfig())
-    assert {s: (v.n_layers, v.units) for s, v in model.streams.items()} == \
+    assert {s: (v.n_layers, v.width) for s, v in model.streams.items()} == \
         {"image": (3, 128), "text": (3, 128)}
     acts = extract(model, {"image": images, "text": TEXTS}, ModelConfig(), progress=False)
     assert sorted(acts) == [f"{s}/{i:02d}" for s in ("image", "text") for i in range(3)]

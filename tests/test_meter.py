@@ -55,7 +55,7 @@ def test_tiny_meter_shapes(tiny, images):
     assert sorted(acts) == sorted(f"{s}/{i:02d}" for s in ("image", "text", "cross-image",
                                                             "cross-text") for i in range(2))
     assert all(a.shape == (3, 512) and a.dtype == np.float32 for a in acts.values())
-    assert {s: (v.n_layers, v.units) for s, v in tiny.streams.items()} == \
+    assert {s: (v.n_layers, v.width) for s, v in tiny.streams.items()} == \
         REGISTRY["tiny-meter"].streams
     assert REGISTRY[NAME].streams == {"image": (11, 3072), "text": (12, 3072),
                                       "cross-image": (6, 3072), "cross-text": (6, 3072)}

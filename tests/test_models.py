@@ -173,8 +173,8 @@ def test_openai_clip_loads_from_local_file(tmp_path, monkeypatch):
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()},
               folder / "open_clip_model.safetensors")
     model = load_openai_clip("clip-vit-b-32", str(tmp_path / "models"))
-    assert model.streams["image"].n_layers == 12 and model.streams["image"].units == 3072
-    assert model.streams["text"].n_layers == 12 and model.streams["text"].units == 2048
+    assert model.streams["image"].n_layers == 12 and model.streams["image"].width == 3072
+    assert model.streams["text"].n_layers == 12 and model.streams["text"].width == 2048
     for key, value in ref.state_dict().items():
         assert torch.equal(model.module.state_dict()[key], value), key
     acts = extract(model, {"text": TEXTS[:1]}, ModelConfig(layers=(11,)), progress=False)
@@ -195,7 +195,7 @@ def test_generic_open_clip_from_a_file_and_a_tag(tmp_path, monkeypatch):
     state = {k: v.contiguous() for k, v in ref.state_dict().items()}
     save_file(state, tmp_path / "mine.safetensors")
     model = load_model(f"open_clip:ViT-B-16:{tmp_path / 'mine.safetensors'}", ModelConfig())
-    assert model.streams["image"].n_layers == 12 and model.streams["text"].units == 2048
+    assert model.streams["image"].n_layers == 12 and model.streams["text"].width == 2048
     assert all(torch.equal(model.module.state_dict()[k], v) for k, v in state.items())
     acts = extract(model, {"text": TEXTS[:2]}, ModelConfig(layers=(0,)), progress=False)
     assert acts["text/00"].shape == (2, 2048)
@@ -262,7 +262,7 @@ def test_activation_cache(tiny, tmp_path):
 
 
 def test_registry_matches_the_loaded_models(tiny):
-    assert {s: (v.n_layers, v.units) for s, v in tiny.streams.items()} == \
+    assert {s: (v.n_layers, v.width) for s, v in tiny.streams.items()} == \
         REGISTRY["tiny-clip"].streams
 
 

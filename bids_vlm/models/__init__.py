@@ -119,9 +119,9 @@ def describe_models() -> str:
              "streams; layers and ANs from the architecture)"]
     for name, entry in REGISTRY.items():
         lines.append(f"{name}: {entry.description}")
-        for stream, (layers, units) in entry.streams.items():
-            lines.append(f"    {stream}: {layers} layers x {units} ANs (ffn) = "
-                         f"{layers * units} ANs")
+        for stream, (layers, width) in entry.streams.items():
+            lines.append(f"    {stream}: {layers} layers x {width} ANs (ffn) = "
+                         f"{layers * width} ANs")
     return "\n".join(lines)
 
 
@@ -161,7 +161,7 @@ def extract(model, items_by_stream: dict, config: ModelConfig, progress=True, de
 
     items_by_stream: {stream: list of n_items stimuli (image paths, texts or pair items)}.
     Streams a model computes in one forward pass (METER's two cross streams, on the same items)
-    are recorded together. Returns {"<stream>/<layer:02d>": (n_items, units) float32}; streams
+    are recorded together. Returns {"<stream>/<layer:02d>": (n_items, width) float32}; streams
     with no items are left out.
     """
     device = resolve_device(device)
@@ -246,7 +246,7 @@ def _prepared_batches(model, streams, items, batch_size, device):
 
 
 def _run_batch(model, streams, prepared, layers, config, device) -> dict:
-    """{stream: {layer: (B, units)}} of one batch (``prepared`` by :func:`_prepared_batches`),
+    """{stream: {layer: (B, width)}} of one batch (``prepared`` by :func:`_prepared_batches`),
     all ``streams`` in one forward pass."""
     transform = query_key_product if config.an_kind == "attn" else None
     pooled, inputs = {}, None
@@ -280,10 +280,10 @@ def _autocast(device, precision):
     return torch.autocast("cuda", dtype=PRECISIONS[precision])
 
 
-def an_ids(model_name: str, key: str, units: int, kind: str = "ffn") -> list[str]:
-    """AN ids of one ``stream/layer`` block of ``units`` units."""
+def an_ids(model_name: str, key: str, width: int, kind: str = "ffn") -> list[str]:
+    """AN ids of one ``stream/layer`` block of ``width`` ANs."""
     stream, layer = key.split("/")
-    return [an_id(model_name, stream, int(layer), u, kind) for u in range(units)]
+    return [an_id(model_name, stream, int(layer), u, kind) for u in range(width)]
 
 
 def write_activations(timelines, model_name: str, config, cache_dir, path, device="auto",
@@ -291,8 +291,8 @@ def write_activations(timelines, model_name: str, config, cache_dir, path, devic
     """AN activations of every unique stimulus of the ``timelines``
     (:class:`~bids_vlm.inputs.stimuli.Timeline`) -> ``path`` (HDF5), through the activation
     cache in ``cache_dir`` (stimuli already there are not run through the model again).
-    Datasets ``<stream>/<layer>`` (n_items, units) and ``items/<stream>`` (n_items,) strings;
-    attributes: the model, how many stimuli were computed now, units and layers per stream.
+    Datasets ``<stream>/<layer>`` (n_items, width) and ``items/<stream>`` (n_items,) strings;
+    attributes: the model, how many stimuli were computed now, width and layers per stream.
     config: the AnalysisConfig; device and batch_size: how the model runs."""
     model = load_model(model_name, config.model)
     items = {s: unique_items(timelines, s) for s in model.streams
@@ -306,6 +306,6 @@ def write_activations(timelines, model_name: str, config, cache_dir, path, devic
             h5.create_dataset(f"items/{stream}", data=values, dtype=h5py.string_dtype())
         h5.attrs["model"] = model_name
         h5.attrs["computed"] = computed
-        h5.attrs["units"] = json.dumps({s: v.units for s, v in model.streams.items()})
+        h5.attrs["width"] = json.dumps({s: v.width for s, v in model.streams.items()})
         h5.attrs["n_layers"] = json.dumps({s: v.n_layers for s, v in model.streams.items()})
     return str(path)

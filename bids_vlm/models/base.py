@@ -18,19 +18,20 @@ POOLINGS = ("mean", "cls", "max")
 
 @dataclass(frozen=True)
 class StreamSpec:
-    """One stream of a model: its layer count and the ANs per layer."""
+    """One stream of a model: its layer count and its width (the ANs per layer)."""
 
     name: str
     n_layers: int
-    units: int
+    width: int
 
 
 AN_KINDS = ("ffn", "attn")
 
 
-def an_id(model: str, stream: str, layer: int, unit: int, kind: str = "ffn") -> str:
-    """Stable AN id, e.g. ``clip-vit-b-32/image/07/1734`` (``.../07/qk12`` for attn ANs)."""
-    return f"{model}/{stream}/{layer:02d}/{'qk' if kind == 'attn' else ''}{unit}"
+def an_id(model: str, stream: str, layer: int, index: int, kind: str = "ffn") -> str:
+    """Stable AN id, e.g. ``clip-vit-b-32/image/07/1734`` (``.../07/qk12`` for attn ANs);
+    index: the AN's index in its layer (the ``unit`` column of the neuron tables)."""
+    return f"{model}/{stream}/{layer:02d}/{'qk' if kind == 'attn' else ''}{index}"
 
 
 def query_key_product(module, inputs, _output):
@@ -56,7 +57,7 @@ def query_key_product(module, inputs, _output):
 
 
 def pool_tokens(hidden, valid, pooling, cls_index):
-    """Pool one layer's units over tokens.
+    """Pool one layer's ANs over tokens.
 
     hidden: (B, L, U) activations; valid: (B, L) bool, the tokens that belong to the stimulus;
     cls_index: (B,) long, the token used by ``cls`` pooling. Returns (B, U) float32.

@@ -75,7 +75,7 @@ class ActivationCache:
         return self.folder / f"{stimulus_key(stream, item)}.npz"
 
     def load(self, stream, items) -> tuple[dict, list]:
-        """({item: {layer key: (units,)}} found, [items not cached]); unreadable files count as
+        """({item: {layer key: (width,)}} found, [items not cached]); unreadable files count as
         missing (removed with a warning, and recomputed)."""
         found, missing = {}, []
         for item in items:
@@ -94,7 +94,7 @@ class ActivationCache:
         return found, missing
 
     def save(self, stream, items, acts: dict):
-        """acts: {layer key: (n_items, units)} for ``items`` of ``stream``."""
+        """acts: {layer key: (n_items, width)} for ``items`` of ``stream``."""
         for i, item in enumerate(items):
             path = self._path(stream, item)
             fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp.npz")
