@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 # earliest first; a module belongs to the layer of its longest matching prefix
 LAYERS = [
     ("base", ["bids_vlm", "bids_vlm.errors", "bids_vlm.config", "bids_vlm.progress",
-              "bids_vlm.logs", "bids_vlm.locks", "bids_vlm.atomic", "bids_vlm.threads"]),
+              "bids_vlm.logs", "bids_vlm.locks", "bids_vlm.atomic", "bids_vlm.threads",
+              "bids_vlm.names"]),
     ("inputs", ["bids_vlm.inputs", "bids_vlm.cifti", "bids_vlm.brainmask"]),
     # autocorrelation within runs: the cleaning's noise model and the association's null use it
     ("time series", ["bids_vlm.stats.autocorr"]),

@@ -17,7 +17,7 @@ import torch
 from bids_vlm.inputs.bids import RunSpec
 from bids_vlm.cli.run import main
 from bids_vlm.config import AnalysisConfig, ModelConfig
-from bids_vlm.derivatives.io import desc_label, model_label
+from bids_vlm.names import desc_label, model_label
 from bids_vlm.progress import QUIET_ENV
 from bids_vlm.inputs.units import analysis_units
 from workflows.participant import init_participant_wf, model_tag, model_tags

@@ -23,7 +23,7 @@ from nipype.interfaces.utility import Function, Merge
 from nipype.pipeline import engine as pe
 
 from bids_vlm.config import AnalysisConfig, RunFilter, from_json, to_json
-from bids_vlm.derivatives.io import READABLE_MAX, is_plain_model, model_hash, model_words
+from bids_vlm.names import READABLE_MAX, is_plain_model, model_hash, model_words
 from bids_vlm.inputs.units import AnalysisUnit
 from workflows import nodes
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from bids_vlm import cifti
+from bids_vlm.names import entity
 from bids_vlm.errors import DataError
 
 ATLAS_DIR = Path(__file__).resolve().parents[1] / "data" / "atlases"
@@ -165,10 +166,9 @@ def user_atlas(path) -> NetworkAtlas:
     if not labels or not all(labels.values()) or not present & set(labels):
         raise DataError(f"the labels do not name any value of the atlas {path.name} (values "
                         f"{sorted(present - {0})[:10]}...)", tsv)
-    match = re.search(r"(?:^|_)space-([A-Za-z0-9]+)", path.name)
     networks = _grouped(labels)
     return NetworkAtlas(nib.Nifti1Image(data.astype(np.int32), img.affine), networks,
-                        f"user atlas {path}", match.group(1) if match else None,
+                        f"user atlas {path}", entity(path.name, "space"),
                         visual=tuple(n for n in networks if n == "Visual"),
                         language=tuple(n for n in networks if n == "Language"))
 

@@ -1,4 +1,5 @@
-"""Writing BIDS-Derivatives files: names, sidecars, atomic writes, the dataset description.
+"""Reading and writing BIDS-Derivatives files: sidecars, tables, maps, atomic writes, the dataset
+description (file names: :mod:`bids_vlm.names`).
 
 Every file is written under a temporary name in its final folder and renamed into place, so an
 interrupted run never leaves a half-written output.
@@ -6,7 +7,6 @@ interrupted run never leaves a half-written output.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -22,9 +22,8 @@ from nilearn import masking
 from bids_vlm import __version__
 from bids_vlm.atomic import atomic_path
 from bids_vlm.errors import DataError, OutputError
+from bids_vlm.names import parse_name
 
-ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "space", "den", "desc",
-                "stat")
 # CIFTI time series: the BIDS schema has no rule for them yet (the validator flags fMRIPrep's
 # own *_space-fsLR_den-91k_bold.dtseries.nii alike)
 BIDSIGNORE = ("*_statmap.nii.gz\n*_statmap.dscalar.nii\n*_statmap.json\n"
@@ -44,79 +43,6 @@ version). Open sub-<label>.html and group.html for the reports; every map and ta
 sidecar describing it. Non-standard files (statmaps, neuron tables, HDF5 results, reports) are
 listed in .bidsignore.
 """
-
-
-def bids_name(entities: dict, suffix: str, extension: str) -> str:
-    """``sub-01_task-x_desc-y_suffix.ext`` with entities in BIDS order (None values skipped)."""
-    parts = [f"{k}-{entities[k]}" for k in ENTITY_ORDER if entities.get(k) not in (None, "")]
-    return "_".join(parts + [suffix]) + extension
-
-
-def label(text: str) -> str:
-    """``text`` with every non-alphanumeric character removed (a valid BIDS entity value),
-    e.g. ``cross-image`` -> ``crossimage``."""
-    return re.sub(r"[^A-Za-z0-9]", "", text)
-
-
-_PLAIN_MODEL = re.compile(r"[A-Za-z0-9-]+")  # registered names (and their ``-qk`` form)
-_PLAIN_LABEL = re.compile(r"[A-Za-z0-9_-]+")
-_WEIGHTS_EXTENSION = re.compile(r"\.(safetensors|bin|pth?|ckpt|npz|h5)$", re.IGNORECASE)
-READABLE_MAX = 40  # characters of a spec's readable part in labels and node names
-
-
-def is_plain_model(model: str) -> bool:
-    """A name of letters, digits and '-' only (a registered model), which maps to node names
-    and labels one to one without a hash; every spec (``open_clip:``, ``hf-clip:``) has a ':'."""
-    return bool(_PLAIN_MODEL.fullmatch(model))
-
-
-def model_hash(model: str) -> str:
-    """8 hex digits of the SHA-256 of the full model name: what keeps the labels of two model
-    specs apart when their readable parts are the same (e.g. two ``x.safetensors`` files)."""
-    return hashlib.sha256(model.encode("utf-8")).hexdigest()[:8]
-
-
-def model_words(model: str) -> list[str]:
-    """The readable words of a model name, in order.
-
-    Registered names split at '-' (``tiny-clip`` -> tiny, clip). Specs split at ':'; a part that
-    is a file or folder path (absolute, ``~`` or ``.``, several '/', or a weights file) gives
-    only its last component without the weights extension, a hub id (``org/name``) all of it:
-    ``open_clip:ViT-B-32:/models/vitb32_random.safetensors`` -> open, clip, ViT, B, 32,
-    vitb32, random; ``hf-clip:openai/clip-vit-base-patch32`` -> hf, clip, openai, clip, vit,
-    base, patch32. A trailing ``-qk`` (attn ANs) stays the last word.
-    """
-    if is_plain_model(model):
-        return [w for w in model.split("-") if w]
-    suffix = []
-    if model.endswith("-qk"):
-        model, suffix = model[:-3], ["qk"]
-    words = []
-    for part in model.split(":"):
-        path = part.replace("\\", "/")
-        if (_WEIGHTS_EXTENSION.search(path) or path.startswith(("/", "~", "."))
-                or path.rstrip("/").count("/") > 1):
-            path = _WEIGHTS_EXTENSION.sub("", path.rstrip("/").rsplit("/", 1)[-1])
-        words += re.findall(r"[A-Za-z0-9]+", path)
-    return words + suffix
-
-
-def model_label(model: str) -> str:
-    """The alphanumeric model part of desc labels: a registered name without its '-' (and '_')
-    (``clip-vit-b-32`` -> ``clipvitb32``); a spec's readable words (at most 40 characters),
-    lower case, and :func:`model_hash` (``open_clip:ViT-B-32:/m/x.safetensors`` ->
-    ``openclipvitb32x`` + 8 hex digits), so that every spec gets its own label."""
-    if _PLAIN_LABEL.fullmatch(model):  # a name without ':' '/' '.': no spec, no path
-        return re.sub(r"[^A-Za-z0-9]", "", model).lower()
-    return "".join(model_words(model)).lower()[:READABLE_MAX] + model_hash(model)
-
-
-def desc_label(model: str, stream: str = "", layer: int | None = None) -> str:
-    """Alphanumeric desc label, e.g. ``clipvitb32Image07`` or ``tinyclipCrossText``
-    (:func:`model_label`, the stream capitalised, the layer on 2 digits)."""
-    label = model_label(model)
-    label += "".join(w.capitalize() for w in re.split(r"[^A-Za-z0-9]", stream) if w)
-    return label + (f"{layer:02d}" if layer is not None else "")
 
 
 TEMPORARY_RE = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9.]+)?$")
@@ -231,8 +157,8 @@ def write_map(path, values: np.ndarray, mask_img, sidecar: dict) -> Path:
         from bids_vlm.cifti import write_dscalar
 
         path = Path(map_name(path, mask_img))
-        stat = re.search(r"_stat-([^_]+)_", path.name)
-        stem = stat.group(1) if stat else path.name.split("_")[-1].split(".")[0]
+        name = parse_name(path.name)
+        stem = name.get("stat") or name.suffix if name else path.name.split("_")[-1].split(".")[0]
         names = [stem] if values.ndim == 1 else [f"{stem}_{k}" for k in range(len(values))]
         write_dscalar(path, values, names, brain_models(mask_img))
         write_json(str(path)[:-len(".dscalar.nii")] + ".json", sidecar)

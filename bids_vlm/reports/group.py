@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bids_vlm.derivatives.io import label
+from bids_vlm.names import entity, label, without_entity
 from bids_vlm.reports.architecture import architecture_sections, overlap_tables
 from bids_vlm.reports.hierarchy import hierarchy_sections
 from bids_vlm.reports.html import figure, write_html
@@ -19,14 +19,12 @@ from bids_vlm.reports.maps import (
     map_sidecar as _map_sidecar,
 )
 from bids_vlm.reports.sections import (
-    desc_of,
     layer_profile,
     methods_section,
     network_figure,
     num,
     polarity_and_redundancy,
     random_banner,
-    space_of,
 )
 
 def group_report(output_dir, config) -> Path:
@@ -47,19 +45,19 @@ def group_report(output_dir, config) -> Path:
                  f"<p>{len(side.get('Participants', []))} participant(s): "
                  f"{html.escape(', '.join(side.get('Participants', [])))}.</p>",
                  figure(profile, out, "Mean BN+ and BN- counts per layer over participants.")]
-        maps = _count_maps(out / "group", stem.replace(desc_of(stem), ""), side.get("Model"),
+        maps = _count_maps(out / "group", without_entity(stem, "desc"), side.get("Model"),
                            "meanbncount")
         for stream, paths in maps.items():
             map_side = _map_sidecar(paths[0])
             fig = figdir / f"{stem}_stream-{label(stream)}_meanbncount.png"
             _brain_figure(paths, fig, f"group {stream}: mean ANs per voxel (all layers)", None,
-                          space_of(stem))
+                          entity(stem, "space"))
             parts.append(figure(fig, out, f"Mean number of {stream}-stream ANs per voxel."))
-        for stream, paths in _count_maps(out / "group", stem.replace(desc_of(stem), ""),
+        for stream, paths in _count_maps(out / "group", without_entity(stem, "desc"),
                                          side.get("Model"), "meanencodingr").items():
             fig = figdir / f"{stem}_stream-{label(stream)}_meanencodingr.png"
             _brain_figure(paths, fig, f"group {stream}: best mean held-out r over layers", None,
-                          space_of(stem), threshold=ENCODING_R_SHOWN, reduce="max")
+                          entity(stem, "space"), threshold=ENCODING_R_SHOWN, reduce="max")
             parts.append(figure(fig, out, f"Highest mean held-out r (over participants) among "
                                            f"the {stream} stream's layers at each voxel."))
         parts += _group_summaries(table_path, stem, figdir, out, side.get("Model", ""))

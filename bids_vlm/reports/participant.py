@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bids_vlm import __version__  # noqa: E402
-from bids_vlm.derivatives.io import label  # noqa: E402
+from bids_vlm.names import entity, label, without_entity  # noqa: E402
 from bids_vlm.reports.architecture import architecture_sections, overlap_tables  # noqa: E402
 from bids_vlm.reports.html import figure, write_html  # noqa: E402
 from bids_vlm.reports.inputs import skipped_units, timeline_table  # noqa: E402
@@ -28,13 +28,11 @@ from bids_vlm.reports.maps import (  # noqa: E402
 )
 from bids_vlm.reports.sections import (  # noqa: E402
     FDR_SCOPES,
-    desc_of,
     layer_profile,
     methods_section,
     network_figure,
     polarity_and_redundancy,
     random_banner,
-    space_of,
 )
 
 
@@ -72,7 +70,7 @@ def _unit_section(table_path, sidecar, figdir, out):
     table = pd.read_csv(table_path, sep="\t")
     stem = table_path.name.replace("_neurons.tsv", "")
     model = sidecar.get("Model", "")
-    space = space_of(table_path.name)
+    space = entity(table_path.name, "space")
     parts = [f"<h2>{html.escape(stem)}</h2>",
              f"<p>Model <b>{html.escape(model)}</b>; space: {html.escape(space or 'native')}; "
              f"{len(table)} ANs, {int(((table.n_bn_pos + table.n_bn_neg) > 0).sum())} with at "
@@ -82,7 +80,7 @@ def _unit_section(table_path, sidecar, figdir, out):
     profile = figdir / f"{stem}_layerprofile.png"
     layer_profile(table, profile, model)
     parts.append(figure(profile, out, "BN+ and BN- counts per layer, summed over ANs."))
-    maps = _count_maps(table_path.parent, stem.replace(desc_of(stem), ""), model)
+    maps = _count_maps(table_path.parent, without_entity(stem, "desc"), model)
     background = _background(sidecar.get("Sources", []), space)
     for stream, paths in maps.items():
         fig = figdir / f"{stem}_stream-{label(stream)}_bncount.png"
@@ -120,7 +118,7 @@ def _encoding_section(enc_table, stem, figdir, out, background, space, model):
     parts.append(figure(fig_path, out, "Held-out Pearson r of each layer's ridge model "
                                         "(leave-one-run-out), 95th percentile and median over "
                                         "voxels."))
-    prefix = stem.replace(desc_of(stem), "")
+    prefix = without_entity(stem, "desc")
     for path in _maps(enc_table.parent, f"{prefix}_desc-*_stat-preferredlayer_statmap"):
         side = _map_sidecar(path)
         if side.get("Model") != model:

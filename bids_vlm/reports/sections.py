@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 
 import matplotlib
 
@@ -151,16 +150,6 @@ def network_figure(path, stem, figdir, out, model, caption=None):
                                               "in a network (spatial null of moved atlases, BH "
                                               "across the layer's ANs x networks).")
                    + note)
-
-
-def desc_of(stem):
-    match = re.search(r"_desc-[A-Za-z0-9]+", stem)
-    return match.group(0) if match else ""
-
-
-def space_of(name):
-    match = re.search(r"_space-([A-Za-z0-9]+)", name)
-    return match.group(1) if match else None
 
 
 def layer_profile(table, fig_path, model):

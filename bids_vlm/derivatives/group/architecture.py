@@ -18,8 +18,8 @@ import pandas as pd
 from bids_vlm.analysis.architecture import msi_summary
 from bids_vlm.derivatives import desc_label, write_json, write_tsv
 from bids_vlm.derivatives.participant.architecture import MSI_COLUMNS, MSI_DESCRIPTION, OVERLAP_COLUMNS
-from bids_vlm.derivatives.group.summaries import _optional_sidecar, _units
-from bids_vlm.derivatives.io import read_tsv
+from bids_vlm.derivatives.io import read_sidecar, read_tsv
+from bids_vlm.names import unit_tables
 
 PAIR_KEYS = ["model", "stream_a", "stream_b", "layer_a", "layer_b", "relative_depth_a",
              "relative_depth_b", "relative_depth"]
@@ -49,10 +49,10 @@ def group_overlap(tables: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
 def combine_architecture(output_dir) -> list[Path]:
     """Write the group stream-overlap and MSI tables (module doc) under ``<output_dir>/group/``."""
     group = Path(output_dir) / "group"
-    msi_units = _units(output_dir, "msi")
+    msi_units = unit_tables(output_dir, "msi")
     written = []
-    for (rest, desc), items in _units(output_dir, "streamoverlap").items():
-        side = _optional_sidecar(items[0][1])
+    for (rest, desc), items in unit_tables(output_dir, "streamoverlap").items():
+        side = read_sidecar(items[0][1], required=False)
         meta = {"Models": side.get("Models", []), "LayersPerStream": side.get("LayersPerStream"),
                 "Participants": sorted({s for s, _ in items})}
         path = group / f"group_{rest}_desc-{desc}_streamoverlap.tsv"

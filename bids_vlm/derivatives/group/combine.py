@@ -24,6 +24,7 @@ from scipy import sparse, stats
 
 from bids_vlm.derivatives import write_json, write_tsv
 from bids_vlm.derivatives.io import read_sidecar, save_image
+from bids_vlm.names import parse_name
 from bids_vlm.stats.bnstore import layer_size, layers, read_layer, read_range
 from bids_vlm.errors import DataError
 from bids_vlm.derivatives.group.architecture import combine_architecture
@@ -31,11 +32,6 @@ from bids_vlm.derivatives.group.hierarchy import combine_hierarchy
 from bids_vlm.derivatives.group.isc import combine_isc
 from bids_vlm.derivatives.group.summaries import combine_summaries
 
-KEY_RE = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.*)_desc-"
-                    r"(?P<desc>[A-Za-z0-9]+)_stat-(?P<stat>[a-z0-9]+)_statmap(?P<ext>\.nii\.gz|\.dscalar"
-                    r"\.nii)$")
-NEURON_RE = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.*)_desc-"
-                       r"(?P<desc>[A-Za-z0-9]+)_neurons\.tsv$")
 CONSISTENCY_ANS = 256  # ANs of a layer whose BN maps are compared at a time (bounds memory)
 
 
@@ -85,10 +81,11 @@ def collect_maps(output_dir) -> dict:
     found = defaultdict(lambda: defaultdict(list))
     for path in sorted(p for ext in (".nii.gz", ".dscalar.nii")
                        for p in Path(output_dir).glob(f"sub-*/**/func/*_statmap{ext}")):
-        match = KEY_RE.search(path.name)
-        if match:
-            key = (match["rest"], match["desc"], match["stat"], match["ext"])
-            found[key][match["sub"]].append(path)
+        name = parse_name(path.name)
+        if name and name.get("sub") and name.get("desc") and name.get("stat"):
+            key = (name.rest("sub", "ses", "desc", "stat"), name.get("desc"), name.get("stat"),
+                   name.extension)
+            found[key][name.get("sub")].append(path)
     return {k: dict(v) for k, v in found.items()}
 
 
@@ -191,9 +188,10 @@ def combine_neuron_tables(output_dir) -> list[Path]:
     """Per model: mean BN+ / BN- counts per AN over participants, and how many have any BN."""
     groups = defaultdict(list)
     for path in sorted(Path(output_dir).glob("sub-*/**/func/*_neurons.tsv")):
-        match = NEURON_RE.search(path.name)
-        if match:
-            groups[(match["rest"], match["desc"])].append((match["sub"], path))
+        name = parse_name(path.name)
+        if name and name.get("sub") and name.get("desc"):
+            groups[(name.rest("sub", "ses", "desc"), name.get("desc"))].append(
+                (name.get("sub"), path))
     written = []
     for (rest, desc), items in groups.items():
         tables = [pd.read_csv(p, sep="\t") for _, p in items]

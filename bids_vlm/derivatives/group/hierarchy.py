@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from bids_vlm.derivatives import write_json, write_tsv
-from bids_vlm.derivatives.group.summaries import _optional_sidecar, _units
-from bids_vlm.derivatives.io import read_tsv
+from bids_vlm.derivatives.io import read_sidecar, read_tsv
+from bids_vlm.names import unit_tables
 
 HIERARCHY_COLUMNS = {
     "stream": "image, text, cross-image or cross-text",
@@ -116,8 +116,8 @@ def combine_hierarchy(output_dir) -> list[Path]:
              "held-out encoding accuracy of each network as the ANs with the most BNs in it "
              "are removed (targeted) or random ANs are removed (control), averaged over "
              "participants (sessions first)")):
-        for (rest, desc), items in _units(output_dir, suffix).items():
-            first = _optional_sidecar(items[0][1])
+        for (rest, desc), items in unit_tables(output_dir, suffix).items():
+            first = read_sidecar(items[0][1], required=False)
             meta = {k: first[k] for k in _CARRIED if k in first}
             meta.update(Model=first.get("Model", ""), Description=what,
                         Participants=sorted({s for s, _ in items}))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,17 +21,14 @@ import nibabel as nib
 import numpy as np
 from nilearn import masking
 
-from bids_vlm.derivatives.io import write_map
+from bids_vlm.derivatives.io import sidecar_path, write_map
+from bids_vlm.names import parse_name
 from bids_vlm.encoding import noise_ceiling as nc
 from bids_vlm.errors import DataError
 
 LOGGER = logging.getLogger("bids_vlm")
 MIN_SUBJECTS = 3
 CEILING_MIN = 0.1  # as the participant level: no fraction where the ceiling on r is below this
-CLEANED_RE = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-(?P<ses>[A-Za-z0-9]+)_)?"
-                        r"(?P<task>task-[A-Za-z0-9]+)(?:_(?P<acq>acq-[A-Za-z0-9]+))?"
-                        r"(?:_run-(?P<run>\d+))?(?:_(?P<space>space-[A-Za-z0-9]+))?"
-                        r"(?:_(?P<den>den-[A-Za-z0-9]+))?_desc-cleaned_bold(?:\.nii\.gz|\.dtseries\.nii)$")
 
 
 def collect_cleaned(output_dir) -> dict:
@@ -41,18 +37,19 @@ def collect_cleaned(output_dir) -> dict:
     found = defaultdict(lambda: defaultdict(list))
     for path in sorted(p for ext in (".nii.gz", ".dtseries.nii") for p in
                        Path(output_dir).glob(f"sub-*/**/func/*_desc-cleaned_bold{ext}")):
-        match = CLEANED_RE.search(path.name)
-        if not match:
+        name = parse_name(path.name)
+        if not (name and name.get("sub") and name.get("task") and name.get("desc") == "cleaned"
+                and name.suffix == "bold" and (name.get("run") or "0").isdigit()):
             continue
-        side = Path(re.sub(r"(\.nii\.gz|\.dtseries\.nii)$", ".json", str(path)))
+        side = sidecar_path(path)
         try:
             signature = json.loads(side.read_text())["RunSignature"]
         except (OSError, ValueError, KeyError) as exc:
             raise DataError(f"the sidecar of this cleaned BOLD has no RunSignature ({exc})",
                             side) from exc
-        stem = "_".join(match[k] for k in ("task", "acq", "space", "den") if match[k])
-        order = (match["ses"] or "", int(match["run"] or 0))
-        found[stem][match["sub"]].append((order, signature, path))
+        stem = name.rest("sub", "ses", "run", "desc")
+        order = (name.get("ses") or "", int(name.get("run") or 0))
+        found[stem][name.get("sub")].append((order, signature, path))
     return {stem: {sub: [(sig, p) for _, sig, p in sorted(runs)] for sub, runs in subs.items()}
             for stem, subs in found.items()}
 

@@ -18,7 +18,6 @@ of one (task, acquisition, space, model) are combined, and the participant-level
 """
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,10 +27,9 @@ from scipy import stats
 
 from bids_vlm.analysis.summaries import layer_table, modality_specificity, polarity_curves
 from bids_vlm.derivatives.io import read_sidecar, read_tsv, write_json, write_tsv
+from bids_vlm.names import unit_tables
 from bids_vlm.derivatives.participant.summaries import driving_columns
 
-UNIT_RE = r"sub-(?P<sub>[A-Za-z0-9]+)_(?:ses-[A-Za-z0-9]+_)?(?P<rest>.*)_desc-" \
-          r"(?P<desc>[A-Za-z0-9]+)_{suffix}\.tsv$"
 
 
 def networks_of(table: pd.DataFrame) -> list[str]:
@@ -154,21 +152,6 @@ def group_polarity(neurons: pd.DataFrame, nets: pd.DataFrame | None) -> dict:
     return out
 
 
-def _units(output_dir, suffix) -> dict:
-    """{(rest-of-name, desc): [(participant, path)]} of the participants' ``_<suffix>.tsv``."""
-    pattern = re.compile(UNIT_RE.format(suffix=suffix))
-    found = defaultdict(list)
-    for path in sorted(Path(output_dir).glob(f"sub-*/**/func/*_{suffix}.tsv")):
-        match = pattern.search(path.name)
-        if match:
-            found[(match["rest"], match["desc"])].append((match["sub"], path))
-    return found
-
-
-def _optional_sidecar(path) -> dict:
-    return read_sidecar(path, required=False)
-
-
 GROUP_LAYER_COLUMNS = {
     "n_ans": "ANs of the layer",
     "n_ans_with_bn": "ANs with at least one BN in at least one participant",
@@ -195,18 +178,19 @@ def combine_summaries(output_dir) -> list[Path]:
     """Write the group network, driver, layer and Jaccard tables (module doc) under
     ``<output_dir>/group/``; needs the group neuron tables (bids_vlm.derivatives.group.combine) written first."""
     group = Path(output_dir) / "group"
-    networks, jaccards, layers = (_units(output_dir, s) for s in ("networks", "jaccard",
+    networks, jaccards, layers = (unit_tables(output_dir, s) for s in ("networks", "jaccard",
                                                                   "layers"))
     written = []
-    for (rest, desc), items in _units(output_dir, "neurons").items():
+    for (rest, desc), items in unit_tables(output_dir, "neurons").items():
         stem = f"group_{rest}_desc-{desc}"
         neurons = read_tsv(group / f"{stem}_neurons.tsv")
-        first = _optional_sidecar(items[0][1])
+        first = read_sidecar(items[0][1], required=False)
         meta = {"Model": first.get("Model", ""), "Participants": sorted({s for s, _ in items})}
         nets = None
         if (rest, desc) in networks:
             tables = [(s, read_tsv(p)) for s, p in networks[(rest, desc)]]
-            q = float(_optional_sidecar(networks[(rest, desc)][0][1]).get("FDRLevel", 0.05))
+            side = read_sidecar(networks[(rest, desc)][0][1], required=False)
+            q = float(side.get("FDRLevel", 0.05))
             nets = group_networks(tables, q).set_index("an_id").loc[neurons.an_id].reset_index()
             written += _write_networks(group / f"{stem}_networks.tsv", nets, q, meta)
             has_bn = (neurons.n_participants_with_bn > 0).to_numpy()
@@ -256,7 +240,7 @@ def _write_layers(path, neurons, nets, participant_layers, meta):
     layers = layer_table(table, nets)
     polarity = group_polarity(neurons, nets)
     for sub, p in participant_layers:
-        for stream, res in _optional_sidecar(p).get("Polarity", {}).items():
+        for stream, res in read_sidecar(p, required=False).get("Polarity", {}).items():
             if isinstance(res, dict) and stream in polarity:
                 polarity[stream].setdefault("ParticipantR", {})[sub] = res.get("r")
     side = {c: {"Description": d} for c, d in GROUP_LAYER_COLUMNS.items()}

@@ -22,7 +22,8 @@ from bids_vlm.analysis.architecture import (
     union_bn_maps,
 )
 from bids_vlm.stats.bnstore import layers, read_layer
-from bids_vlm.derivatives.io import bids_name, desc_label, read_tsv, write_json, write_tsv
+from bids_vlm.derivatives.io import read_tsv, write_json, write_tsv
+from bids_vlm.names import bids_name, desc_label
 
 MSI_COLUMNS = {
     "model": "model (as in the per-model tables)",

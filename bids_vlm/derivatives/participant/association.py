@@ -16,14 +16,8 @@ import pandas as pd
 from bids_vlm.analysis.atlases import load_networks
 from bids_vlm.brainmask import brain_models, is_grayordinates, peak_columns, row_keys
 from bids_vlm.stats import bnstore
-from bids_vlm.derivatives.io import (
-    atomic_path,
-    bids_name,
-    desc_label,
-    write_json,
-    write_map,
-    write_tsv,
-)
+from bids_vlm.derivatives.io import atomic_path, write_json, write_map, write_tsv
+from bids_vlm.names import bids_name, desc_label
 from bids_vlm.derivatives.participant.common import (
     NEURON_COLUMNS,
     common_sidecar,

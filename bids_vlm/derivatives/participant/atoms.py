@@ -6,14 +6,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from bids_vlm.derivatives.io import (
-    bids_name,
-    desc_label,
-    write_json,
-    write_map,
-    write_sparse,
-    write_tsv,
-)
+from bids_vlm.derivatives.io import write_json, write_map, write_sparse, write_tsv
+from bids_vlm.names import bids_name, desc_label
 
 ATOM_COLUMNS = {
     "stream": "image, text, cross-image or cross-text", "layer": "layer index",

@@ -15,7 +15,8 @@ import re
 import numpy as np
 
 from bids_vlm import brainmask
-from bids_vlm.derivatives.io import bids_name, save_image, write_json
+from bids_vlm.derivatives.io import save_image, write_json
+from bids_vlm.names import bids_name
 from bids_vlm.derivatives.participant.common import func_dir
 from bids_vlm.inputs.stimuli import run_signature
 

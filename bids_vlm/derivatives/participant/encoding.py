@@ -7,14 +7,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from bids_vlm.derivatives.io import (
-    bids_name,
-    desc_label,
-    label,
-    write_json,
-    write_map,
-    write_tsv,
-)
+from bids_vlm.derivatives.io import write_json, write_map, write_tsv
+from bids_vlm.names import bids_name, desc_label, label
 from bids_vlm.encoding.noise_ceiling import fraction_of_ceiling
 from bids_vlm.encoding.ridge import preferred_description, preferred_layer
 

@@ -12,7 +12,8 @@ import pandas as pd
 from bids_vlm.analysis.atlases import space_description
 from bids_vlm.analysis.networks import NULL_NOTE, STOP_AT, data_networks, enrichment
 from bids_vlm.analysis.spin import NOTE as SPIN_NOTE
-from bids_vlm.derivatives.io import bids_name, desc_label, write_json, write_tsv
+from bids_vlm.derivatives.io import write_json, write_tsv
+from bids_vlm.names import bids_name, desc_label
 
 LOGGER = logging.getLogger("bids_vlm")
 

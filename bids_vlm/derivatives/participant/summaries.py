@@ -5,13 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from bids_vlm.analysis.summaries import layer_jaccard, layer_table, polarity_curves
-from bids_vlm.derivatives.io import (
-    bids_name,
-    desc_label,
-    write_json,
-    write_map,
-    write_tsv,
-)
+from bids_vlm.derivatives.io import write_json, write_map, write_tsv
+from bids_vlm.names import bids_name, desc_label
 
 LAYER_COLUMNS = {
     "n_ans": "ANs of the layer", "n_ans_with_bn": "ANs with at least one BN",
