@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+from nilearn import masking
 
 from bids_vlm import cifti
 from bids_vlm.errors import DataError
@@ -92,7 +93,6 @@ def series_image(data, mask, tr: float):
             start=0.0, step=float(tr), size=len(data), unit="SECOND"), brain_models(mask)))
         img.nifti_header.set_intent("ConnDenseSeries")
         return img
-    from nilearn import masking
 
     img = masking.unmask(data, mask)
     img.header.set_zooms(img.header.get_zooms()[:3] + (float(tr),))

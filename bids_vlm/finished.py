@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from bids_vlm import __version__
+from bids_vlm.derivatives import write_json
 
 
 def participant_fingerprint(node_config_json: str, runs) -> str:
@@ -46,8 +47,6 @@ def participant_outputs(output_dir, subject: str) -> dict:
 
 def mark_finished(output_dir, subject: str, fingerprint: str) -> Path:
     """Write the participant's completion marker (atomically)."""
-    from bids_vlm.derivatives import write_json
-
     return write_json(marker_path(output_dir, subject),
                       {"subject": subject, "fingerprint": fingerprint, "version": __version__,
                        "outputs": participant_outputs(output_dir, subject)})

@@ -20,7 +20,9 @@ def setup_logging(verbose: int, quiet: bool):
     handler.stream = sys.stderr  # today's stderr (not one a caller has closed since)
     root.setLevel(level if verbose else max(level, logging.WARNING))
     logging.getLogger("bids_vlm").setLevel(level)
+    # local import: Nipype takes ~1 s to import; only when a level runs
     from nipype import config as nipype_config
+    # local import: Nipype takes ~1 s to import; only when a level runs
     from nipype import logging as nipype_logging
 
     nlevel = "INFO" if verbose else "WARNING"

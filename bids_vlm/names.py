@@ -91,6 +91,12 @@ def desc_label(model: str, stream: str = "", layer: int | None = None) -> str:
     return label + (f"{layer:02d}" if layer is not None else "")
 
 
+def an_id(model: str, stream: str, layer: int, index: int, kind: str = "ffn") -> str:
+    """Stable AN id, e.g. ``clip-vit-b-32/image/07/1734`` (``.../07/qk12`` for attn ANs);
+    index: the AN's index in its layer (the ``unit`` column of the neuron tables)."""
+    return f"{model}/{stream}/{layer:02d}/{'qk' if kind == 'attn' else ''}{index}"
+
+
 _ENTITY = re.compile(r"([a-z]+)-([A-Za-z0-9]+)")
 _SUFFIX = re.compile(r"[A-Za-z0-9]+")
 

@@ -22,7 +22,19 @@ import torch
 
 from bids_vlm import __version__, errors, locks
 from bids_vlm.config import AnalysisConfig, Execution, to_dict, write_execution
-from bids_vlm.errors import BidsVlmError, NoInputError
+from bids_vlm.errors import BidsVlmError, NoInputError, DataError
+from bids_vlm.analysis.atlases import SURFACE_SHIPPED, load_surface_networks, atlas_digest
+from bids_vlm.derivatives import atomic_path, init_output
+from bids_vlm.derivatives.io import remove_stale_temporaries
+from bids_vlm.design.cleaning import read_confounds, removed_dimensions, SMOOTHING_REFUSED
+from bids_vlm.finished import mark_finished, participant_fingerprint, is_finished, marker_path
+from bids_vlm.inputs.bids import collect_runs, load_layout, with_stimulus_files
+from bids_vlm.inputs.stimuli import build_timeline, read_events, sample_items
+from bids_vlm.inputs.stimulus_checks import inspect_run, log_stimuli, no_stimulus_hint
+from bids_vlm.inputs.timeline_summary import log_summary, summarise
+from bids_vlm.inputs.units import unit_label, analysis_units
+from workflows.group import init_group_wf
+from workflows.participant import init_participant_wf, node_config
 
 LOGGER = logging.getLogger("bids_vlm")
 
@@ -37,8 +49,6 @@ def write_config_log(output_dir, config: AnalysisConfig, level, extra: dict,
                      execution: Execution | None = None) -> Path:
     """The resolved configuration as TOML in ``logs/`` (and how the run executed, in its
     ``[execution]`` table)."""
-    from bids_vlm.derivatives import atomic_path
-
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path(output_dir) / "logs" / f"config_{level}_{stamp}.toml"
     data = {"bids_vlm": {"version": __version__, "level": level,
@@ -60,12 +70,6 @@ def check_stimuli(runs, bids_dir, config: AnalysisConfig):
     {run label: timeline summary}, {unit: why it is skipped}): a unit without one is skipped
     with a warning, so that one task without usable stimuli does not lose the participant's
     others; NoInputError (65) when no unit has one."""
-    from bids_vlm.design.cleaning import read_confounds
-    from bids_vlm.inputs.stimuli import build_timeline, read_events, sample_items
-    from bids_vlm.inputs.stimulus_checks import inspect_run, log_stimuli, no_stimulus_hint
-    from bids_vlm.inputs.units import unit_label
-    from bids_vlm.inputs.timeline_summary import log_summary, summarise
-
     streams = config.model.streams or ("image", "text")  # cross streams: either side
     root = config.stimuli.stimuli_dir or Path(bids_dir) / "stimuli"
     inspected, summaries, has_stimulus = [], {}, {}
@@ -112,8 +116,6 @@ MIN_FREE_FRAMES = 10  # frames a run must keep after cleaning (the association n
 def _check_length(run, confounds, config: AnalysisConfig):
     """DataError when cleaning (mean, trend, the high-pass's cosines, confounds) leaves the run
     fewer than MIN_FREE_FRAMES dimensions; runs of 300+ volumes always keep enough."""
-    from bids_vlm.design.cleaning import removed_dimensions
-
     if run.n_scans >= 300:
         return
     with warnings.catch_warnings():  # nilearn: "Cosine filter was not created" (too short)
@@ -129,9 +131,6 @@ def _check_length(run, confounds, config: AnalysisConfig):
 
 def check_smoothing(runs, fwhm: float) -> None:
     """DataError (before anything runs) for --smoothing-fwhm on CIFTI grayordinates."""
-    from bids_vlm.errors import DataError
-    from bids_vlm.design.cleaning import SMOOTHING_REFUSED
-
     cifti = [r.bold for r in runs if r.bold.endswith(".dtseries.nii")]
     if fwhm and cifti:
         raise DataError(f"--smoothing-fwhm {fwhm:g} {SMOOTHING_REFUSED}", cifti[0])
@@ -141,9 +140,6 @@ def check_surface_atlas(runs, networks) -> None:
     """DataError (before anything runs) when the runs are CIFTI and ``--atlas`` has no
     grayordinate form, or their density is not 91k and the shipped (91k) atlases or the spin
     null (fs_LR 32k spheres) would be needed."""
-    from bids_vlm.analysis.atlases import SURFACE_SHIPPED, load_surface_networks
-    from bids_vlm.errors import DataError
-
     cifti = [r for r in runs if r.bold.endswith(".dtseries.nii")]
     if not cifti:
         return
@@ -170,8 +166,6 @@ def run_participant(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
     directory for those analysed; another run holding one stops this one with
     :class:`~bids_vlm.errors.BusyError` (exit 75) before anything is written.
     """
-    from bids_vlm.inputs.bids import collect_runs, load_layout, with_stimulus_files
-
     config = with_atlas_digest(config)
     layout = load_layout(bids_dir, config.derivatives, validate=validate)
     runs = with_stimulus_files(collect_runs(layout, config.filters, space), bids_dir,
@@ -191,11 +185,6 @@ def _run_participant_locked(held, bids_dir, output_dir, config, runs, fingerprin
                             execution, force) -> list[Path]:
     """:func:`run_participant` once the participants' output locks are held (``held``: the
     ExitStack that releases them, which takes the work directory's locks too)."""
-    from bids_vlm.derivatives import init_output
-    from bids_vlm.finished import mark_finished
-    from bids_vlm.inputs.units import analysis_units
-    from workflows.participant import init_participant_wf
-
     for subject in fingerprints:
         _remove_stale_temporaries(output_dir, f"sub-{subject}")
     skipped = [] if force else _finished(output_dir, fingerprints)
@@ -235,8 +224,6 @@ def _lock(held: contextlib.ExitStack, path, key: str, folder: str = "directory")
 def _remove_stale_temporaries(output_dir, key: str):
     """Remove (and log) the temporaries that a killed run left among ``key``'s outputs; the
     caller holds ``key``'s lock, so no live run is writing them."""
-    from bids_vlm.derivatives.io import remove_stale_temporaries
-
     removed = remove_stale_temporaries(output_dir, key)
     if removed:
         LOGGER.info("%s: removed %d temporary file(s) left by an interrupted run (e.g. %s)",
@@ -245,9 +232,6 @@ def _remove_stale_temporaries(output_dir, key: str):
 
 def _fingerprints(runs, config: AnalysisConfig) -> dict:
     """{subject: analysis fingerprint of its selected runs under ``config``}."""
-    from bids_vlm.finished import participant_fingerprint
-    from workflows.participant import node_config
-
     cfg = node_config(config)
     return {s: participant_fingerprint(cfg, [r for r in runs if r.subject == s])
             for s in sorted({r.subject for r in runs})}
@@ -255,8 +239,6 @@ def _fingerprints(runs, config: AnalysisConfig) -> dict:
 
 def _finished(output_dir, fingerprints: dict) -> list:
     """The subjects whose outputs are finished with the same fingerprint (logged)."""
-    from bids_vlm.finished import is_finished, marker_path
-
     done = [s for s, fp in fingerprints.items() if is_finished(output_dir, s, fp)]
     for subject in done:
         LOGGER.info("sub-%s: finished earlier with the same inputs and options (%s); skipped, "
@@ -267,8 +249,6 @@ def _finished(output_dir, fingerprints: dict) -> list:
 def with_atlas_digest(config: AnalysisConfig) -> AnalysisConfig:
     """The configuration with the hash of a user atlas (DataError, exit 64, naming the file
     when it or its labels TSV cannot be read), so that a changed atlas reruns its nodes."""
-    from bids_vlm.analysis.atlases import atlas_digest
-
     digest = atlas_digest(config.networks.atlas)
     return dataclasses.replace(config, networks=dataclasses.replace(config.networks,
                                                                     atlas_digest=digest))
@@ -279,8 +259,6 @@ def run_group(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
     """Run the group level, holding the ``group`` lock (:mod:`bids_vlm.locks`) in the output
     and the work directory, and every participant's output lock, so that it never reads the
     outputs of a participant being analysed (BusyError, exit 75, when another run holds one)."""
-    from workflows.group import init_group_wf
-
     output_dir = Path(output_dir)
     if not list(output_dir.glob("sub-*/**/*_neurons.tsv")):
         raise NoInputError("no participant results here; run the participant level first",

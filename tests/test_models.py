@@ -299,7 +299,7 @@ def test_attn_ans_are_query_key_products(tiny, images):
     np.testing.assert_allclose(got, (q * k).mean(1).numpy(), rtol=1e-4, atol=1e-5)
     text = extract(tiny, {"text": TEXTS}, ModelConfig(an_kind="attn"), progress=False)
     assert text["text/03"].shape == (3, 64) and hooks_attached(tiny.module) == 0
-    from bids_vlm.models.base import an_id
+    from bids_vlm.names import an_id
 
     assert an_id("tiny-clip", "image", 1, 12, "attn") == "tiny-clip/image/01/qk12"
 

@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 
 from bids_vlm.encoding.ridge import fold_predict, heldout_scores, himalaya_backend, run_splits
-from bids_vlm.stats.unique import N_PCS
+from bids_vlm.stats.unique import N_PCS, layer_association
+from bids_vlm.stats.association import prepare_voxels
+from bids_vlm.stats.autocorr import default_lags
 
 DEFAULT_STEPS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5)
 COLUMNS = ["network", "stream", "layer", "n_voxels", "n_ans", "n_ans_with_bn", "step",
@@ -72,10 +74,6 @@ def fold_counts(x, y, run_lengths, k: int, settings: FoldAssociation = FoldAssoc
     for ``exact``, {"run_noise": per run (>= K + 1, Vn) noise lag sums, "run_traces":
     (n_runs, K + 1) cleaning lag traces}, and "run_removed": (n_runs,) dimensions each run's
     cleaning removed (default: the voxels' own lag sums, each run's mean removal)."""
-    from bids_vlm.stats.association import prepare_voxels
-    from bids_vlm.stats.autocorr import default_lags
-    from bids_vlm.stats.unique import layer_association
-
     noise = noise or {}
     keep = [i for i in range(len(run_lengths)) if i != k]
     train = np.concatenate([r for i, r in enumerate(run_splits(run_lengths)) if i != k])

@@ -40,7 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 from nilearn import image
-from scipy import stats
+from scipy import stats, sparse
+import nibabel as nib
 
 from bids_vlm.analysis.atlases import load_networks, space_problem, surface_network_masks
 from bids_vlm.analysis.grids import SHIFT, VoxelGrid
@@ -72,8 +73,6 @@ def network_masks(atlases, mask_img) -> NetworkMasks:
     grid with nearest-neighbour interpolation), with ``.grid`` the in-mask voxels. On CIFTI
     grayordinates (a dscalar ``mask_img``) the atlases are matched by structure and vertex /
     voxel, and ``.grid`` is the :class:`~bids_vlm.analysis.spin.SurfaceGrid` of the spin null."""
-    import nibabel as nib
-
     if isinstance(mask_img, nib.Cifti2Image):
 
         bm = mask_img.header.get_axis(1)
@@ -164,8 +163,6 @@ def _network_counts(an_index, voxel_index, keep, n_an: int, patterns) -> np.ndar
     """(N, M): the kept entries of each AN (entries sorted by AN) in each network, through the
     networks' overlap patterns (:func:`_patterns`; one pass over the entries, whatever the
     number of networks)."""
-    from scipy import sparse
-
     codes, net_ptr, net_pat, n_pat = patterns
     n_net = len(net_ptr) - 1
     net_of = sparse.csr_array((np.ones(len(net_pat)), (net_pat, np.repeat(
@@ -216,7 +213,7 @@ def spatial_enrichment(an_index, voxel_index, n_an: int, member: np.ndarray, gri
     :func:`_patterns` of ``member``, when known.
     """
     if workers is None:
-        import torch
+        import torch  # torch takes ~1.5 s to import; the group level does not need it
 
         workers = max(1, torch.get_num_threads())
     rng = np.random.default_rng(seed)
@@ -430,8 +427,6 @@ def _hypergeom_sf(k, total, good, draws, out):  # pragma: no cover - compiled
 def data_networks(spec: str, mask_img, space: str | None):
     """(network masks over the in-mask voxels or None, the atlases, why they do not fit the
     data's ``space`` or None) for ``--atlas`` ``spec``."""
-    import nibabel as nib
-
 
     atlases = load_networks(spec, grayordinates=isinstance(mask_img, nib.Cifti2Image))
     problem = space_problem(atlases, space)

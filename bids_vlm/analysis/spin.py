@@ -20,6 +20,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from bids_vlm import cifti
 from bids_vlm.analysis.grids import VoxelGrid, random_rotations, rigid_transforms
@@ -72,8 +73,6 @@ class SurfaceGrid:
     def of(cls, bm) -> "SurfaceGrid":
         """The grid of brain models ``bm``; ValueError for a surface other than the 32k fs_LR
         cortex (the spheres shipped)."""
-        from scipy.spatial import cKDTree
-
 
         spheres = _spheres()
         radius = max(np.linalg.norm(s, axis=1).max() for s in spheres.values())

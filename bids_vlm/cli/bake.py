@@ -120,7 +120,7 @@ def _check_state_dict(path: Path) -> None:
 
 def _check_safetensors(path: Path) -> None:
     """Raise ValueError unless ``path`` is a readable safetensors file with tensors in it."""
-    from safetensors import safe_open
+    from safetensors import safe_open  # only when baking weights
 
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -132,6 +132,7 @@ def _check_safetensors(path: Path) -> None:
 
 def download(fetch: Fetch) -> Path:
     """Fetch from the Hugging Face hub (needs the network; the build, never a run)."""
+    # local import: only when looking for downloaded weights
     from huggingface_hub import hf_hub_download, snapshot_download
 
     if fetch.model.startswith(hfclip.PREFIX):

@@ -7,6 +7,7 @@ import argparse
 import json
 
 from bids_vlm import __version__
+from bids_vlm.cli.parser import build_parser
 
 SKIP = {"help", "version", "list_models"}
 
@@ -60,8 +61,6 @@ def descriptor(parser: argparse.ArgumentParser) -> dict:
 
 
 def main():
-    from bids_vlm.cli.parser import build_parser
-
     print(json.dumps(descriptor(build_parser()), indent=2))
 
 

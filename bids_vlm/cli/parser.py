@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tomllib
 from pathlib import Path
 
 from bids_vlm import __version__
@@ -25,22 +26,22 @@ from bids_vlm.cli.types import (
     _positive_float,
     _positive_int,
 )
+from bids_vlm.config import (AnalysisConfig, BoldConfig, EncodingConfig, Execution, ModelConfig,
+                             NetworkConfig, RunFilter, StatsConfig, StimulusConfig)
+from bids_vlm.models import DEFAULT_MODELS_ENV, REGISTRY, default_models, describe_models
+from bids_vlm.models import check_selection as check_model_selection
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")  # no version check over the network
 
 
 class _ListModels(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
-        from bids_vlm.models import describe_models
-
         print(describe_models())
         parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the BIDS-App command line (fMRIPrep's layout of option groups)."""
-    from bids_vlm.models import REGISTRY, default_models
-
     parser = argparse.ArgumentParser(
         prog="bids_vlm", description="Neuron-level fMRI encoding with vision-language models "
         "(BIDS-App). Run 'bids_vlm demo OUT_DIR' for the offline demo.",
@@ -238,8 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def apply_config_file(parser, argv):
     """Use the values of ``--config-file`` as defaults, so that command-line flags win."""
-    import tomllib
-
     probe = argparse.ArgumentParser(add_help=False)
     probe.add_argument("--config-file", type=Path, default=None)
     path = probe.parse_known_args(argv)[0].config_file
@@ -277,8 +276,6 @@ def check_paths(parser, opts):
 
 
 def check_selection(parser, opts):
-    from bids_vlm.models import DEFAULT_MODELS_ENV, check_selection
-
     try:  # the default, from the environment, is checked too
         opts.models = [_model_name(m) for m in opts.models]
     except argparse.ArgumentTypeError as exc:
@@ -293,7 +290,7 @@ def check_selection(parser, opts):
     if words and len(opts.banded_layers) > 1:
         parser.error(f"--banded-layers {' '.join(opts.banded_layers)}: {words[0]} stands alone")
     try:
-        check_selection(opts.models, opts.streams, opts.layers)
+        check_model_selection(opts.models, opts.streams, opts.layers)
     except ValueError as exc:
         parser.error(str(exc))
 
@@ -309,17 +306,6 @@ def _space_spec(parser, space: str, density: str) -> str:
 
 
 def config_from_options(opts):
-    from bids_vlm.config import (
-        AnalysisConfig,
-        BoldConfig,
-        EncodingConfig,
-        ModelConfig,
-        NetworkConfig,
-        RunFilter,
-        StatsConfig,
-        StimulusConfig,
-    )
-
     return AnalysisConfig(
         filters=RunFilter(tuple(opts.participant_label), tuple(opts.session_label),
                           tuple(opts.task), tuple(opts.run), opts.bids_filter_file or "{}"),
@@ -353,8 +339,6 @@ def config_from_options(opts):
 
 def execution_from_options(opts):
     """The :class:`bids_vlm.config.Execution` of the options: how the run executes."""
-    from bids_vlm.config import Execution
-
     return Execution(device=opts.device, batch_size=opts.batch_size, block_size=opts.block_size,
                      mem_gb=opts.mem, nprocs=opts.nprocs, plugin=opts.plugin or "",
                      plugin_args=opts.plugin_args or "{}", omp_nthreads=opts.omp_nthreads or 0,

@@ -5,6 +5,7 @@ Exit codes: see :mod:`bids_vlm.errors` and the README.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -19,6 +20,8 @@ from bids_vlm.cli.parser import (
 )
 from bids_vlm.errors import BidsVlmError
 from bids_vlm.logs import setup_logging
+from bids_vlm.models import random_weights_warning
+from bids_vlm.progress import QUIET_ENV
 
 
 def main(argv=None) -> int:
@@ -33,10 +36,9 @@ def main(argv=None) -> int:
     setup_logging(opts.verbose, opts.quiet)
     _warn_random_weights(opts)
     if opts.quiet:
-        from bids_vlm.progress import QUIET_ENV
-
         os.environ[QUIET_ENV] = "1"  # see bids_vlm.progress
     try:
+        # local import: Nipype and the stages load only when a level runs, not for --help
         from bids_vlm.runner import run_group, run_participant
 
         config, execution = config_from_options(opts), execution_from_options(opts)
@@ -68,10 +70,6 @@ def _demo(argv) -> int:
 
 def _warn_random_weights(opts):
     """A participant-level run with a random-weight test model says so (also in the report)."""
-    import logging
-
-    from bids_vlm.models import random_weights_warning
-
     warning = random_weights_warning(opts.models)
     if warning and opts.analysis_level == "participant":
         logging.getLogger("bids_vlm").warning(warning)

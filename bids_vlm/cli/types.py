@@ -7,6 +7,9 @@ import json
 import math
 from pathlib import Path
 
+from bids_vlm.models import REGISTRY, hfclip, is_model_name, openclip
+from bids_vlm.models.openclip import PREFIX, parse_generic
+
 
 def _positive_int(value):
     number = int(value)
@@ -73,10 +76,6 @@ def _memory_gb(value):
 
 
 def _model_name(value):
-    from bids_vlm.models import REGISTRY, is_model_name
-
-    from bids_vlm.models.openclip import PREFIX, parse_generic
-
     if value.startswith(PREFIX):
         try:
             parse_generic(value)
@@ -92,8 +91,6 @@ def _model_name(value):
 def _canonical_spec(value: str) -> str:
     """A model spec whose local file or folder is given as an absolute path, so that the graph's
     nodes (which run in their own folders) find it, and ``dir`` and ``./dir/`` are one model."""
-    from bids_vlm.models import hfclip, openclip
-
     if value.startswith(openclip.PREFIX):
         arch, _, source = value[len(openclip.PREFIX):].partition(":")
         path = Path(source).expanduser()
@@ -151,7 +148,7 @@ def _filter_file(value):
 
 def _filter_problem(data: dict) -> str:
     """What is wrong with a PyBIDS filter object ({"bold": {entity: value}}), or ""."""
-    from bids.layout.models import Config
+    from bids.layout.models import Config  # pybids takes ~1 s to import
 
     known = set(Config.load("bids").entities) | set(Config.load("derivatives").entities)
     for query, filters in data.items():
@@ -172,6 +169,6 @@ def _filter_problem(data: dict) -> str:
 
 
 def _atlas(value):
-    from bids_vlm.analysis.atlases import SHIPPED
+    from bids_vlm.analysis.atlases import SHIPPED  # nilearn and the atlases load only for --atlas
 
     return value if value in SHIPPED else str(Path(value).expanduser().resolve())

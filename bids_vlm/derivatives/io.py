@@ -23,6 +23,8 @@ from bids_vlm import __version__
 from bids_vlm.atomic import atomic_path
 from bids_vlm.errors import DataError, OutputError
 from bids_vlm.names import parse_name
+from bids_vlm.brainmask import brain_models, map_name
+from bids_vlm.cifti import write_dscalar
 
 # CIFTI time series: the BIDS schema has no rule for them yet (the validator flags fMRIPrep's
 # own *_space-fsLR_den-91k_bold.dtseries.nii alike)
@@ -153,9 +155,6 @@ def write_map(path, values: np.ndarray, mask_img, sidecar: dict) -> Path:
     returns the path written."""
     values = np.asarray(values, dtype=np.float32)
     if isinstance(mask_img, nib.Cifti2Image):
-        from bids_vlm.brainmask import brain_models, map_name
-        from bids_vlm.cifti import write_dscalar
-
         path = Path(map_name(path, mask_img))
         name = parse_name(path.name)
         stem = name.get("stat") or name.suffix if name else path.name.split("_")[-1].split(".")[0]

@@ -22,11 +22,12 @@ import numpy as np
 import pandas as pd
 from nilearn import image, masking, signal
 
-from bids_vlm.brainmask import grayordinate_mask
+from bids_vlm.brainmask import grayordinate_mask, load, load_grayordinates
 from bids_vlm.cifti import is_cifti
 from bids_vlm.config import BoldConfig
 from bids_vlm.errors import DataError
 from bids_vlm.inputs.bids import check_affine
+from bids_vlm.stats.autocorr import lag_sums, default_lags
 
 LOGGER = logging.getLogger("bids_vlm.design.cleaning")
 MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
@@ -182,8 +183,6 @@ SMOOTHING_REFUSED = ("is not applied to CIFTI grayordinates (smoothing on the su
 
 
 def _load_grayordinates(bold_path, mask, smoothing) -> np.ndarray:
-    from bids_vlm.brainmask import load, load_grayordinates
-
     if smoothing:
         raise DataError(f"--smoothing-fwhm {smoothing:g} {SMOOTHING_REFUSED}", bold_path)
     mask = mask if isinstance(mask, nib.Cifti2Image) else load(mask)
@@ -210,6 +209,7 @@ def drift_basis(n_scans: int, tr: float, high_pass: float) -> np.ndarray:
     (nilearn's GLM drift model, as SPM's), without its constant; (n_scans, 0) when off."""
     if not high_pass:
         return np.zeros((n_scans, 0))
+    # local import: nilearn.glm takes ~1 s to import; only for the cosine drift basis
     from nilearn.glm.first_level import make_first_level_design_matrix
 
     with warnings.catch_warnings():  # a run too short for any cosine gets none
@@ -312,8 +312,6 @@ def noise_lag_sums(data: np.ndarray, n_lags: int, censor=None) -> np.ndarray:
     (:func:`bids_vlm.stats.autocorr.lag_sums` of the detrended run). censor: (n_scans,)
     bool frames left out (:func:`censored_frames`): the trend is fitted without them and they
     count as 0. Zero columns (excluded voxels) give zeros."""
-    from bids_vlm.stats.autocorr import lag_sums
-
     n = data.shape[0]
     kept = np.ones(n, bool) if censor is None else ~np.asarray(censor, bool)
     trend = np.column_stack([np.ones(n), np.linspace(-1.0, 1.0, n)])
@@ -330,8 +328,6 @@ def noise_lag_sums(data: np.ndarray, n_lags: int, censor=None) -> np.ndarray:
 def run_lags(n_scans: int, n_lags: int = 0) -> int:
     """Lags of a run's noise lag sums: enough for the association's lags whatever the other
     runs (``n_lags``, or its default for the shortest run, which is at most this run's)."""
-    from bids_vlm.stats.autocorr import default_lags
-
     return max(int(n_lags), default_lags([n_scans]))
 
 

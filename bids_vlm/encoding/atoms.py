@@ -45,6 +45,7 @@ def learn_atoms(activations: np.ndarray, n_atoms: int = 64, alpha: float = 0.2,
     that ``alpha`` (the L1 penalty of the loadings, in the learning and in the final sparse
     coding) does not depend on the number of samples. K is at most min(N, n_samples).
     """
+    # local import: scikit-learn takes ~1 s to import; only in paper mode
     from sklearn.decomposition import MiniBatchDictionaryLearning
 
     x = activations.astype(np.float64)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from himalaya.kernel_ridge import generate_dirichlet_samples, MultipleKernelRidgeCV
+from himalaya.ridge import GroupRidgeCV
 
 from bids_vlm.encoding.folds import inner_splits, run_splits
 from bids_vlm.encoding.ridge import ALPHAS, himalaya_backend, run_sums, scores_from_sums
@@ -56,8 +58,6 @@ def banded_layer_keys(shared, spec) -> list:
 def band_weights(n_iter: int, n_bands: int, seed: int) -> np.ndarray:
     """(n_iter, n_bands) float64 band weights g of the random search, rows summing to 1:
     himalaya's draws for ``random_state=seed`` with the first row uniform."""
-    from himalaya.kernel_ridge import generate_dirichlet_samples
-
     with himalaya_backend("numpy"):
         g = np.asarray(generate_dirichlet_samples(n_samples=n_iter, n_kernels=n_bands,
                                                   concentration=[0.1, 1.0],
@@ -198,8 +198,6 @@ def _refit(kernels, y, g, alphas, train, test, best_g, best_a, starts, nb, devic
 def _primal_split(bands, y, runs, alphas, backend, n_iter, max_inner_folds, n_targets_batch,
                   seed) -> np.ndarray:
     """(n_bands, T, v) held-out predictions split by band, by himalaya's GroupRidgeCV."""
-    from himalaya.ridge import GroupRidgeCV
-
     names = list(bands)
     split = np.zeros((len(names), *y.shape), dtype=np.float32)
     params = {"n_iter": n_iter, "alphas": np.asarray(alphas),
@@ -256,8 +254,6 @@ def reference_split(bands: dict, y, run_lengths, alphas=ALPHAS, n_iter=20, max_i
     """(n_bands, T, V) held-out split predictions of himalaya's MultipleKernelRidgeCV per fold
     (precomputed float32 linear kernels, the same inner splits, alphas, band-weight draws and
     seed): the fit :func:`encode_banded` reproduces (tests, ``benchmarks/bench_banded.py``)."""
-    from himalaya.kernel_ridge import MultipleKernelRidgeCV
-
     runs = run_splits(run_lengths)
     out = np.zeros((len(bands), *np.shape(y)), np.float32)
     with himalaya_backend(backend) as bk:

@@ -51,10 +51,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import special
+from himalaya.backend import get_backend, set_backend
 
 from bids_vlm.config import EncodingConfig
 from bids_vlm.stats.autocorr import (default_lags, demean_traces, noise_factors,
-                                        row_autocorrelations)
+                                     row_autocorrelations, lag_sums as _lag_sums)
 from bids_vlm.encoding.folds import run_splits
 from bids_vlm.encoding.ridge_solver import device_of, loro_blocks
 from bids_vlm.progress import progress as progress_bar
@@ -106,8 +107,6 @@ class EncodingResult:
 @contextlib.contextmanager
 def himalaya_backend(name):
     """Use himalaya backend ``name`` ('numpy', 'torch', 'torch_cuda') inside the block."""
-    from himalaya.backend import get_backend, set_backend
-
     previous = get_backend()
     set_backend(name, on_error="raise")
     try:
@@ -124,8 +123,6 @@ def fold_predict(x, y, runs, k: int, alphas=ALPHAS, max_inner_folds=5,
 
     x: (T, F) features; y: (T, V) voxels; runs: :func:`run_splits`. Returns the prediction
     (len(runs[k]), V) float32 and the chosen alphas (V,)."""
-    from himalaya.backend import get_backend
-
     alphas = np.asarray(alphas, np.float64)
     pred = np.empty((len(runs[k]), y.shape[1]), np.float32)
     best = np.empty(y.shape[1], np.int64)
@@ -232,8 +229,6 @@ def _noise_args(y, run_lengths, n_lags, noise_sums, lag_traces):
     """(factors (V, K + 1), n_dof) of the null variance; defaults as in the association: the
     voxels' own lag sums within runs and each run's mean removal."""
     if noise_sums is None:
-        from bids_vlm.stats.autocorr import lag_sums as _lag_sums
-
         noise_sums = _lag_sums(y.cpu().numpy() if isinstance(y, torch.Tensor) else y,
                                list(run_lengths), n_lags)
     if lag_traces is None:

@@ -28,6 +28,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from himalaya.backend import get_backend
+from himalaya.kernel_ridge import KernelRidgeCV
+from himalaya.ridge import RidgeCV
 
 from bids_vlm.encoding.folds import inner_splits
 from bids_vlm.threads import thread_map
@@ -230,10 +233,6 @@ def reference_fold_predict(x, y, runs, k: int, alphas, max_inner_folds=5,
     """Fold k fitted by himalaya (``RidgeCV``, or ``KernelRidgeCV`` with a linear kernel when
     F > the training frames) under the active himalaya backend, with the same inner splits:
     the reference :class:`Fold` reproduces. Returns the prediction (n_k, V) and alphas (V,)."""
-    from himalaya.backend import get_backend
-    from himalaya.kernel_ridge import KernelRidgeCV
-    from himalaya.ridge import RidgeCV
-
 
     bk = get_backend()
     train_runs = [r for i, r in enumerate(runs) if i != k]

@@ -13,16 +13,21 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+import dataclasses
+import gzip
+import zlib
 
 import nibabel as nib
 import numpy as np
 
 from bids_vlm.inputs import fmriprep
-from bids_vlm.config import RunFilter
+from bids_vlm.config import RunFilter, StimulusConfig
 from bids_vlm.inputs.datalad import check_present
 from bids_vlm.errors import DataError, NoInputError
 from bids_vlm.inputs.fmriprep import NO_SPACE, DerivativeIndex, derivs_root
 from bids_vlm.inputs.slicetiming import slice_time_reference
+from bids_vlm import cifti
+from bids_vlm.inputs.stimulus_files import stimulus_files
 
 LOGGER = logging.getLogger("bids_vlm.inputs.bids")
 
@@ -93,7 +98,7 @@ def load_layout(bids_dir, derivatives=(), validate=False) -> Inputs:
     """The raw dataset's pybids layout plus its derivative datasets: the ``derivatives`` paths,
     or by default the fMRIPrep-like folders below ``bids_dir/derivatives/``
     (:func:`bids_vlm.inputs.fmriprep.find_derivatives`)."""
-    from bids import BIDSLayout
+    from bids import BIDSLayout  # pybids takes ~1 s to import
 
     bids_dir = Path(bids_dir)
     if not (bids_dir / "dataset_description.json").is_file():
@@ -249,9 +254,6 @@ def _stimulus_files(events, root, stimuli=None) -> list:
     timeline finds them (:func:`bids_vlm.inputs.stimulus_files.stimulus_files`): from the stimulus
     column(s) of ``stimuli`` (a StimulusConfig; default: detected) in its ``stimuli_dir``, by
     default ``root``/stimuli (``root``: the BIDS dataset)."""
-    from bids_vlm.config import StimulusConfig
-    from bids_vlm.inputs.stimulus_files import stimulus_files
-
     stimuli = stimuli or StimulusConfig()
     return stimulus_files(events, stimuli.stimuli_dir or Path(root) / "stimuli",
                           stimuli.stim_columns)
@@ -262,8 +264,6 @@ def with_stimulus_files(runs, root, stimuli) -> list:
     stimulus files their events name under the stimulus options ``stimuli`` (a
     StimulusConfig: ``--stim-column``, ``--stimuli-dir``), so that a changed stimuli folder
     or column, or a changed file in it, reruns a finished participant."""
-    import dataclasses
-
     return [dataclasses.replace(run, fingerprint=hashlib.sha1(repr((
         run.fingerprint, _fingerprint(*_stimulus_files(run.events, root, stimuli)))).encode())
         .hexdigest()[:16]) for run in runs]
@@ -302,8 +302,6 @@ def _n_scans(path) -> tuple[int, float]:
 
 
 def _cifti_frames(path) -> tuple[int, float]:
-    from bids_vlm import cifti
-
     img = cifti._load(path, "time series")
     series = cifti._first_axis(img, cifti.axes.SeriesAxis, "a time series", ".dtseries.nii",
                                path)
@@ -374,9 +372,6 @@ def _gzip_size(path, expected) -> int:
     Cheap check first: the gzip trailer holds the size modulo 2**32; only when it disagrees
     (a header-only or truncated file, or a multi-member gzip) is the file decompressed.
     """
-    import gzip
-    import zlib
-
     with open(path, "rb") as handle:
         handle.seek(max(os.path.getsize(path) - 4, 0))
         if int.from_bytes(handle.read(4), "little") == expected % 2**32:

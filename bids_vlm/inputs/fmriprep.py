@@ -100,7 +100,7 @@ def dataset_roots(folder: Path, depth: int = MAX_DEPTH) -> list:
 
 def index_files(root: Path) -> list:
     """The :class:`DerivativeFile` s of one derivative dataset, sorted by path."""
-    from bids.layout import parse_file_entities
+    from bids.layout import parse_file_entities  # pybids takes ~1 s to import
 
     out = []
     for folder, dirs, names in os.walk(root):

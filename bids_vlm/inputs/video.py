@@ -41,7 +41,7 @@ def split_frame_item(item: str) -> tuple[str, float]:
 
 def duration(path) -> float:
     """Length of a video in seconds."""
-    import av
+    import av  # PyAV: only for movie stimuli
 
     try:
         with av.open(str(path)) as container:
@@ -55,7 +55,7 @@ def duration(path) -> float:
 
 @functools.lru_cache(maxsize=64)
 def _frame_times(path: str, size: int, mtime: int) -> np.ndarray:
-    import av
+    import av  # PyAV: only for movie stimuli
 
     try:
         with av.open(path) as container:
@@ -124,7 +124,7 @@ class FrameReader:
         self._next = None
 
     def _open(self):
-        import av
+        import av  # PyAV: only for movie stimuli
 
         self.close()
         try:

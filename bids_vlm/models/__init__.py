@@ -20,13 +20,9 @@ import torch
 from bids_vlm.config import ModelConfig
 from bids_vlm.inputs.stimuli import unique_items
 from bids_vlm.models import hfclip, meter, openclip
-from bids_vlm.models.base import (
-    an_id,
-    query_key_product,
-    recording,
-    resolve_device,
-    to_numpy,
-)
+from bids_vlm.models.cache import ActivationCache, settings_key, weights_digest
+from bids_vlm.models.base import query_key_product, recording, resolve_device, to_numpy
+from bids_vlm.names import an_id
 from bids_vlm.progress import progress as progress_bar
 
 LOGGER = logging.getLogger("bids_vlm.models")
@@ -203,8 +199,6 @@ def extract_cached(model, items_by_stream: dict, config: ModelConfig, cache_root
     Returns (activations as :func:`extract` gives them, number of (stream, stimulus) pairs
     computed now).
     """
-    from bids_vlm.models.cache import ActivationCache, settings_key, weights_digest
-
     cache = ActivationCache(cache_root, settings_key(model.name, weights_digest(model.module),
                                                      config))
     streams = [s for s, items in items_by_stream.items() if items]
@@ -269,8 +263,6 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 def _autocast(device, precision):
     """fp32: no change; fp16 / bf16: CUDA autocast (weights stay fp32, matrix products in half
     precision). Half precision on the CPU is refused."""
-    import contextlib
-
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not '{precision}'")
     if PRECISIONS[precision] is None:

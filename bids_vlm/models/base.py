@@ -1,9 +1,10 @@
-"""Recording artificial neurons (ANs): forward hooks that pool each layer's FFN units.
+"""Recording artificial neurons (ANs): forward hooks that pool each layer's FFN ANs.
 
 An AN is one hidden unit of a layer's feed-forward block, taken after the nonlinearity
 (docs/METHOD.md 3). Its activation for one stimulus is pooled over the tokens of that stimulus:
 ``mean`` over valid tokens (default), ``cls`` (the token the model pools: CLS for images,
-EOT for CLIP text) or ``max`` over valid tokens. Its id is ``model/stream/layer/unit``.
+EOT for CLIP text) or ``max`` over valid tokens. Its id is ``model/stream/layer/index``
+(:func:`bids_vlm.names.an_id`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
+
+from bids_vlm.errors import DataError
 
 POOLINGS = ("mean", "cls", "max")
 
@@ -26,12 +30,6 @@ class StreamSpec:
 
 
 AN_KINDS = ("ffn", "attn")
-
-
-def an_id(model: str, stream: str, layer: int, index: int, kind: str = "ffn") -> str:
-    """Stable AN id, e.g. ``clip-vit-b-32/image/07/1734`` (``.../07/qk12`` for attn ANs);
-    index: the AN's index in its layer (the ``unit`` column of the neuron tables)."""
-    return f"{model}/{stream}/{layer:02d}/{'qk' if kind == 'attn' else ''}{index}"
 
 
 def query_key_product(module, inputs, _output):
@@ -103,10 +101,6 @@ def recording(modules: dict, valid, cls_index, pooling: str, batch_first: bool, 
 
 def load_image(path):
     """An image file as RGB; a clear error naming the file when it cannot be read."""
-    from PIL import Image
-
-    from bids_vlm.errors import DataError
-
     try:
         with Image.open(path) as img:
             return img.convert("RGB")

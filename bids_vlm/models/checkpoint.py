@@ -73,6 +73,7 @@ def _allowed_globals() -> dict:
     """{"module.name": object} that may be returned to the unpickler."""
     allowed = {}
     try:  # torch's allow-list for weights_only loading (private, but the reference list)
+        # local import: torch's private unpickler, looked up only to vet a pickle checkpoint
         from torch import _weights_only_unpickler
 
         allowed.update(_weights_only_unpickler._get_allowed_globals())
@@ -315,7 +316,7 @@ def vet_checkpoint(path) -> str:
 def _safe_load(path, device):
     with _opened(path) as handle:
         if _check_open_file(handle, path) == "safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # only for safetensors files
 
             return load_file(str(path), device=device)
         return _unpickle(handle, path, device)

@@ -29,7 +29,7 @@ def resolve(source: str) -> Path:
     path = Path(source).expanduser()
     if (path / "config.json").is_file():
         return path
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # only when looking for downloaded weights
 
     try:
         return Path(snapshot_download(source, local_files_only=True))
@@ -122,6 +122,7 @@ def _torch_weight_files(folder: Path) -> list[Path]:
 
 def load_hf_clip(name: str) -> HFClipModel:
     """Load ``hf-clip:<directory or hub id>`` from local files only."""
+    # local import: transformers takes seconds to import; only for its models
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
     folder = resolve(name[len(PREFIX):])

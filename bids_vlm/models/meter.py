@@ -25,8 +25,10 @@ import torch
 from bids_vlm.errors import DataError, WeightsNotFoundError
 from bids_vlm.models.base import StreamSpec, load_image
 from bids_vlm.models.checkpoint import safe_torch_load
+from bids_vlm.models.openclip import model_dirs
 from bids_vlm.models.meter_arch import Meter, MeterArch, resize_position_embedding
 from bids_vlm.inputs.video import FrameSource, is_frame_item
+from bids_vlm.inputs.stimuli import split_pair_item
 
 NAME = "meter-clip16-roberta"
 STREAMS = ("image", "text", "cross-image", "cross-text")
@@ -46,7 +48,7 @@ class MeterModel:
     """A :class:`~bids_vlm.models.meter_arch.Meter` with its tokenizer and image transform."""
 
     def __init__(self, name, module: Meter, tokenizer, max_text_len=MAX_TEXT_LEN):
-        from torchvision import transforms
+        from torchvision import transforms  # torchvision takes ~1 s to import; only for METER
 
         self.name = name
         self.module = module.eval()
@@ -104,8 +106,6 @@ class MeterModel:
 
     def prepare(self, stream, items, device):
         """Inputs, (B, L) valid tokens of ``stream`` and (B,) pooled-token index (CLS / <s>)."""
-        from bids_vlm.inputs.stimuli import split_pair_item
-
         first = torch.zeros(len(items), dtype=torch.long, device=device)
         n_image = self.module.arch.vit_tokens
         if stream == "image":
@@ -147,6 +147,7 @@ def _init_weights(module):
 
 def load_tokenizer(folder):
     """A RoBERTa tokenizer from a local folder (vocab.json, merges.txt); never downloads."""
+    # local import: transformers takes seconds to import; only for its models
     from transformers import RobertaTokenizerFast
 
     try:
@@ -231,8 +232,6 @@ def module_from_checkpoint(path, image_size: int = 0) -> tuple[Meter, dict]:
 
 def find_meter_files(model_dir: str = "") -> tuple[Path, Path]:
     """(checkpoint, tokenizer folder) of ``meter-clip16-roberta``; a clear error when absent."""
-    from bids_vlm.models.openclip import model_dirs
-
     folders = model_dirs(model_dir)
     ckpts = [p for d in folders for p in sorted((d / NAME).glob("*.ckpt"))]
     if not ckpts:
@@ -254,7 +253,7 @@ def _tokenizer_folder(folders) -> Path:
             if (cand / "vocab.json").is_file():
                 return cand
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # only when looking for downloaded weights
 
         return Path(snapshot_download("roberta-base", local_files_only=True))
     except Exception as exc:  # not in the local cache (several exception types)

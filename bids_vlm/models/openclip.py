@@ -88,7 +88,7 @@ class OpenClipModel:
 
 def build_tiny_clip(seed: int = 0) -> OpenClipModel:
     """The tiny random-weight CLIP (4 + 4 layers, 256 ANs per layer), seeded."""
-    import open_clip
+    import open_clip  # open_clip takes seconds to import; only for its models
 
     torch.manual_seed(seed)
     cfg = TINY_CONFIG
@@ -136,7 +136,7 @@ def _local_weights(folder_name, repo, model_dir):
 
 
 def _hf_repo(arch, tag):
-    import open_clip
+    import open_clip  # open_clip takes seconds to import; only for its models
 
     return open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", "").strip("/")
 
@@ -144,7 +144,7 @@ def _hf_repo(arch, tag):
 def _from_hf_cache(repo):
     if not repo:
         return None
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # only when looking for downloaded weights
 
     for fname in WEIGHT_FILES:
         found = try_to_load_from_cache(repo, fname)
@@ -155,7 +155,7 @@ def _from_hf_cache(repo):
 
 def load_openai_clip(name: str, model_dir: str = "") -> OpenClipModel:
     """A real OpenAI CLIP from local weights (no download)."""
-    import open_clip
+    import open_clip  # open_clip takes seconds to import; only for its models
 
     arch, tag = OPENAI[name]
     path = find_weights(name, model_dir)
@@ -187,7 +187,7 @@ def check_weights_file(path: Path) -> None:
 def load_weights(module, path: Path, what: str) -> None:
     """``open_clip.load_checkpoint`` of ``path`` (already passed :func:`check_weights_file`)
     into ``module``; DataError naming the file when it does not fit."""
-    import open_clip
+    import open_clip  # open_clip takes seconds to import; only for its models
 
     try:
         open_clip.load_checkpoint(module, str(path))
@@ -201,7 +201,7 @@ PREFIX = "open_clip:"
 def parse_generic(name: str) -> tuple[str, str]:
     """``open_clip:<architecture>:<pretrained tag or checkpoint file>`` -> (architecture,
     source); ValueError naming the known architectures / tags when it cannot be used."""
-    import open_clip
+    import open_clip  # open_clip takes seconds to import; only for its models
 
     arch, _, source = name[len(PREFIX):].partition(":")
     if arch not in open_clip.list_models():
@@ -221,7 +221,7 @@ def load_generic(name: str, model_dir: str = "") -> OpenClipModel:
     """Any open_clip ViT CLIP: ``open_clip:ViT-B-16:laion2b_s34b_b88k`` (weights from
     ``<model dir>/<arch>-<tag>/`` or the Hugging Face cache) or
     ``open_clip:ViT-B-32:/path/checkpoint.safetensors``; never downloads."""
-    import open_clip
+    import open_clip  # open_clip takes seconds to import; only for its models
 
     arch, source = parse_generic(name)
     path = Path(source).expanduser()

@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from nilearn import image, plotting  # noqa: E402
 
 from bids_vlm.derivatives import atomic_path  # noqa: E402
+from bids_vlm.reports.surface import surface_figure
 
 TEMPLATE_SPACES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym", "MNI152NLin2009cSym", "MNI")
 ENCODING_R_SHOWN = 0.1  # the encoding r figures show voxels from this r
@@ -62,8 +63,6 @@ def brain_figure(paths, fig_path, title, background, space, threshold=0.5, cmap=
     template space; grayordinate maps on the inflated fs_LR surface
     (:mod:`bids_vlm.reports.surface`)."""
     if str(paths[0]).endswith(".dscalar.nii"):
-        from bids_vlm.reports.surface import surface_figure
-
         return surface_figure(paths, fig_path, title, save_figure, threshold=threshold, cmap=cmap,
                               reduce=reduce)
     img = (image.load_img(paths[0]) if reduce == "first" else image.math_img(

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from nilearn import plotting
 
-from bids_vlm.cifti import FSLR_DIR
+from bids_vlm.cifti import FSLR_DIR, read_brain_models, read_dense
 
 HEMISPHERES = (("left", "CIFTI_STRUCTURE_CORTEX_LEFT"), ("right", "CIFTI_STRUCTURE_CORTEX_RIGHT"))
 NOTE = "cortex on the fs_LR inflated surface; subcortical grayordinates not shown"
@@ -29,8 +29,6 @@ def map_values(paths, reduce: str = "sum"):
     """(G,) the sum or maximum (``reduce``) of the maps of ``paths`` (dscalar files on the
     same brain models; every map of each), or the first map of the first ("first"); and the
     brain models."""
-    from bids_vlm.cifti import read_brain_models, read_dense
-
     bm = read_brain_models(paths[0])
     maps = np.concatenate([read_dense(p)[0] for p in (paths[:1] if reduce == "first"
                                                        else paths)]).astype(np.float64)

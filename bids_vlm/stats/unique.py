@@ -22,6 +22,7 @@ import torch
 
 from bids_vlm.stats.autocorr import noise_factors
 from bids_vlm.stats.blockscan import Voxels
+from bids_vlm.stats.association import associate
 
 BN_DEFINITIONS = ("unique", "marginal")
 N_PCS = 3  # default --nuisance-pcs (benchmarks/bench_calibration.py, correlated-AN row)
@@ -123,8 +124,6 @@ def layer_association(x, prepared: Voxels, presence=None, definition: str = "uni
     the prepared voxels under ``definition``: ``marginal`` as they are; ``unique`` with the
     presence regressor(s) and the top ``n_pcs`` components projected out of both sides.
     kwargs: the rest of associate's arguments. Returns (result, removed share (N,) or None)."""
-    from bids_vlm.stats.association import associate
-
     if definition not in BN_DEFINITIONS:
         raise ValueError(f"bn definition must be one of {BN_DEFINITIONS}, not '{definition}'")
     if definition == "marginal":

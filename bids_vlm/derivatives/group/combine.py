@@ -31,6 +31,7 @@ from bids_vlm.derivatives.group.architecture import combine_architecture
 from bids_vlm.derivatives.group.hierarchy import combine_hierarchy
 from bids_vlm.derivatives.group.isc import combine_isc
 from bids_vlm.derivatives.group.summaries import combine_summaries
+from bids_vlm.cifti import read_brain_models, read_dense, dscalar_image
 
 CONSISTENCY_ANS = 256  # ANs of a layer whose BN maps are compared at a time (bounds memory)
 
@@ -143,8 +144,6 @@ _BRAIN_MODELS: dict = {}  # CIFTI XML -> its brain models, parsed once per group
 def _read_dense(by_subject: dict, paths: list):
     """:func:`_read_volumes` for grayordinate maps (S, K, G), their brain models; the maps
     must have the same brain models (compared as XML; parsed only when it differs)."""
-    from bids_vlm.cifti import read_brain_models, read_dense
-
     maps = {p: read_dense(p) for p in paths}
     first = _models_xml(maps[paths[0]][1])
     if first not in _BRAIN_MODELS:
@@ -167,8 +166,6 @@ def _models_xml(xml: bytes) -> bytes:
 def _like(template, data, name: str):
     """A group map's image on the grid of ``template`` (a NIfTI) or on its brain models."""
     if not isinstance(template, nib.Nifti1Image):
-        from bids_vlm.cifti import dscalar_image
-
         data = np.asarray(data, np.float32).reshape(-1, len(template))
         names = [name] if len(data) == 1 else [f"{name}_{k}" for k in range(len(data))]
         return dscalar_image(data, names, template)

@@ -25,6 +25,7 @@ from bids_vlm.derivatives.io import sidecar_path, write_map
 from bids_vlm.names import parse_name
 from bids_vlm.encoding import noise_ceiling as nc
 from bids_vlm.errors import DataError
+from bids_vlm import cifti
 
 LOGGER = logging.getLogger("bids_vlm")
 MIN_SUBJECTS = 3
@@ -112,8 +113,6 @@ def _on_mask(img, mask):
     """(V,) a group map's values on the ceiling's voxels / grayordinates, or None when it is
     on another grid."""
     if isinstance(mask, nib.Cifti2Image):
-        from bids_vlm import cifti
-
         rows = cifti.match_rows(mask.header.get_axis(1), img.header.get_axis(1))
         return None if (rows < 0).any() else np.asarray(img.dataobj, np.float64)[0, rows]
     if img.shape[:3] != mask.shape[:3] or not np.allclose(img.affine, mask.affine, atol=1e-3):
@@ -148,8 +147,6 @@ def _volume_series(paths: dict):
 def _grayordinate_series(paths: dict):
     """:func:`_volume_series` for cleaned CIFTI time series: the grayordinates that are not
     all zero in any run (the participants' brain models must be the same)."""
-    from bids_vlm import cifti
-
     data = {s: [cifti.read_dtseries(p) for p in ps] for s, ps in paths.items()}
     ref = data[next(iter(data))][0].brain_models
     inside = np.ones(len(ref), bool)

@@ -17,13 +17,16 @@ from bids_vlm.analysis.atlases import load_networks
 from bids_vlm.brainmask import brain_models, is_grayordinates, peak_columns, row_keys
 from bids_vlm.stats import bnstore
 from bids_vlm.derivatives.io import atomic_path, write_json, write_map, write_tsv
-from bids_vlm.names import bids_name, desc_label
+from bids_vlm.names import bids_name, desc_label, an_id
 from bids_vlm.derivatives.participant.common import (
     NEURON_COLUMNS,
     common_sidecar,
     layers_per_stream,
     output_model_name,
 )
+from bids_vlm.analysis.summaries import modality_specificity
+from bids_vlm.derivatives.participant.networks import read_enrichment, network_enrichment
+from bids_vlm.derivatives.participant.summaries import write_layer_summaries, write_redundancy_maps
 
 
 def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config,
@@ -33,12 +36,6 @@ def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config,
     sidecar fields) of :func:`bids_vlm.derivatives.participant.networks.unit_networks`; enrichment_file:
     the layers' network enrichment (:func:`bids_vlm.derivatives.participant.networks.write_enrichment`,
     computed once for the lesion and this table), None: computed here."""
-    from bids_vlm.derivatives.participant.networks import read_enrichment
-    from bids_vlm.derivatives.participant.summaries import (
-        write_layer_summaries,
-        write_redundancy_maps,
-    )
-
     written, rows, counts, maps, enriched = [], [], {}, {}, []
     masks = networks[0]
     stored = enrichment_file is not None and masks is not None
@@ -78,8 +75,6 @@ def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config,
 def _enrichment(bns, masks, config) -> dict:
     """:func:`bids_vlm.derivatives.participant.networks.network_enrichment` of one layer's BNs (one BH
     family)."""
-    from bids_vlm.derivatives.participant.networks import network_enrichment
-
     an, vox, sign = bns.entries()
     return network_enrichment(an, vox, sign, bns.n_ans, masks, config, None)
 
@@ -121,8 +116,6 @@ def _layer_maps(folder, ents, model, stream, layer, grp, mask, side):
 
 
 def _neuron_rows(model, stream, layer, grp, mask, kind):
-    from bids_vlm.models.base import an_id
-
     n = len(grp["n_pos"])
     thr = grp["z_threshold"][()].astype(float)
     return pd.DataFrame({
@@ -144,8 +137,6 @@ def _column(grp, name, n):
 def network_table(table, enriched: list, config):
     """Per-AN network table (rows of ``table``) from the layers' enrichment results
     (``enriched``: one {network: {column: (n_layer,)}} per layer, in the table's order)."""
-    from bids_vlm.analysis.summaries import modality_specificity
-
     atlases = load_networks(config.networks.atlas)
     columns = {"an_id": table["an_id"], "stream": table["stream"], "layer": table["layer"]}
     names = list(enriched[0]) if enriched else []

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from bids_vlm.derivatives.io import write_json, write_map, write_sparse, write_tsv
-from bids_vlm.names import bids_name, desc_label
+from bids_vlm.names import bids_name, desc_label, an_id
+from bids_vlm.derivatives.participant.common import output_model_name
 
 ATOM_COLUMNS = {
     "stream": "image, text, cross-image or cross-text", "layer": "layer index",
@@ -20,9 +21,6 @@ ATOM_COLUMNS = {
 
 
 def write_atom_outputs(atom_file, folder, ents, mask, ijk, unit, config) -> list:
-    from bids_vlm.derivatives.participant.common import output_model_name
-    from bids_vlm.models.base import an_id
-
     written, rows, store = [], [], {}
     with h5py.File(atom_file, "r") as h5:
         raw_model = str(h5.attrs["model"])

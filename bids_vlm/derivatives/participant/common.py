@@ -75,6 +75,7 @@ def layers_per_stream(h5) -> dict:
     stored = json.loads(h5.attrs.get("n_layers", "{}"))
     if all(s in stored for s in h5):
         return {s: int(stored[s]) for s in h5}
+    # local import: loads torch; only for results without stored layer counts
     from bids_vlm.models import REGISTRY
 
     known = REGISTRY.get(str(h5.attrs["model"]))

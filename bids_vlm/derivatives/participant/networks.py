@@ -8,12 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import h5py
 
 from bids_vlm.analysis.atlases import space_description
 from bids_vlm.analysis.networks import NULL_NOTE, STOP_AT, data_networks, enrichment
 from bids_vlm.analysis.spin import NOTE as SPIN_NOTE
 from bids_vlm.derivatives.io import write_json, write_tsv
 from bids_vlm.names import bids_name, desc_label
+from bids_vlm import brainmask
+from bids_vlm.analysis.hierarchy import preferred_depth
+from bids_vlm.analysis.lesion import FoldAssociation, network_lesions, COLUMNS
+from bids_vlm.brainmask import is_grayordinates
+from bids_vlm.derivatives.participant.common import output_model_name
+from bids_vlm.design.cleaning import load_cleaned, noise_path
+from bids_vlm.models.base import resolve_device
+from bids_vlm.stats.bnstore import layers, read_layer
 
 LOGGER = logging.getLogger("bids_vlm")
 
@@ -50,8 +59,6 @@ LESION_COLUMNS = {
 def unit_networks(mask, unit, config):
     """(network masks over the in-mask voxels or None, sidecar fields naming the atlas and both
     spaces). Logs a warning when the atlas does not fit the data's space."""
-    from bids_vlm.brainmask import is_grayordinates
-
     space = unit.space
     surface = is_grayordinates(mask)
     masks, atlases, problem = data_networks(config.networks.atlas, mask, space)
@@ -75,11 +82,6 @@ def write_enrichment(association_file, mask_file, unit, config, path) -> str:
     ``networks`` (JSON list), per layer ``<stream>/<layer>/<field>`` (N_layer, M) arrays of
     :func:`bids_vlm.analysis.networks.enrichment`'s fields (:data:`ENRICHMENT_FIELDS`), or
     attribute ``skipped`` (why: no atlas fits the data)."""
-    import h5py
-
-    from bids_vlm import brainmask
-    from bids_vlm.stats.bnstore import layers, read_layer
-
     masks, _, problem = data_networks(config.networks.atlas, brainmask.load(mask_file),
                                       unit.space)
     with h5py.File(association_file, "r") as assoc, h5py.File(path, "w") as out:
@@ -144,6 +146,7 @@ def network_enrichment(an_index, voxel_index, r, n_an: int, masks, config, group
 def layer_count(model: str, stream: str, layers) -> tuple:
     """(layers of the model's stream, where that number comes from): the model registry, else
     the highest recorded layer index + 1."""
+    # local import: loads torch; only for results without stored layer counts
     from bids_vlm.models import REGISTRY
 
     entry = REGISTRY.get(model)
@@ -156,8 +159,6 @@ def write_hierarchy(folder, ents, model, bests: dict, masks, fields, side) -> li
     """``_hierarchy.tsv``: per stream and network, the mean preferred depth.
 
     bests: {stream: ((V,) preferred layer, n_layers)}."""
-    from bids_vlm.analysis.hierarchy import preferred_depth
-
     frames = []
     for stream, (best, n_layers) in bests.items():
         frame = preferred_depth(best, n_layers, masks)
@@ -182,13 +183,6 @@ def compute_lesion(regressors_file, cleaned_files, association_file, encoding_fi
     "skipped" (why it did not run, or ""), "note", "fields" (atlas and spaces)};
     enrichment_file: :func:`write_enrichment`'s of the association (which networks are
     driven); device: where its refits run ("auto", "cpu", "cuda")."""
-    import h5py
-
-    from bids_vlm import brainmask
-    from bids_vlm.analysis.lesion import FoldAssociation, network_lesions
-    from bids_vlm.models.base import resolve_device
-    from bids_vlm.design.cleaning import load_cleaned, noise_path
-
     masks, atlases, problem = data_networks(config.networks.atlas, brainmask.load(mask_file),
                                             unit.space)
     fields = space_description(atlases, unit.space)
@@ -247,9 +241,6 @@ def _driven(enriched, masks) -> dict:
 def write_lesion(lesion_file, folder, ents, config, side) -> list:
     """``_lesion.tsv`` of one model from :func:`compute_lesion`'s JSON (nothing when the
     lesion could not run: atlas space, encoding skipped or no steps)."""
-    from bids_vlm.analysis.lesion import COLUMNS
-    from bids_vlm.derivatives.participant.common import output_model_name
-
     data = json.loads(Path(lesion_file).read_text())
     if data["skipped"]:
         return []
