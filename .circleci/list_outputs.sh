@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The sorted list of the files under a bids_vlm output directory, relative to it, with the time
 # stamp in the configuration logs' names replaced by <time> (the only names that change from run
-# to run). CircleCI diffs it against .circleci/demo_outputs.txt; so does tests/test_demo.py.
+# to run). CircleCI diffs it against .circleci/demo_outputs.txt; so does tests/e2e/test_demo.py.
 # Usage: bash .circleci/list_outputs.sh OUTPUT_DIR > outputs.txt
 set -euo pipefail
 cd "$1"

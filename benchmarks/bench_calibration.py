@@ -10,7 +10,7 @@ confounds; HRF-smoothed dense AN regressors; both sides cleaned as the pipeline 
 Ends with ``RESULT calibration_worst_fpr_ratio=<max over the rows that are a false-positive
 rate at 0.05 (voxelwise, paper mode, polarity) of FPR / 0.05 with the default settings> (target
 <= 1.2)``. Network enrichment under smooth null maps and the preferred layer under the null are
-measured by ``tests/test_networks.py`` and ``tests/test_ridge.py`` (figures in the README). Each figure is printed with its binomial standard
+measured by ``tests/analysis/test_networks.py`` and ``tests/encoding/test_ridge.py`` (figures in the README). Each figure is printed with its binomial standard
 error (pairs of a null simulation are close to independent: independent voxels and ANs).
 """
 from __future__ import annotations

@@ -38,7 +38,7 @@ for w in sys.argv[1:]: zipfile.ZipFile(w).extractall("/tmp/site")' .whl/*.whl
 import bids_vlm.models, bids_vlm.encoding.ridge; print("imports ok")'
     part cuda_check 170 "$PY" benchmarks/cuda_check.py --device "$DEVICE"
     part pytest_cuda 60 "$PY" -m pytest -q -x -p no:cacheprovider -k cuda -rs \
-        tests/test_association.py tests/test_models.py
+        tests/backends tests/stats/test_association.py tests/models/test_models.py
     part bench_association 60 "$PY" benchmarks/bench_association.py --device "$DEVICE" \
         --frames 1000 --ans 8192 --voxels 60000 --block-size 512 --mem-ans 1024 \
         --mem-voxels 200000

@@ -260,7 +260,6 @@ def _mapping(bm: axes.BrainModelAxis):
 
 def write_dscalar(path, maps, names, bm: axes.BrainModelAxis) -> Path:
     """Write ``maps`` (K, G) as ``path`` (``*.dscalar.nii``) through a temporary name."""
-
     if not str(path).endswith(".dscalar.nii"):
         raise ValueError(f"a dense scalar file name ends in .dscalar.nii, not {path}")
     with atomic_path(path) as tmp:

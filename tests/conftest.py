@@ -1,4 +1,9 @@
-"""Shared fixtures: generated datasets and the CLI run on them (made once per session)."""
+"""Shared fixtures: generated datasets and the CLI run on them (made once per session), and
+the marking of tests/e2e/ (the real command on whole datasets) as slow.
+
+Layout: ``tests/<package>/`` holds the unit tests of ``bids_vlm/<package>/`` (``base/``: the
+modules at the package's top level), ``tests/e2e/`` the runs of the ``bids_vlm`` command;
+``pytest -m "not slow"`` is the quick suite (the unit tests), ``pytest`` all of it."""
 from __future__ import annotations
 
 import os
@@ -15,6 +20,14 @@ from datagen import make_planted_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+# a Python program that takes the participant locks of its arguments and holds them until killed
+HOLDER = """
+import sys, time
+from bids_vlm import locks
+held = [locks.acquire(p, "sub-01") for p in sys.argv[1:]]
+print("locked", flush=True)
+time.sleep(600)
+"""
 
 
 def bids_vlm_command() -> str:
@@ -57,7 +70,7 @@ PLANTED_OPTIONS = ("--bn-definition", "marginal", "--banded-layers", "2", "last"
 def planted_outputs(planted_whole, tmp_path_factory):
     """The participant and group levels of the CLI run on the planted dataset with the ANs'
     whole regressors planted and --bn-definition marginal (the encoding models recover such
-    plants best; tests/test_cli.py::test_marginal_and_unique_bns_of_a_whole_regressor and the
+    plants best; tests/e2e/test_cli.py::test_marginal_and_unique_bns_of_a_whole_regressor and the
     ``planted`` fixture cover the default unique BNs)."""
     base = tmp_path_factory.mktemp("planted_out")
     out, work = base / "out", base / "work"
@@ -98,3 +111,23 @@ def occipital(tmp_path_factory):
     run_cli(data.root, out, "group", "-q", "-w", work, "--n-surrogates", "0",
             "--bn-definition", "marginal")
     return out
+
+
+@pytest.fixture(scope="module")
+def live_payloads(tmp_path_factory):
+    """A folder in which every code-running checkpoint payload of tests/weights.py was shown
+    to run when loaded without bids_vlm's checks (so a test that sees it refused proves
+    something)."""
+    from weights import prove_payloads_live  # torch: only for the tests that use it
+
+    return prove_payloads_live(tmp_path_factory.mktemp("guard"))
+
+
+E2E = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/e2e/ is slow (it runs the command on a dataset)."""
+    for item in items:
+        if E2E in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.slow)

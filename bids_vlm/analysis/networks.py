@@ -427,7 +427,6 @@ def _hypergeom_sf(k, total, good, draws, out):  # pragma: no cover - compiled
 def data_networks(spec: str, mask_img, space: str | None):
     """(network masks over the in-mask voxels or None, the atlases, why they do not fit the
     data's ``space`` or None) for ``--atlas`` ``spec``."""
-
     atlases = load_networks(spec, grayordinates=isinstance(mask_img, nib.Cifti2Image))
     problem = space_problem(atlases, space)
     return (None if problem else network_masks(atlases, mask_img)), atlases, problem

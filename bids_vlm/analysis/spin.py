@@ -73,7 +73,6 @@ class SurfaceGrid:
     def of(cls, bm) -> "SurfaceGrid":
         """The grid of brain models ``bm``; ValueError for a surface other than the 32k fs_LR
         cortex (the spheres shipped)."""
-
         spheres = _spheres()
         radius = max(np.linalg.norm(s, axis=1).max() for s in spheres.values())
         half = int(np.ceil(radius + SHELL)) + 1
@@ -124,7 +123,6 @@ class SurfaceGrid:
     def moves(self, n: int, rng) -> np.ndarray:
         """(n, 3, 3, 4): per move and part, the map from a row's lookup position to its
         source's (the inverse move)."""
-
         rot = random_rotations(n, rng)
         flip = np.diag([-1.0, 1.0, 1.0])
         out = np.zeros((n, 3, 3, 4))

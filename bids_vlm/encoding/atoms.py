@@ -72,7 +72,7 @@ def atom_glm(regressors: np.ndarray, voxels: np.ndarray, q: float = 0.05, n_remo
     Without ``noise_rho`` the frames are treated as independent: Var(beta_j) = sigma^2 |c_j|^2,
     sigma^2 = RSS / df, with c_j the row j of pinv([X, 1]). Under autocorrelated noise this is
     liberal (false-positive rate at 0.05: 0.115 / 0.192 / 0.256 for AR(1) 0.3 / 0.6 / 0.9 noise in
-    the simulation of tests/test_atoms.py).
+    the simulation of tests/encoding/test_atoms.py).
 
     With ``noise_rho`` (n_lags, V): each voxel's noise autocorrelation rho(1..n_lags) *before*
     the cleaning, estimated within runs from its detrended but otherwise uncleaned series,
@@ -90,7 +90,7 @@ def atom_glm(regressors: np.ndarray, voxels: np.ndarray, q: float = 0.05, n_remo
     matrix of the cleaned fit: M the cleaning projection, H the hat matrix of the cleaned
     regressors, m_k(H) = sum over an orthonormal basis u of the regressors of L_k(u) and
     m_k(M) = ``lag_traces[k]``. t_j = beta_j / sqrt(Var(beta_j)); p from the t distribution with
-    the df above. Calibrated in simulation (tests/test_atoms.py: 2 runs x 150 frames, 8 atoms, 24
+    the df above. Calibrated in simulation (tests/encoding/test_atoms.py: 2 runs x 150 frames, 8 atoms, 24
     lags; false-positive rate at 0.05 0.051 / 0.052 / 0.049 at AR(1) 0.3 / 0.6 / 0.9; 4 runs x 250
     frames, 64 atoms: 0.050 / 0.050 / 0.049, also with each run z-scored as clean_signals does).
     The normal instead of the t gave 0.001 more; a per-voxel effective df (df / (1 + 2 sum_k

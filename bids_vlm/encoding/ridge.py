@@ -36,7 +36,7 @@ variance of the pooled r is Var_folds plus a cross-fold covariance that is at mo
 otherwise (simulated null voxels, AR(1) 0.6 noise, confounds and DCT cleaning, 2-3 runs:
 with Var_folds alone z has SD 1.41 and a one-sided false-positive rate of 0.12 at 0.05; with
 2 Var_folds, SD 0.96-0.99 and 0.044-0.049 for 40-800 features, 0.040 for 10; a prediction
-fixed in advance, with Var_folds, 0.049; ``tests/test_ridge.py``).
+fixed in advance, with Var_folds, 0.049; ``tests/encoding/test_ridge.py``).
 z = atanh(r) sqrt(1 / Var(r) - 3), one-sided (r > 0).
 
 Preferred layer (:func:`preferred_layer`): the layer with the highest held-out r, kept only

@@ -163,7 +163,6 @@ def batch_size(runs, folds, n_alphas: int, max_inner_folds: int, limit: int, dev
     """Voxels per batch: at most ``limit``, and the stacked inner predictions of the largest
     inner test set (n_alphas x its frames x voxels) within the device's budget (a few MiB on
     the CPU, where the batch then stays in cache for the scores that follow each product)."""
-
     rows = max(len(te) for k in folds for _, te in inner_splits(
         [r for i, r in enumerate(runs) if i != k], max_inner_folds))
     return int(max(256, min(limit, _BUDGET[torch.device(device).type] // (n_alphas * rows))))
@@ -233,7 +232,6 @@ def reference_fold_predict(x, y, runs, k: int, alphas, max_inner_folds=5,
     """Fold k fitted by himalaya (``RidgeCV``, or ``KernelRidgeCV`` with a linear kernel when
     F > the training frames) under the active himalaya backend, with the same inner splits:
     the reference :class:`Fold` reproduces. Returns the prediction (n_k, V) and alphas (V,)."""
-
     bk = get_backend()
     train_runs = [r for i, r in enumerate(runs) if i != k]
     train = np.concatenate(train_runs)
