@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bids_vlm.stats.autocorr import bartlett_weights, default_lags, row_autocorrelations
 from scipy import special
 
+from bids_vlm.stats.autocorr import bartlett_weights, default_lags, row_autocorrelations
+from bids_vlm.stats.backends import get_backend
 from bids_vlm.stats.blockscan import (CANDIDATE_FRACTION, CHUNK, Accumulator, BlockScanner,
                                          Voxels, pad_voxels, u_threshold)
 from bids_vlm.stats.fdr import bh_sorted, bh_z_thresholds
@@ -39,10 +40,6 @@ from bids_vlm.progress import progress as progress_bar
 
 AUTOCORR_METHODS = ("exact", "bartlett", "none")
 FDR_SCOPES = ("selective", "an", "all")  # two-stage over ANs then voxels; per AN; all pairs
-TILE = 2048  # voxels per tile on the CPU (a tile's statistics stay in cache)
-TILE_CUDA = 65536  # on a GPU, fewer and larger tiles
-PREP_CHUNK = 256  # voxels normalised (and their autocorrelations computed) at a time
-PREP_CHUNK_CUDA = 8192  # on a GPU, fewer and larger chunks
 # bytes per AN x voxel element of a tile (r, |r|, factors, scratch, chunks read back), of the
 # block (u; per chunk its maximum, AN and first voxel), per candidate entry, per frame x AN of
 # the block, and per worker for torch / MKL workspaces and the exact z of 65536 candidates
@@ -95,40 +92,35 @@ def normalize_columns(x, chunk: int = 65536) -> torch.Tensor:
     return out
 
 
-def default_workers(device="cpu") -> int:
-    """Blocks scanned at once: torch's thread count on the CPU, 1 on a GPU."""
-    return max(1, torch.get_num_threads()) if torch.device(device).type == "cpu" else 1
-
-
 def memory_bound(n_frames: int, n_an: int, n_vox: int, block_size: int,
-                 candidate_fraction: float = CANDIDATE_FRACTION, tile: int = TILE,
+                 candidate_fraction: float = CANDIDATE_FRACTION, device="cpu",
                  workers: int | None = None, n_lags: int | None = None) -> int:
     """Upper bound (bytes) of the association's working memory, significant entries aside.
 
     The float32 inputs, the normalised voxels and their autocorrelations (or noise factors, whose
-    float64 temporaries count too), and for each of the
-    ``workers`` (default: :func:`default_workers` of the device ``tile`` is for) a block's
-    screening statistic, tile temporaries, normalised regressors and candidates (at most
+    float64 temporaries count too), and for each of the ``workers`` (default: those of the
+    :class:`~bids_vlm.stats.backends.Backend` of ``device``) a block's screening statistic,
+    tile temporaries, normalised regressors and candidates (at most
     ``candidate_fraction`` of the block's entries; more only when BH's bound stalls above it).
     """
-    workers = workers or default_workers("cpu" if tile == TILE else "cuda")
+    backend = get_backend(device)
+    workers = workers or backend.workers()
     n_pad = pad_voxels(n_vox)
     n_lags = n_lags or default_lags([n_frames])
     inputs = 4 * n_frames * (n_an + n_vox) + 4 * (n_frames + n_lags + 1) * n_pad
     inputs += 4 * 8 * (n_lags + 1) * n_vox  # the exact method's noise factors, in float64
-    per_an = (n_pad * _BLOCK_BYTES + min(tile, n_pad) * _TILE_BYTES + n_frames * _FRAME_BYTES
-              + n_vox * candidate_fraction * _CANDIDATE_BYTES)
-    prep = PREP_CHUNK if tile == TILE else PREP_CHUNK_CUDA
-    per_worker = 12 * n_pad + _FRAME_BYTES * n_frames * prep + _WORKER_BYTES
+    per_an = (n_pad * _BLOCK_BYTES + min(backend.tile, n_pad) * _TILE_BYTES
+              + n_frames * _FRAME_BYTES + n_vox * candidate_fraction * _CANDIDATE_BYTES)
+    per_worker = 12 * n_pad + _FRAME_BYTES * n_frames * backend.prep_chunk + _WORKER_BYTES
     return int(inputs + workers * (block_size * per_an + per_worker))
 
 
 def block_size_for_memory(mem_bytes: int, n_frames: int, n_an: int, n_vox: int,
-                          tile: int = TILE, workers: int | None = None) -> int:
-    """The largest AN block (at least 1) whose :func:`memory_bound` fits in ``mem_bytes``
-    (``tile``: the voxel tile of the device, :data:`TILE` or :data:`TILE_CUDA`)."""
-    fixed = memory_bound(n_frames, n_an, n_vox, 0, tile=tile, workers=workers)
-    per_an = memory_bound(n_frames, n_an, n_vox, 1, tile=tile, workers=workers) - fixed
+                          device="cpu", workers: int | None = None) -> int:
+    """The largest AN block (at least 1) whose :func:`memory_bound` on ``device`` fits in
+    ``mem_bytes``."""
+    fixed = memory_bound(n_frames, n_an, n_vox, 0, device=device, workers=workers)
+    per_an = memory_bound(n_frames, n_an, n_vox, 1, device=device, workers=workers) - fixed
     if mem_bytes - fixed < per_an:
         raise MemoryError(f"--mem {mem_bytes / 2**20:.0f} MiB is too little for {n_frames} "
                           f"frames x ({n_an} ANs + {n_vox} voxels): at least "
@@ -146,7 +138,7 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     several layers; it must have been given the same run_lengths, autocorr, n_lags, device and
     n_removed). run_lengths: frames per run (sum T); default one run. Both inputs are normalised
     (centred, unit norm over all frames), so r is their inner product. workers: blocks scanned
-    at once (default :func:`default_workers`); blocks are smaller than ``block_size`` when there
+    at once (default: the device's :class:`~bids_vlm.stats.backends.Backend`); blocks are smaller than ``block_size`` when there
     would be fewer blocks than workers. fdr_scope: ``"selective"`` (default), BH per AN at q,
     then the two-stage selective procedure over the layer's ANs
     (:data:`bids_vlm.stats.inference.FDR_TEXT`); ``"an"``,
@@ -163,8 +155,8 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     n_frames, n_an = regressors.shape
     n_dof, run_lengths = _check(regressors.shape[0], voxels, run_lengths, autocorr, fdr_scope,
                                 n_removed)
-    dev = torch.device(device)
-    workers = workers or default_workers(dev)
+    dev, backend = torch.device(device), get_backend(device)
+    workers = workers or backend.workers()
     block = max(1, min(block_size, -(-n_an // workers)))
     n_lags = (n_lags or default_lags(run_lengths)) if autocorr != "none" else None
     starts = range(0, n_an, block)
@@ -182,8 +174,8 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
         def run(method, *args):
             def job(start):
                 if not hasattr(local, "scanner"):
-                    local.scanner = BlockScanner(vox, block, TILE if dev.type == "cpu" else
-                                                 TILE_CUDA, zcrit)
+                    local.scanner = BlockScanner(vox, block, backend.tile, zcrit,
+                                                 fused=backend.compiled)
                     scanners.append(local.scanner)
                 xb, acf_b = _prepare_block(regressors[:, start:start + block], run_lengths,
                                            n_lags, dev, n_dof, autocorr)
@@ -210,7 +202,7 @@ def prepare_voxels(voxels, run_lengths=None, autocorr="exact", n_lags=None, devi
     n_lags = (n_lags or default_lags(run_lengths)) if autocorr != "none" else None
     noise = noise_model(voxels, autocorr, run_lengths, n_lags, n_removed, noise_sums, lag_traces)
     dev = torch.device(device)
-    with _pool(workers or default_workers(dev)) as imap:
+    with _pool(workers or get_backend(dev).workers()) as imap:
         return _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof, noise)
 
 
@@ -302,7 +294,7 @@ def _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof=0, noise=None)
         acf = torch.zeros(n_pad, n_lags + 1, device=dev)
         acf[:, -1] = 1.0
 
-    step = PREP_CHUNK if dev.type == "cpu" else PREP_CHUNK_CUDA
+    step = get_backend(dev).prep_chunk
 
     def prepare(start):
         stop = min(start + step, n_vox)
@@ -328,7 +320,7 @@ def _rows_acf(cols, run_lengths, n_lags, dev, rows=None, acf=None):
     rows = torch.empty(n, cols.shape[0], device=dev) if rows is None else rows
     if n_lags is not None and acf is None:
         acf = torch.empty(n, n_lags, device=dev)
-    if dev.type == "cpu":
+    if get_backend(dev).compiled:
         prepare_rows(cols, run_lengths, rows.numpy(), None if n_lags is None else acf.numpy())
     else:
         rows.copy_(_rows(cols, dev=dev))

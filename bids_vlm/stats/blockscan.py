@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from bids_vlm.stats import fdr, kernels
+from bids_vlm.stats.backends import get_backend
 from bids_vlm.stats.fdr import bh_select, p_from_z
 from bids_vlm.stats.kernels import CHUNK, NO_FACTORS, F32_SHIFT, rank_bins, tile_stats
 
@@ -88,7 +89,7 @@ class BlockScanner:
                  fused: bool | None = None):
         dev, n_pad = vox.y.device, vox.y.shape[0]
         self.vox, self.tile, self.zcrit = vox, min(tile, n_pad), zcrit
-        self.fused = dev.type == "cpu" if fused is None else fused  # one compiled pass per tile
+        self.fused = get_backend(dev).compiled if fused is None else fused  # compiled pass
         self.n_frames = vox.n_dof or vox.y.shape[1]  # degrees of freedom of the frames
         zz = zcrit.double().square() * (1.0 - SLACK)
         self.u_crit = torch.cat([zz, zz.new_full((1,), float("inf"))]).float()  # [k-1]; [-1]: inf

@@ -7,8 +7,7 @@ import h5py
 from bids_vlm.design.cleaning import load_cleaned, pooled_noise_sums
 from bids_vlm.errors import ResourceError
 from bids_vlm.models.base import resolve_device
-from bids_vlm.stats.association import (TILE, TILE_CUDA, block_size_for_memory,
-                                        method_description, prepare_voxels)
+from bids_vlm.stats.association import block_size_for_memory, method_description, prepare_voxels
 from bids_vlm.stats.bnstore import ENTRY_FIELDS, pack, write_layer
 from bids_vlm.stats.unique import layer_association, mean_abs_r
 
@@ -24,8 +23,7 @@ def block_for_memory(mem_gb: float, block_size: int, x_shape, prepared, bn_defin
     spare = prepared.y.numel() * 4 if bn_definition == "unique" else 0
     try:
         return block_size_for_memory(int(mem_gb * 2**30) - spare, x_shape[0], x_shape[1],
-                                     prepared.n_vox,
-                                     tile=TILE if device.type == "cpu" else TILE_CUDA)
+                                     prepared.n_vox, device=device)
     except MemoryError as exc:
         raise ResourceError(str(exc)) from exc
 
