@@ -21,7 +21,8 @@ from bids_vlm.config import ModelConfig
 from bids_vlm.inputs.stimuli import unique_items
 from bids_vlm.models import hfclip, meter, openclip
 from bids_vlm.models.cache import ActivationCache, settings_key, weights_digest
-from bids_vlm.models.base import query_key_product, recording, resolve_device, to_numpy
+from bids_vlm.models.base import (ModelAdapter, query_key_product, recording, resolve_device,
+                                  to_numpy)
 from bids_vlm.names import an_id
 from bids_vlm.progress import progress as progress_bar
 
@@ -134,8 +135,8 @@ def check_selection(models, streams, layers):
                              f"(layers 0-{max(entry.streams[s][0] for s in chosen) - 1})")
 
 
-def load_model(name: str, config: ModelConfig):
-    """Load a registered model on the CPU, in eval mode."""
+def load_model(name: str, config: ModelConfig) -> ModelAdapter:
+    """Load a registered model (or a spec) on the CPU, in eval mode."""
     if name.startswith(hfclip.PREFIX):
         return hfclip.load_hf_clip(name)
     if name.startswith(openclip.PREFIX):
@@ -150,8 +151,8 @@ def select_layers(n_layers: int, layers: tuple) -> list[int]:
     return list(range(n_layers)) if not layers else [i for i in layers if 0 <= i < n_layers]
 
 
-def extract(model, items_by_stream: dict, config: ModelConfig, progress=True, device="auto",
-            batch_size=16) -> dict:
+def extract(model: ModelAdapter, items_by_stream: dict, config: ModelConfig, progress=True,
+            device="auto", batch_size=16) -> dict:
     """Pooled AN activations for every stimulus, ``batch_size`` at a time on ``device``
     ("auto": CUDA when present).
 
@@ -182,8 +183,8 @@ def extract(model, items_by_stream: dict, config: ModelConfig, progress=True, de
 
 def _forward_groups(model, items_by_stream) -> list[list[str]]:
     """Streams with items, grouped when the model records them in one forward pass over the
-    same items (``model.forward_key``; each stream alone when the model has none)."""
-    key_of = getattr(model, "forward_key", lambda stream: stream)
+    same items (``model.forward_key``)."""
+    key_of = model.forward_key
     groups: dict = {}
     for stream, items in items_by_stream.items():
         if items:
@@ -191,7 +192,7 @@ def _forward_groups(model, items_by_stream) -> list[list[str]]:
     return list(groups.values())
 
 
-def extract_cached(model, items_by_stream: dict, config: ModelConfig, cache_root,
+def extract_cached(model: ModelAdapter, items_by_stream: dict, config: ModelConfig, cache_root,
                    progress=True, device="auto", batch_size=16) -> tuple[dict, int]:
     """:func:`extract` through the on-disk :class:`~bids_vlm.models.cache.ActivationCache`
     (device and batch_size: how the missing stimuli are run, as there).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -27,6 +28,39 @@ class StreamSpec:
     name: str
     n_layers: int
     width: int
+
+
+@runtime_checkable
+class ModelAdapter(Protocol):
+    """What the recording code (:func:`bids_vlm.models.extract`) needs of a model; open_clip's
+    CLIPs (:class:`~bids_vlm.models.openclip.OpenClipModel`), transformers' CLIPs
+    (:class:`~bids_vlm.models.hfclip.HFClipModel`) and METER
+    (:class:`~bids_vlm.models.meter.MeterModel`) each adapt theirs to it.
+
+    name: the model's name; module: its torch module (moved to the device while recording);
+    streams: {stream: :class:`StreamSpec`}.
+    """
+
+    name: str
+    module: torch.nn.Module
+    streams: dict
+
+    def layer_modules(self, stream: str, kind: str = "ffn") -> dict:
+        """{layer index: the module whose call gives the layer's ANs} (``ffn``: the FFN
+        activation, its output; ``attn``: the attention, q * k from its inputs)."""
+
+    def batch_first(self, stream: str) -> bool:
+        """Whether the stream's hidden states are (B, L, D) rather than (L, B, D)."""
+
+    def prepare(self, stream: str, items: list, device) -> tuple:
+        """(model inputs of a batch of ``items``, (B, L) valid-token mask, (B,) index of the
+        pooled token), on ``device``."""
+
+    def forward(self, stream: str, inputs):
+        """Run the module on prepared inputs (the hooks record the ANs)."""
+
+    def forward_key(self, stream: str) -> str:
+        """Streams with the same key are recorded in one forward pass over the same items."""
 
 
 AN_KINDS = ("ffn", "attn")

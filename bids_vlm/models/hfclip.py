@@ -85,6 +85,11 @@ class HFClipModel:
         last = valid.sum(1) - 1
         return {k: v.to(device) for k, v in enc.items()}, valid, last
 
+    @staticmethod
+    def forward_key(stream) -> str:
+        """Each tower is run on its own."""
+        return stream
+
     def forward(self, stream, inputs):
         if stream == "image":
             return self.module.get_image_features(pixel_values=inputs)

@@ -80,6 +80,11 @@ class OpenClipModel:
     def _image(self, item):
         return self.frames.image(item) if is_frame_item(item) else load_image(item)
 
+    @staticmethod
+    def forward_key(stream) -> str:
+        """Each tower is run on its own."""
+        return stream
+
     def forward(self, stream, inputs):
         if stream == "image":
             return self.module.encode_image(inputs)

@@ -11,7 +11,7 @@ import torch
 from bids_vlm.config import ModelConfig
 from bids_vlm.errors import WeightsNotFoundError
 from bids_vlm.models import extract, load_model
-from bids_vlm.models.base import hooks_attached
+from bids_vlm.models.base import ModelAdapter, hooks_attached
 from datagen import make_images
 from weights import write_tiny_hf_clip
 
@@ -31,6 +31,7 @@ def images(tmp_path_factory):
 
 def test_loads_from_a_directory_with_documented_shapes(hf_dir, images):
     model = load_model(f"hf-clip:{hf_dir}", ModelConfig())
+    assert isinstance(model, ModelAdapter) and model.forward_key("text") == "text"
     assert {s: (v.n_layers, v.width) for s, v in model.streams.items()} == \
         {"image": (3, 128), "text": (3, 128)}
     acts = extract(model, {"image": images, "text": TEXTS}, ModelConfig(), progress=False)

@@ -13,7 +13,7 @@ from datagen import make_images
 from bids_vlm.config import ModelConfig
 from bids_vlm.errors import DataError, WeightsNotFoundError
 from bids_vlm.models import REGISTRY, an_ids, extract, load_model, select_layers
-from bids_vlm.models.base import hooks_attached, pool_tokens
+from bids_vlm.models.base import ModelAdapter, hooks_attached, pool_tokens
 from bids_vlm.models.openclip import find_weights, load_openai_clip
 
 TEXTS = ["a photo of a face", "a photo of a house", "a small red chair"]
@@ -28,6 +28,17 @@ def tiny():
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("stim")
     return [str(folder / n) for n in make_images(folder, n=3)]
+
+
+def test_every_adapter_follows_the_protocol(tiny):
+    """tiny-clip (open_clip) and tiny-meter here; a transformers CLIP in test_hfclip."""
+    meter = load_model("tiny-meter", ModelConfig())
+    for model in (tiny, meter):
+        assert isinstance(model, ModelAdapter)
+        assert all(model.forward_key(s) for s in model.streams)
+    assert meter.forward_key("cross-image") == meter.forward_key("cross-text") == "pair"
+    assert tiny.forward_key("image") != tiny.forward_key("text")
+    assert not isinstance(object(), ModelAdapter)
 
 
 def test_tiny_clip_shapes(tiny, images):
