@@ -206,7 +206,8 @@ def _run_participant_locked(held, bids_dir, output_dir, config, runs, fingerprin
     execution_dir = work / "execution"  # read by the nodes; not in their caches
     for subject in sorted({u.subject for u in units}):
         write_execution(execution_dir / f"sub-{subject}", execution)
-    wf = init_participant_wf(units, bids_dir, output_dir, work, config,
+    wf = init_participant_wf(units=units, bids_dir=bids_dir, output_dir=output_dir,
+                             work_dir=work, config=config,
                              skipped_units=skipped_units, execution_dir=execution_dir)
     _run(wf, output_dir, execution)
     subjects = sorted({u.subject for u in units})
@@ -272,7 +273,7 @@ def run_group(bids_dir, output_dir, config: AnalysisConfig, work_dir=None,
         _remove_stale_temporaries(output_dir, "group")
         write_config_log(output_dir, config, "group",
                          {"bids_dir": str(bids_dir), "output_dir": str(output_dir)}, execution)
-        wf = init_group_wf(output_dir, work, config)
+        wf = init_group_wf(output_dir=output_dir, work_dir=work, config=config)
         _run(wf, output_dir, execution)
     return [output_dir / "group.html"]
 

@@ -21,7 +21,15 @@ def group_report_node(written, output_dir, config_json):
     return str(group_report(output_dir, from_json(config_json)))
 
 
-def init_group_wf(output_dir, work_dir, config: AnalysisConfig, name="bids_vlm_group"):
+def init_group_wf(*, output_dir, work_dir, config: AnalysisConfig, name="bids_vlm_group"):
+    """The group-level graph: ``group_maps`` (the participants' maps and tables combined under
+    ``<output_dir>/group/``) -> ``group_report`` (``<output_dir>/group.html``).
+
+    Parameters: output_dir, the derivatives folder the participant level wrote (read and
+    written); work_dir, Nipype's base directory; config, the
+    :class:`~bids_vlm.config.AnalysisConfig` the report describes. No input node: the inputs
+    are set on the nodes; ``group_report``'s output is the report's path.
+    """
     wf = pe.Workflow(name=name, base_dir=str(work_dir))
     maps = pe.Node(Function(input_names=["output_dir"], output_names=["out"],
                             function=group_maps_node), name="group_maps")

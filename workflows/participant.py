@@ -80,14 +80,35 @@ def model_tags(models) -> dict:
     return tags
 
 
-def init_participant_wf(units, bids_dir, output_dir, work_dir, config: AnalysisConfig,
+def init_participant_wf(*, units, bids_dir, output_dir, work_dir, config: AnalysisConfig,
                         name="bids_vlm_participant", skipped_units=None, execution_dir=None):
-    """The graph for all units of the selected participants. skipped_units: {unit label: why}
-    of the units left out before the graph (their participant's report lists them).
-    execution_dir: the folder of each participant's ``sub-<label>`` folder
-    (:func:`bids_vlm.config.write_execution`), read by the nodes that need the device, batch,
-    block or memory settings when they run; its path, not its content, enters the node
-    caches (None: the defaults of :class:`bids_vlm.config.Execution`)."""
+    """The participant-level graph of all the selected participants' analysis units.
+
+    Parameters
+    ----------
+    units : list of :class:`~bids_vlm.inputs.units.AnalysisUnit`
+        Each gets the nodes of the module's graph (node names end with the unit's entities,
+        and with the model's tag for the per-model nodes).
+    bids_dir, output_dir, work_dir : path
+        The dataset, the derivatives folder written, Nipype's base directory.
+    config : :class:`~bids_vlm.config.AnalysisConfig`
+        What changes results; every node gets it as JSON, with the unit's input fingerprint,
+        so that a changed input reruns the unit's nodes.
+    skipped_units : dict
+        {unit label: why} of the units left out before the graph (their participant's report
+        lists them).
+    execution_dir : path
+        The folder of each participant's ``sub-<label>`` folder
+        (:func:`bids_vlm.config.write_execution`), read when they run by the nodes that need
+        the device, batch, block or memory settings; its path, not its content, enters the
+        node caches (None: the defaults of :class:`bids_vlm.config.Execution`).
+
+    Inputs and outputs
+    ------------------
+    The graph has no input node: every input is set on its nodes. It writes the derivatives of
+    each unit (node ``outputs_<unit>``: their paths) and of each participant the report
+    ``<output_dir>/sub-<label>.html`` (node ``report_sub_<label>``: its path).
+    """
     wf = pe.Workflow(name=name, base_dir=str(work_dir))
     cfg = node_config(config)
     per_subject = OrderedDict()

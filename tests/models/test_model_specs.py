@@ -63,8 +63,9 @@ def test_participant_graph_with_specs_has_valid_distinct_node_names(tmp_path):
                   mask=None, confounds=None, space="MNI152NLin2009cAsym", preprocessed=True,
                   fingerprint="x")
     models = ("tiny-clip", *SPECS, SPECS[0])  # a model named twice is recorded once
-    wf = init_participant_wf(analysis_units([run]), tmp_path, tmp_path / "out",
-                             tmp_path / "work", AnalysisConfig(model=ModelConfig(models=models)))
+    wf = init_participant_wf(units=analysis_units([run]), bids_dir=tmp_path,
+                             output_dir=tmp_path / "out", work_dir=tmp_path / "work",
+                             config=AnalysisConfig(model=ModelConfig(models=models)))
     extract = {wf.get_node(n).inputs.model_name: n for n in wf.list_node_names()
                if n.startswith("extract_")}
     assert sorted(extract) == sorted({"tiny-clip", *SPECS})

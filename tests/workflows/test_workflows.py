@@ -91,8 +91,8 @@ def test_sessions_pooled_or_separate(caplog):
 def participant_wf(tmp_path):
     units = analysis_units([_run("01", 1), _run("01", 2), _run("02", 1)])
     config = AnalysisConfig(model=ModelConfig(models=("tiny-clip",)))
-    wf = init_participant_wf(units, tmp_path / "bids", tmp_path / "out", tmp_path / "work",
-                             config)
+    wf = init_participant_wf(units=units, bids_dir=tmp_path / "bids", output_dir=tmp_path / "out",
+                             work_dir=tmp_path / "work", config=config)
     return wf, units, config, tmp_path
 
 
@@ -209,7 +209,8 @@ def test_participant_wf_connections(participant_wf):
 def test_participant_wf_two_models(tmp_path):
     units = analysis_units([_run("01", 1)])
     config = AnalysisConfig(model=ModelConfig(models=("tiny-clip", "clip-vit-b-32")))
-    wf = init_participant_wf(units, tmp_path, tmp_path / "out", tmp_path / "work", config)
+    wf = init_participant_wf(units=units, bids_dir=tmp_path, output_dir=tmp_path / "out",
+                             work_dir=tmp_path / "work", config=config)
     names = set(wf.list_node_names())
     tag = "sub_01_tas_view_spa_MNI152NLin2009cAsym"
     for model in ("tiny_clip", "clip_vit_b_32"):
@@ -224,7 +225,8 @@ def test_participant_wf_two_models(tmp_path):
 def test_no_lesion_node_without_steps_or_encoding(tmp_path, change):
     units = analysis_units([_run("01", 1)])
     config = dataclasses.replace(AnalysisConfig(), **change)
-    wf = init_participant_wf(units, tmp_path, tmp_path / "out", tmp_path / "work", config)
+    wf = init_participant_wf(units=units, bids_dir=tmp_path, output_dir=tmp_path / "out",
+                             work_dir=tmp_path / "work", config=config)
     assert not [n for n in wf.list_node_names() if n.startswith("lesion")]
     outputs = wf.get_node("outputs_sub_01_tas_view_spa_MNI152NLin2009cAsym")
     assert outputs.inputs.lesion_files == []
@@ -235,11 +237,12 @@ def test_save_cleaned_node_only_with_the_option(tmp_path):
 
     units = analysis_units([_run("01", 1), _run("01", 2)])
     tag = "sub_01_tas_view_spa_MNI152NLin2009cAsym"
-    wf = init_participant_wf(units, tmp_path, tmp_path / "out", tmp_path / "work",
-                             AnalysisConfig())
+    wf = init_participant_wf(units=units, bids_dir=tmp_path, output_dir=tmp_path / "out",
+                             work_dir=tmp_path / "work", config=AnalysisConfig())
     assert not [n for n in wf.list_node_names() if n.startswith("save_cleaned")]
     config = AnalysisConfig(bold=BoldConfig(save_cleaned=True))
-    wf = init_participant_wf(units, tmp_path, tmp_path / "out", tmp_path / "work", config)
+    wf = init_participant_wf(units=units, bids_dir=tmp_path, output_dir=tmp_path / "out",
+                             work_dir=tmp_path / "work", config=config)
     node = wf.get_node(f"save_cleaned_{tag}")
     assert node.interface.inputs.function_str == inspect.getsource(nodes.save_cleaned_node)
     assert node.overwrite  # it writes into the output folder
@@ -253,7 +256,7 @@ def test_save_cleaned_node_only_with_the_option(tmp_path):
 
 def test_group_wf(tmp_path):
     config = AnalysisConfig()
-    wf = init_group_wf(tmp_path / "out", tmp_path / "work", config)
+    wf = init_group_wf(output_dir=tmp_path / "out", work_dir=tmp_path / "work", config=config)
     assert wf.name == "bids_vlm_group"
     assert set(wf.list_node_names()) == {"group_maps", "group_report"}
     maps, report = wf.get_node("group_maps"), wf.get_node("group_report")
@@ -277,3 +280,12 @@ def test_nodes_are_thin():
         body = func.body[1:] if isinstance(func.body[0], ast.Expr) else func.body
         lines = source.splitlines()[body[0].lineno - 1:func.end_lineno]
         assert len([line for line in lines if line.strip()]) <= 20, func.name
+
+
+def test_workflow_factories_take_keywords_only(tmp_path):
+    """As fMRIPrep's init_*_wf: a positional call is a TypeError, not a silent mix-up of the
+    output and work folders."""
+    with pytest.raises(TypeError):
+        init_participant_wf([], tmp_path, tmp_path / "out", tmp_path / "work", AnalysisConfig())
+    with pytest.raises(TypeError):
+        init_group_wf(tmp_path / "out", tmp_path / "work", AnalysisConfig())
