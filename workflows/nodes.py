@@ -153,7 +153,7 @@ def enrich_node(association_file, mask_file, unit_json, config_json):
     import os
 
     from bids_vlm.config import from_json
-    from bids_vlm.derivatives.participant.networks import write_enrichment
+    from bids_vlm.analysis.layers import write_enrichment
     from bids_vlm.inputs.units import unit_from_json
 
     return write_enrichment(association_file, mask_file, unit_from_json(unit_json),
@@ -169,7 +169,7 @@ def lesion_node(regressors_file, cleaned_files, association_file, encoding_file,
     from pathlib import Path
 
     from bids_vlm.config import from_json, read_execution
-    from bids_vlm.derivatives.participant.networks import compute_lesion
+    from bids_vlm.analysis.layers import compute_lesion
     from bids_vlm.inputs.units import unit_from_json
 
     result = compute_lesion(regressors_file, cleaned_files, association_file, encoding_file,

@@ -7,20 +7,15 @@ import dataclasses
 import json
 import logging
 
-import h5py
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 
-from bids_vlm.analysis.grids import VoxelGrid
-from bids_vlm.analysis.networks import NetworkMasks
 from bids_vlm.config import AnalysisConfig, NetworkConfig
 from bids_vlm.inputs.bids import RunSpec
 from bids_vlm.inputs.units import AnalysisUnit, unit_from_json
-from bids_vlm.stats.bnstore import LayerBNs, pack
-from bids_vlm.derivatives.participant.networks import (_driven, layer_count, network_enrichment,
-                                           read_enrichment, store_enrichment, unit_networks)
+from bids_vlm.derivatives.participant.networks import layer_count, unit_networks
 from conftest import run_cli
 from datagen import Plant, make_planted_dataset
 
@@ -48,36 +43,6 @@ def test_native_space_without_user_atlas_warns_and_skips(caplog, tmp_path):
     off = AnalysisConfig(networks=NetworkConfig(n_surrogates=0))
     text = unit_networks(_mask(), dataclasses.replace(unit, space="MNI152NLin2009cAsym"), off)[1]["Networks"]
     assert "hypergeometric" in text and "spatial null" not in text
-
-
-def test_lesion_drivers_use_the_spatial_null_per_layer(tmp_path):
-    """A planted image AN fills 80% of network A (a patch at the surface of a ball 'brain';
-    p about 1/1000: a few moves of the atlas put A back where it was); the other ANs have BNs
-    at random. Only the planted AN drives a network (BH per layer: stream, layer)."""
-    rng = np.random.default_rng(0)
-    ijk = np.indices((20, 20, 20)).reshape(3, -1).T
-    ijk = ijk[np.linalg.norm(ijk - 9.5, axis=1) <= 9.5]
-    a = np.linalg.norm(ijk - [19, 9.5, 9.5], axis=1) <= 4.5
-    masks = NetworkMasks({"A": a, "B": np.linalg.norm(ijk - [0, 9.5, 9.5], axis=1) <= 4.5})
-    masks.grid = VoxelGrid(ijk, np.diag([3.0, 3.0, 3.0, 1.0]), (20, 20, 20))
-    image_vox = [rng.choice(np.flatnonzero(a), int(0.8 * a.sum()), replace=False)]
-    image_vox += [rng.choice(len(ijk), 60, replace=False) for _ in range(3)]
-    text_vox = [rng.choice(len(ijk), 60, replace=False) for _ in range(50)]
-    with h5py.File(tmp_path / "enrichment.h5", "w") as h5:  # as write_enrichment stores it
-        h5.attrs["networks"] = json.dumps(list(masks))
-        for stream, v in (("image", image_vox), ("text", text_vox)):
-            an, vox = np.repeat(np.arange(len(v)), [len(x) for x in v]), np.concatenate(v)
-            packed = pack(an, vox, np.full(len(an), 0.5), np.ones(len(an)), np.ones(len(an)),
-                          len(v), keep=0)
-            an, vox, sign = LayerBNs(packed["bn_indptr"], packed["bn_voxel"]).entries()
-            result = network_enrichment(an, vox, sign, len(v), masks, AnalysisConfig(), None)
-            store_enrichment(h5, f"{stream}/03", result)
-        assert _driven(h5, masks) == {"A": {"image"}, "B": set()}
-        image, text = read_enrichment(h5, "image", "03"), read_enrichment(h5, "text", "03")
-    assert image["A"]["drives"].tolist() == [True, False, False, False]
-    for net in ("A", "B"):  # read back as computed
-        for field, value in result[net].items():
-            np.testing.assert_array_equal(text[net][field], value)
 
 
 def test_layer_count():

@@ -1,5 +1,5 @@
 """The Nipype graphs (workflows/participant.py, workflows/group.py); the import direction is
-tests/base/test_layers.py's."""
+tests/base/test_imports.py's."""
 from __future__ import annotations
 
 import dataclasses

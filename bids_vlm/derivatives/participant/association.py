@@ -25,7 +25,7 @@ from bids_vlm.derivatives.participant.common import (
     output_model_name,
 )
 from bids_vlm.analysis.summaries import modality_specificity
-from bids_vlm.derivatives.participant.networks import read_enrichment, network_enrichment
+from bids_vlm.analysis.layers import network_enrichment, read_enrichment
 from bids_vlm.derivatives.participant.summaries import write_layer_summaries, write_redundancy_maps
 
 
@@ -33,9 +33,10 @@ def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config,
                               networks=(None, {}), enrichment_file=None) -> list:
     """One model's per-layer maps, per-stream redundancy maps, neuron, network and layer
     tables, and compact BN file. ijk: (V, 3) the in-mask voxels; networks: (masks or None,
-    sidecar fields) of :func:`bids_vlm.derivatives.participant.networks.unit_networks`; enrichment_file:
-    the layers' network enrichment (:func:`bids_vlm.derivatives.participant.networks.write_enrichment`,
-    computed once for the lesion and this table), None: computed here."""
+    sidecar fields) of :func:`bids_vlm.derivatives.participant.networks.unit_networks`;
+    enrichment_file: the layers' network enrichment
+    (:func:`bids_vlm.analysis.layers.write_enrichment`, computed once for the lesion and this
+    table), None: computed here."""
     written, rows, counts, maps, enriched = [], [], {}, {}, []
     masks = networks[0]
     stored = enrichment_file is not None and masks is not None
@@ -73,7 +74,7 @@ def write_association_outputs(assoc_file, folder, ents, mask, ijk, unit, config,
 
 
 def _enrichment(bns, masks, config) -> dict:
-    """:func:`bids_vlm.derivatives.participant.networks.network_enrichment` of one layer's BNs (one BH
+    """:func:`bids_vlm.analysis.layers.network_enrichment` of one layer's BNs (one BH
     family)."""
     an, vox, sign = bns.entries()
     return network_enrichment(an, vox, sign, bns.n_ans, masks, config, None)

@@ -18,7 +18,7 @@ def write_unit_outputs(association_files, encoding_files, mask_file, unit, outpu
                        enrichment_files=()) -> list:
     """Maps, neuron tables, compact associations, encoding maps and network tables of one
     analysis unit; enrichment_files: each association's network enrichment
-    (:func:`bids_vlm.derivatives.participant.networks.write_enrichment`; () computes them here)."""
+    (:func:`bids_vlm.analysis.layers.write_enrichment`; () computes them here)."""
     mask = brainmask.load(mask_file)
     ijk = brainmask.rows_ijk(mask)  # (V, 3), the order of masking.apply_mask / the rows
     ents = unit.entities
