@@ -100,6 +100,9 @@ class EncodingConfig:
     enabled: bool = True
     alphas: tuple = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7)
     max_inner_folds: int = 5
+    # "nested": each held-out run's alphas chosen by inner folds of the other runs; "shared":
+    # once per layer by inner folds over every run (--alpha-cv; cheaper with many runs)
+    alpha_cv: str = "nested"
     # layer indices the streams share that get a banded ridge model (>= 2 streams): "last",
     # "all", "none" or indices as strings (--banded-layers)
     banded_layers: tuple = ("last",)

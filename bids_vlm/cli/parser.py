@@ -191,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layer indices the streams share at which a banded ridge model splits "
                         "the held-out R^2 between the streams: last (default), all, none, or "
                         "indices (each costs about 20 plain layers' encoding)")
+    g.add_argument("--alpha-cv", choices=["nested", "shared"], default="nested",
+                   help="how each voxel's ridge penalty is chosen: nested (default), for each "
+                        "held-out run by inner folds of the other runs; shared, once per layer "
+                        "by inner folds over every run (the held-out run helps choose its "
+                        "penalty, not its weights: about 4x faster with 12 runs, null "
+                        "calibration in the README)")
 
     g = parser.add_argument_group("Networks")
     g.add_argument("--atlas", type=_atlas, default="yeo7",
@@ -330,7 +336,8 @@ def config_from_options(opts):
                           paper_mode=opts.paper_mode, n_atoms=opts.n_atoms,
                           atom_alpha=opts.atom_alpha),
         encoding=EncodingConfig(enabled=not opts.no_encoding,
-                                banded_layers=tuple(opts.banded_layers)),
+                                banded_layers=tuple(opts.banded_layers),
+                                alpha_cv=opts.alpha_cv),
         networks=NetworkConfig(atlas=opts.atlas, n_surrogates=opts.n_surrogates,
                                max_surrogates=opts.max_surrogates, seed=opts.network_seed,
                                **({"lesion_steps": ()} if opts.no_lesion else {})),

@@ -45,7 +45,7 @@ def encode_layers(regressors_file, cleaned_files, config, device, path) -> str:
         # on a GPU the BOLD is copied there once for all layers
         targets = (torch.from_numpy(voxels.astype(np.float32, copy=False)).to(device)
                    if device.type == "cuda" else voxels)
-        out.attrs["method"] = method_description(config.encoding.alphas)
+        out.attrs["method"] = method_description(config.encoding.alphas, config.encoding.alpha_cv)
         out.attrs["z_method"] = z_description()
         null = dict(with_z=True, noise_sums=pooled_noise_sums(cleaned_files),  # as association
                     lag_traces=regs.attrs["lag_traces"], n_lags=config.stats.n_lags or None)
@@ -56,7 +56,8 @@ def encode_layers(regressors_file, cleaned_files, config, device, path) -> str:
                 res = encode_layer(features[()], targets, run_lengths,
                                    alphas=np.asarray(config.encoding.alphas), backend=backend,
                                    max_inner_folds=config.encoding.max_inner_folds,
-                                   progress=True, desc=f"encoding {key}", **null)
+                                   alpha_cv=config.encoding.alpha_cv, progress=True,
+                                   desc=f"encoding {key}", **null)
                 for field in ("r", "r2", "alpha", "z"):
                     out[f"{stream}/{layer}/{field}"] = getattr(res, field)
         del targets  # the GPU's copy

@@ -64,9 +64,13 @@ ALPHAS = np.array(EncodingConfig.alphas)  # the default penalties: the configura
 CROSS_FOLD = 2.0  # null variance of the pooled held-out r / that of independent folds (bound)
 
 
-def method_description(alphas=ALPHAS) -> str:
+def method_description(alphas=ALPHAS, alpha_cv: str = "nested") -> str:
+    """The encoding's method, for sidecars and reports; alpha_cv as :func:`encode_layer`."""
+    where = ("the training runs" if alpha_cv == "nested" else
+             "every run, once per layer (--alpha-cv shared: the held-out run takes part in "
+             "choosing its penalty, not in fitting its weights)")
     return ("ridge regression from the layer's AN regressors to each voxel; "
-            "leave-one-run-out; penalty per voxel by cross-validation over the training runs "
+            f"leave-one-run-out; penalty per voxel by cross-validation over {where} "
             f"among {[float(a) for a in alphas]} (the least mean squared error over the inner "
             "folds, as himalaya's RidgeCV chooses it); held-out Pearson r and R^2 over all "
             "held-out frames")
@@ -137,7 +141,8 @@ def fold_predict(x, y, runs, k: int, alphas=ALPHAS, max_inner_folds=5,
 
 def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_batch=20000,
                  max_inner_folds=5, keep_predictions=False, with_z=False, noise_sums=None,
-                 lag_traces=None, n_lags=None, progress=False, desc=None) -> EncodingResult:
+                 lag_traces=None, n_lags=None, progress=False, desc=None,
+                 alpha_cv="nested") -> EncodingResult:
     """Leave-one-run-out ridge from features x (T, F) to voxels y (T, V); needs >= 2 runs.
 
     y: a NumPy array or a torch tensor (kept where it is: one already on the GPU is not
@@ -148,7 +153,9 @@ def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_ba
     cleaning and the cleaning's lag traces, pooled over runs (as the association takes them;
     default the voxels' own lag sums and each run's mean removal); n_lags: K (default
     :func:`default_lags`). progress: a progress bar over the folds x voxel batches, titled
-    ``desc`` (silenced by ``bids_vlm -q``)."""
+    ``desc`` (silenced by ``bids_vlm -q``). alpha_cv: "nested" (each held-out run's alphas
+    chosen by inner folds of the other runs) or "shared" (once, by inner folds over every run:
+    :class:`~bids_vlm.encoding.ridge_solver.SharedAlphas`)."""
     runs = run_splits(run_lengths)
     if len(runs) < 2:
         raise ValueError("layer-wise encoding needs at least 2 runs (leave-one-run-out)")
@@ -167,7 +174,7 @@ def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_ba
                 p.cpu().numpy() if keep_predictions else None)
 
     blocks = loro_blocks(x, y, runs, alphas, max_inner_folds, device_of(backend),
-                         batch=n_targets_batch, finish=finish)
+                         batch=n_targets_batch, finish=finish, alpha_cv=alpha_cv)
     for k, start, best, sums_k, lag, p in progress_bar(blocks, progress, desc=desc,
                                                          unit="batch", total=len(blocks)):
         cols = slice(start, start + len(best))

@@ -114,57 +114,113 @@ class _Predictor:
         return out.T
 
 
+class _InnerCV:
+    """Each voxel's alpha by the inner folds ``splits`` ((train, test) positions in a set of
+    training frames, with their :class:`_Stack`), as himalaya's RidgeCV chooses it (module
+    docstring)."""
+
+    def __init__(self, splits, stacks, alphas):
+        self.folds = [(tr, te, stack) for (tr, te), stack in zip(splits, stacks)]
+        self.n_alphas = len(alphas)
+        self.tiebreak = 1e-10 * torch.log(alphas)[:, None]
+
+    def best(self, y_tr):
+        """y_tr (n_train, nb) float32 -> the alpha index of each voxel (nb,)."""
+        score = torch.zeros(self.n_alphas, y_tr.shape[1], dtype=torch.float64,
+                            device=y_tr.device)
+        for tr, te, stack in self.folds:
+            y_te = y_tr[te]
+            err = stack(y_tr[tr]).view(self.n_alphas, *y_te.shape).sub_(y_te)
+            score -= err.square_().sum(1).double() / len(te)
+        return torch.argmax(score / len(self.folds) + self.tiebreak, dim=0)
+
+
+def _inner_cv(x, train, splits, alphas, kernel, imap, extra=()):
+    """(:class:`_InnerCV` of ``splits`` inside the frames ``train``, the results of the
+    ``extra`` decompositions): every decomposition on its own, one per thread of ``imap``.
+    extra: callables of no argument run beside them (the outer fold's predictor)."""
+    def make(job):
+        if callable(job):
+            return job()
+        tr, te = job
+        return _Stack(*_decompose(x, train[tr], train[te], kernel), alphas)
+
+    done = list(imap(make, [*splits, *extra]))
+    return _InnerCV(splits, done[:len(splits)], alphas), done[len(splits):]
+
+
 class Fold:
     """Outer fold k of the leave-one-run-out ridge from features x (T, F): its decompositions
-    (one per inner fold, one for the held-out run), ready for batches of voxels.
+    (one per inner fold, unless the alphas are chosen elsewhere, and one for the held-out run),
+    ready for batches of voxels.
 
     runs: :func:`bids_vlm.encoding.folds.run_splits`; alphas (n_alpha,); max_inner_folds as
     :func:`bids_vlm.encoding.folds.inner_splits`; device: where the products run; kernel:
-    x x' (T, T) when known; imap: the ``map`` that runs the decompositions."""
+    x x' (T, T) when known; imap: the ``map`` that runs the decompositions; inner: False when
+    :meth:`solve` is given each voxel's alpha (:class:`SharedAlphas`)."""
 
     def __init__(self, x, runs, k: int, alphas, max_inner_folds: int, device, kernel=None,
-                 imap=map):
-
+                 imap=map, inner: bool = True):
         self.device = torch.device(device)
         train_runs = [r for i, r in enumerate(runs) if i != k]
         train, self.test = np.concatenate(train_runs), runs[k]
         self.alphas = torch.as_tensor(np.asarray(alphas, np.float64), device=self.device)
         x = _float64(x, self.device)
         self.train = torch.as_tensor(train, device=self.device)
-        splits = [tuple(torch.as_tensor(i, device=self.device) for i in split)
-                  for split in inner_splits(train_runs, max_inner_folds)]
         test = torch.as_tensor(self.test, device=self.device)
+        splits = _device_splits(inner_splits(train_runs, max_inner_folds) if inner else [],
+                                self.device)
 
-        def make(job):  # each decomposition on its own (one per thread of ``imap``)
-            if job is None:
-                return _Predictor(*_decompose(x, self.train, test, kernel), self.alphas)
-            tr, te = job
-            return _Stack(*_decompose(x, self.train[tr], self.train[te], kernel), self.alphas)
+        def outer():
+            return _Predictor(*_decompose(x, self.train, test, kernel), self.alphas)
 
-        *stacks, self.outer = imap(make, [*splits, None])
-        self.inner = [(tr, te, stack) for (tr, te), stack in zip(splits, stacks)]
-        self.tiebreak = 1e-10 * torch.log(self.alphas)[:, None]
+        self.cv, (self.outer,) = _inner_cv(x, self.train, splits, self.alphas, kernel, imap,
+                                           [outer])
+        self.cv = self.cv if inner else None
 
-    def solve(self, y_batch):
+    def solve(self, y_batch, best=None):
         """y_batch (T, nb) float32 on the device -> held-out prediction (n_te, nb) float32 and
-        each voxel's alpha index (nb,) (into ``alphas``), chosen by the inner folds."""
+        each voxel's alpha index (nb,) (into ``alphas``): ``best`` when given, else chosen by
+        the inner folds."""
         y_tr = y_batch[self.train]
-        score = torch.zeros(len(self.alphas), y_batch.shape[1], dtype=torch.float64,
-                            device=self.device)
-        for tr, te, stack in self.inner:
-            y_te = y_tr[te]
-            err = stack(y_tr[tr]).view(len(self.alphas), *y_te.shape).sub_(y_te)
-            score -= err.square_().sum(1).double() / len(te)
-        best = torch.argmax(score / len(self.inner) + self.tiebreak, dim=0)
+        best = self.cv.best(y_tr) if best is None else best
         return self.outer(y_tr, best), best
 
 
-def batch_size(runs, folds, n_alphas: int, max_inner_folds: int, limit: int, device) -> int:
+class SharedAlphas:
+    """Each voxel's alpha chosen once for every outer fold (``alpha_cv`` "shared"): the inner
+    folds group all the runs (:func:`bids_vlm.encoding.folds.inner_splits` of every run), so a
+    layer needs len(groups) decompositions for the choice instead of len(groups) per held-out
+    run. The held-out run then took part in choosing its own alpha (among the alphas only: its
+    prediction is still fitted without it); the null calibration of the held-out z with this
+    choice is in ``tests/encoding/test_ridge.py``."""
+
+    def __init__(self, x, runs, alphas, max_inner_folds: int, device, kernel=None, imap=map):
+        device = torch.device(device)
+        self.alphas = torch.as_tensor(np.asarray(alphas, np.float64), device=device)
+        self.frames = torch.as_tensor(np.concatenate(runs), device=device)
+        splits = _device_splits(inner_splits(list(runs), max_inner_folds), device)
+        self.cv, _ = _inner_cv(_float64(x, device), self.frames, splits, self.alphas, kernel,
+                               imap)
+
+    def choose(self, y_batch):
+        """y_batch (T, nb) float32 on the device -> each voxel's alpha index (nb,)."""
+        return self.cv.best(y_batch[self.frames])
+
+
+def _device_splits(splits, device) -> list:
+    return [tuple(torch.as_tensor(i, device=device) for i in split) for split in splits]
+
+
+def batch_size(runs, folds, n_alphas: int, max_inner_folds: int, limit: int, device,
+               shared: bool = False) -> int:
     """Voxels per batch: at most ``limit``, and the stacked inner predictions of the largest
     inner test set (n_alphas x its frames x voxels) within the device's budget (a few MiB on
-    the CPU, where the batch then stays in cache for the scores that follow each product)."""
-    rows = max(len(te) for k in folds for _, te in inner_splits(
-        [r for i, r in enumerate(runs) if i != k], max_inner_folds))
+    the CPU, where the batch then stays in cache for the scores that follow each product).
+    shared: the inner folds group every run (:class:`SharedAlphas`)."""
+    sets = [list(runs)] if shared else [[r for i, r in enumerate(runs) if i != k]
+                                        for k in folds]
+    rows = max(len(te) for train in sets for _, te in inner_splits(train, max_inner_folds))
     return int(max(256, min(limit, _BUDGET[torch.device(device).type] // (n_alphas * rows))))
 
 
@@ -177,28 +233,36 @@ def voxel_batch(y, start: int, stop: int, device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(part, dtype=np.float32)).to(device)
 
 
+ALPHA_CV = ("nested", "shared")
+
+
 def loro_blocks(x, y, runs, alphas, max_inner_folds: int = 5, device="cpu", folds=None,
-                batch: int = 20000, finish=None):
+                batch: int = 20000, finish=None, alpha_cv: str = "nested"):
     """Held-out predictions of the leave-one-run-out ridge from x (T, F) to y (T, V), block by
     block, for each fold k in ``folds`` (default all runs) and batch of voxels
     start:start + nb: yields ``finish(k, start, pred (n_k, nb), y_test (n_k, nb), alpha index
     (nb,))`` (tensors on the device; default the tuple itself), in order. ``len()`` of the
-    returned iterable counts the blocks.
+    returned iterable counts the blocks. alpha_cv: "nested", each outer fold chooses its
+    voxels' alphas by inner folds of its training runs; "shared", once for all folds
+    (:class:`SharedAlphas`).
 
     On the CPU the decompositions of a fold, then its batches, run in parallel, one per torch
     thread (torch single-threaded meanwhile, so that no operation waits for another core: a
     multi-threaded eigendecomposition of a small matrix spins for seconds on a busy machine;
     ``finish`` runs there too); on a GPU one after the other."""
+    if alpha_cv not in ALPHA_CV:
+        raise ValueError(f"alpha_cv must be one of {ALPHA_CV}, not {alpha_cv!r}")
     return _Blocks(x, y, runs, alphas, max_inner_folds, torch.device(device),
                    range(len(runs)) if folds is None else list(folds), batch,
-                   finish or (lambda *block: block))
+                   finish or (lambda *block: block), alpha_cv == "shared")
 
 
 class _Blocks:
-    def __init__(self, x, y, runs, alphas, max_inner_folds, device, folds, batch, finish):
+    def __init__(self, x, y, runs, alphas, max_inner_folds, device, folds, batch, finish,
+                 shared):
         self.args = x, runs, alphas, max_inner_folds, device
-        self.y, self.folds, self.finish = y, folds, finish
-        self.nb = batch_size(runs, folds, len(alphas), max_inner_folds, batch, device)
+        self.y, self.folds, self.finish, self.shared = y, folds, finish, shared
+        self.nb = batch_size(runs, folds, len(alphas), max_inner_folds, batch, device, shared)
 
     def __len__(self):
         return len(self.folds) * -(-self.y.shape[1] // self.nb)
@@ -209,16 +273,28 @@ class _Blocks:
         # the kernel form's blocks come from one x x' when every fit has more features than
         # frames
         kernel = x @ x.T if x.shape[1] >= len(x) - min(len(r) for r in runs) else None
+        starts = range(0, self.y.shape[1], self.nb)
         with _pool(device) as imap:
+            chosen = self._shared_alphas(x, kernel, imap, starts) if self.shared else None
             for k in self.folds:
-                fold = Fold(x, runs, k, alphas, max_inner_folds, device, kernel, imap)
+                fold = Fold(x, runs, k, alphas, max_inner_folds, device, kernel, imap,
+                            inner=not self.shared)
                 test = torch.as_tensor(fold.test, device=device)
 
                 def job(start, k=k, fold=fold, test=test):
                     yb = voxel_batch(self.y, start, start + self.nb, device)
-                    pred, best = fold.solve(yb)
+                    pred, best = fold.solve(yb, None if chosen is None else chosen[start])
                     return self.finish(k, start, pred, yb[test], best)
-                yield from imap(job, range(0, self.y.shape[1], self.nb))
+                yield from imap(job, starts)
+
+    def _shared_alphas(self, x, kernel, imap, starts) -> dict:
+        """{batch start: each voxel's alpha index} by :class:`SharedAlphas`."""
+        _, runs, alphas, max_inner_folds, device = self.args
+        shared = SharedAlphas(x, runs, alphas, max_inner_folds, device, kernel, imap)
+
+        def job(start):
+            return start, shared.choose(voxel_batch(self.y, start, start + self.nb, device))
+        return dict(imap(job, starts))
 
 
 def _pool(device):

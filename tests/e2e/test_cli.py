@@ -425,17 +425,19 @@ def test_paper_mode_outputs_and_quiet(planted, tmp_path):
 
 
 def test_fir_delays(planted_whole, tmp_path):
-    """The whole regressor planted, the paper's marginal BNs: FIR windows find it and encode it."""
+    """The whole regressor planted, the paper's marginal BNs: FIR windows find it and encode it
+    (with the penalties chosen once per layer: --alpha-cv shared)."""
     out = tmp_path / "out"
     run_cli(planted_whole.root, out, "participant", "--participant-label", "01", "--layers", "2",
             "--hrf-model", "fir", "--fir-delays", "2", "3", "4", "--bn-definition", "marginal",
-            "-q", "-w", tmp_path / "work")
+            "--alpha-cv", "shared", "-q", "-w", tmp_path / "work")
     func = out / "sub-01" / "func"
     ids = _entries(out, "01")
     found = set(ids[2][ids[1] == ids[0].index("tiny-clip/image/02/7")])
     assert len(found & set(range(12))) >= 9  # planted voxels found with a 4-8 s FIR window
     side = json.loads(next(func.glob("*Image02_stat-encodingr_statmap.json")).read_text())
     assert side["HRFModel"] == "fir"
+    assert "over every run, once per layer (--alpha-cv shared" in side["EncodingMethod"]
     enc = nib.load(next(func.glob("*Image02_stat-encodingr_statmap.nii.gz"))).get_fdata()
     assert enc.reshape(-1)[:12].mean() > 0.3
 

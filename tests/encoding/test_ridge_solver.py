@@ -73,14 +73,14 @@ def test_product_orders_agree(monkeypatch):
     runs = run_splits([50, 50, 50])
     yb = torch.from_numpy(y.astype(np.float32))
     fold = rs.Fold(x, runs, 1, ALPHAS, 5, "cpu")
-    assert all(s.two_step for _, _, s in fold.inner) and fold.outer.per_voxel
+    assert all(s.two_step for _, _, s in fold.cv.folds) and fold.outer.per_voxel
     pred, best = fold.solve(yb)
     xt, alphas = torch.from_numpy(x), torch.from_numpy(ALPHAS)
     outer = rs._decompose(xt, fold.train, torch.as_tensor(fold.test))
     monkeypatch.setattr(fold, "outer", _forced(rs._Predictor, *outer, alphas, "per_voxel"))
-    for i, (tr, te, _) in enumerate(fold.inner):
+    for i, (tr, te, _) in enumerate(fold.cv.folds):
         inner = rs._decompose(xt, fold.train[tr], fold.train[te])
-        fold.inner[i] = (tr, te, _forced(rs._Stack, *inner, alphas, "two_step"))
+        fold.cv.folds[i] = (tr, te, _forced(rs._Stack, *inner, alphas, "two_step"))
     pred2, best2 = fold.solve(yb)
     assert torch.equal(best, best2)
     torch.testing.assert_close(pred, pred2, rtol=1e-4, atol=1e-4 * float(pred.abs().max()))
