@@ -16,7 +16,7 @@ from bids_vlm.analysis.architecture import (
     union_bn_maps,
 )
 from bids_vlm.analysis.hierarchy import relative_depth
-from bids_vlm.derivatives.group.architecture import group_overlap
+from bids_vlm.analysis.group import group_overlap
 
 
 def _map(n, voxels):

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from bids_vlm.errors import DataError
-from bids_vlm.derivatives.group.combine import combine_neuron_tables, combine_participants, group_maps
+from bids_vlm.analysis.group import group_maps
+from bids_vlm.derivatives.group.combine import combine_neuron_tables, combine_participants
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 SPACE = "MNI152NLin2009cAsym"
@@ -128,7 +129,7 @@ def test_combine_participants_includes_neuron_tables(tmp_path):
 def test_one_sample_encoding_test_by_hand():
     from scipy import stats as st
 
-    from bids_vlm.derivatives.group.combine import one_sample
+    from bids_vlm.analysis.group import one_sample
 
     z = np.zeros((3, 2, 1, 1))
     z[:, 0, 0, 0] = [0.2, 0.3, 0.4]

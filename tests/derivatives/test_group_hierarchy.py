@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bids_vlm.derivatives.group.hierarchy import (HIERARCHY_COLUMNS, LESION_COLUMNS, combine_hierarchy,
-                                      group_hierarchy, group_lesion)
+from bids_vlm.analysis.group import HIERARCHY_FIELDS, LESION_FIELDS, group_hierarchy, group_lesion
+from bids_vlm.derivatives.group.hierarchy import (HIERARCHY_COLUMNS, LESION_COLUMNS,
+                                                  combine_hierarchy)
 
 SPACE = "MNI152NLin2009cAsym"
 
@@ -136,3 +137,9 @@ def test_group_report_draws_hierarchy_and_lesion(occipital):
         src = f"group/figures/group_task-view_space-{SPACE}_desc-tinyclip_{name}.png"
         assert f"src='{src}'" in page and (occipital / src).stat().st_size > 1000
     assert "<h3>Hierarchy</h3>" in page and "<h3>Virtual lesion</h3>" in page
+
+
+def test_the_group_tables_have_a_description_per_column():
+    """The sidecars describe exactly the columns the group statistics give, in their order."""
+    assert tuple(HIERARCHY_COLUMNS) == HIERARCHY_FIELDS
+    assert tuple(LESION_COLUMNS) == LESION_FIELDS

@@ -11,7 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_vlm.derivatives.group.isc import collect_cleaned, combine_isc, matching_participants
+from bids_vlm.analysis.group import matching_participants
+from bids_vlm.derivatives.group.isc import collect_cleaned, combine_isc
 from conftest import run_cli
 from datagen import make_planted_dataset
 

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from bids_vlm.derivatives.group.combine import combine_participants
-from bids_vlm.derivatives.group.summaries import group_networks, group_polarity, network_drivers
+from bids_vlm.analysis.group import group_networks, group_polarity, network_drivers
 
 SPACE = "MNI152NLin2009cAsym"
 IDS = [f"m/image/00/{u}" for u in range(3)]

@@ -20,30 +20,10 @@ from bids_vlm.derivatives import desc_label, write_json, write_tsv
 from bids_vlm.derivatives.participant.architecture import MSI_COLUMNS, MSI_DESCRIPTION, OVERLAP_COLUMNS
 from bids_vlm.derivatives.io import read_sidecar, read_tsv
 from bids_vlm.names import unit_tables
-
-PAIR_KEYS = ["model", "stream_a", "stream_b", "layer_a", "layer_b", "relative_depth_a",
-             "relative_depth_b", "relative_depth"]
-AVERAGED = ["n_voxels", "n_bn_a", "n_bn_b", "n_bn_both", "jaccard", "dice", "chance_jaccard"]
+from bids_vlm.analysis.group import AVERAGED, group_overlap
 
 
-def group_overlap(tables: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
-    """Mean over participants of their stream-overlap tables.
 
-    tables: [(participant, table with PAIR_KEYS and AVERAGED columns)], one item per
-    participant and session. Returns one row per pair of layers (the order of the first table)
-    with the means of AVERAGED, ``sd_jaccard`` (across participants, ddof 1; NaN for one) and
-    ``n_participants``.
-    """
-    frames = [table.assign(participant=sub) for sub, table in tables]
-    every = pd.concat(frames, ignore_index=True)
-    # dropna=False: single-layer streams pair with no relative depth (NaN), keep their rows
-    per_sub = every.groupby(PAIR_KEYS + ["participant"], sort=False, dropna=False)[
-        AVERAGED].mean()
-    grouped = per_sub.groupby(level=PAIR_KEYS, sort=False, dropna=False)["jaccard"]
-    out = per_sub.groupby(level=PAIR_KEYS, sort=False, dropna=False).mean()
-    out["sd_jaccard"] = grouped.std(ddof=1)
-    out["n_participants"] = grouped.size()
-    return out.reset_index()
 
 
 def combine_architecture(output_dir) -> list[Path]:

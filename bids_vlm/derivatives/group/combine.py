@@ -20,7 +20,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from scipy import sparse, stats
+from scipy import sparse
 
 from bids_vlm.derivatives import write_json, write_tsv
 from bids_vlm.derivatives.io import read_sidecar, save_image
@@ -32,48 +32,13 @@ from bids_vlm.derivatives.group.hierarchy import combine_hierarchy
 from bids_vlm.derivatives.group.isc import combine_isc
 from bids_vlm.derivatives.group.summaries import combine_summaries
 from bids_vlm.cifti import read_brain_models, read_dense, dscalar_image
+from bids_vlm.analysis.group import group_maps
 
 CONSISTENCY_ANS = 256  # ANs of a layer whose BN maps are compared at a time (bounds memory)
 
 
-def group_maps(stack: np.ndarray, stat: str) -> dict:
-    """Group statistics of participants' maps.
-
-    stack: (n_subjects, X, Y, Z) maps of one statistic. For ``bncount`` returns {"meanbncount",
-    "propbn"}; for ``r`` / ``encodingr`` {"meanr"} / {"meanencodingr"} (mean of Fisher z,
-    transformed back to r); for ``encodingr2`` {"meanencodingr2"}; other statistics are not
-    combined (e.g. the preferred layer).
-    """
-    if stat == "bncount":
-        return {"meanbncount": stack.mean(0), "propbn": (stack > 0).mean(0)}
-    if stat == "r":
-        z = np.arctanh(np.clip(stack, -0.999999, 0.999999))
-        return {"meanr": np.tanh(z.mean(0))}
-    if stat == "encodingr":
-        z = np.arctanh(np.clip(stack, -0.999999, 0.999999))
-        return {"meanencodingr": np.tanh(z.mean(0)), **one_sample(z)}
-    if stat == "encodingr2":
-        return {"meanencodingr2": stack.mean(0)}
-    return {}
 
 
-def one_sample(z: np.ndarray) -> dict:
-    """One-sample t-test of participants' Fisher-z held-out r against 0 (one-sided, r > 0),
-    with Benjamini-Hochberg q across the voxels where every participant has a value.
-
-    z: (n_subjects, X, Y, Z). Returns {"encodingt", "encodingq"} (q = 1 outside those voxels),
-    or {} with fewer than 2 participants.
-    """
-    n = z.shape[0]
-    if n < 2:
-        return {}
-    valid = np.all(z != 0, axis=0)
-    sd = z.std(0, ddof=1)
-    t = np.divide(z.mean(0) * np.sqrt(n), sd, out=np.zeros(z.shape[1:]), where=sd > 0)
-    q = np.ones(z.shape[1:])
-    if valid.any():
-        q[valid] = stats.false_discovery_control(stats.t.sf(t[valid], n - 1))
-    return {"encodingt": t, "encodingq": q}
 
 
 def collect_maps(output_dir) -> dict:

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from bids_vlm.derivatives import write_json, write_tsv
 from bids_vlm.derivatives.io import read_sidecar, read_tsv
 from bids_vlm.names import unit_tables
+from bids_vlm.analysis.group import group_hierarchy, group_lesion
 
 HIERARCHY_COLUMNS = {
     "stream": "image, text, cross-image or cross-text",
@@ -57,50 +56,10 @@ LESION_COLUMNS = {
 _CARRIED = ("Atlas", "AtlasSpace", "DataSpace", "LayerCount", "LesionSteps")
 
 
-def _per_participant(tables, keys, values) -> pd.DataFrame:
-    """The participants' tables stacked, a participant's sessions averaged: one row per
-    participant and ``keys``, the mean of ``values`` (NaN skipped) and the first of the rest."""
-    every = pd.concat([t.assign(participant=s) for s, t in tables], ignore_index=True)
-    return every.groupby(keys + ["participant"], sort=False, dropna=False)[values].mean()
 
 
-def group_hierarchy(tables: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
-    """Group hierarchy table (module doc, HIERARCHY_COLUMNS).
-
-    tables: [(participant, hierarchy table with stream, network, n_layers, n_voxels,
-    n_voxels_with_layer, mean_preferred_layer, mean_preferred_depth)], one item per
-    participant and session. Rows in the order of the first table."""
-    keys = ["stream", "network", "n_layers"]
-    per_sub = _per_participant(tables, keys, ["n_voxels", "n_voxels_with_layer",
-                                              "mean_preferred_layer", "mean_preferred_depth"])
-    grouped = per_sub.groupby(level=keys, sort=False)
-    out = grouped.mean().add_prefix("mean_").rename(columns={
-        "mean_mean_preferred_layer": "mean_preferred_layer",
-        "mean_mean_preferred_depth": "mean_preferred_depth"})
-    out["sd_preferred_depth"] = grouped["mean_preferred_depth"].std(ddof=1)
-    out["n_participants"] = grouped["mean_preferred_depth"].count()
-    return out.reset_index()[list(HIERARCHY_COLUMNS)]
 
 
-def group_lesion(tables: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
-    """Group lesion table (module doc, LESION_COLUMNS).
-
-    tables: [(participant, lesion table with network, stream, layer, step, n_removed,
-    mean_r_targeted, mean_r_random)], one item per participant and session."""
-    if not any(len(t) for _, t in tables):
-        return pd.DataFrame(columns=list(LESION_COLUMNS))
-    keys = ["network", "stream", "step"]
-    per_sub = _per_participant(tables, keys, ["n_removed", "mean_r_targeted",
-                                              "mean_r_random"])
-    grouped = per_sub.groupby(level=keys, sort=False)
-    out = grouped.mean().rename(columns={"n_removed": "mean_n_removed"})
-    out["sd_r_targeted"] = grouped["mean_r_targeted"].std(ddof=1)
-    out["sd_r_random"] = grouped["mean_r_random"].std(ddof=1)
-    out["n_participants"] = grouped.size()
-    every = pd.concat([t for _, t in tables], ignore_index=True)
-    out["layers"] = every.groupby(keys, sort=False)["layer"].agg(
-        lambda x: ";".join(str(v) for v in sorted(set(x.astype(int)))))
-    return out.reset_index()[list(LESION_COLUMNS)]
 
 
 def combine_hierarchy(output_dir) -> list[Path]:

@@ -26,6 +26,7 @@ from bids_vlm.names import parse_name
 from bids_vlm.encoding import noise_ceiling as nc
 from bids_vlm.errors import DataError
 from bids_vlm import cifti
+from bids_vlm.analysis.group import matching_participants
 
 LOGGER = logging.getLogger("bids_vlm")
 MIN_SUBJECTS = 3
@@ -55,13 +56,6 @@ def collect_cleaned(output_dir) -> dict:
             for stem, subs in found.items()}
 
 
-def matching_participants(by_subject: dict) -> list:
-    """The largest set of participants whose runs have identical signatures (same order);
-    ties go to the first sequence in participant order."""
-    groups = defaultdict(list)
-    for sub in sorted(by_subject):
-        groups[tuple(sig for sig, _ in by_subject[sub])].append(sub)
-    return max(groups.values(), key=len) if groups else []
 
 
 def combine_isc(output_dir) -> list[Path]:

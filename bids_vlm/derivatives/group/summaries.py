@@ -18,138 +18,32 @@ of one (task, acquisition, space, model) are combined, and the participant-level
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from bids_vlm.analysis.summaries import layer_table, modality_specificity, polarity_curves
+from bids_vlm.analysis.group import group_networks, group_polarity, network_drivers, networks_of
+from bids_vlm.analysis.summaries import layer_table
 from bids_vlm.derivatives.io import read_sidecar, read_tsv, write_json, write_tsv
 from bids_vlm.names import unit_tables
 from bids_vlm.derivatives.participant.summaries import driving_columns
 
 
 
-def networks_of(table: pd.DataFrame) -> list[str]:
-    """Network names of a per-AN network table (its ``q_<network>`` columns)."""
-    return [c[2:] for c in table.columns if c.startswith("q_")]
 
 
-def _drives(table: pd.DataFrame, net: str) -> np.ndarray:
-    return table["drives"].fillna("").astype(str).str.split(";").apply(
-        lambda d: net in d).to_numpy(bool)
 
 
-def _layer_bh(out: pd.DataFrame, nets) -> None:
-    """q_<net>: Benjamini-Hochberg across all ANs x networks of each stream and layer (the
-    participant level's family), from the combined p_<net>; written into ``out``."""
-    p = out[[f"p_{net}" for net in nets]].to_numpy(float)
-    qv = np.full_like(p, np.nan)
-    for _, rows in out.groupby(["stream", "layer"], sort=False).indices.items():
-        block = p[rows]
-        ok = np.isfinite(block)
-        if ok.any():
-            filled = np.full(block.shape, np.nan)
-            filled[ok] = stats.false_discovery_control(block[ok])
-            qv[rows] = filled
-    for i, net in enumerate(nets):
-        out[f"q_{net}"] = qv[:, i]
 
 
-def group_networks(tables: list[tuple[str, pd.DataFrame]], q: float) -> pd.DataFrame:
-    """Per-AN network table of the group from the participants' tables.
-
-    tables: [(participant label, per-AN network table with an_id, stream, layer and per network
-    n_pos_, n_neg_, frac_, p_, q_ columns and drives)], one item per participant and session.
-    Returns one row per AN (the ANs' order of the first table): n_pos_/n_neg_/frac_<net> the mean
-    over participants (sessions averaged first), p_<net> Fisher's combination of the participants'
-    p, q_<net> BH across ANs, n_participants_driving_<net>, drives (';'-joined networks with
-    q <= ``q`` and at least one BN in them, 'n/a' for none) and msi.
-    """
-    nets = networks_of(tables[0][1])
-    frames = []
-    for sub, table in tables:
-        frame = table[["an_id", "stream", "layer"]].copy()
-        frame["participant"] = sub
-        for net in nets:
-            for key in ("n_pos", "n_neg", "frac", "p"):
-                frame[f"{key}_{net}"] = table[f"{key}_{net}"].to_numpy(float)
-            frame[f"drives_{net}"] = _drives(table, net)
-        frames.append(frame)
-    every = pd.concat(frames, ignore_index=True)
-    every["unit"] = every.groupby("an_id", sort=False).cumcount()  # participant x session
-    order = pd.Index(tables[0][1]["an_id"])
-    first = every.groupby("an_id", sort=False)[["stream", "layer"]].first().reindex(order)
-    per_sub = every.groupby(["an_id", "participant"], sort=False)
-    out = first.reset_index()
-    for net in nets:
-        means = per_sub[[f"n_pos_{net}", f"n_neg_{net}", f"frac_{net}"]].mean()
-        means = means.groupby(level="an_id").mean().reindex(order)
-        for col in means.columns:
-            out[col] = means[col].to_numpy()
-        p = every.pivot(index="an_id", columns="unit", values=f"p_{net}").reindex(order)
-        out[f"p_{net}"] = stats.combine_pvalues(p.to_numpy(float), method="fisher", axis=1,
-                                                nan_policy="omit").pvalue if len(out) else []
-        out[f"q_{net}"] = np.nan  # (here, for the column order) BH below, per layer
-        driving = per_sub[f"drives_{net}"].any().groupby(level="an_id").sum().reindex(order)
-        out[f"n_participants_driving_{net}"] = driving.to_numpy(int)
-    _layer_bh(out, nets)
-    hits = {net: (out[f"q_{net}"] <= q) & (out[f"n_pos_{net}"] + out[f"n_neg_{net}"] > 0)
-            for net in nets}
-    out["drives"] = [";".join(n for n in nets if hits[n].iloc[i]) or "n/a"
-                     for i in range(len(out))]
-    if {"frac_Visual", "frac_Language"} <= set(out.columns):
-        out["msi"] = modality_specificity(out)
-    return out
 
 
-def network_drivers(nets: pd.DataFrame, participant_nets: list[tuple[str, pd.DataFrame]],
-                    has_bn: np.ndarray) -> pd.DataFrame:
-    """Per network and stream: the number of ANs driving it at group level (``nets``, from
-    :func:`group_networks`), the mean over participants of the number driving it in the
-    participant, the number driving it in at least one participant, and the mean share of BNs in
-    the network of the ANs with a BN (``has_bn``, (N,) bool) and of the group-level drivers."""
-    rows = []
-    subs = sorted({s for s, _ in participant_nets})
-    for net in networks_of(nets):
-        group_drive = _drives(nets, net)
-        for stream in sorted(nets.stream.unique()):
-            here = (nets.stream == stream).to_numpy()
-            ids = set(nets.an_id[here])
-            per_sub = defaultdict(set)
-            for sub, table in participant_nets:
-                mine = table[table.an_id.isin(ids)]
-                per_sub[sub] |= set(mine.an_id[_drives(mine, net)])
-            frac = nets[f"frac_{net}"].to_numpy(float)
-            rows.append({
-                "network": net, "stream": stream, "n_ans": int(here.sum()),
-                "n_ans_driving": int((group_drive & here).sum()),
-                "mean_n_ans_driving_per_participant": float(np.mean(
-                    [len(per_sub[s]) for s in subs])),
-                "n_ans_driving_any_participant": len(set().union(*per_sub.values())),
-                "mean_frac": _mean(frac[here & has_bn]),
-                "mean_frac_drivers": _mean(frac[here & group_drive])})
-    return pd.DataFrame(rows)
 
 
-def _mean(values):
-    return float(values.mean()) if len(values) else float("nan")
 
 
-def group_polarity(neurons: pd.DataFrame, nets: pd.DataFrame | None) -> dict:
-    """:func:`polarity_curves` of the group neuron table (mean_bn_pos / mean_bn_neg per AN),
-    and with ``nets`` of each network's BN+ / BN- counts: {stream: {..., "networks": {net:
-    {"layers", "P", "N", "r", "p"}}}}."""
-    table = neurons.rename(columns={"mean_bn_pos": "n_bn_pos", "mean_bn_neg": "n_bn_neg"})
-    out = polarity_curves(table)
-    for net in networks_of(nets) if nets is not None else []:
-        per_net = nets[["stream", "layer"]].assign(n_bn_pos=nets[f"n_pos_{net}"],
-                                                   n_bn_neg=nets[f"n_neg_{net}"])
-        for stream, res in polarity_curves(per_net).items():
-            out[stream].setdefault("networks", {})[net] = res
-    return out
+
 
 
 GROUP_LAYER_COLUMNS = {
