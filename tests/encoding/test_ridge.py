@@ -232,17 +232,25 @@ def test_shared_alpha_choice_is_calibrated_under_the_null(n_runs, n_features, se
         assert z.std() < 1.05 and abs(z.mean()) < 0.05  # SD 0.89-1.0: not anti-conservative
 
 
+PLANTED = (4, 20, 200)  # layers, features per layer, planted voxels (of 1200)
+
+
+def _planted_session(seed, design):
+    """200 voxels driven by layer 2's features (r about 0.45), 1000 null voxels."""
+    rng = np.random.default_rng(seed)
+    n_layers, n_features, n_planted = PLANTED
+    w = np.zeros((n_layers * n_features, 1200))
+    w[2 * n_features:3 * n_features, :n_planted] = (
+        0.6 * rng.standard_normal((n_features, n_planted)) / np.sqrt(n_features))
+    return session(rng, design, 1200, n_an=n_layers * n_features, signal=lambda x: x @ w)
+
+
 def test_shared_alpha_choice_finds_the_planted_layer():
     """The planted session of the next test, 6 runs: the shared choice finds the planted
     voxels' layer as often as the nested one (within 5 points), and its held-out r differs
     from the nested one's by little."""
-    rng = np.random.default_rng(31)
-    n_layers, n_features, n_planted, n_vox = 4, 20, 200, 1200
-    w = np.zeros((n_layers * n_features, n_vox))
-    w[2 * n_features:3 * n_features, :n_planted] = (
-        0.6 * rng.standard_normal((n_features, n_planted)) / np.sqrt(n_features))
-    s = session(rng, Design(n_runs=6, n_frames=100), n_vox, n_an=n_layers * n_features,
-                signal=lambda x: x @ w)
+    n_layers, n_features, n_planted = PLANTED
+    s = _planted_session(31, Design(n_runs=6, n_frames=100))
     found = {}
     for alpha_cv in ("nested", "shared"):
         r, z = _layers(s, n_layers, n_features, alpha_cv)
@@ -256,13 +264,8 @@ def test_shared_alpha_choice_finds_the_planted_layer():
 def test_preferred_layer_finds_the_planted_layer():
     """200 voxels driven by layer 2's features (r about 0.45), 1000 null voxels: most planted
     voxels get a preferred layer, nearly all of them layer 2; few null voxels get one."""
-    rng = np.random.default_rng(30)
-    n_layers, n_features, n_planted, n_vox = 4, 20, 200, 1200
-    w = np.zeros((n_layers * n_features, n_vox))
-    w[2 * n_features:3 * n_features, :n_planted] = (
-        0.6 * rng.standard_normal((n_features, n_planted)) / np.sqrt(n_features))
-    s = session(rng, Design(n_runs=3, n_frames=200), n_vox, n_an=n_layers * n_features,
-                signal=lambda x: x @ w)
+    n_layers, n_features, n_planted = PLANTED
+    s = _planted_session(30, Design(n_runs=3, n_frames=200))
     r, z = _layers(s, n_layers, n_features)
     best = preferred_layer(r, range(n_layers), z, q=0.05)
     found = best[:n_planted] >= 0
