@@ -37,7 +37,7 @@ from bids_vlm.stats.fdr import bh_select, p_from_z
 from bids_vlm.stats.kernels import CHUNK, NO_FACTORS, F32_SHIFT, rank_bins, tile_stats
 
 SLACK = 1e-5  # relative margin of the screening comparisons (float rounding of u and z)
-GROUP = 32768  # candidates (by their first bound) read back and resolved at once on the CPU
+GROUP = 65536  # candidates (by their first bound) read back and resolved at once on the CPU
 CANDIDATE_FRACTION = 0.05  # candidates kept at once, as a fraction of a block's entries
 
 
@@ -102,6 +102,7 @@ class BlockScanner:
             self._u_crit, self._z_crit = self.u_crit[:-1].numpy(), zcrit.numpy()
             self._u_bins, self._z_bins = (rank_bins(v.view(np.int32).astype(np.int64), F32_SHIFT)
                                           for v in (self._u_crit, self._z_crit))
+            self._work = kernels.bh_work(n_pad)  # BH's scratch, reused by every group
 
     def _tiles(self, b):
         """(start, stop, u view (b, w), u_max view (b, w / CHUNK)) of every voxel tile."""
@@ -151,7 +152,7 @@ class BlockScanner:
             stop = max(first + 1, int(np.searchsorted(ends, done + GROUP, "right")))
             cand = self._gather(b, start, acf_b, int(ends[stop - 1]) - done, (first, stop))
             n += fdr.select_rows(cand, len(cand[0]), self._z_crit, self._z_bins,
-                                 self.vox.n_vox, per_an, out, n)
+                                 self.vox.n_vox, per_an, out, n, self._work)
             first = stop
         if n < len(out[0]) // 2:  # keep at most twice the room the discoveries take
             out = tuple(a[:n].copy() for a in out)
@@ -172,7 +173,8 @@ class BlockScanner:
                              enumerate((np.int32, np.int32, np.float32)))
         n = kernels.read_back(self.u[:b * self.vox.y.shape[0]].numpy(), self.u_max.numpy(), b,
                               self.tile, start, (rows_c, cols_c, u), np.zeros(b, np.int64),
-                              *((self._u_crit, self._u_bins, rows) if rows else ()))
+                              *((self._u_crit, self._u_bins, rows) if rows else ()),
+                              work=self._work)
         padded = -(-n // 64) * 64  # torch's vector path for every entry (not its tail's)
         f, s2, r, z = (self._buffer(i, padded, np.float32) for i in range(3, 7))
         u[n:padded + 1], f[n:] = 1.0, 0.25

@@ -272,13 +272,43 @@ def bh_count(keys, thr, first, count, shift, base, hist, buf):  # pragma: no cov
     return 0
 
 
+_NONE = np.int32(0x7F800001)  # above the bits of every non-negative float32 but NaN
+DESCENT_STEPS = 8
+
+
+@_jit
+def bh_descend(bits, mask, thr, k):  # pragma: no cover - compiled
+    """BH's count by descent from a bound: k <- #{bits & mask >= thr[k - 1]} while it falls.
+    bits (n,) int32 (float32 bits; ``mask`` clears a sign bit), thr (M,) int64 non-increasing
+    (rank k passes for a key >= thr[k - 1]); k >= BH's count (e.g. n). As #{key >= thr[k - 1]}
+    only grows with k, every step stays >= BH's count and stops exactly on it: the k it
+    returns is that of :func:`bh_count`. Each step is one vectorised count; -1 when
+    :data:`DESCENT_STEPS` steps did not settle (the caller then counts in bins)."""
+    for _ in range(DESCENT_STEPS):
+        if k == 0:
+            return 0
+        level, c = np.int32(thr[k - 1]), 0
+        for e in range(bits.shape[0]):
+            c += 1 if (bits[e] & mask) >= level else 0
+        if c >= k:
+            return k
+        k = c
+    return -1
+
+
+def bh_work(n: int) -> tuple:
+    """Scratch of the row-wise BH counts of :func:`read_back` and
+    :func:`bids_vlm.stats.fdr.select_rows` for rows of up to n values: two (n,) int64 arrays
+    (a caller that runs them many times keeps one, so that no call allocates them anew)."""
+    return np.empty(max(n, 1), np.int64), np.empty(max(n, 1), np.int64)
+
+
 @_jit
 def _read_back(u, u_max, b, tile, start, thr, first, count, shift, base, rows, cols, u_out,
-               k_out, row0, row1):  # pragma: no cover - compiled
+               k_out, row0, row1, keys, buf):  # pragma: no cover - compiled
     n_pad = u.shape[0] // b
     bits, out_bits = u.view(np.int32), u_out.view(np.int32)
     last, n = rows.shape[0] - 1, 0  # the last slot takes the writes of entries not kept
-    keys, buf = np.empty(n_pad, np.int64), np.empty(n_pad, np.int64)
     hist = np.empty(first.shape[0], np.int64)
     for i in range(row0, row1):
         level, low, n0 = start[i, 0], start[i].view(np.int32)[0], n
@@ -294,18 +324,21 @@ def _read_back(u, u_max, b, tile, start, thr, first, count, shift, base, rows, c
         k_out[i] = n - n0
         if thr.shape[0] == 0 or n == n0 or n > last:
             continue
-        for e in range(n0, n):
-            keys[e - n0] = out_bits[e] & _ABS
-        k = bh_count(keys[:n - n0], thr, first, count, shift, base, hist, buf)
-        level_k, kept = thr[k - 1] if k > 0 else np.int64(1 << 40), n0
+        k = bh_descend(out_bits[n0:n], _ABS, thr, n - n0)
+        if k < 0:  # the descent did not settle: BH's count from bins
+            for e in range(n0, n):
+                keys[e - n0] = out_bits[e] & _ABS
+            k = bh_count(keys[:n - n0], thr, first, count, shift, base, hist, buf)
+        level_k, kept = np.int32(thr[k - 1]) if k > 0 else _NONE, n0
         for e in range(n0, n):  # exactly k entries reach thr[k - 1]; branch-free
             rows[kept], cols[kept], u_out[kept] = rows[e], cols[e], u_out[e]
-            kept += 1 if keys[e - n0] >= level_k else 0
+            kept += 1 if (out_bits[e] & _ABS) >= level_k else 0
         k_out[i], n = k, kept
     return n
 
 
-def read_back(u, u_max, b, tile, start, out, k_out, u_crit=None, layout=None, rows=None):
+def read_back(u, u_max, b, tile, start, out, k_out, u_crit=None, layout=None, rows=None,
+              work=None):
     """A block's entries with |u| >= start[row] (b,) float32, row by row, voxels in order
     (rows: (first, stop) to read only those rows; default all).
 
@@ -315,14 +348,15 @@ def read_back(u, u_max, b, tile, start, out, k_out, u_crit=None, layout=None, ro
     and its :func:`rank_bins` layout, only those with |u| >= u_crit[k - 1] are kept, k the
     largest with #{|u| >= u_crit[k - 1]} >= k (BH's count on u: a bound of the row's
     discoveries, as z^2 <= u; ``start`` must not exceed u_crit[k - 1]). Writes each row's
-    count (k) into k_out (b,) int64 and returns the total."""
-    thr, first, count, shift, base = (np.zeros(0, np.int64),) * 3 + (0, 0)
+    count (k) into k_out (b,) int64 and returns the total. work: :func:`bh_work` of at least
+    Vp (reused scratch; allocated when None)."""
+    thr, first, count, shift, base = np.zeros(0, np.int32), *(np.zeros(0, np.int64),) * 2, 0, 0
     if u_crit is not None:
-        thr = u_crit.view(np.int32).astype(np.int64)
+        thr = u_crit.view(np.int32)  # the bits, in place (no copy at every call)
         first, count, shift, base = layout
     start = np.asarray(start, np.float32).reshape(-1, 1)
     n = _read_back(u, u_max, b, tile, start, thr, first, count, shift, base, *out, k_out,
-                   *(rows or (0, b)))
+                   *(rows or (0, b)), *(work or bh_work(len(u) // b)))
     if n > len(out[0]) - 1:
         raise RuntimeError(f"{n} entries reach the threshold, room for {len(out[0]) - 1}")
     return n

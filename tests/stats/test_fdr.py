@@ -45,6 +45,25 @@ def test_binned_bh_count_equals_sorted_bh(seed):
     assert 100 < found["dense"] < 600
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_bh_descent_equals_binned_count_or_gives_way(seed):
+    """The descent from a bound (k <- #{z >= zcrit[k - 1]}) stops on BH's count, or says it
+    did not settle (-1) and the caller counts in bins; a staircase needs one step per rank."""
+    rng = np.random.default_rng(seed)
+    zcrit = bh_z_thresholds(600, 0.05).astype(np.float32)
+    cases = dict(_cases(rng), staircase=zcrit[1:41])  # #{z >= zcrit[k - 1]} = k - 1
+    settled = 0
+    for name, vals in cases.items():
+        vals = np.ascontiguousarray(vals, np.float32)
+        k = kernels.bh_descend(vals.view(np.int32), np.int32(-1), zcrit.view(np.int32),
+                               len(vals))
+        assert k in (-1, _bh_by_sorting(vals, zcrit)), name
+        settled += k >= 0
+    assert kernels.bh_descend(cases["staircase"].view(np.int32), np.int32(-1),
+                              zcrit.view(np.int32), 40) == -1
+    assert settled >= len(cases) - 2  # the staircase, and at most one other, give way
+
+
 def test_bh_sorted_across_all_pairs_equals_sorting():
     """BH over many tests (--fdr-scope all) from candidates: the same as the sort it replaces."""
     rng = np.random.default_rng(4)
