@@ -140,6 +140,11 @@ def test_simes_and_stage_two_rows_on_dense_rows():
         assert k_keep[i] == (0 if i == 5 or not len(passed) else passed.max() + 1)
     assert k_keep.max() > 500
     assert np.isnan(simes_rows(p[:0], np.zeros(3, np.int64), 20000)).all()
+    # a staircase (p just above each rank's limit: one descent step per rank) falls back to
+    # the counts in bins, and a row that passes whole settles at once
+    limits = level * np.arange(1, 41) / 20000
+    rows = np.concatenate([np.nextafter(limits, 1), limits[:30]])
+    assert list(stage_two_rows(rows, np.array([40, 30]), np.ones(2, bool), level, 20000)) == [0, 30]
 
 
 def test_compiled_p_equals_scipy():
