@@ -29,8 +29,9 @@ from scipy import special
 
 from bids_vlm.stats.autocorr import bartlett_weights, default_lags, row_autocorrelations
 from bids_vlm.stats.backends import get_backend
-from bids_vlm.stats.blockscan import (CANDIDATE_FRACTION, CHUNK, Accumulator, BlockScanner,
-                                         Voxels, pad_voxels, u_threshold)
+from bids_vlm.stats.blockscan import (CANDIDATE_FRACTION, CHUNK, BlockScanner, Voxels,
+                                         pad_voxels, u_threshold)
+from bids_vlm.stats.entries import Accumulator
 from bids_vlm.stats.fdr import bh_sorted, bh_z_thresholds
 from bids_vlm.stats.inference import method_description  # noqa: F401 (re-exported)
 from bids_vlm.stats.inference import noise_model
@@ -160,7 +161,6 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     block = max(1, min(block_size, -(-n_an // workers)))
     n_lags = (n_lags or default_lags(run_lengths)) if autocorr != "none" else None
     starts = range(0, n_an, block)
-    acc = Accumulator(n_an)
     with _pool(min(workers, max(len(starts), 1))) as imap:
         if isinstance(voxels, Voxels):
             vox = _check_prepared(voxels, run_lengths, n_lags, dev, n_dof, autocorr)
@@ -170,6 +170,7 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
             vox = _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof, noise)
         zcrit = torch.from_numpy(bh_z_thresholds(vox.n_vox, q).astype(np.float32)).to(dev)
         local, scanners = threading.local(), []
+        acc = Accumulator(n_an, vox.n_vox, len(starts))
 
         def run(method, *args):
             def job(start):
@@ -177,17 +178,25 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
                     local.scanner = BlockScanner(vox, block, backend.tile, zcrit,
                                                  fused=backend.compiled)
                     scanners.append(local.scanner)
-                xb, acf_b = _prepare_block(regressors[:, start:start + block], run_lengths,
-                                           n_lags, dev, n_dof, autocorr)
-                return start, getattr(local.scanner, method)(xb, acf_b, *args)
+                try:
+                    xb, acf_b = _prepare_block(regressors[:, start:start + block], run_lengths,
+                                               n_lags, dev, n_dof, autocorr)
+                    res = getattr(local.scanner, method)(xb, acf_b, *args)
+                    if method == "scan":  # placed by this worker, before its scanner's next
+                        acc.add(start // block, start, res)
+                        return start, None
+                    return start, res
+                except BaseException:
+                    acc.store.fail()  # the blocks waiting for this one's place raise
+                    raise
             return progress_bar(imap(job, starts), progress, desc=desc, unit="block",
                                 total=len(starts))
 
         if fdr_scope == "all":
             _across_all(run, acc, q, n_an * vox.n_vox)
         else:
-            for start, res in run("scan"):
-                acc.add(start, res)
+            for _ in run("scan"):
+                pass
         return AssociationResult(**acc.result(scanners, vox.n_vox, q, fdr_scope, imap),
                                  n_frames=n_frames)
 

@@ -21,8 +21,9 @@ float32 operations as on CUDA, and BH per AN counts the |z| in bins
 (:func:`bids_vlm.stats.kernels.bh_count`), with p and the Simes p in the same pass
 (:func:`bids_vlm.stats.fdr.select_rows`): nothing is sorted whole. On CUDA the bound is
 tightened by counting passes and BH iterates (:func:`bids_vlm.stats.fdr.bh_select`). Either
-way a block's discoveries come by AN, then voxel. :class:`Accumulator` collects the blocks'
-results and applies the FDR scope across ANs.
+way a block's discoveries come by AN, then voxel (on the CPU in buffers the scanner reuses:
+they are placed before it scans again); :class:`bids_vlm.stats.entries.Accumulator` collects
+the blocks' results and applies the FDR scope across ANs.
 """
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ class Voxels:
 class BlockResult:
     """Per AN of a block (b,): peak_r, peak_voxel, n_pos, n_neg, z_threshold; p_an (numpy),
     the Simes p of its discoveries (NaN without). Discoveries (E,), by AN then voxel: rows (AN
-    within the block), cols (voxel), r, z (signed); p (numpy float64, two-sided)."""
+    within the block), cols (voxel), r, z (signed); p (numpy float64, two-sided). On the CPU
+    the discoveries are views of the scanner's buffers, valid until its next scan."""
 
     peak_r: torch.Tensor
     peak_voxel: torch.Tensor
@@ -142,8 +144,8 @@ class BlockScanner:
         first bound."""
         start = np.where(n_screen > 0, self._u_crit[np.maximum(n_screen, 1) - 1], np.inf)
         ends = np.cumsum(n_screen)
-        out = tuple(np.empty(int(ends[-1]), dtype) for dtype in
-                    (np.int32, np.int32, np.float32, np.float32, np.float64))
+        out = tuple(self._buffer(key, int(ends[-1]), dtype) for key, dtype in
+                    enumerate((np.int32, np.int32, np.float32, np.float32, np.float64), 7))
         per_an = (np.full(b, np.inf, np.float32), np.zeros(b, np.int64), np.zeros(b, np.int64),
                   np.full(b, np.nan))
         n, first = 0, 0
@@ -154,8 +156,6 @@ class BlockScanner:
             n += fdr.select_rows(cand, len(cand[0]), self._z_crit, self._z_bins,
                                  self.vox.n_vox, per_an, out, n, self._work)
             first = stop
-        if n < len(out[0]) // 2:  # keep at most twice the room the discoveries take
-            out = tuple(a[:n].copy() for a in out)
         rows, cols, r, z = (torch.from_numpy(a[:n]) for a in out[:4])
         thr, n_pos, n_neg = (torch.from_numpy(a) for a in per_an[:3])
         return BlockResult(peak_r=peak_r, peak_voxel=peak_voxel, n_pos=n_pos, n_neg=n_neg,
@@ -344,58 +344,3 @@ def u_threshold(z: float) -> float:
 def pad_voxels(n_vox: int) -> int:
     """Vp: the voxel count padded to a multiple of :data:`CHUNK`."""
     return -(-n_vox // CHUNK) * CHUNK
-
-
-
-class Accumulator:
-    """Per-AN summaries and significant entries of the blocks, and the FDR scope across ANs
-    applied to them at the end (:meth:`result`)."""
-
-    def __init__(self, n_an):
-        self.per_an = {k: np.zeros(n_an, dtype) for k, dtype in
-                       (("n_pos", np.int64), ("n_neg", np.int64), ("z_threshold", np.float32),
-                        ("peak_r", np.float32), ("peak_voxel", np.int64))}
-        self.p_an, self.blocks, self.fields = np.full(n_an, np.nan), [], {}
-
-    def add(self, start, res: BlockResult):
-        """One block's :class:`BlockResult` (BH per AN)."""
-        sl = slice(start, start + res.peak_r.shape[0])
-        for name, values in self.per_an.items():
-            values[sl] = getattr(res, name).cpu().numpy()
-        self.p_an[sl] = res.p_an
-        self.blocks.append((sl, tuple(t.cpu().numpy() for t in (res.rows, res.cols, res.r, res.z))
-                            + (res.p,)))
-
-    def set_peaks(self, start, peak_r, peak_voxel):
-        self.per_an["peak_r"][start:start + len(peak_r)] = peak_r.cpu().numpy()
-        self.per_an["peak_voxel"][start:start + len(peak_r)] = peak_voxel.cpu().numpy()
-
-    def add_all(self, an, vox, sign, r_abs, z_abs, thr):
-        """The discoveries of BH across all pairs (E,) and its critical |z|."""
-        an, vox, positive = (t.cpu().numpy() for t in (an.long(), vox.long(), sign > 0))
-        n_an, order = len(self.p_an), np.lexsort((vox, an))
-        self.per_an.update(n_pos=np.bincount(an[positive], minlength=n_an),
-                           n_neg=np.bincount(an[~positive], minlength=n_an),
-                           z_threshold=np.full(n_an, thr, np.float32))
-        z = (sign * z_abs).cpu().numpy()[order].astype(np.float32)
-        self.fields = dict(an_index=an[order], voxel_index=vox[order], z=z, p=p_from_z(z),
-                           r=(sign * r_abs).cpu().numpy()[order].astype(np.float32))
-
-    def result(self, scanners, n_vox, q, scope="an", imap=map) -> dict:
-        """The fields of an :class:`~bids_vlm.stats.association.AssociationResult` (all
-        but n_frames) for the FDR ``scope`` ("selective", "an" or "all"): the entries each AN
-        keeps (:func:`bids_vlm.stats.fdr.kept_entries`; imap: a map over the blocks)."""
-        best = torch.stack([s.best_r[:n_vox] for s in scanners])
-        best_r = best.gather(0, best.abs().argmax(0, keepdim=True))[0].cpu().numpy()
-        fields = dict(self.fields, p_an=self.p_an)
-        if scope == "all":
-            fields.update(bn_count=np.bincount(fields["voxel_index"], minlength=n_vox),
-                          p_an=np.full(len(self.p_an), np.nan))
-        else:
-            counts = self.per_an["n_pos"] + self.per_an["n_neg"]
-            kept, per_an = fdr.kept_entries(self.blocks, counts, self.p_an, n_vox, q,
-                                            scope == "selective", imap)
-            self.blocks = []
-            fields.update(kept)
-            self.per_an.update(per_an)
-        return dict(**self.per_an, **fields, best_r=best_r)

@@ -1,0 +1,220 @@
+"""The blocks' results of one association collected: per-AN summaries, and the significant
+entries written once, into their final arrays, while the other blocks are still scanned.
+
+Blocks of ANs finish on worker threads in any order. Each block's discoveries (by AN, then
+voxel, in its scanner's reused buffers) are copied by its own worker, in the blocks' order
+(a block waits for the blocks before it to be placed), into one set of arrays, made from the
+first block's count for all blocks and trimmed in place at the end (``ndarray.resize``,
+``realloc``). So the
+entries are not kept per block and copied again at the end, and their final arrays are
+filled on every worker at once. :meth:`EntryStore.finish` applies the FDR scope across ANs:
+the selective procedure's second stage (:mod:`bids_vlm.stats.fdr`) drops entries in place,
+only when it drops any (in a dense layer, where every AN is selected, it keeps them all).
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+import torch
+
+from bids_vlm.stats import fdr
+from bids_vlm.stats.kernels import _jit_exact
+
+FIELDS = (("an_index", np.int64), ("voxel_index", np.int64), ("r", np.float32),
+          ("z", np.float32), ("p", np.float64))
+
+
+@_jit_exact
+def _place(rows, cols, r, z, p, first_an, out, at, vox_count):  # pragma: no cover - compiled
+    an_out, vox_out, r_out, z_out, p_out = out
+    for e in range(rows.shape[0]):
+        an_out[at + e] = rows[e] + first_an
+        vox_out[at + e] = cols[e]
+        r_out[at + e] = r[e]
+        z_out[at + e] = z[e]
+        p_out[at + e] = p[e]
+    for e in range(rows.shape[0]):
+        vox_count[cols[e]] += 1
+
+
+@_jit_exact
+def _compact(an, vox, r, z, p, limit, first_an, n_pos, n_neg):  # pragma: no cover - compiled
+    n = 0
+    for e in range(an.shape[0]):  # in place: n <= e, so no entry is overwritten before read
+        i = an[e]
+        if p[e] <= limit[i]:
+            an[n], vox[n], r[n], z[n], p[n] = i, vox[e], r[e], z[e], p[e]
+            n_pos[i - first_an] += 1 if r[e] > 0 else 0
+            n_neg[i - first_an] += 1 if r[e] < 0 else 0
+            n += 1
+    return n
+
+
+class EntryStore:
+    """The entries (E,) of :data:`FIELDS`, placed block by block in AN order, and bn_count (V,)
+    (entries per voxel). n_blocks: how many blocks will be placed (a first estimate of the
+    room the arrays need, from the entries of the blocks placed so far)."""
+
+    def __init__(self, n_vox: int, n_blocks: int):
+        self.arrays = [np.empty(0, dtype) for _, dtype in FIELDS]
+        self.length, self.spans, self.bn_count = 0, [], np.zeros(n_vox, np.int64)
+        self._n_blocks, self._placed, self._failed = n_blocks, 0, False
+        self._turn = threading.Condition()
+
+    def place(self, ordinal: int, first_an: int, entries) -> None:
+        """Block ``ordinal``'s entries (rows within the block, voxels, r, z, p; (E_b,) numpy, by
+        AN then voxel; ANs first_an + rows), after those of blocks 0 .. ordinal - 1: waits for
+        them to be placed (thread-safe; blocks are handed to the workers in order)."""
+        with self._turn:
+            self._turn.wait_for(lambda: self._placed == ordinal or self._failed)
+            if self._failed:
+                raise RuntimeError("another block of the association failed")
+            n = len(entries[0])
+            self._reserve(n)
+            _place(*entries, first_an, tuple(self.arrays), self.length, self.bn_count)
+            self.spans.append((first_an, self.length, self.length + n))
+            self.length += n
+            self._placed += 1
+            self._turn.notify_all()
+
+    def fail(self) -> None:
+        """A block failed: the blocks waiting for it to be placed raise instead of waiting."""
+        with self._turn:
+            self._failed = True
+            self._turn.notify_all()
+
+    def _reserve(self, n: int) -> None:
+        """Room for n more entries: new arrays (their pages are only touched when written)
+        for 5/4 of what the blocks so far extrapolate to over all blocks, the entries so far
+        copied there (rarely more than once: the first block's estimate is usually enough)."""
+        need, room = self.length + n, len(self.arrays[0])
+        if need > room:
+            size = max(need, room * 3 // 2, need * self._n_blocks * 5 // (4 * self._placed + 4))
+            for i, array in enumerate(self.arrays):
+                self.arrays[i] = np.empty(size, array.dtype)
+                self.arrays[i][:self.length] = array[:self.length]
+
+    def finish(self, n_pos, n_neg, p_an, q: float, selective: bool, imap=map) -> tuple:
+        """The entries each AN keeps: those of BH per AN (``selective`` false) or of the
+        selective procedure (as :func:`bids_vlm.stats.fdr.simes_and_selective`; imap: a map
+        over the blocks). n_pos, n_neg (N,): each AN's entries with r > 0 and r < 0; p_an (N,)
+        their Simes p. Returns the fields (an_index, voxel_index, r, z, p (E,), bn_count (V,))
+        and the per-AN fields the scope changes (n_pos, n_neg, z_threshold; none for BH per
+        AN)."""
+        self._trim()
+        counts = n_pos + n_neg
+        per_an, n_vox = {}, len(self.bn_count)
+        if selective:
+            level, selected = fdr.select_ans(p_an, q)
+            k_keep = np.zeros_like(counts)
+            p, ends = self.arrays[4], [an for an, _, _ in self.spans[1:]] + [len(counts)]
+
+            def stage_two(span_end):
+                (first, start, stop), end = span_end
+                k_keep[first:end] = fdr.stage_two_rows(p[start:stop], counts[first:end],
+                                                       selected[first:end], level, n_vox)
+
+            list(imap(stage_two, zip(self.spans, ends)))
+            per_an["z_threshold"] = fdr.stage_two_thresholds(k_keep, level, n_vox)
+            if np.any(k_keep != counts):  # stage 2 drops entries: keep the others, in place
+                per_an.update(self._compact(k_keep, counts, level, (n_pos, n_neg), imap))
+        fields = {name: array for (name, _), array in zip(FIELDS, self.arrays)}
+        return dict(fields, bn_count=self.bn_count), per_an
+
+    def _compact(self, k_keep, counts, level: float, signs, imap) -> dict:
+        """Each AN's k_keep (N,) entries of smallest p (those with p <= its stage-2 limit) of
+        its counts (N,), in place: every block's kept entries first gathered at its start
+        (blocks at once), then the blocks moved down after one another (``memmove``; the
+        arrays at once), and the counts per voxel and, from signs = (n_pos, n_neg) (N,), per
+        AN made anew. Returns the new n_pos and n_neg."""
+        limit = fdr.keep_limits(k_keep, level, len(self.bn_count))
+        n_pos, n_neg = (s.copy() for s in signs)
+        firsts = [first for first, _, _ in self.spans] + [len(counts)]
+
+        def gather(j):
+            (first, start, stop), end = self.spans[j], firsts[j + 1]
+            if np.array_equal(k_keep[first:end], counts[first:end]):
+                return stop - start  # this block keeps all its entries
+            n_pos[first:end], n_neg[first:end] = 0, 0
+            return _compact(*(a[start:stop] for a in self.arrays), limit, first,
+                            n_pos[first:end], n_neg[first:end])
+
+        kept = list(imap(gather, range(len(self.spans))))
+
+        def move(array):
+            at = 0
+            for (_, start, _), n in zip(self.spans, kept):
+                if at != start and n:
+                    ctypes.memmove(array[at:].ctypes.data, array[start:].ctypes.data,
+                                   n * array.itemsize)
+                at += n
+
+        list(imap(move, self.arrays))
+        self.length = int(sum(kept))
+        self._trim()
+        self.bn_count = sum(imap(lambda part: np.bincount(part, minlength=len(self.bn_count)),
+                                 np.array_split(self.arrays[1], 2)))
+        return dict(n_pos=n_pos, n_neg=n_neg)
+
+    def _trim(self):
+        """The arrays cut to the entries (in place: shrinking does not copy or fill)."""
+        for array in self.arrays:
+            array.resize(self.length, refcheck=False)
+
+
+class Accumulator:
+    """Per-AN summaries and significant entries of the blocks (an :class:`EntryStore`), and
+    the FDR scope across ANs applied to them at the end (:meth:`result`)."""
+
+    def __init__(self, n_an: int, n_vox: int, n_blocks: int):
+        self.per_an = {k: np.zeros(n_an, dtype) for k, dtype in
+                       (("n_pos", np.int64), ("n_neg", np.int64), ("z_threshold", np.float32),
+                        ("peak_r", np.float32), ("peak_voxel", np.int64))}
+        self.p_an, self.fields = np.full(n_an, np.nan), {}
+        self.store = EntryStore(n_vox, n_blocks)
+
+    def add(self, ordinal: int, start: int, res) -> None:
+        """Block ``ordinal`` (ANs from ``start``): its
+        :class:`~bids_vlm.stats.blockscan.BlockResult` (BH per AN), placed before the
+        scanner that made it scans again (its entries may be views of the scanner's buffers).
+        Thread-safe: the blocks' summaries go to their own ANs, the entries in block order."""
+        sl = slice(start, start + res.peak_r.shape[0])
+        for name, values in self.per_an.items():
+            values[sl] = getattr(res, name).cpu().numpy()
+        self.p_an[sl] = res.p_an
+        entries = tuple(t.cpu().numpy() for t in (res.rows, res.cols, res.r, res.z))
+        self.store.place(ordinal, start, entries + (np.asarray(res.p, np.float64),))
+
+    def set_peaks(self, start, peak_r, peak_voxel):
+        self.per_an["peak_r"][start:start + len(peak_r)] = peak_r.cpu().numpy()
+        self.per_an["peak_voxel"][start:start + len(peak_r)] = peak_voxel.cpu().numpy()
+
+    def add_all(self, an, vox, sign, r_abs, z_abs, thr):
+        """The discoveries of BH across all pairs (E,) and its critical |z|."""
+        an, vox, positive = (t.cpu().numpy() for t in (an.long(), vox.long(), sign > 0))
+        n_an, order = len(self.p_an), np.lexsort((vox, an))
+        self.per_an.update(n_pos=np.bincount(an[positive], minlength=n_an),
+                           n_neg=np.bincount(an[~positive], minlength=n_an),
+                           z_threshold=np.full(n_an, thr, np.float32))
+        z = (sign * z_abs).cpu().numpy()[order].astype(np.float32)
+        self.fields = dict(an_index=an[order], voxel_index=vox[order], z=z, p=fdr.p_from_z(z),
+                           r=(sign * r_abs).cpu().numpy()[order].astype(np.float32))
+
+    def result(self, scanners, n_vox, q, scope="an", imap=map) -> dict:
+        """The fields of an :class:`~bids_vlm.stats.association.AssociationResult` (all
+        but n_frames) for the FDR ``scope`` ("selective", "an" or "all"): the entries each AN
+        keeps (:meth:`EntryStore.finish`; imap: a map over the blocks)."""
+        best = torch.stack([s.best_r[:n_vox] for s in scanners])
+        best_r = best.gather(0, best.abs().argmax(0, keepdim=True))[0].cpu().numpy()
+        fields = dict(self.fields, p_an=self.p_an)
+        if scope == "all":
+            fields.update(bn_count=np.bincount(fields["voxel_index"], minlength=n_vox),
+                          p_an=np.full(len(self.p_an), np.nan))
+        else:
+            kept, per_an = self.store.finish(self.per_an["n_pos"], self.per_an["n_neg"],
+                                             self.p_an, q, scope == "selective", imap)
+            fields.update(kept)
+            self.per_an.update(per_an)
+        return dict(**self.per_an, **fields, best_r=best_r)
