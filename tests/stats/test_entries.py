@@ -1,0 +1,124 @@
+"""The association's entries placed block by block (:mod:`bids_vlm.stats.entries`): in block
+order whatever order the workers finish in, growing past a first estimate, and the selective
+procedure's drops made in place equal to :func:`bids_vlm.stats.fdr.simes_and_selective`."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from bids_vlm.stats.entries import EntryStore
+from bids_vlm.stats.fdr import simes_and_selective, simes_rows
+from bids_vlm.threads import thread_map
+
+N_VOX = 500
+
+
+def _blocks(rng, sizes, per_an=(0, 60)):
+    """Blocks of ANs: (first AN, (rows, cols, r, z, p)) with entries by AN, then voxel."""
+    blocks, first = [], 0
+    for size in sizes:
+        rows, cols = [], []
+        for i in range(size):
+            n = int(rng.integers(*per_an))
+            rows.append(np.full(n, i, np.int32))
+            cols.append(np.sort(rng.choice(N_VOX, n, replace=False)).astype(np.int32))
+        rows, cols = np.concatenate(rows), np.concatenate(cols)
+        z = (rng.choice([-1, 1], len(rows)) * rng.uniform(2.5, 6, len(rows))).astype(np.float32)
+        p = 10.0 ** -rng.uniform(2.2, 8, len(rows))
+        blocks.append((first, (rows, cols, (z / 10).astype(np.float32), z, p)))
+        first += size
+    return blocks, first
+
+
+def _concatenated(blocks):
+    an = np.concatenate([entries[0] + first for first, entries in blocks])
+    fields = [np.concatenate([b[k] for _, b in blocks]) for k in range(1, 5)]
+    return [an.astype(np.int64), *fields]
+
+
+def test_blocks_finishing_in_any_order_are_placed_in_block_order():
+    rng = np.random.default_rng(0)
+    blocks, _ = _blocks(rng, [5, 9, 3, 7, 4, 8])
+    store = EntryStore(N_VOX, len(blocks))
+    delays = rng.permutation(len(blocks)) * 0.01  # later blocks often finish first
+
+    def place(ordinal):
+        time.sleep(delays[ordinal])
+        store.place(ordinal, *blocks[ordinal])
+
+    with thread_map(3, "test") as imap:
+        list(imap(place, range(len(blocks))))
+    fields, _ = store.finish(np.zeros(0, np.int64), np.zeros(0, np.int64), None, 0.05, False)
+    want = _concatenated(blocks)
+    for name, value in zip(("an_index", "voxel_index", "r", "z", "p"), want):
+        np.testing.assert_array_equal(fields[name], value)
+    np.testing.assert_array_equal(fields["bn_count"], np.bincount(want[1], minlength=N_VOX))
+
+
+def test_arrays_grow_past_the_first_blocks_estimate():
+    rng = np.random.default_rng(1)
+    small, _ = _blocks(rng, [4], per_an=(0, 3))
+    large, _ = _blocks(rng, [4, 4], per_an=(100, 200))
+    blocks = small + [(first + 4, entries) for first, entries in large]
+    store = EntryStore(N_VOX, len(blocks))
+    for ordinal, block in enumerate(blocks):
+        store.place(ordinal, *block)
+    fields, _ = store.finish(np.zeros(0, np.int64), np.zeros(0, np.int64), None, 0.05, False)
+    np.testing.assert_array_equal(fields["p"], _concatenated(blocks)[4])
+    assert fields["p"].flags.owndata and len(fields["p"]) == store.length
+
+
+def test_a_failed_block_releases_the_blocks_waiting_for_it():
+    rng = np.random.default_rng(2)
+    blocks, _ = _blocks(rng, [3, 3])
+    store = EntryStore(N_VOX, 2)
+    errors = []
+
+    def wait_for_block_zero():
+        try:
+            store.place(1, *blocks[1])
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    waiter = threading.Thread(target=wait_for_block_zero)
+    waiter.start()
+    time.sleep(0.05)
+    store.fail()
+    waiter.join(5)
+    assert not waiter.is_alive() and "another block" in str(errors[0])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_selective_drops_in_place_equal_simes_and_selective(seed):
+    """Blocks whose ANs are partly unselected or keep fewer entries at stage 2: the entries
+    kept in place (gathered per block, then moved down) are those of the reference."""
+    rng = np.random.default_rng(seed)
+    blocks, n_an = _blocks(rng, [6, 5, 7, 6], per_an=(0, 40))
+    an, vox, r, z, p = _concatenated(blocks)
+    for i in rng.choice(n_an, 6, replace=False):  # ANs whose p make them unselected
+        p[an == i] = 10.0 ** -rng.uniform(0.5, 1.5, int(np.sum(an == i)))
+    at = 0
+    for _, entries in blocks:  # the same p in the blocks
+        entries[4][:] = p[at:at + len(entries[4])]
+        at += len(entries[4])
+    counts = np.bincount(an, minlength=n_an)
+    p_an = simes_rows(p, counts, N_VOX)
+    keep, _, thr = simes_and_selective(an, p, n_an, N_VOX, 0.05)
+    assert 0 < keep.sum() < len(keep)
+    store = EntryStore(N_VOX, len(blocks))
+    for ordinal, block in enumerate(blocks):
+        store.place(ordinal, *block)
+    n_pos, n_neg = np.bincount(an[r > 0], minlength=n_an), np.bincount(an[r < 0], minlength=n_an)
+    with thread_map(2, "test") as imap:
+        fields, per_an = store.finish(n_pos, n_neg, p_an, 0.05, True, imap)
+    for name, value in zip(("an_index", "voxel_index", "r", "z", "p"), (an, vox, r, z, p)):
+        np.testing.assert_array_equal(fields[name], value[keep])
+    np.testing.assert_array_equal(fields["bn_count"], np.bincount(vox[keep], minlength=N_VOX))
+    np.testing.assert_array_equal(per_an["n_pos"], np.bincount(an[keep & (r > 0)],
+                                                               minlength=n_an))
+    np.testing.assert_array_equal(per_an["n_neg"], np.bincount(an[keep & (r < 0)],
+                                                               minlength=n_an))
+    np.testing.assert_array_equal(per_an["z_threshold"], thr)
