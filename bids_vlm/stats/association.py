@@ -160,8 +160,8 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     workers = workers or backend.workers()
     block = max(1, min(block_size, -(-n_an // workers)))
     n_lags = (n_lags or default_lags(run_lengths)) if autocorr != "none" else None
-    starts = range(0, n_an, block)
-    with _pool(min(workers, max(len(starts), 1))) as imap:
+    spans = _block_spans(n_an, block, workers)
+    with _pool(min(workers, max(len(spans), 1))) as imap:
         if isinstance(voxels, Voxels):
             vox = _check_prepared(voxels, run_lengths, n_lags, dev, n_dof, autocorr)
         else:
@@ -170,27 +170,32 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
             vox = _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof, noise)
         zcrit = torch.from_numpy(bh_z_thresholds(vox.n_vox, q).astype(np.float32)).to(dev)
         local, scanners = threading.local(), []
-        acc = Accumulator(n_an, vox.n_vox, len(starts))
+        acc = Accumulator(n_an, vox.n_vox, len(spans))
 
         def run(method, *args):
-            def job(start):
+            def job(ordinal):
+                start, stop = spans[ordinal]
                 if not hasattr(local, "scanner"):
                     local.scanner = BlockScanner(vox, block, backend.tile, zcrit,
                                                  fused=backend.compiled)
                     scanners.append(local.scanner)
+                    local.slots = [None, None]  # the blocks in the scanner's two buffer sets
                 try:
-                    xb, acf_b = _prepare_block(regressors[:, start:start + block], run_lengths,
-                                               n_lags, dev, n_dof, autocorr)
-                    res = getattr(local.scanner, method)(xb, acf_b, *args)
-                    if method == "scan":  # placed by this worker, before its scanner's next
-                        acc.add(start // block, start, res)
-                        return start, None
-                    return start, res
+                    xb, acf_b = _prepare_block(regressors[:, start:stop], run_lengths, n_lags,
+                                               dev, n_dof, autocorr)
+                    if method != "scan":
+                        return start, getattr(local.scanner, method)(xb, acf_b, *args)
+                    slot = ordinal % 2
+                    if local.slots[slot] is not None:  # that set's block must be placed
+                        acc.store.wait_placed(local.slots[slot])
+                    local.slots[slot] = ordinal
+                    acc.add(ordinal, start, local.scanner.scan(xb, acf_b, slot))
+                    return start, None
                 except BaseException:
                     acc.store.fail()  # the blocks waiting for this one's place raise
                     raise
-            return progress_bar(imap(job, starts), progress, desc=desc, unit="block",
-                                total=len(starts))
+            return progress_bar(imap(job, range(len(spans))), progress, desc=desc,
+                                unit="block", total=len(spans))
 
         if fdr_scope == "all":
             _across_all(run, acc, q, n_an * vox.n_vox)
@@ -199,6 +204,17 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
                 pass
         return AssociationResult(**acc.result(scanners, vox.n_vox, q, fdr_scope, imap),
                                  n_frames=n_frames)
+
+
+def _block_spans(n_an: int, block: int, workers: int) -> list:
+    """(start, stop) of the blocks of ANs: ``block`` ANs each, but the last 2 x ``workers``
+    blocks' worth in blocks of half that, so that the workers finish closer together."""
+    bounds = list(range(0, n_an, block))
+    if workers > 1 and block > 1:
+        tail = max(0, len(bounds) - 2 * workers)  # full blocks before the halved ones
+        bounds = bounds[:tail] + list(range(bounds[tail] if tail < len(bounds) else n_an, n_an,
+                                            -(-block // 2)))
+    return list(zip(bounds, bounds[1:] + [n_an]))
 
 
 def prepare_voxels(voxels, run_lengths=None, autocorr="exact", n_lags=None, device="cpu",

@@ -114,15 +114,17 @@ class BlockScanner:
             yield (s, e, self.u[b * s:b * e].view(b, e - s),
                    self.u_max[b * s // CHUNK:b * e // CHUNK].view(b, (e - s) // CHUNK))
 
-    def scan(self, xb: torch.Tensor, acf_b: torch.Tensor | None) -> BlockResult:
+    def scan(self, xb: torch.Tensor, acf_b: torch.Tensor | None, slot: int = 0) -> BlockResult:
         """Peaks, and BH per AN over voxels. xb (b, T): normalised regressors of the block;
         acf_b (b, K + 1): their weighted autocorrelations / T with a last column 1 / T (None
-        without the Bartlett correction)."""
+        without the Bartlett correction). slot: which of the scanner's two sets of buffers
+        holds the discoveries (compiled path), so that one block's can wait to be copied
+        while the next block is scanned."""
         b = xb.shape[0]
         peak_r, peak_voxel, n_screen = self._pass(xb, acf_b)
         if self.fused:
             return self._scan_fused(b, acf_b, peak_r, peak_voxel,
-                                    n_screen.numpy().astype(np.int64))
+                                    n_screen.numpy().astype(np.int64), slot)
         rows, cols, u = self._candidates(b, n_screen.long())
         r_abs, z_abs = self._exact(rows, cols, u.abs(), acf_b)
         keep, thr = bh_select(rows, z_abs, b, self.zcrit)
@@ -137,7 +139,7 @@ class BlockScanner:
                            p_an=fdr.simes_rows(p, (n_pos + n_neg).cpu().numpy(),
                                                self.vox.n_vox))
 
-    def _scan_fused(self, b, acf_b, peak_r, peak_voxel, n_screen):
+    def _scan_fused(self, b, acf_b, peak_r, peak_voxel, n_screen, slot=0):
         """BH per AN, compiled, for groups of ANs whose candidates stay in cache: BH's count on
         u bounds each AN's discoveries (k), its entries with u >= u_crit[k - 1] get their exact
         z, BH's count on them selects. n_screen (b,): each AN's count of u >= zcrit[-1]^2, a
@@ -145,7 +147,8 @@ class BlockScanner:
         start = np.where(n_screen > 0, self._u_crit[np.maximum(n_screen, 1) - 1], np.inf)
         ends = np.cumsum(n_screen)
         out = tuple(self._buffer(key, int(ends[-1]), dtype) for key, dtype in
-                    enumerate((np.int32, np.int32, np.float32, np.float32, np.float64), 7))
+                    enumerate((np.int32, np.int32, np.float32, np.float32, np.float64),
+                              7 + 5 * slot))
         per_an = (np.full(b, np.inf, np.float32), np.zeros(b, np.int64), np.zeros(b, np.int64),
                   np.full(b, np.nan))
         n, first = 0, 0

@@ -2,8 +2,9 @@
 entries written once, into their final arrays, while the other blocks are still scanned.
 
 Blocks of ANs finish on worker threads in any order. Each block's discoveries (by AN, then
-voxel, in its scanner's reused buffers) are copied by its own worker, in the blocks' order
-(a block waits for the blocks before it to be placed), into one set of arrays, made from the
+voxel, in its scanner's reused buffers) are copied in the blocks' order into one set of
+arrays: by its own worker when the blocks before it are placed, else by the worker that
+places the last of them (meanwhile the scanner fills its other set of buffers), made from the
 first block's count for all blocks and trimmed in place at the end (``ndarray.resize``,
 ``realloc``). So the
 entries are not kept per block and copied again at the end, and their final arrays are
@@ -60,27 +61,38 @@ class EntryStore:
     def __init__(self, n_vox: int, n_blocks: int):
         self.arrays = [np.empty(0, dtype) for _, dtype in FIELDS]
         self.length, self.spans, self.bn_count = 0, [], np.zeros(n_vox, np.int64)
-        self._n_blocks, self._placed, self._failed = n_blocks, 0, False
+        self._n_blocks, self._placed, self._failed, self._pending = n_blocks, 0, False, {}
         self._turn = threading.Condition()
 
     def place(self, ordinal: int, first_an: int, entries) -> None:
         """Block ``ordinal``'s entries (rows within the block, voxels, r, z, p; (E_b,) numpy, by
-        AN then voxel; ANs first_an + rows), after those of blocks 0 .. ordinal - 1: waits for
-        them to be placed (thread-safe; blocks are handed to the workers in order)."""
+        AN then voxel; ANs first_an + rows), placed after those of blocks 0 .. ordinal - 1:
+        now if they are placed, else by the call that places the last of them (the arrays
+        must stay as they are until :meth:`wait_placed` says so). Thread-safe."""
         with self._turn:
-            self._turn.wait_for(lambda: self._placed == ordinal or self._failed)
             if self._failed:
                 raise RuntimeError("another block of the association failed")
-            n = len(entries[0])
-            self._reserve(n)
-            _place(*entries, first_an, tuple(self.arrays), self.length, self.bn_count)
-            self.spans.append((first_an, self.length, self.length + n))
-            self.length += n
-            self._placed += 1
+            self._pending[ordinal] = (first_an, entries)
+            while self._placed in self._pending:
+                first, block = self._pending.pop(self._placed)
+                n = len(block[0])
+                self._reserve(n)
+                _place(*block, first, tuple(self.arrays), self.length, self.bn_count)
+                self.spans.append((first, self.length, self.length + n))
+                self.length += n
+                self._placed += 1
             self._turn.notify_all()
 
+    def wait_placed(self, ordinal: int) -> None:
+        """Returns once block ``ordinal``'s entries are placed (its arrays may then be reused);
+        raises if a block failed meanwhile."""
+        with self._turn:
+            self._turn.wait_for(lambda: self._placed > ordinal or self._failed)
+            if self._failed:
+                raise RuntimeError("another block of the association failed")
+
     def fail(self) -> None:
-        """A block failed: the blocks waiting for it to be placed raise instead of waiting."""
+        """A block failed: those waiting for blocks to be placed raise instead of waiting."""
         with self._turn:
             self._failed = True
             self._turn.notify_all()
@@ -103,12 +115,14 @@ class EntryStore:
         their Simes p. Returns the fields (an_index, voxel_index, r, z, p (E,), bn_count (V,))
         and the per-AN fields the scope changes (n_pos, n_neg, z_threshold; none for BH per
         AN)."""
+        if self._placed != self._n_blocks:
+            raise RuntimeError(f"{self._placed} of {self._n_blocks} blocks were placed")
         self._trim()
         counts = n_pos + n_neg
         per_an, n_vox = {}, len(self.bn_count)
         if selective:
             level, selected = fdr.select_ans(p_an, q)
-            k_keep = np.zeros_like(counts)
+            k_keep = counts if selected.all() else np.zeros_like(counts)
             p, ends = self.arrays[4], [an for an, _, _ in self.spans[1:]] + [len(counts)]
 
             def stage_two(span_end):
@@ -116,7 +130,8 @@ class EntryStore:
                 k_keep[first:end] = fdr.stage_two_rows(p[start:stop], counts[first:end],
                                                        selected[first:end], level, n_vox)
 
-            list(imap(stage_two, zip(self.spans, ends)))
+            if not selected.all():  # else stage 2 is BH at level q: stage 1's discoveries
+                list(imap(stage_two, zip(self.spans, ends)))
             per_an["z_threshold"] = fdr.stage_two_thresholds(k_keep, level, n_vox)
             if np.any(k_keep != counts):  # stage 2 drops entries: keep the others, in place
                 per_an.update(self._compact(k_keep, counts, level, (n_pos, n_neg), imap))

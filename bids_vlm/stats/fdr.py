@@ -152,7 +152,7 @@ def simes_and_selective(an, p, n_an: int, n_vox: int, q: float):
     Stage 1: a Simes p per AN across its V voxels, min_k V p_(k) / k (when it is <= q its
     minimum is reached among those discoveries; NaN otherwise, meaning > q); BH across the
     n_an ANs at level q selects R of them. Stage 2: BH within each selected AN at level
-    q R / n_an, a subset of its level-q discoveries. Returns (E,) bool "kept", (n_an,) Simes p
+    q R / n_an, a subset of its level-q discoveries (all of them when R = n_an). Returns (E,) bool "kept", (n_an,) Simes p
     and (n_an,) the critical |z| of each AN's stage-2 BH (inf when not selected).
     """
     an, p = np.asarray(an, np.int64), np.asarray(p, np.float64)
@@ -161,8 +161,13 @@ def simes_and_selective(an, p, n_an: int, n_vox: int, q: float):
     counts = np.bincount(a_s, minlength=n_an)
     simes = simes_rows(p_s, counts, n_vox)
     level, selected = select_ans(simes, q)
-    k_keep = stage_two_rows(p_s, counts, selected, level, n_vox)
-    kept = p_s <= keep_limits(k_keep, level, n_vox)[a_s]
+    # every AN selected: stage 2 is BH at level q, whose discoveries are stage 1's (not derived
+    # again from p, which can differ from the z stage 1 compared at float32 rounding)
+    if selected.all():
+        k_keep, kept = counts, np.ones(len(p_s), bool)
+    else:
+        k_keep = stage_two_rows(p_s, counts, selected, level, n_vox)
+        kept = p_s <= keep_limits(k_keep, level, n_vox)[a_s]
     keep = kept if order is None else np.empty_like(kept)
     if order is not None:
         keep[order] = kept

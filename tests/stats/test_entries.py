@@ -71,24 +71,44 @@ def test_arrays_grow_past_the_first_blocks_estimate():
     assert fields["p"].flags.owndata and len(fields["p"]) == store.length
 
 
-def test_a_failed_block_releases_the_blocks_waiting_for_it():
+def test_a_block_before_its_predecessors_is_placed_by_the_last_of_them():
+    """Placing never waits: block 1 handed over first is placed by block 0's call, and
+    wait_placed (a scanner about to reuse block 1's buffers) returns only then."""
+    rng = np.random.default_rng(2)
+    blocks, _ = _blocks(rng, [3, 3], per_an=(1, 20))
+    store = EntryStore(N_VOX, 2)
+    store.place(1, *blocks[1])
+    assert store.length == 0
+    waiter = threading.Thread(target=store.wait_placed, args=(1,))
+    waiter.start()
+    time.sleep(0.05)
+    assert waiter.is_alive()
+    store.place(0, *blocks[0])
+    waiter.join(5)
+    assert not waiter.is_alive() and store.length == sum(len(b[1][0]) for b in blocks)
+
+
+def test_a_failed_block_releases_those_waiting_for_it():
     rng = np.random.default_rng(2)
     blocks, _ = _blocks(rng, [3, 3])
     store = EntryStore(N_VOX, 2)
+    store.place(1, *blocks[1])
     errors = []
 
-    def wait_for_block_zero():
+    def wait_for_block_one():
         try:
-            store.place(1, *blocks[1])
+            store.wait_placed(1)
         except RuntimeError as exc:
             errors.append(exc)
 
-    waiter = threading.Thread(target=wait_for_block_zero)
+    waiter = threading.Thread(target=wait_for_block_one)
     waiter.start()
     time.sleep(0.05)
     store.fail()
     waiter.join(5)
     assert not waiter.is_alive() and "another block" in str(errors[0])
+    with pytest.raises(RuntimeError, match="another block"):
+        store.place(0, *blocks[0])
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -122,3 +142,29 @@ def test_selective_drops_in_place_equal_simes_and_selective(seed):
     np.testing.assert_array_equal(per_an["n_neg"], np.bincount(an[keep & (r < 0)],
                                                                minlength=n_an))
     np.testing.assert_array_equal(per_an["z_threshold"], thr)
+
+
+def test_every_an_selected_keeps_stage_ones_discoveries():
+    """R = N: stage 2 is BH at level q, so every entry stays, even one whose float64 p is a
+    hair above its limit (stage 1 compared float32 z); the reference agrees."""
+    rng = np.random.default_rng(5)
+    blocks, n_an = _blocks(rng, [4, 4], per_an=(5, 30))
+    an, vox, r, z, p = _concatenated(blocks)
+    counts = np.bincount(an, minlength=n_an)
+    p[:] = 10.0 ** -rng.uniform(5, 9, len(p))  # every AN selected
+    last = np.cumsum(counts) - 1  # each AN's last entry: p just above BH's limit at q
+    p[last] = np.nextafter(0.05 * counts / N_VOX, 1.0)
+    at = 0
+    for _, entries in blocks:
+        entries[4][:] = p[at:at + len(entries[4])]
+        at += len(entries[4])
+    p_an = simes_rows(p, counts, N_VOX)
+    keep, _, _ = simes_and_selective(an, p, n_an, N_VOX, 0.05)
+    assert keep.all()
+    store = EntryStore(N_VOX, len(blocks))
+    for ordinal, block in enumerate(blocks):
+        store.place(ordinal, *block)
+    n_pos, n_neg = np.bincount(an[r > 0], minlength=n_an), np.bincount(an[r < 0], minlength=n_an)
+    fields, per_an = store.finish(n_pos, n_neg, p_an, 0.05, True)
+    np.testing.assert_array_equal(fields["p"], p)
+    assert "n_pos" not in per_an
