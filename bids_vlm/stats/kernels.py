@@ -319,8 +319,9 @@ def _read_back(u, u_max, b, tile, start, thr, first, count, shift, base, rows, c
                 if u_max[moff + c] >= level:
                     for j in range(off + c * CHUNK, off + (c + 1) * CHUNK):
                         at = min(n, last)  # branch-free, never past the arrays
-                        rows[at], cols[at], u_out[at] = i, s + j - off, u[j]
+                        cols[at], u_out[at] = s + j - off, u[j]
                         n += 1 if (bits[j] & _ABS) >= low else 0
+        rows[n0:min(n, last)] = i  # the row, once for its entries
         k_out[i] = n - n0
         if thr.shape[0] == 0 or n == n0 or n > last:
             continue
@@ -331,7 +332,7 @@ def _read_back(u, u_max, b, tile, start, thr, first, count, shift, base, rows, c
             k = bh_count(keys[:n - n0], thr, first, count, shift, base, hist, buf)
         level_k, kept = np.int32(thr[k - 1]) if k > 0 else _NONE, n0
         for e in range(n0, n):  # exactly k entries reach thr[k - 1]; branch-free
-            rows[kept], cols[kept], u_out[kept] = rows[e], cols[e], u_out[e]
+            cols[kept], u_out[kept] = cols[e], u_out[e]
             kept += 1 if (out_bits[e] & _ABS) >= level_k else 0
         k_out[i], n = k, kept
     return n
