@@ -58,7 +58,8 @@ class AssociationResult:
     Per AN (N,): n_pos / n_neg (BN+ / BN- counts), peak_r (signed r of largest |r|),
     peak_voxel (its voxel index), z_threshold (BH critical |z|, inf when nothing passes).
     Per voxel (V,): bn_count (ANs with the voxel as BN), best_r (signed r of largest |r| over ANs).
-    Significant entries (E,): an_index, voxel_index, r, z (signed), p (two-sided, uncorrected).
+    Significant entries (E,): an_index, voxel_index (int32), r, z (signed, float32), p
+    (two-sided, uncorrected, float64).
     p_an (N,): Simes p of the AN across voxels (NaN when > q; the selection p of the
     ``selective`` scope).
     """

@@ -76,7 +76,7 @@ class LayerBNs:
 def encode_voxels(voxel_index, r) -> np.ndarray:
     """(E,) int32 codes +(v + 1) where r > 0, -(v + 1) where r < 0 (r == 0: +; a pair with
     r = 0 has z = 0 and is never significant). voxel_index, r: (E,)."""
-    code = np.asarray(voxel_index, np.int64) + 1
+    code = np.add(voxel_index, 1, dtype=np.int64)
     if len(code) and code.max() > np.iinfo(np.int32).max:
         raise ValueError("voxel index too large for the int32 BN codes")
     return np.where(np.asarray(r) < 0, -code, code).astype(np.int32)
@@ -96,6 +96,13 @@ def row_positions(indptr, rows) -> np.ndarray:
     return np.repeat(start, length) + np.arange(int(length.sum())) - first
 
 
+def _indices(values) -> np.ndarray:
+    """An index array as it is when of an integer type (the association's int32: no copy),
+    else as int64."""
+    values = np.asarray(values)
+    return values if values.dtype.kind in "iu" else values.astype(np.int64)
+
+
 def pack(an_index, voxel_index, r, z, p, n_ans: int, keep: int = 100) -> dict:
     """The compact form (module docstring) of one layer's significant entries.
 
@@ -104,15 +111,16 @@ def pack(an_index, voxel_index, r, z, p, n_ans: int, keep: int = 100) -> dict:
     {"top_voxel", "top_r", "top_z", "top_p"} (K >= 0) or {"r", "z", "p"} (K = -1), and
     "keep_entries" (K).
     """
-    an = np.asarray(an_index, np.int64)
-    vox = np.asarray(voxel_index, np.int64)
+    an, vox = _indices(an_index), _indices(voxel_index)
     r, z, p = np.asarray(r), np.asarray(z), np.asarray(p)
     if len(an) and (an.min() < 0 or an.max() >= n_ans):
         raise ValueError(f"an_index outside 0..{n_ans - 1}")
     keep = int(keep)
     if keep < -1:
         raise ValueError("keep must be >= -1")
-    key = an * (int(vox.max()) + 1 if len(vox) else 1) + vox
+    key = an.astype(np.int64)
+    key *= int(vox.max()) + 1 if len(vox) else 1
+    np.add(key, vox, out=key, casting="unsafe")
     if np.any(key[1:] < key[:-1]):  # by AN, then voxel
         order = np.argsort(key, kind="stable")
         an, vox, r, z, p = an[order], vox[order], r[order], z[order], p[order]

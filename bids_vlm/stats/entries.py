@@ -23,7 +23,8 @@ import torch
 from bids_vlm.stats import fdr
 from bids_vlm.stats.kernels import _jit_exact
 
-FIELDS = (("an_index", np.int64), ("voxel_index", np.int64), ("r", np.float32),
+# 24 bytes an entry: indices in int32 (ANs and voxels are far fewer than 2^31), p in float64
+FIELDS = (("an_index", np.int32), ("voxel_index", np.int32), ("r", np.float32),
           ("z", np.float32), ("p", np.float64))
 
 
@@ -214,7 +215,8 @@ class Accumulator:
                            n_neg=np.bincount(an[~positive], minlength=n_an),
                            z_threshold=np.full(n_an, thr, np.float32))
         z = (sign * z_abs).cpu().numpy()[order].astype(np.float32)
-        self.fields = dict(an_index=an[order], voxel_index=vox[order], z=z, p=fdr.p_from_z(z),
+        self.fields = dict(an_index=an[order].astype(np.int32),
+                           voxel_index=vox[order].astype(np.int32), z=z, p=fdr.p_from_z(z),
                            r=(sign * r_abs).cpu().numpy()[order].astype(np.float32))
 
     def result(self, scanners, n_vox, q, scope="an", imap=map) -> dict:
