@@ -480,3 +480,26 @@ def test_selective_drops_an_an_that_bh_per_an_keeps():
     np.testing.assert_allclose(simes[:2], [1e-5, 0.04])
     assert np.isnan(simes[2:]).all() and np.isinf(thr[1:]).all()
     np.testing.assert_allclose(thr[0], -special.ndtri(0.05 / 4 * 10 / 100 / 2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("scope", ["an", "selective"])
+def test_the_torch_path_on_the_cpu_gives_the_compiled_paths_result(scope, monkeypatch):
+    """The torch operations CUDA runs (blocks scanned by torch, their tensors placed by the
+    entry store) run on the CPU too: the same discoveries and z (to float32 rounding) as the
+    compiled kernels, so that the GPU's path through the store is checked where there is none."""
+    from bids_vlm.stats import backends
+
+    rng = np.random.default_rng(7)
+    shared = rng.standard_normal((300, 1))  # a dense layer: most ANs carry it, like 200 voxels
+    x = shared * rng.uniform(-0.8, 0.8, 70) + rng.standard_normal((300, 70))
+    y = rng.standard_normal((300, 500))
+    y[:, :200] += 0.5 * shared
+    compiled = associate(x, y, run_lengths=RUNS, block_size=16, fdr_scope=scope)
+    monkeypatch.setitem(backends.BACKENDS, "cpu", backends.Backend(
+        "cpu", tile=256, prep_chunk=256, compiled=False))
+    torch_path = associate(x, y, run_lengths=RUNS, block_size=16, fdr_scope=scope)
+    assert len(compiled.r) > 1000
+    for name in ("an_index", "voxel_index", "n_pos", "n_neg", "bn_count"):
+        np.testing.assert_array_equal(getattr(torch_path, name), getattr(compiled, name))
+    np.testing.assert_allclose(torch_path.z, compiled.z, rtol=1e-5)
+    np.testing.assert_allclose(torch_path.p, compiled.p, rtol=1e-4)
