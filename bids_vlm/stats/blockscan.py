@@ -183,10 +183,8 @@ class BlockScanner:
         u[n:padded + 1], f[n:] = 1.0, 0.25
         if acf_b is not None:  # (1 + Bartlett factor) / D, as in _exact (up to rounding)
             kernels.factors(acf_b.numpy(), self.vox.acf.numpy(), rows_c[:n], cols_c[:n], f[:n])
-        kernels.abs_r(u[:padded], None if acf_b is None else f, self.n_frames, s2, r)
-        z_t, s2_t = torch.from_numpy(z), torch.from_numpy(s2)
-        torch.clamp(torch.from_numpy(r), max=1 - 1e-6, out=z_t)
-        torch.mul(z_t.atanh_(), s2_t.sqrt_(), out=z_t)
+        kernels.abs_r(u[:padded], None if acf_b is None else f, self.n_frames, s2, r, z)
+        torch.from_numpy(z).atanh_().mul_(torch.from_numpy(s2).sqrt_())  # z: |r| clamped
         return rows_c[:n], cols_c[:n], u[:n], r[:n], z[:n]
 
     def _buffer(self, key, size, dtype):

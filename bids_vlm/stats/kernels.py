@@ -376,22 +376,30 @@ def factors(a, b, rows, cols, out):  # pragma: no cover - compiled
         out[e] = total
 
 
+R_MAX = np.float32(1 - 1e-6)  # |r| is clamped to this before atanh (as torch.clamp does)
+
+
 @_jit_exact
-def _abs_r(u, f, f_lo, s2_const, s2, r):  # pragma: no cover - compiled
+def _abs_r(u, f, f_lo, s2_const, s2, r, clamped):  # pragma: no cover - compiled
     one, quarter = np.float32(1.0), np.float32(0.25)
+    clamped_too = clamped.shape[0] > 0
     for e in range(u.shape[0]):
         v = s2_const
         if f.shape[0]:  # clamped as torch clamps (NaN stays NaN)
             c = f_lo if f[e] < f_lo else f[e]
             v = one / (quarter if c > quarter else c) - np.float32(3.0)
-        s2[e] = v
-        r[e] = one / np.sqrt(one + v / abs(u[e]))
+        a = one / np.sqrt(one + v / abs(u[e]))
+        s2[e], r[e] = v, a
+        if clamped_too:  # |r| clamped for atanh (NaN stays NaN)
+            clamped[e] = R_MAX if a > R_MAX else a
 
 
-def abs_r(u, f, n_dof, s2, r):
+def abs_r(u, f, n_dof, s2, r, clamped=None):
     """|r| of candidates from their |u| (E,) and null variance factors f (E,) (None: T_eff =
     n_dof): s2 = T_eff - 3 = 1 / clip(f, 1 / n_dof, 1/4) - 3 and |r| = (1 + s2 / |u|)^-1/2,
     written into s2 and r (E,) float32: the IEEE float32 operations of
-    :meth:`bids_vlm.stats.blockscan.BlockScanner._exact`, so the same values for the same f."""
+    :meth:`bids_vlm.stats.blockscan.BlockScanner._exact`, so the same values for the same f.
+    With ``clamped`` (E,), also min(|r|, :data:`R_MAX`) there, as torch's clamp gives it
+    (z = atanh(clamped) sqrt(s2))."""
     _abs_r(u, NO_FACTORS.reshape(0) if f is None else f, np.float32(1.0 / n_dof),
-           np.float32(n_dof - 3.0), s2, r)
+           np.float32(n_dof - 3.0), s2, r, NO_FACTORS.reshape(0) if clamped is None else clamped)

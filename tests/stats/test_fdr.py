@@ -229,6 +229,15 @@ def test_exact_z_equals_the_torch_operations(n_factors):
     kernels.abs_r(u_abs, f, n, s2, r)
     np.testing.assert_array_equal(s2, s2_t.numpy())
     np.testing.assert_array_equal(r, torch.rsqrt(1.0 + s2_t / torch.from_numpy(u_abs)).numpy())
+    # |r| clamped for atanh in the same pass, as torch's clamp
+    u_abs[:3] = (1e9, np.inf, np.nan)  # |r| above the clamp, 1, NaN
+    s2_again, r2, clamped = (np.empty(5000, np.float32) for _ in range(3))
+    kernels.abs_r(u_abs, f, n, s2_again, r2, clamped)
+    r_t = torch.rsqrt(1.0 + s2_t / torch.from_numpy(u_abs))
+    np.testing.assert_array_equal(r2, r_t.numpy())
+    np.testing.assert_array_equal(s2_again, s2)
+    np.testing.assert_array_equal(clamped, r_t.clamp(max=1 - 1e-6).numpy())
+    assert clamped[0] == clamped[1] == kernels.R_MAX and np.isnan(clamped[2])
 
 
 def test_select_rows_equals_bh_select():
