@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from scipy import special
 
-from bids_vlm.stats.kernels import (DESCENT_STEPS, F32_SHIFT, F64_SHIFT, _jit, _jit_exact,
-                                       bh_count, bh_descend, bh_work, rank_bins)
+from bids_vlm.stats.kernels import (F32_SHIFT, F64_SHIFT, _jit, _jit_exact, bh_count,
+                                       bh_descend, bh_work, rank_bins)
 
 _MAX_ITER = 64
 
@@ -228,25 +228,14 @@ def stage_two_rows(p, counts, selected, level: float, n_vox: int) -> np.ndarray:
 def _stage_two(p, counts, selected, thr, first, count, shift, base,
                out):  # pragma: no cover - compiled
     keys = -p.view(np.int64)
-    limits = (-thr).view(np.float64)
     hist, buf = np.empty(first.shape[0], np.int64), np.empty(max(counts.max(), 1), np.int64)
     start = 0
     for i in range(counts.shape[0]):
         if selected[i] and counts[i]:
-            row = p[start:start + counts[i]]
-            # descent from a bound, the row's entries (as bh_descend): k <- #{p <= limit[k - 1]}
-            k, settled = counts[i], False
-            for _ in range(DESCENT_STEPS):
-                c, level = 0, limits[k - 1]
-                for e in range(row.shape[0]):
-                    c += 1 if row[e] <= level else 0
-                settled = c >= k or c == 0
-                k = min(k, c)
-                if settled:
-                    break
-            if not settled:  # BH's count from bins
-                k = bh_count(keys[start:start + counts[i]], thr, first, count, shift, base,
-                             hist, buf)
+            row = keys[start:start + counts[i]]
+            k = bh_descend(row, np.int64(-1), thr, counts[i])  # from the row's entries
+            if k < 0:  # the descent did not settle: BH's count from bins
+                k = bh_count(row, thr, first, count, shift, base, hist, buf)
             out[i] = k
         start += counts[i]
 

@@ -279,7 +279,8 @@ DESCENT_STEPS = 8
 @_jit
 def bh_descend(bits, mask, thr, k):  # pragma: no cover - compiled
     """BH's count by descent from a bound: k <- #{bits & mask >= thr[k - 1]} while it falls.
-    bits (n,) int32 (float32 bits; ``mask`` clears a sign bit), thr (M,) int64 non-increasing
+    bits (n,) integer keys (e.g. float32 bits; ``mask``, of their type, clears a sign bit),
+    thr (M,) of the same type, non-increasing
     (rank k passes for a key >= thr[k - 1]); k >= BH's count (e.g. n). As #{key >= thr[k - 1]}
     only grows with k, every step stays >= BH's count and stops exactly on it: the k it
     returns is that of :func:`bh_count`. Each step is one vectorised count; -1 when
@@ -287,7 +288,7 @@ def bh_descend(bits, mask, thr, k):  # pragma: no cover - compiled
     for _ in range(DESCENT_STEPS):
         if k == 0:
             return 0
-        level, c = np.int32(thr[k - 1]), 0
+        level, c = thr[k - 1], 0
         for e in range(bits.shape[0]):
             c += 1 if (bits[e] & mask) >= level else 0
         if c >= k:
