@@ -26,6 +26,7 @@ from himalaya.kernel_ridge import generate_dirichlet_samples, MultipleKernelRidg
 from himalaya.ridge import GroupRidgeCV
 
 from bids_vlm.encoding.folds import inner_splits, run_splits
+from bids_vlm.encoding.kernels import subtract_sse
 from bids_vlm.encoding.ridge import ALPHAS, himalaya_backend, run_sums, scores_from_sums
 from bids_vlm.encoding.ridge_solver import (_pool, _Stack, batch_size, device_of,
                                             voxel_batch)
@@ -146,9 +147,7 @@ def banded_fold(kernels, y, runs, k: int, g, alphas, max_inner_folds: int, devic
                 total = torch.zeros(len(alphas_t), y_tr.shape[1], dtype=torch.float64,
                                     device=device)
                 for inner_tr, inner_te, stack in stacks:
-                    y_te = y_tr[inner_te]
-                    err = stack(y_tr[inner_tr]).view(len(alphas_t), *y_te.shape).sub_(y_te)
-                    total -= err.square_().sum(1).double() / len(inner_te)
+                    subtract_sse(total, stack(y_tr[inner_tr]), y_tr[inner_te])
                 mean = total / len(stacks) + tiebreak
                 value, arg = mean.max(0)
                 sl = slice(start, start + y_tr.shape[1])

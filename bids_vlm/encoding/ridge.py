@@ -57,6 +57,7 @@ from bids_vlm.config import EncodingConfig
 from bids_vlm.stats.autocorr import (default_lags, demean_traces, noise_factors,
                                      row_autocorrelations, lag_sums as _lag_sums)
 from bids_vlm.encoding.folds import run_splits
+from bids_vlm.encoding.kernels import lag_terms_cpu, run_sums_cpu
 from bids_vlm.encoding.ridge_solver import device_of, loro_blocks
 from bids_vlm.progress import progress as progress_bar
 
@@ -168,6 +169,7 @@ def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_ba
     terms = np.zeros((n_vox, n_lags + 1)) if with_z else None
 
     def finish(k, start, p, y_test, best):  # per block, in the solver's worker threads
+        p = p.contiguous()
         sums_k = run_sums(p, y_test)
         lag = _lag_terms(p, n_lags, sums_k[1]).cpu().numpy() if with_z else None
         return (k, start, best.cpu().numpy(), sums_k.cpu().numpy(), lag,
@@ -192,8 +194,17 @@ def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_ba
 
 
 def _lag_terms(pred_run: torch.Tensor, n_lags: int, spp=None) -> torch.Tensor:
-    """(nb, K + 1) float64 :func:`prediction_lag_terms` of one run's predictions (n_run, nb);
-    spp: (nb,) their centred sums of squares when known (:func:`run_sums`)."""
+    """(nb, K + 1) float64 :func:`prediction_lag_terms` of one run's predictions (n_run, nb):
+    on the CPU the compiled :func:`~bids_vlm.encoding.kernels.lag_terms_cpu`, elsewhere
+    :func:`lag_terms_torch`."""
+    if pred_run.device.type == "cpu":
+        return lag_terms_cpu(pred_run, n_lags)
+    return lag_terms_torch(pred_run, n_lags, spp)
+
+
+def lag_terms_torch(pred_run: torch.Tensor, n_lags: int, spp=None) -> torch.Tensor:
+    """:func:`_lag_terms` by torch operations (a GPU's); spp: (nb,) the predictions' centred
+    sums of squares when known (:func:`run_sums`)."""
     n = len(pred_run)
     sd = (pred_run.double().std(0, correction=0) if spp is None else
           torch.sqrt(torch.as_tensor(spp, device=pred_run.device) / n))
@@ -251,7 +262,14 @@ def run_sums(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(4, nb) float64 sums over one run's frames of predictions and voxels (n, nb): the
     centred voxels' and predictions' sums of squares and cross-products, and the squared
     errors: [S_yy, S_pp, S_yp, S_ee] (float32 products of centred values: a batch that stays
-    in cache)."""
+    in cache; on the CPU one compiled loop in float64, elsewhere :func:`run_sums_torch`)."""
+    if pred.device.type == "cpu":
+        return run_sums_cpu(pred, y)
+    return run_sums_torch(pred, y)
+
+
+def run_sums_torch(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """:func:`run_sums` by torch operations (a GPU's)."""
     p, v = pred.float(), y.float()
     pc = p - p.mean(0, dtype=torch.float64).float()  # exact for a constant series
     vc = v - v.mean(0, dtype=torch.float64).float()

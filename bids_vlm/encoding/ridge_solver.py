@@ -33,6 +33,7 @@ from himalaya.kernel_ridge import KernelRidgeCV
 from himalaya.ridge import RidgeCV
 
 from bids_vlm.encoding.folds import inner_splits
+from bids_vlm.encoding.kernels import subtract_sse
 from bids_vlm.threads import thread_map
 
 # float32 entries of a batch's stacked inner predictions: a few MiB stay in a CPU's cache
@@ -129,9 +130,7 @@ class _InnerCV:
         score = torch.zeros(self.n_alphas, y_tr.shape[1], dtype=torch.float64,
                             device=y_tr.device)
         for tr, te, stack in self.folds:
-            y_te = y_tr[te]
-            err = stack(y_tr[tr]).view(self.n_alphas, *y_te.shape).sub_(y_te)
-            score -= err.square_().sum(1).double() / len(te)
+            subtract_sse(score, stack(y_tr[tr]), y_tr[te])
         return torch.argmax(score / len(self.folds) + self.tiebreak, dim=0)
 
 
