@@ -16,6 +16,7 @@ import logging
 import re
 import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import nibabel as nib
 import numpy as np
@@ -130,8 +131,10 @@ def clean_bold(bold_path, mask_img, tr, confounds_path=None, config: BoldConfig 
 
 
 def load_bold(bold_path, mask_img, config: BoldConfig = BoldConfig()) -> np.ndarray:
-    """In-mask voxel time series of one run, (n_scans, n_voxels) float64, smoothed when
-    ``config.smoothing_fwhm``; not cleaned.
+    """In-mask voxel time series of one run, (n_scans, n_voxels) in the image's float type
+    (float32 for integer images, as nilearn), smoothed when ``config.smoothing_fwhm``; not
+    cleaned. The cleaning and the noise lag sums compute in float64, a chunk of voxels at a
+    time (:data:`CHUNK`): a float64 copy of a whole run is 1.1 GB at 2 mm.
 
     Voxels that are constant over the run (e.g. outside the field of view) or hold NaN or inf
     values come out as zeros (a warning gives their number): excluded from this run's data; a
@@ -145,8 +148,7 @@ def load_bold(bold_path, mask_img, config: BoldConfig = BoldConfig()) -> np.ndar
         data = masked_series(bold, mask_img)
         nonfinite = ~np.isfinite(data).all(axis=0)  # before smoothing spreads them
         if smoothing:  # smooth_img sets NaN and inf to 0 first
-            data = masking.apply_mask(image.smooth_img(bold, smoothing),
-                                      mask_img).astype(np.float64)
+            data = masking.apply_mask(image.smooth_img(bold, smoothing), mask_img)
     except (EOFError, OSError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
         raise DataError(f"cannot read the BOLD data (truncated or corrupted?): {exc}",
                         bold_path) from exc
@@ -154,8 +156,9 @@ def load_bold(bold_path, mask_img, config: BoldConfig = BoldConfig()) -> np.ndar
 
 
 def masked_series(bold, mask_img) -> np.ndarray:
-    """(n_scans, n_voxels) float64 in-mask series of a 4D image, voxels in the order of
-    nilearn's ``apply_mask`` and with its values (``ensure_finite=False``).
+    """(n_scans, n_voxels) in-mask series of a 4D image (float32, or float64 for a float64
+    image), voxels in the order of nilearn's ``apply_mask`` and with its values
+    (``ensure_finite=False``).
 
     nilearn first copies the whole 4D grid into C order (for its smoothing); unsmoothed, that
     copy (1.3 GB a run of 300 frames at 2 mm) took most of the load. Here the in-mask voxels
@@ -165,7 +168,7 @@ def masked_series(bold, mask_img) -> np.ndarray:
     mask, mask_affine = masking.load_mask_img(mask_img)
     if (getattr(bold, "ndim", 0) != 4 or bold.shape[:3] != mask.shape
             or not np.allclose(mask_affine, bold.affine)):
-        return masking.apply_mask(bold, mask_img, ensure_finite=False).astype(np.float64)
+        return _floating(masking.apply_mask(bold, mask_img, ensure_finite=False))
     data = np.asanyarray(bold.dataobj)
     if data.dtype.kind != "f":  # as nilearn: integers become float32 first
         data = data.astype(np.float32)
@@ -175,7 +178,12 @@ def masked_series(bold, mask_img) -> np.ndarray:
         rows = data.reshape(-1, data.shape[3], order="F").T  # (T, X*Y*Z) view
     else:
         rows = data.reshape(-1, data.shape[3]).T
-    return np.take(rows, index, axis=1).astype(np.float64)
+    return np.take(rows, index, axis=1)
+
+
+def _floating(data: np.ndarray) -> np.ndarray:
+    """data as float32 unless it is float64 already."""
+    return data if data.dtype == np.float64 else data.astype(np.float32, copy=False)
 
 
 SMOOTHING_REFUSED = ("is not applied to CIFTI grayordinates (smoothing on the surface is a "
@@ -196,7 +204,9 @@ def _exclude_bad(data, nonfinite, bold_path) -> np.ndarray:
         LOGGER.warning("%s: %d in-mask voxel(s) with NaN or inf values; excluded from this "
                        "run (set to 0)", bold_path, int(nonfinite.sum()))
         data[:, nonfinite] = 0.0
-    constant = (data.std(axis=0) < 1e-8) & ~nonfinite
+    data = _floating(data)
+    constant = np.concatenate([np.asarray(part, np.float64).std(axis=0) < 1e-8
+                               for part in _chunks(data)]) & ~nonfinite
     if constant.any():
         LOGGER.warning("%s: %d in-mask voxel(s) constant over the run; excluded from it "
                        "(set to 0)", bold_path, int(constant.sum()))
@@ -240,13 +250,36 @@ def clean_signals(data, tr, confounds=None, config: BoldConfig = BoldConfig()):
     the AN regressors of the run, so that the association and the encoding models see both
     sides filtered alike (as drift and confound columns in a GLM design would do). Returns
     float32.
+
+    Each column is cleaned on its own, so the columns go through nilearn in float64 chunks of
+    :data:`CHUNK`, on two threads when there are several: the same values as one call, without
+    whole-run float64 copies (seconds of page faults a run at 2 mm).
     """
-    data = np.asarray(data, dtype=np.float64)
-    constant = data.std(axis=0) < 1e-8 * np.maximum(1.0, np.abs(data).max(axis=0))
-    cleaned = signal.clean(data, confounds=nuisance_columns(len(data), tr, confounds, config),
-                           detrend=True, standardize="zscore_sample", filter=False, t_r=tr)
-    cleaned[:, constant] = 0.0
-    return cleaned.astype(np.float32)
+    data = np.asarray(data)
+    nuisance = nuisance_columns(len(data), tr, confounds, config)
+    out = np.empty(data.shape, np.float32)
+
+    def clean(part_and_out):
+        part, where = part_and_out
+        part = np.asarray(part, np.float64)
+        constant = part.std(axis=0) < 1e-8 * np.maximum(1.0, np.abs(part).max(axis=0))
+        cleaned = signal.clean(part, confounds=nuisance, detrend=True,
+                               standardize="zscore_sample", filter=False, t_r=tr)
+        cleaned[:, constant] = 0.0
+        where[...] = cleaned
+
+    parts = list(zip(_chunks(data), _chunks(out)))
+    with ThreadPoolExecutor(min(2, len(parts))) as pool:
+        list(pool.map(clean, parts))
+    return out
+
+
+CHUNK = 8192  # voxels (columns) a float64 step of the cleaning takes at a time
+
+
+def _chunks(data: np.ndarray) -> list:
+    """Views of data's columns, :data:`CHUNK` at a time (one, maybe empty, at least)."""
+    return [data[:, s:s + CHUNK] for s in range(0, max(data.shape[1], 1), CHUNK)]
 
 
 def read_confounds(confounds_path, n_scans: int, config: BoldConfig = BoldConfig()):
@@ -317,8 +350,8 @@ def noise_lag_sums(data: np.ndarray, n_lags: int, censor=None) -> np.ndarray:
     trend = np.column_stack([np.ones(n), np.linspace(-1.0, 1.0, n)])
     fit = np.linalg.pinv(trend[kept])  # (2, n_kept)
     out = np.zeros((n_lags + 1, data.shape[1]), dtype=np.float32)
-    for start in range(0, data.shape[1], 16384):  # the detrended copy in chunks too
-        part = np.asarray(data[:, start:start + 16384], np.float64)
+    for start in range(0, data.shape[1], CHUNK):  # the detrended copy in chunks too
+        part = np.asarray(data[:, start:start + CHUNK], np.float64)
         part = part - trend @ (fit @ part[kept])
         part[~kept] = 0.0
         out[:, start:start + part.shape[1]] = lag_sums(part, [n], n_lags)

@@ -269,8 +269,12 @@ def test_masked_series_is_nilearns_apply_mask(tmp_path, dtype):
         nib.save(img, tmp_path / "bold.nii.gz")
         img = nib.load(tmp_path / "bold.nii.gz")
     ours = masked_series(img, mask)
-    assert ours.dtype == np.float64 and ours.shape == (12, int(mask.get_fdata().sum()))
-    np.testing.assert_array_equal(ours, masking.apply_mask(img, mask, ensure_finite=False))
+    theirs = masking.apply_mask(img, mask, ensure_finite=False)
+    assert ours.shape == (12, int(mask.get_fdata().sum()))
+    # the type nibabel reads (float64 for float64 or scaled data), no float64 copy of float32
+    assert ours.dtype == theirs.dtype
+    assert ours.dtype == np.float32 or dtype in ("float64", "int16-scaled")
+    np.testing.assert_array_equal(ours, theirs)
 
 
 def test_masked_series_other_grid_is_nilearns_error():
@@ -280,3 +284,25 @@ def test_masked_series_other_grid_is_nilearns_error():
     bold = nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
     with pytest.raises(ValueError, match="affine"):
         masked_series(bold, mask)
+
+
+def test_clean_signals_in_chunks_equal_one_nilearn_call():
+    """Columns cleaned chunk by chunk (two threads) are bit for bit one signal.clean of the
+    whole float64 array, constant columns in any chunk set to 0, from float32 input too."""
+    from nilearn import signal
+
+    from bids_vlm.design import cleaning
+
+    rng = np.random.default_rng(3)
+    n, v = 60, 2 * cleaning.CHUNK + 17
+    data = rng.standard_normal((n, v)) * 5 + 100
+    data[:, [3, cleaning.CHUNK + 1, v - 1]] = 7.0  # constant in the first, second, last chunk
+    conf = rng.standard_normal((n, 4))
+    for given in (data, data.astype(np.float32)):
+        got = cleaning.clean_signals(given, 2.0, conf)
+        x = np.asarray(given, np.float64)
+        want = signal.clean(x, confounds=cleaning.nuisance_columns(n, 2.0, conf),
+                            detrend=True, standardize="zscore_sample", filter=False, t_r=2.0)
+        want[:, [3, cleaning.CHUNK + 1, v - 1]] = 0.0
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want.astype(np.float32))
