@@ -120,3 +120,34 @@ def test_null_stays_calibrated_after_residualising(noise):
         res, _ = _run(s, "unique", q=1 - 1e-9, fdr_scope="an")
         hits, n = hits + int((res.p < 0.05).sum()), n + res.p.size
     assert 0.04 <= hits / n <= 0.06, hits / n
+
+
+@pytest.mark.parametrize("shape", [(60, 200), (200, 60)])
+def test_top_components_from_the_gram_equal_the_svds(shape):
+    """Wide and tall layers: the Gram's components are the SVD's (up to sign)."""
+    from bids_vlm.stats.unique import top_components
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape) @ np.diag(np.linspace(3, 1, shape[1]))
+    x[:, :5] += 4 * rng.standard_normal((shape[0], 1))
+    x -= x.mean(0)
+    got = top_components(x, 3)
+    u, sv, _ = np.linalg.svd(x, full_matrices=False)
+    want = u[:, :3] * sv[:3]
+    np.testing.assert_allclose(np.abs(got), np.abs(want), atol=1e-8 * sv[0])
+    np.testing.assert_allclose(np.sign(got[0]) * got, np.sign(want[0]) * want,
+                               atol=1e-8 * sv[0])
+
+
+def test_top_components_near_rank_deficiency_come_from_the_svd():
+    """A layer of rank 2 (or of 2 ANs) gives 2 components, not a third from rounding."""
+    from bids_vlm.stats.unique import top_components
+
+    rng = np.random.default_rng(3)
+    for x in (rng.standard_normal((80, 2)),
+              rng.standard_normal((80, 2)) @ rng.standard_normal((2, 40))):
+        x = x - x.mean(0)
+        got = top_components(x, 3)
+        assert got.shape == (80, 2)
+        u, sv, _ = np.linalg.svd(x, full_matrices=False)
+        np.testing.assert_allclose(np.abs(got), np.abs(u[:, :2] * sv[:2]), atol=1e-9 * sv[0])
