@@ -24,6 +24,8 @@ All datasets are chunked and compressed (HDF5 shuffle + gzip). The functions her
 """
 from __future__ import annotations
 
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,18 +171,44 @@ def top_entries(indptr, voxel_index, z, keep: int) -> np.ndarray:
 
 
 def write_layer(group, packed: dict) -> None:
-    """Write :func:`pack`'s arrays into the HDF5 ``group`` (chunked, shuffle + gzip)."""
+    """Write :func:`pack`'s arrays into the HDF5 ``group`` (chunked, shuffle + gzip at
+    :data:`GZIP_LEVEL`). The chunks are shuffled and compressed here, on two threads (zlib
+    releases the GIL), and written as they are (``write_direct_chunk``): HDF5 would compress
+    them one after the other on one core, while the association's other core waits (about
+    1 s a layer of 3,072 ANs at the paper's scale). Readers see ordinary gzip datasets."""
     group.attrs["keep_entries"] = int(packed["keep_entries"])
+    chunks = []
     for name, value in packed.items():
         if name == "keep_entries":
             continue
         value = np.asarray(value)
-        options = {}
-        if value.size:
-            row = value.itemsize * (value.shape[1] if value.ndim == 2 else 1) or 1
-            rows = max(1, min(len(value), CHUNK_BYTES // row))
-            options = dict(chunks=(rows, *value.shape[1:]), compression="gzip", shuffle=True)
-        group.create_dataset(name, data=value, **options)
+        if not value.size:
+            group.create_dataset(name, data=value)
+            continue
+        row = value.itemsize * (value.shape[1] if value.ndim == 2 else 1) or 1
+        rows = max(1, min(len(value), CHUNK_BYTES // row))
+        dataset = group.create_dataset(name, shape=value.shape, dtype=value.dtype,
+                                       chunks=(rows, *value.shape[1:]), compression="gzip",
+                                       compression_opts=GZIP_LEVEL, shuffle=True)
+        chunks += [(dataset, value, start, rows) for start in range(0, len(value), rows)]
+    with ThreadPoolExecutor(2) as pool:
+        for dataset, offset, blob in pool.map(_compressed_chunk, chunks):
+            dataset.id.write_direct_chunk(offset, blob)
+
+
+GZIP_LEVEL = 1  # deflate level of the BN store: 1.6x faster than h5py's default 4, 9% larger
+
+
+def _compressed_chunk(job):
+    """(dataset, chunk offset, bytes) of one chunk as HDF5's shuffle + deflate filters store
+    it: a whole chunk (the last one zero-padded), its elements' bytes grouped by position."""
+    dataset, value, start, rows = job
+    part = value[start:start + rows]
+    if len(part) < rows:
+        part = np.concatenate([part, np.zeros((rows - len(part), *part.shape[1:]), part.dtype)])
+    shuffled = np.ascontiguousarray(part).view(np.uint8).reshape(-1, part.itemsize).T
+    offset = (start,) + (0,) * (value.ndim - 1)
+    return dataset, offset, zlib.compress(np.ascontiguousarray(shuffled).data, GZIP_LEVEL)
 
 
 def read_layer(group) -> LayerBNs:

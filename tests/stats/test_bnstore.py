@@ -167,3 +167,29 @@ def test_hdf5_layer_round_trip_copy_and_flat_entries(tmp_path, keep):
         assert all(got[k][0] == lookup[k][0] for k in kept)
         expected = len(an) if full else sum(min(keep, c) for c in np.bincount(an))
         assert len(kept) == expected  # keep 0: none; K: up to K per AN; -1 (and older): all
+
+
+def test_chunks_compressed_here_read_back_as_hdf5_gzip(tmp_path, monkeypatch):
+    """Many chunks (the last one partial) of 1-D and 2-D arrays of every stored type, shuffled
+    and deflated on threads and written raw, read back by HDF5's own filters unchanged."""
+    monkeypatch.setattr(bnstore, "CHUNK_BYTES", 4096)
+    rng = np.random.default_rng(9)
+    packed = {"keep_entries": 3,
+              "bn_indptr": np.cumsum(rng.integers(0, 50, 3001)).astype(np.int64),
+              "bn_voxel": rng.integers(-200000, 200000, 25013).astype(np.int32),
+              "top_r": rng.standard_normal((1111, 3)).astype(np.float32),
+              "top_p": rng.random((1111, 3)),
+              "empty": np.zeros((0, 3), np.float32)}
+    with h5py.File(tmp_path / "chunks.h5", "w") as h5:
+        bnstore.write_layer(h5.create_group("layer"), packed)
+    with h5py.File(tmp_path / "chunks.h5", "r") as h5:
+        for name, value in packed.items():
+            if name == "keep_entries":
+                continue
+            got = h5[f"layer/{name}"]
+            assert got.dtype == value.dtype and got.shape == value.shape
+            np.testing.assert_array_equal(got[()], value)
+            if value.size:
+                assert got.compression == "gzip" and got.shuffle
+                assert got.chunks[0] * value.itemsize * (value[0].size) <= 4096
+                assert got.chunks[0] < len(value)  # several chunks
