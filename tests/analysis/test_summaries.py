@@ -18,6 +18,27 @@ def test_jaccard_by_hand():
     assert jac[0, 3] == 1.0 and jac[0, 2] == 0.0 and jac[2, 2] == 0.0
 
 
+def test_jaccard_equals_the_sparse_membership_product():
+    """Random BN sets, ANs asked in any order, some without BNs, entries of other ANs."""
+    from scipy import sparse
+
+    rng = np.random.default_rng(4)
+    n_an, n_vox = 40, 300
+    member = rng.random((n_an, n_vox)) < rng.random((n_an, 1)) * 0.3
+    member[7] = False
+    an, vox = np.nonzero(member)
+    shuffle = rng.permutation(len(an))
+    ans = rng.permutation(np.arange(0, n_an, 2))[:15]
+    jac = jaccard_matrix(an[shuffle], vox[shuffle], ans, n_vox)
+    m = sparse.csr_matrix(member[ans].astype(float))
+    inter = (m @ m.T).toarray()
+    size = member[ans].sum(1)
+    union = size[:, None] + size[None, :] - inter
+    want = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    np.testing.assert_array_equal(jac, want)
+    assert jaccard_matrix(an, vox, np.array([], int), n_vox).shape == (0, 0)
+
+
 def test_layer_jaccard_within_and_across():
     table = pd.DataFrame({"stream": "image", "layer": [0, 0, 1, 1],
                           "n_bn_pos": [3, 4, 3, 2], "n_bn_neg": [0, 0, 0, 0]})
