@@ -12,8 +12,10 @@ import torch
 from bids_vlm.design.cleaning import load_cleaned, pooled_noise_sums
 from bids_vlm.encoding import noise_ceiling as nc
 from bids_vlm.encoding.banded import banded_layer_keys, encode_banded
-from bids_vlm.encoding.ridge import encode_layer, method_description, z_description
+from bids_vlm.encoding.ridge import (encode_layer, method_description, null_terms,
+                                     z_description)
 from bids_vlm.models.base import resolve_device
+from bids_vlm.stats.autocorr import default_lags
 
 LOGGER = logging.getLogger("bids_vlm")
 
@@ -47,8 +49,10 @@ def encode_layers(regressors_file, cleaned_files, config, device, path) -> str:
                    if device.type == "cuda" else voxels)
         out.attrs["method"] = method_description(config.encoding.alphas, config.encoding.alpha_cv)
         out.attrs["z_method"] = z_description()
-        null = dict(with_z=True, noise_sums=pooled_noise_sums(cleaned_files),  # as association
-                    lag_traces=regs.attrs["lag_traces"], n_lags=config.stats.n_lags or None)
+        n_lags = config.stats.n_lags or default_lags(run_lengths)
+        null = dict(with_z=True, n_lags=n_lags, null=null_terms(  # as the association's
+            voxels, run_lengths, n_lags, pooled_noise_sums(cleaned_files),
+            regs.attrs["lag_traces"]))
         for stream in (s for s in regs if s not in ("delayed", "nuisance")):
             for layer in regs[stream]:
                 key = f"{stream}/{layer}"

@@ -143,7 +143,7 @@ def fold_predict(x, y, runs, k: int, alphas=ALPHAS, max_inner_folds=5,
 def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_batch=20000,
                  max_inner_folds=5, keep_predictions=False, with_z=False, noise_sums=None,
                  lag_traces=None, n_lags=None, progress=False, desc=None,
-                 alpha_cv="nested") -> EncodingResult:
+                 alpha_cv="nested", null=None) -> EncodingResult:
     """Leave-one-run-out ridge from features x (T, F) to voxels y (T, V); needs >= 2 runs.
 
     y: a NumPy array or a torch tensor (kept where it is: one already on the GPU is not
@@ -156,7 +156,8 @@ def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_ba
     :func:`default_lags`). progress: a progress bar over the folds x voxel batches, titled
     ``desc`` (silenced by ``bids_vlm -q``). alpha_cv: "nested" (each held-out run's alphas
     chosen by inner folds of the other runs) or "shared" (once, by inner folds over every run:
-    :class:`~bids_vlm.encoding.ridge_solver.SharedAlphas`)."""
+    :class:`~bids_vlm.encoding.ridge_solver.SharedAlphas`). null: :func:`null_terms` of y
+    when computed once for several layers (then noise_sums and lag_traces are not read)."""
     runs = run_splits(run_lengths)
     if len(runs) < 2:
         raise ValueError("layer-wise encoding needs at least 2 runs (leave-one-run-out)")
@@ -188,7 +189,8 @@ def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_ba
     r, r2 = scores_from_sums(sums, runs)
     z = None
     if with_z:
-        z = heldout_z(r, terms, *_noise_args(y, run_lengths, n_lags, noise_sums, lag_traces))
+        z = heldout_z(r, terms, *(null or null_terms(y, run_lengths, n_lags, noise_sums,
+                                                      lag_traces)))
     return EncodingResult(r, r2, alpha=np.median(alphas[chosen], axis=0).astype(np.float32),
                           predictions=pred, z=z)
 
@@ -243,9 +245,10 @@ def heldout_z(r, terms, factors, n_dof, cross_fold: float = CROSS_FOLD) -> np.nd
     return (np.arctanh(rc) * np.sqrt(1.0 / var - 3.0)).astype(np.float32)
 
 
-def _noise_args(y, run_lengths, n_lags, noise_sums, lag_traces):
-    """(factors (V, K + 1), n_dof) of the null variance; defaults as in the association: the
-    voxels' own lag sums within runs and each run's mean removal."""
+def null_terms(y, run_lengths, n_lags, noise_sums=None, lag_traces=None) -> tuple:
+    """(factors (V, K + 1), n_dof) of the held-out z's null variance (:func:`heldout_z`) of
+    the voxels y (T, V), the same for every layer; defaults as in the association: the voxels'
+    own lag sums within runs and each run's mean removal."""
     if noise_sums is None:
         noise_sums = _lag_sums(y.cpu().numpy() if isinstance(y, torch.Tensor) else y,
                                list(run_lengths), n_lags)

@@ -117,17 +117,39 @@ def noise_factors(noise_sums, traces, n_lags: int) -> torch.Tensor:
     runs (:func:`bids_vlm.design.cleaning.noise_lag_sums`); traces: (>= K + 1,) sum_t M[t, t+k] of the
     cleaning projections, summed over runs (:func:`bids_vlm.design.cleaning.lag_traces`).
     """
-    sums = torch.as_tensor(np.asarray(noise_sums)[:n_lags + 1], dtype=torch.float64)
-    m = torch.as_tensor(np.asarray(traces, dtype=np.float64)[:n_lags + 1])
+    sums = np.asarray(noise_sums, np.float64)[:n_lags + 1]
+    m = np.asarray(traces, dtype=np.float64)[:n_lags + 1]
     if sums.shape[0] < n_lags + 1 or m.shape[0] < n_lags + 1:
         raise ValueError(f"noise lag sums ({sums.shape[0]}) and traces ({m.shape[0]}) must "
                          f"cover lags 0..{n_lags}")
-    energy = sums[0]
-    rho = torch.where(energy > 1e-12, sums[1:] / energy.clamp(min=1e-30), 0.0)  # (K, V)
-    a = 2.0 * torch.from_numpy(tukey_taper(n_lags))[:, None] * rho
-    den = (m[0] + (a * m[1:, None]).sum(0)).clamp(min=4.0)  # (V,)
-    out = torch.cat([a, torch.ones(1, a.shape[1], dtype=a.dtype)]) / den
-    return out.T.float().contiguous()
+    out = np.empty((sums.shape[1], n_lags + 1), np.float32)
+    _compiled_factors()(sums, m, 2.0 * tukey_taper(n_lags), out)
+    return torch.from_numpy(out)
+
+
+def _factors(sums, m, weights, out):  # pragma: no cover - compiled (_compiled_factors)
+    """out (V, K + 1) float32 of :func:`noise_factors`, in the order of the torch operations
+    it replaced (the same values): rho_k = sums_k / sums_0 (0 for sums_0 <= 1e-12),
+    a_k = weights_k rho_k, den = max(4, m_0 + sum_k a_k m_k); a_k / den and 1 / den. Two
+    passes over the lags' rows instead of ten over (K, V) float64 temporaries."""
+    n_lags, n_vox = len(weights), sums.shape[1]
+    den = np.zeros(n_vox)
+    for k in range(n_lags):  # lag by lag: contiguous rows of sums
+        for v in range(n_vox):
+            energy = sums[0, v]
+            rho = sums[k + 1, v] / max(energy, 1e-30) if energy > 1e-12 else 0.0
+            den[v] += (weights[k] * rho) * m[k + 1]
+    for v in range(n_vox):
+        den[v] = max(m[0] + den[v], 4.0)
+    for v0 in range(0, n_vox, 64):  # 64 voxels' rows of out stay in L1 across the lags
+        v1 = min(v0 + 64, n_vox)
+        for k in range(n_lags):
+            for v in range(v0, v1):
+                energy = sums[0, v]
+                rho = sums[k + 1, v] / max(energy, 1e-30) if energy > 1e-12 else 0.0
+                out[v, k] = (weights[k] * rho) / den[v]
+        for v in range(v0, v1):
+            out[v, n_lags] = 1.0 / den[v]
 
 
 def demean_traces(run_lengths, n_lags: int, n_removed: int = 0) -> np.ndarray:
@@ -154,3 +176,11 @@ def lag_sums(voxels, run_lengths, n_lags, chunk: int = 8192):
             out[:, c:c + chunk] += torch.cat([energy[None], (rho * energy[:, None]).T]).numpy()
             start += n
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_factors():
+    """:func:`_factors` compiled (numba, IEEE order), on first use: the kernels module is
+    imported late, since the stats package it belongs to imports this module."""
+    from bids_vlm.stats.kernels import _jit_exact
+    return _jit_exact(_factors)
