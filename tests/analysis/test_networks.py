@@ -228,3 +228,25 @@ def test_hypergeometric_tail_matches_scipy():
     k = rng.integers(-2, np.minimum(good, draws) + 3)
     assert np.allclose(nw.hypergeom_sf(k, total, good, draws),
                        stats.hypergeom.sf(k - 1, total, good, draws), rtol=1e-9, atol=1e-300)
+
+
+def test_network_counts_of_overlapping_networks_equal_a_dense_count():
+    """BN+ and BN- per AN and network, networks overlapping (a voxel in two, voxels in none),
+    r of both signs, 0 counted in neither, signs as int8 too."""
+    from bids_vlm.analysis.networks import _network_counts, _patterns
+
+    rng = np.random.default_rng(6)
+    n_vox, n_an = 500, 9
+    member = rng.random((n_vox, 4)) < [0.3, 0.2, 0.5, 0.05]
+    an = np.sort(rng.integers(0, n_an, 3000))
+    vox = rng.integers(0, n_vox, 3000)
+    r = rng.standard_normal(3000)
+    r[::11] = 0.0
+    want_pos = np.stack([np.bincount(an[(r > 0) & member[vox, m]], minlength=n_an)
+                         for m in range(4)], 1)
+    want_neg = np.stack([np.bincount(an[(r < 0) & member[vox, m]], minlength=n_an)
+                         for m in range(4)], 1)
+    for signs in (r, np.sign(r).astype(np.int8)):
+        n_pos, n_neg = _network_counts(an, vox, signs, n_an, _patterns(member))
+        np.testing.assert_array_equal(n_pos, want_pos)
+        np.testing.assert_array_equal(n_neg, want_neg)
