@@ -25,6 +25,8 @@ import math
 import numpy as np
 import torch
 
+from bids_vlm.jit import njit
+
 
 def default_lags(run_lengths) -> int:
     """About 2 sqrt(frames) of the shortest run, at least 1 and less than that run.
@@ -123,11 +125,12 @@ def noise_factors(noise_sums, traces, n_lags: int) -> torch.Tensor:
         raise ValueError(f"noise lag sums ({sums.shape[0]}) and traces ({m.shape[0]}) must "
                          f"cover lags 0..{n_lags}")
     out = np.empty((sums.shape[1], n_lags + 1), np.float32)
-    _compiled_factors()(sums, m, 2.0 * tukey_taper(n_lags), out)
+    _factors(sums, m, 2.0 * tukey_taper(n_lags), out)
     return torch.from_numpy(out)
 
 
-def _factors(sums, m, weights, out):  # pragma: no cover - compiled (_compiled_factors)
+@njit  # IEEE order
+def _factors(sums, m, weights, out):  # pragma: no cover - compiled
     """out (V, K + 1) float32 of :func:`noise_factors`, in the order of the torch operations
     it replaced (the same values): rho_k = sums_k / sums_0 (0 for sums_0 <= 1e-12),
     a_k = weights_k rho_k, den = max(4, m_0 + sum_k a_k m_k); a_k / den and 1 / den. Two
@@ -176,11 +179,3 @@ def lag_sums(voxels, run_lengths, n_lags, chunk: int = 8192):
             out[:, c:c + chunk] += torch.cat([energy[None], (rho * energy[:, None]).T]).numpy()
             start += n
     return out
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled_factors():
-    """:func:`_factors` compiled (numba, IEEE order), on first use: the kernels module is
-    imported late, since the stats package it belongs to imports this module."""
-    from bids_vlm.stats.kernels import _jit_exact
-    return _jit_exact(_factors)

@@ -21,8 +21,9 @@ exact z (the float32 operations of the torch code they replace, up to the order 
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from bids_vlm.jit import njit
 
 CHUNK = 64  # voxels per maximum of |u| (a constant: the loops over a chunk unroll)
 _FLAGS = {"nsz", "arcp", "contract", "reassoc", "afn"}  # not 'nnan' / 'ninf': u = inf at |r| = 1
@@ -31,12 +32,8 @@ _ONE = np.int32(np.float32(1.0).view(np.int32))
 
 
 def _jit(function, fastmath=_FLAGS, **extra):
-    """numba.njit, cached on disk when a cache folder is writable (compiled anew otherwise)."""
-    options = dict(nogil=True, error_model="numpy", fastmath=fastmath, **extra)
-    try:
-        return numba.njit(cache=True, **options)(function)
-    except RuntimeError:  # no writable cache location (read-only install and home)
-        return numba.njit(**options)(function)
+    """:func:`bids_vlm.jit.njit` with the fast-math flags above by default."""
+    return njit(function, fastmath=fastmath, **extra)
 
 
 @_jit

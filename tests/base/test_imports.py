@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 LAYERS = [
     ("base", ["bids_vlm", "bids_vlm.errors", "bids_vlm.config", "bids_vlm.progress",
               "bids_vlm.logs", "bids_vlm.locks", "bids_vlm.atomic", "bids_vlm.threads",
-              "bids_vlm.names"]),
+              "bids_vlm.names", "bids_vlm.jit"]),
     ("inputs", ["bids_vlm.inputs", "bids_vlm.cifti", "bids_vlm.brainmask"]),
     # autocorrelation within runs: the cleaning's noise model and the association's null use it
     ("time series", ["bids_vlm.stats.autocorr"]),
