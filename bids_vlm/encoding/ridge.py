@@ -239,7 +239,8 @@ def heldout_z(r, terms, factors, n_dof, cross_fold: float = CROSS_FOLD) -> np.nd
     bounded to [1 / n_dof, 1 / 4] as in the association (n_dof: frames left by the cleaning,
     m_0). cross_fold: :data:`CROSS_FOLD` for leave-one-run-out predictions; 1 for predictions
     fixed in advance (independent of every run's noise)."""
-    var = cross_fold * (np.asarray(terms, np.float64) * np.asarray(factors, np.float64)).sum(1)
+    var = cross_fold * np.einsum("ij,ij->i", np.asarray(terms, np.float64),  # no (V, K + 1)
+                                 np.asarray(factors, np.float64))    # temporary
     var = np.clip(var, 1.0 / max(float(n_dof), 4.0), 0.25)
     rc = np.clip(np.asarray(r, np.float64), -1 + 1e-7, 1 - 1e-7)
     return (np.arctanh(rc) * np.sqrt(1.0 / var - 3.0)).astype(np.float32)
@@ -257,8 +258,8 @@ def null_terms(y, run_lengths, n_lags, noise_sums=None, lag_traces=None) -> tupl
     if np.asarray(noise_sums).shape[1] != y.shape[1]:
         raise ValueError(f"noise lag sums are for {np.asarray(noise_sums).shape[1]} voxels, "
                          f"not {y.shape[1]}")
-    return (noise_factors(noise_sums, lag_traces, n_lags).numpy(),
-            float(np.asarray(lag_traces)[0]))
+    return (noise_factors(noise_sums, lag_traces, n_lags).numpy().astype(np.float64),
+            float(np.asarray(lag_traces)[0]))  # float64 once, not once per layer
 
 
 def run_sums(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -313,3 +313,19 @@ def test_significant_preferred_layer_by_hand():
     assert not bh_reject(np.array([0.02, 0.5]), 0.03).any() and not bh_reject([], 0.05).size
     z[0, 0] = np.nan
     assert best_layer_p(scores, z)[0] == 1.0
+
+
+def test_null_terms_computed_once_give_each_layers_z():
+    """The encoding stage computes the held-out z's null once for all layers (null_terms):
+    the same z as each layer computing it from the noise sums and traces."""
+    from bids_vlm.encoding.ridge import null_terms
+
+    s = session(np.random.default_rng(21), Design(n_runs=2, n_frames=120), 300, n_an=30)
+    n_lags = default_lags(s.run_lengths)
+    null = null_terms(s.voxels, s.run_lengths, n_lags, s.noise_sums, s.lag_traces)
+    for x in (s.regressors[:, :15], s.regressors[:, 15:]):
+        each = encode_layer(x, s.voxels, s.run_lengths, with_z=True, noise_sums=s.noise_sums,
+                            lag_traces=s.lag_traces)
+        once = encode_layer(x, s.voxels, s.run_lengths, with_z=True, n_lags=n_lags, null=null)
+        np.testing.assert_array_equal(once.z, each.z)
+        np.testing.assert_array_equal(once.r, each.r)
