@@ -17,7 +17,7 @@ resident memory of bids_vlm and all its worker processes together (sampled every
 the floor: the bare float32 products of the association (N x T times T x V, one per layer) and
 of the encoding (X_train' Y_train of each outer fold of each layer), timed here with torch on
 the same shapes. Ends with ``RESULT participant_vs_floor=<wall / floor> (target <= 3)``. The
-default case takes about 6 minutes of bids_vlm on 2 cores (plus 3 minutes writing the film and
+default case takes about 8 minutes of bids_vlm on 2 cores (plus 3 minutes writing the film and
 the BOLD); ``--voxels 20000 --minutes 2`` about one.
 """
 from __future__ import annotations
