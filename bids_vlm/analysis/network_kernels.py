@@ -5,24 +5,20 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
+
+from bids_vlm.jit import njit
 
 _BIG = 4096  # int() truncates: int(x + _BIG) - _BIG is floor(x) for x > -_BIG
 
 
-def _jit():
-    """numba.njit releasing the GIL (the callers' threads run kernels at once), cached on disk
-    when a cache folder is writable."""
-    def wrap(function):
-        try:
-            return numba.njit(cache=True, nogil=True)(function)
-        except RuntimeError:  # no writable cache location
-            return numba.njit(nogil=True)(function)
-    return wrap
+def _compiled(function):
+    """:func:`bids_vlm.jit.njit` with Python's error model (a division by zero raises), as
+    these loops were written for."""
+    return njit(function, error_model="python")
 
 
-@_jit()
+@_compiled
 def _count_entries(an_index, voxel_index, r, codes, pat_ptr, pat_net, out):  # pragma: no cover
     for e in range(len(an_index)):
         if r[e] > 0:
@@ -36,14 +32,14 @@ def _count_entries(an_index, voxel_index, r, codes, pat_ptr, pat_net, out):  # p
             out[side, an_index[e], pat_net[j]] += 1
 
 
-@_jit()
+@_compiled
 def _mark(ans, indptr, vox, need):  # pragma: no cover - compiled
     for a in ans:
         for e in range(indptr[a], indptr[a + 1]):
             need[vox[e]] = True
 
 
-@_jit()
+@_compiled
 def _labels(points, part, on_lattice, mats, volume, out, counts):  # pragma: no cover
     """out[t, v] = the code of row v's source under move t (0 outside the lookup volume):
     row v at ``points[v]`` moves by mats[t, part[v]] (3 x 4); counts[t, code] += 1 over the
@@ -65,7 +61,7 @@ def _labels(points, part, on_lattice, mats, volume, out, counts):  # pragma: no 
                 cnt[code] += 1
 
 
-@_jit()
+@_compiled
 def _exceed(ans, indptr, vox, row_of, lab, n_pat, net_ptr, net_pat, m0, mt, valid, kobs, active,
             b, seen, stop_at):  # pragma: no cover - compiled
     """For each AN of ``ans`` and each move t of the chunk (``lab`` (rows, T) pattern codes,
@@ -95,7 +91,7 @@ def _exceed(ans, indptr, vox, row_of, lab, n_pat, net_ptr, net_pat, m0, mt, vali
                         active[a, n] = False
 
 
-@_jit()
+@_compiled
 def _log_pmf(j, total, good, draws):  # pragma: no cover - compiled
     lg = math.lgamma
     return (lg(good + 1) - lg(j + 1) - lg(good - j + 1) + lg(total - good + 1)
@@ -103,7 +99,7 @@ def _log_pmf(j, total, good, draws):  # pragma: no cover - compiled
             - lg(total + 1) + lg(draws + 1) + lg(total - draws + 1))
 
 
-@_jit()
+@_compiled
 def _hypergeom_sf(k, total, good, draws, out):  # pragma: no cover - compiled
     for i in range(k.shape[0]):
         kk, nn, gg, dd = k[i], total[i], good[i], draws[i]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bids_vlm.stats.kernels import _jit
+from bids_vlm.jit import njit
 
 
 def polarity_curves(table: pd.DataFrame, n_surrogates: int = 9999, seed: int = 0) -> dict:
@@ -102,7 +102,7 @@ def jaccard_matrix(an_index, voxel_index, ans: np.ndarray, n_vox: int) -> np.nda
 SHARED_ROWS = 128  # rows of the counts filled at a time: 128 x k int32 stay in L2
 
 
-@_jit
+@njit
 def _shared_counts(rows, voxels, k, n_vox):  # pragma: no cover - compiled
     """(k, k) int32: for each pair of rows, the voxels they share (entries (rows, voxels))."""
     by_voxel = _sorted_by(voxels, _sorted_by(rows, np.arange(len(rows)), k), n_vox)
@@ -128,7 +128,7 @@ def _shared_counts(rows, voxels, k, n_vox):  # pragma: no cover - compiled
     return out
 
 
-@_jit
+@njit
 def _sorted_by(keys, items, n_keys):  # pragma: no cover - compiled
     """items (E,) reordered by keys[items] (a stable counting sort; keys in 0..n_keys - 1)."""
     start = np.zeros(n_keys + 1, np.int64)

@@ -269,7 +269,10 @@ def clean_signals(data, tr, confounds=None, config: BoldConfig = BoldConfig()):
         where[...] = cleaned
 
     parts = list(zip(_chunks(data), _chunks(out)))
-    with ThreadPoolExecutor(min(2, len(parts))) as pool:
+    if len(parts) == 1:  # e.g. a run's AN regressors: no threads
+        clean(parts[0])
+        return out
+    with ThreadPoolExecutor(2) as pool:
         list(pool.map(clean, parts))
     return out
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bids_vlm.stats.kernels import _jit
+from bids_vlm.jit import fast
 
 
-@_jit
+@fast
 def _sse(pred, y_te, score, n_te):  # pragma: no cover - compiled
     n_alpha, nb = score.shape
     acc = np.empty(nb, np.float32)
@@ -51,7 +51,7 @@ def subtract_sse_torch(score: torch.Tensor, pred: torch.Tensor, y_te: torch.Tens
     score -= err.square_().sum(1).double() / n_te
 
 
-@_jit
+@fast
 def _run_sums(p, y, out):  # pragma: no cover - compiled
     n, nb = p.shape
     mp, my = np.zeros(nb), np.zeros(nb)
@@ -85,10 +85,10 @@ def run_sums_cpu(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-LAG_COLUMNS = 16  # columns transposed at a time (frames in 64-byte rows)
+LAG_COLUMNS = 16  # columns transposed at a time into contiguous float64 series
 
 
-@_jit
+@fast
 def _lag_terms(p, out):  # pragma: no cover - compiled
     n, nb = p.shape
     n_lags = out.shape[1] - 1

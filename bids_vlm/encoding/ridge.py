@@ -239,8 +239,9 @@ def heldout_z(r, terms, factors, n_dof, cross_fold: float = CROSS_FOLD) -> np.nd
     bounded to [1 / n_dof, 1 / 4] as in the association (n_dof: frames left by the cleaning,
     m_0). cross_fold: :data:`CROSS_FOLD` for leave-one-run-out predictions; 1 for predictions
     fixed in advance (independent of every run's noise)."""
-    var = cross_fold * np.einsum("ij,ij->i", np.asarray(terms, np.float64),  # no (V, K + 1)
-                                 np.asarray(factors, np.float64))    # temporary
+    # row-wise dot products by einsum: no (V, K + 1) temporary
+    var = cross_fold * np.einsum("ij,ij->i", np.asarray(terms, np.float64),
+                                 np.asarray(factors, np.float64))
     var = np.clip(var, 1.0 / max(float(n_dof), 4.0), 0.25)
     rc = np.clip(np.asarray(r, np.float64), -1 + 1e-7, 1 - 1e-7)
     return (np.arctanh(rc) * np.sqrt(1.0 / var - 3.0)).astype(np.float32)

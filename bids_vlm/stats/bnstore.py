@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bids_vlm.stats.kernels import _jit
+from bids_vlm.jit import njit
 
 ENTRY_FIELDS = ("an_index", "voxel_index", "r", "z", "p")  # the association's entry arrays
 TOP_FIELDS = ("top_voxel", "top_r", "top_z", "top_p")
@@ -95,7 +95,7 @@ def decode_voxels(codes) -> tuple:
     return voxels, signs
 
 
-@_jit
+@njit
 def _decode(codes, voxels, signs):  # pragma: no cover - compiled
     for e in range(len(codes)):
         c = np.int64(codes[e])

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bids_vlm.jit import njit
+from bids_vlm.jit import FAST, njit
 
 CHUNK = 64  # voxels per maximum of |u| (a constant: the loops over a chunk unroll)
-_FLAGS = {"nsz", "arcp", "contract", "reassoc", "afn"}  # not 'nnan' / 'ninf': u = inf at |r| = 1
+_FLAGS = set(FAST)  # not 'nnan' / 'ninf': u = inf at |r| = 1
 _ABS = np.int32(0x7FFFFFFF)  # the bits of |x| of a float32 x
 _ONE = np.int32(np.float32(1.0).view(np.int32))
 
