@@ -9,7 +9,8 @@
    the same shapes on the same device (the hardware ceiling), the best of --repeats timings of
    each, in two regimes. As in the pipeline's association stage, the voxels are prepared
    (normalised, their noise factors computed) once for all the layers of a unit, before the
-   layers' associations; that preparation is timed once and printed beside:
+   layers' associations (that preparation is timed once and printed beside), and the arrays
+   of the significant entries are allocated once and reused by every layer:
 
    - sparse: independent random ANs, one AN's signal in 5% of the voxels (few significant
      pairs): target >= 0.8. This RESULT line is the last one.
@@ -75,6 +76,7 @@ def throughput(opts, x, y):
     bare matrix product, taken in turns (so that a busy moment of the machine slows both
     alike), after one untimed run of each. Returns both and the share of significant pairs."""
     from bids_vlm.stats import associate, normalize_columns, prepare_voxels
+    from bids_vlm.stats.entries import EntryBuffers
     from bids_vlm.stats.autocorr import lag_sums as _lag_sums
     from bids_vlm.stats.autocorr import default_lags, demean_traces
 
@@ -92,9 +94,11 @@ def throughput(opts, x, y):
     voxels = prepare_voxels(y, run_lengths=runs, device=opts.device, **noise)
     _sync(opts.device)
     t_prep = time.perf_counter() - start
+    # the significant entries' arrays are reused by every layer, as in the association stage
+    entries = EntryBuffers()
     # one untimed run of each first (compilation, allocator, caches), as for every later layer
     res = associate(x, voxels, run_lengths=runs, block_size=opts.block_size,
-                    device=opts.device)
+                    device=opts.device, entries=entries)
     share = len(res.r) / (x.shape[1] * y.shape[1])
     del res
     (xn.T @ yn)
@@ -102,7 +106,8 @@ def throughput(opts, x, y):
     for _ in range(opts.repeats):
         _sync(opts.device)
         start = time.perf_counter()
-        associate(x, voxels, run_lengths=runs, block_size=opts.block_size, device=opts.device)
+        associate(x, voxels, run_lengths=runs, block_size=opts.block_size, device=opts.device,
+                  entries=entries)
         _sync(opts.device)
         t_assoc.append(time.perf_counter() - start)
         start = time.perf_counter()

@@ -31,8 +31,9 @@ from bids_vlm.stats.autocorr import bartlett_weights, default_lags, row_autocorr
 from bids_vlm.stats.backends import get_backend
 from bids_vlm.stats.blockscan import (CANDIDATE_FRACTION, CHUNK, BlockScanner, Voxels,
                                          pad_voxels, u_threshold)
-from bids_vlm.stats.entries import Accumulator
+from bids_vlm.stats.entries import Accumulator, EntryBuffers
 from bids_vlm.stats.fdr import bh_sorted, bh_z_thresholds
+from bids_vlm.stats.pvalues import p_values
 from bids_vlm.stats.inference import method_description  # noqa: F401 (re-exported)
 from bids_vlm.stats.inference import noise_model
 from bids_vlm.stats.kernels import prepare_rows
@@ -58,8 +59,8 @@ class AssociationResult:
     Per AN (N,): n_pos / n_neg (BN+ / BN- counts), peak_r (signed r of largest |r|),
     peak_voxel (its voxel index), z_threshold (BH critical |z|, inf when nothing passes).
     Per voxel (V,): bn_count (ANs with the voxel as BN), best_r (signed r of largest |r| over ANs).
-    Significant entries (E,): an_index, voxel_index (int32), r, z (signed, float32), p
-    (two-sided, uncorrected, float64).
+    Significant entries (E,): an_index, voxel_index (int32), r, z (signed, float32); their p
+    (two-sided, uncorrected, float64) is computed from z when asked for (:attr:`p`).
     p_an (N,): Simes p of the AN across voxels (NaN when > q; the selection p of the
     ``selective`` scope).
     """
@@ -75,9 +76,14 @@ class AssociationResult:
     voxel_index: np.ndarray
     r: np.ndarray
     z: np.ndarray
-    p: np.ndarray
     n_frames: int
     p_an: np.ndarray | None = None
+
+    @property
+    def p(self) -> np.ndarray:
+        """(E,) float64 two-sided p of the entries, :func:`bids_vlm.stats.pvalues.p_values` of z
+        (evaluated at each access: keep it when it is needed twice)."""
+        return p_values(self.z)
 
 
 def normalize_columns(x, chunk: int = 65536) -> torch.Tensor:
@@ -133,7 +139,7 @@ def block_size_for_memory(mem_bytes: int, n_frames: int, n_an: int, n_vox: int,
 def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress=False,
               desc="association", run_lengths=None, autocorr="exact",
               n_lags=None, workers=None, fdr_scope="selective", n_removed=0, noise_sums=None,
-              lag_traces=None) -> AssociationResult:
+              lag_traces=None, entries: EntryBuffers | None = None) -> AssociationResult:
     """Association of every column of ``regressors`` (T, N) with every column of ``voxels`` (T, V).
 
     voxels: the (T, V) array, or the same voxels prepared once by :func:`prepare_voxels` (for
@@ -153,6 +159,9 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     before cleaning and the cleaning projection's lag traces, pooled over runs
     (:func:`bids_vlm.stats.autocorr.noise_factors`); by default the voxels' own lag sums and
     the traces of each run's mean removal (right for voxels that were not cleaned otherwise).
+    entries: :class:`~bids_vlm.stats.entries.EntryBuffers` to hold the significant entries
+    (reused from one layer to the next; the result's entry arrays are then views of them,
+    valid until the next association given them); default arrays of the result's own.
     """
     n_frames, n_an = regressors.shape
     n_dof, run_lengths = _check(regressors.shape[0], voxels, run_lengths, autocorr, fdr_scope,
@@ -171,7 +180,7 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
             vox = _prepare_voxels(voxels, run_lengths, n_lags, dev, imap, n_dof, noise)
         zcrit = torch.from_numpy(bh_z_thresholds(vox.n_vox, q).astype(np.float32)).to(dev)
         local, scanners = threading.local(), []
-        acc = Accumulator(n_an, vox.n_vox, len(spans))
+        acc = Accumulator(n_an, vox.n_vox, len(spans), entries)
 
         def run(method, *args):
             def job(ordinal):

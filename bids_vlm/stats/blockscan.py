@@ -34,7 +34,8 @@ import torch
 
 from bids_vlm.stats import fdr, kernels
 from bids_vlm.stats.backends import get_backend
-from bids_vlm.stats.fdr import bh_select, p_from_z
+from bids_vlm.stats.fdr import bh_select
+from bids_vlm.stats.pvalues import p_from_z
 from bids_vlm.stats.kernels import CHUNK, NO_FACTORS, F32_SHIFT, rank_bins, tile_stats
 
 SLACK = 1e-5  # relative margin of the screening comparisons (float rounding of u and z)
@@ -66,8 +67,9 @@ class Voxels:
 class BlockResult:
     """Per AN of a block (b,): peak_r, peak_voxel, n_pos, n_neg, z_threshold; p_an (numpy),
     the Simes p of its discoveries (NaN without). Discoveries (E,), by AN then voxel: rows (AN
-    within the block), cols (voxel), r, z (signed); p (numpy float64, two-sided). On the CPU
-    the discoveries are views of the scanner's buffers, valid until its next scan."""
+    within the block), cols (voxel), r, z (signed; their two-sided p is
+    :func:`bids_vlm.stats.pvalues.p_values` of z). On the CPU the discoveries are views of the
+    scanner's buffers, valid until its next scan."""
 
     peak_r: torch.Tensor
     peak_voxel: torch.Tensor
@@ -78,7 +80,6 @@ class BlockResult:
     cols: torch.Tensor
     r: torch.Tensor
     z: torch.Tensor
-    p: np.ndarray | None = None
     p_an: np.ndarray | None = None
 
 
@@ -135,7 +136,7 @@ class BlockScanner:
         n_pos, z = torch.bincount(rows[sign > 0], minlength=b), sign * z_abs
         n_neg, p = torch.bincount(rows, minlength=b) - n_pos, p_from_z(z.cpu().numpy())
         return BlockResult(peak_r=peak_r, peak_voxel=peak_voxel, n_pos=n_pos, n_neg=n_neg,
-                           z_threshold=thr, rows=rows, cols=cols, r=sign * r_abs, z=z, p=p,
+                           z_threshold=thr, rows=rows, cols=cols, r=sign * r_abs, z=z,
                            p_an=fdr.simes_rows(p, (n_pos + n_neg).cpu().numpy(),
                                                self.vox.n_vox))
 
@@ -147,8 +148,7 @@ class BlockScanner:
         start = np.where(n_screen > 0, self._u_crit[np.maximum(n_screen, 1) - 1], np.inf)
         ends = np.cumsum(n_screen)
         out = tuple(self._buffer(key, int(ends[-1]), dtype) for key, dtype in
-                    enumerate((np.int32, np.int32, np.float32, np.float32, np.float64),
-                              7 + 5 * slot))
+                    enumerate((np.int32, np.int32, np.float32, np.float32), 7 + 4 * slot))
         per_an = (np.full(b, np.inf, np.float32), np.zeros(b, np.int64), np.zeros(b, np.int64),
                   np.full(b, np.nan))
         n, first = 0, 0
@@ -162,8 +162,7 @@ class BlockScanner:
         rows, cols, r, z = (torch.from_numpy(a[:n]) for a in out[:4])
         thr, n_pos, n_neg = (torch.from_numpy(a) for a in per_an[:3])
         return BlockResult(peak_r=peak_r, peak_voxel=peak_voxel, n_pos=n_pos, n_neg=n_neg,
-                           z_threshold=thr, rows=rows, cols=cols, r=r, z=z, p=out[4][:n],
-                           p_an=per_an[3])
+                           z_threshold=thr, rows=rows, cols=cols, r=r, z=z, p_an=per_an[3])
 
     def _gather(self, b, start, acf_b, room, rows=None):
         """(rows, cols, u, |r|, |z|) of the block's entries with |u| >= start[row] (b,) (at

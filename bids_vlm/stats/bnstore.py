@@ -31,8 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from bids_vlm.jit import njit
+from bids_vlm.stats.pvalues import p_values
 
-ENTRY_FIELDS = ("an_index", "voxel_index", "r", "z", "p")  # the association's entry arrays
+# the entries of an AssociationResult (its p computed from z), the datasets of the older layout
+ENTRY_FIELDS = ("an_index", "voxel_index", "r", "z", "p")
 TOP_FIELDS = ("top_voxel", "top_r", "top_z", "top_p")
 FULL_FIELDS = ("r", "z", "p")  # keep_entries -1
 CHUNK_BYTES = 1 << 20
@@ -121,13 +123,15 @@ def _indices(values) -> np.ndarray:
 def pack(an_index, voxel_index, r, z, p, n_ans: int, keep: int = 100) -> dict:
     """The compact form (module docstring) of one layer's significant entries.
 
-    an_index, voxel_index, r, z, p: (E,) in any order (an_index < n_ans); keep: K, the ANs'
-    entries with exact r, z, p (0: none, -1: all). Returns {"bn_indptr", "bn_voxel"} and either
+    an_index, voxel_index, r, z, p: (E,) in any order (an_index < n_ans); p None: the
+    association's, :func:`bids_vlm.stats.pvalues.p_values` of z, evaluated for the entries kept
+    only; keep: K, the ANs' entries with exact r, z, p (0: none, -1: all). Returns {"bn_indptr", "bn_voxel"} and either
     {"top_voxel", "top_r", "top_z", "top_p"} (K >= 0) or {"r", "z", "p"} (K = -1), and
     "keep_entries" (K).
     """
     an, vox = _indices(an_index), _indices(voxel_index)
-    r, z, p = np.asarray(r), np.asarray(z), np.asarray(p)
+    r, z = np.asarray(r), np.asarray(z)
+    p = None if p is None else np.asarray(p)
     if len(an) and (an.min() < 0 or an.max() >= n_ans):
         raise ValueError(f"an_index outside 0..{n_ans - 1}")
     keep = int(keep)
@@ -138,21 +142,26 @@ def pack(an_index, voxel_index, r, z, p, n_ans: int, keep: int = 100) -> dict:
     np.add(key, vox, out=key, casting="unsafe")
     if np.any(key[1:] < key[:-1]):  # by AN, then voxel
         order = np.argsort(key, kind="stable")
-        an, vox, r, z, p = an[order], vox[order], r[order], z[order], p[order]
+        an, vox, r, z = an[order], vox[order], r[order], z[order]
+        p = None if p is None else p[order]
     del key
     indptr = np.zeros(n_ans + 1, np.int64)
     np.cumsum(np.bincount(an, minlength=n_ans), out=indptr[1:])
     out = {"bn_indptr": indptr, "bn_voxel": encode_voxels(vox, r), "keep_entries": keep}
     if keep < 0:
-        out.update(r=r.astype(np.float32), z=z.astype(np.float32), p=p.astype(np.float64))
+        out.update(r=r.astype(np.float32), z=z.astype(np.float32),
+                   p=p_values(z) if p is None else p.astype(np.float64))
         return out
     top = top_entries(indptr, vox, z, keep)
     pad = top < 0
     pick = np.where(pad, 0, top)
     out["top_voxel"] = np.where(pad, -1, vox[pick] if len(vox) else 0).astype(np.int32)
-    for name, value, dtype in (("top_r", r, np.float32), ("top_z", z, np.float32),
-                               ("top_p", p, np.float64)):
-        out[name] = np.where(pad, np.nan, value[pick] if len(value) else 0).astype(dtype)
+    picked = {name: value[pick] if len(value) else np.zeros(pick.shape)
+              for name, value in (("top_r", r), ("top_z", z), ("top_p", p)) if value is not None}
+    if p is None:  # the p of the kept entries only, from their z
+        picked["top_p"] = p_values(picked["top_z"].ravel()).reshape(pick.shape)
+    for name, dtype in (("top_r", np.float32), ("top_z", np.float32), ("top_p", np.float64)):
+        out[name] = np.where(pad, np.nan, picked[name]).astype(dtype)
     return out
 
 

@@ -11,6 +11,12 @@ entries are not kept per block and copied again at the end, and their final arra
 filled on every worker at once. :meth:`EntryStore.finish` applies the FDR scope across ANs:
 the selective procedure's second stage (:mod:`bids_vlm.stats.fdr`) drops entries in place,
 only when it drops any (in a dense layer, where every AN is selected, it keeps them all).
+
+An entry's p is not stored: it is :func:`bids_vlm.stats.pvalues.p_values` of its float32 z (the
+value every path computed it from), evaluated where it is needed. The arrays can outlive one
+association (:class:`EntryBuffers`): the association stage reuses them for every layer, so
+that no layer's entries land on freshly mapped memory (on a virtual machine, first touches of
+a few hundred MB cost more than the copy itself, and vary 10-fold from run to run).
 """
 from __future__ import annotations
 
@@ -21,33 +27,42 @@ import numpy as np
 import torch
 
 from bids_vlm.stats import fdr
+from bids_vlm.stats.pvalues import _p_value, p_values
 from bids_vlm.stats.kernels import _jit_exact
 
-# 24 bytes an entry: indices in int32 (ANs and voxels are far fewer than 2^31), p in float64
+# 16 bytes an entry: indices in int32 (ANs and voxels are far fewer than 2^31); p from z
 FIELDS = (("an_index", np.int32), ("voxel_index", np.int32), ("r", np.float32),
-          ("z", np.float32), ("p", np.float64))
+          ("z", np.float32))
+
+
+class EntryBuffers:
+    """The entry arrays of :data:`FIELDS`, kept from one association to the next (pass the
+    same object to each): an association's entries are views of them, valid until the next
+    association given these buffers. They grow as needed and are never shrunk."""
+
+    def __init__(self):
+        self.arrays = [np.empty(0, dtype) for _, dtype in FIELDS]
 
 
 @_jit_exact
-def _place(rows, cols, r, z, p, first_an, out, at, vox_count):  # pragma: no cover - compiled
-    an_out, vox_out, r_out, z_out, p_out = out
+def _place(rows, cols, r, z, first_an, out, at, vox_count):  # pragma: no cover - compiled
+    an_out, vox_out, r_out, z_out = out
     for e in range(rows.shape[0]):
         an_out[at + e] = rows[e] + first_an
         vox_out[at + e] = cols[e]
         r_out[at + e] = r[e]
         z_out[at + e] = z[e]
-        p_out[at + e] = p[e]
     for e in range(rows.shape[0]):
         vox_count[cols[e]] += 1
 
 
 @_jit_exact
-def _compact(an, vox, r, z, p, limit, first_an, n_pos, n_neg):  # pragma: no cover - compiled
+def _compact(an, vox, r, z, limit, first_an, n_pos, n_neg):  # pragma: no cover - compiled
     n = 0
     for e in range(an.shape[0]):  # in place: n <= e, so no entry is overwritten before read
         i = an[e]
-        if p[e] <= limit[i]:
-            an[n], vox[n], r[n], z[n], p[n] = i, vox[e], r[e], z[e], p[e]
+        if _p_value(np.float64(abs(z[e]))) <= limit[i]:  # p as p_values gives it
+            an[n], vox[n], r[n], z[n] = i, vox[e], r[e], z[e]
             n_pos[i - first_an] += 1 if r[e] > 0 else 0
             n_neg[i - first_an] += 1 if r[e] < 0 else 0
             n += 1
@@ -57,17 +72,19 @@ def _compact(an, vox, r, z, p, limit, first_an, n_pos, n_neg):  # pragma: no cov
 class EntryStore:
     """The entries (E,) of :data:`FIELDS`, placed block by block in AN order, and bn_count (V,)
     (entries per voxel). n_blocks: how many blocks will be placed (a first estimate of the
-    room the arrays need, from the entries of the blocks placed so far)."""
+    room the arrays need, from the entries of the blocks placed so far). buffers: an
+    :class:`EntryBuffers` to place them in (else arrays of their own, trimmed at the end)."""
 
-    def __init__(self, n_vox: int, n_blocks: int):
-        self.arrays = [np.empty(0, dtype) for _, dtype in FIELDS]
+    def __init__(self, n_vox: int, n_blocks: int, buffers: EntryBuffers | None = None):
+        self.buffers = buffers
+        self.arrays = list(buffers.arrays) if buffers else [np.empty(0, d) for _, d in FIELDS]
         self.length, self.spans, self.bn_count = 0, [], np.zeros(n_vox, np.int64)
         self._n_blocks, self._placed, self._failed, self._pending = n_blocks, 0, False, {}
         self._turn = threading.Condition()
 
     def place(self, ordinal: int, first_an: int, entries) -> None:
-        """Block ``ordinal``'s entries (rows within the block, voxels, r, z, p; (E_b,) numpy, by
-        AN then voxel; ANs first_an + rows), placed after those of blocks 0 .. ordinal - 1:
+        """Block ``ordinal``'s entries (rows within the block, voxels, r, z; (E_b,) numpy, by AN
+        then voxel; ANs first_an + rows), placed after those of blocks 0 .. ordinal - 1:
         now if they are placed, else by the call that places the last of them (the arrays
         must stay as they are until :meth:`wait_placed` says so). Thread-safe."""
         with self._turn:
@@ -108,12 +125,14 @@ class EntryStore:
             for i, array in enumerate(self.arrays):
                 self.arrays[i] = np.empty(size, array.dtype)
                 self.arrays[i][:self.length] = array[:self.length]
+            if self.buffers is not None:
+                self.buffers.arrays = list(self.arrays)
 
     def finish(self, n_pos, n_neg, p_an, q: float, selective: bool, imap=map) -> tuple:
         """The entries each AN keeps: those of BH per AN (``selective`` false) or of the
         selective procedure (as :func:`bids_vlm.stats.fdr.simes_and_selective`; imap: a map
         over the blocks). n_pos, n_neg (N,): each AN's entries with r > 0 and r < 0; p_an (N,)
-        their Simes p. Returns the fields (an_index, voxel_index, r, z, p (E,), bn_count (V,))
+        their Simes p. Returns the fields (an_index, voxel_index, r, z (E,), bn_count (V,))
         and the per-AN fields the scope changes (n_pos, n_neg, z_threshold; none for BH per
         AN)."""
         if self._placed != self._n_blocks:
@@ -124,19 +143,22 @@ class EntryStore:
         if selective:
             level, selected = fdr.select_ans(p_an, q)
             k_keep = counts if selected.all() else np.zeros_like(counts)
-            p, ends = self.arrays[4], [an for an, _, _ in self.spans[1:]] + [len(counts)]
+            z, ends = self.arrays[3], [an for an, _, _ in self.spans[1:]] + [len(counts)]
 
             def stage_two(span_end):
                 (first, start, stop), end = span_end
-                k_keep[first:end] = fdr.stage_two_rows(p[start:stop], counts[first:end],
-                                                       selected[first:end], level, n_vox)
+                if selected[first:end].any():
+                    k_keep[first:end] = fdr.stage_two_rows(
+                        p_values(z[start:stop]), counts[first:end], selected[first:end],
+                        level, n_vox)
 
             if not selected.all():  # else stage 2 is BH at level q: stage 1's discoveries
                 list(imap(stage_two, zip(self.spans, ends)))
             per_an["z_threshold"] = fdr.stage_two_thresholds(k_keep, level, n_vox)
             if np.any(k_keep != counts):  # stage 2 drops entries: keep the others, in place
                 per_an.update(self._compact(k_keep, counts, level, (n_pos, n_neg), imap))
-        fields = {name: array for (name, _), array in zip(FIELDS, self.arrays)}
+        fields = {name: array if self.buffers is None else array[:self.length]
+                  for (name, _), array in zip(FIELDS, self.arrays)}
         return dict(fields, bn_count=self.bn_count), per_an
 
     def _compact(self, k_keep, counts, level: float, signs, imap) -> dict:
@@ -171,25 +193,28 @@ class EntryStore:
         self.length = int(sum(kept))
         self._trim()
         self.bn_count = sum(imap(lambda part: np.bincount(part, minlength=len(self.bn_count)),
-                                 np.array_split(self.arrays[1], 2)))
+                                 np.array_split(self.arrays[1][:self.length], 2)))
         return dict(n_pos=n_pos, n_neg=n_neg)
 
     def _trim(self):
-        """The arrays cut to the entries (in place: shrinking does not copy or fill)."""
-        for array in self.arrays:
-            array.resize(self.length, refcheck=False)
+        """Arrays of its own cut to the entries (in place: shrinking does not copy or fill);
+        :class:`EntryBuffers` stay as they are."""
+        if self.buffers is None:
+            for array in self.arrays:
+                array.resize(self.length, refcheck=False)
 
 
 class Accumulator:
     """Per-AN summaries and significant entries of the blocks (an :class:`EntryStore`), and
     the FDR scope across ANs applied to them at the end (:meth:`result`)."""
 
-    def __init__(self, n_an: int, n_vox: int, n_blocks: int):
+    def __init__(self, n_an: int, n_vox: int, n_blocks: int,
+                 buffers: EntryBuffers | None = None):
         self.per_an = {k: np.zeros(n_an, dtype) for k, dtype in
                        (("n_pos", np.int64), ("n_neg", np.int64), ("z_threshold", np.float32),
                         ("peak_r", np.float32), ("peak_voxel", np.int64))}
         self.p_an, self.fields = np.full(n_an, np.nan), {}
-        self.store = EntryStore(n_vox, n_blocks)
+        self.store = EntryStore(n_vox, n_blocks, buffers)
 
     def add(self, ordinal: int, start: int, res) -> None:
         """Block ``ordinal`` (ANs from ``start``): its
@@ -200,8 +225,8 @@ class Accumulator:
         for name, values in self.per_an.items():
             values[sl] = getattr(res, name).cpu().numpy()
         self.p_an[sl] = res.p_an
-        entries = tuple(t.cpu().numpy() for t in (res.rows, res.cols, res.r, res.z))
-        self.store.place(ordinal, start, entries + (np.asarray(res.p, np.float64),))
+        self.store.place(ordinal, start,
+                         tuple(t.cpu().numpy() for t in (res.rows, res.cols, res.r, res.z)))
 
     def set_peaks(self, start, peak_r, peak_voxel):
         self.per_an["peak_r"][start:start + len(peak_r)] = peak_r.cpu().numpy()
@@ -216,7 +241,7 @@ class Accumulator:
                            z_threshold=np.full(n_an, thr, np.float32))
         z = (sign * z_abs).cpu().numpy()[order].astype(np.float32)
         self.fields = dict(an_index=an[order].astype(np.int32),
-                           voxel_index=vox[order].astype(np.int32), z=z, p=fdr.p_from_z(z),
+                           voxel_index=vox[order].astype(np.int32), z=z,
                            r=(sign * r_abs).cpu().numpy()[order].astype(np.float32))
 
     def result(self, scanners, n_vox, q, scope="an", imap=map) -> dict:

@@ -7,8 +7,9 @@ also the largest fixed point of f (f is increasing). On the CPU it is found by c
 values in bins and sorting only the bin that holds the boundary
 (:func:`bids_vlm.stats.kernels.bh_count`); on CUDA (:func:`bh_select`) by iterating
 ``k <- f(k)`` from k = V, which decreases monotonically to k* in a few steps. The Simes p and
-the selective procedure's second stage work on bins of the bits of p in the same way, row by
-row (entries grouped by AN), so that nothing is sorted whole.
+the selective procedure's second stage work on bins of the bits of p (or, for the Simes p of
+the compiled BH, of |z|: :func:`bids_vlm.stats.pvalues.simes_z` evaluates p only in the bins that can hold the
+minimum) in the same way, row by row (entries grouped by AN), so that nothing is sorted whole.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from scipy import special
 
 from bids_vlm.stats.kernels import (F32_SHIFT, F64_SHIFT, _jit, _jit_exact, bh_count,
                                        bh_descend, bh_work, rank_bins)
+from bids_vlm.stats.pvalues import SIMES_BINS, simes_z
 
 _MAX_ITER = 64
 
@@ -26,69 +28,6 @@ def bh_z_thresholds(n_voxels: int, q: float) -> np.ndarray:
     """(n_voxels,) critical |z| for ranks k = 1..V of the BH step-up rule at level q."""
     alphas = q * np.arange(1, n_voxels + 1) / n_voxels
     return -special.ndtri(alphas / 2.0)
-
-
-def p_from_z(z) -> np.ndarray:
-    """Two-sided p of standard-normal z."""
-    return 2.0 * special.ndtr(-np.abs(np.asarray(z, dtype=np.float64)))
-
-
-# scipy.special.ndtr's algorithm (Cephes ndtr, erf and erfc): compiled, it gives the same p
-_C_P, _C_Q, _C_R, _C_S, _C_T, _C_U = (np.array(c) for c in (
-    [2.46196981473530512524E-10, 5.64189564831068821977E-1, 7.46321056442269912687E0,
-     4.86371970985681366614E1, 1.96520832956077098242E2, 5.26445194995477358631E2,
-     9.34528527171957607540E2, 1.02755188689515710272E3, 5.57535335369399327526E2],
-    [1.32281951154744992508E1, 8.67072140885989742329E1, 3.54937778887819891062E2,
-     9.75708501743205489753E2, 1.82390916687909736289E3, 2.24633760818710981792E3,
-     1.65666309194161350182E3, 5.57535340817727675546E2],
-    [5.64189583547755073984E-1, 1.27536670759978104416E0, 5.01905042251180477414E0,
-     6.16021097993053585195E0, 7.40974269950448939160E0, 2.97886665372100240670E0],
-    [2.26052863220117276590E0, 9.39603524938001434673E0, 1.20489539808096656605E1,
-     1.70814450747565897222E1, 9.60896809063285878198E0, 3.36907645100081516050E0],
-    [9.60497373987051638749E0, 9.00260197203842689217E1, 2.23200534594684319226E3,
-     7.00332514112805075473E3, 5.55923013010394962768E4],
-    [3.35617141647503099647E1, 5.21357949780152679795E2, 4.59432382970980127987E3,
-     2.26290000613890934246E4, 4.92673942608635921086E4]))
-
-
-def _p_value(z_abs):  # pragma: no cover - compiled
-    # Cephes' polynomials (Horner, written out so that they compile inline), every branch
-    # evaluated and one selected: faster than branching, and each the same operations
-    z = abs(-z_abs * 0.70710678118654752440)
-    zz = z * z
-    p_n, q_n, p_r, q_r, p_t, q_t = _C_P[0], z + _C_Q[0], _C_R[0], z + _C_S[0], _C_T[0], \
-        zz + _C_U[0]
-    for i in range(1, 9):
-        p_n = p_n * z + _C_P[i]
-    for i in range(1, 8):
-        q_n = q_n * z + _C_Q[i]
-    for i in range(1, 6):
-        p_r, q_r = p_r * z + _C_R[i], q_r * z + _C_S[i]
-    for i in range(1, 5):
-        p_t, q_t = p_t * zz + _C_T[i], q_t * zz + _C_U[i]
-    ex = np.exp(-zz)
-    small = 0.5 + 0.5 * -(z * p_t / q_t)  # 0.5 + 0.5 erf(-z)
-    mid = 0.5 * ((ex * p_n) / q_n)  # 0.5 erfc(z), z < 8
-    big = 0.5 * ((ex * p_r) / q_r)
-    y = small if z < 1.0 else (mid if z < 8.0 else big)
-    return 0.0 if z >= 1.0 and -zz < -7.09782712893383996843E2 else 2.0 * y  # underflow
-
-
-_p_value = _jit_exact(_p_value, inline="always")  # inlined where it is called
-
-
-@_jit_exact
-def _p_values(z, out):  # pragma: no cover - compiled
-    for e in range(z.shape[0]):
-        out[e] = _p_value(np.float64(abs(z[e])))
-
-
-def p_values(z) -> np.ndarray:
-    """:func:`p_from_z` compiled: (E,) float64 two-sided p of z (E,) float32 (the same values,
-    without scipy's passes over temporaries)."""
-    out = np.empty(len(z), np.float64)
-    _p_values(np.ascontiguousarray(z, np.float32), out)
-    return out
 
 
 def bh_select(rows, vals, n_rows: int, zcrit: torch.Tensor):
@@ -294,10 +233,10 @@ def _simes(p, counts, n_vox, out):  # pragma: no cover - compiled
 @_jit_exact
 def _select(rows, cols, u, r, z, n, thr, first, count, shift, base, zcrit, n_vox, z_threshold,
             n_pos, n_neg, p_an, out, at, keys, buf):  # pragma: no cover - compiled
-    rows_out, cols_out, r_out, z_out, p_out = out
+    rows_out, cols_out, r_out, z_out = out
     bits = z.view(np.int32)
-    hist, simes_hist = np.empty(first.shape[0], np.int64), np.empty(1024, np.int64)
-    simes_buf = buf.view(np.float64)  # free once a row's BH count is known
+    hist, simes_hist = np.empty(first.shape[0], np.int64), np.empty(SIMES_BINS, np.int64)
+    simes_buf = buf.view(np.float32)  # free once a row's BH count is known
     read, write = 0, at
     while read < n:
         i, start, first_kept = rows[read], read, write
@@ -319,10 +258,8 @@ def _select(rows, cols, u, r, z, n, thr, first, count, shift, base, zcrit, n_vox
                 write += 1
         n_neg[i] += negatives
         n_pos[i] += write - first_kept - negatives
-        for e in range(first_kept, write):  # a loop of its own: 4 x faster than in the one above
-            p_out[e] = _p_value(np.float64(abs(z_out[e])))
         if write > first_kept:
-            p_an[i] = _simes_row(p_out[first_kept:write], n_vox, simes_hist, simes_buf)
+            p_an[i] = simes_z(z_out[first_kept:write], n_vox, simes_hist, simes_buf)
     return write - at
 
 
@@ -334,66 +271,11 @@ def select_rows(candidates, n, zcrit, layout, n_vox, per_an, out, at=0, work=Non
     :func:`bids_vlm.stats.kernels.rank_bins`. Writes per row (b,) into per_an =
     (z_threshold (critical |z|, inf without discoveries), n_pos, n_neg (discoveries with r > 0
     and r < 0; added), p_an (the Simes p of the discoveries; left as it is without)); writes
-    the discoveries into out = (rows, cols, r, z (signed as u), p (two-sided, as
-    :func:`p_from_z`) float64) from ``at`` on, and returns how many. work:
+    the discoveries into out = (rows, cols, r, z (signed as u)) from ``at`` on, and returns
+    how many (their p are :func:`~bids_vlm.stats.pvalues.p_values` of z; the Simes p evaluates
+    only those it needs, :func:`~bids_vlm.stats.pvalues.simes_z`). work:
     :func:`bids_vlm.stats.kernels.bh_work` of at least V (allocated when None)."""
     rows, cols, u, r, z = candidates
     thr = zcrit.view(np.int32)  # the bits, in place (no copy at every call)
     return _select(rows, cols, u, r, z, n, thr, *layout, zcrit, float(n_vox), *per_an, out, at,
                    *(work or bh_work(len(zcrit))))
-
-
-@_jit_exact
-def _fill(rows, cols, r, z, p, limit, start, out, offset, vox_count, n_pos,
-          n_neg):  # pragma: no cover - compiled
-    an_out, vox_out, r_out, z_out, p_out = out
-    n, e = offset, 0
-    while e < rows.shape[0]:  # row by row (entries grouped by row)
-        i, positives, negatives = rows[e], 0, 0
-        while e < rows.shape[0] and rows[e] == i:
-            if p[e] <= limit[i]:
-                an_out[n], vox_out[n], p_out[n] = i + start, cols[e], p[e]
-                r_out[n], z_out[n] = r[e], z[e]
-                vox_count[cols[e]] += 1
-                positives += 1 if r[e] > 0 else 0  # branch-free
-                negatives += 1 if r[e] < 0 else 0
-                n += 1
-            e += 1
-        n_pos[i] += positives
-        n_neg[i] += negatives
-    return n - offset
-
-
-def kept_entries(blocks, counts, p_an, n_vox: int, q: float, selective: bool, imap=map):
-    """The entries of BH per AN (``selective`` false) or of the selective procedure (as
-    :func:`simes_and_selective`), copied from the blocks into one set of arrays, in parallel.
-
-    blocks: per block of ANs (slice of the ANs, (rows (E_b,) within the block, voxels, r, z,
-    p) grouped by AN); counts (N,) entries per AN; p_an (N,) their Simes p; imap: a map over
-    the blocks (worker threads). Returns the fields an_index, voxel_index, r, z, p (E,) and
-    bn_count (V,), and per AN the n_pos, n_neg, z_threshold the scope changes (none for BH
-    per AN).
-    """
-    k_keep, limit, per_an = counts, np.full(len(counts), np.inf), {}
-    if selective:
-        level, selected = select_ans(p_an, q)
-        k_keep = np.concatenate(list(imap(lambda block: stage_two_rows(
-            block[1][4], counts[block[0]], selected[block[0]], level, n_vox), blocks))
-            or [np.zeros(0, np.int64)])
-        limit = keep_limits(k_keep, level, n_vox)
-        per_an["z_threshold"] = stage_two_thresholds(k_keep, level, n_vox)
-    offsets = np.cumsum([0] + [int(k_keep[sl].sum()) for sl, _ in blocks])
-    out = tuple(np.empty(offsets[-1], dtype) for dtype in
-                (np.int64, np.int64, np.float32, np.float32, np.float64))
-    n_pos, n_neg = np.zeros_like(counts), np.zeros_like(counts)
-
-    def fill(i):
-        (sl, entries), vox_count = blocks[i], np.zeros(n_vox, np.int64)
-        _fill(*entries, limit[sl], sl.start, out, offsets[i], vox_count, n_pos[sl], n_neg[sl])
-        return vox_count
-
-    bn_count = sum(imap(fill, range(len(blocks))), np.zeros(n_vox, np.int64))
-    if selective:
-        per_an.update(n_pos=n_pos, n_neg=n_neg)
-    fields = dict(zip(("an_index", "voxel_index", "r", "z", "p"), out), bn_count=bn_count)
-    return fields, per_an

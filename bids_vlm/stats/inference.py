@@ -73,7 +73,7 @@ def selective(res, q, n_vox, apply: bool):
     keep, res.p_an, thr = simes_and_selective(res.an_index, res.p, len(res.n_pos), n_vox, q)
     if not apply:
         return res
-    for name in ("an_index", "voxel_index", "r", "z", "p"):
+    for name in ("an_index", "voxel_index", "r", "z"):
         setattr(res, name, getattr(res, name)[keep])
     n_an = len(res.n_pos)
     res.n_pos = np.bincount(res.an_index[res.r > 0], minlength=n_an)

@@ -9,6 +9,7 @@ from bids_vlm.errors import ResourceError
 from bids_vlm.models.base import resolve_device
 from bids_vlm.stats.association import block_size_for_memory, method_description, prepare_voxels
 from bids_vlm.stats.bnstore import ENTRY_FIELDS, pack, write_layer
+from bids_vlm.stats.entries import EntryBuffers
 from bids_vlm.stats.unique import layer_association, mean_abs_r
 
 
@@ -50,6 +51,7 @@ def associate_layers(regressors_file, cleaned_files, config, execution, path) ->
                      lag_traces=regs.attrs["lag_traces"]) if stats.autocorr == "exact" else {}
         prepared = prepare_voxels(voxels, device=str(device), **common, **noise)  # all layers
         del voxels  # the prepared copy is all the layers need
+        entries = EntryBuffers()  # the significant entries' arrays, reused by every layer
         for stream in (s for s in regs if s not in ("delayed", "nuisance")):
             presence = regs.get(f"nuisance/presence/{stream}")
             presence = None if presence is None else presence[()]
@@ -62,15 +64,16 @@ def associate_layers(regressors_file, cleaned_files, config, execution, path) ->
                 res, share = layer_association(
                     x, prepared, presence, stats.bn_definition, stats.nuisance_pcs, **noise,
                     q=stats.fdr_q, block_size=block, device=str(device), progress=True,
-                    desc=f"association {key}", fdr_scope=stats.fdr_scope, **common)
+                    desc=f"association {key}", fdr_scope=stats.fdr_scope, entries=entries,
+                    **common)
                 if share is not None:
                     out[f"{key}/removed_share"] = share
                 for field, value in vars(res).items():  # per AN and per voxel
                     if field != "n_frames" and field not in ENTRY_FIELDS:
                         out[f"{key}/{field}"] = value
                 # the entries in the compact form: BNs with the sign of r, and r, z, p of
-                # each AN's top --keep-entries voxels (bids_vlm.stats.bnstore)
-                write_layer(out[key], pack(*(getattr(res, f) for f in ENTRY_FIELDS),
+                # each AN's top --keep-entries voxels (bids_vlm.stats.bnstore; p from z)
+                write_layer(out[key], pack(res.an_index, res.voxel_index, res.r, res.z, None,
                                            len(res.n_pos), stats.keep_entries))
                 out[key].attrs["n_frames"] = res.n_frames
                 del res

@@ -9,7 +9,8 @@ from scipy import special, stats
 
 from bids_vlm.stats import associate, bh_z_thresholds
 from bids_vlm.stats.autocorr import autocorrelations, default_lags, tukey_taper
-from bids_vlm.stats.fdr import bh_select, p_from_z
+from bids_vlm.stats.fdr import bh_select
+from bids_vlm.stats.pvalues import p_from_z
 from bids_vlm.design.regressors import convolution_matrix, frame_times, zscore
 
 RUNS = [150, 150]
@@ -352,6 +353,25 @@ def test_voxels_prepared_once_give_the_same_result(problem):
         associate(x, prepared, run_lengths=RUNS, n_lags=12)  # other degrees of freedom
     with pytest.raises(ValueError, match="prepared for"):
         associate(x, prepared, run_lengths=RUNS, autocorr="none", n_removed=4)
+
+
+def test_entry_buffers_reused_across_layers_give_each_layers_result(problem):
+    """The association stage's EntryBuffers, reused from layer to layer: each layer's entries
+    as with arrays of its own (a larger layer after a smaller one grows them), views of the
+    buffers; p is that of z."""
+    from bids_vlm.stats import prepare_voxels
+    from bids_vlm.stats.entries import EntryBuffers
+
+    x, y = problem
+    prepared, buffers = prepare_voxels(y, run_lengths=RUNS, n_lags=12), EntryBuffers()
+    for cols in (slice(0, 4), slice(0, 20), slice(4, 12)):  # small, large, smaller layers
+        own = associate(x[:, cols], prepared, block_size=3, run_lengths=RUNS, n_lags=12)
+        shared = associate(x[:, cols], prepared, block_size=3, run_lengths=RUNS, n_lags=12,
+                           entries=buffers)
+        for name in ("n_pos", "n_neg", "bn_count", "p_an", "an_index", "voxel_index", "r", "z"):
+            np.testing.assert_array_equal(getattr(shared, name), getattr(own, name))
+        assert np.shares_memory(shared.z, buffers.arrays[3]) and len(shared.z) > 0
+        np.testing.assert_array_equal(shared.p, p_from_z(shared.z))
 
 
 # --- calibration on simulated BOLD with the nuisance structure of real data ---------------------

@@ -109,6 +109,24 @@ def test_top_k_matches_a_full_sort():
         np.testing.assert_array_equal(packed["top_voxel"][a], want)
 
 
+@pytest.mark.parametrize("keep", [-1, 0, 3, 10])
+def test_p_left_out_is_computed_from_z_for_the_kept_entries(keep):
+    """pack(..., p=None), as the association stage calls it: top_p (or p) is p_values of z,
+    the p the association gives its entries; the rest as with p given."""
+    from bids_vlm.stats.pvalues import p_values
+
+    an, vox, r, z, _ = _entries(seed=3)
+    z = z.astype(np.float32)
+    given = bnstore.pack(an, vox, r, z, p_values(z), n_ans=7, keep=keep)
+    derived = bnstore.pack(an, vox, r, z, None, n_ans=7, keep=keep)
+    assert given.keys() == derived.keys()
+    for name in given:
+        np.testing.assert_array_equal(derived[name], given[name])
+    empty = np.zeros(0)
+    packed = bnstore.pack(empty, empty, empty, empty, None, n_ans=2, keep=keep)
+    assert np.isnan(packed["p" if keep < 0 else "top_p"]).all()
+
+
 def test_rows_and_union():
     an, vox, r, z, p = _entries()
     packed = bnstore.pack(an, vox, r, z, p, n_ans=7, keep=0)

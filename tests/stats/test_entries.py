@@ -1,6 +1,7 @@
 """The association's entries placed block by block (:mod:`bids_vlm.stats.entries`): in block
-order whatever order the workers finish in, growing past a first estimate, and the selective
-procedure's drops made in place equal to :func:`bids_vlm.stats.fdr.simes_and_selective`."""
+order whatever order the workers finish in, growing past a first estimate, reusing buffers
+from one association to the next, and the selective procedure's drops made in place equal to
+:func:`bids_vlm.stats.fdr.simes_and_selective` (p from z, as the association computes it)."""
 from __future__ import annotations
 
 import threading
@@ -8,16 +9,18 @@ import time
 
 import numpy as np
 import pytest
+from scipy import special
 
-from bids_vlm.stats.entries import EntryStore
+from bids_vlm.stats.entries import EntryBuffers, EntryStore
 from bids_vlm.stats.fdr import simes_and_selective, simes_rows
+from bids_vlm.stats.pvalues import p_values
 from bids_vlm.threads import thread_map
 
 N_VOX = 500
 
 
 def _blocks(rng, sizes, per_an=(0, 60)):
-    """Blocks of ANs: (first AN, (rows, cols, r, z, p)) with entries by AN, then voxel."""
+    """Blocks of ANs: (first AN, (rows, cols, r, z)) with entries by AN, then voxel."""
     blocks, first = [], 0
     for size in sizes:
         rows, cols = [], []
@@ -27,16 +30,23 @@ def _blocks(rng, sizes, per_an=(0, 60)):
             cols.append(np.sort(rng.choice(N_VOX, n, replace=False)).astype(np.int32))
         rows, cols = np.concatenate(rows), np.concatenate(cols)
         z = (rng.choice([-1, 1], len(rows)) * rng.uniform(2.5, 6, len(rows))).astype(np.float32)
-        p = 10.0 ** -rng.uniform(2.2, 8, len(rows))
-        blocks.append((first, (rows, cols, (z / 10).astype(np.float32), z, p)))
+        blocks.append((first, (rows, cols, (z / 10).astype(np.float32), z)))
         first += size
     return blocks, first
 
 
 def _concatenated(blocks):
     an = np.concatenate([entries[0] + first for first, entries in blocks])
-    fields = [np.concatenate([b[k] for _, b in blocks]) for k in range(1, 5)]
-    return [an.astype(np.int64), *fields]
+    fields = [np.concatenate([b[k] for _, b in blocks]) for k in range(1, 4)]
+    return [an.astype(np.int64), *fields, p_values(fields[2])]
+
+
+def _set_z(blocks, z):
+    """The blocks' z (in place) from z (E,) over all blocks in order."""
+    at = 0
+    for _, entries in blocks:
+        entries[3][:] = z[at:at + len(entries[3])]
+        at += len(entries[3])
 
 
 def test_blocks_finishing_in_any_order_are_placed_in_block_order():
@@ -53,7 +63,7 @@ def test_blocks_finishing_in_any_order_are_placed_in_block_order():
         list(imap(place, range(len(blocks))))
     fields, _ = store.finish(np.zeros(0, np.int64), np.zeros(0, np.int64), None, 0.05, False)
     want = _concatenated(blocks)
-    for name, value in zip(("an_index", "voxel_index", "r", "z", "p"), want):
+    for name, value in zip(("an_index", "voxel_index", "r", "z"), want):
         np.testing.assert_array_equal(fields[name], value)
     np.testing.assert_array_equal(fields["bn_count"], np.bincount(want[1], minlength=N_VOX))
 
@@ -67,8 +77,30 @@ def test_arrays_grow_past_the_first_blocks_estimate():
     for ordinal, block in enumerate(blocks):
         store.place(ordinal, *block)
     fields, _ = store.finish(np.zeros(0, np.int64), np.zeros(0, np.int64), None, 0.05, False)
-    np.testing.assert_array_equal(fields["p"], _concatenated(blocks)[4])
-    assert fields["p"].flags.owndata and len(fields["p"]) == store.length
+    np.testing.assert_array_equal(fields["z"], _concatenated(blocks)[3])
+    assert fields["z"].flags.owndata and len(fields["z"]) == store.length
+
+
+def test_buffers_are_reused_by_the_next_association_and_grow():
+    """Entries placed in EntryBuffers: views of them, the same memory for a next association
+    that fits (no new arrays), new arrays for one that does not; the values as without."""
+    rng = np.random.default_rng(7)
+    first, _ = _blocks(rng, [6, 6], per_an=(20, 60))
+    smaller, _ = _blocks(rng, [5, 5], per_an=(5, 30))
+    larger, _ = _blocks(rng, [8, 8, 8], per_an=(100, 200))
+    buffers, seen = EntryBuffers(), []
+    for blocks in (first, smaller, larger):
+        store = EntryStore(N_VOX, len(blocks), buffers)
+        for ordinal, block in enumerate(blocks):
+            store.place(ordinal, *block)
+        fields, _ = store.finish(np.zeros(0, np.int64), np.zeros(0, np.int64), None, 0.05,
+                                 False)
+        for name, value in zip(("an_index", "voxel_index", "r", "z"), _concatenated(blocks)):
+            np.testing.assert_array_equal(fields[name], value)
+        assert all(np.shares_memory(fields[name], array) for name, array in
+                   zip(("an_index", "voxel_index", "r", "z"), buffers.arrays))
+        seen.append(buffers.arrays[3])
+    assert seen[1] is seen[0] and seen[2] is not seen[1]
 
 
 def test_a_block_before_its_predecessors_is_placed_by_the_last_of_them():
@@ -117,13 +149,12 @@ def test_selective_drops_in_place_equal_simes_and_selective(seed):
     kept in place (gathered per block, then moved down) are those of the reference."""
     rng = np.random.default_rng(seed)
     blocks, n_an = _blocks(rng, [6, 5, 7, 6], per_an=(0, 40))
-    an, vox, r, z, p = _concatenated(blocks)
+    an, vox, r, z, _ = _concatenated(blocks)
     for i in rng.choice(n_an, 6, replace=False):  # ANs whose p make them unselected
-        p[an == i] = 10.0 ** -rng.uniform(0.5, 1.5, int(np.sum(an == i)))
-    at = 0
-    for _, entries in blocks:  # the same p in the blocks
-        entries[4][:] = p[at:at + len(entries[4])]
-        at += len(entries[4])
+        mine = an == i
+        z[mine] = (np.sign(z[mine]) * rng.uniform(1.0, 2.2, int(mine.sum()))).astype(np.float32)
+    _set_z(blocks, z)
+    p = p_values(z)
     counts = np.bincount(an, minlength=n_an)
     p_an = simes_rows(p, counts, N_VOX)
     keep, _, thr = simes_and_selective(an, p, n_an, N_VOX, 0.05)
@@ -134,7 +165,7 @@ def test_selective_drops_in_place_equal_simes_and_selective(seed):
     n_pos, n_neg = np.bincount(an[r > 0], minlength=n_an), np.bincount(an[r < 0], minlength=n_an)
     with thread_map(2, "test") as imap:
         fields, per_an = store.finish(n_pos, n_neg, p_an, 0.05, True, imap)
-    for name, value in zip(("an_index", "voxel_index", "r", "z", "p"), (an, vox, r, z, p)):
+    for name, value in zip(("an_index", "voxel_index", "r", "z"), (an, vox, r, z)):
         np.testing.assert_array_equal(fields[name], value[keep])
     np.testing.assert_array_equal(fields["bn_count"], np.bincount(vox[keep], minlength=N_VOX))
     np.testing.assert_array_equal(per_an["n_pos"], np.bincount(an[keep & (r > 0)],
@@ -149,15 +180,18 @@ def test_every_an_selected_keeps_stage_ones_discoveries():
     hair above its limit (stage 1 compared float32 z); the reference agrees."""
     rng = np.random.default_rng(5)
     blocks, n_an = _blocks(rng, [4, 4], per_an=(5, 30))
-    an, vox, r, z, p = _concatenated(blocks)
+    an, vox, r, z, _ = _concatenated(blocks)
     counts = np.bincount(an, minlength=n_an)
-    p[:] = 10.0 ** -rng.uniform(5, 9, len(p))  # every AN selected
+    z[:] = rng.uniform(5.5, 6.5, len(z))  # every AN selected
     last = np.cumsum(counts) - 1  # each AN's last entry: p just above BH's limit at q
-    p[last] = np.nextafter(0.05 * counts / N_VOX, 1.0)
-    at = 0
-    for _, entries in blocks:
-        entries[4][:] = p[at:at + len(entries[4])]
-        at += len(entries[4])
+    for e in last:
+        limit = 0.05 * counts[an[e]] / N_VOX
+        z[e] = np.float32(-special.ndtri(limit / 2))
+        while p_values(z[e:e + 1])[0] <= limit:
+            z[e] = np.nextafter(z[e], np.float32(0))
+    _set_z(blocks, z)
+    p = p_values(z)
+    assert np.all(p[last] > 0.05 * counts / N_VOX)
     p_an = simes_rows(p, counts, N_VOX)
     keep, _, _ = simes_and_selective(an, p, n_an, N_VOX, 0.05)
     assert keep.all()
@@ -166,5 +200,5 @@ def test_every_an_selected_keeps_stage_ones_discoveries():
         store.place(ordinal, *block)
     n_pos, n_neg = np.bincount(an[r > 0], minlength=n_an), np.bincount(an[r < 0], minlength=n_an)
     fields, per_an = store.finish(n_pos, n_neg, p_an, 0.05, True)
-    np.testing.assert_array_equal(fields["p"], p)
+    np.testing.assert_array_equal(fields["z"], z)
     assert "n_pos" not in per_an
