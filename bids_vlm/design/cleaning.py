@@ -382,8 +382,19 @@ def pooled_noise_sums(cleaned_files) -> np.ndarray:
 
 def load_cleaned(cleaned_files) -> np.ndarray:
     """(sum n_scans, V): the runs' cleaned BOLD (the clean stage's ``_cleaned.npy`` files),
-    concatenated in the order given."""
-    return np.concatenate([np.load(f) for f in cleaned_files], axis=0)
+    concatenated in the order given: each file read (memory-mapped) straight into its rows,
+    so that the runs are not held twice."""
+    runs = [np.load(f, mmap_mode="r") for f in cleaned_files]
+    out = np.empty((sum(r.shape[0] for r in runs), *runs[0].shape[1:]),
+                   np.result_type(*runs))
+    start = 0
+    for run in runs:
+        if run.shape[1:] != out.shape[1:]:
+            raise ValueError(f"cleaned runs of different widths: {run.shape[1:]} and "
+                             f"{out.shape[1:]}")
+        out[start:start + len(run)] = run
+        start += len(run)
+    return out
 
 
 def unit_mask(runs):

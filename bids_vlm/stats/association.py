@@ -58,7 +58,8 @@ class AssociationResult:
 
     Per AN (N,): n_pos / n_neg (BN+ / BN- counts), peak_r (signed r of largest |r|),
     peak_voxel (its voxel index), z_threshold (BH critical |z|, inf when nothing passes).
-    Per voxel (V,): bn_count (ANs with the voxel as BN), best_r (signed r of largest |r| over ANs).
+    Per voxel (V,): bn_count (ANs with the voxel as BN), best_r (signed r of largest |r| over ANs;
+    the positive one when an r and -r tie, whatever the order the blocks ran in).
     Significant entries (E,): an_index, voxel_index (int32), r, z (signed, float32); their p
     (two-sided, uncorrected, float64) is computed from z when asked for (:attr:`p`).
     p_an (N,): Simes p of the AN across voxels (NaN when > q; the selection p of the

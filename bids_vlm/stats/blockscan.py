@@ -252,7 +252,8 @@ class BlockScanner:
         torch.copysign(f, r, out=u_t)
 
     def _peaks(self, s, r, a, peak_abs, peak_r, peak_voxel):
-        """Per AN: largest |r| so far (first voxel on ties); per voxel: signed r of largest |r|."""
+        """Per AN: largest |r| so far (first voxel on ties); per voxel: signed r of largest |r|
+        (the positive one on ties)."""
         value = a.amax(1)
         better = torch.nonzero(value > peak_abs)[:, 0]
         if better.numel():
@@ -261,9 +262,11 @@ class BlockScanner:
             peak_r[better] = r[better, index]
             peak_voxel[better] = index + s
         high, low = r.amax(0), r.amin(0)
-        tile_best = torch.where(high >= -low, high, low)
+        tile_best = torch.where(high >= -low, high, low)  # ties of |r|: the positive r
         best = self.best_r[s:s + r.shape[1]]
-        best.copy_(torch.where(tile_best.abs() > best.abs(), tile_best, best))
+        better = (tile_best.abs() > best.abs()) | ((tile_best.abs() == best.abs())
+                                                   & (tile_best > best))
+        best.copy_(torch.where(better, tile_best, best))
 
     def _candidates(self, b, n_screen):
         """(CUDA) Entries whose u reaches the lowest threshold any discovery of its AN can have:

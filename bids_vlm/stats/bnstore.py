@@ -81,11 +81,21 @@ class LayerBNs:
 
 def encode_voxels(voxel_index, r) -> np.ndarray:
     """(E,) int32 codes +(v + 1) where r > 0, -(v + 1) where r < 0 (r == 0: +; a pair with
-    r = 0 has z = 0 and is never significant). voxel_index, r: (E,)."""
-    code = np.add(voxel_index, 1, dtype=np.int64)
-    if len(code) and code.max() > np.iinfo(np.int32).max:
+    r = 0 has z = 0 and is never significant). voxel_index, r: (E,). One compiled pass (no
+    temporaries: a layer at 2 mm has 10-20 M entries)."""
+    vox = _indices(voxel_index)
+    if len(vox) and int(vox.max()) >= np.iinfo(np.int32).max:
         raise ValueError("voxel index too large for the int32 BN codes")
-    return np.where(np.asarray(r) < 0, -code, code).astype(np.int32)
+    codes = np.empty(len(vox), np.int32)
+    _encode(vox, np.asarray(r), codes)
+    return codes
+
+
+@njit
+def _encode(voxels, r, codes):  # pragma: no cover - compiled
+    for e in range(len(voxels)):
+        c = np.int32(voxels[e] + 1)
+        codes[e] = -c if r[e] < 0 else c
 
 
 def decode_voxels(codes) -> tuple:

@@ -69,6 +69,12 @@ def _compact(an, vox, r, z, limit, first_an, n_pos, n_neg):  # pragma: no cover 
     return n
 
 
+@_jit_exact
+def _count(vox, out):  # pragma: no cover - compiled
+    for e in range(vox.shape[0]):
+        out[vox[e]] += 1
+
+
 class EntryStore:
     """The entries (E,) of :data:`FIELDS`, placed block by block in AN order, and bn_count (V,)
     (entries per voxel). n_blocks: how many blocks will be placed (a first estimate of the
@@ -192,8 +198,8 @@ class EntryStore:
         list(imap(move, self.arrays))
         self.length = int(sum(kept))
         self._trim()
-        self.bn_count = sum(imap(lambda part: np.bincount(part, minlength=len(self.bn_count)),
-                                 np.array_split(self.arrays[1][:self.length], 2)))
+        self.bn_count = np.zeros(len(self.bn_count), np.int64)
+        _count(self.arrays[1][:self.length], self.bn_count)  # no int64 copy, as bincount's
         return dict(n_pos=n_pos, n_neg=n_neg)
 
     def _trim(self):
@@ -249,7 +255,8 @@ class Accumulator:
         but n_frames) for the FDR ``scope`` ("selective", "an" or "all"): the entries each AN
         keeps (:meth:`EntryStore.finish`; imap: a map over the blocks)."""
         best = torch.stack([s.best_r[:n_vox] for s in scanners])
-        best_r = best.gather(0, best.abs().argmax(0, keepdim=True))[0].cpu().numpy()
+        top = best.abs().amax(0)  # ties of |r| (across workers): the positive r
+        best_r = torch.where((best == top).any(0), top, -top).cpu().numpy()
         fields = dict(self.fields, p_an=self.p_an)
         if scope == "all":
             fields.update(bn_count=np.bincount(fields["voxel_index"], minlength=n_vox),

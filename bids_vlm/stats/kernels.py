@@ -84,9 +84,10 @@ def _stats(r, f, s2_const, f_lo, u_crit, u_out, u_max, n_screen, col0,
                         break
         if peaks:
             top_bits[i] = top
-            for j in range(w):
+            for j in range(w):  # ties of |r|: the positive r, whatever the ANs' order
                 rv, bv = ri[j], best[j]
-                best[j] = rv if abs(rv) > abs(bv) else bv
+                ra, ba = abs(rv), abs(bv)
+                best[j] = rv if ra > ba or (ra == ba and rv > bv) else bv
         n_screen[i] += count
 
 
@@ -99,8 +100,8 @@ def tile_stats(r, f, s2_const, f_lo, u_crit, u_out, u_max, n_screen, col0, peaks
     s2 = ``s2_const``. Writes u_out (b, w) = sign(r) s2 r^2 / (1 - r^2) and u_max (b, w / CHUNK),
     the maximum |u| of every ``CHUNK`` voxels; adds to n_screen (b,) the count of u >= ``u_crit``.
     With ``peaks``: per AN (b,) peak_abs / peak_r / peak_voxel (largest |r|, first voxel on
-    ties) and per voxel best_r (the signed r of largest |r|, first AN on ties; indexed col0 + j)
-    are updated.
+    ties) and per voxel best_r (the signed r of largest |r|, the positive one on ties, so that
+    the order in which blocks are scanned does not matter; indexed col0 + j) are updated.
     """
     _stats(r, f, np.float32(s2_const), np.float32(f_lo), np.float32(u_crit), u_out,
            u_max, n_screen, col0, peaks, peak_abs, peak_r, peak_voxel, best_r)

@@ -52,6 +52,7 @@ def associate_layers(regressors_file, cleaned_files, config, execution, path) ->
         prepared = prepare_voxels(voxels, device=str(device), **common, **noise)  # all layers
         del voxels  # the prepared copy is all the layers need
         entries = EntryBuffers()  # the significant entries' arrays, reused by every layer
+        projected = {}  # the voxels with a layer's nuisance basis projected out, likewise
         for stream in (s for s in regs if s not in ("delayed", "nuisance")):
             presence = regs.get(f"nuisance/presence/{stream}")
             presence = None if presence is None else presence[()]
@@ -65,7 +66,7 @@ def associate_layers(regressors_file, cleaned_files, config, execution, path) ->
                     x, prepared, presence, stats.bn_definition, stats.nuisance_pcs, **noise,
                     q=stats.fdr_q, block_size=block, device=str(device), progress=True,
                     desc=f"association {key}", fdr_scope=stats.fdr_scope, entries=entries,
-                    **common)
+                    scratch=projected, **common)
                 if share is not None:
                     out[f"{key}/removed_share"] = share
                 for field, value in vars(res).items():  # per AN and per voxel

@@ -114,15 +114,19 @@ def lag_traces_of(basis: np.ndarray, run_lengths, n_lags: int) -> np.ndarray:
     return out
 
 
-def project_voxels(vox: Voxels, basis: np.ndarray, noise_sums=None, lag_traces=None) -> Voxels:
+def project_voxels(vox: Voxels, basis: np.ndarray, noise_sums=None, lag_traces=None,
+                   scratch: dict | None = None) -> Voxels:
     """The prepared voxels (:func:`bids_vlm.stats.association.prepare_voxels`) with the
     basis (T, s) projected out of every row and the rows renormalised: the residualised
     cleaned voxels, prepared. The exact method's factors use the cleaning traces minus the
-    basis's own (``noise_sums``, ``lag_traces`` as given to prepare_voxels; needed for it)."""
+    basis's own (``noise_sums``, ``lag_traces`` as given to prepare_voxels; needed for it).
+    scratch: a dict whose arrays the result is written into and kept, for the next call with
+    voxels of the same shapes (one layer after another: the result is then valid until the
+    next call given it); by default new arrays."""
     if not basis.shape[1]:
         return vox
     b = torch.as_tensor(basis, dtype=torch.float32, device=vox.y.device)
-    y = torch.addmm(vox.y, vox.y @ b, b.T, alpha=-1.0)
+    y = torch.addmm(vox.y, vox.y @ b, b.T, alpha=-1.0, out=_like(scratch, "y", vox.y))
     norm = torch.linalg.vector_norm(y, dim=1, keepdim=True)
     y *= torch.where(norm > 1e-6, 1.0 / norm.clamp(min=1e-30), 0.0)
     acf = vox.acf
@@ -130,25 +134,38 @@ def project_voxels(vox: Voxels, basis: np.ndarray, noise_sums=None, lag_traces=N
         n_lags = acf.shape[1] - 1
         traces = np.asarray(lag_traces, float)[:n_lags + 1] - \
             lag_traces_of(basis, vox.run_lengths, n_lags)
-        acf = acf.clone()
+        acf = _like(scratch, "acf", acf).copy_(acf)
         acf[:vox.n_vox] = noise_factors(noise_sums, traces, n_lags).to(acf.device)
     return Voxels(y=y, acf=acf, n_vox=vox.n_vox, n_dof=vox.n_dof - basis.shape[1],
                   run_lengths=vox.run_lengths, autocorr=vox.autocorr)
 
 
+def _like(scratch: dict | None, key: str, ref: torch.Tensor) -> torch.Tensor:
+    """scratch[key] when it has ref's shape, type and device (else a new array kept there);
+    a new array without scratch."""
+    have = None if scratch is None else scratch.get(key)
+    if have is None or have.shape != ref.shape or have.dtype != ref.dtype or \
+            have.device != ref.device:
+        have = torch.empty_like(ref)
+        if scratch is not None:
+            scratch[key] = have
+    return have
+
+
 def layer_association(x, prepared: Voxels, presence=None, definition: str = "unique",
                       n_pcs: int = N_PCS, noise_sums=None, lag_traces=None, n_removed: int = 0,
-                      **kwargs):
+                      scratch: dict | None = None, **kwargs):
     """:func:`bids_vlm.stats.association.associate` of one layer's regressors x (T, N) with
     the prepared voxels under ``definition``: ``marginal`` as they are; ``unique`` with the
-    presence regressor(s) and the top ``n_pcs`` components projected out of both sides.
-    kwargs: the rest of associate's arguments. Returns (result, removed share (N,) or None)."""
+    presence regressor(s) and the top ``n_pcs`` components projected out of both sides
+    (scratch: :func:`project_voxels`'s, reused by the layers of one unit). kwargs: the rest
+    of associate's arguments. Returns (result, removed share (N,) or None)."""
     if definition not in BN_DEFINITIONS:
         raise ValueError(f"bn definition must be one of {BN_DEFINITIONS}, not '{definition}'")
     if definition == "marginal":
         return associate(x, prepared, n_removed=n_removed, **kwargs), None
     basis = nuisance_basis(x, presence, n_pcs)
     own = residualise(x, basis)
-    vox = project_voxels(prepared, basis, noise_sums, lag_traces)
+    vox = project_voxels(prepared, basis, noise_sums, lag_traces, scratch)
     res = associate(own, vox, n_removed=n_removed + basis.shape[1], **kwargs)
     return res, removed_share(x, own)

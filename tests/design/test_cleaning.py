@@ -286,6 +286,23 @@ def test_masked_series_other_grid_is_nilearns_error():
         masked_series(bold, mask)
 
 
+def test_load_cleaned_concatenates_the_runs_in_order(tmp_path):
+    from bids_vlm.design.cleaning import load_cleaned
+
+    rng = np.random.default_rng(0)
+    runs = [rng.standard_normal((n, 7)).astype(np.float32) for n in (5, 3, 4)]
+    paths = []
+    for i, run in enumerate(runs):
+        paths.append(tmp_path / f"run-{i}_cleaned.npy")
+        np.save(paths[-1], run)
+    got = load_cleaned(paths)
+    np.testing.assert_array_equal(got, np.concatenate(runs))
+    assert got.dtype == np.float32 and got.flags.c_contiguous and got.flags.writeable
+    np.save(paths[1], np.zeros((3, 6), np.float32))
+    with pytest.raises(ValueError, match="different widths"):
+        load_cleaned(paths)
+
+
 def test_clean_signals_in_chunks_equal_one_nilearn_call():
     """Columns cleaned chunk by chunk (two threads) are bit for bit one signal.clean of the
     whole float64 array, constant columns in any chunk set to 0, from float32 input too."""

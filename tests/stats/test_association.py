@@ -120,6 +120,28 @@ def test_streamed_equals_dense(problem, block, autocorr, device):
     np.testing.assert_allclose(res.p, p_from_z(z[res.an_index, res.voxel_index]), rtol=1e-3)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_best_r_of_tied_ans_is_the_positive_r_in_any_block_order(problem, fused, monkeypatch):
+    """An AN and its negative (r and -r at every voxel), in one block or in blocks that other
+    workers scan: each voxel's best_r is the positive r, whichever AN came first."""
+    from bids_vlm.stats import backends
+
+    x, y = problem
+    if not fused:  # the torch (CUDA) operations, on the CPU
+        monkeypatch.setitem(backends.BACKENDS, "cpu", backends.Backend(
+            "cpu", tile=256, prep_chunk=256, compiled=False))
+    r = np.corrcoef(x[:, :3].T, y.T)[:3, 3:]  # (3, V): AN 0 (and its negative), ANs 1-2
+    wins = np.abs(r[0]) >= np.abs(r[1:]).max(0)  # voxels where the tied pair has the top |r|
+    want = np.where(wins, np.abs(r[0]), r[1 + np.abs(r[1:]).argmax(0), np.arange(r.shape[1])])
+    assert 10 < wins.sum() < len(wins)
+    for first, second in ((x[:, [0]], -x[:, [0]]), (-x[:, [0]], x[:, [0]])):
+        for block, workers in ((4, 1), (2, 2), (1, 2)):
+            res = associate(np.hstack([first, x[:, 1:3], second]), y, block_size=block,
+                            workers=workers, run_lengths=RUNS, n_lags=12)
+            np.testing.assert_allclose(res.best_r, want, atol=1e-5)
+            assert (res.best_r[wins] > 0).all()
+
+
 def test_candidate_cap_tightens_the_bound_first(problem, monkeypatch):
     """With room for almost no candidates, counting passes tighten BH's bound before the
     entries are read back: same discoveries."""

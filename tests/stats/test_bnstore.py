@@ -53,7 +53,12 @@ def test_pack_round_trip_with_signs_and_empty_ans():
 
 def test_codes_sign_and_voxel_zero():
     codes = bnstore.encode_voxels([0, 0, 5], [0.3, -0.3, -0.1])
-    assert codes.tolist() == [1, -1, -6]
+    assert codes.tolist() == [1, -1, -6] and codes.dtype == np.int32
+    big = np.array([0, 2**31 - 2, 7], np.int64)  # int64 or int32 indices, any float r
+    assert bnstore.encode_voxels(big, np.float32([0.0, -1.0, 2.0])).tolist() == [1, -(2**31 - 1), 8]
+    assert bnstore.encode_voxels(big.astype(np.int32), [1, 1, -1]).tolist() == [1, 2**31 - 1, -8]
+    with pytest.raises(ValueError, match="too large"):
+        bnstore.encode_voxels([2**31 - 1], [1.0])
     vox, sign = bnstore.decode_voxels(codes)
     assert vox.tolist() == [0, 0, 5] and sign.tolist() == [1, -1, -1]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from bids_vlm.stats import associate, prepare_voxels
 from bids_vlm.stats.unique import (layer_association, mean_abs_r, nuisance_basis,
@@ -56,6 +57,22 @@ def test_projected_voxels_equal_voxels_residualised_then_prepared():
                       lag_traces=s.lag_traces - lag_traces_of(basis, s.run_lengths,
                                                                len(s.lag_traces) - 1))
     np.testing.assert_allclose(res.z, z[res.an_index, res.voxel_index], rtol=1e-3, atol=1e-3)
+
+
+def test_projection_into_scratch_reuses_its_arrays_and_equals_a_new_one():
+    """project_voxels with a scratch dict (the association stage's, layer after layer): the
+    same voxels as into new arrays, written into the arrays the first call kept."""
+    s = session(np.random.default_rng(2), Design(n_frames=150), 200, n_an=12)
+    prepared, scratch, pointers = prepare_voxels(s.voxels, **s.association_args()), {}, []
+    for seed, n_pcs in ((0, 2), (1, 3)):  # two layers, bases of different widths
+        basis = nuisance_basis(s.regressors[:, seed:], None, n_pcs)
+        new = project_voxels(prepared, basis, s.noise_sums, s.lag_traces)
+        kept = project_voxels(prepared, basis, s.noise_sums, s.lag_traces, scratch)
+        assert torch.equal(kept.y, new.y) and torch.equal(kept.acf, new.acf)
+        assert kept.n_dof == new.n_dof
+        pointers.append((kept.y.data_ptr(), kept.acf.data_ptr()))
+    assert pointers[0] == pointers[1] == (scratch["y"].data_ptr(), scratch["acf"].data_ptr())
+    assert not torch.equal(prepared.y, kept.y)  # the prepared voxels are left as they were
 
 
 def test_presence_only_voxels_are_no_ans_bn():
