@@ -135,7 +135,8 @@ def pack(an_index, voxel_index, r, z, p, n_ans: int, keep: int = 100) -> dict:
 
     an_index, voxel_index, r, z, p: (E,) in any order (an_index < n_ans); p None: the
     association's, :func:`bids_vlm.stats.pvalues.p_values` of z, evaluated for the entries kept
-    only; keep: K, the ANs' entries with exact r, z, p (0: none, -1: all). Returns {"bn_indptr", "bn_voxel"} and either
+    only; keep: K, the ANs' entries with exact r, z, p (0: none, -1: all). Returns
+    {"bn_indptr", "bn_voxel"} and either
     {"top_voxel", "top_r", "top_z", "top_p"} (K >= 0) or {"r", "z", "p"} (K = -1), and
     "keep_entries" (K).
     """
