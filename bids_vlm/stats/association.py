@@ -147,9 +147,10 @@ def associate(regressors, voxels, q=0.05, block_size=256, device="cpu", progress
     several layers; it must have been given the same run_lengths, autocorr, n_lags, device and
     n_removed). run_lengths: frames per run (sum T); default one run. Both inputs are normalised
     (centred, unit norm over all frames), so r is their inner product. workers: blocks scanned
-    at once (default: the device's :class:`~bids_vlm.stats.backends.Backend`); blocks are smaller than ``block_size`` when there
-    would be fewer blocks than workers. fdr_scope: ``"selective"`` (default), BH per AN at q,
-    then the two-stage selective procedure over the layer's ANs
+    at once (default: the device's :class:`~bids_vlm.stats.backends.Backend`); blocks are
+    smaller than ``block_size`` when there would be fewer blocks than workers. fdr_scope:
+    ``"selective"`` (default), BH per AN at q, then the two-stage selective procedure over the
+    layer's ANs
     (:data:`bids_vlm.stats.inference.FDR_TEXT`); ``"an"``,
     BH over voxels for each AN; ``"all"``, one BH over all N x V pairs (two passes over the
     data; z_threshold is then the same for every AN, p_an NaN). n_removed: dimensions the

@@ -116,8 +116,8 @@ def noise_factors(noise_sums, traces, n_lags: int) -> torch.Tensor:
     autocorrelations rho_x is [rho_x(1..K), 1] . factors.
 
     noise_sums: (>= K + 1, V) lag sums of each voxel's detrended uncleaned series, pooled over
-    runs (:func:`bids_vlm.design.cleaning.noise_lag_sums`); traces: (>= K + 1,) sum_t M[t, t+k] of the
-    cleaning projections, summed over runs (:func:`bids_vlm.design.cleaning.lag_traces`).
+    runs (:func:`bids_vlm.design.cleaning.noise_lag_sums`); traces: (>= K + 1,) sum_t M[t, t+k]
+    of the cleaning projections, summed over runs (:func:`bids_vlm.design.cleaning.lag_traces`).
     """
     sums = np.asarray(noise_sums, np.float64)[:n_lags + 1]
     m = np.asarray(traces, dtype=np.float64)[:n_lags + 1]

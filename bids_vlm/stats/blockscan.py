@@ -14,11 +14,11 @@ tile only the chunks whose maximum reaches zcrit[n - 1]^2 are read again, their 
 u above it get their exact z, and BH runs on those candidates. No transcendental function is
 evaluated for the other entries.
 
-On the CPU (compiled, :mod:`bids_vlm.stats.kernels`) each AN's entries are read back in one
-pass, n is tightened to BH's count on u (the largest k with #{u >= zcrit[k - 1]^2} >= k, from
-counts in bins) and exactly those n candidates are kept; their exact z come from the same
-float32 operations as on CUDA, and BH per AN counts the |z| in bins
-(:func:`bids_vlm.stats.kernels.bh_count`), with p and the Simes p in the same pass
+On the CPU (compiled: :mod:`bids_vlm.stats.kernels`, :mod:`bids_vlm.stats.readback`) each AN's
+entries are read back in one pass, n is tightened to BH's count on u (the largest k with
+#{u >= zcrit[k - 1]^2} >= k, from counts in bins) and exactly those n candidates are kept;
+their exact z come from the same float32 operations as on CUDA, and BH per AN counts the |z|
+in bins (:func:`bids_vlm.stats.bhcount.bh_count`), with p and the Simes p in the same pass
 (:func:`bids_vlm.stats.fdr.select_rows`): nothing is sorted whole. On CUDA the bound is
 tightened by counting passes and BH iterates (:func:`bids_vlm.stats.fdr.bh_select`). Either
 way a block's discoveries come by AN, then voxel (on the CPU in buffers the scanner reuses:
@@ -32,11 +32,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bids_vlm.stats import fdr, kernels
+from bids_vlm.stats import fdr, kernels, readback
 from bids_vlm.stats.backends import get_backend
 from bids_vlm.stats.fdr import bh_select
 from bids_vlm.stats.pvalues import p_from_z
-from bids_vlm.stats.kernels import CHUNK, NO_FACTORS, F32_SHIFT, rank_bins, tile_stats
+from bids_vlm.stats.bhcount import F32_SHIFT, bh_work, rank_bins
+from bids_vlm.stats.kernels import CHUNK, NO_FACTORS, tile_stats
 
 SLACK = 1e-5  # relative margin of the screening comparisons (float rounding of u and z)
 GROUP = 65536  # candidates (by their first bound) read back and resolved at once on the CPU
@@ -105,7 +106,7 @@ class BlockScanner:
             self._u_crit, self._z_crit = self.u_crit[:-1].numpy(), zcrit.numpy()
             self._u_bins, self._z_bins = (rank_bins(v.view(np.int32).astype(np.int64), F32_SHIFT)
                                           for v in (self._u_crit, self._z_crit))
-            self._work = kernels.bh_work(n_pad)  # BH's scratch, reused by every group
+            self._work = bh_work(n_pad)  # BH's scratch, reused by every group
 
     def _tiles(self, b):
         """(start, stop, u view (b, w), u_max view (b, w / CHUNK)) of every voxel tile."""
@@ -173,16 +174,16 @@ class BlockScanner:
         sums)."""
         rows_c, cols_c, u = (self._buffer(i, -(-room // 64) * 64 + 1, d) for i, d in
                              enumerate((np.int32, np.int32, np.float32)))
-        n = kernels.read_back(self.u[:b * self.vox.y.shape[0]].numpy(), self.u_max.numpy(), b,
-                              self.tile, start, (rows_c, cols_c, u), np.zeros(b, np.int64),
-                              *((self._u_crit, self._u_bins, rows) if rows else ()),
-                              work=self._work)
+        n = readback.read_back(self.u[:b * self.vox.y.shape[0]].numpy(), self.u_max.numpy(), b,
+                               self.tile, start, (rows_c, cols_c, u), np.zeros(b, np.int64),
+                               *((self._u_crit, self._u_bins, rows) if rows else ()),
+                               work=self._work)
         padded = -(-n // 64) * 64  # torch's vector path for every entry (not its tail's)
         f, s2, r, z = (self._buffer(i, padded, np.float32) for i in range(3, 7))
         u[n:padded + 1], f[n:] = 1.0, 0.25
         if acf_b is not None:  # (1 + Bartlett factor) / D, as in _exact (up to rounding)
-            kernels.factors(acf_b.numpy(), self.vox.acf.numpy(), rows_c[:n], cols_c[:n], f[:n])
-        kernels.abs_r(u[:padded], None if acf_b is None else f, self.n_frames, s2, r, z)
+            readback.factors(acf_b.numpy(), self.vox.acf.numpy(), rows_c[:n], cols_c[:n], f[:n])
+        readback.abs_r(u[:padded], None if acf_b is None else f, self.n_frames, s2, r, z)
         torch.from_numpy(z).atanh_().mul_(torch.from_numpy(s2).sqrt_())  # z: |r| clamped
         return rows_c[:n], cols_c[:n], u[:n], r[:n], z[:n]
 

@@ -5,11 +5,12 @@ p is decreasing in |z|, so BH's step-up rule ``p_(k) <= q k / V`` becomes
 The number of discoveries k* is the largest k with ``f(k) = #{v : |z_v| >= z_crit(k)} >= k``,
 also the largest fixed point of f (f is increasing). On the CPU it is found by counting the
 values in bins and sorting only the bin that holds the boundary
-(:func:`bids_vlm.stats.kernels.bh_count`); on CUDA (:func:`bh_select`) by iterating
+(:func:`bids_vlm.stats.bhcount.bh_count`); on CUDA (:func:`bh_select`) by iterating
 ``k <- f(k)`` from k = V, which decreases monotonically to k* in a few steps. The Simes p and
 the selective procedure's second stage work on bins of the bits of p (or, for the Simes p of
-the compiled BH, of |z|: :func:`bids_vlm.stats.pvalues.simes_z` evaluates p only in the bins that can hold the
-minimum) in the same way, row by row (entries grouped by AN), so that nothing is sorted whole.
+the compiled BH, of |z|: :func:`bids_vlm.stats.pvalues.simes_z` evaluates p only in the bins
+that can hold the minimum) in the same way, row by row (entries grouped by AN), so that
+nothing is sorted whole.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import numpy as np
 import torch
 from scipy import special
 
-from bids_vlm.stats.kernels import (F32_SHIFT, F64_SHIFT, _jit, _jit_exact, bh_count,
-                                       bh_descend, bh_work, rank_bins)
+from bids_vlm.stats.bhcount import (F32_SHIFT, F64_SHIFT, bh_count, bh_descend, bh_work,
+                                    rank_bins)
+from bids_vlm.stats.kernels import _jit, _jit_exact
 from bids_vlm.stats.pvalues import SIMES_BINS, simes_z
 
 _MAX_ITER = 64
@@ -91,8 +93,9 @@ def simes_and_selective(an, p, n_an: int, n_vox: int, q: float):
     Stage 1: a Simes p per AN across its V voxels, min_k V p_(k) / k (when it is <= q its
     minimum is reached among those discoveries; NaN otherwise, meaning > q); BH across the
     n_an ANs at level q selects R of them. Stage 2: BH within each selected AN at level
-    q R / n_an, a subset of its level-q discoveries (all of them when R = n_an). Returns (E,) bool "kept", (n_an,) Simes p
-    and (n_an,) the critical |z| of each AN's stage-2 BH (inf when not selected).
+    q R / n_an, a subset of its level-q discoveries (all of them when R = n_an). Returns (E,)
+    bool "kept", (n_an,) Simes p and (n_an,) the critical |z| of each AN's stage-2 BH (inf
+    when not selected).
     """
     an, p = np.asarray(an, np.int64), np.asarray(p, np.float64)
     order = None if np.all(an[1:] >= an[:-1]) else np.argsort(an, kind="stable")
@@ -265,16 +268,16 @@ def _select(rows, cols, u, r, z, n, thr, first, count, shift, base, zcrit, n_vox
 
 def select_rows(candidates, n, zcrit, layout, n_vox, per_an, out, at=0, work=None):
     """BH per AN among a block's candidates. candidates = (rows, cols (E,) int, u, |r|, |z|
-    (E,) float32) grouped by row (:func:`bids_vlm.stats.kernels.read_back`, with |r| and
+    (E,) float32) grouped by row (:func:`bids_vlm.stats.readback.read_back`, with |r| and
     |z|), of which the first ``n``; every candidate of a row that is there. zcrit (V,) float32
     from :func:`bh_z_thresholds` over ``n_vox`` voxels, layout its
-    :func:`bids_vlm.stats.kernels.rank_bins`. Writes per row (b,) into per_an =
+    :func:`bids_vlm.stats.bhcount.rank_bins`. Writes per row (b,) into per_an =
     (z_threshold (critical |z|, inf without discoveries), n_pos, n_neg (discoveries with r > 0
     and r < 0; added), p_an (the Simes p of the discoveries; left as it is without)); writes
     the discoveries into out = (rows, cols, r, z (signed as u)) from ``at`` on, and returns
     how many (their p are :func:`~bids_vlm.stats.pvalues.p_values` of z; the Simes p evaluates
     only those it needs, :func:`~bids_vlm.stats.pvalues.simes_z`). work:
-    :func:`bids_vlm.stats.kernels.bh_work` of at least V (allocated when None)."""
+    :func:`bids_vlm.stats.bhcount.bh_work` of at least V (allocated when None)."""
     rows, cols, u, r, z = candidates
     thr = zcrit.view(np.int32)  # the bits, in place (no copy at every call)
     return _select(rows, cols, u, r, z, n, thr, *layout, zcrit, float(n_vox), *per_an, out, at,

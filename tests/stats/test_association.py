@@ -226,7 +226,8 @@ def _ar1(rng, n, v, phi):
 
 
 def _smooth_regressors(rng, n_scans, n, tr=2.0, hold=3):
-    """HRF-convolved activations that change every ``hold`` seconds, z-scored (like AN regressors)."""
+    """HRF-convolved activations that change every ``hold`` seconds, z-scored (like AN
+    regressors)."""
     seconds = int(n_scans * tr)
     acts = np.repeat(rng.standard_normal((seconds // hold + 1, n)), hold, axis=0)[:seconds]
     return zscore(convolution_matrix(np.arange(seconds), 1.0, frame_times(n_scans, tr)) @ acts)
