@@ -96,21 +96,41 @@ def _ceiling_or_log(groups, voxels, run_lengths, how) -> NoiseCeiling | None:
     return noise_ceiling(voxels, run_lengths, groups)
 
 
-def noise_ceiling(voxels, run_lengths, groups) -> NoiseCeiling | None:
+CHUNK = 4096  # voxels at a time: a group's float64 stack of 12 runs x 300 frames is 113 MiB
+
+
+def noise_ceiling(voxels, run_lengths, groups, chunk: int = CHUNK) -> NoiseCeiling | None:
     """Noise ceiling of every voxel of ``voxels`` (T, V) from the repeated runs ``groups``
-    (from :func:`repeated_runs`); None without repeats."""
+    (from :func:`repeated_runs`); None without repeats. Voxels ``chunk`` at a time (each
+    voxel's ceiling is its own: a whole brain's float64 stacks would hold the BOLD 4 times
+    over)."""
     groups = [tuple(g) for g in groups if len(g) >= 2]
     if not groups:
         return None
     bounds = np.cumsum([0, *run_lengths])
-    stacks = []
     for group in groups:
         if len({bounds[i + 1] - bounds[i] for i in group}) != 1:
             raise ValueError(f"runs {group} repeat the same stimuli but differ in length")
-        y = np.stack([np.asarray(voxels[bounds[i]:bounds[i + 1]], dtype=np.float64)
-                      for i in group])  # (n, L, V)
-        stacks.append(y - y.mean(1, keepdims=True))
-    return pooled_ceiling(stacks, tuple(groups))
+
+    def stacks(cols):  # each group's runs (n, L, v) float64, each run centred
+        out = []
+        for group in groups:
+            y = np.stack([np.asarray(voxels[bounds[i]:bounds[i + 1], cols], dtype=np.float64)
+                          for i in group])
+            out.append(y - y.mean(1, keepdims=True))
+        return out
+    return _by_chunks(stacks, np.shape(voxels)[1], tuple(groups), chunk)
+
+
+def _by_chunks(stacks, n_vox: int, groups, chunk: int) -> NoiseCeiling:
+    """:func:`pooled_ceiling` of stacks(cols) for the voxel slices cols of ``chunk`` voxels,
+    put together."""
+    r, ncsnr = np.empty(n_vox, np.float32), np.empty(n_vox, np.float32)
+    for start in range(0, n_vox, chunk):
+        cols = slice(start, start + chunk)
+        part = pooled_ceiling(stacks(cols))
+        r[cols], ncsnr[cols] = part.r, part.ncsnr
+    return NoiseCeiling(r=r, ncsnr=ncsnr, groups=groups)
 
 
 def pooled_ceiling(stacks, groups=()) -> NoiseCeiling:
@@ -136,7 +156,8 @@ def pooled_ceiling(stacks, groups=()) -> NoiseCeiling:
                         groups=tuple(groups))
 
 
-def intersubject_ceiling(subjects, run_lengths=None, min_subjects: int = 3) -> NoiseCeiling:
+def intersubject_ceiling(subjects, run_lengths=None, min_subjects: int = 3,
+                         chunk: int = CHUNK) -> NoiseCeiling:
     """Across-subjects noise ceiling: the subjects are the repeats of the ncsnr formula.
 
     subjects: (n_subjects, T, V) array, or a list of n_subjects (T, V) arrays, of cleaned voxel
@@ -145,7 +166,7 @@ def intersubject_ceiling(subjects, run_lengths=None, min_subjects: int = 3) -> N
     is z-scored over its frames (subjects differ in BOLD scale), then every run is a group of
     n_subjects repeats (:func:`pooled_ceiling`). The result estimates the ceiling of the r of
     a model of the stimulus-driven signal *shared by the subjects* on one subject's run;
-    ``groups`` holds one tuple of subject indices per run.
+    ``groups`` holds one tuple of subject indices per run. Voxels ``chunk`` at a time.
     """
     arrays = [np.asarray(s) for s in subjects]
     if len(arrays) < min_subjects:
@@ -158,14 +179,18 @@ def intersubject_ceiling(subjects, run_lengths=None, min_subjects: int = 3) -> N
     if bounds[-1] != arrays[0].shape[0]:
         raise ValueError(f"run lengths sum to {bounds[-1]}, the series have "
                          f"{arrays[0].shape[0]} frames")
-    stacks = []
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        y = np.stack([a[start:stop] for a in arrays]).astype(np.float64)  # (n, L, V)
-        y -= y.mean(1, keepdims=True)
-        sd = y.std(1, keepdims=True)
-        stacks.append(np.divide(y, sd, out=np.zeros_like(y), where=sd > 0))
+
+    def stacks(cols):  # each run's subjects (n, L, v) float64, each z-scored over its frames
+        out = []
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            y = np.stack([a[start:stop, cols] for a in arrays]).astype(np.float64)
+            y -= y.mean(1, keepdims=True)
+            sd = y.std(1, keepdims=True)
+            out.append(np.divide(y, sd, out=np.zeros_like(y), where=sd > 0))
+        return out
     subjects_index = tuple(range(len(arrays)))
-    return pooled_ceiling(stacks, tuple(subjects_index for _ in stacks))
+    return _by_chunks(stacks, arrays[0].shape[1], tuple(subjects_index for _ in bounds[1:]),
+                      chunk)
 
 
 def fraction_of_ceiling(r, ceiling, minimum: float = 0.0) -> np.ndarray:
