@@ -178,14 +178,15 @@ def encode_layer(x, y, run_lengths, alphas=ALPHAS, backend="numpy", n_targets_ba
 
     blocks = loro_blocks(x, y, runs, alphas, max_inner_folds, device_of(backend),
                          batch=n_targets_batch, finish=finish, alpha_cv=alpha_cv)
-    for k, start, best, sums_k, lag, p in progress_bar(blocks, progress, desc=desc,
-                                                         unit="batch", total=len(blocks)):
-        cols = slice(start, start + len(best))
-        chosen[k, cols], sums[k, :, cols] = best, sums_k
-        if with_z:
-            terms[cols] += lag * (len(runs[k]) / len(y))
-        if keep_predictions:
-            pred[runs[k], cols] = p
+    with progress_bar(None, progress, desc=desc, unit="batch", total=blocks.steps) as bar:
+        for k, start, best, sums_k, lag, p in blocks.iterate(tick=bar.update):
+            cols = slice(start, start + len(best))
+            chosen[k, cols], sums[k, :, cols] = best, sums_k
+            if with_z:
+                terms[cols] += lag * (len(runs[k]) / len(y))
+            if keep_predictions:
+                pred[runs[k], cols] = p
+            bar.update()
     r, r2 = scores_from_sums(sums, runs)
     z = None
     if with_z:

@@ -70,16 +70,18 @@ def _decompose(x: torch.Tensor, rows_in, rows_te, kernel=None):
 
 class _Stack:
     """Predictions (n_alpha * n_te, nb) of test frames from training voxels Y_in (n_in, nb)
-    for every alpha, by the cheaper of M Y_in and (A D) (B Y_in)."""
+    for every alpha, by the cheaper of M Y_in and (A D) (B Y_in); only the matrices of the
+    cheaper one are kept (at 12 runs of 300 frames, M is 75 MiB for each inner fold)."""
 
     def __init__(self, a, lam, b, alphas):
         n_alpha, (n_te, r), n_in = len(alphas), a.shape, b.shape[1]
         d = 1.0 / (lam[None, :] + alphas[:, None])  # (n_alpha, r)
-        self.ad = (a[None] * d[:, None, :]).reshape(n_alpha * n_te, r).float()
-        self.b = b.float().contiguous()
+        ad = (a[None] * d[:, None, :]).reshape(n_alpha * n_te, r).float()
         self.two_step = r * n_in + n_alpha * n_te * r < n_alpha * n_te * n_in
-        if not self.two_step:
-            self.m = self.ad @ self.b
+        if self.two_step:
+            self.ad, self.b = ad, b.float().contiguous()
+        else:
+            self.m = ad @ b.float().contiguous()
 
     def __call__(self, y_in):
         return self.ad @ (self.b @ y_in) if self.two_step else self.m @ y_in
@@ -241,8 +243,10 @@ def loro_blocks(x, y, runs, alphas, max_inner_folds: int = 5, device="cpu", fold
     block, for each fold k in ``folds`` (default all runs) and batch of voxels
     start:start + nb: yields ``finish(k, start, pred (n_k, nb), y_test (n_k, nb), alpha index
     (nb,))`` (tensors on the device; default the tuple itself), in order. ``len()`` of the
-    returned iterable counts the blocks. alpha_cv: "nested", each outer fold chooses its
-    voxels' alphas by inner folds of its training runs; "shared", once for all folds
+    returned iterable counts the blocks, its ``steps`` the batches of work (the blocks and,
+    with shared alphas, the pass that chooses them), and its ``iterate(tick)`` calls tick()
+    after each batch of that pass. alpha_cv: "nested", each outer fold chooses its voxels'
+    alphas by inner folds of its training runs; "shared", once for all folds
     (:class:`SharedAlphas`).
 
     On the CPU the decompositions of a fold, then its batches, run in parallel, one per torch
@@ -266,7 +270,18 @@ class _Blocks:
     def __len__(self):
         return len(self.folds) * -(-self.y.shape[1] // self.nb)
 
+    @property
+    def steps(self) -> int:
+        """Batches of work (for a progress bar): the blocks, plus with shared alphas the pass
+        over every batch that chooses them."""
+        return len(self) + (-(-self.y.shape[1] // self.nb) if self.shared else 0)
+
     def __iter__(self):
+        return self.iterate()
+
+    def iterate(self, tick=None):
+        """The blocks, as iterating gives them; tick: called (in this thread) after each batch
+        of the shared alpha choice, e.g. a progress bar's ``update``."""
         x, runs, alphas, max_inner_folds, device = self.args
         x = _float64(x, device)
         # the kernel form's blocks come from one x x' when every fit has more features than
@@ -274,7 +289,8 @@ class _Blocks:
         kernel = x @ x.T if x.shape[1] >= len(x) - min(len(r) for r in runs) else None
         starts = range(0, self.y.shape[1], self.nb)
         with _pool(device) as imap:
-            chosen = self._shared_alphas(x, kernel, imap, starts) if self.shared else None
+            chosen = (self._shared_alphas(x, kernel, imap, starts, tick or (lambda: None))
+                      if self.shared else None)
             for k in self.folds:
                 fold = Fold(x, runs, k, alphas, max_inner_folds, device, kernel, imap,
                             inner=not self.shared)
@@ -286,14 +302,19 @@ class _Blocks:
                     return self.finish(k, start, pred, yb[test], best)
                 yield from imap(job, starts)
 
-    def _shared_alphas(self, x, kernel, imap, starts) -> dict:
-        """{batch start: each voxel's alpha index} by :class:`SharedAlphas`."""
+    def _shared_alphas(self, x, kernel, imap, starts, tick) -> dict:
+        """{batch start: each voxel's alpha index} by :class:`SharedAlphas`; tick() after each
+        batch."""
         _, runs, alphas, max_inner_folds, device = self.args
         shared = SharedAlphas(x, runs, alphas, max_inner_folds, device, kernel, imap)
 
         def job(start):
             return start, shared.choose(voxel_batch(self.y, start, start + self.nb, device))
-        return dict(imap(job, starts))
+        chosen = {}
+        for start, best in imap(job, starts):
+            chosen[start] = best
+            tick()
+        return chosen
 
 
 def _pool(device):

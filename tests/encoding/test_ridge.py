@@ -71,13 +71,17 @@ def test_matches_scikit_learn_ridgecv(planted):
 
 
 def test_progress_bar_per_layer_quiet_with_q(planted, capsys, monkeypatch):
-    """One bar per layer over its folds x voxel batches, titled by the layer; silent when the
-    run is quiet (``bids_vlm -q`` sets BIDS_VLM_QUIET=1) or progress is off."""
+    """One bar per layer over its folds x voxel batches (and with shared alphas the batches of
+    their choice, which come first), titled by the layer; silent when the run is quiet
+    (``bids_vlm -q`` sets BIDS_VLM_QUIET=1) or progress is off."""
     x, y, _ = planted
     monkeypatch.delenv("BIDS_VLM_QUIET", raising=False)
     encode_layer(x, y, RUNS, progress=True, desc="encoding image/layer03")
     err = capsys.readouterr().err
     assert "encoding image/layer03" in err and "4/4" in err  # 4 folds x 1 batch
+    encode_layer(x, y, RUNS, progress=True, desc="encoding image/layer03", alpha_cv="shared")
+    err = capsys.readouterr().err
+    assert "0/5" in err and "5/5" in err and "4/4" not in err  # the choice's batch, then 4
     encode_layer(x, y, RUNS, n_targets_batch=256)
     assert capsys.readouterr().err == ""
     monkeypatch.setenv("BIDS_VLM_QUIET", "1")
