@@ -62,14 +62,17 @@ def clean_node(run_json, mask_file, config_json):
     from bids_vlm.design.cleaning import (censored_frames, clean_signals, load_bold, noise_lag_sums,
                                   noise_path, read_confounds, run_lags)
 
+    from bids_vlm.memory import released
+
     run = run_from_dict(json.loads(run_json))
     config = from_json(config_json)
-    data = load_bold(run.bold, mask_file, config.bold)
-    confounds = read_confounds(run.confounds, data.shape[0], config.bold)
     path = os.path.abspath(f"{run.label}_cleaned.npy")
-    np.save(noise_path(path), noise_lag_sums(data, run_lags(run.n_scans, config.stats.n_lags),
-                                             censored_frames(run.confounds, data.shape[0])))
-    np.save(path, clean_signals(data, run.tr, confounds, config.bold))
+    with released():
+        data = load_bold(run.bold, mask_file, config.bold)
+        confounds = read_confounds(run.confounds, data.shape[0], config.bold)
+        np.save(noise_path(path), noise_lag_sums(data, run_lags(run.n_scans, config.stats.n_lags),
+                                                 censored_frames(run.confounds, data.shape[0])))
+        np.save(path, clean_signals(data, run.tr, confounds, config.bold))
     return path
 
 
@@ -97,13 +100,15 @@ def extract_node(timelines_file, model_name, config_json, cache_dir, execution_d
 
     from bids_vlm.config import from_json, read_execution
     from bids_vlm.inputs.stimuli import Timeline
+    from bids_vlm.memory import released
     from bids_vlm.models import write_activations
 
     execution = read_execution(execution_dir)
     timelines = [Timeline.from_dict(t) for t in json.loads(open(timelines_file).read()).values()]
-    return write_activations(timelines, model_name, from_json(config_json), cache_dir,
-                             os.path.abspath("activations.h5"), execution.device,
-                             execution.batch_size)
+    with released():
+        return write_activations(timelines, model_name, from_json(config_json), cache_dir,
+                                 os.path.abspath("activations.h5"), execution.device,
+                                 execution.batch_size)
 
 
 def regressors_node(timelines_file, activations_file, runs_json, config_json):
@@ -129,10 +134,12 @@ def associate_node(regressors_file, cleaned_files, config_json, execution_dir=""
     import os
 
     from bids_vlm.config import from_json, read_execution
+    from bids_vlm.memory import released
     from bids_vlm.stats.layers import associate_layers
 
-    return associate_layers(regressors_file, cleaned_files, from_json(config_json),
-                            read_execution(execution_dir), os.path.abspath("association.h5"))
+    with released():
+        return associate_layers(regressors_file, cleaned_files, from_json(config_json),
+                                read_execution(execution_dir), os.path.abspath("association.h5"))
 
 
 def encode_node(regressors_file, cleaned_files, config_json, execution_dir=""):
@@ -142,9 +149,11 @@ def encode_node(regressors_file, cleaned_files, config_json, execution_dir=""):
 
     from bids_vlm.config import from_json, read_execution
     from bids_vlm.encoding.layers import encode_layers
+    from bids_vlm.memory import released
 
-    return encode_layers(regressors_file, cleaned_files, from_json(config_json),
-                         read_execution(execution_dir).device, os.path.abspath("encoding.h5"))
+    with released():
+        return encode_layers(regressors_file, cleaned_files, from_json(config_json),
+                             read_execution(execution_dir).device, os.path.abspath("encoding.h5"))
 
 
 def enrich_node(association_file, mask_file, unit_json, config_json):
@@ -155,9 +164,11 @@ def enrich_node(association_file, mask_file, unit_json, config_json):
     from bids_vlm.config import from_json
     from bids_vlm.analysis.layers import write_enrichment
     from bids_vlm.inputs.units import unit_from_json
+    from bids_vlm.memory import released
 
-    return write_enrichment(association_file, mask_file, unit_from_json(unit_json),
-                            from_json(config_json), os.path.abspath("enrichment.h5"))
+    with released():
+        return write_enrichment(association_file, mask_file, unit_from_json(unit_json),
+                                from_json(config_json), os.path.abspath("enrichment.h5"))
 
 
 def lesion_node(regressors_file, cleaned_files, association_file, encoding_file, mask_file,
@@ -171,10 +182,12 @@ def lesion_node(regressors_file, cleaned_files, association_file, encoding_file,
     from bids_vlm.config import from_json, read_execution
     from bids_vlm.analysis.layers import compute_lesion
     from bids_vlm.inputs.units import unit_from_json
+    from bids_vlm.memory import released
 
-    result = compute_lesion(regressors_file, cleaned_files, association_file, encoding_file,
-                            mask_file, unit_from_json(unit_json), from_json(config_json),
-                            enrichment_file, device=read_execution(execution_dir).device)
+    with released():
+        result = compute_lesion(regressors_file, cleaned_files, association_file, encoding_file,
+                                mask_file, unit_from_json(unit_json), from_json(config_json),
+                                enrichment_file, device=read_execution(execution_dir).device)
     path = os.path.abspath("lesion.json")
     Path(path).write_text(json.dumps(result))
     return path
@@ -202,12 +215,14 @@ def outputs_node(association_files, encoding_files, atom_files, mask_file, unit_
     from bids_vlm.config import from_json
     from bids_vlm.derivatives.participant import write_unit_outputs
     from bids_vlm.inputs.units import unit_from_json
+    from bids_vlm.memory import released
 
     unit = unit_from_json(unit_json)
-    return [str(p) for p in write_unit_outputs(association_files, encoding_files, mask_file,
-                                               unit, output_dir, bids_dir,
-                                               from_json(config_json), atom_files or [],
-                                               lesion_files or [], enrichment_files or [])]
+    with released():
+        return [str(p) for p in write_unit_outputs(association_files, encoding_files, mask_file,
+                                                   unit, output_dir, bids_dir,
+                                                   from_json(config_json), atom_files or [],
+                                                   lesion_files or [], enrichment_files or [])]
 
 
 def report_node(written, output_dir, subject, config_json, skipped_json="{}"):
