@@ -50,17 +50,11 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lesion import PeakRSS, bold, centre_runs, latents  # noqa: E402
+from bench_lesion import (PeakRSS, bold, centre_runs, latents, run_lengths_of,  # noqa: E402
+                         scale_parser)
 from bench_participant import brain_mask  # noqa: E402
 
 WIDTHS = {"image": 3072, "text": 2048}  # ANs of a CLIP ViT-B/32 MLP layer of each stream
-
-
-def run_lengths_of(minutes: float, n_runs: int) -> list:
-    n_frames = int(round(minutes * 60))
-    lengths = [n_frames // n_runs] * n_runs
-    lengths[-1] += n_frames - sum(lengths)
-    return lengths
 
 
 def write_case(opts, folder: Path, rng) -> int:
@@ -177,11 +171,7 @@ def child_peak(part: str, folder: Path) -> int:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=60.0)
-    parser.add_argument("--runs", type=int, default=12)
-    parser.add_argument("--voxels", type=int, default=0, help="keep the first N mask voxels")
+    parser = scale_parser(__doc__)
     parser.add_argument("--layers", type=int, default=1, help="layers per stream")
     parser.add_argument("--alpha-cv", default="shared", choices=("nested", "shared"))
     parser.add_argument("--banded-layers", default="none")
@@ -191,7 +181,6 @@ def main():
     parser.add_argument("--repeat", action="store_true",
                         help="every run the same stimulus (the noise ceiling runs)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="where the case's files go (default "
                         "a temporary folder, removed at the end)")
     parser.add_argument("--part", choices=("stage", "banded"), help=argparse.SUPPRESS)

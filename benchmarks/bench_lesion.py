@@ -79,6 +79,26 @@ def latents(n_frames: int, rng) -> np.ndarray:
     return out / out.std(0)
 
 
+def scale_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of the 1-hour scale case the memory benchmarks share: --minutes, --runs,
+    --voxels, --seed."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--runs", type=int, default=12)
+    parser.add_argument("--voxels", type=int, default=0, help="keep the first N mask voxels")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def run_lengths_of(minutes: float, n_runs: int) -> list:
+    """Frames (TR 1 s) of ``minutes`` split into ``n_runs`` runs, the last taking the rest."""
+    n_frames = int(round(minutes * 60))
+    lengths = [n_frames // n_runs] * n_runs
+    lengths[-1] += n_frames - sum(lengths)
+    return lengths
+
+
 def centre_runs(a, run_lengths):
     """Each run of a (T, n) centred, in place."""
     start = 0
@@ -114,9 +134,8 @@ def build(opts, rng):
         raise SystemExit(problem)
     name = max(masks, key=lambda k: int(masks[k].sum()))
     member = np.asarray(masks[name], bool)
-    n_frames = int(round(opts.minutes * 60))
-    run_lengths = [n_frames // opts.runs] * opts.runs
-    run_lengths[-1] += n_frames - sum(run_lengths)
+    run_lengths = run_lengths_of(opts.minutes, opts.runs)
+    n_frames = sum(run_lengths)
     latent = latents(n_frames, rng)
     carries = member | (rng.random(n_vox) < 1 / 3)
     voxels = bold(latent, run_lengths, carries, rng)
@@ -133,15 +152,10 @@ def build(opts, rng):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=60.0)
-    parser.add_argument("--runs", type=int, default=12)
-    parser.add_argument("--voxels", type=int, default=0, help="keep the first N mask voxels")
+    parser = scale_parser(__doc__)
     parser.add_argument("--ans", type=int, default=768, help="ANs of the lesioned layer")
     parser.add_argument("--steps", default="0.5",
                         help="lesion steps, fractions of the ANs (comma-separated)")
-    parser.add_argument("--seed", type=int, default=0)
     opts = parser.parse_args()
     from bids_vlm.analysis.lesion import FoldAssociation, network_lesions
     from bids_vlm.encoding.ridge import ALPHAS
