@@ -147,7 +147,12 @@ def pooled_ceiling(stacks, groups=()) -> NoiseCeiling:
         noise = noise + length * group_noise
         signal = signal + length * (y.mean(0).var(0, ddof=1) - group_noise / n)
         frames += length
-    noise, signal = noise / frames, np.maximum(signal / frames, 0.0)
+    return _from_variances(noise / frames, signal / frames, groups)
+
+
+def _from_variances(noise, signal, groups) -> NoiseCeiling:
+    """The ceiling from the pooled noise and signal variances (V,) (signal clipped at 0)."""
+    signal = np.maximum(signal, 0.0)
     total = signal + noise
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(total > 0, np.sqrt(signal / total), 0.0)
@@ -166,31 +171,91 @@ def intersubject_ceiling(subjects, run_lengths=None, min_subjects: int = 3,
     is z-scored over its frames (subjects differ in BOLD scale), then every run is a group of
     n_subjects repeats (:func:`pooled_ceiling`). The result estimates the ceiling of the r of
     a model of the stimulus-driven signal *shared by the subjects* on one subject's run;
-    ``groups`` holds one tuple of subject indices per run. Voxels ``chunk`` at a time.
+    ``groups`` holds one tuple of subject indices per run. It is :class:`SharedCeiling` fed
+    every subject's runs (the group level feeds it from files, a run at a time).
     """
-    arrays = [np.asarray(s) for s in subjects]
+    arrays = list(subjects)
     if len(arrays) < min_subjects:
         raise ValueError(f"an across-subjects ceiling needs >= {min_subjects} subjects, "
                          f"got {len(arrays)}")
-    if len({a.shape for a in arrays}) != 1:
-        raise ValueError("subjects' time series differ in shape: "
-                         f"{sorted({a.shape for a in arrays})}")
-    bounds = np.cumsum([0, *(run_lengths or [arrays[0].shape[0]])])
-    if bounds[-1] != arrays[0].shape[0]:
-        raise ValueError(f"run lengths sum to {bounds[-1]}, the series have "
-                         f"{arrays[0].shape[0]} frames")
+    shapes = {np.shape(a) for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"subjects' time series differ in shape: {sorted(shapes)}")
+    n_frames, n_vox = shapes.pop()
+    bounds = np.cumsum([0, *(run_lengths or [n_frames])])
+    if bounds[-1] != n_frames:
+        raise ValueError(f"run lengths sum to {bounds[-1]}, the series have {n_frames} frames")
+    shared = SharedCeiling(n_vox, chunk)
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        for series in arrays:
+            shared.add(series[start:stop])
+        shared.end_run()
+    return shared.result()
 
-    def stacks(cols):  # each run's subjects (n, L, v) float64, each z-scored over its frames
-        out = []
-        for start, stop in zip(bounds[:-1], bounds[1:]):
-            y = np.stack([a[start:stop, cols] for a in arrays]).astype(np.float64)
-            y -= y.mean(1, keepdims=True)
-            sd = y.std(1, keepdims=True)
-            out.append(np.divide(y, sd, out=np.zeros_like(y), where=sd > 0))
-        return out
-    subjects_index = tuple(range(len(arrays)))
-    return _by_chunks(stacks, arrays[0].shape[1], tuple(subjects_index for _ in bounds[1:]),
-                      chunk)
+
+class SharedCeiling:
+    """:func:`intersubject_ceiling` accumulated one subject's run at a time: :meth:`add` each
+    subject's copy of a run, then :meth:`end_run`; :meth:`result` after the last run.
+
+    It holds the run's sum over subjects of their z-scored series (L, V) float64 and per-voxel
+    sums, so its memory does not grow with the subjects (a whole brain at 2 mm, 235,375
+    voxels: 565 MB for a run of 300 frames). Per run, with z_s subject s's z-scored series,
+    m = their mean and n subjects: noise = (sum_s,t z_s^2 - n sum_t m^2) / (L (n - 1)) (the
+    mean over frames of the variance over subjects), signal = the variance of m over frames
+    - noise / n; runs are pooled weighted by their frames. Voxels ``chunk`` at a time.
+    """
+
+    def __init__(self, n_vox: int, chunk: int = CHUNK):
+        self.n_vox, self.chunk = int(n_vox), int(chunk)
+        self._noise, self._signal = np.zeros(self.n_vox), np.zeros(self.n_vox)
+        self._frames, self._groups = 0, []
+        self._sum = self._squares = None
+        self._count = 0
+
+    def _slices(self):
+        return [slice(s, s + self.chunk) for s in range(0, self.n_vox, self.chunk)]
+
+    def add(self, run) -> None:
+        """run: (L, V) one subject's series of the current run (any real type)."""
+        if np.shape(run)[1:] != (self.n_vox,) or (
+                self._sum is not None and np.shape(run) != self._sum.shape):
+            expected = self._sum.shape if self._sum is not None else ("L", self.n_vox)
+            raise ValueError(f"a subject's run has shape {np.shape(run)}, expected {expected}")
+        if self._sum is None:
+            self._sum, self._squares = np.zeros(np.shape(run)), np.zeros(self.n_vox)
+        for cols in self._slices():
+            z = np.array(run[:, cols], dtype=np.float64)
+            z -= z.mean(0)
+            sd = z.std(0)
+            np.divide(z, sd, out=z, where=sd > 0)
+            z[:, sd == 0] = 0.0
+            self._sum[:, cols] += z
+            self._squares[cols] += np.einsum("tv,tv->v", z, z)
+        self._count += 1
+
+    def end_run(self) -> None:
+        """Pool the run's variances (every subject's copy added: at least 2)."""
+        n = self._count
+        if n < 2:
+            raise ValueError(f"a run needs >= 2 subjects' copies, got {n}")
+        length = self._sum.shape[0]
+        for cols in self._slices():
+            mean = self._sum[:, cols] / n
+            squares = np.einsum("tv,tv->v", mean, mean)
+            noise = (self._squares[cols] - n * squares) / (length * (n - 1))
+            spread = (squares - length * mean.mean(0) ** 2) / (length - 1)
+            self._noise[cols] += length * noise
+            self._signal[cols] += length * (spread - noise / n)
+        self._frames += length
+        self._groups.append(tuple(range(n)))
+        self._sum = self._squares = None
+        self._count = 0
+
+    def result(self) -> NoiseCeiling:
+        if not self._frames or self._sum is not None:
+            raise ValueError("no run ended, or a run was added to and not ended")
+        return _from_variances(self._noise / self._frames, self._signal / self._frames,
+                               self._groups)
 
 
 def fraction_of_ceiling(r, ceiling, minimum: float = 0.0) -> np.ndarray:

@@ -215,3 +215,57 @@ def test_isc_on_grayordinates(tmp_path):
     assert np.abs(r[:12] - 1.5 / np.sqrt(1.5 ** 2 + 1)).max() < 0.1 and np.median(r[12:]) < 0.15
     frac = np.asarray(nib.load(tmp_path / "group" / written[2]).dataobj)[0]
     assert np.allclose(frac[:12], 0.4 / r[:12], rtol=1e-5)
+
+
+def test_isc_covers_the_voxels_inside_every_participants_mask(tmp_path, caplog):
+    """Participants' masks differ (the cleaned BOLD is 0 outside each): the maps cover their
+    overlap only, whichever participant comes first; masks without overlap: no map (INFO)."""
+    rng = np.random.default_rng(4)
+    signal = rng.standard_normal((80, 64)) * np.r_[np.full(32, 1.5), np.zeros(32)]
+    outside = {"01": [0, 1], "02": [2], "03": [], "04": [63]}
+    for sub, voxels in outside.items():
+        for run in (1, 2):
+            data = signal + rng.standard_normal((80, 64)) + 50
+            data[:, voxels] = 0.0
+            _cleaned(tmp_path, sub, run, data, "a")
+    combine_isc(tmp_path)
+    path = tmp_path / "group" / f"group_{STEM}_desc-isc_stat-rceiling_statmap.nii.gz"
+    r = _read(path)
+    assert (r[[0, 1, 2, 63]] == 0).all() and (r[3:32] > 0.6).all()
+    assert np.median(r[32:63]) < 0.15
+    mask = nib.load(str(path).replace("rceiling", "ncsnr"))
+    assert (np.asarray(mask.dataobj).ravel() != 0).sum() <= 60
+    shutil.rmtree(tmp_path / "group")
+    for run in (1, 2):  # participant 01's data now only in voxels no other one has
+        _cleaned(tmp_path, "01", run, np.zeros((80, 64)), "a")
+    with caplog.at_level(logging.INFO, logger="bids_vlm"):
+        assert combine_isc(tmp_path) == []
+    assert "masks do not overlap" in caplog.text
+
+
+def test_isc_holds_one_run_in_memory_whatever_the_participants(tmp_path):
+    """The ceiling is accumulated a participant's run at a time: its peak memory does not
+    grow with the participants (loading them all held n x T x V: 68 GB for 20 participants
+    of a 1-hour movie at 2 mm)."""
+    import tracemalloc
+
+    shape, length = (16, 16, 16), 100
+    rng = np.random.default_rng(5)
+    signal = rng.standard_normal((length, 16 ** 3)).astype(np.float32)
+
+    def peak(n_subjects):
+        root = tmp_path / f"n{n_subjects}"
+        for i in range(n_subjects):
+            for run in (1, 2):
+                data = signal + rng.standard_normal(signal.shape, dtype=np.float32)
+                _cleaned(root, f"{i + 1:02d}", run, data, "a", shape=shape)
+        tracemalloc.start()
+        try:
+            assert len(combine_isc(root)) == 2
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    one_run = signal.nbytes  # 1.6 MB
+    small, large = peak(3), peak(12)
+    assert large < 1.2 * small and large < 10 * one_run, (small, large)

@@ -157,6 +157,48 @@ def test_intersubject_ceiling_matches_the_analytic_value(n_subjects):
     assert np.abs(intersubject_ceiling(subjects).r - nc.r).mean() < 0.02
 
 
+def test_streamed_shared_ceiling_equals_its_definition():
+    """SharedCeiling, fed a subject's run at a time, equals the formula on the stacked
+    z-scored runs (pooled_ceiling: the variance over subjects, the variance of their mean);
+    a voxel constant in one subject counts as 0 there; misuse is an error."""
+    from bids_vlm.encoding.noise_ceiling import SharedCeiling, pooled_ceiling
+
+    rng = np.random.default_rng(8)
+    runs = [60, 45]
+    shared_signal = rng.standard_normal((105, 30)) * np.linspace(0, 2, 30)
+    subjects = [(shared_signal + rng.standard_normal((105, 30))) * rng.uniform(0.5, 4, 30)
+                + 7.0 for _ in range(5)]
+    subjects[3][:, 0] = 4.0  # constant: z = 0
+    bounds = np.cumsum([0, *runs])
+
+    def z(a):
+        a = a - a.mean(0)
+        sd = a.std(0)
+        return np.divide(a, sd, out=np.zeros_like(a), where=sd > 0)
+
+    expected = pooled_ceiling([np.stack([z(s[b0:b1]) for s in subjects])
+                               for b0, b1 in zip(bounds[:-1], bounds[1:])])
+    shared = SharedCeiling(30, chunk=7)
+    for b0, b1 in zip(bounds[:-1], bounds[1:]):
+        for s in subjects:
+            shared.add(s[b0:b1].astype(np.float32))
+        shared.end_run()
+    got = shared.result()
+    np.testing.assert_allclose(got.r, expected.r, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.ncsnr, expected.ncsnr, rtol=1e-5, atol=1e-6)
+    assert got.groups == ((0, 1, 2, 3, 4),) * 2 and got.r.max() > 0.5
+    with pytest.raises(ValueError, match="expected"):
+        SharedCeiling(30).add(np.zeros((10, 29)))
+    bad = SharedCeiling(30)
+    bad.add(np.zeros((10, 30)))
+    with pytest.raises(ValueError, match="expected"):
+        bad.add(np.zeros((11, 30)))
+    with pytest.raises(ValueError, match=">= 2 subjects"):
+        bad.end_run()
+    with pytest.raises(ValueError, match="not ended"):
+        bad.result()
+
+
 def test_intersubject_ceiling_needs_three_matching_subjects():
     from bids_vlm.encoding.noise_ceiling import intersubject_ceiling
 

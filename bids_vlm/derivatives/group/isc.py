@@ -22,6 +22,7 @@ import numpy as np
 from nilearn import masking
 
 from bids_vlm.derivatives.io import sidecar_path, write_map
+from bids_vlm.design.cleaning import masked_series
 from bids_vlm.names import parse_name
 from bids_vlm.encoding import noise_ceiling as nc
 from bids_vlm.errors import DataError
@@ -56,8 +57,6 @@ def collect_cleaned(output_dir) -> dict:
             for stem, subs in found.items()}
 
 
-
-
 def combine_isc(output_dir) -> list[Path]:
     """The across-subjects ceiling maps (and fractions) under ``<output_dir>/group/``."""
     cleaned = collect_cleaned(output_dir)
@@ -80,16 +79,15 @@ def combine_isc(output_dir) -> list[Path]:
 
 def _write_isc(out, stem, paths: dict) -> list[Path]:
     """paths: {subject: [cleaned run paths, in order]} of the matching participants."""
-    load = _grayordinate_series if str(paths[next(iter(paths))][0]).endswith(
-        ".dtseries.nii") else _volume_series
-    found = load(paths)
+    ceiling_of = _grayordinate_ceiling if str(paths[next(iter(paths))][0]).endswith(
+        ".dtseries.nii") else _volume_ceiling
+    found = ceiling_of(paths)
     if found is None:
         LOGGER.info("across-subjects noise ceiling not computed for %s: the participants' "
                     "masks do not overlap", stem)
         return []
-    series, mask, run_lengths = found
-    ceiling = nc.intersubject_ceiling(series, run_lengths, MIN_SUBJECTS)
-    side = {"NoiseCeilingMethod": nc.isc_method_description(len(series), sum(run_lengths)),
+    ceiling, mask, run_lengths = found
+    side = {"NoiseCeilingMethod": nc.isc_method_description(len(paths), sum(run_lengths)),
             "Participants": sorted(paths), "Frames": int(sum(run_lengths)),
             "RunLengths": run_lengths,
             "Sources": [str(p) for ps in paths.values() for p in ps]}
@@ -114,49 +112,89 @@ def _on_mask(img, mask):
     return masking.apply_mask(img, mask)
 
 
-def _volume_series(paths: dict):
-    """((T, V) per subject over the voxels inside every participant's mask, that mask, the
-    run lengths), or None when the masks do not overlap."""
-    first = [nib.load(p) for p in paths[next(iter(paths))]]
-    run_lengths = [img.shape[3] if img.ndim == 4 else 1 for img in first]
-    imgs = {s: [nib.load(p) for p in ps] for s, ps in paths.items()}
-    for sub, runs in imgs.items():
-        for img, path in zip(runs, paths[sub]):
-            if img.shape[:3] != first[0].shape[:3] or not np.allclose(
-                    img.affine, first[0].affine, atol=1e-3):
-                raise DataError("participants' cleaned BOLD are on different grids; an "
-                                "across-subjects ceiling needs one template space", path)
-    # the voxels inside every participant's analysis mask (cleaned BOLD is 0 outside it)
-    inside = np.ones(first[0].shape[:3], bool)
-    for runs in imgs.values():
-        for img in runs:
-            inside &= np.asarray(img.dataobj, dtype=np.float32).any(axis=3)
+def _streamed(paths: dict, read):
+    """The across-subjects ceiling of the participants' runs, read one file at a time (run 1
+    of every participant, then run 2, ...): read(path, first) -> (L, V) series over the
+    columns that the first file (first=True) defines. Returns (the ceiling over the columns
+    that are not all zero in any run, those columns (V,) bool, the run lengths), or None when
+    no column is."""
+    subjects = list(paths)
+    shared = inside = None
+    run_lengths = []
+    for run in range(len(paths[subjects[0]])):
+        for sub in subjects:
+            series = read(paths[sub][run], shared is None)
+            if shared is None:
+                shared, inside = nc.SharedCeiling(series.shape[1]), np.ones(series.shape[1], bool)
+            if len(run_lengths) == run:
+                run_lengths.append(series.shape[0])
+            elif series.shape[0] != run_lengths[run]:
+                raise DataError(f"this cleaned run has {series.shape[0]} frames, the same run of "
+                                f"participant {subjects[0]} {run_lengths[run]}", paths[sub][run])
+            inside &= series.any(axis=0)
+            shared.add(series)
+            del series
+        shared.end_run()
     if not inside.any():
         return None
-    mask = nib.Nifti1Image(inside.astype(np.uint8), first[0].affine)
-    return ([np.concatenate([masking.apply_mask(img, mask) for img in runs])
-             for runs in imgs.values()], mask, run_lengths)
+    ceiling = shared.result()
+    return (nc.NoiseCeiling(r=ceiling.r[inside], ncsnr=ceiling.ncsnr[inside],
+                            groups=ceiling.groups), inside, run_lengths)
 
 
-def _grayordinate_series(paths: dict):
-    """:func:`_volume_series` for cleaned CIFTI time series: the grayordinates that are not
+def _volume_ceiling(paths: dict):
+    """(the ceiling over the voxels inside every participant's mask, that mask, the run
+    lengths), or None when the masks do not overlap. The cleaned BOLD is 0 outside a
+    participant's mask; one participant's run is in memory at a time."""
+    reference = nib.load(paths[next(iter(paths))][0])
+    columns = {}
+
+    def read(path, first):
+        img = nib.load(path)
+        if img.shape[:3] != reference.shape[:3] or not np.allclose(
+                img.affine, reference.affine, atol=1e-3):
+            raise DataError("participants' cleaned BOLD are on different grids; an "
+                            "across-subjects ceiling needs one template space", path)
+        data = np.asanyarray(img.dataobj)
+        data = data[..., None] if data.ndim == 3 else data
+        if first:  # the voxels of the first run: a superset of every mask's overlap
+            columns["mask"] = nib.Nifti1Image(data.any(axis=3).astype(np.uint8),
+                                              reference.affine)
+        if not np.asarray(columns["mask"].dataobj).any():  # nothing can overlap
+            return np.zeros((data.shape[3], 0), np.float32)
+        return masked_series(nib.Nifti1Image(data, reference.affine), columns["mask"])
+
+    found = _streamed(paths, read)
+    if found is None:
+        return None
+    ceiling, inside, run_lengths = found
+    grid = np.asarray(columns["mask"].dataobj).astype(bool)
+    voxels = np.flatnonzero(grid)  # C order, as the masked series' columns
+    grid.flat[voxels[~inside]] = False
+    return ceiling, nib.Nifti1Image(grid.astype(np.uint8), reference.affine), run_lengths
+
+
+def _grayordinate_ceiling(paths: dict):
+    """:func:`_volume_ceiling` for cleaned CIFTI time series: the grayordinates that are not
     all zero in any run (the participants' brain models must be the same)."""
-    data = {s: [cifti.read_dtseries(p) for p in ps] for s, ps in paths.items()}
-    ref = data[next(iter(data))][0].brain_models
-    inside = np.ones(len(ref), bool)
-    for sub, runs in data.items():
-        for run, path in zip(runs, paths[sub]):
-            if run.brain_models != ref:
-                raise DataError("participants' cleaned BOLD are on different grayordinates; "
-                                "an across-subjects ceiling needs one density", path)
-            inside &= run.data.any(axis=0)
-    if not inside.any():
+    reference = []
+
+    def read(path, first):
+        run = cifti.read_dtseries(path)
+        if not reference:
+            reference.append(run.brain_models)
+        elif run.brain_models != reference[0]:
+            raise DataError("participants' cleaned BOLD are on different grayordinates; "
+                            "an across-subjects ceiling needs one density", path)
+        return run.data
+
+    found = _streamed(paths, read)
+    if found is None:
         return None
+    ceiling, inside, run_lengths = found
     mask = cifti.dscalar_image(np.ones((1, int(inside.sum())), np.float32), ["mask"],
-                               ref[np.flatnonzero(inside)])
-    run_lengths = [len(run.data) for run in data[next(iter(data))]]
-    return ([np.concatenate([run.data[:, inside] for run in runs]) for runs in data.values()],
-            mask, run_lengths)
+                               reference[0][np.flatnonzero(inside)])
+    return ceiling, mask, run_lengths
 
 
 def _fractions(out, stem, ceiling, mask) -> list[Path]:
