@@ -144,7 +144,7 @@ def load_bold(bold_path, mask_img, config: BoldConfig = BoldConfig()) -> np.ndar
     if str(bold_path).endswith(".dtseries.nii"):
         return _load_grayordinates(bold_path, mask_img, smoothing)
     try:
-        bold = nib.load(bold_path)
+        bold = nib.load(bold_path, keep_file_open=True)
         data = masked_series(bold, mask_img)
         nonfinite = ~np.isfinite(data).all(axis=0)  # before smoothing spreads them
         if smoothing:  # smooth_img sets NaN and inf to 0 first
@@ -155,30 +155,43 @@ def load_bold(bold_path, mask_img, config: BoldConfig = BoldConfig()) -> np.ndar
     return _exclude_bad(data, nonfinite, bold_path)
 
 
-def masked_series(bold, mask_img) -> np.ndarray:
+FRAMES = 32  # volumes read from a file at a time (a block of 32 at 2 mm: 139 MB)
+
+
+def masked_series(bold, mask_img, frames: int = FRAMES) -> np.ndarray:
     """(n_scans, n_voxels) in-mask series of a 4D image (float32, or float64 for a float64
     image), voxels in the order of nilearn's ``apply_mask`` and with its values
     (``ensure_finite=False``).
 
     nilearn first copies the whole 4D grid into C order (for its smoothing); unsmoothed, that
     copy (1.3 GB a run of 300 frames at 2 mm) took most of the load. Here the in-mask voxels
-    are taken from the array as nibabel reads it (Fortran order: each volume contiguous), one
-    volume row at a time. A mask whose shape or affine differs from the image's goes through
-    ``apply_mask``, which raises its error."""
+    are taken ``frames`` volumes at a time as nibabel reads them (Fortran order: each volume
+    contiguous): a gzipped file read whole took twice its 4D size (Python's gzip copies
+    what it decompresses). Load the image with ``keep_file_open=True`` so that the blocks
+    continue one decompression (otherwise each block starts the file again). A mask whose
+    shape or affine differs from the image's goes through ``apply_mask``, which raises its
+    error."""
     mask, mask_affine = masking.load_mask_img(mask_img)
     if (getattr(bold, "ndim", 0) != 4 or bold.shape[:3] != mask.shape
             or not np.allclose(mask_affine, bold.affine)):
         return _floating(masking.apply_mask(bold, mask_img, ensure_finite=False))
-    data = np.asanyarray(bold.dataobj)
-    if data.dtype.kind != "f":  # as nilearn: integers become float32 first
-        data = data.astype(np.float32)
     index = np.flatnonzero(mask)  # C order, as nilearn's series[mask]
-    if data.flags.f_contiguous:
-        index = np.ravel_multi_index(np.unravel_index(index, mask.shape), mask.shape, order="F")
-        rows = data.reshape(-1, data.shape[3], order="F").T  # (T, X*Y*Z) view
-    else:
-        rows = data.reshape(-1, data.shape[3]).T
-    return np.take(rows, index, axis=1)
+    f_index = np.ravel_multi_index(np.unravel_index(index, mask.shape), mask.shape, order="F")
+    n_scans = bold.shape[3]
+    step = frames if nib.is_proxy(bold.dataobj) else n_scans  # in memory: one block
+    out = None
+    for start in range(0, n_scans, step):
+        block = np.asanyarray(bold.dataobj[..., start:start + step])
+        if block.dtype.kind != "f":  # as nilearn: integers become float32 first
+            block = block.astype(np.float32)
+        if out is None:
+            out = np.empty((n_scans, index.size), block.dtype)
+        if block.flags.f_contiguous:
+            rows, cols = block.reshape(-1, block.shape[3], order="F").T, f_index
+        else:
+            rows, cols = block.reshape(-1, block.shape[3]).T, index  # (t, X*Y*Z)
+        np.take(rows, cols, axis=1, out=out[start:start + block.shape[3]], mode="clip")
+    return out
 
 
 def _floating(data: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 from nilearn import masking
 
 from bids_vlm.derivatives.io import sidecar_path, write_map
-from bids_vlm.design.cleaning import masked_series
+from bids_vlm.design.cleaning import FRAMES, masked_series
 from bids_vlm.names import parse_name
 from bids_vlm.encoding import noise_ceiling as nc
 from bids_vlm.errors import DataError
@@ -150,19 +150,16 @@ def _volume_ceiling(paths: dict):
     columns = {}
 
     def read(path, first):
-        img = nib.load(path)
-        if img.shape[:3] != reference.shape[:3] or not np.allclose(
+        img = nib.load(path, keep_file_open=True)  # read in blocks of frames
+        if img.ndim != 4 or img.shape[:3] != reference.shape[:3] or not np.allclose(
                 img.affine, reference.affine, atol=1e-3):
-            raise DataError("participants' cleaned BOLD are on different grids; an "
-                            "across-subjects ceiling needs one template space", path)
-        data = np.asanyarray(img.dataobj)
-        data = data[..., None] if data.ndim == 3 else data
+            raise DataError("participants' cleaned BOLD are on different grids, or not 4D; "
+                            "an across-subjects ceiling needs one template space", path)
         if first:  # the voxels of the first run: a superset of every mask's overlap
-            columns["mask"] = nib.Nifti1Image(data.any(axis=3).astype(np.uint8),
-                                              reference.affine)
+            columns["mask"] = nib.Nifti1Image(_nonzero(img).astype(np.uint8), reference.affine)
         if not np.asarray(columns["mask"].dataobj).any():  # nothing can overlap
-            return np.zeros((data.shape[3], 0), np.float32)
-        return masked_series(nib.Nifti1Image(data, reference.affine), columns["mask"])
+            return np.zeros((img.shape[3], 0), np.float32)
+        return masked_series(img, columns["mask"])
 
     found = _streamed(paths, read)
     if found is None:
@@ -172,6 +169,15 @@ def _volume_ceiling(paths: dict):
     voxels = np.flatnonzero(grid)  # C order, as the masked series' columns
     grid.flat[voxels[~inside]] = False
     return ceiling, nib.Nifti1Image(grid.astype(np.uint8), reference.affine), run_lengths
+
+
+def _nonzero(img) -> np.ndarray:
+    """(X, Y, Z) bool: the voxels of a 4D image that are not 0 in every frame, read
+    :data:`~bids_vlm.design.cleaning.FRAMES` frames at a time."""
+    inside = np.zeros(img.shape[:3], bool)
+    for start in range(0, img.shape[3], FRAMES):
+        inside |= np.asanyarray(img.dataobj[..., start:start + FRAMES]).any(axis=3)
+    return inside
 
 
 def _grayordinate_ceiling(paths: dict):
