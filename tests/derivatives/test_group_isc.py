@@ -269,3 +269,14 @@ def test_isc_holds_one_run_in_memory_whatever_the_participants(tmp_path):
     one_run = signal.nbytes  # 1.6 MB
     small, large = peak(3), peak(12)
     assert large < 1.2 * small and large < 10 * one_run, (small, large)
+
+
+def test_a_truncated_cleaned_run_is_a_clear_error(tmp_path):
+    from bids_vlm.errors import DataError
+
+    _simulated(tmp_path, 3)
+    path = next((tmp_path / "sub-03" / "func").glob("*run-2*.nii.gz"))
+    path.write_bytes(path.read_bytes()[:4000])
+    with pytest.raises(DataError, match="truncated or corrupted") as caught:
+        combine_isc(tmp_path)
+    assert caught.value.path == str(path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -123,7 +124,11 @@ def _streamed(paths: dict, read):
     run_lengths = []
     for run in range(len(paths[subjects[0]])):
         for sub in subjects:
-            series = read(paths[sub][run], shared is None)
+            try:
+                series = read(paths[sub][run], shared is None)
+            except (EOFError, OSError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
+                raise DataError(f"cannot read this cleaned BOLD (truncated or corrupted?): "
+                                f"{exc}", paths[sub][run]) from exc
             if shared is None:
                 shared, inside = nc.SharedCeiling(series.shape[1]), np.ones(series.shape[1], bool)
             if len(run_lengths) == run:
