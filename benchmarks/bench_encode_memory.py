@@ -123,7 +123,7 @@ def banded(regressors, cleaned, opts, folder: Path) -> None:
     the stage holds them; prints its time, memory and the size of one band weight's refit."""
     import torch
 
-    from bids_vlm.design.cleaning import load_cleaned
+    from bids_vlm.design.cleaned_runs import load_cleaned
     from bids_vlm.encoding.banded import _Scores, _linear_kernel, band_weights, banded_fold
     from bids_vlm.encoding.folds import run_splits
     from bids_vlm.encoding.ridge import ALPHAS

@@ -26,7 +26,8 @@ from bids_vlm.errors import BidsVlmError, NoInputError, DataError
 from bids_vlm.analysis.atlases import SURFACE_SHIPPED, load_surface_networks, atlas_digest
 from bids_vlm.derivatives import atomic_path, init_output
 from bids_vlm.derivatives.io import remove_stale_temporaries
-from bids_vlm.design.cleaning import read_confounds, removed_dimensions, SMOOTHING_REFUSED
+from bids_vlm.design.bold import SMOOTHING_REFUSED
+from bids_vlm.design.cleaning import read_confounds, removed_dimensions
 from bids_vlm.finished import mark_finished, participant_fingerprint, is_finished, marker_path
 from bids_vlm.inputs.bids import collect_runs, load_layout, with_stimulus_files
 from bids_vlm.inputs.stimuli import build_timeline, read_events, sample_items

@@ -231,6 +231,13 @@ def _write_run(root, fmriprep, sub, run, events, data, shape, rng, affine=AFFINE
 
 # ------------------------------------------------------------------ layouts of real datasets
 
+def write_nifti(path, data, dtype=np.float32, affine=np.diag([3.0, 3.0, 3.0, 1.0])):
+    """Save ``data`` as a NIfTI of ``dtype`` at ``path`` (a BOLD run, or a mask with uint8);
+    returns the path."""
+    nib.save(nib.Nifti1Image(np.asarray(data).astype(dtype), affine), path)
+    return path
+
+
 def write_colour_video(path, colours, fps=25, seconds_per_colour=1.0, size=(32, 24)):
     """A video (MPEG-4) showing each RGB colour of ``colours`` for ``seconds_per_colour``
     seconds in turn; returns its path."""

@@ -31,14 +31,14 @@ def timelines_node(runs_json, bids_dir, config_json):
 
 
 def mask_node(runs_json):
-    """The analysis mask (:func:`bids_vlm.design.cleaning.unit_mask`) -> ``mask.nii.gz``, or
+    """The analysis mask (:func:`bids_vlm.design.bold.unit_mask`) -> ``mask.nii.gz``, or
     for CIFTI runs their grayordinates -> ``mask.dscalar.nii``."""
     import json
     import os
 
     import nibabel as nib
 
-    from bids_vlm.design.cleaning import unit_mask
+    from bids_vlm.design.bold import unit_mask
     from bids_vlm.inputs.bids import run_from_dict
 
     mask = unit_mask([run_from_dict(d) for d in json.loads(runs_json)])
@@ -59,8 +59,10 @@ def clean_node(run_json, mask_file, config_json):
 
     from bids_vlm.inputs.bids import run_from_dict
     from bids_vlm.config import from_json
-    from bids_vlm.design.cleaning import (censored_frames, clean_signals, load_bold, noise_lag_sums,
-                                  noise_path, read_confounds, run_lags)
+    from bids_vlm.design.bold import load_bold
+    from bids_vlm.design.cleaned_runs import noise_path
+    from bids_vlm.design.cleaning import (censored_frames, clean_signals, noise_lag_sums,
+                                          read_confounds, run_lags)
 
     from bids_vlm.memory import released
 

@@ -14,7 +14,7 @@ from bids_vlm import brainmask
 from bids_vlm.analysis.atlases import space_description
 from bids_vlm.analysis.lesion import FoldAssociation, network_lesions
 from bids_vlm.analysis.networks import data_networks, enrichment
-from bids_vlm.design.cleaning import load_cleaned, noise_path
+from bids_vlm.design.cleaned_runs import load_cleaned, noise_path
 from bids_vlm.models.base import resolve_device
 from bids_vlm.stats.bnstore import layers, read_layer
 

@@ -19,7 +19,8 @@ import h5py
 import numpy as np
 from scipy import stats
 
-from bids_vlm.design.cleaning import lag_traces, load_cleaned, pooled_noise_sums
+from bids_vlm.design.cleaned_runs import load_cleaned, pooled_noise_sums
+from bids_vlm.design.cleaning import lag_traces
 from bids_vlm.design.regressors import sample_activations
 from bids_vlm.design.runs import run_designs, unit_regressors
 from bids_vlm.inputs.stimuli import sample_items

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import torch
 
-from bids_vlm.design.cleaning import load_cleaned, pooled_noise_sums
+from bids_vlm.design.cleaned_runs import load_cleaned, pooled_noise_sums
 from bids_vlm.encoding import noise_ceiling as nc
 from bids_vlm.encoding.banded import banded_layer_keys, encode_banded
 from bids_vlm.encoding.ridge import (encode_layer, method_description, null_terms,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import h5py
 
-from bids_vlm.design.cleaning import load_cleaned, pooled_noise_sums
+from bids_vlm.design.cleaned_runs import load_cleaned, pooled_noise_sums
 from bids_vlm.errors import ResourceError
 from bids_vlm.models.base import resolve_device
 from bids_vlm.stats.association import block_size_for_memory, method_description, prepare_voxels

@@ -14,7 +14,7 @@ from bids_vlm import brainmask, cifti
 from bids_vlm.inputs.bids import RunSpec
 from bids_vlm.derivatives.io import write_map
 from bids_vlm.errors import DataError
-from bids_vlm.design.cleaning import load_bold
+from bids_vlm.design.bold import load_bold
 from bids_vlm.config import BoldConfig
 
 ROWS = np.r_[0:30, 29696:29716, 91200:91230]  # left and right cortex, right thalamus voxels

@@ -1,4 +1,4 @@
-"""Stage 5: BOLD masking and cleaning (bids_vlm/design/cleaning.py)."""
+"""Stage 5: the cleaning of the BOLD and of the regressors (bids_vlm/design/cleaning.py)."""
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -6,7 +6,8 @@ import pytest
 
 from bids_vlm.config import BoldConfig
 from bids_vlm.errors import DataError
-from bids_vlm.design.cleaning import MOTION, clean_bold, load_mask, select_confounds
+from datagen import write_nifti
+from bids_vlm.design.cleaning import MOTION, clean_bold, select_confounds
 
 AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])
 N_SCANS, TR = 80, 2.0
@@ -46,15 +47,11 @@ def test_select_confounds_subset_and_n_acompcor():
 
 
 def _bold(tmp_path, data4d, name="bold.nii.gz", affine=AFFINE):
-    path = tmp_path / name
-    nib.save(nib.Nifti1Image(data4d.astype(np.float32), affine), path)
-    return path
+    return write_nifti(tmp_path / name, data4d, np.float32, affine)
 
 
 def _mask(tmp_path, data3d, name="mask.nii.gz", affine=AFFINE):
-    path = tmp_path / name
-    nib.save(nib.Nifti1Image(data3d.astype(np.uint8), affine), path)
-    return path
+    return write_nifti(tmp_path / name, data3d, np.uint8, affine)
 
 
 @pytest.fixture
@@ -100,46 +97,6 @@ def test_clean_bold_confound_rows_mismatch(planted, tmp_path):
     with pytest.raises(DataError, match=f"{N_SCANS - 1} rows.*{N_SCANS} volumes") as err:
         clean_bold(bold, nib.load(mask), TR, short)
     assert str(short) in str(err.value)
-
-
-def test_load_mask_same_grid(tmp_path):
-    bold = _bold(tmp_path, np.ones((4, 4, 4, 3)))
-    m = np.zeros((4, 4, 4))
-    m[1:3, 1:3, 1:3] = 7
-    out = load_mask(bold, _mask(tmp_path, m))
-    np.testing.assert_array_equal(np.asarray(out.dataobj), m > 0)
-    np.testing.assert_allclose(out.affine, AFFINE)
-
-
-def test_load_mask_resampled_to_bold_grid(tmp_path):
-    bold = _bold(tmp_path, np.ones((6, 6, 6, 3)))
-    fine = np.zeros((12, 12, 12))
-    fine[2:8, 2:8, 2:8] = 1  # 1.5 mm voxels 2..7 = bold voxels 1..3 (nearest centres 2, 4, 6)
-    out = load_mask(bold, _mask(tmp_path, fine, affine=np.diag([1.5, 1.5, 1.5, 1.0])))
-    assert out.shape == (6, 6, 6)
-    np.testing.assert_allclose(out.affine, AFFINE)
-    expected = np.zeros((6, 6, 6), bool)
-    expected[1:4, 1:4, 1:4] = True
-    np.testing.assert_array_equal(np.asarray(out.dataobj) > 0, expected)
-
-
-def test_load_mask_computes_epi_mask(tmp_path):
-    rng = np.random.default_rng(0)
-    data = rng.uniform(0, 1, (12, 12, 12, 4))
-    data[2:10, 2:10, 2:10] += 1000
-    out = load_mask(_bold(tmp_path, data))
-    m = np.asarray(out.dataobj) > 0
-    assert m.shape == (12, 12, 12)
-    assert m[6, 6, 6] and m.sum() > 100
-    assert not m[:2].any() and not m[10:].any()  # nothing outside the bright cube
-
-
-def test_load_mask_empty_is_data_error(tmp_path):
-    bold = _bold(tmp_path, np.ones((4, 4, 4, 3)))
-    mask = _mask(tmp_path, np.zeros((4, 4, 4)))
-    with pytest.raises(DataError, match="empty") as err:
-        load_mask(bold, mask)
-    assert str(mask) in str(err.value)
 
 
 def test_non_numeric_confounds_are_a_data_error(tmp_path):
@@ -245,115 +202,6 @@ def test_fmriprep_1x_confound_names_are_read():
     np.testing.assert_array_equal(out["rot_y"], old["RotY"])
     new = _confound_table(n, rng)
     assert fmriprep_1x_names(new) is new
-
-
-@pytest.mark.parametrize("dtype", ["float32", "int16-scaled", "float64", "c-order"])
-def test_masked_series_is_nilearns_apply_mask(tmp_path, dtype):
-    """The in-mask series equal nilearn's apply_mask (values and voxel order) for the data
-    types of real BOLD files, read back from disk (Fortran order) or held in C order."""
-    from nilearn import masking
-
-    from bids_vlm.design.cleaning import masked_series
-
-    rng = np.random.default_rng(0)
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    mask = nib.Nifti1Image((rng.random((9, 11, 7)) > 0.4).astype(np.uint8), affine)
-    data = rng.standard_normal((9, 11, 7, 12)) * 100
-    kind = {"int16-scaled": np.int16, "float64": np.float64}.get(dtype, np.float32)
-    img = nib.Nifti1Image(data.astype(kind), affine)
-    if dtype == "int16-scaled":
-        img.header.set_slope_inter(0.5, 3.0)
-    if dtype == "c-order":
-        img = nib.Nifti1Image(np.ascontiguousarray(data.astype(np.float32)), affine)
-    else:
-        nib.save(img, tmp_path / "bold.nii.gz")
-        img = nib.load(tmp_path / "bold.nii.gz")
-    ours = masked_series(img, mask)
-    theirs = masking.apply_mask(img, mask, ensure_finite=False)
-    assert ours.shape == (12, int(mask.get_fdata().sum()))
-    # read a few frames at a time (blocks that do not divide the run): the same
-    np.testing.assert_array_equal(masked_series(img, mask, frames=5), ours)
-    # the type nibabel reads (float64 for float64 or scaled data), no float64 copy of float32
-    assert ours.dtype == theirs.dtype
-    assert ours.dtype == np.float32 or dtype in ("float64", "int16-scaled")
-    np.testing.assert_array_equal(ours, theirs)
-
-
-def test_masked_series_reads_a_gzipped_run_in_blocks_of_frames(tmp_path):
-    """A whole gzipped run read at once held about twice its 4D size (Python's gzip copies
-    what it decompresses): blocks of frames keep the peak near the in-mask result."""
-    import tracemalloc
-
-    from bids_vlm.design.cleaning import masked_series
-
-    rng = np.random.default_rng(1)
-    data = rng.standard_normal((16, 16, 16, 240)).astype(np.float32)
-    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "bold.nii.gz")
-    mask = nib.Nifti1Image((rng.random((16, 16, 16)) > 0.5).astype(np.uint8), np.eye(4))
-    img = nib.load(tmp_path / "bold.nii.gz", keep_file_open=True)
-    tracemalloc.start()
-    try:
-        out = masked_series(img, mask)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    np.testing.assert_array_equal(out, data[mask.get_fdata() > 0].T)
-    assert peak < out.nbytes + 0.5 * data.nbytes, (peak, out.nbytes, data.nbytes)
-
-
-def test_masked_series_other_grid_is_nilearns_error():
-    from bids_vlm.design.cleaning import masked_series
-
-    mask = nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4))
-    bold = nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
-    with pytest.raises(ValueError, match="affine"):
-        masked_series(bold, mask)
-
-
-def test_load_cleaned_concatenates_the_runs_in_order(tmp_path):
-    from bids_vlm.design.cleaning import load_cleaned
-
-    rng = np.random.default_rng(0)
-    runs = [rng.standard_normal((n, 7)).astype(np.float32) for n in (5, 3, 4)]
-    paths = []
-    for i, run in enumerate(runs):
-        paths.append(tmp_path / f"run-{i}_cleaned.npy")
-        np.save(paths[-1], run)
-    got = load_cleaned(paths)
-    np.testing.assert_array_equal(got, np.concatenate(runs))
-    assert got.dtype == np.float32 and got.flags.c_contiguous and got.flags.writeable
-    # a run in Fortran order, and one in float64, read as NumPy reads them
-    np.save(paths[0], np.asfortranarray(runs[0]))
-    np.save(paths[2], runs[2].astype(np.float64))
-    got = load_cleaned(paths)
-    assert got.dtype == np.float64
-    np.testing.assert_array_equal(got, np.concatenate(runs))
-    np.save(paths[2], runs[2])
-    # a file cut short, and runs of different widths
-    data = paths[1].read_bytes()
-    paths[1].write_bytes(data[:-8])
-    with pytest.raises(ValueError, match="ends before"):
-        load_cleaned(paths)
-    np.save(paths[1], np.zeros((3, 6), np.float32))
-    with pytest.raises(ValueError, match="different widths"):
-        load_cleaned(paths)
-
-
-def test_load_cleaned_does_not_map_the_files(tmp_path, monkeypatch):
-    """The runs are read, not memory-mapped (a mapped file's pages count in the resident
-    memory while it is copied: the BOLD twice over at load time)."""
-    from bids_vlm.design.cleaning import load_cleaned
-
-    run = np.arange(12, dtype=np.float32).reshape(3, 4)
-    np.save(tmp_path / "a_cleaned.npy", run)
-    real_load = np.load
-
-    def no_mapping(*args, **kwargs):
-        assert kwargs.get("mmap_mode") is None, "a cleaned run was memory-mapped"
-        return real_load(*args, **kwargs)
-    monkeypatch.setattr(np, "load", no_mapping)
-    np.testing.assert_array_equal(load_cleaned([tmp_path / "a_cleaned.npy"] * 2),
-                                  np.concatenate([run, run]))
 
 
 def test_clean_signals_in_chunks_equal_one_nilearn_call():

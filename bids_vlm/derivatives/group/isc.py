@@ -23,7 +23,7 @@ import numpy as np
 from nilearn import masking
 
 from bids_vlm.derivatives.io import sidecar_path, write_map
-from bids_vlm.design.cleaning import FRAMES, masked_series
+from bids_vlm.design.bold import FRAMES, masked_series
 from bids_vlm.names import parse_name
 from bids_vlm.encoding import noise_ceiling as nc
 from bids_vlm.errors import DataError
@@ -178,7 +178,7 @@ def _volume_ceiling(paths: dict):
 
 def _nonzero(img) -> np.ndarray:
     """(X, Y, Z) bool: the voxels of a 4D image that are not 0 in every frame, read
-    :data:`~bids_vlm.design.cleaning.FRAMES` frames at a time."""
+    :data:`~bids_vlm.design.bold.FRAMES` frames at a time."""
     inside = np.zeros(img.shape[:3], bool)
     for start in range(0, img.shape[3], FRAMES):
         inside |= np.asanyarray(img.dataobj[..., start:start + FRAMES]).any(axis=3)
