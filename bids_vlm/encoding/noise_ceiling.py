@@ -174,7 +174,7 @@ def intersubject_ceiling(subjects, run_lengths=None, min_subjects: int = 3,
     ``groups`` holds one tuple of subject indices per run. It is :class:`SharedCeiling` fed
     every subject's runs (the group level feeds it from files, a run at a time).
     """
-    arrays = list(subjects)
+    arrays = [np.asarray(s) for s in subjects]  # a stack: its subjects, not copied
     if len(arrays) < min_subjects:
         raise ValueError(f"an across-subjects ceiling needs >= {min_subjects} subjects, "
                          f"got {len(arrays)}")
@@ -217,6 +217,7 @@ class SharedCeiling:
 
     def add(self, run) -> None:
         """run: (L, V) one subject's series of the current run (any real type)."""
+        run = np.asarray(run)
         if np.shape(run)[1:] != (self.n_vox,) or (
                 self._sum is not None and np.shape(run) != self._sum.shape):
             expected = self._sum.shape if self._sum is not None else ("L", self.n_vox)
@@ -242,7 +243,7 @@ class SharedCeiling:
         for cols in self._slices():
             mean = self._sum[:, cols] / n
             squares = np.einsum("tv,tv->v", mean, mean)
-            noise = (self._squares[cols] - n * squares) / (length * (n - 1))
+            noise = np.maximum(self._squares[cols] - n * squares, 0.0) / (length * (n - 1))
             spread = (squares - length * mean.mean(0) ** 2) / (length - 1)
             self._noise[cols] += length * noise
             self._signal[cols] += length * (spread - noise / n)

@@ -161,7 +161,8 @@ def test_streamed_shared_ceiling_equals_its_definition():
     """SharedCeiling, fed a subject's run at a time, equals the formula on the stacked
     z-scored runs (pooled_ceiling: the variance over subjects, the variance of their mean);
     a voxel constant in one subject counts as 0 there; misuse is an error."""
-    from bids_vlm.encoding.noise_ceiling import SharedCeiling, pooled_ceiling
+    from bids_vlm.encoding.noise_ceiling import (SharedCeiling, intersubject_ceiling,
+                                                 pooled_ceiling)
 
     rng = np.random.default_rng(8)
     runs = [60, 45]
@@ -187,6 +188,9 @@ def test_streamed_shared_ceiling_equals_its_definition():
     np.testing.assert_allclose(got.r, expected.r, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.ncsnr, expected.ncsnr, rtol=1e-5, atol=1e-6)
     assert got.groups == ((0, 1, 2, 3, 4),) * 2 and got.r.max() > 0.5
+    # subjects that agree exactly (up to scale): no noise, a ceiling of 1, not NaN
+    same = intersubject_ceiling([subjects[0] * k for k in (1.0, 2.0, 0.5)], runs)
+    assert np.allclose(same.r, 1.0) and (same.ncsnr > 1e6).all()  # or inf
     with pytest.raises(ValueError, match="expected"):
         SharedCeiling(30).add(np.zeros((10, 29)))
     bad = SharedCeiling(30)
